@@ -1,0 +1,43 @@
+"""What the training loop tells its caller, and how the caller asks it to stop."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Progress:
+    phase: str  # "train" (the job itself) or "baseline" (the from-scratch student)
+    epoch: int  # 1-based epoch currently running / just finished
+    epochs: int
+    step: int  # optimizer steps done, over the whole run
+    total_steps: int
+    lr: float
+    losses: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # validation, at epoch end
+    images_per_s: float = 0.0
+    eta_s: float | None = None
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Callbacks:
+    """Subclass and override what you need. All hooks run in the training process,
+    between optimizer steps, so they should be quick."""
+
+    def on_step(self, progress: Progress) -> None:  # every `log_every` steps
+        pass
+
+    def on_epoch_end(self, progress: Progress) -> None:
+        pass
+
+    def on_checkpoint(self, path: Path, progress: Progress) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        """Checked before every step; True stops the run cleanly (after a checkpoint)."""
+        return False

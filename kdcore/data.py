@@ -1,0 +1,271 @@
+"""Datasets (a registry). Every dataset is decoded once into tensors; the trainer
+then slices batches out of them (on the training device when they fit), so there is
+no per-epoch decoding and no DataLoader worker overhead for small data.
+
+A loader returns a `RawData` (all samples, plus an optional predefined test split);
+`load_dataset` resizes, splits deterministically by seed and normalises with the
+training split's statistics.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdcore.archives import iter_archive_files
+from kdcore.errors import DataError
+from kdcore.registry import Registry
+from kdcore.spec import DatasetSpec
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class RawData:
+    x: Tensor  # float32, (N, C, H, W) in [0, 1] or (N, D)
+    y: Tensor  # int64 labels or float32 targets
+    num_classes: int  # output width (number of targets for regression)
+    test: tuple[Tensor, Tensor] | None = None
+    class_names: list[str] | None = None
+
+
+@dataclass
+class Split:
+    x: Tensor
+    y: Tensor
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class DataSplits:
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    input_shape: tuple[int, ...]
+    regression: bool
+    mean: list[float]
+    std: list[float]
+    class_names: list[str] | None = None
+
+
+Loader = Callable[[DatasetSpec, int], RawData]
+DATASETS: Registry[Loader] = Registry("dataset")
+
+
+@DATASETS.register("digits")
+def load_digits_data(spec: DatasetSpec, seed: int) -> RawData:
+    """scikit-learn's bundled 8x8 digits (1,797 images, no download)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    return RawData(x, torch.tensor(bunch.target, dtype=torch.int64), 10)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != math.prod(dims):
+        raise DataError(f"{path} is truncated: expected {math.prod(dims)} values, got {body.size}")
+    return body.reshape(dims)
+
+
+def _find_idx(folder: Path, stem: str) -> Path:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.exists():
+            return candidate
+    raise DataError(
+        f"{stem}(.gz) not found in {folder}; install the Debian package dataset-fashion-mnist "
+        "or set dataset.path to a folder with the original IDX files"
+    )
+
+
+@DATASETS.register("fashion_mnist")
+def load_fashion_mnist(spec: DatasetSpec, seed: int) -> RawData:
+    folder = Path(spec.path) if spec.path else FASHION_MNIST_DIR
+    parts = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = read_idx(_find_idx(folder, f"{prefix}-images-idx3-ubyte"))
+        labels = read_idx(_find_idx(folder, f"{prefix}-labels-idx1-ubyte"))
+        if images.shape[0] != labels.shape[0]:
+            raise DataError(f"{split}: {images.shape[0]} images but {labels.shape[0]} labels")
+        x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+        parts[split] = (x, torch.from_numpy(labels.astype(np.int64)))
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+             "Sneaker", "Bag", "Ankle boot"]
+    return RawData(*parts["train"], 10, test=parts["test"], class_names=names)
+
+
+@DATASETS.register("synthetic")
+def load_synthetic(spec: DatasetSpec, seed: int) -> RawData:
+    """Learnable random data: class prototypes plus noise, or a noisy linear target."""
+    g = torch.Generator().manual_seed(seed + 7919)
+    shape = tuple(spec.shape)
+    n = spec.num_samples
+    if spec.regression:
+        x = torch.rand((n, *shape), generator=g)
+        w = torch.randn((math.prod(shape), spec.num_classes), generator=g) / math.sqrt(
+            math.prod(shape)
+        )
+        y = x.flatten(1) @ w + spec.noise * 0.1 * torch.randn((n, spec.num_classes), generator=g)
+        return RawData(x, y.squeeze(1) if spec.num_classes == 1 else y, spec.num_classes)
+    prototypes = torch.rand((spec.num_classes, *shape), generator=g)
+    y = torch.randint(0, spec.num_classes, (n,), generator=g)
+    x = (prototypes[y] + spec.noise * torch.randn((n, *shape), generator=g)).clamp(0, 1)
+    return RawData(x, y, spec.num_classes)
+
+
+def _decode_image(content: bytes, name: str) -> Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(content)) as img:
+            img = img.convert("L" if img.mode in ("1", "L", "I;16", "I") else "RGB")
+            arr = np.asarray(img, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"cannot decode image {name}: {exc}") from None
+    t = torch.from_numpy(arr.copy())
+    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+
+
+@DATASETS.register("imagefolder")
+def load_imagefolder(spec: DatasetSpec, seed: int) -> RawData:
+    """A zip or tar archive of `<class>/<image>` (an optional single top folder is fine)."""
+    if not spec.path:
+        raise DataError("imagefolder needs dataset.path")
+    samples: list[tuple[str, str, bytes]] = []
+    for rel, content in iter_archive_files(Path(spec.path)):
+        if rel.suffix.lower() in IMAGE_SUFFIXES and not rel.name.startswith("."):
+            if len(rel.parts) < 2:
+                raise DataError(f"image {rel} is not inside a class folder")
+            samples.append((rel.parts[-2], str(rel), content))
+    if not samples:
+        raise DataError("the archive holds no images in class folders")
+    classes = sorted({c for c, _, _ in samples})
+    if len(classes) < 2:
+        raise DataError("an imagefolder archive needs at least two class folders")
+    size = spec.image_size
+    images = []
+    for _, name, content in samples:
+        img = _decode_image(content, name)
+        side = size or 32
+        img = F.interpolate(img[None], size=(side, side), mode="bilinear", antialias=True)[0]
+        images.append(img)
+    channels = max(i.shape[0] for i in images)
+    x = torch.stack([i.expand(channels, -1, -1) for i in images])
+    y = torch.tensor([classes.index(c) for c, _, _ in samples], dtype=torch.int64)
+    return RawData(x, y, len(classes), class_names=classes)
+
+
+@DATASETS.register("npz")
+def load_npz(spec: DatasetSpec, seed: int) -> RawData:
+    """An .npz with `x` (N, ...) and `y` (N,) integer labels or float targets.
+    Loaded with allow_pickle=False: object arrays are refused."""
+    if not spec.path:
+        raise DataError("npz needs dataset.path")
+    try:
+        with np.load(spec.path, allow_pickle=False) as npz:
+            if "x" not in npz or "y" not in npz:
+                raise DataError(f"the npz must hold arrays 'x' and 'y'; it has {sorted(npz)}")
+            xs, ys = npz["x"], npz["y"]
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"cannot read npz {Path(spec.path).name}: {exc}") from None
+    if xs.shape[0] != ys.shape[0] or xs.shape[0] == 0:
+        raise DataError(f"x has {xs.shape[0]} rows but y has {ys.shape[0]}")
+    if not np.issubdtype(xs.dtype, np.number):
+        raise DataError("x must be numeric")
+    x = torch.from_numpy(xs.astype(np.float32))
+    if xs.dtype == np.uint8:
+        x = x / 255.0
+    if x.ndim == 3:  # (N, H, W) grayscale images
+        x = x.unsqueeze(1)
+    if np.issubdtype(ys.dtype, np.integer):
+        y = torch.from_numpy(ys.astype(np.int64)).reshape(-1)
+        if y.min() < 0:
+            raise DataError("class labels must be >= 0")
+        return RawData(x, y, int(y.max()) + 1)
+    if not np.issubdtype(ys.dtype, np.floating):
+        raise DataError("y must hold integer labels or float targets")
+    y = torch.from_numpy(ys.astype(np.float32))
+    return RawData(x, y, 1 if y.ndim == 1 else int(y.shape[1]))
+
+
+def _resize(x: Tensor, size: int | None) -> Tensor:
+    if size is None or x.ndim != 4 or x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    out = []
+    for chunk in x.split(4096):
+        out.append(F.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True))
+    return torch.cat(out)
+
+
+def load_dataset(spec: DatasetSpec, seed: int, regression: bool = False) -> DataSplits:
+    raw = DATASETS.get(spec.name)(spec, seed)
+    if not torch.isfinite(raw.x).all():
+        raise DataError("the inputs contain NaN or infinite values")
+    g = torch.Generator().manual_seed(seed)
+    x, y = raw.x, raw.y
+    if raw.test is None:
+        perm = torch.randperm(len(x), generator=g)
+        if spec.max_samples:
+            perm = perm[: spec.max_samples]
+        n_test = max(1, round(len(perm) * spec.test_fraction))
+        test_idx, rest = perm[:n_test], perm[n_test:]
+        test = (x[test_idx], y[test_idx])
+    else:
+        rest = torch.randperm(len(x), generator=g)
+        if spec.max_samples:
+            rest = rest[: spec.max_samples]
+        test = raw.test
+    n_val = round(len(rest) * spec.val_fraction)
+    val_idx, train_idx = rest[:n_val], rest[n_val:]
+    if len(train_idx) < 2:
+        raise DataError("too few samples left to train on")
+    train_x = _resize(x[train_idx], spec.image_size)
+    # per-channel statistics of the training split only (no test leakage)
+    dims = [0, 2, 3] if train_x.ndim == 4 else [0]
+    mean = train_x.mean(dim=dims)
+    std = train_x.std(dim=dims).clamp_min(1e-6)
+    shape = (1, -1, 1, 1) if train_x.ndim == 4 else (1, -1)
+
+    def norm(t: Tensor) -> Tensor:
+        return ((_resize(t, spec.image_size) - mean.view(shape)) / std.view(shape)).contiguous()
+
+    is_regression = y.dtype.is_floating_point
+    if regression != is_regression:
+        kind = "float targets" if is_regression else "integer class labels"
+        raise DataError(f"dataset {spec.name!r} has {kind}, which does not fit the task")
+    return DataSplits(
+        train=Split(norm(x[train_idx]), y[train_idx]),
+        val=Split(norm(x[val_idx]), y[val_idx]),
+        test=Split(norm(test[0]), test[1]),
+        num_classes=raw.num_classes,
+        input_shape=tuple(train_x.shape[1:]),
+        regression=is_regression,
+        mean=mean.flatten().tolist() if mean.ndim else [float(mean)],
+        std=std.flatten().tolist() if std.ndim else [float(std)],
+        class_names=raw.class_names,
+    )

@@ -1,0 +1,25 @@
+"""The exceptions kdcore raises on bad input. Each carries a message a user can act on."""
+
+
+class KDError(Exception):
+    """Base class: a problem with what the user gave us (spec, file, data), not a bug."""
+
+
+class SpecError(KDError):
+    """The job spec is invalid. `errors` holds (JSON pointer, message) pairs."""
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        self.errors = errors
+        super().__init__("; ".join(f"{loc or '/'}: {msg}" for loc, msg in errors))
+
+
+class CheckpointError(KDError):
+    """A checkpoint cannot be loaded safely or does not fit the model."""
+
+
+class DataError(KDError):
+    """A dataset file or archive is missing, malformed or unsafe."""
+
+
+class Cancelled(Exception):
+    """Raised inside the training loop when the caller asked it to stop."""

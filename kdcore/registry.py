@@ -1,0 +1,62 @@
+"""One tiny registry type shared by every family (losses, models, datasets).
+
+`register` adds a named builder, `get` returns it; an unknown name raises a
+`KeyError` subclass whose message lists the choices, so a typo in a spec tells
+the user what would have worked.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    def __init__(self, family: str, name: str, choices: list[str]):
+        self.family, self.name, self.choices = family, name, choices
+        close = difflib.get_close_matches(name, choices, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        shown = ", ".join(choices[:40]) + (" ..." if len(choices) > 40 else "")
+        super().__init__(f"unknown {family} {name!r}.{hint} Choices: {shown}")
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    def __init__(self, family: str):
+        self.family = family
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def add(item: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.family} {name!r} is registered twice")
+            self._items[name] = item
+            return item
+
+        return add
+
+    def add(self, name: str, item: T) -> None:
+        self.register(name)(item)
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise self.unknown(name) from None
+
+    def unknown(self, name: str) -> UnknownNameError:
+        return UnknownNameError(self.family, name, self.names())
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

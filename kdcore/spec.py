@@ -1,0 +1,207 @@
+"""The job spec: one schema for the `kdcore` CLI and the service (DESIGN.md section 3).
+
+Pydantic gives us typed parsing, JSON pointers for every bad field and a JSON
+schema for the service's OpenAPI document. Registry names (architectures,
+datasets, methods) are checked in `validate_names`, so that the schema stays
+importable without building anything.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kdcore.errors import SpecError
+
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536
+MAX_CLASSES = 100_000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ModelSpec(_Strict):
+    arch: str = Field(min_length=1, max_length=100)
+    num_classes: int | None = Field(default=None, ge=1, le=MAX_CLASSES)
+    in_channels: int | None = Field(default=None, ge=1, le=64)
+    checkpoint: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="Weights: a path (CLI) or an uploaded file / artifact id (service). "
+        "safetensors, a weights-only torch state dict, or a TorchScript archive.",
+    )
+
+
+class DatasetSpec(_Strict):
+    name: str = Field(
+        validation_alias=AliasChoices("name", "builtin"),
+        min_length=1,
+        max_length=100,
+        description="digits, fashion_mnist, synthetic, imagefolder or npz",
+    )
+    path: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="Archive (imagefolder), .npz file, or IDX folder (fashion_mnist); "
+        "an uploaded file id in the service.",
+    )
+    image_size: int | None = Field(default=None, ge=4, le=1024)
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=0.9)
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
+    max_samples: int | None = Field(default=None, ge=10, description="Use at most this many")
+    # synthetic only
+    num_samples: int = Field(default=1024, ge=10, le=1_000_000)
+    num_classes: int = Field(default=10, ge=2, le=1000)
+    shape: list[int] = Field(default_factory=lambda: [1, 16, 16], min_length=1, max_length=3)
+    regression: bool = False
+    noise: float = Field(default=0.5, ge=0.0, le=100.0)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DatasetSpec:
+        if self.val_fraction + self.test_fraction >= 0.95:
+            raise ValueError("val_fraction + test_fraction must leave data to train on")
+        if any(d < 1 or d > 4096 for d in self.shape):
+            raise ValueError("shape entries must be between 1 and 4096")
+        return self
+
+
+class AugmentSpec(_Strict):
+    crop_padding: int = Field(default=0, ge=0, le=64)
+    hflip: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.crop_padding > 0 or self.hflip
+
+
+class DistillationSpec(_Strict):
+    method: str = Field(default="kd", max_length=50)
+    temperature: float = Field(default=4.0, gt=0.0, le=100.0)
+    ce_weight: float = Field(default=0.1, ge=0.0, le=1000.0)
+    kd_weight: float = Field(default=0.9, ge=0.0, le=1000.0)
+    feature_weight: float = Field(default=1.0, ge=0.0, le=1e6)
+    alpha: float = Field(default=1.0, ge=0.0, le=1000.0, description="DKD target-class weight")
+    beta: float = Field(default=8.0, ge=0.0, le=1000.0, description="DKD non-target weight")
+    student_layers: list[str] = Field(default_factory=list, max_length=16)
+    teacher_layers: list[str] = Field(default_factory=list, max_length=16)
+    cache_teacher: bool | Literal["auto"] = Field(
+        default="auto",
+        description="Precompute teacher outputs once. Needs deterministic inputs (no augment).",
+    )
+
+
+class TrainingSpec(_Strict):
+    epochs: int = Field(default=10, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(default=64, ge=1, le=MAX_BATCH)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.05, gt=0.0, le=100.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(default=5e-4, ge=0.0, le=1.0)
+    schedule: Literal["cosine", "step", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = Field(default=0.0, ge=0.0, le=MAX_EPOCHS)
+    step_size: int = Field(default=30, ge=1, description="step schedule: epochs per decay")
+    gamma: float = Field(default=0.1, gt=0.0, le=1.0, description="step schedule: decay factor")
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    eval_batch_size: int = Field(default=512, ge=1, le=MAX_BATCH)
+
+    @model_validator(mode="after")
+    def _finite(self) -> TrainingSpec:
+        for field in ("lr", "momentum", "weight_decay", "gamma", "warmup_epochs"):
+            if not math.isfinite(getattr(self, field)):
+                raise ValueError(f"{field} must be a finite number")
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise ValueError("warmup_epochs must be smaller than epochs")
+        return self
+
+
+ExportFormat = Literal["safetensors", "torchscript", "onnx"]
+
+
+class JobSpec(_Strict):
+    name: str = Field(default="job", min_length=1, max_length=200)
+    kind: Literal["distill", "train"] = "distill"
+    task: Literal["classification", "regression"] = "classification"
+    teacher: ModelSpec | None = None
+    student: ModelSpec
+    dataset: DatasetSpec
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    distillation: DistillationSpec = Field(default_factory=DistillationSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    checkpoint_every_epochs: int = Field(default=1, ge=1, le=MAX_EPOCHS)
+    export: list[ExportFormat] = Field(default_factory=lambda: ["safetensors"])
+    baseline: bool = Field(
+        default=False, description="Also train the student from scratch and report the KD gain"
+    )
+    webhook_url: str | None = Field(default=None, max_length=2048)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobSpec:
+        if self.kind == "distill" and self.teacher is None:
+            raise ValueError("a distill job needs a teacher")
+        if self.kind == "train" and self.teacher is not None:
+            raise ValueError("a train job has no teacher; put the model under 'student'")
+        if "safetensors" not in self.export:
+            self.export = ["safetensors", *self.export]
+        return self
+
+
+def _pointer(loc: tuple[Any, ...]) -> str:
+    return "/" + "/".join(str(p) for p in loc) if loc else ""
+
+
+def parse_spec(data: Any) -> JobSpec:
+    """Parse a dict into a JobSpec, raising SpecError with a JSON pointer per bad field."""
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as exc:
+        errors = []
+        for e in exc.errors():
+            loc = tuple(p for p in e["loc"] if not str(p).startswith("function-"))
+            msg = e["msg"].removeprefix("Value error, ")
+            errors.append((_pointer(loc), msg))
+        raise SpecError(errors) from None
+    problems = validate_names(spec)
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def validate_names(spec: JobSpec) -> list[tuple[str, str]]:
+    """Check registry names and method/task fit. Returns (pointer, message) pairs."""
+    from kdcore.data import DATASETS
+    from kdcore.losses import LOSSES
+    from kdcore.models import MODELS
+
+    problems: list[tuple[str, str]] = []
+    for role in ("teacher", "student"):
+        model = getattr(spec, role)
+        if model is not None and model.arch not in MODELS:
+            problems.append((f"/{role}/arch", str(MODELS.unknown(model.arch))))
+    if spec.dataset.name not in DATASETS:
+        problems.append(("/dataset/name", str(DATASETS.unknown(spec.dataset.name))))
+    elif spec.dataset.name in ("imagefolder", "npz") and not spec.dataset.path:
+        problems.append(("/dataset/path", f"dataset {spec.dataset.name!r} needs a path"))
+    if spec.kind == "distill":
+        method = spec.distillation.method
+        if method not in LOSSES:
+            problems.append(("/distillation/method", str(LOSSES.unknown(method))))
+        elif (method == "mse") != (spec.task == "regression"):
+            want = "'mse'" if spec.task == "regression" else "one of kd, dkd, fitnet, at"
+            problems.append(("/distillation/method", f"task {spec.task} needs method {want}"))
+        if spec.distillation.cache_teacher is True and spec.augment.enabled:
+            problems.append(
+                (
+                    "/distillation/cache_teacher",
+                    "the teacher cache needs deterministic inputs; turn augment off",
+                )
+            )
+    if spec.task == "regression" and spec.dataset.name == "synthetic" and not spec.dataset.regression:
+        problems.append(("/dataset/regression", "task regression needs dataset.regression: true"))
+    return problems

@@ -1,0 +1,302 @@
+"""The training loop, readable in one sitting.
+
+`fit` trains `student` on `data.train`, with a frozen `teacher` when one is given
+(distillation) or on its own (plain supervised training). Everything random is a
+function of (seed, epoch, step): batch order comes from a generator seeded per
+epoch, augmentation from one seeded per step, and the global torch RNG (dropout)
+is saved in each checkpoint. That is what makes resume bit-exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdcore.callbacks import Callbacks, Progress
+from kdcore.checkpoints import save_checkpoint
+from kdcore.data import DataSplits, Split
+from kdcore.errors import Cancelled, SpecError
+from kdcore.features import FeatureTap
+from kdcore.losses import DistillLoss, build_loss, task_loss
+from kdcore.models import default_feature_layers
+from kdcore.optim import build_optimizer, lr_at, set_lr
+from kdcore.spec import AugmentSpec, JobSpec
+
+CHECKPOINT_VERSION = 1
+ON_DEVICE_LIMIT_BYTES = 4 * 1024**3  # datasets smaller than this live on the device
+
+
+@dataclass
+class FitResult:
+    student: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_time_s: float = 0.0
+    images_seen: int = 0
+    steps: int = 0
+    used_teacher_cache: bool = False
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images_seen / self.train_time_s if self.train_time_s > 0 else 0.0
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise SpecError([("/training/device", "CUDA was requested but is not available")])
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA by default; on CPU only when asked (it is slower on most CPUs)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def freeze_teacher(teacher: nn.Module) -> nn.Module:
+    """The teacher never trains: eval mode (BatchNorm uses its running statistics and
+    never updates them), no gradients."""
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def augment_batch(x: Tensor, spec: AugmentSpec, gen: torch.Generator) -> Tensor:
+    """Random crop with zero padding and horizontal flip, vectorised over the batch.
+    Random numbers come from `gen` on the CPU so they are identical on every device."""
+    n, _, h, w = x.shape
+    if spec.crop_padding:
+        p = spec.crop_padding
+        padded = F.pad(x, (p, p, p, p))
+        dy = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
+        dx = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        batch = torch.arange(n, device=x.device)[:, None, None, None]
+        chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        x = padded[batch, chans, rows, cols]
+    if spec.hflip:
+        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    return x
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: Tensor, batch_size: int, device: torch.device,
+            precision: str = "fp32") -> Tensor:
+    was_training = model.training
+    model.eval()
+    outs = []
+    with autocast_for(device, precision):
+        for chunk in x.split(batch_size):
+            outs.append(model(chunk.to(device)).float())
+    model.train(was_training)
+    return torch.cat(outs)
+
+
+def evaluate(model: nn.Module, split: Split, regression: bool, batch_size: int,
+             device: torch.device, precision: str = "fp32") -> dict[str, float]:
+    out = predict(model, split.x, batch_size, device, precision)
+    y = split.y.to(out.device)
+    if regression:
+        return {"mse": F.mse_loss(out.reshape(y.shape), y).item()}
+    return {
+        "accuracy": (out.argmax(1) == y).float().mean().item(),
+        "loss": F.cross_entropy(out, y).item(),
+    }
+
+
+class _Teacher:
+    """Teacher outputs for a batch: from a precomputed cache when inputs are
+    deterministic, else a forward pass under inference_mode."""
+
+    def __init__(self, teacher: nn.Module, loss_fn: DistillLoss, spec: JobSpec, train: Split,
+                 device: torch.device, tap: FeatureTap | None):
+        self.model, self.tap, self.device = teacher, tap, device
+        want = spec.distillation.cache_teacher
+        can = not spec.augment.enabled and not loss_fn.needs_features
+        if want is True and not can:
+            why = "augment is on" if spec.augment.enabled else "the method needs teacher features"
+            raise SpecError([("/distillation/cache_teacher", f"cannot cache the teacher: {why}")])
+        self.cache: Tensor | None = None
+        if want is not False and can:
+            self.cache = predict(teacher, train.x, spec.training.eval_batch_size, device,
+                                 spec.training.precision)
+
+    def __call__(self, x: Tensor, idx: Tensor) -> tuple[Tensor, list[Tensor]]:
+        if self.cache is not None:
+            return self.cache[idx], []
+        with torch.inference_mode():
+            out = self.model(x)
+            feats = self.tap.collect() if self.tap else []
+        # inference tensors cannot be saved for backward; clone them into normal tensors
+        return out.clone(), [f.clone() for f in feats]
+
+
+def _feature_taps(spec: JobSpec, student: nn.Module, teacher: nn.Module, loss_fn: DistillLoss,
+                  example: Tensor) -> tuple[FeatureTap, FeatureTap]:
+    d = spec.distillation
+    s_layers = d.student_layers or default_feature_layers(student)
+    t_layers = d.teacher_layers or default_feature_layers(teacher)
+    if not s_layers or not t_layers:
+        raise SpecError([("/distillation/student_layers",
+                          f"method {d.method} needs student_layers and teacher_layers")])
+    if len(s_layers) != len(t_layers):
+        raise SpecError([("/distillation/teacher_layers",
+                          f"{len(s_layers)} student layers but {len(t_layers)} teacher layers")])
+    s_tap = FeatureTap(student, s_layers, "student")
+    t_tap = FeatureTap(teacher, t_layers, "teacher")
+    with torch.no_grad():  # probe shapes in eval mode so no BatchNorm statistic moves
+        was = student.training
+        student.eval()
+        student(example)
+        teacher(example)
+        student.train(was)
+    try:
+        loss_fn.setup([f.shape for f in s_tap.collect()], [f.shape for f in t_tap.collect()])
+    except ValueError as exc:
+        raise SpecError([("/distillation/student_layers", str(exc))]) from None
+    return s_tap, t_tap
+
+
+def fit(spec: JobSpec, data: DataSplits, student: nn.Module, teacher: nn.Module | None,
+        device: torch.device, checkpoint_dir: Path | None, callbacks: Callbacks | None = None,
+        phase: str = "train", resume: dict[str, Any] | None = None,
+        log_every: int = 10) -> FitResult:
+    cb = callbacks or Callbacks()
+    tr = spec.training
+    regression = spec.task == "regression"
+    channels_last = device.type == "cuda" and data.train.x.ndim == 4
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    student.to(device, memory_format=memory_format)
+    train = data.train
+    if train.x.element_size() * train.x.nelement() < ON_DEVICE_LIMIT_BYTES:
+        train = train.to(device)
+
+    loss_fn: DistillLoss | None = None
+    s_tap = t_tap = None
+    teacher_out: _Teacher | None = None
+    if teacher is not None:
+        freeze_teacher(teacher).to(device, memory_format=memory_format)
+        loss_fn = build_loss(spec.distillation).to(device)
+        if loss_fn.needs_features:
+            s_tap, t_tap = _feature_taps(spec, student, teacher, loss_fn, train.x[:2].to(device))
+            loss_fn.to(device)
+        teacher_out = _Teacher(teacher, loss_fn, spec, train, device, t_tap)
+    trainable = list(student.parameters()) + (list(loss_fn.parameters()) if loss_fn else [])
+    optimizer = build_optimizer(trainable, tr)
+
+    n = len(train)
+    bs = min(tr.batch_size, n)
+    steps_per_epoch = max(1, n // bs)  # drop the ragged last batch (BatchNorm needs >1)
+    total_steps = tr.epochs * steps_per_epoch
+    step = 0
+    if resume is not None:
+        student.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if loss_fn is not None and resume.get("loss"):
+            loss_fn.load_state_dict(resume["loss"])
+        torch.set_rng_state(resume["rng"]["torch"])
+        if device.type == "cuda" and resume["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(resume["rng"]["cuda"])
+        step = int(resume["step"])
+    result = FitResult(student, history=list(resume.get("history", [])) if resume else [],
+                       used_teacher_cache=bool(teacher_out and teacher_out.cache is not None))
+
+    def checkpoint(name: str, epoch: int) -> None:
+        if checkpoint_dir is None:
+            return
+        state = {
+            "version": CHECKPOINT_VERSION, "phase": phase, "epoch": epoch, "step": step,
+            "model": student.state_dict(), "optimizer": optimizer.state_dict(),
+            "loss": loss_fn.state_dict() if loss_fn is not None else {},
+            "scheduler": {"step": step, "total_steps": total_steps},
+            "scaler": {},  # bf16 autocast needs no loss scaler
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None},
+            "history": result.history, "spec": spec.model_dump(mode="json"),
+        }
+        path = checkpoint_dir / name
+        save_checkpoint(path, state)
+        cb.on_checkpoint(path, progress(epoch))
+
+    t_start = time.perf_counter()
+    window_images, window_start = 0, t_start
+
+    def progress(epoch: int, losses: dict[str, float] | None = None,
+                 metrics: dict[str, float] | None = None) -> Progress:
+        elapsed = result.train_time_s + (time.perf_counter() - t_start)
+        rate = window_images / max(1e-9, time.perf_counter() - window_start)
+        done = max(1, step - (int(resume["step"]) if resume else 0))
+        eta = (total_steps - step) * (time.perf_counter() - t_start) / done
+        return Progress(phase, epoch, tr.epochs, step, total_steps,
+                        lr_at(min(step, total_steps - 1), total_steps, steps_per_epoch, tr),
+                        losses or {}, metrics or {}, rate, eta, elapsed)
+
+    student.train()
+    for epoch in range(step // steps_per_epoch, tr.epochs):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(
+            tr.seed * 1_000_003 + epoch)).to(train.x.device)
+        epoch_start = time.perf_counter()
+        epoch_images = 0
+        for i in range(step % steps_per_epoch, steps_per_epoch):
+            if cb.should_stop():
+                result.train_time_s += time.perf_counter() - t_start
+                checkpoint(f"interrupted-step{step}.pt", epoch + 1)
+                raise Cancelled(f"stopped at step {step}")
+            idx = order[i * bs : (i + 1) * bs]
+            x, y = train.x[idx].to(device, non_blocking=True), train.y[idx].to(device)
+            if spec.augment.enabled and x.ndim == 4:
+                x = augment_batch(x, spec.augment, torch.Generator().manual_seed(
+                    tr.seed * 7_368_787 + step))
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            set_lr(optimizer, lr_at(step, total_steps, steps_per_epoch, tr))
+            with autocast_for(device, tr.precision):
+                out = student(x)
+                if teacher_out is not None and loss_fn is not None:
+                    t_logits, t_feats = teacher_out(x, idx)
+                    s_feats = s_tap.collect() if s_tap else []
+                    terms = loss_fn(out, t_logits, y, s_feats, t_feats)
+                else:
+                    terms = task_loss(spec.task, out, y)
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            step += 1
+            epoch_images += len(idx)
+            window_images += len(idx)
+            if step % log_every == 0 or i == steps_per_epoch - 1:
+                losses = {k: v.item() for k, v in terms.items()}  # syncs the device
+                if not math.isfinite(losses["loss"]):
+                    raise FloatingPointError(
+                        f"the loss became {losses['loss']} at step {step}; lower the learning rate"
+                    )
+                cb.on_step(progress(epoch + 1, losses))
+                window_images, window_start = 0, time.perf_counter()
+        epoch_time = time.perf_counter() - epoch_start
+        result.images_seen += epoch_images
+        metrics = evaluate(student, data.val if len(data.val) else data.test, regression,
+                           tr.eval_batch_size, device, tr.precision)
+        metrics["epoch_time_s"] = epoch_time
+        metrics["images_per_s"] = epoch_images / max(epoch_time, 1e-9)
+        result.history.append({"epoch": epoch + 1, "step": step, **metrics})
+        cb.on_epoch_end(progress(epoch + 1, metrics=metrics))
+        if (epoch + 1) % spec.checkpoint_every_epochs == 0 or epoch + 1 == tr.epochs:
+            checkpoint(f"epoch{epoch + 1}.pt", epoch + 1)
+    result.train_time_s += time.perf_counter() - t_start
+    result.steps = step
+    for tap in (s_tap, t_tap):
+        if tap:
+            tap.remove()
+    return result
