@@ -24,7 +24,7 @@ from kdcore.export import model_config, onnx_max_abs_error, save_student
 from kdcore.models import build_model
 from kdcore.report import agreement, held_out_metrics, model_summary
 from kdcore.spec import JobSpec, ModelSpec, parse_spec
-from kdcore.trainer import fit, freeze_teacher, pick_device
+from kdcore.trainer import fit, freeze_teacher, pick_device, uses_bf16
 
 
 def _sha256(path: Path) -> str:
@@ -89,6 +89,7 @@ def run(spec: JobSpec | dict, out_dir: str | Path, callbacks: Callbacks | None =
                          out_dir, list(spec.export))
     report: dict[str, Any] = {
         "name": spec.name, "kind": spec.kind, "task": spec.task, "device": device.type,
+        "precision": "bf16" if uses_bf16(device, tr.precision) else "fp32",
         "dataset": {"name": spec.dataset.name, "train": len(data.train), "val": len(data.val),
                     "test": len(data.test), "input_shape": list(data.input_shape)},
         "epochs": tr.epochs, "steps": result.steps,

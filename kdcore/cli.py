@@ -1,0 +1,156 @@
+"""`kdcore` command line: run a job spec locally, export a student, list the registries.
+
+Exit codes: 0 done, 1 the run failed, 2 bad input (spec, files), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from kdcore.callbacks import Callbacks, Progress
+from kdcore.errors import Cancelled, KDError, SpecError
+
+
+class ProgressPrinter(Callbacks):
+    """A live one-line bar on a terminal; plain log lines (at most one per second,
+    plus one per epoch) when output is a file or a pipe."""
+
+    def __init__(self, stream: TextIO = sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._last = 0.0
+
+    def on_step(self, p: Progress) -> None:
+        now = time.monotonic()
+        if not self.tty and now - self._last < 1.0:
+            return
+        self._last = now
+        frac = p.step / max(1, p.total_steps)
+        loss = p.losses.get("loss", float("nan"))
+        eta = f"{int(p.eta_s // 60):02d}:{int(p.eta_s % 60):02d}" if p.eta_s is not None else "--"
+        text = (f"{p.phase} epoch {p.epoch}/{p.epochs} step {p.step}/{p.total_steps} "
+                f"loss {loss:.4f} lr {p.lr:.4g} {p.images_per_s:.0f} img/s ETA {eta}")
+        if self.tty:
+            bar = "#" * int(frac * 20)
+            self.stream.write(f"\r[{bar:<20}] {text}\x1b[K")
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def on_epoch_end(self, p: Progress) -> None:
+        shown = " ".join(f"{k} {v:.4f}" for k, v in p.metrics.items() if k != "epoch_time_s")
+        prefix = "\r\x1b[K" if self.tty else ""
+        self.stream.write(f"{prefix}{p.phase} epoch {p.epoch}/{p.epochs} done: {shown}\n")
+        self.stream.flush()
+
+
+def _load_spec_file(path: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise KDError(f"spec file {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise KDError(f"spec file {path} is not valid JSON: {exc}") from None
+
+
+def _run(args: argparse.Namespace, kind: str) -> int:
+    from kdcore.pipeline import run
+    from kdcore.spec import parse_spec
+
+    data = _load_spec_file(args.spec)
+    if isinstance(data, dict) and "kind" not in data:
+        data = {**data, "kind": kind}
+    spec = parse_spec(data)
+    if spec.kind != kind:
+        raise SpecError([("/kind", f"this spec is a {spec.kind!r} job; run `kdcore {spec.kind}`")])
+    report = run(spec, args.out, ProgressPrinter(), resume_from=args.resume)
+    summary = {k: report[k] for k in ("student", "teacher", "agreement", "compression_ratio",
+                                      "baseline", "kd_gain", "train_images_per_s") if k in report}
+    print(json.dumps(summary, indent=2))
+    print(f"outputs in {Path(args.out).resolve()}", file=sys.stderr)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from kdcore.export import load_student, save_student
+
+    model, config = load_student(args.dir)
+    out = Path(args.out or args.dir)
+    paths = save_student(model, config, out, args.formats)
+    for fmt, path in paths.items():
+        print(f"{fmt}: {path}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from kdcore.data import DATASETS
+    from kdcore.losses import LOSSES
+    from kdcore.models import MODELS
+
+    families = {"models": MODELS, "datasets": DATASETS, "methods": LOSSES}
+    for name, registry in families.items():
+        if args.family in (None, name):
+            print(f"{name}: {' '.join(registry.names())}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from kdcore.spec import parse_spec
+
+    spec = parse_spec(_load_spec_file(args.spec))
+    print(f"ok: {spec.kind} job {spec.name!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdcore", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for kind in ("distill", "train"):
+        p = sub.add_parser(kind, help=f"run a {kind} job spec locally")
+        p.add_argument("spec", help="job spec JSON (the service's schema)")
+        p.add_argument("--out", required=True, help="output folder")
+        p.add_argument("--resume", help="training checkpoint to resume from")
+        p.set_defaults(func=lambda a, k=kind: _run(a, k))
+    p = sub.add_parser("export", help="write TorchScript/ONNX from a student folder")
+    p.add_argument("dir", help="folder with student.json and student.safetensors")
+    p.add_argument("--formats", nargs="+", default=["torchscript", "onnx"],
+                   choices=["safetensors", "torchscript", "onnx"])
+    p.add_argument("--out", help="output folder (default: the input folder)")
+    p.set_defaults(func=_export)
+    p = sub.add_parser("list", help="list architectures, datasets and methods")
+    p.add_argument("family", nargs="?", choices=["models", "datasets", "methods"])
+    p.set_defaults(func=_list)
+    p = sub.add_parser("validate", help="check a spec without running it")
+    p.add_argument("spec")
+    p.set_defaults(func=_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KDError as exc:
+        print(f"kdcore: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:  # registry lookups outside spec validation
+        print(f"kdcore: error: {exc}", file=sys.stderr)
+        return 2
+    except Cancelled as exc:
+        print(f"kdcore: cancelled: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("kdcore: interrupted", file=sys.stderr)
+        return 130
+    except FloatingPointError as exc:
+        print(f"kdcore: training diverged: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
