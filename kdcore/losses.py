@@ -21,6 +21,11 @@ LossBuilder = Callable[[DistillationSpec], "DistillLoss"]
 LOSSES: Registry[LossBuilder] = Registry("distillation method")
 
 
+def _full(x: Tensor) -> Tensor:
+    """Upcast half-precision (autocast) outputs; keep fp32/fp64 as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def kd_term(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """Hinton KD: T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), averaged over the batch.
 
@@ -30,14 +35,14 @@ def kd_term(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     class count). T^2 keeps gradient magnitudes comparable across temperatures.
     """
     t = temperature
-    log_p_student = F.log_softmax(student_logits.float() / t, dim=1)
-    p_teacher = F.softmax(teacher_logits.float() / t, dim=1)
+    log_p_student = F.log_softmax(_full(student_logits) / t, dim=1)
+    p_teacher = F.softmax(_full(teacher_logits) / t, dim=1)
     return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * (t * t)
 
 
 def attention_map(feature: Tensor) -> Tensor:
     """Zagoruyko & Komodakis: channel-mean of squared activations, L2-normalised per sample."""
-    return F.normalize(feature.float().pow(2).mean(1).flatten(1), dim=1)
+    return F.normalize(_full(feature).pow(2).mean(1).flatten(1), dim=1)
 
 
 def _match_spatial(student: Tensor, teacher: Tensor) -> Tensor:
@@ -61,7 +66,7 @@ class KDLoss(DistillLoss):
         self.t, self.ce_w, self.kd_w = spec.temperature, spec.ce_weight, spec.kd_weight
 
     def forward(self, s_out, t_out, targets, s_feats=(), t_feats=()) -> dict[str, Tensor]:
-        ce = F.cross_entropy(s_out.float(), targets)
+        ce = F.cross_entropy(_full(s_out), targets)
         kd = kd_term(s_out, t_out, self.t)
         return {"loss": self.ce_w * ce + self.kd_w * kd, "ce": ce, "kd": kd}
 
@@ -75,9 +80,9 @@ class RegressionKDLoss(DistillLoss):
         self.w = spec.kd_weight
 
     def forward(self, s_out, t_out, targets, s_feats=(), t_feats=()) -> dict[str, Tensor]:
-        pred = s_out.float().reshape(targets.shape)
+        pred = _full(s_out).reshape(targets.shape)
         mse_y = F.mse_loss(pred, targets)
-        mse_t = F.mse_loss(pred, t_out.float().reshape(targets.shape))
+        mse_t = F.mse_loss(pred, _full(t_out).reshape(targets.shape))
         return {"loss": mse_y + self.w * mse_t, "mse": mse_y, "mse_teacher": mse_t}
 
 
@@ -101,10 +106,10 @@ class FitNetLoss(DistillLoss):
             self.adapters.append(nn.Conv2d(s[1], t[1], kernel_size=1, bias=False))
 
     def forward(self, s_out, t_out, targets, s_feats=(), t_feats=()) -> dict[str, Tensor]:
-        ce = F.cross_entropy(s_out.float(), targets)
-        hint = s_out.new_zeros((), dtype=torch.float32)
+        ce = F.cross_entropy(_full(s_out), targets)
+        hint = _full(s_out).new_zeros(())
         for adapter, fs, ft in zip(self.adapters, s_feats, t_feats, strict=True):
-            hint = hint + F.mse_loss(_match_spatial(adapter(fs), ft).float(), ft.float())
+            hint = hint + F.mse_loss(_full(_match_spatial(adapter(fs), ft)), _full(ft))
         total = self.ce_w * ce + self.feat_w * hint
         terms = {"ce": ce, "hint": hint}
         if self.kd_w > 0:
@@ -126,8 +131,8 @@ class AttentionTransferLoss(DistillLoss):
         self.feat_w = spec.feature_weight
 
     def forward(self, s_out, t_out, targets, s_feats=(), t_feats=()) -> dict[str, Tensor]:
-        ce = F.cross_entropy(s_out.float(), targets)
-        at = s_out.new_zeros((), dtype=torch.float32)
+        ce = F.cross_entropy(_full(s_out), targets)
+        at = _full(s_out).new_zeros(())
         for fs, ft in zip(s_feats, t_feats, strict=True):
             at = at + (attention_map(_match_spatial(fs, ft)) - attention_map(ft)).pow(2).mean()
         total = self.ce_w * ce + self.feat_w * at
@@ -154,7 +159,7 @@ class DKDLoss(DistillLoss):
 
     def forward(self, s_out, t_out, targets, s_feats=(), t_feats=()) -> dict[str, Tensor]:
         t = self.t
-        zs, zt = s_out.float() / t, t_out.float() / t
+        zs, zt = _full(s_out) / t, _full(t_out) / t
         gt = F.one_hot(targets, zs.shape[1]).bool()
         ps, pt = F.softmax(zs, dim=1), F.softmax(zt, dim=1)
         bs = torch.stack([(ps * gt).sum(1), (ps * ~gt).sum(1)], dim=1)
@@ -163,7 +168,7 @@ class DKDLoss(DistillLoss):
         log_ps_nt = F.log_softmax(zs - 1000.0 * gt, dim=1)
         pt_nt = F.softmax(zt - 1000.0 * gt, dim=1)
         nckd = F.kl_div(log_ps_nt, pt_nt, reduction="batchmean") * t * t
-        ce = F.cross_entropy(s_out.float(), targets)
+        ce = F.cross_entropy(_full(s_out), targets)
         total = self.ce_w * ce + self.alpha * tckd + self.beta * nckd
         return {"loss": total, "ce": ce, "tckd": tckd, "nckd": nckd}
 
@@ -171,9 +176,9 @@ class DKDLoss(DistillLoss):
 def task_loss(task: str, out: Tensor, targets: Tensor) -> dict[str, Tensor]:
     """The plain supervised loss used by `train` jobs and the from-scratch baseline."""
     if task == "regression":
-        mse = F.mse_loss(out.float().reshape(targets.shape), targets)
+        mse = F.mse_loss(_full(out).reshape(targets.shape), targets)
         return {"loss": mse, "mse": mse}
-    ce = F.cross_entropy(out.float(), targets)
+    ce = F.cross_entropy(_full(out), targets)
     return {"loss": ce, "ce": ce}
 
 

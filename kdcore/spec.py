@@ -55,7 +55,7 @@ class DatasetSpec(_Strict):
     max_samples: int | None = Field(default=None, ge=10, description="Use at most this many")
     # synthetic only
     num_samples: int = Field(default=1024, ge=10, le=1_000_000)
-    num_classes: int = Field(default=10, ge=2, le=1000)
+    num_classes: int = Field(default=10, ge=1, le=1000, description="classes, or targets if regression")
     shape: list[int] = Field(default_factory=lambda: [1, 16, 16], min_length=1, max_length=3)
     regression: bool = False
     noise: float = Field(default=0.5, ge=0.0, le=100.0)
@@ -64,6 +64,8 @@ class DatasetSpec(_Strict):
     def _fractions(self) -> DatasetSpec:
         if self.val_fraction + self.test_fraction >= 0.95:
             raise ValueError("val_fraction + test_fraction must leave data to train on")
+        if self.name == "synthetic" and not self.regression and self.num_classes < 2:
+            raise ValueError("synthetic classification needs num_classes >= 2")
         if any(d < 1 or d > 4096 for d in self.shape):
             raise ValueError("shape entries must be between 1 and 4096")
         return self

@@ -1,0 +1,91 @@
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from kdcore.checkpoints import atomic_write, load_weights, read_state_dict
+from kdcore.errors import CheckpointError
+from kdcore.models import build_model
+
+
+def _model(classes=10):
+    return build_model("small_cnn", classes, (1, 8, 8))
+
+
+def test_safetensors_and_weights_only_pickle_load(tmp_path):
+    src = _model()
+    save_file(src.state_dict(), tmp_path / "w.safetensors")
+    torch.save({"model": src.state_dict(), "epoch": 3}, tmp_path / "w.pt")
+    for name in ("w.safetensors", "w.pt"):
+        dst = _model()
+        load_weights(dst, tmp_path / name)
+        for k, v in src.state_dict().items():
+            assert torch.equal(v, dst.state_dict()[k])
+
+
+def test_torchscript_archive_loads_into_our_model(tmp_path):
+    src = _model().eval()
+    torch.jit.save(torch.jit.trace(src, torch.randn(1, 1, 8, 8)), tmp_path / "m.pt")
+    dst = _model()
+    load_weights(dst, tmp_path / "m.pt")
+    x = torch.randn(3, 1, 8, 8)
+    assert torch.equal(src(x), dst.eval()(x))
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _Exploit(marker)}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_weights(_model(), path)
+    assert not marker.exists()
+    # a raw pickle (not a torch zip) is refused the same way
+    raw = tmp_path / "evil.pkl"
+    raw.write_bytes(pickle.dumps(_Exploit(marker)))
+    with pytest.raises(CheckpointError):
+        read_state_dict(raw)
+    assert not marker.exists()
+
+
+def test_shape_mismatch_names_the_layer(tmp_path):
+    save_file(_model(classes=100).state_dict(), tmp_path / "w.safetensors")
+    with pytest.raises(CheckpointError, match=r"fc\.weight: file has \[100, 64\]"):
+        load_weights(_model(classes=10), tmp_path / "w.safetensors")
+
+
+def test_other_architecture_lists_missing_layers(tmp_path):
+    save_file(build_model("mlp", 10, (1, 8, 8)).state_dict(), tmp_path / "w.safetensors")
+    with pytest.raises(CheckpointError, match="missing layers: stage1"):
+        load_weights(_model(), tmp_path / "w.safetensors")
+
+
+def test_truncated_safetensors_is_a_clear_error(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file(_model().state_dict(), path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="not a valid safetensors"):
+        load_weights(_model(), path)
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    atomic_write(path, lambda fh: fh.write(b"old"))
+
+    def half_then_fail(fh):
+        fh.write(b"new-but-incomplete")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write(path, half_then_fail)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]

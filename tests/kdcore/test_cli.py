@@ -1,0 +1,53 @@
+import json
+import subprocess
+import sys
+
+from tests.conftest import tiny_spec
+
+
+def kdcore_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "kdcore.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_list_shows_every_registry():
+    out = kdcore_cli("list").stdout
+    assert "cifar_resnet56" in out and "resnet18" in out
+    assert "fashion_mnist" in out and "dkd" in out
+
+
+def test_train_distill_export_round_trip(tmp_path):
+    (tmp_path / "t.json").write_text(json.dumps(tiny_spec(kind="train", teacher=None)))
+    run = kdcore_cli("train", tmp_path / "t.json", "--out", tmp_path / "t")
+    assert run.returncode == 0, run.stderr
+    assert "epoch 2/2 done" in run.stderr  # plain progress lines when not a terminal
+    assert json.loads(run.stdout)["student"]["arch"] == "mlp_small"
+    spec = tiny_spec(teacher={"arch": "mlp_small",
+                              "checkpoint": str(tmp_path / "t" / "student.safetensors")},
+                     student={"arch": "mlp_small"})
+    (tmp_path / "d.json").write_text(json.dumps(spec))
+    run = kdcore_cli("distill", tmp_path / "d.json", "--out", tmp_path / "d")
+    assert run.returncode == 0, run.stderr
+    assert "agreement" in json.loads(run.stdout)
+    run = kdcore_cli("export", tmp_path / "d", "--formats", "onnx", "--out", tmp_path / "e")
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "e" / "student.onnx").is_file()
+
+
+def test_bad_spec_is_one_readable_line_and_exit_2(tmp_path):
+    (tmp_path / "bad.json").write_text(json.dumps(tiny_spec(training={"batch_size": 0})))
+    run = kdcore_cli("distill", tmp_path / "bad.json", "--out", tmp_path / "o")
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "/training/batch_size" in lines[0]
+    assert "Traceback" not in run.stderr
+    (tmp_path / "broken.json").write_text("{nope")
+    run = kdcore_cli("train", tmp_path / "broken.json", "--out", tmp_path / "o")
+    assert run.returncode == 2 and "not valid JSON" in run.stderr
+
+
+def test_missing_teacher_checkpoint_is_a_clear_error(tmp_path):
+    spec = tiny_spec(teacher={"arch": "small_cnn", "checkpoint": str(tmp_path / "nope.pt")})
+    (tmp_path / "s.json").write_text(json.dumps(spec))
+    run = kdcore_cli("distill", tmp_path / "s.json", "--out", tmp_path / "o")
+    assert run.returncode == 2 and "does not exist" in run.stderr

@@ -1,0 +1,62 @@
+"""N steps straight == N/2 steps, checkpoint, a fresh process loads it, N/2 more: bit-identical."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+import kdcore
+from kdcore.errors import Cancelled
+from tests.conftest import tiny_spec
+from kdcore.callbacks import Callbacks
+
+
+class StopBeforeStep(Callbacks):
+    """should_stop is asked once before every step: answer True before step `n` runs."""
+
+    def __init__(self, n):
+        self.n, self.asked = n, 0
+
+    def should_stop(self):
+        self.asked += 1
+        return self.asked > self.n
+
+
+@pytest.mark.parametrize("method,precision", [("kd", "fp32"), ("fitnet", "auto")])
+def test_resume_in_a_fresh_process_is_bit_exact(tmp_path, method, precision):
+    spec = tiny_spec(
+        student={"arch": "small_cnn"}, augment={"crop_padding": 1, "hflip": True},
+        distillation={"method": method, "kd_weight": 0.5},
+        training={"epochs": 3, "precision": precision, "optimizer": "sgd", "nesterov": True})
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+
+    kdcore.distill(spec, tmp_path / "straight")
+    total = json.loads((tmp_path / "straight" / "report.json").read_text())["steps"]
+    assert total == 3 * (185 // 32)  # 256 - 51 test - 20 val = 185 train samples, 5 steps/epoch
+
+    half = total // 2 + 1  # stop in the middle of an epoch, not on a boundary
+    with pytest.raises(Cancelled):
+        kdcore.distill(spec, tmp_path / "resumed", callbacks=StopBeforeStep(half))
+    ckpt = tmp_path / "resumed" / "checkpoints" / f"interrupted-step{half}.pt"
+    assert ckpt.exists()
+    subprocess.run(
+        [sys.executable, "-m", "kdcore.cli", "distill", str(spec_path),
+         "--out", str(tmp_path / "resumed"), "--resume", str(ckpt)],
+        check=True, capture_output=True, timeout=300)
+
+    a = load_file(tmp_path / "straight" / "student.safetensors")
+    b = load_file(tmp_path / "resumed" / "student.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].equal(b[key]), key
+
+
+def test_resume_with_another_spec_is_refused(tmp_path):
+    spec = tiny_spec(training={"epochs": 2})
+    kdcore.distill(spec, tmp_path / "a")
+    other = tiny_spec(training={"epochs": 3})
+    with pytest.raises(kdcore.CheckpointError, match="different spec"):
+        kdcore.distill(other, tmp_path / "b", resume_from=tmp_path / "a/checkpoints/epoch2.pt")
