@@ -6,6 +6,16 @@ from kdcore.pipeline import distill, run, train
 from kdcore.spec import JobSpec, parse_spec
 
 __all__ = [
-    "Callbacks", "Cancelled", "CheckpointError", "DataError", "JobSpec", "KDError", "Progress",
-    "SpecError", "distill", "parse_spec", "run", "train",
+    "Callbacks",
+    "Cancelled",
+    "CheckpointError",
+    "DataError",
+    "JobSpec",
+    "KDError",
+    "Progress",
+    "SpecError",
+    "distill",
+    "parse_spec",
+    "run",
+    "train",
 ]

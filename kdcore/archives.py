@@ -58,7 +58,7 @@ def iter_archive_files(
                 yield _check_name(info.filename), data
         return
     try:
-        tf = tarfile.open(archive)
+        tf = tarfile.open(archive)  # noqa: SIM115 (closed by the `with` below)
     except tarfile.TarError as exc:
         raise DataError(f"{archive.name} is neither a zip nor a tar archive ({exc})") from None
     with tf:
@@ -73,7 +73,7 @@ def iter_archive_files(
             if m.isdir():
                 continue
             account(m.name, m.size)
-            fh = tf.extractfile(m)
-            if fh is None:
+            member = tf.extractfile(m)
+            if member is None:
                 continue
-            yield _check_name(m.name), fh.read()
+            yield _check_name(m.name), member.read()

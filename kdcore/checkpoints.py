@@ -55,7 +55,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         try:
             return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
         except Exception as exc:  # TorchScript raises several internal error types
-            raise CheckpointError(f"{path.name} is not a loadable TorchScript file: {exc}") from None
+            raise CheckpointError(
+                f"{path.name} is not a loadable TorchScript file: {exc}"
+            ) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -107,7 +109,9 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         if unexpected:
             lines.append(f"unexpected layers: {', '.join(unexpected[:5])}")
         hint = " (check arch, num_classes and in_channels)"
-        raise CheckpointError(f"{Path(path).name} does not fit the model: {' | '.join(lines)}{hint}")
+        raise CheckpointError(
+            f"{Path(path).name} does not fit the model: {' | '.join(lines)}{hint}"
+        )
     model.load_state_dict(state)
 
 

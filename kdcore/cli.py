@@ -33,8 +33,10 @@ class ProgressPrinter(Callbacks):
         frac = p.step / max(1, p.total_steps)
         loss = p.losses.get("loss", float("nan"))
         eta = f"{int(p.eta_s // 60):02d}:{int(p.eta_s % 60):02d}" if p.eta_s is not None else "--"
-        text = (f"{p.phase} epoch {p.epoch}/{p.epochs} step {p.step}/{p.total_steps} "
-                f"loss {loss:.4f} lr {p.lr:.4g} {p.images_per_s:.0f} img/s ETA {eta}")
+        text = (
+            f"{p.phase} epoch {p.epoch}/{p.epochs} step {p.step}/{p.total_steps} "
+            f"loss {loss:.4f} lr {p.lr:.4g} {p.images_per_s:.0f} img/s ETA {eta}"
+        )
         if self.tty:
             bar = "#" * int(frac * 20)
             self.stream.write(f"\r[{bar:<20}] {text}\x1b[K")
@@ -69,8 +71,19 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     if spec.kind != kind:
         raise SpecError([("/kind", f"this spec is a {spec.kind!r} job; run `kdcore {spec.kind}`")])
     report = run(spec, args.out, ProgressPrinter(), resume_from=args.resume)
-    summary = {k: report[k] for k in ("student", "teacher", "agreement", "compression_ratio",
-                                      "baseline", "kd_gain", "train_images_per_s") if k in report}
+    summary = {
+        k: report[k]
+        for k in (
+            "student",
+            "teacher",
+            "agreement",
+            "compression_ratio",
+            "baseline",
+            "kd_gain",
+            "train_images_per_s",
+        )
+        if k in report
+    }
     print(json.dumps(summary, indent=2))
     print(f"outputs in {Path(args.out).resolve()}", file=sys.stderr)
     return 0
@@ -91,8 +104,9 @@ def _list(args: argparse.Namespace) -> int:
     from kdcore.data import DATASETS
     from kdcore.losses import LOSSES
     from kdcore.models import MODELS
+    from kdcore.registry import Registry
 
-    families = {"models": MODELS, "datasets": DATASETS, "methods": LOSSES}
+    families: dict[str, Registry[Any]] = {"models": MODELS, "datasets": DATASETS, "methods": LOSSES}
     for name, registry in families.items():
         if args.family in (None, name):
             print(f"{name}: {' '.join(registry.names())}")
@@ -118,8 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=lambda a, k=kind: _run(a, k))
     p = sub.add_parser("export", help="write TorchScript/ONNX from a student folder")
     p.add_argument("dir", help="folder with student.json and student.safetensors")
-    p.add_argument("--formats", nargs="+", default=["torchscript", "onnx"],
-                   choices=["safetensors", "torchscript", "onnx"])
+    p.add_argument(
+        "--formats",
+        nargs="+",
+        default=["torchscript", "onnx"],
+        choices=["safetensors", "torchscript", "onnx"],
+    )
     p.add_argument("--out", help="output folder (default: the input folder)")
     p.set_defaults(func=_export)
     p = sub.add_parser("list", help="list architectures, datasets and methods")

@@ -114,8 +114,18 @@ def load_fashion_mnist(spec: DatasetSpec, seed: int) -> RawData:
             raise DataError(f"{split}: {images.shape[0]} images but {labels.shape[0]} labels")
         x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
         parts[split] = (x, torch.from_numpy(labels.astype(np.int64)))
-    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-             "Sneaker", "Bag", "Ankle boot"]
+    names = [
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ]
     return RawData(*parts["train"], 10, test=parts["test"], class_names=names)
 
 
@@ -143,8 +153,8 @@ def _decode_image(content: bytes, name: str) -> Tensor:
 
     try:
         with Image.open(io.BytesIO(content)) as img:
-            img = img.convert("L" if img.mode in ("1", "L", "I;16", "I") else "RGB")
-            arr = np.asarray(img, dtype=np.float32) / 255.0
+            mode = "L" if img.mode in ("1", "L", "I;16", "I") else "RGB"
+            arr = np.asarray(img.convert(mode), dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"cannot decode image {name}: {exc}") from None
     t = torch.from_numpy(arr.copy())

@@ -30,13 +30,14 @@ def model_config(arch: str, num_classes: int, data: DataSplits, task: str) -> di
     }
 
 
-def save_student(model: nn.Module, config: dict[str, Any], out_dir: Path,
-                 formats: list[str]) -> dict[str, Path]:
+def save_student(
+    model: nn.Module, config: dict[str, Any], out_dir: Path, formats: list[str]
+) -> dict[str, Path]:
     """Write every requested format; returns {format: path}."""
     from safetensors.torch import save as safetensors_bytes
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    model = model.cpu().to(memory_format=torch.contiguous_format).eval()
     paths: dict[str, Path] = {}
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     path = out_dir / "student.safetensors"
@@ -65,8 +66,13 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with torch.no_grad():
         torch.onnx.export(
-            model, (example,), str(tmp), input_names=["input"], output_names=["output"],
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False,
+            model,
+            (example,),
+            str(tmp),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            dynamo=False,
         )
     check = torch.randn(3, *example.shape[1:])
     max_err = onnx_max_abs_error(model, tmp, check)

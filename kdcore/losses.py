@@ -47,7 +47,7 @@ def attention_map(feature: Tensor) -> Tensor:
 
 def _match_spatial(student: Tensor, teacher: Tensor) -> Tensor:
     if student.shape[-2:] != teacher.shape[-2:]:
-        student = F.adaptive_avg_pool2d(student, teacher.shape[-2:])
+        student = F.adaptive_avg_pool2d(student, (teacher.shape[-2], teacher.shape[-1]))
     return student
 
 

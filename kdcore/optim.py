@@ -23,8 +23,9 @@ def build_optimizer(params: Iterable[nn.Parameter], spec: TrainingSpec) -> torch
     ]
     if spec.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=spec.lr)
-    return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum,
-                           nesterov=spec.nesterov and spec.momentum > 0)
+    return torch.optim.SGD(
+        groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov and spec.momentum > 0
+    )
 
 
 def lr_at(step: int, total_steps: int, steps_per_epoch: int, spec: TrainingSpec) -> float:

@@ -1,9 +1,9 @@
 """`distill` and `train`: from a spec to a folder of outputs.
 
-    out_dir/student.safetensors, student.json     the student and how to rebuild it
-    out_dir/student.torchscript.pt, student.onnx  optional exports
-    out_dir/report.json                           quality, size, speed, training figures
-    out_dir/checkpoints/epochN.pt                 training checkpoints (exact resume)
+out_dir/student.safetensors, student.json     the student and how to rebuild it
+out_dir/student.torchscript.pt, student.onnx  optional exports
+out_dir/report.json                           quality, size, speed, training figures
+out_dir/checkpoints/epochN.pt                 training checkpoints (exact resume)
 """
 
 from __future__ import annotations
@@ -45,12 +45,27 @@ def build_role(spec: ModelSpec, role: str, data: DataSplits) -> tuple[nn.Module,
     """Build the teacher or student for this data; errors point at the spec field."""
     num_classes = spec.num_classes or data.num_classes
     if not data.regression and num_classes < data.num_classes:
-        raise SpecError([(f"/{role}/num_classes",
-                          f"{num_classes} classes, but the dataset has {data.num_classes}")])
-    if spec.in_channels is not None and len(data.input_shape) == 3 \
-            and spec.in_channels != data.input_shape[0]:
-        raise SpecError([(f"/{role}/in_channels", f"{spec.in_channels} input channels, but the "
-                          f"dataset has {data.input_shape[0]}")])
+        raise SpecError(
+            [
+                (
+                    f"/{role}/num_classes",
+                    f"{num_classes} classes, but the dataset has {data.num_classes}",
+                )
+            ]
+        )
+    if (
+        spec.in_channels is not None
+        and len(data.input_shape) == 3
+        and spec.in_channels != data.input_shape[0]
+    ):
+        raise SpecError(
+            [
+                (
+                    f"/{role}/in_channels",
+                    f"{spec.in_channels} input channels, but the dataset has {data.input_shape[0]}",
+                )
+            ]
+        )
     try:
         model = build_model(spec.arch, num_classes, data.input_shape)
     except (ValueError, RuntimeError, TypeError) as exc:
@@ -60,8 +75,12 @@ def build_role(spec: ModelSpec, role: str, data: DataSplits) -> tuple[nn.Module,
     return model, num_classes
 
 
-def run(spec: JobSpec | dict, out_dir: str | Path, callbacks: Callbacks | None = None,
-        resume_from: str | Path | None = None) -> dict[str, Any]:
+def run(
+    spec: JobSpec | dict,
+    out_dir: str | Path,
+    callbacks: Callbacks | None = None,
+    resume_from: str | Path | None = None,
+) -> dict[str, Any]:
     """Run a `distill` or `train` job; returns the report (also written to report.json)."""
     spec = spec if isinstance(spec, JobSpec) else parse_spec(spec)
     out_dir = Path(out_dir)
@@ -82,30 +101,51 @@ def run(spec: JobSpec | dict, out_dir: str | Path, callbacks: Callbacks | None =
         if resume.get("spec") != spec.model_dump(mode="json"):
             raise CheckpointError(f"{resume_from} was written by a different spec")
 
-    result = fit(spec, data, student, teacher, device, out_dir / "checkpoints", callbacks,
-                 resume=resume)
+    result = fit(
+        spec, data, student, teacher, device, out_dir / "checkpoints", callbacks, resume=resume
+    )
 
-    files = save_student(student, model_config(spec.student.arch, num_classes, data, spec.task),
-                         out_dir, list(spec.export))
+    files = save_student(
+        student,
+        model_config(spec.student.arch, num_classes, data, spec.task),
+        out_dir,
+        list(spec.export),
+    )
     report: dict[str, Any] = {
-        "name": spec.name, "kind": spec.kind, "task": spec.task, "device": device.type,
+        "name": spec.name,
+        "kind": spec.kind,
+        "task": spec.task,
+        "device": device.type,
         "precision": "bf16" if uses_bf16(device, tr.precision) else "fp32",
-        "dataset": {"name": spec.dataset.name, "train": len(data.train), "val": len(data.val),
-                    "test": len(data.test), "input_shape": list(data.input_shape)},
-        "epochs": tr.epochs, "steps": result.steps,
+        "dataset": {
+            "name": spec.dataset.name,
+            "train": len(data.train),
+            "val": len(data.val),
+            "test": len(data.test),
+            "input_shape": list(data.input_shape),
+        },
+        "epochs": tr.epochs,
+        "steps": result.steps,
         "training_time_s": round(result.train_time_s, 3),
         "train_images_per_s": round(result.images_per_s, 2),
         "teacher_cache": result.used_teacher_cache,
         "history": result.history,
     }
     s_metrics, s_out = held_out_metrics(student, data.test, regression, device)
-    report["student"] = {"arch": spec.student.arch, **s_metrics,
-                         **model_summary(student, data.input_shape),
-                         "bytes_on_disk": files["safetensors"].stat().st_size}
+    report["student"] = {
+        "arch": spec.student.arch,
+        **s_metrics,
+        **model_summary(student, data.input_shape),
+        "bytes_on_disk": files["safetensors"].stat().st_size,
+    }
     if teacher is not None and spec.teacher is not None:
         t_metrics, t_out = held_out_metrics(teacher, data.test, regression, device)
-        t = {"arch": spec.teacher.arch, **t_metrics, **model_summary(teacher, data.input_shape),
-             "bytes_on_disk": _state_bytes(teacher)}
+        t = {
+            "arch": spec.teacher.arch,
+            **t_metrics,
+            **model_summary(teacher, data.input_shape),
+            "bytes_on_disk": _state_bytes(teacher),
+        }
         s = report["student"]
         report["teacher"] = t
         if not regression:
@@ -116,7 +156,8 @@ def run(spec: JobSpec | dict, out_dir: str | Path, callbacks: Callbacks | None =
         report["speedup_batch64"] = round(t["latency_ms_batch64"] / s["latency_ms_batch64"], 3)
     if "onnx" in files:
         report["onnx_max_abs_error"] = onnx_max_abs_error(
-            student.cpu(), files["onnx"], torch.randn(4, *data.input_shape))
+            student.cpu(), files["onnx"], torch.randn(4, *data.input_shape)
+        )
     if spec.baseline and teacher is not None:
         report["baseline"], report["kd_gain"] = _baseline(spec, data, device, s_metrics, callbacks)
     report["files"] = {
@@ -128,8 +169,13 @@ def run(spec: JobSpec | dict, out_dir: str | Path, callbacks: Callbacks | None =
     return report
 
 
-def _baseline(spec: JobSpec, data: DataSplits, device: torch.device,
-              kd_metrics: dict[str, float], callbacks: Callbacks | None) -> tuple[dict, float]:
+def _baseline(
+    spec: JobSpec,
+    data: DataSplits,
+    device: torch.device,
+    kd_metrics: dict[str, float],
+    callbacks: Callbacks | None,
+) -> tuple[dict, float]:
     """Train the same student from scratch with the same data, budget and seed."""
     torch.manual_seed(spec.training.seed)
     scratch_spec = spec.model_copy(update={"kind": "train", "teacher": None})
@@ -143,16 +189,24 @@ def _baseline(spec: JobSpec, data: DataSplits, device: torch.device,
     return {**metrics, "training_time_s": round(result.train_time_s, 3)}, gain
 
 
-def distill(spec: JobSpec | dict, out_dir: str | Path, callbacks: Callbacks | None = None,
-            resume_from: str | Path | None = None) -> dict[str, Any]:
+def distill(
+    spec: JobSpec | dict,
+    out_dir: str | Path,
+    callbacks: Callbacks | None = None,
+    resume_from: str | Path | None = None,
+) -> dict[str, Any]:
     spec = spec if isinstance(spec, JobSpec) else parse_spec(spec)
     if spec.kind != "distill":
         raise SpecError([("/kind", "distill() needs kind 'distill'")])
     return run(spec, out_dir, callbacks, resume_from)
 
 
-def train(spec: JobSpec | dict, out_dir: str | Path, callbacks: Callbacks | None = None,
-          resume_from: str | Path | None = None) -> dict[str, Any]:
+def train(
+    spec: JobSpec | dict,
+    out_dir: str | Path,
+    callbacks: Callbacks | None = None,
+    resume_from: str | Path | None = None,
+) -> dict[str, Any]:
     spec = spec if isinstance(spec, JobSpec) else parse_spec(spec)
     if spec.kind != "train":
         raise SpecError([("/kind", "train() needs kind 'train'")])

@@ -14,8 +14,9 @@ from kdcore.models import count_parameters
 from kdcore.trainer import predict
 
 
-def cpu_latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int,
-                   repeats: int = 10) -> float:
+def cpu_latency_ms(
+    model: nn.Module, input_shape: tuple[int, ...], batch: int, repeats: int = 10
+) -> float:
     """Median wall time of one forward pass on the CPU, in milliseconds."""
     model = model.to("cpu").eval()
     x = torch.randn(batch, *input_shape)
@@ -38,8 +39,9 @@ def model_summary(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, A
     }
 
 
-def held_out_metrics(model: nn.Module, split: Split, regression: bool,
-                     device: torch.device) -> tuple[dict[str, float], torch.Tensor]:
+def held_out_metrics(
+    model: nn.Module, split: Split, regression: bool, device: torch.device
+) -> tuple[dict[str, float], torch.Tensor]:
     out = predict(model, split.x, 512, device).cpu()
     y = split.y
     if regression:

@@ -55,7 +55,9 @@ class DatasetSpec(_Strict):
     max_samples: int | None = Field(default=None, ge=10, description="Use at most this many")
     # synthetic only
     num_samples: int = Field(default=1024, ge=10, le=1_000_000)
-    num_classes: int = Field(default=10, ge=1, le=1000, description="classes, or targets if regression")
+    num_classes: int = Field(
+        default=10, ge=1, le=1000, description="classes, or targets if regression"
+    )
     shape: list[int] = Field(default_factory=lambda: [1, 16, 16], min_length=1, max_length=3)
     regression: bool = False
     noise: float = Field(default=0.5, ge=0.0, le=100.0)
@@ -137,7 +139,7 @@ class JobSpec(_Strict):
     distillation: DistillationSpec = Field(default_factory=DistillationSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     checkpoint_every_epochs: int = Field(default=1, ge=1, le=MAX_EPOCHS)
-    export: list[ExportFormat] = Field(default_factory=lambda: ["safetensors"])
+    export: list[ExportFormat] = Field(default_factory=lambda: list[ExportFormat](["safetensors"]))
     baseline: bool = Field(
         default=False, description="Also train the student from scratch and report the KD gain"
     )
@@ -204,6 +206,10 @@ def validate_names(spec: JobSpec) -> list[tuple[str, str]]:
                     "the teacher cache needs deterministic inputs; turn augment off",
                 )
             )
-    if spec.task == "regression" and spec.dataset.name == "synthetic" and not spec.dataset.regression:
+    if (
+        spec.task == "regression"
+        and spec.dataset.name == "synthetic"
+        and not spec.dataset.regression
+    ):
         problems.append(("/dataset/regression", "task regression needs dataset.regression: true"))
     return problems

@@ -108,8 +108,9 @@ def augment_batch(x: Tensor, spec: AugmentSpec, gen: torch.Generator) -> Tensor:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: Tensor, batch_size: int, device: torch.device,
-            precision: str = "fp32") -> Tensor:
+def predict(
+    model: nn.Module, x: Tensor, batch_size: int, device: torch.device, precision: str = "fp32"
+) -> Tensor:
     was_training = model.training
     model.eval()
     outs = []
@@ -120,8 +121,14 @@ def predict(model: nn.Module, x: Tensor, batch_size: int, device: torch.device,
     return torch.cat(outs)
 
 
-def evaluate(model: nn.Module, split: Split, regression: bool, batch_size: int,
-             device: torch.device, precision: str = "fp32") -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    regression: bool,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+) -> dict[str, float]:
     out = predict(model, split.x, batch_size, device, precision)
     y = split.y.to(out.device)
     if regression:
@@ -136,8 +143,15 @@ class _Teacher:
     """Teacher outputs for a batch: from a precomputed cache when inputs are
     deterministic, else a forward pass under inference_mode."""
 
-    def __init__(self, teacher: nn.Module, loss_fn: DistillLoss, spec: JobSpec, train: Split,
-                 device: torch.device, tap: FeatureTap | None):
+    def __init__(
+        self,
+        teacher: nn.Module,
+        loss_fn: DistillLoss,
+        spec: JobSpec,
+        train: Split,
+        device: torch.device,
+        tap: FeatureTap | None,
+    ):
         self.model, self.tap, self.device = teacher, tap, device
         want = spec.distillation.cache_teacher
         can = not spec.augment.enabled and not loss_fn.needs_features
@@ -146,8 +160,9 @@ class _Teacher:
             raise SpecError([("/distillation/cache_teacher", f"cannot cache the teacher: {why}")])
         self.cache: Tensor | None = None
         if want is not False and can:
-            self.cache = predict(teacher, train.x, spec.training.eval_batch_size, device,
-                                 spec.training.precision)
+            self.cache = predict(
+                teacher, train.x, spec.training.eval_batch_size, device, spec.training.precision
+            )
 
     def __call__(self, x: Tensor, idx: Tensor) -> tuple[Tensor, list[Tensor]]:
         if self.cache is not None:
@@ -159,17 +174,30 @@ class _Teacher:
         return out.clone(), [f.clone() for f in feats]
 
 
-def _feature_taps(spec: JobSpec, student: nn.Module, teacher: nn.Module, loss_fn: DistillLoss,
-                  example: Tensor) -> tuple[FeatureTap, FeatureTap]:
+def _feature_taps(
+    spec: JobSpec, student: nn.Module, teacher: nn.Module, loss_fn: DistillLoss, example: Tensor
+) -> tuple[FeatureTap, FeatureTap]:
     d = spec.distillation
     s_layers = d.student_layers or default_feature_layers(student)
     t_layers = d.teacher_layers or default_feature_layers(teacher)
     if not s_layers or not t_layers:
-        raise SpecError([("/distillation/student_layers",
-                          f"method {d.method} needs student_layers and teacher_layers")])
+        raise SpecError(
+            [
+                (
+                    "/distillation/student_layers",
+                    f"method {d.method} needs student_layers and teacher_layers",
+                )
+            ]
+        )
     if len(s_layers) != len(t_layers):
-        raise SpecError([("/distillation/teacher_layers",
-                          f"{len(s_layers)} student layers but {len(t_layers)} teacher layers")])
+        raise SpecError(
+            [
+                (
+                    "/distillation/teacher_layers",
+                    f"{len(s_layers)} student layers but {len(t_layers)} teacher layers",
+                )
+            ]
+        )
     s_tap = FeatureTap(student, s_layers, "student")
     t_tap = FeatureTap(teacher, t_layers, "teacher")
     with torch.no_grad():  # probe shapes in eval mode so no BatchNorm statistic moves
@@ -185,18 +213,27 @@ def _feature_taps(spec: JobSpec, student: nn.Module, teacher: nn.Module, loss_fn
     return s_tap, t_tap
 
 
-def fit(spec: JobSpec, data: DataSplits, student: nn.Module, teacher: nn.Module | None,
-        device: torch.device, checkpoint_dir: Path | None, callbacks: Callbacks | None = None,
-        phase: str = "train", resume: dict[str, Any] | None = None,
-        log_every: int = 10) -> FitResult:
+def fit(
+    spec: JobSpec,
+    data: DataSplits,
+    student: nn.Module,
+    teacher: nn.Module | None,
+    device: torch.device,
+    checkpoint_dir: Path | None,
+    callbacks: Callbacks | None = None,
+    phase: str = "train",
+    resume: dict[str, Any] | None = None,
+    log_every: int = 10,
+) -> FitResult:
     cb = callbacks or Callbacks()
     tr = spec.training
     regression = spec.task == "regression"
     # channels_last suits cuDNN and oneDNN's bf16 kernels; fp32 on CPU gains little from it
     channels_last = data.train.x.ndim == 4 and (
-        device.type == "cuda" or uses_bf16(device, tr.precision))
+        device.type == "cuda" or uses_bf16(device, tr.precision)
+    )
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    student.to(device, memory_format=memory_format)
+    student.to(device).to(memory_format=memory_format)
     train = data.train
     if train.x.element_size() * train.x.nelement() < ON_DEVICE_LIMIT_BYTES:
         train = train.to(device)
@@ -205,7 +242,7 @@ def fit(spec: JobSpec, data: DataSplits, student: nn.Module, teacher: nn.Module 
     s_tap = t_tap = None
     teacher_out: _Teacher | None = None
     if teacher is not None:
-        freeze_teacher(teacher).to(device, memory_format=memory_format)
+        freeze_teacher(teacher).to(device).to(memory_format=memory_format)
         loss_fn = build_loss(spec.distillation).to(device)
         if loss_fn.needs_features:
             s_tap, t_tap = _feature_taps(spec, student, teacher, loss_fn, train.x[:2].to(device))
@@ -228,21 +265,31 @@ def fit(spec: JobSpec, data: DataSplits, student: nn.Module, teacher: nn.Module 
         if device.type == "cuda" and resume["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(resume["rng"]["cuda"])
         step = int(resume["step"])
-    result = FitResult(student, history=list(resume.get("history", [])) if resume else [],
-                       used_teacher_cache=bool(teacher_out and teacher_out.cache is not None))
+    result = FitResult(
+        student,
+        history=list(resume.get("history", [])) if resume else [],
+        used_teacher_cache=bool(teacher_out and teacher_out.cache is not None),
+    )
 
     def checkpoint(name: str, epoch: int) -> None:
         if checkpoint_dir is None:
             return
         state = {
-            "version": CHECKPOINT_VERSION, "phase": phase, "epoch": epoch, "step": step,
-            "model": student.state_dict(), "optimizer": optimizer.state_dict(),
+            "version": CHECKPOINT_VERSION,
+            "phase": phase,
+            "epoch": epoch,
+            "step": step,
+            "model": student.state_dict(),
+            "optimizer": optimizer.state_dict(),
             "loss": loss_fn.state_dict() if loss_fn is not None else {},
             "scheduler": {"step": step, "total_steps": total_steps},
             "scaler": {},  # bf16 autocast needs no loss scaler
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None},
-            "history": result.history, "spec": spec.model_dump(mode="json"),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+            },
+            "history": result.history,
+            "spec": spec.model_dump(mode="json"),
         }
         path = checkpoint_dir / name
         save_checkpoint(path, state)
@@ -251,20 +298,32 @@ def fit(spec: JobSpec, data: DataSplits, student: nn.Module, teacher: nn.Module 
     t_start = time.perf_counter()
     window_images, window_start = 0, t_start
 
-    def progress(epoch: int, losses: dict[str, float] | None = None,
-                 metrics: dict[str, float] | None = None) -> Progress:
+    def progress(
+        epoch: int, losses: dict[str, float] | None = None, metrics: dict[str, float] | None = None
+    ) -> Progress:
         elapsed = result.train_time_s + (time.perf_counter() - t_start)
         rate = window_images / max(1e-9, time.perf_counter() - window_start)
         done = max(1, step - (int(resume["step"]) if resume else 0))
         eta = (total_steps - step) * (time.perf_counter() - t_start) / done
-        return Progress(phase, epoch, tr.epochs, step, total_steps,
-                        lr_at(min(step, total_steps - 1), total_steps, steps_per_epoch, tr),
-                        losses or {}, metrics or {}, rate, eta, elapsed)
+        return Progress(
+            phase,
+            epoch,
+            tr.epochs,
+            step,
+            total_steps,
+            lr_at(min(step, total_steps - 1), total_steps, steps_per_epoch, tr),
+            losses or {},
+            metrics or {},
+            rate,
+            eta,
+            elapsed,
+        )
 
     student.train()
     for epoch in range(step // steps_per_epoch, tr.epochs):
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(
-            tr.seed * 1_000_003 + epoch)).to(train.x.device)
+        order = torch.randperm(
+            n, generator=torch.Generator().manual_seed(tr.seed * 1_000_003 + epoch)
+        ).to(train.x.device)
         epoch_start = time.perf_counter()
         epoch_images = 0
         for i in range(step % steps_per_epoch, steps_per_epoch):
@@ -275,8 +334,9 @@ def fit(spec: JobSpec, data: DataSplits, student: nn.Module, teacher: nn.Module 
             idx = order[i * bs : (i + 1) * bs]
             x, y = train.x[idx].to(device, non_blocking=True), train.y[idx].to(device)
             if spec.augment.enabled and x.ndim == 4:
-                x = augment_batch(x, spec.augment, torch.Generator().manual_seed(
-                    tr.seed * 7_368_787 + step))
+                x = augment_batch(
+                    x, spec.augment, torch.Generator().manual_seed(tr.seed * 7_368_787 + step)
+                )
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             set_lr(optimizer, lr_at(step, total_steps, steps_per_epoch, tr))
@@ -304,8 +364,14 @@ def fit(spec: JobSpec, data: DataSplits, student: nn.Module, teacher: nn.Module 
                 window_images, window_start = 0, time.perf_counter()
         epoch_time = time.perf_counter() - epoch_start
         result.images_seen += epoch_images
-        metrics = evaluate(student, data.val if len(data.val) else data.test, regression,
-                           tr.eval_batch_size, device, tr.precision)
+        metrics = evaluate(
+            student,
+            data.val if len(data.val) else data.test,
+            regression,
+            tr.eval_batch_size,
+            device,
+            tr.precision,
+        )
         metrics["epoch_time_s"] = epoch_time
         metrics["images_per_s"] = epoch_images / max(epoch_time, 1e-9)
         result.history.append({"epoch": epoch + 1, "step": step, **metrics})

@@ -16,8 +16,13 @@ def tiny_spec(**overrides):
         "kind": "distill",
         "teacher": {"arch": "small_cnn"},
         "student": {"arch": "mlp_small"},
-        "dataset": {"builtin": "synthetic", "num_samples": 256, "num_classes": 4,
-                    "shape": [1, 8, 8], "noise": 0.3},
+        "dataset": {
+            "builtin": "synthetic",
+            "num_samples": 256,
+            "num_classes": 4,
+            "shape": [1, 8, 8],
+            "noise": 0.3,
+        },
         "distillation": {"method": "kd", "temperature": 4.0, "ce_weight": 0.5, "kd_weight": 0.5},
         "training": {"epochs": 2, "batch_size": 32, "lr": 0.05, "seed": 0, "precision": "fp32"},
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torchvision
 from torch import nn
@@ -50,10 +51,17 @@ def _replace_first_conv(model: nn.Module, in_ch: int) -> None:
             if isinstance(child, nn.Conv2d):
                 if child.in_channels == in_ch:
                     return
+                old: Any = child  # torchvision stores conv geometry as generic tuples
                 new = nn.Conv2d(
-                    in_ch, child.out_channels, child.kernel_size, child.stride, child.padding,
-                    child.dilation, child.groups if child.groups == 1 else in_ch,
-                    child.bias is not None, child.padding_mode,
+                    in_ch,
+                    old.out_channels,
+                    old.kernel_size,
+                    old.stride,
+                    old.padding,
+                    old.dilation,
+                    child.groups if child.groups == 1 else in_ch,
+                    child.bias is not None,
+                    child.padding_mode,
                 )
                 setattr(parent, child_name, new)
                 return

@@ -60,9 +60,7 @@ class CifarResNet(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-CIFAR_RESNETS = {
-    f"cifar_resnet{d}": (d, (16, 16, 32, 64)) for d in (8, 20, 32, 56, 110)
-} | {
+CIFAR_RESNETS = {f"cifar_resnet{d}": (d, (16, 16, 32, 64)) for d in (8, 20, 32, 56, 110)} | {
     "cifar_resnet8x4": (8, (32, 64, 128, 256)),
     "cifar_resnet32x4": (32, (32, 64, 128, 256)),
 }

@@ -8,8 +8,9 @@ from torch import Tensor, nn
 
 
 def _conv_bn(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class SmallCNN(nn.Module):
@@ -34,8 +35,11 @@ class MLP(nn.Module):
     def __init__(self, num_classes: int, input_shape: tuple[int, ...], hidden: int = 256):
         super().__init__()
         self.hidden = nn.Sequential(
-            nn.Flatten(), nn.Linear(math.prod(input_shape), hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, hidden // 2), nn.ReLU(inplace=True),
+            nn.Flatten(),
+            nn.Linear(math.prod(input_shape), hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden // 2),
+            nn.ReLU(inplace=True),
         )
         self.fc = nn.Linear(hidden // 2, num_classes)
 

@@ -6,8 +6,13 @@ from tests.conftest import tiny_spec
 
 
 def kdcore_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "kdcore.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "kdcore.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
 
 
 def test_list_shows_every_registry():
@@ -22,9 +27,10 @@ def test_train_distill_export_round_trip(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "epoch 2/2 done" in run.stderr  # plain progress lines when not a terminal
     assert json.loads(run.stdout)["student"]["arch"] == "mlp_small"
-    spec = tiny_spec(teacher={"arch": "mlp_small",
-                              "checkpoint": str(tmp_path / "t" / "student.safetensors")},
-                     student={"arch": "mlp_small"})
+    spec = tiny_spec(
+        teacher={"arch": "mlp_small", "checkpoint": str(tmp_path / "t" / "student.safetensors")},
+        student={"arch": "mlp_small"},
+    )
     (tmp_path / "d.json").write_text(json.dumps(spec))
     run = kdcore_cli("distill", tmp_path / "d.json", "--out", tmp_path / "d")
     assert run.returncode == 0, run.stderr

@@ -45,8 +45,9 @@ def test_fashion_mnist_reads_original_idx_files(tmp_path, gz):
     rng = np.random.default_rng(0)
     suffix = ".gz" if gz else ""
     for prefix, n in (("train", 50), ("t10k", 20)):
-        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte{suffix}",
-                   rng.integers(0, 256, (n, 28, 28)), gz)
+        _write_idx(
+            tmp_path / f"{prefix}-images-idx3-ubyte{suffix}", rng.integers(0, 256, (n, 28, 28)), gz
+        )
         _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte{suffix}", np.arange(n) % 10, gz)
     data = load_dataset(spec(name="fashion_mnist", path=str(tmp_path), val_fraction=0.2), 0)
     assert len(data.test) == 20 and len(data.train) == 40 and len(data.val) == 10
@@ -70,8 +71,11 @@ def test_missing_fashion_mnist_folder_says_how_to_get_it(tmp_path):
 def test_synthetic_classification_and_regression():
     c = load_dataset(spec(name="synthetic", num_samples=100, num_classes=3, shape=[2, 6, 6]), 0)
     assert c.input_shape == (2, 6, 6) and c.num_classes == 3 and not c.regression
-    r = load_dataset(spec(name="synthetic", num_samples=100, num_classes=1, shape=[12],
-                          regression=True), 0, regression=True)
+    r = load_dataset(
+        spec(name="synthetic", num_samples=100, num_classes=1, shape=[12], regression=True),
+        0,
+        regression=True,
+    )
     assert r.regression and r.train.y.dtype == torch.float32 and r.input_shape == (12,)
     with pytest.raises(DataError, match="does not fit the task"):
         load_dataset(spec(name="synthetic", num_samples=100), 0, regression=True)
@@ -89,8 +93,16 @@ def test_imagefolder_zip_decodes_once_into_tensors(tmp_path):
         for i in range(6):
             zf.writestr(f"root/cats/{i}.png", _png((200, 10, 10)))
             zf.writestr(f"root/dogs/{i}.png", _png((10, 10, 200)))
-    data = load_dataset(spec(name="imagefolder", path=str(archive), image_size=12,
-                             val_fraction=0.0, test_fraction=0.25), 0)
+    data = load_dataset(
+        spec(
+            name="imagefolder",
+            path=str(archive),
+            image_size=12,
+            val_fraction=0.0,
+            test_fraction=0.25,
+        ),
+        0,
+    )
     assert data.class_names == ["cats", "dogs"]
     assert data.input_shape == (3, 12, 12)
     assert len(data.train) + len(data.test) == 12

@@ -121,11 +121,16 @@ def test_dkd_golden_from_the_papers_definition():
     nckd = []
     for i, y in enumerate(Y):
         keep = np.arange(ZS.shape[1]) != y
-        nckd.append(np_kl(np_softmax(ZT[i : i + 1, keep] / temperature),
-                          np_softmax(ZS[i : i + 1, keep] / temperature))[0])
+        nckd.append(
+            np_kl(
+                np_softmax(ZT[i : i + 1, keep] / temperature),
+                np_softmax(ZS[i : i + 1, keep] / temperature),
+            )[0]
+        )
     nckd = np.mean(nckd) * temperature**2
-    spec = DistillationSpec(method="dkd", temperature=temperature, alpha=alpha, beta=beta,
-                            ce_weight=1.0)
+    spec = DistillationSpec(
+        method="dkd", temperature=temperature, alpha=alpha, beta=beta, ce_weight=1.0
+    )
     terms = build_loss(spec)(t(ZS), t(ZT), torch.tensor(Y))
     assert terms["tckd"].item() == pytest.approx(tckd, rel=1e-5)
     assert terms["nckd"].item() == pytest.approx(nckd, rel=1e-5)
@@ -133,7 +138,8 @@ def test_dkd_golden_from_the_papers_definition():
     assert terms["loss"].item() == pytest.approx(expected, rel=1e-5)
     zs = t(ZS, grad=True)
     assert torch.autograd.gradcheck(
-        lambda z: build_loss(spec)(z, t(ZT), torch.tensor(Y))["loss"], (zs,))
+        lambda z: build_loss(spec)(z, t(ZT), torch.tensor(Y))["loss"], (zs,)
+    )
 
 
 def test_unknown_method_lists_the_choices():

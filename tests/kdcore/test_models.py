@@ -6,8 +6,19 @@ from kdcore.features import FeatureTap
 from kdcore.models import MODELS, build_model, count_parameters, default_feature_layers
 from kdcore.registry import UnknownNameError
 
-OWN = ["cifar_resnet8", "cifar_resnet20", "cifar_resnet32", "cifar_resnet56", "cifar_resnet110",
-       "cifar_resnet8x4", "cifar_resnet32x4", "wrn_16_2", "wrn_40_2", "small_cnn", "mlp"]
+OWN = [
+    "cifar_resnet8",
+    "cifar_resnet20",
+    "cifar_resnet32",
+    "cifar_resnet56",
+    "cifar_resnet110",
+    "cifar_resnet8x4",
+    "cifar_resnet32x4",
+    "wrn_16_2",
+    "wrn_40_2",
+    "small_cnn",
+    "mlp",
+]
 
 
 @pytest.mark.parametrize("arch", OWN)
@@ -22,8 +33,9 @@ def test_own_models_adapt_to_classes_and_channels(arch, channels):
 def test_cifar_resnet_sizes_match_the_paper():
     # He et al. 2016, table 6: resnet20 0.27M, resnet56 0.85M, resnet110 1.7M (option A);
     # we use projection shortcuts, which add a few thousand parameters
-    params = {d: count_parameters(build_model(f"cifar_resnet{d}", 10, (3, 32, 32)))
-              for d in (20, 56, 110)}
+    params = {
+        d: count_parameters(build_model(f"cifar_resnet{d}", 10, (3, 32, 32))) for d in (20, 56, 110)
+    }
     assert 0.26e6 < params[20] < 0.29e6
     assert 0.84e6 < params[56] < 0.88e6
     assert 1.7e6 < params[110] < 1.76e6
@@ -34,8 +46,17 @@ def test_every_torchvision_classification_model_is_registered():
         assert name in MODELS
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "efficientnet_b0",
-                                  "squeezenet1_1", "regnet_y_400mf", "shufflenet_v2_x0_5"])
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "resnet18",
+        "mobilenet_v3_small",
+        "efficientnet_b0",
+        "squeezenet1_1",
+        "regnet_y_400mf",
+        "shufflenet_v2_x0_5",
+    ],
+)
 def test_torchvision_models_take_grayscale_and_class_count(arch):
     model = build_model(arch, 5, (1, 64, 64)).eval()
     with torch.no_grad():

@@ -12,16 +12,25 @@ from tests.conftest import tiny_spec
 @pytest.fixture(scope="module")
 def distilled(tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    spec = tiny_spec(export=["safetensors", "torchscript", "onnx"], baseline=True,
-                     student={"arch": "small_cnn"}, teacher={"arch": "small_cnn_wide"})
+    spec = tiny_spec(
+        export=["safetensors", "torchscript", "onnx"],
+        baseline=True,
+        student={"arch": "small_cnn"},
+        teacher={"arch": "small_cnn_wide"},
+    )
     report = kdcore.distill(spec, out)
     return out, report
 
 
 def test_all_output_files_are_written(distilled):
     out, report = distilled
-    for name in ("student.safetensors", "student.json", "student.torchscript.pt",
-                 "student.onnx", "report.json"):
+    for name in (
+        "student.safetensors",
+        "student.json",
+        "student.torchscript.pt",
+        "student.onnx",
+        "report.json",
+    ):
         assert (out / name).is_file(), name
     assert json.loads((out / "report.json").read_text()) == report
     assert report["files"]["onnx"]["sha256"] and len(report["files"]["onnx"]["sha256"]) == 64
@@ -46,7 +55,8 @@ def test_report_figures_are_consistent(distilled):
     assert t["parameters"] == count_parameters(build_model("small_cnn_wide", 4, data_shape))
     assert r["compression_ratio"] == pytest.approx(t["parameters"] / s["parameters"], rel=1e-3)
     assert r["speedup_batch1"] == pytest.approx(
-        t["latency_ms_batch1"] / s["latency_ms_batch1"], rel=1e-2)
+        t["latency_ms_batch1"] / s["latency_ms_batch1"], rel=1e-2
+    )
     for key in ("accuracy", "latency_ms_batch1", "latency_ms_batch64", "bytes_on_disk"):
         assert key in s and key in t
     assert 0 <= r["agreement"] <= 1 and 0 <= s["accuracy"] <= 1
@@ -59,8 +69,12 @@ def test_report_figures_are_consistent(distilled):
 def test_train_job_output_is_usable_as_a_teacher(tmp_path):
     teacher_spec = tiny_spec(kind="train", teacher=None, student={"arch": "small_cnn"})
     kdcore.train(teacher_spec, tmp_path / "teacher")
-    spec = tiny_spec(teacher={"arch": "small_cnn",
-                              "checkpoint": str(tmp_path / "teacher" / "student.safetensors")})
+    spec = tiny_spec(
+        teacher={
+            "arch": "small_cnn",
+            "checkpoint": str(tmp_path / "teacher" / "student.safetensors"),
+        }
+    )
     report = kdcore.distill(spec, tmp_path / "student")
     trained = json.loads((tmp_path / "teacher" / "report.json").read_text())
     assert report["teacher"]["accuracy"] == pytest.approx(trained["student"]["accuracy"])

@@ -8,9 +8,9 @@ import pytest
 from safetensors.torch import load_file
 
 import kdcore
+from kdcore.callbacks import Callbacks
 from kdcore.errors import Cancelled
 from tests.conftest import tiny_spec
-from kdcore.callbacks import Callbacks
 
 
 class StopBeforeStep(Callbacks):
@@ -27,9 +27,11 @@ class StopBeforeStep(Callbacks):
 @pytest.mark.parametrize("method,precision", [("kd", "fp32"), ("fitnet", "auto")])
 def test_resume_in_a_fresh_process_is_bit_exact(tmp_path, method, precision):
     spec = tiny_spec(
-        student={"arch": "small_cnn"}, augment={"crop_padding": 1, "hflip": True},
+        student={"arch": "small_cnn"},
+        augment={"crop_padding": 1, "hflip": True},
         distillation={"method": method, "kd_weight": 0.5},
-        training={"epochs": 3, "precision": precision, "optimizer": "sgd", "nesterov": True})
+        training={"epochs": 3, "precision": precision, "optimizer": "sgd", "nesterov": True},
+    )
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
 
@@ -43,9 +45,21 @@ def test_resume_in_a_fresh_process_is_bit_exact(tmp_path, method, precision):
     ckpt = tmp_path / "resumed" / "checkpoints" / f"interrupted-step{half}.pt"
     assert ckpt.exists()
     subprocess.run(
-        [sys.executable, "-m", "kdcore.cli", "distill", str(spec_path),
-         "--out", str(tmp_path / "resumed"), "--resume", str(ckpt)],
-        check=True, capture_output=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "kdcore.cli",
+            "distill",
+            str(spec_path),
+            "--out",
+            str(tmp_path / "resumed"),
+            "--resume",
+            str(ckpt),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
 
     a = load_file(tmp_path / "straight" / "student.safetensors")
     b = load_file(tmp_path / "resumed" / "student.safetensors")

@@ -11,18 +11,21 @@ def _pointers(spec):
     return dict(info.value.errors)
 
 
-@pytest.mark.parametrize("override,pointer", [
-    ({"training": {"epochs": 10**9}}, "/training/epochs"),
-    ({"training": {"batch_size": 0}}, "/training/batch_size"),
-    ({"training": {"lr": float("nan")}}, "/training/lr"),
-    ({"training": {"optimizer": "lamb"}}, "/training/optimizer"),
-    ({"student": {"arch": "resnet9000"}}, "/student/arch"),
-    ({"student": {"arch": "mlp", "num_classes": 10**6}}, "/student/num_classes"),
-    ({"dataset": {"builtin": "cifar1000"}}, "/dataset/name"),
-    ({"distillation": {"method": "crd"}}, "/distillation/method"),
-    ({"distillation": {"temperature": -1}}, "/distillation/temperature"),
-    ({"surprise": 1}, "/surprise"),
-])
+@pytest.mark.parametrize(
+    "override,pointer",
+    [
+        ({"training": {"epochs": 10**9}}, "/training/epochs"),
+        ({"training": {"batch_size": 0}}, "/training/batch_size"),
+        ({"training": {"lr": float("nan")}}, "/training/lr"),
+        ({"training": {"optimizer": "lamb"}}, "/training/optimizer"),
+        ({"student": {"arch": "resnet9000"}}, "/student/arch"),
+        ({"student": {"arch": "mlp", "num_classes": 10**6}}, "/student/num_classes"),
+        ({"dataset": {"builtin": "cifar1000"}}, "/dataset/name"),
+        ({"distillation": {"method": "crd"}}, "/distillation/method"),
+        ({"distillation": {"temperature": -1}}, "/distillation/temperature"),
+        ({"surprise": 1}, "/surprise"),
+    ],
+)
 def test_bad_fields_are_reported_with_their_json_pointer(override, pointer):
     errors = _pointers(tiny_spec(**override))
     assert pointer in errors, errors
@@ -45,18 +48,36 @@ def test_regression_needs_the_mse_method():
 
 
 def test_design_doc_example_parses():
-    spec = parse_spec({
-        "name": "resnet56-to-resnet20-digits", "kind": "distill", "task": "classification",
-        "teacher": {"arch": "cifar_resnet56", "num_classes": 10, "checkpoint": "file_x"},
-        "student": {"arch": "cifar_resnet20", "num_classes": 10},
-        "dataset": {"builtin": "digits", "image_size": 32, "val_fraction": 0.2},
-        "augment": {"crop_padding": 2, "hflip": False},
-        "distillation": {"method": "kd", "temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9},
-        "training": {"epochs": 10, "batch_size": 64, "optimizer": "sgd", "lr": 0.05,
-                     "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine",
-                     "precision": "auto", "seed": 0},
-        "checkpoint_every_epochs": 1, "export": ["safetensors", "torchscript", "onnx"],
-        "webhook_url": None,
-    })
+    spec = parse_spec(
+        {
+            "name": "resnet56-to-resnet20-digits",
+            "kind": "distill",
+            "task": "classification",
+            "teacher": {"arch": "cifar_resnet56", "num_classes": 10, "checkpoint": "file_x"},
+            "student": {"arch": "cifar_resnet20", "num_classes": 10},
+            "dataset": {"builtin": "digits", "image_size": 32, "val_fraction": 0.2},
+            "augment": {"crop_padding": 2, "hflip": False},
+            "distillation": {
+                "method": "kd",
+                "temperature": 4.0,
+                "ce_weight": 0.1,
+                "kd_weight": 0.9,
+            },
+            "training": {
+                "epochs": 10,
+                "batch_size": 64,
+                "optimizer": "sgd",
+                "lr": 0.05,
+                "momentum": 0.9,
+                "weight_decay": 5e-4,
+                "schedule": "cosine",
+                "precision": "auto",
+                "seed": 0,
+            },
+            "checkpoint_every_epochs": 1,
+            "export": ["safetensors", "torchscript", "onnx"],
+            "webhook_url": None,
+        }
+    )
     assert spec.dataset.name == "digits"
     assert JobSpec.model_json_schema()["title"] == "JobSpec"

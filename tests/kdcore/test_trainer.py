@@ -54,8 +54,11 @@ class Recorder(Callbacks):
         self.checkpoints.append(path)
 
     def should_stop(self):
-        return self.stop_after is not None and bool(self.steps) and \
-            self.steps[-1].step >= self.stop_after
+        return (
+            self.stop_after is not None
+            and bool(self.steps)
+            and self.steps[-1].step >= self.stop_after
+        )
 
 
 def test_callbacks_report_losses_lr_accuracy_speed_and_eta(tmp_path):
@@ -97,8 +100,10 @@ def test_augmentation_is_a_function_of_the_generator():
     a = augment_batch(x, spec, torch.Generator().manual_seed(5))
     b = augment_batch(x, spec, torch.Generator().manual_seed(5))
     assert torch.equal(a, b) and a.shape == x.shape
-    crops = {tuple(augment_batch(x, spec, torch.Generator().manual_seed(s))[0].flatten().tolist())
-             for s in range(20)}
+    crops = {
+        tuple(augment_batch(x, spec, torch.Generator().manual_seed(s))[0].flatten().tolist())
+        for s in range(20)
+    }
     assert len(crops) > 3
 
 
@@ -118,9 +123,16 @@ def test_schedules():
 
 @pytest.mark.parametrize("optimizer,nesterov", [("sgd", True), ("adamw", False)])
 def test_optimizers_reduce_the_loss(optimizer, nesterov, tmp_path):
-    spec = tiny_spec(kind="train", teacher=None,
-                     training={"optimizer": optimizer, "nesterov": nesterov, "epochs": 4,
-                               "lr": 0.01 if optimizer == "adamw" else 0.05})
+    spec = tiny_spec(
+        kind="train",
+        teacher=None,
+        training={
+            "optimizer": optimizer,
+            "nesterov": nesterov,
+            "epochs": 4,
+            "lr": 0.01 if optimizer == "adamw" else 0.05,
+        },
+    )
     report = kdcore.train(spec, tmp_path)
     first, last = report["history"][0]["loss"], report["history"][-1]["loss"]
     assert last < first and math.isfinite(last)
@@ -128,9 +140,13 @@ def test_optimizers_reduce_the_loss(optimizer, nesterov, tmp_path):
 
 def test_regression_distillation_with_mse(tmp_path):
     spec = tiny_spec(
-        task="regression", teacher={"arch": "mlp"}, student={"arch": "mlp_small"},
+        task="regression",
+        teacher={"arch": "mlp"},
+        student={"arch": "mlp_small"},
         dataset={"num_classes": 1, "shape": [16], "regression": True},
-        distillation={"method": "mse", "kd_weight": 0.5}, training={"epochs": 3})
+        distillation={"method": "mse", "kd_weight": 0.5},
+        training={"epochs": 3},
+    )
     report = kdcore.distill(spec, tmp_path)
     assert "mse" in report["student"] and "mse" in report["teacher"]
     assert "agreement" not in report
