@@ -1,0 +1,52 @@
+# The README's commands. `make run` and `make test` do all the set-up themselves.
+PY        ?= python3
+VENV      := .venv
+BIN       := $(VENV)/bin
+# pinned here (not in pyproject, whose ranges stay loose): these wheels lie on the CI disk
+TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
+STAMP     := $(VENV)/.installed
+
+.PHONY: run test lint bench services demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install -q $(TORCH_PKGS)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## run: the main job on the embedded default (a real distillation demo on digits)
+run: demo
+
+demo: $(STAMP)
+	$(BIN)/kdcore train examples/digits_teacher.json --out out/teacher
+	$(BIN)/kdcore distill examples/digits_distill.json --out out/distill
+	@echo "report: out/distill/report.json"
+
+## services: start PostgreSQL and Redis if they are down (integration tests use them)
+services:
+	@pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || \
+		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start || true
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || \
+		redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no || true
+
+lint: $(STAMP)
+	$(BIN)/ruff check kdcore tests bench
+	$(BIN)/ruff format --check kdcore tests bench
+	$(BIN)/mypy kdcore
+
+## test: lint + type check + the whole test suite
+test: $(STAMP) services lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+## bench: throughput and quality benchmarks (prints medians and ratios; not a test)
+bench: $(STAMP)
+	@test -d /usr/share/datasets/fashion-mnist || \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
+	$(BIN)/python bench/kd_throughput.py
+	$(BIN)/python bench/kd_quality.py
+
+clean:
+	rm -rf out $(VENV)
