@@ -279,3 +279,19 @@ def load_dataset(spec: DatasetSpec, seed: int, regression: bool = False) -> Data
         std=std.flatten().tolist() if std.ndim else [float(std)],
         class_names=raw.class_names,
     )
+
+
+def describe(spec: DatasetSpec) -> tuple[tuple[int, ...], int, bool] | None:
+    """(input_shape, num_classes, regression) of a built-in dataset without loading it,
+    for validating a spec; None for datasets known only after decoding a file."""
+    side = spec.image_size
+    if spec.name == "digits":
+        return (1, side or 8, side or 8), 10, False
+    if spec.name == "fashion_mnist":
+        return (1, side or 28, side or 28), 10, False
+    if spec.name == "synthetic":
+        shape = tuple(spec.shape)
+        if side and len(shape) == 3:
+            shape = (shape[0], side, side)
+        return shape, spec.num_classes, spec.regression
+    return None

@@ -1,0 +1,1 @@
+"""kdservice HTTP API: routes -> services -> db. Imports kdcore only for its registries."""

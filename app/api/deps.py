@@ -1,0 +1,58 @@
+"""Dependencies: settings, a database session, the caller's tenant."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from app.db.models import Tenant
+from app.db.session import get_sessionmaker
+from app.errors import ProblemError
+from app.services.keys import tenant_for_key
+from app.settings import Settings
+
+bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer kd_...`")
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def get_session(settings: SettingsDep) -> Iterator[Session]:
+    session = get_sessionmaker(settings.db_url)()
+    try:
+        yield session
+    finally:
+        session.rollback()  # anything a route did not commit is discarded
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _unauthorized(detail: str) -> ProblemError:
+    return ProblemError(
+        401, "Unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="kdservice"'}
+    )
+
+
+def get_tenant(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Tenant:
+    if credentials is None:
+        raise _unauthorized("missing `Authorization: Bearer <api key>`")
+    tenant = tenant_for_key(session, credentials.credentials)
+    if tenant is None:
+        raise _unauthorized("the API key is unknown or revoked")
+    return tenant
+
+
+TenantDep = Annotated[Tenant, Depends(get_tenant)]

@@ -1,0 +1,79 @@
+"""The one error mapping: everything the API answers with an error is RFC 9457
+`application/problem+json`, and never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.errors import ProblemError
+
+log = logging.getLogger("kd.api")
+PROBLEM = "application/problem+json"
+TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    416: "Range Not Satisfiable",
+    422: "Unprocessable Content",
+    500: "Internal Server Error",
+}
+
+
+def problem_response(exc: ProblemError, request: Request) -> JSONResponse:
+    return JSONResponse(
+        exc.body(request.url.path), status_code=exc.status, media_type=PROBLEM, headers=exc.headers
+    )
+
+
+def _pointer(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:] if parts[0] == "body" else parts
+    return "/" + "/".join(parts)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ProblemError)
+    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
+        return problem_response(exc, request)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": _pointer(e.get("loc", ())), "msg": e.get("msg", "invalid")}
+            for e in exc.errors()
+        ]
+        return problem_response(
+            ProblemError(422, "Unprocessable Content", "the request is invalid", errors=errors),
+            request,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        title = TITLES.get(exc.status_code, "Error")
+        detail = exc.detail if isinstance(exc.detail, str) else title
+        return problem_response(
+            ProblemError(exc.status_code, title, detail, headers=getattr(exc, "headers", None)),
+            request,
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(
+            ProblemError(
+                500, "Internal Server Error", "an unexpected error occurred; it was logged"
+            ),
+            request,
+        )

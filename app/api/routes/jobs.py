@@ -1,0 +1,187 @@
+"""/v1/jobs: thin routes over app.services.jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.api.schemas import (
+    ArtifactOut,
+    CheckpointOut,
+    EventList,
+    JobList,
+    JobOut,
+    MetricsOut,
+    ValidateOut,
+    ValidationItem,
+    render_artifact,
+    render_checkpoint,
+    render_event,
+    render_job,
+)
+from app.api.sse import event_stream
+from app.db.models import STATUSES
+from app.errors import ProblemError
+from app.queue import publish
+from app.services import jobs as service
+from kdcore.spec import JobSpec
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+Limit = Annotated[int, Query(ge=1, le=200)]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobOut,
+    responses={422: {"description": "invalid spec (problem JSON with pointers)"}},
+)
+def create_job(
+    spec: JobSpec,
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JSONResponse:
+    body, created = service.create_job(
+        session, settings, tenant.id, spec.model_dump(mode="json"), idempotency_key, render_job
+    )
+    session.commit()
+    if created:
+        publish(settings.broker_url, body["id"])
+    return JSONResponse(body, status_code=201, headers={"Location": f"/v1/jobs/{body['id']}"})
+
+
+@router.post("/validate", response_model=ValidateOut)
+def validate_job(
+    session: SessionDep,
+    tenant: TenantDep,
+    spec: Annotated[dict[str, Any], Body(description="a job spec")],
+) -> ValidateOut:
+    _, errors, warnings = service.validate_spec(session, tenant.id, spec)
+    return ValidateOut(
+        valid=not errors,
+        warnings=warnings,
+        errors=[ValidationItem(loc=loc or "/", msg=msg) for loc, msg in errors],
+    )
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    session: SessionDep,
+    tenant: TenantDep,
+    limit: Limit = 50,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+    status: Annotated[str | None, Query(max_length=20)] = None,
+    name: Annotated[str | None, Query(max_length=200)] = None,
+) -> JobList:
+    if status is not None and status not in STATUSES:
+        raise ProblemError(
+            422,
+            "Unprocessable Content",
+            f"status must be one of {STATUSES}",
+            errors=[{"loc": "/query/status", "msg": f"one of {list(STATUSES)}"}],
+        )
+    rows, has_more = service.list_jobs(session, tenant.id, limit, after, status, name)
+    data = [JobOut.model_validate(render_job(session, j)) for j in rows]
+    return JobList(data=data, has_more=has_more, next_after=rows[-1].id if has_more else None)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
+    return render_job(session, service.get_job(session, tenant.id, job_id))
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
+def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
+    job = service.cancel_job(session, tenant.id, job_id)
+    session.commit()
+    return render_job(session, job)
+
+
+@router.post("/{job_id}/retry", status_code=201, response_model=JobOut)
+def retry_job(
+    job_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    from_checkpoint: bool = False,
+) -> JSONResponse:
+    body = service.retry_job(session, settings, tenant.id, job_id, from_checkpoint, render_job)
+    session.commit()
+    publish(settings.broker_url, body["id"])
+    return JSONResponse(body, status_code=201, headers={"Location": f"/v1/jobs/{body['id']}"})
+
+
+@router.delete("/{job_id}", status_code=204)
+def delete_job(
+    job_id: str, session: SessionDep, settings: SettingsDep, tenant: TenantDep
+) -> Response:
+    service.delete_job(session, settings, tenant.id, job_id)
+    session.commit()
+    return Response(status_code=204)
+
+
+@router.get("/{job_id}/events", response_model=EventList)
+def list_events(
+    job_id: str,
+    session: SessionDep,
+    tenant: TenantDep,
+    limit: Limit = 100,
+    after: Annotated[int, Query(ge=0)] = 0,
+) -> EventList:
+    service.get_job(session, tenant.id, job_id)
+    rows = service.events_after(session, job_id, after, limit + 1)
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    return EventList(
+        data=[render_event(e) for e in rows],
+        has_more=has_more,
+        next_after=rows[-1].seq if has_more else None,
+    )
+
+
+@router.get(
+    "/{job_id}/events/stream",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+def stream_events(
+    job_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+    after: Annotated[int | None, Query(ge=0)] = None,
+) -> StreamingResponse:
+    service.get_job(session, tenant.id, job_id)
+    start = after if after is not None else 0
+    if last_event_id and last_event_id.isdigit():
+        start = int(last_event_id)
+    return StreamingResponse(
+        event_stream(request, settings, job_id, start),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsOut)
+def job_metrics(job_id: str, session: SessionDep, tenant: TenantDep) -> MetricsOut:
+    service.get_job(session, tenant.id, job_id)
+    return MetricsOut(job_id=job_id, points=service.metric_series(session, job_id))
+
+
+@router.get("/{job_id}/checkpoints", response_model=list[CheckpointOut])
+def job_checkpoints(job_id: str, session: SessionDep, tenant: TenantDep) -> list[CheckpointOut]:
+    service.get_job(session, tenant.id, job_id)
+    return [render_checkpoint(c) for c in service.list_checkpoints(session, job_id)]
+
+
+@router.get("/{job_id}/artifacts", response_model=list[ArtifactOut])
+def job_artifacts(job_id: str, session: SessionDep, tenant: TenantDep) -> list[ArtifactOut]:
+    service.get_job(session, tenant.id, job_id)
+    return [render_artifact(a) for a in service.list_artifacts(session, job_id)]

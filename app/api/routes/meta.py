@@ -1,0 +1,74 @@
+"""Health, readiness, capabilities and the caller's tenant."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.api.schemas import TenantOut
+
+router = APIRouter()
+
+
+@router.get("/healthz", tags=["health"])
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["health"])
+def readyz(session: SessionDep, settings: SettingsDep) -> JSONResponse:
+    checks: dict[str, str] = {}
+    try:
+        session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["database"] = f"error: {type(exc).__name__}"
+    if settings.broker_url:
+        import redis
+
+        try:
+            redis.Redis.from_url(settings.broker_url, socket_connect_timeout=1).ping()
+            checks["broker"] = "ok"
+        except redis.RedisError as exc:
+            checks["broker"] = f"error: {type(exc).__name__}"
+    else:
+        checks["broker"] = "local executor (no broker)"
+    ok = all(v == "ok" or v.startswith("local") for v in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ok else "unavailable", "checks": checks},
+        status_code=200 if ok else 503,
+    )
+
+
+@router.get("/v1/capabilities", tags=["meta"])
+def capabilities(settings: SettingsDep, tenant: TenantDep) -> dict[str, Any]:
+    from kdcore.data import DATASETS
+    from kdcore.losses import LOSSES
+    from kdcore.models import MODELS
+    from kdcore.spec import MAX_BATCH, MAX_CLASSES, MAX_EPOCHS
+
+    return {
+        "kinds": ["distill", "train"],
+        "tasks": ["classification", "regression"],
+        "methods": LOSSES.names(),
+        "architectures": MODELS.names(),
+        "datasets": DATASETS.names(),
+        "export_formats": ["safetensors", "torchscript", "onnx"],
+        "executor": "celery" if settings.broker_url else "local",
+        "limits": {
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_epochs": MAX_EPOCHS,
+            "max_batch_size": MAX_BATCH,
+            "max_classes": MAX_CLASSES,
+            "max_attempts": settings.max_attempts,
+        },
+    }
+
+
+@router.get("/v1/tenant", response_model=TenantOut, tags=["meta"])
+def tenant_info(tenant: TenantDep) -> TenantOut:
+    return TenantOut(id=tenant.id, name=tenant.name, webhook_secret=tenant.webhook_secret)

@@ -1,0 +1,238 @@
+"""Every SQL statement of the job lifecycle, shared by the API and both executors.
+
+State changes are conditional UPDATEs (`... WHERE status IN (...)`), so two processes
+racing for the same job cannot both win; each successful change records a transition
+and a numbered `status` event in the same transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy.orm import Session
+
+from app.db.models import TERMINAL, Job, JobEvent, JobTransition, utcnow
+
+
+def append_event(session: Session, job_id: str, type_: str, data: dict[str, Any]) -> int:
+    """Append an event numbered 1, 2, 3... per job. The counter lives on the job row, so
+    the increment is atomic (and serialises writers of the same job) on both databases."""
+    seq = session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(event_seq=Job.event_seq + 1)
+        .returning(Job.event_seq)
+    ).scalar_one()
+    session.add(JobEvent(job_id=job_id, seq=seq, type=type_, data=data))
+    return int(seq)
+
+
+def _record(
+    session: Session, job_id: str, from_status: str | None, to: str, reason: str, attempt: int
+) -> None:
+    session.add(
+        JobTransition(
+            job_id=job_id, from_status=from_status, to_status=to, reason=reason, attempt=attempt
+        )
+    )
+    append_event(
+        session,
+        job_id,
+        "status",
+        {"from": from_status, "status": to, "reason": reason, "attempt": attempt},
+    )
+
+
+def record_created(session: Session, job: Job) -> None:
+    _record(session, job.id, None, job.status, "submitted", 0)
+
+
+def change_status(
+    session: Session,
+    job_id: str,
+    from_statuses: tuple[str, ...],
+    to: str,
+    reason: str,
+    *,
+    worker_id: str | None = None,
+    attempt: int | None = None,
+    **values: Any,
+) -> bool:
+    """Move a job to `to` if it is in one of `from_statuses` (and, when given, still held by
+    `worker_id` at `attempt`). Returns whether this call made the change."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        return False
+    stmt = update(Job).where(Job.id == job_id, Job.status.in_(from_statuses))
+    if worker_id is not None:
+        stmt = stmt.where(Job.worker_id == worker_id)
+    if attempt is not None:
+        stmt = stmt.where(Job.attempt == attempt)
+    if to in TERMINAL:
+        values.setdefault("finished_at", utcnow())
+        values.setdefault("lease_expires_at", None)
+    previous = job.status
+    result = cast(CursorResult, session.execute(stmt.values(status=to, **values)))
+    if result.rowcount != 1:
+        return False
+    _record(session, job_id, previous, to, reason, attempt if attempt is not None else job.attempt)
+    session.refresh(job)
+    return True
+
+
+def claim(session: Session, job_id: str, worker_id: str, lease_s: float) -> Job | None:
+    """One conditional UPDATE: take a queued job (or one whose lease expired) if it has
+    attempts left. No row back means someone else has it: return None."""
+    now = utcnow()
+    job = session.get(Job, job_id)
+    if job is None:
+        return None
+    previous = job.status
+    claimable = (Job.status == "queued") | (
+        (Job.status == "running") & (Job.lease_expires_at < now)
+    )
+    row = session.execute(
+        update(Job)
+        .where(Job.id == job_id, claimable, Job.attempt < Job.max_attempts)
+        .values(
+            status="running",
+            attempt=Job.attempt + 1,
+            worker_id=worker_id,
+            heartbeat_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            started_at=func.coalesce(Job.started_at, now),
+            error=None,
+        )
+        .returning(Job.attempt)
+    ).first()
+    if row is None:
+        return None
+    attempt = int(row[0])
+    _record(session, job_id, previous, "running", f"claimed by {worker_id}", attempt)
+    session.refresh(job)
+    return job
+
+
+def heartbeat(
+    session: Session,
+    job_id: str,
+    worker_id: str,
+    attempt: int,
+    lease_s: float,
+    progress: dict[str, Any] | None,
+    events: list[tuple[str, dict[str, Any]]],
+) -> str | None:
+    """Renew the lease, store progress and append events in one transaction. Returns the
+    job's status, or None if this worker no longer holds the job (lease lost)."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "heartbeat_at": now,
+        "lease_expires_at": now + timedelta(seconds=lease_s),
+    }
+    if progress is not None:
+        values["progress"] = progress
+    row = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.worker_id == worker_id,
+            Job.attempt == attempt,
+            Job.status.in_(("running", "cancelling")),
+        )
+        .values(**values)
+        .returning(Job.status)
+    ).first()
+    if row is None:
+        return None
+    for type_, data in events:
+        append_event(session, job_id, type_, data)
+    return str(row[0])
+
+
+def queued_job_ids(session: Session, limit: int = 10) -> list[str]:
+    stmt = (
+        select(Job.id).where(Job.status == "queued").order_by(Job.created_at, Job.id).limit(limit)
+    )
+    return list(session.scalars(stmt))
+
+
+def expired_job_ids(session: Session, now: datetime | None = None) -> list[str]:
+    now = now or utcnow()
+    stmt = select(Job.id).where(
+        Job.status.in_(("running", "cancelling")), Job.lease_expires_at < now
+    )
+    return list(session.scalars(stmt))
+
+
+def reap(session: Session, job_id: str) -> str | None:
+    """Return an expired job to the queue, or end it: failed after max_attempts,
+    cancelled if a cancel was pending. Returns the new status if this call changed it."""
+    job = session.get(Job, job_id, populate_existing=True)
+    now = utcnow()
+    if (
+        job is None
+        or job.status not in ("running", "cancelling")
+        or job.lease_expires_at is None
+        or job.lease_expires_at >= now
+    ):
+        return None
+    held: dict[str, Any] = {"worker_id": job.worker_id, "attempt": job.attempt}
+    lost = f"lease expired (worker {job.worker_id} stopped renewing it)"
+    if job.status == "cancelling":
+        ok = change_status(session, job_id, ("cancelling",), "cancelled", lost, **held)
+        return "cancelled" if ok else None
+    if job.attempt >= job.max_attempts:
+        ok = change_status(
+            session,
+            job_id,
+            ("running",),
+            "failed",
+            f"{lost}; no attempts left ({job.attempt}/{job.max_attempts})",
+            error=f"{lost} after {job.attempt} attempts",
+            **held,
+        )
+        return "failed" if ok else None
+    ok = change_status(
+        session,
+        job_id,
+        ("running",),
+        "queued",
+        lost,
+        worker_id=job.worker_id,
+        attempt=job.attempt,
+        lease_expires_at=None,
+        published_at=None,
+    )
+    return "queued" if ok else None
+
+
+def stale_queued_ids(session: Session, older_than_s: float) -> list[str]:
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    stmt = select(Job.id).where(
+        Job.status == "queued",
+        (Job.published_at.is_(None)) | (Job.published_at < cutoff),
+    )
+    return list(session.scalars(stmt))
+
+
+def mark_published(session: Session, job_ids: list[str]) -> None:
+    if job_ids:
+        session.execute(update(Job).where(Job.id.in_(job_ids)).values(published_at=utcnow()))
+
+
+def queue_position(session: Session, job: Job) -> int | None:
+    """1-based position among queued jobs (oldest first), across all tenants."""
+    if job.status != "queued":
+        return None
+    ahead = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(
+            Job.status == "queued",
+            (Job.created_at < job.created_at)
+            | ((Job.created_at == job.created_at) & (Job.id < job.id)),
+        )
+    )
+    return int(ahead or 0) + 1

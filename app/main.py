@@ -1,0 +1,66 @@
+"""The FastAPI application. `create_app(settings)` wires routes, errors and, for the
+embedded default, the local executor; `kd serve` runs it under uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from app.api import problems
+from app.api.routes import artifacts, files, jobs, meta
+from app.db.migrate import upgrade
+from app.db.session import session_scope
+from app.services.keys import ensure_key
+from app.settings import Settings, get_settings
+
+log = logging.getLogger("kd.api")
+
+
+def prepare(settings: Settings) -> None:
+    """Create folders; the embedded SQLite database upgrades itself (PostgreSQL is
+    migrated on purpose with `kd migrate`)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.files_dir.mkdir(parents=True, exist_ok=True)
+    settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    if settings.is_sqlite:
+        upgrade(settings.db_url)
+    if settings.bootstrap_api_key:
+        with session_scope(settings.db_url) as session:
+            ensure_key(session, "default", settings.bootstrap_api_key)
+
+
+def create_app(settings: Settings | None = None, run_executors: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        prepare(settings)
+        background: list[Any] = []
+        if run_executors:
+            from worker.local import LocalExecutor
+            from worker.maintenance import Maintenance
+
+            background.append(Maintenance(settings).start())
+            if not settings.broker_url and settings.local_workers > 0:
+                background.append(LocalExecutor(settings).start())
+                log.info("local executor: %d worker thread(s)", settings.local_workers)
+        yield
+        for b in background:
+            b.stop.set()
+
+    app = FastAPI(
+        title="kdservice",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Knowledge distillation as a service. Errors are RFC 9457 "
+        "problem JSON; authenticate with `Authorization: Bearer <api key>`.",
+    )
+    app.state.settings = settings
+    problems.install(app)
+    for module in (meta, files, jobs, artifacts):
+        app.include_router(module.router)
+    return app

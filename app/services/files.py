@@ -1,0 +1,213 @@
+"""Uploaded files: streamed to disk with a size cap and a sha256, checked before they
+are accepted (weights must load without unpickling; archives must be safe)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import AsyncGenerator
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from app.db.models import Artifact, File, Job, new_id
+from app.errors import ProblemError, not_found
+from app.settings import Settings
+
+PURPOSES = ("checkpoint", "dataset")
+
+
+def _too_large(limit: int) -> ProblemError:
+    return ProblemError(413, "Content Too Large", f"uploads are limited to {limit} bytes")
+
+
+async def _capped(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit:
+            raise _too_large(limit)
+        yield chunk
+
+
+async def receive_upload(request: Request, settings: Settings) -> tuple[str, str, Path, int, str]:
+    """Parse a multipart upload (`file` + `purpose`) into a temp file under the data dir.
+    Returns (filename, purpose, temp path, size, sha256)."""
+    limit = settings.max_upload_bytes + 64 * 1024  # room for the multipart framing
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _too_large(settings.max_upload_bytes)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ProblemError(
+            415,
+            "Unsupported Media Type",
+            "upload with multipart/form-data: a 'file' part and a 'purpose' field",
+        )
+    parser = MultiPartParser(request.headers, _capped(request, limit), max_files=1, max_fields=4)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise ProblemError(400, "Bad Request", f"malformed multipart body: {exc.message}") from None
+    upload, purpose = form.get("file"), form.get("purpose", "checkpoint")
+    try:
+        if not isinstance(upload, UploadFile):
+            raise ProblemError(
+                422,
+                "Unprocessable Content",
+                "missing the 'file' part",
+                errors=[{"loc": "/file", "msg": "field required"}],
+            )
+        if purpose not in PURPOSES:
+            raise ProblemError(
+                422,
+                "Unprocessable Content",
+                f"purpose must be one of {PURPOSES}",
+                errors=[{"loc": "/purpose", "msg": f"one of {list(PURPOSES)}"}],
+            )
+        settings.files_dir.mkdir(parents=True, exist_ok=True)
+        tmp = settings.files_dir / f".upload-{new_id('tmp')}"
+        digest, size = hashlib.sha256(), 0
+        with open(tmp, "wb") as out:
+            while chunk := await upload.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if size > settings.max_upload_bytes:
+            tmp.unlink(missing_ok=True)
+            raise _too_large(settings.max_upload_bytes)
+        filename = Path(upload.filename or "upload").name[:255] or "upload"
+        return filename, str(purpose), tmp, size, digest.hexdigest()
+    finally:
+        await form.close()
+
+
+def check_content(path: Path, filename: str, purpose: str, settings: Settings) -> None:
+    """Refuse files kdcore could not use safely, with the reason. Nothing is unpickled."""
+    from kdcore.archives import iter_archive_files
+    from kdcore.checkpoints import read_state_dict
+    from kdcore.errors import KDError
+
+    try:
+        if purpose == "checkpoint":
+            read_state_dict(path)
+        elif filename.endswith(".npz"):
+            import numpy as np
+
+            with np.load(path, allow_pickle=False) as npz:
+                if "x" not in npz or "y" not in npz:
+                    raise KDError(f"the npz must hold arrays 'x' and 'y'; it has {sorted(npz)}")
+                npz["x"], npz["y"]  # noqa: B018 (reading them checks they are not objects)
+        else:
+            for _ in iter_archive_files(path, max_bytes=settings.max_archive_unpacked_bytes):
+                pass
+    except KDError as exc:
+        raise ProblemError(
+            422, "Unprocessable Content", str(exc), errors=[{"loc": "/file", "msg": str(exc)}]
+        ) from None
+    except ValueError as exc:  # numpy: object arrays, bad format
+        raise ProblemError(
+            422,
+            "Unprocessable Content",
+            f"unreadable {filename}: {exc}",
+            errors=[{"loc": "/file", "msg": str(exc)}],
+        ) from None
+
+
+def store_upload(
+    session: Session,
+    settings: Settings,
+    tenant_id: str,
+    filename: str,
+    purpose: str,
+    tmp: Path,
+    size: int,
+    sha256: str,
+) -> File:
+    try:
+        check_content(tmp, filename, purpose, settings)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    file_id = new_id("file")
+    final = settings.files_dir / file_id  # no part of the client's name reaches the path
+    os.replace(tmp, final)
+    row = File(
+        id=file_id,
+        tenant_id=tenant_id,
+        filename=filename,
+        purpose=purpose,
+        bytes=size,
+        sha256=sha256,
+        path=str(final.resolve()),
+    )
+    session.add(row)
+    return row
+
+
+def get_file(session: Session, tenant_id: str, file_id: str) -> File:
+    row = session.get(File, file_id)
+    if row is None or row.tenant_id != tenant_id:
+        raise not_found("file", file_id)
+    return row
+
+
+def list_files(
+    session: Session, tenant_id: str, limit: int, after: str | None
+) -> tuple[list[File], bool]:
+    stmt = select(File).where(File.tenant_id == tenant_id)
+    if after:
+        cursor = get_file(session, tenant_id, after)
+        stmt = stmt.where(
+            (File.created_at < cursor.created_at)
+            | ((File.created_at == cursor.created_at) & (File.id < cursor.id))
+        )
+    rows = list(
+        session.scalars(stmt.order_by(File.created_at.desc(), File.id.desc()).limit(limit + 1))
+    )
+    return rows[:limit], len(rows) > limit
+
+
+def delete_file(session: Session, tenant_id: str, file_id: str) -> None:
+    row = get_file(session, tenant_id, file_id)
+    active = session.scalars(
+        select(Job.id).where(
+            Job.tenant_id == tenant_id, Job.status.in_(("queued", "running", "cancelling"))
+        )
+    ).all()
+    for job_id in active:
+        job = session.get(Job, job_id)
+        if job is not None and file_id in _references(job.spec):
+            raise ProblemError(409, "Conflict", f"file {file_id} is used by active job {job_id}")
+    Path(row.path).unlink(missing_ok=True)
+    session.delete(row)
+
+
+def _references(spec: dict) -> set[str]:
+    refs = {(spec.get(role) or {}).get("checkpoint") for role in ("teacher", "student")}
+    refs.add((spec.get("dataset") or {}).get("path"))
+    return {r for r in refs if r}
+
+
+def resolve_reference(session: Session, tenant_id: str, ref: str) -> Path | None:
+    """The path behind an uploaded file id or a job artifact id of this tenant."""
+    row: File | Artifact | None
+    if ref.startswith("file_"):
+        row = session.get(File, ref)
+    elif ref.startswith("art_"):
+        row = session.get(Artifact, ref)
+    else:
+        return None
+    if row is None or row.tenant_id != tenant_id:
+        return None
+    return Path(row.path)
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,344 @@
+"""Job service: validate, create (idempotently), read, cancel, retry, delete."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db import repository as repo
+from app.db.models import (
+    TERMINAL,
+    Artifact,
+    Checkpoint,
+    File,
+    IdempotencyKey,
+    Job,
+    JobEvent,
+    JobTransition,
+    new_id,
+)
+from app.errors import ProblemError, invalid, not_found
+from app.services.files import remove_tree, resolve_reference
+from app.settings import Settings
+
+BUILTIN_DATASETS = ("digits", "fashion_mnist", "synthetic")
+
+
+def validate_spec(
+    session: Session, tenant_id: str, data: Any
+) -> tuple[Any, list[tuple[str, str]], list[str]]:
+    """Returns (JobSpec or None, errors as (pointer, message), warnings)."""
+    from kdcore.errors import SpecError
+    from kdcore.spec import parse_spec
+
+    try:
+        spec = parse_spec(data)
+    except SpecError as exc:
+        return None, exc.errors, []
+    errors: list[tuple[str, str]] = []
+    warnings: list[str] = []
+    for role in ("teacher", "student"):
+        model = getattr(spec, role)
+        if (
+            model is not None
+            and model.checkpoint is not None
+            and resolve_reference(session, tenant_id, model.checkpoint) is None
+        ):
+            errors.append(
+                (
+                    f"/{role}/checkpoint",
+                    f"no file or artifact {model.checkpoint!r}; "
+                    "upload one with POST /v1/files or use a job artifact id",
+                )
+            )
+    ds = spec.dataset
+    if ds.name in BUILTIN_DATASETS and ds.path is not None:
+        errors.append(("/dataset/path", "built-in datasets take no path"))
+    elif ds.name not in BUILTIN_DATASETS and ds.path is not None:
+        path = resolve_reference(session, tenant_id, ds.path)
+        row = session.get(File, ds.path) if ds.path.startswith("file_") else None
+        if path is None:
+            errors.append(("/dataset/path", f"no file {ds.path!r}; upload the dataset first"))
+        elif row is not None and row.purpose != "dataset":
+            errors.append(("/dataset/path", f"file {ds.path!r} was uploaded as a {row.purpose}"))
+    if spec.webhook_url is not None and not spec.webhook_url.startswith(("http://", "https://")):
+        errors.append(("/webhook_url", "must be an http:// or https:// URL"))
+    if not errors:
+        errors += _check_weights_fit(session, tenant_id, spec)
+    if (
+        spec.kind == "distill"
+        and spec.augment.enabled
+        and spec.distillation.cache_teacher == "auto"
+    ):
+        warnings.append("augment is on, so teacher outputs are computed every step (no cache)")
+    if spec.kind == "distill" and spec.teacher is not None and spec.teacher.checkpoint is None:
+        warnings.append("the teacher has no checkpoint: it will be randomly initialised")
+    return spec, errors, warnings
+
+
+def _check_weights_fit(session: Session, tenant_id: str, spec: Any) -> list[tuple[str, str]]:
+    """Load each checkpoint into its model for built-in datasets, whose shapes we know."""
+    from kdcore.checkpoints import load_weights
+    from kdcore.data import describe
+    from kdcore.errors import KDError
+    from kdcore.models import build_model
+
+    shape = describe(spec.dataset)
+    if shape is None:
+        return []
+    input_shape, classes, _ = shape
+    errors = []
+    for role in ("teacher", "student"):
+        model = getattr(spec, role)
+        if model is None or model.checkpoint is None:
+            continue
+        path = resolve_reference(session, tenant_id, model.checkpoint)
+        try:
+            net = build_model(model.arch, model.num_classes or classes, input_shape)
+            load_weights(net, path)  # type: ignore[arg-type]
+        except (KDError, ValueError, RuntimeError) as exc:
+            errors.append((f"/{role}/checkpoint", str(exc)))
+    return errors
+
+
+def _request_hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def create_job(
+    session: Session,
+    settings: Settings,
+    tenant_id: str,
+    data: Any,
+    idempotency_key: str | None,
+    render: Any,
+) -> tuple[dict[str, Any], bool]:
+    """Insert a queued job. Returns (response body, created). With an idempotency key,
+    a replay returns the first response; the same key with another body is a 422."""
+    digest = _request_hash(data)
+    if idempotency_key:
+        replay = _replay(session, tenant_id, idempotency_key, digest)
+        if replay is not None:
+            return replay, False
+    spec, errors, _ = validate_spec(session, tenant_id, data)
+    if errors:
+        raise invalid(errors, "the job spec is invalid")
+    job = Job(
+        id=new_id("job"),
+        tenant_id=tenant_id,
+        name=spec.name,
+        kind=spec.kind,
+        status="queued",
+        spec=spec.model_dump(mode="json"),
+        max_attempts=settings.max_attempts,
+        webhook_url=spec.webhook_url,
+        progress={},
+    )
+    session.add(job)
+    session.flush()
+    repo.record_created(session, job)
+    body = render(session, job)
+    if idempotency_key:
+        session.add(
+            IdempotencyKey(
+                tenant_id=tenant_id,
+                key=idempotency_key,
+                request_hash=digest,
+                job_id=job.id,
+                response=body,
+            )
+        )
+        try:
+            session.flush()
+        except IntegrityError:  # a concurrent request with the same key won the race
+            session.rollback()
+            replay = _replay(session, tenant_id, idempotency_key, digest)
+            if replay is None:
+                raise
+            return replay, False
+    return body, True
+
+
+def _replay(session: Session, tenant_id: str, key: str, digest: str) -> dict[str, Any] | None:
+    row = session.get(IdempotencyKey, (tenant_id, key))
+    if row is None:
+        return None
+    if row.request_hash != digest:
+        raise ProblemError(
+            422,
+            "Unprocessable Content",
+            "this Idempotency-Key was used with a different request body",
+            errors=[{"loc": "/headers/Idempotency-Key", "msg": "reused with another body"}],
+        )
+    return dict(row.response)
+
+
+def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.tenant_id != tenant_id:
+        raise not_found("job", job_id)
+    return job
+
+
+def list_jobs(
+    session: Session,
+    tenant_id: str,
+    limit: int,
+    after: str | None,
+    status: str | None,
+    name: str | None,
+) -> tuple[list[Job], bool]:
+    stmt = select(Job).where(Job.tenant_id == tenant_id)
+    if status:
+        stmt = stmt.where(Job.status == status)
+    if name:
+        stmt = stmt.where(Job.name.ilike(f"%{name}%"))
+    if after:
+        cursor = get_job(session, tenant_id, after)
+        stmt = stmt.where(
+            (Job.created_at < cursor.created_at)
+            | ((Job.created_at == cursor.created_at) & (Job.id < cursor.id))
+        )
+    rows = list(
+        session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1))
+    )
+    return rows[:limit], len(rows) > limit
+
+
+def transitions(session: Session, job_id: str) -> list[JobTransition]:
+    stmt = select(JobTransition).where(JobTransition.job_id == job_id).order_by(JobTransition.id)
+    return list(session.scalars(stmt))
+
+
+def cancel_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    job = get_job(session, tenant_id, job_id)
+    if job.status in TERMINAL:
+        raise ProblemError(409, "Conflict", f"job {job_id} already ended ({job.status})")
+    if job.status == "queued" and repo.change_status(
+        session, job_id, ("queued",), "cancelled", "cancelled by the client while queued"
+    ):
+        return job
+    if job.status == "cancelling" or repo.change_status(
+        session, job_id, ("running",), "cancelling", "cancel requested by the client"
+    ):
+        session.refresh(job)
+        return job
+    session.refresh(job)  # it changed under us: report the current state
+    if job.status in TERMINAL:
+        raise ProblemError(409, "Conflict", f"job {job_id} already ended ({job.status})")
+    return job
+
+
+def retry_job(
+    session: Session,
+    settings: Settings,
+    tenant_id: str,
+    job_id: str,
+    from_checkpoint: bool,
+    render: Any,
+) -> dict[str, Any]:
+    old = get_job(session, tenant_id, job_id)
+    if old.status not in TERMINAL:
+        raise ProblemError(409, "Conflict", f"job {job_id} has not ended; cancel it first")
+    checkpoint_id = None
+    if from_checkpoint:
+        latest = latest_checkpoint(session, job_id)
+        if latest is None:
+            raise ProblemError(409, "Conflict", f"job {job_id} has no checkpoint to resume from")
+        checkpoint_id = latest.id
+    job = Job(
+        id=new_id("job"),
+        tenant_id=tenant_id,
+        name=old.name,
+        kind=old.kind,
+        status="queued",
+        spec=old.spec,
+        max_attempts=settings.max_attempts,
+        webhook_url=old.webhook_url,
+        retry_of=old.id,
+        resume_checkpoint_id=checkpoint_id,
+        progress={},
+    )
+    session.add(job)
+    session.flush()
+    repo.record_created(session, job)
+    return render(session, job)
+
+
+def delete_job(session: Session, settings: Settings, tenant_id: str, job_id: str) -> None:
+    job = get_job(session, tenant_id, job_id)
+    if job.status not in TERMINAL:
+        raise ProblemError(409, "Conflict", f"job {job_id} is {job.status}; cancel it first")
+    session.delete(job)
+    remove_tree(settings.jobs_dir / job_id)
+
+
+def latest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
+    stmt = (
+        select(Checkpoint)
+        .where(Checkpoint.job_id == job_id)
+        .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc())
+        .limit(1)
+    )
+    return session.scalar(stmt)
+
+
+def list_checkpoints(session: Session, job_id: str) -> list[Checkpoint]:
+    stmt = select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step)
+    return list(session.scalars(stmt))
+
+
+def list_artifacts(session: Session, job_id: str) -> list[Artifact]:
+    stmt = select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)
+    return list(session.scalars(stmt))
+
+
+def get_artifact(session: Session, tenant_id: str, artifact_id: str) -> Artifact:
+    row = session.get(Artifact, artifact_id)
+    if row is None or row.tenant_id != tenant_id or not Path(row.path).is_file():
+        raise not_found("artifact", artifact_id)
+    return row
+
+
+def events_after(session: Session, job_id: str, after: int, limit: int) -> list[JobEvent]:
+    stmt = (
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.seq > after)
+        .order_by(JobEvent.seq)
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))
+
+
+def metric_series(session: Session, job_id: str) -> list[dict[str, Any]]:
+    stmt = (
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.type.in_(("progress", "epoch")))
+        .order_by(JobEvent.seq)
+    )
+    return [{"seq": e.seq, "type": e.type, **e.data} for e in session.scalars(stmt)]
+
+
+def resolved_spec(session: Session, job: Job) -> dict[str, Any]:
+    """The spec kdcore runs: file and artifact ids replaced by their paths on disk."""
+    spec = json.loads(json.dumps(job.spec))
+    for role in ("teacher", "student"):
+        model = spec.get(role)
+        if model and model.get("checkpoint"):
+            path = resolve_reference(session, job.tenant_id, model["checkpoint"])
+            if path is None:
+                raise FileNotFoundError(f"{role} checkpoint {model['checkpoint']} was deleted")
+            model["checkpoint"] = str(path)
+    ds = spec["dataset"]
+    if ds.get("path"):
+        path = resolve_reference(session, job.tenant_id, ds["path"])
+        if path is None:
+            raise FileNotFoundError(f"dataset {ds['path']} was deleted")
+        ds["path"] = str(path)
+    return spec

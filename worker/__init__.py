@@ -1,0 +1,1 @@
+"""Workers: the claim-and-run path shared by the Celery and local executors."""

@@ -1,0 +1,104 @@
+"""The training process. The supervisor (worker.runner) starts it as a fresh interpreter
+(`python -m worker.child`, the equivalent of multiprocessing's spawn: no inherited CUDA
+state, its own process group so it can be killed whole), writes the job to its stdin
+and reads one JSON message per line from its stdout:
+
+    {"type": "progress" | "epoch", ...}   kdcore.Progress fields
+    {"type": "checkpoint", "path", "epoch", "step"}  after the atomic rename
+    {"type": "done", "report"} | {"type": "cancelled"} | {"type": "error", "kind", "message"}
+
+SIGTERM asks it to stop: the training loop checks the flag between steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_CRASH, EXIT_INVALID = 0, 1, 3
+
+
+def _die_with_parent() -> None:
+    """The child has its own process group (so cancel can kill it whole); make sure it
+    does not outlive its supervisor either: Linux's parent-death signal, plus a check."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(EXIT_CRASH)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(EXIT_CRASH)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def main() -> int:
+    _die_with_parent()
+    payload = json.loads(sys.stdin.read())
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # anything else printed goes to the log, not into the protocol
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def send(message: dict[str, Any]) -> None:
+        channel.write(json.dumps(message, default=str) + "\n")
+
+    import kdcore
+    from kdcore.callbacks import Callbacks, Progress
+
+    class Reporter(Callbacks):
+        def on_step(self, p: Progress) -> None:
+            send({"type": "progress", **p.to_dict()})
+
+        def on_epoch_end(self, p: Progress) -> None:
+            send({"type": "epoch", **p.to_dict()})
+
+        def on_checkpoint(self, path: Path, p: Progress) -> None:
+            send(
+                {
+                    "type": "checkpoint",
+                    "path": str(path),
+                    "epoch": p.epoch,
+                    "step": p.step,
+                    "phase": p.phase,
+                }
+            )
+
+        def should_stop(self) -> bool:
+            return stop.is_set()
+
+    try:
+        report = kdcore.run(
+            payload["spec"], payload["out_dir"], Reporter(), resume_from=payload.get("resume_from")
+        )
+    except kdcore.Cancelled:
+        send({"type": "cancelled"})
+        return EXIT_OK
+    except (kdcore.KDError, FileNotFoundError) as exc:
+        send({"type": "error", "kind": "invalid", "message": str(exc)})
+        return EXIT_INVALID
+    except Exception as exc:  # reported to the supervisor, which decides on a retry
+        traceback.print_exc()
+        send({"type": "error", "kind": "crash", "message": f"{type(exc).__name__}: {exc}"})
+        return EXIT_CRASH
+    send({"type": "done", "report": report})
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The local executor (the embedded default): threads in the API process that poll the
+database for queued jobs and run them through the same claim-and-run path as Celery."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.db import repository as repo
+from app.db.session import session_scope
+from app.settings import Settings
+from worker.runner import claim_and_run
+
+log = logging.getLogger("kd.local")
+
+
+class LocalExecutor:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.stop = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._loop, name=f"kd-local-{i}", daemon=True)
+            for i in range(settings.local_workers)
+        ]
+
+    def start(self) -> LocalExecutor:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            ran = False
+            try:
+                with session_scope(self.settings.db_url) as session:
+                    candidates = repo.queued_job_ids(session, limit=len(self.threads) + 1)
+                for job_id in candidates:
+                    if claim_and_run(self.settings, job_id) is not None:
+                        ran = True
+                        break
+            except SQLAlchemyError as exc:
+                log.warning("local executor: database unavailable: %s", exc)
+            except Exception:  # keep the executor alive whatever one job did
+                log.exception("local executor: unexpected error")
+            if not ran:
+                self.stop.wait(self.settings.poll_interval_s)

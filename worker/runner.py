@@ -1,0 +1,399 @@
+"""The one claim-and-run path, used by both executors (Celery task and local threads).
+
+claim (conditional UPDATE) -> start the training child -> supervise it:
+    every `heartbeat_s`: renew the lease, store progress, append throttled events,
+    record checkpoints (one transaction); react to `cancelling`; kill on lost lease
+-> finish: succeeded (artifacts recorded) | cancelled | failed | back to queued
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.db import repository as repo
+from app.db.models import Artifact, Checkpoint, Job, new_id
+from app.db.session import session_scope
+from app.notify import nudge
+from app.queue import publish
+from app.services import webhooks
+from app.services.jobs import resolved_spec
+from app.settings import Settings
+
+log = logging.getLogger("kd.worker")
+PROGRESS_EVERY_S = 1.0
+CONTENT_TYPES = {".json": "application/json", ".onnx": "application/octet-stream"}
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
+
+
+def claim_and_run(settings: Settings, job_id: str, wid: str | None = None) -> str | None:
+    """Run the job if this call claims it; returns its final status, or None if another
+    worker holds it (a duplicate message) or it is not runnable."""
+    wid = wid or worker_id()
+    with session_scope(settings.db_url) as session:
+        job = repo.claim(session, job_id, wid, settings.lease_s)
+        if job is None:
+            return None
+        attempt = job.attempt
+        try:
+            spec = resolved_spec(session, job)
+        except FileNotFoundError as exc:
+            repo.change_status(
+                session,
+                job_id,
+                ("running",),
+                "failed",
+                str(exc),
+                worker_id=wid,
+                attempt=attempt,
+                error=str(exc),
+            )
+            return "failed"
+        resume = _resume_point(session, job)
+        repo.append_event(
+            session,
+            job_id,
+            "attempt",
+            {"attempt": attempt, "worker": wid, "resume_from_step": resume[1] if resume else None},
+        )
+    nudge(settings.broker_url, job_id)
+    return Supervisor(settings, job_id, wid, attempt, spec, resume[0] if resume else None).run()
+
+
+def _resume_point(session: Any, job: Job) -> tuple[str, int] | None:
+    """The newest checkpoint of this job's main phase (an earlier attempt), else the one a
+    retry asked for. Checkpoints are recorded only after their file was renamed."""
+    from app.services.jobs import list_checkpoints
+
+    for ckpt in reversed(list_checkpoints(session, job.id)):
+        if Path(ckpt.path).is_file():
+            return ckpt.path, ckpt.step
+    if job.resume_checkpoint_id:
+        ckpt = session.get(Checkpoint, job.resume_checkpoint_id)
+        if ckpt is not None and Path(ckpt.path).is_file():
+            return ckpt.path, ckpt.step
+    return None
+
+
+class Supervisor:
+    def __init__(
+        self,
+        settings: Settings,
+        job_id: str,
+        wid: str,
+        attempt: int,
+        spec: dict[str, Any],
+        resume_from: str | None,
+    ):
+        self.s, self.job_id, self.wid, self.attempt = settings, job_id, wid, attempt
+        self.spec, self.resume_from = spec, resume_from
+        self.out_dir = settings.jobs_dir / job_id
+        self.messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.pending: list[tuple[str, dict[str, Any]]] = []
+        self.checkpoints: list[dict[str, Any]] = []
+        self.progress: dict[str, Any] | None = None
+        self.final: dict[str, Any] | None = None
+        self.cancel_sent_at: float | None = None
+        self.killed = False
+
+    def run(self) -> str:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.out_dir / f"attempt{self.attempt}.log"
+        with open(log_path, "ab") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "worker.child"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                start_new_session=True,
+            )
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(
+                json.dumps(
+                    {
+                        "spec": self.spec,
+                        "out_dir": str(self.out_dir),
+                        "resume_from": self.resume_from,
+                    }
+                ).encode()
+            )
+            proc.stdin.close()
+            reader = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
+            reader.start()
+            lease_ok = self._supervise(proc, reader)
+        if not lease_ok:
+            return "lost"
+        return self._finish(proc.returncode)
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            try:
+                self.messages.put(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        self.messages.put(None)
+
+    def _supervise(self, proc: subprocess.Popen, reader: threading.Thread) -> bool:
+        last_flush = last_progress_event = 0.0
+        reader_done = False
+        while True:
+            force = False
+            try:
+                msg = self.messages.get(timeout=0.2)
+            except queue.Empty:
+                msg = None
+            else:
+                if msg is None:
+                    reader_done = True
+            if msg is not None:
+                kind = msg.pop("type", "")
+                now = time.monotonic()
+                if kind == "progress":
+                    self.progress = msg
+                    if now - last_progress_event >= PROGRESS_EVERY_S:
+                        self.pending.append(("progress", msg))
+                        last_progress_event = now
+                elif kind == "epoch":
+                    self.progress = msg
+                    self.pending.append(("epoch", msg))
+                    force = True
+                elif kind == "checkpoint":
+                    self.checkpoints.append(msg)
+                    force = True
+                else:
+                    self.final = {"type": kind, **msg}
+            now = time.monotonic()
+            if force or now - last_flush >= self.s.heartbeat_s:
+                status = self._flush()
+                last_flush = now
+                if status == "lost":
+                    self._kill(proc)
+                    return False
+                if status == "cancelling" and self.cancel_sent_at is None:
+                    self.cancel_sent_at = now
+                    proc.send_signal(signal.SIGTERM)
+            if (
+                self.cancel_sent_at is not None
+                and proc.poll() is None
+                and now - self.cancel_sent_at > self.s.cancel_grace_s
+            ):
+                self._kill(proc)
+            if reader_done and proc.poll() is not None:
+                return True
+
+    def _kill(self, proc: subprocess.Popen) -> None:
+        self.killed = True
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def _flush(self) -> str | None:
+        """Heartbeat + progress + events + checkpoints in one transaction. On a database
+        error nothing is lost: the batch stays pending and is retried next time."""
+        progress = None
+        if self.progress is not None:
+            progress = {
+                k: self.progress.get(k)
+                for k in (
+                    "phase",
+                    "epoch",
+                    "epochs",
+                    "step",
+                    "total_steps",
+                    "lr",
+                    "losses",
+                    "metrics",
+                    "images_per_s",
+                    "eta_s",
+                    "elapsed_s",
+                )
+            }
+        try:
+            with session_scope(self.s.db_url) as session:
+                status = repo.heartbeat(
+                    session,
+                    self.job_id,
+                    self.wid,
+                    self.attempt,
+                    self.s.lease_s,
+                    progress,
+                    self.pending,
+                )
+                if status is None:
+                    return "lost"
+                for ck in self.checkpoints:
+                    if ck.get("phase") != "train":
+                        continue  # baseline checkpoints cannot resume the job
+                    path = Path(ck["path"])
+                    session.add(
+                        Checkpoint(
+                            id=new_id("ckpt"),
+                            job_id=self.job_id,
+                            attempt=self.attempt,
+                            epoch=ck["epoch"],
+                            step=ck["step"],
+                            path=str(path),
+                            bytes=path.stat().st_size if path.exists() else 0,
+                        )
+                    )
+        except SQLAlchemyError as exc:
+            log.warning("job %s: database write failed, will retry: %s", self.job_id, exc)
+            return None
+        if self.pending:
+            nudge(self.s.broker_url, self.job_id)
+        self.pending, self.checkpoints = [], []
+        return status
+
+    def _flush_until_done(self) -> None:
+        for delay in (0, 0.5, 1, 2, 4, 8):
+            time.sleep(delay)
+            if self._flush() is not None:
+                return
+
+    def _finish(self, returncode: int) -> str:
+        self._flush_until_done()
+        final = self.final or {
+            "type": "error",
+            "kind": "crash",
+            "message": _exit_reason(returncode),
+        }
+        for delay in (0, 1, 2, 4, 8, 16):
+            time.sleep(delay)
+            try:
+                with session_scope(self.s.db_url) as session:
+                    status = self._record_end(session, final)
+                    job = session.get(Job, self.job_id)
+                    delivery = (
+                        webhooks.enqueue(session, job)
+                        if job and status in ("succeeded", "failed", "cancelled")
+                        else None
+                    )
+                break
+            except SQLAlchemyError as exc:
+                log.warning("job %s: cannot record the end yet: %s", self.job_id, exc)
+        else:
+            return "unrecorded"  # the lease expires and the reaper takes over
+        nudge(self.s.broker_url, self.job_id)
+        if status == "queued":
+            publish(self.s.broker_url, self.job_id)
+        if delivery is not None:
+            threading.Thread(target=webhooks.deliver, args=(self.s, delivery), daemon=True).start()
+        return status
+
+    def _record_end(self, session: Any, final: dict[str, Any]) -> str:
+        held: dict[str, Any] = {"worker_id": self.wid, "attempt": self.attempt}
+        kind = final["type"]
+        job = session.get(Job, self.job_id)
+        if kind == "done":
+            if job.status == "cancelling":
+                repo.change_status(
+                    session,
+                    self.job_id,
+                    ("cancelling",),
+                    "cancelled",
+                    "cancel requested while finishing",
+                    **held,
+                )
+                return "cancelled"
+            self._record_artifacts(session, job)
+            repo.change_status(
+                session,
+                self.job_id,
+                ("running",),
+                "succeeded",
+                "training finished",
+                report=final["report"],
+                **held,
+            )
+            return "succeeded"
+        if kind == "cancelled" or (self.killed and job.status == "cancelling"):
+            repo.change_status(
+                session,
+                self.job_id,
+                ("cancelling", "running"),
+                "cancelled",
+                "stopped on request",
+                **held,
+            )
+            return "cancelled"
+        message = final.get("message", "unknown error")
+        if final.get("kind") == "invalid" or job.attempt >= job.max_attempts:
+            why = (
+                message
+                if final.get("kind") == "invalid"
+                else f"{message} (attempt {job.attempt}/{job.max_attempts})"
+            )
+            repo.change_status(
+                session,
+                self.job_id,
+                ("running", "cancelling"),
+                "failed",
+                why,
+                error=message,
+                **held,
+            )
+            return "failed"
+        repo.change_status(
+            session,
+            self.job_id,
+            ("running",),
+            "queued",
+            f"{message}; retrying",
+            lease_expires_at=None,
+            published_at=None,
+            **held,
+        )
+        return "queued"
+
+    def _record_artifacts(self, session: Any, job: Job) -> None:
+        report = json.loads((self.out_dir / "report.json").read_text())
+        for info in report["files"].values():
+            path = self.out_dir / info["name"]
+            session.add(
+                Artifact(
+                    id=new_id("art"),
+                    job_id=job.id,
+                    tenant_id=job.tenant_id,
+                    name=info["name"],
+                    path=str(path.resolve()),
+                    bytes=info["bytes"],
+                    sha256=info["sha256"],
+                    content_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream"),
+                )
+            )
+        path = self.out_dir / "report.json"
+        session.add(
+            Artifact(
+                id=new_id("art"),
+                job_id=job.id,
+                tenant_id=job.tenant_id,
+                name="report.json",
+                path=str(path.resolve()),
+                bytes=path.stat().st_size,
+                sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                content_type="application/json",
+            )
+        )
+
+
+def _exit_reason(returncode: int) -> str:
+    if returncode < 0:
+        return f"the training process was killed by signal {-returncode}"
+    return f"the training process exited with code {returncode} without a result"
