@@ -23,7 +23,7 @@ DATASET = {"builtin": "fashion_mnist", "val_fraction": 0.1}
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--teacher-epochs", type=int, default=6)
+    parser.add_argument("--teacher-epochs", type=int, default=15)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--max-samples", type=int, default=None)
     parser.add_argument("--out", default=None)
@@ -33,7 +33,7 @@ def main() -> None:
 
     teacher_report = kdcore.train({
         "name": "fmnist-teacher", "kind": "train", "student": {"arch": "small_cnn_wide"},
-        "dataset": dataset, "augment": {"crop_padding": 2, "hflip": True},
+        "dataset": dataset, "augment": {"crop_padding": 2},
         "training": {"epochs": args.teacher_epochs, "batch_size": 128, "lr": 0.1,
                      "warmup_epochs": 1, "seed": 100},
     }, out / "teacher")

@@ -1,0 +1,109 @@
+"""Fixtures for the service: a real database (SQLite file or a fresh PostgreSQL
+database), migrated with Alembic, and a TestClient over the real app."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from app.db.migrate import upgrade
+from app.db.session import session_scope
+from app.main import create_app
+from app.services.keys import create_key
+from app.settings import Settings
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def create_pg_database() -> str:
+    name = f"kd_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def drop_pg_database(name: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    name = create_pg_database()
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    upgrade(url)
+    yield url
+    from app.db.session import get_engine
+
+    get_engine(url).dispose()
+    drop_pg_database(name)
+
+
+def make_settings(tmp_path, db_url: str = "", **overrides) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=db_url, broker_url="",
+                    heartbeat_s=0.3, lease_s=30, **overrides)
+
+
+class Api:
+    """A TestClient plus two tenants' keys."""
+
+    def __init__(self, client: TestClient, settings: Settings, key_a: str, key_b: str):
+        self.client, self.settings = client, settings
+        self.a = {"Authorization": f"Bearer {key_a}"}
+        self.b = {"Authorization": f"Bearer {key_b}"}
+        self.key_a = key_a
+
+    def get(self, url, tenant="a", **kw):
+        return self.client.get(url, headers={**getattr(self, tenant), **kw.pop("headers", {})},
+                               **kw)
+
+    def post(self, url, tenant="a", **kw):
+        return self.client.post(url, headers={**getattr(self, tenant), **kw.pop("headers", {})},
+                                **kw)
+
+    def delete(self, url, tenant="a", **kw):
+        return self.client.delete(url, headers={**getattr(self, tenant),
+                                                **kw.pop("headers", {})}, **kw)
+
+    def head(self, url, tenant="a", **kw):
+        return self.client.head(url, headers={**getattr(self, tenant), **kw.pop("headers", {})},
+                                **kw)
+
+
+def build_api(settings: Settings) -> Iterator[Api]:
+    app = create_app(settings, run_executors=False)
+    with TestClient(app) as client:  # runs the lifespan: migrations on SQLite
+        if not settings.is_sqlite:
+            upgrade(settings.db_url)
+        with session_scope(settings.db_url) as session:
+            _, key_a = create_key(session, f"tenant-a-{secrets.token_hex(4)}")
+            _, key_b = create_key(session, f"tenant-b-{secrets.token_hex(4)}")
+        yield Api(client, settings, key_a, key_b)
+
+
+@pytest.fixture
+def api(tmp_path) -> Iterator[Api]:
+    yield from build_api(make_settings(tmp_path))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db_api(request, tmp_path) -> Iterator[Api]:
+    url = "" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    yield from build_api(make_settings(tmp_path, url))
+
+
+def tiny_job(**overrides):
+    spec = {
+        "name": "tiny", "kind": "train",
+        "student": {"arch": "mlp_small"},
+        "dataset": {"builtin": "synthetic", "num_samples": 200, "num_classes": 3,
+                    "shape": [1, 6, 6]},
+        "training": {"epochs": 2, "batch_size": 32, "precision": "fp32"},
+    }
+    spec.update(overrides)
+    return spec

@@ -1,0 +1,187 @@
+"""Jobs run for real: the claim-and-run path starts the training child process, which
+runs kdcore; the tests read the results back through the API."""
+
+import hashlib
+import json
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+import torch
+from safetensors.torch import load
+
+from app.db import repository as repo
+from app.db.models import Job, utcnow
+from app.db.session import session_scope
+from tests.app.conftest import build_api, make_settings, tiny_job
+from worker.maintenance import reap_once
+from worker.runner import claim_and_run
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One job run to completion, shared by the read-only tests below."""
+    settings = make_settings(tmp_path_factory.mktemp("run"))
+    gen = build_api(settings)
+    api = next(gen)
+    job = api.post("/v1/jobs", json=tiny_job(export=["safetensors", "onnx"])).json()
+    assert claim_and_run(settings, job["id"]) == "succeeded"
+    yield api, job["id"]
+    gen.close()
+
+
+def test_run_records_status_progress_report_and_contiguous_events(finished):
+    api, job_id = finished
+    job = api.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "succeeded" and job["attempt"] == 1
+    assert [t["to_status"] for t in job["status_transitions"]] == ["queued", "running",
+                                                                   "succeeded"]
+    assert job["progress"]["fraction"] == 1.0 and job["progress"]["epochs"] == 2
+    assert 0 <= job["metrics"]["accuracy"] <= 1
+    assert job["report"]["student"]["arch"] == "mlp_small"
+    events = api.get(f"/v1/jobs/{job_id}/events", params={"limit": 200}).json()["data"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    types = [e["type"] for e in events]
+    assert types[0] == "status" and types[-1] == "status" and types.count("epoch") == 2
+    metrics = api.get(f"/v1/jobs/{job_id}/metrics").json()["points"]
+    assert [p["epoch"] for p in metrics if p["type"] == "epoch"] == [1, 2]
+    checkpoints = api.get(f"/v1/jobs/{job_id}/checkpoints").json()
+    assert [c["epoch"] for c in checkpoints] == [1, 2] and checkpoints[0]["bytes"] > 0
+
+
+def test_artifact_download_etag_range_and_conditional(finished):
+    api, job_id = finished
+    arts = {a["name"]: a for a in api.get(f"/v1/jobs/{job_id}/artifacts").json()}
+    assert {"student.safetensors", "student.json", "student.onnx", "report.json"} <= set(arts)
+    art = arts["student.safetensors"]
+    url = art["download_url"]
+    full = api.get(url)
+    assert full.status_code == 200
+    assert hashlib.sha256(full.content).hexdigest() == art["sha256"]
+    assert full.headers["etag"] == f'"{art["sha256"]}"'
+    assert full.headers["content-length"] == str(art["bytes"])
+    assert full.headers["x-checksum-sha256"] == art["sha256"]
+    state = load(full.content)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    head = api.head(url)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(art["bytes"])
+    part = api.get(url, headers={"Range": "bytes=10-19"})
+    assert part.status_code == 206 and part.content == full.content[10:20]
+    assert part.headers["content-range"] == f"bytes 10-19/{art['bytes']}"
+    tail = api.get(url, headers={"Range": "bytes=-5"})
+    assert tail.status_code == 206 and tail.content == full.content[-5:]
+    assert api.get(url, headers={"Range": f"bytes={art['bytes']}-"}).status_code == 416
+    assert api.get(url, headers={"If-None-Match": full.headers["etag"]}).status_code == 304
+    stale = api.get(url, headers={"Range": "bytes=0-3", "If-Range": '"other"'})
+    assert stale.status_code == 200 and len(stale.content) == art["bytes"]
+    assert api.get(url, tenant="b").status_code == 404
+    assert api.get("/v1/artifacts/..%2F..%2Fetc%2Fpasswd/content").status_code == 404
+
+
+def _sse(api, job_id, last_event_id=None):
+    headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+    with api.client.stream("GET", f"/v1/jobs/{job_id}/events/stream",
+                           headers={**api.a, **headers}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        text = "".join(r.iter_text())
+    return [int(line[4:]) for line in text.splitlines() if line.startswith("id: ")]
+
+
+def test_sse_replays_everything_and_resumes_from_last_event_id(finished):
+    api, job_id = finished
+    total = len(api.get(f"/v1/jobs/{job_id}/events", params={"limit": 200}).json()["data"])
+    assert _sse(api, job_id) == list(range(1, total + 1))
+    assert _sse(api, job_id, last_event_id=3) == list(range(4, total + 1))
+    assert _sse(api, job_id, last_event_id=total) == []
+
+
+def test_a_train_jobs_artifact_is_a_distill_teacher_and_retry_resumes(finished):
+    api, job_id = finished
+    arts = {a["name"]: a for a in api.get(f"/v1/jobs/{job_id}/artifacts").json()}
+    spec = tiny_job(kind="distill", teacher={"arch": "mlp_small",
+                                             "checkpoint": arts["student.safetensors"]["id"]})
+    job = api.post("/v1/jobs", json=spec)
+    assert job.status_code == 201, job.text
+    assert claim_and_run(api.settings, job.json()["id"]) == "succeeded"
+    done = api.get(f"/v1/jobs/{job.json()['id']}").json()
+    assert done["report"]["teacher"]["accuracy"] == pytest.approx(
+        api.get(f"/v1/jobs/{job_id}").json()["report"]["student"]["accuracy"])
+    # retry from the last checkpoint: the new job starts where the old one ended
+    retry = api.post(f"/v1/jobs/{job_id}/retry", params={"from_checkpoint": True}).json()
+    assert retry["resume_checkpoint_id"]
+    assert claim_and_run(api.settings, retry["id"]) == "succeeded"
+    events = api.get(f"/v1/jobs/{retry['id']}/events").json()["data"]
+    attempt = next(e for e in events if e["type"] == "attempt")
+    assert attempt["data"]["resume_from_step"] == api.get(
+        f"/v1/jobs/{job_id}").json()["progress"]["step"]
+    assert not [e for e in events if e["type"] == "epoch"]  # nothing left to train
+
+
+def test_a_second_claim_of_the_same_job_returns_at_once(api):
+    job = api.post("/v1/jobs", json=tiny_job()).json()
+    with session_scope(api.settings.db_url) as session:
+        assert repo.claim(session, job["id"], "w1", 30) is not None
+    with session_scope(api.settings.db_url) as session:
+        assert repo.claim(session, job["id"], "w2", 30) is None
+    assert claim_and_run(api.settings, job["id"]) is None
+
+
+def test_reaper_requeues_expired_leases_then_fails_after_max_attempts(tmp_path):
+    gen = build_api(make_settings(tmp_path, max_attempts=2))
+    api = next(gen)
+    job_id = api.post("/v1/jobs", json=tiny_job()).json()["id"]
+    for attempt in (1, 2):
+        with session_scope(api.settings.db_url) as session:
+            assert repo.claim(session, job_id, f"dead-worker-{attempt}", 30).attempt == attempt
+            session.get(Job, job_id).lease_expires_at = utcnow() - timedelta(seconds=1)
+        expected = "queued" if attempt == 1 else "failed"
+        assert reap_once(api.settings) == [(job_id, expected)]
+    job = api.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "failed" and "no attempts left" in job["status_transitions"][-1][
+        "reason"]
+    assert reap_once(api.settings) == []
+    gen.close()
+
+
+def test_cancel_while_running_stops_the_training_process(api):
+    spec = tiny_job(training={"epochs": 200, "batch_size": 8, "precision": "fp32"})
+    job_id = api.post("/v1/jobs", json=spec).json()["id"]
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(
+        status=claim_and_run(api.settings, job_id)))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if api.get(f"/v1/jobs/{job_id}").json()["progress"].get("step"):
+            break
+        time.sleep(0.2)
+    assert api.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelling"
+    thread.join(60)
+    assert result["status"] == "cancelled"
+    job = api.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "cancelled"
+    assert [t["to_status"] for t in job["status_transitions"]][-2:] == ["cancelling",
+                                                                        "cancelled"]
+    assert job["progress"]["step"] < job["progress"]["total_steps"]
+
+
+def test_a_job_whose_training_crashes_is_retried_then_failed(tmp_path):
+    gen = build_api(make_settings(tmp_path, max_attempts=2))
+    api = next(gen)
+    # lr so high that the loss overflows: a crash of the run, not a bad spec
+    spec = tiny_job(training={"epochs": 3, "lr": 100.0, "precision": "fp32", "momentum": 0.99})
+    job_id = api.post("/v1/jobs", json=spec).json()["id"]
+    assert claim_and_run(api.settings, job_id) == "queued"
+    assert claim_and_run(api.settings, job_id) == "failed"
+    job = api.get(f"/v1/jobs/{job_id}").json()
+    assert job["attempt"] == 2 and "FloatingPointError" in job["error"]
+    gen.close()
+
+
+def test_report_json_artifact_matches_the_job_report(finished):
+    api, job_id = finished
+    arts = {a["name"]: a for a in api.get(f"/v1/jobs/{job_id}/artifacts").json()}
+    report = json.loads(api.get(arts["report.json"]["download_url"]).content)
+    assert report == api.get(f"/v1/jobs/{job_id}").json()["report"]
