@@ -6,7 +6,7 @@ BIN       := $(VENV)/bin
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 STAMP     := $(VENV)/.installed
 
-.PHONY: run test lint bench services demo clean
+.PHONY: run test lint bench services demo clean install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## run: the main job on the embedded default (a real distillation demo on digits)
-run: demo
+## run: the service on the embedded default (SQLite + local executor, no servers to start)
+run: $(STAMP)
+	$(BIN)/kd serve
 
+## demo: kdcore alone: train a teacher on digits, distil it, print the report
 demo: $(STAMP)
 	$(BIN)/kdcore train examples/digits_teacher.json --out out/teacher
 	$(BIN)/kdcore distill examples/digits_distill.json --out out/distill
@@ -33,9 +35,9 @@ services:
 		redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no || true
 
 lint: $(STAMP)
-	$(BIN)/ruff check kdcore tests bench
-	$(BIN)/ruff format --check kdcore tests bench
-	$(BIN)/mypy kdcore
+	$(BIN)/ruff check kdcore app worker migrations tests bench
+	$(BIN)/ruff format --check kdcore app worker migrations tests bench
+	$(BIN)/mypy kdcore app worker
 
 ## test: lint + type check + the whole test suite
 test: $(STAMP) services lint

@@ -33,8 +33,13 @@ def spec(kind: str, precision: str, cache: bool, epochs: int):
         "kind": kind,
         "student": {"arch": "cifar_resnet20"},
         "dataset": {"builtin": "digits", "image_size": 32, "val_fraction": 0.1},
-        "distillation": {"method": "kd", "temperature": 4.0, "ce_weight": 0.1,
-                         "kd_weight": 0.9, "cache_teacher": cache},
+        "distillation": {
+            "method": "kd",
+            "temperature": 4.0,
+            "ce_weight": 0.1,
+            "kd_weight": 0.9,
+            "cache_teacher": cache,
+        },
         "training": {"epochs": epochs, "batch_size": 64, "lr": 0.05, "precision": precision},
     }
     if kind == "distill":
@@ -61,18 +66,25 @@ def main() -> None:
     cpu = torch.device("cpu")
     auto = "bf16" if uses_bf16(cpu, "auto") else "fp32"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, auto precision = {auto}")
-    rows = [("(a) KD step", "distill", False), ("(b) student alone", "train", False),
-            ("(c) KD, cached teacher", "distill", True)]
+    rows = [
+        ("(a) KD step", "distill", False),
+        ("(b) student alone", "train", False),
+        ("(c) KD, cached teacher", "distill", True),
+    ]
     results: dict[tuple[str, str], float] = {}
     for precision in ("fp32", "auto"):
         for label, kind, cache in rows:
             results[(label, precision)] = measure(kind, precision, cache, args.epochs)
-    print(f"\n{'configuration':<26}{'fp32 img/s':>12}{'auto img/s':>12}"
-          f"{'auto/fp32':>11}{'vs torchdistill':>17}")
+    print(
+        f"\n{'configuration':<26}{'fp32 img/s':>12}{'auto img/s':>12}"
+        f"{'auto/fp32':>11}{'vs torchdistill':>17}"
+    )
     for label, _, _ in rows:
         fp32, best = results[(label, "fp32")], results[(label, "auto")]
-        print(f"{label:<26}{fp32:>12.1f}{best:>12.1f}{best / fp32:>11.2f}"
-              f"{best / TORCHDISTILL_REFERENCE:>16.2f}x")
+        print(
+            f"{label:<26}{fp32:>12.1f}{best:>12.1f}{best / fp32:>11.2f}"
+            f"{best / TORCHDISTILL_REFERENCE:>16.2f}x"
+        )
     a, b, c = (results[(label, "auto")] for label, _, _ in rows)
     print(f"\nKD step / student alone: {a / b:.2f}   cached KD / KD step: {c / a:.2f}")
     print(f"fp32 KD step vs torchdistill (130 img/s): {results[(rows[0][0], 'fp32')] / 130:.2f}x")

@@ -45,8 +45,14 @@ def pg_url() -> Iterator[str]:
 
 
 def make_settings(tmp_path, db_url: str = "", **overrides) -> Settings:
-    return Settings(data_dir=tmp_path / "data", database_url=db_url, broker_url="",
-                    heartbeat_s=0.3, lease_s=30, **overrides)
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=db_url,
+        broker_url="",
+        heartbeat_s=0.3,
+        lease_s=30,
+        **overrides,
+    )
 
 
 class Api:
@@ -59,20 +65,24 @@ class Api:
         self.key_a = key_a
 
     def get(self, url, tenant="a", **kw):
-        return self.client.get(url, headers={**getattr(self, tenant), **kw.pop("headers", {})},
-                               **kw)
+        return self.client.get(
+            url, headers={**getattr(self, tenant), **kw.pop("headers", {})}, **kw
+        )
 
     def post(self, url, tenant="a", **kw):
-        return self.client.post(url, headers={**getattr(self, tenant), **kw.pop("headers", {})},
-                                **kw)
+        return self.client.post(
+            url, headers={**getattr(self, tenant), **kw.pop("headers", {})}, **kw
+        )
 
     def delete(self, url, tenant="a", **kw):
-        return self.client.delete(url, headers={**getattr(self, tenant),
-                                                **kw.pop("headers", {})}, **kw)
+        return self.client.delete(
+            url, headers={**getattr(self, tenant), **kw.pop("headers", {})}, **kw
+        )
 
     def head(self, url, tenant="a", **kw):
-        return self.client.head(url, headers={**getattr(self, tenant), **kw.pop("headers", {})},
-                                **kw)
+        return self.client.head(
+            url, headers={**getattr(self, tenant), **kw.pop("headers", {})}, **kw
+        )
 
 
 def build_api(settings: Settings) -> Iterator[Api]:
@@ -99,10 +109,15 @@ def any_db_api(request, tmp_path) -> Iterator[Api]:
 
 def tiny_job(**overrides):
     spec = {
-        "name": "tiny", "kind": "train",
+        "name": "tiny",
+        "kind": "train",
         "student": {"arch": "mlp_small"},
-        "dataset": {"builtin": "synthetic", "num_samples": 200, "num_classes": 3,
-                    "shape": [1, 6, 6]},
+        "dataset": {
+            "builtin": "synthetic",
+            "num_samples": 200,
+            "num_classes": 3,
+            "shape": [1, 6, 6],
+        },
         "training": {"epochs": 2, "batch_size": 32, "precision": "fp32"},
     }
     spec.update(overrides)

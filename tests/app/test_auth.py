@@ -17,8 +17,9 @@ def _v1_routes(app):
 
 
 def _fill(path, value="x_missing"):
-    return (path.replace("{job_id}", value).replace("{file_id}", value)
-            .replace("{artifact_id}", value))
+    return (
+        path.replace("{job_id}", value).replace("{file_id}", value).replace("{artifact_id}", value)
+    )
 
 
 def test_every_v1_route_needs_a_key(api):

@@ -15,8 +15,9 @@ def _weights() -> bytes:
 
 
 def _upload(api, content: bytes, name="teacher.safetensors", purpose="checkpoint", tenant="a"):
-    return api.post("/v1/files", tenant=tenant,
-                    files={"file": (name, content)}, data={"purpose": purpose})
+    return api.post(
+        "/v1/files", tenant=tenant, files={"file": (name, content)}, data={"purpose": purpose}
+    )
 
 
 def test_upload_get_list_delete(api):
@@ -37,10 +38,17 @@ def test_upload_get_list_delete(api):
 
 def test_uploaded_teacher_is_usable_in_a_job_and_protected_while_queued(api):
     f = _upload(api, _weights()).json()
-    spec = {"kind": "distill", "teacher": {"arch": "mlp_small", "checkpoint": f["id"]},
-            "student": {"arch": "mlp_small"},
-            "dataset": {"builtin": "synthetic", "num_samples": 100, "num_classes": 3,
-                        "shape": [1, 6, 6]}}
+    spec = {
+        "kind": "distill",
+        "teacher": {"arch": "mlp_small", "checkpoint": f["id"]},
+        "student": {"arch": "mlp_small"},
+        "dataset": {
+            "builtin": "synthetic",
+            "num_samples": 100,
+            "num_classes": 3,
+            "shape": [1, 6, 6],
+        },
+    }
     assert api.post("/v1/jobs", json=spec).status_code == 201
     assert api.post("/v1/jobs", json=spec, tenant="b").status_code == 422  # not b's file
     assert api.delete(f"/v1/files/{f['id']}").status_code == 409
@@ -111,10 +119,12 @@ def test_imagefolder_dataset_upload_runs(api):
                 Image.new("RGB", (8, 8), color).save(img, format="PNG")
                 zf.writestr(f"{cls}/{i}.png", img.getvalue())
     f = _upload(api, buf.getvalue(), name="colors.zip", purpose="dataset").json()
-    spec = {"kind": "train", "student": {"arch": "small_cnn"},
-            "dataset": {"name": "imagefolder", "path": f["id"], "image_size": 8,
-                        "test_fraction": 0.25},
-            "training": {"epochs": 2, "batch_size": 4, "precision": "fp32"}}
+    spec = {
+        "kind": "train",
+        "student": {"arch": "small_cnn"},
+        "dataset": {"name": "imagefolder", "path": f["id"], "image_size": 8, "test_fraction": 0.25},
+        "training": {"epochs": 2, "batch_size": 4, "precision": "fp32"},
+    }
     job = api.post("/v1/jobs", json=spec).json()
     assert claim_and_run(api.settings, job["id"]) == "succeeded"
     report = api.get(f"/v1/jobs/{job['id']}").json()["report"]

@@ -17,8 +17,9 @@ def test_create_returns_201_location_and_queue_position(any_db_api):
 
 
 def test_invalid_spec_is_422_with_pointers(api):
-    spec = tiny_job(training={"epochs": 10**9, "batch_size": 0, "lr": "NaN"},
-                    student={"arch": "resnet9000"})
+    spec = tiny_job(
+        training={"epochs": 10**9, "batch_size": 0, "lr": "NaN"}, student={"arch": "resnet9000"}
+    )
     r = api.post("/v1/jobs", json=spec)
     assert r.status_code == 422
     assert r.headers["content-type"] == "application/problem+json"
@@ -57,8 +58,10 @@ def test_validate_is_a_dry_run(api):
     assert ok == {"valid": True, "errors": [], "warnings": []}
     bad = api.post("/v1/jobs/validate", json=tiny_job(training={"epochs": 0})).json()
     assert not bad["valid"] and bad["errors"][0]["loc"] == "/training/epochs"
-    warn = api.post("/v1/jobs/validate", json=tiny_job(
-        kind="distill", teacher={"arch": "mlp"}, augment={"crop_padding": 1})).json()
+    warn = api.post(
+        "/v1/jobs/validate",
+        json=tiny_job(kind="distill", teacher={"arch": "mlp"}, augment={"crop_padding": 1}),
+    ).json()
     assert warn["valid"] and len(warn["warnings"]) == 2
     assert api.get("/v1/jobs").json()["data"] == []
 
@@ -89,8 +92,9 @@ def test_cancel_retry_delete_lifecycle(api):
     r = api.post(f"/v1/jobs/{job['id']}/cancel")
     assert r.status_code == 202 and r.json()["status"] == "cancelled"
     assert api.post(f"/v1/jobs/{job['id']}/cancel").status_code == 409
-    assert api.post(f"/v1/jobs/{job['id']}/retry",
-                    params={"from_checkpoint": True}).status_code == 409  # no checkpoint
+    assert (
+        api.post(f"/v1/jobs/{job['id']}/retry", params={"from_checkpoint": True}).status_code == 409
+    )  # no checkpoint
     retry = api.post(f"/v1/jobs/{job['id']}/retry")
     assert retry.status_code == 201
     assert retry.json()["retry_of"] == job["id"] and retry.json()["status"] == "queued"

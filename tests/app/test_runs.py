@@ -35,8 +35,7 @@ def test_run_records_status_progress_report_and_contiguous_events(finished):
     api, job_id = finished
     job = api.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "succeeded" and job["attempt"] == 1
-    assert [t["to_status"] for t in job["status_transitions"]] == ["queued", "running",
-                                                                   "succeeded"]
+    assert [t["to_status"] for t in job["status_transitions"]] == ["queued", "running", "succeeded"]
     assert job["progress"]["fraction"] == 1.0 and job["progress"]["epochs"] == 2
     assert 0 <= job["metrics"]["accuracy"] <= 1
     assert job["report"]["student"]["arch"] == "mlp_small"
@@ -82,8 +81,9 @@ def test_artifact_download_etag_range_and_conditional(finished):
 
 def _sse(api, job_id, last_event_id=None):
     headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
-    with api.client.stream("GET", f"/v1/jobs/{job_id}/events/stream",
-                           headers={**api.a, **headers}) as r:
+    with api.client.stream(
+        "GET", f"/v1/jobs/{job_id}/events/stream", headers={**api.a, **headers}
+    ) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         text = "".join(r.iter_text())
     return [int(line[4:]) for line in text.splitlines() if line.startswith("id: ")]
@@ -100,22 +100,27 @@ def test_sse_replays_everything_and_resumes_from_last_event_id(finished):
 def test_a_train_jobs_artifact_is_a_distill_teacher_and_retry_resumes(finished):
     api, job_id = finished
     arts = {a["name"]: a for a in api.get(f"/v1/jobs/{job_id}/artifacts").json()}
-    spec = tiny_job(kind="distill", teacher={"arch": "mlp_small",
-                                             "checkpoint": arts["student.safetensors"]["id"]})
+    spec = tiny_job(
+        kind="distill",
+        teacher={"arch": "mlp_small", "checkpoint": arts["student.safetensors"]["id"]},
+    )
     job = api.post("/v1/jobs", json=spec)
     assert job.status_code == 201, job.text
     assert claim_and_run(api.settings, job.json()["id"]) == "succeeded"
     done = api.get(f"/v1/jobs/{job.json()['id']}").json()
     assert done["report"]["teacher"]["accuracy"] == pytest.approx(
-        api.get(f"/v1/jobs/{job_id}").json()["report"]["student"]["accuracy"])
+        api.get(f"/v1/jobs/{job_id}").json()["report"]["student"]["accuracy"]
+    )
     # retry from the last checkpoint: the new job starts where the old one ended
     retry = api.post(f"/v1/jobs/{job_id}/retry", params={"from_checkpoint": True}).json()
     assert retry["resume_checkpoint_id"]
     assert claim_and_run(api.settings, retry["id"]) == "succeeded"
     events = api.get(f"/v1/jobs/{retry['id']}/events").json()["data"]
     attempt = next(e for e in events if e["type"] == "attempt")
-    assert attempt["data"]["resume_from_step"] == api.get(
-        f"/v1/jobs/{job_id}").json()["progress"]["step"]
+    assert (
+        attempt["data"]["resume_from_step"]
+        == api.get(f"/v1/jobs/{job_id}").json()["progress"]["step"]
+    )
     assert not [e for e in events if e["type"] == "epoch"]  # nothing left to train
 
 
@@ -139,8 +144,9 @@ def test_reaper_requeues_expired_leases_then_fails_after_max_attempts(tmp_path):
         expected = "queued" if attempt == 1 else "failed"
         assert reap_once(api.settings) == [(job_id, expected)]
     job = api.get(f"/v1/jobs/{job_id}").json()
-    assert job["status"] == "failed" and "no attempts left" in job["status_transitions"][-1][
-        "reason"]
+    assert (
+        job["status"] == "failed" and "no attempts left" in job["status_transitions"][-1]["reason"]
+    )
     assert reap_once(api.settings) == []
     gen.close()
 
@@ -149,8 +155,9 @@ def test_cancel_while_running_stops_the_training_process(api):
     spec = tiny_job(training={"epochs": 200, "batch_size": 8, "precision": "fp32"})
     job_id = api.post("/v1/jobs", json=spec).json()["id"]
     result = {}
-    thread = threading.Thread(target=lambda: result.update(
-        status=claim_and_run(api.settings, job_id)))
+    thread = threading.Thread(
+        target=lambda: result.update(status=claim_and_run(api.settings, job_id))
+    )
     thread.start()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -162,8 +169,7 @@ def test_cancel_while_running_stops_the_training_process(api):
     assert result["status"] == "cancelled"
     job = api.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "cancelled"
-    assert [t["to_status"] for t in job["status_transitions"]][-2:] == ["cancelling",
-                                                                        "cancelled"]
+    assert [t["to_status"] for t in job["status_transitions"]][-2:] == ["cancelling", "cancelled"]
     assert job["progress"]["step"] < job["progress"]["total_steps"]
 
 

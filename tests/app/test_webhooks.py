@@ -50,8 +50,9 @@ def _deliveries(api, job_id):
     from sqlalchemy import select
 
     with session_scope(api.settings.db_url) as session:
-        return list(session.scalars(select(WebhookDelivery).where(
-            WebhookDelivery.job_id == job_id)))
+        return list(
+            session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id))
+        )
 
 
 def _wait_delivered(api, job_id, timeout=20):
@@ -83,8 +84,11 @@ def test_terminal_state_posts_a_signed_webhook(hook_api):
     secret = api.get("/v1/tenant").json()["webhook_secret"]
     assert path == "/hook" and verify(secret, headers["KD-Signature"], body)
     assert not verify("wrong-secret", headers["KD-Signature"], body)
-    assert json.loads(body)["job"] == {**json.loads(body)["job"], "id": job["id"],
-                                       "status": "succeeded"}
+    assert json.loads(body)["job"] == {
+        **json.loads(body)["job"],
+        "id": job["id"],
+        "status": "succeeded",
+    }
     receiver.close()
 
 

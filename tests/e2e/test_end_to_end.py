@@ -36,9 +36,13 @@ def free_port() -> int:
 class Proc:
     def __init__(self, args: list[str], env: dict[str, str], log: Path):
         self.log = log
-        self.popen = subprocess.Popen([sys.executable, "-m", "app.cli", *args],
-                                      env={**os.environ, **env}, stdout=open(log, "wb"),
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", *args],
+            env={**os.environ, **env},
+            stdout=log.open("wb"),  # noqa: SIM115 (closed with the process)
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -70,8 +74,12 @@ def follow(client: httpx.Client, job_id: str, timeout: float = 240) -> list[dict
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         headers = {"Last-Event-ID": str(events[-1]["id"])} if events else {}
-        with client.stream("GET", f"/v1/jobs/{job_id}/events/stream", headers=headers,
-                           timeout=httpx.Timeout(10, read=60)) as r:
+        with client.stream(
+            "GET",
+            f"/v1/jobs/{job_id}/events/stream",
+            headers=headers,
+            timeout=httpx.Timeout(10, read=60),
+        ) as r:
             assert r.status_code == 200
             current: dict = {}
             for line in r.iter_lines():
@@ -84,8 +92,11 @@ def follow(client: httpx.Client, job_id: str, timeout: float = 240) -> list[dict
                 elif line == "" and "id" in current:
                     events.append(current)
                     current = {}
-        if events and events[-1]["event"] == "status" and \
-                events[-1]["data"]["status"] in ("succeeded", "failed", "cancelled"):
+        if (
+            events
+            and events[-1]["event"] == "status"
+            and events[-1]["data"]["status"] in ("succeeded", "failed", "cancelled")
+        ):
             return events
     raise AssertionError(f"stream did not end; got {events[-3:]}")
 
@@ -94,9 +105,16 @@ def first_job(base: str, key: str, tmp_path: Path) -> None:
     client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30)
     digits = {"builtin": "digits", "image_size": 16}
     # 1. a teacher from a `train` job
-    r = client.post("/v1/jobs", json={"name": "teacher", "kind": "train",
-                                      "student": {"arch": "cifar_resnet8"}, "dataset": digits,
-                                      "training": {"epochs": 3, "lr": 0.1}})
+    r = client.post(
+        "/v1/jobs",
+        json={
+            "name": "teacher",
+            "kind": "train",
+            "student": {"arch": "cifar_resnet8"},
+            "dataset": digits,
+            "training": {"epochs": 3, "lr": 0.1},
+        },
+    )
     assert r.status_code == 201, r.text
     teacher_job = r.json()["id"]
     events = follow(client, teacher_job)
@@ -104,16 +122,23 @@ def first_job(base: str, key: str, tmp_path: Path) -> None:
     arts = {a["name"]: a for a in client.get(f"/v1/jobs/{teacher_job}/artifacts").json()}
     weights = client.get(arts["student.safetensors"]["download_url"]).content
     # 2. upload it as a file
-    up = client.post("/v1/files", files={"file": ("teacher.safetensors", weights)},
-                     data={"purpose": "checkpoint"})
+    up = client.post(
+        "/v1/files",
+        files={"file": ("teacher.safetensors", weights)},
+        data={"purpose": "checkpoint"},
+    )
     assert up.status_code == 201, up.text
     # 3. distil on digits and follow the stream
-    spec = {"name": "e2e-distill", "kind": "distill",
-            "teacher": {"arch": "cifar_resnet8", "checkpoint": up.json()["id"]},
-            "student": {"arch": "small_cnn"}, "dataset": digits,
-            "distillation": {"method": "kd", "temperature": 4.0, "ce_weight": 0.5,
-                             "kd_weight": 0.5},
-            "training": {"epochs": 3, "lr": 0.05}, "export": ["safetensors", "onnx"]}
+    spec = {
+        "name": "e2e-distill",
+        "kind": "distill",
+        "teacher": {"arch": "cifar_resnet8", "checkpoint": up.json()["id"]},
+        "student": {"arch": "small_cnn"},
+        "dataset": digits,
+        "distillation": {"method": "kd", "temperature": 4.0, "ce_weight": 0.5, "kd_weight": 0.5},
+        "training": {"epochs": 3, "lr": 0.05},
+        "export": ["safetensors", "onnx"],
+    }
     r = client.post("/v1/jobs", json=spec, headers={"Idempotency-Key": "e2e-1"})
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
@@ -138,8 +163,11 @@ def first_job(base: str, key: str, tmp_path: Path) -> None:
 def test_embedded_default(tmp_path):
     port = free_port()
     data = tmp_path / "data"
-    server = Proc(["serve", "--port", str(port)], {"KD_DATA_DIR": str(data),
-                  "KD_DATABASE_URL": "", "KD_BROKER_URL": ""}, tmp_path / "serve.log")
+    server = Proc(
+        ["serve", "--port", str(port)],
+        {"KD_DATA_DIR": str(data), "KD_DATABASE_URL": "", "KD_BROKER_URL": ""},
+        tmp_path / "serve.log",
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_ready(base, server)
@@ -156,17 +184,27 @@ def test_production_shape_postgres_redis_celery(tmp_path):
     r = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
     r.flushdb()
     port = free_port()
-    env = {"KD_ENVIRONMENT": "production", "KD_DATA_DIR": str(tmp_path / "data"),
-           "KD_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}",
-           "KD_BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}"}
+    env = {
+        "KD_ENVIRONMENT": "production",
+        "KD_DATA_DIR": str(tmp_path / "data"),
+        "KD_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}",
+        "KD_BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
+    }
     procs: list[Proc] = []
     try:
-        migrate = subprocess.run([sys.executable, "-m", "app.cli", "migrate"],
-                                 env={**os.environ, **env}, capture_output=True, text=True)
+        migrate = subprocess.run(
+            [sys.executable, "-m", "app.cli", "migrate"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+        )
         assert migrate.returncode == 0, migrate.stderr
-        keys = subprocess.run([sys.executable, "-m", "app.cli", "keys", "create",
-                               "--tenant", "e2e"], env={**os.environ, **env},
-                              capture_output=True, text=True)
+        keys = subprocess.run(
+            [sys.executable, "-m", "app.cli", "keys", "create", "--tenant", "e2e"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+        )
         assert keys.returncode == 0, keys.stderr
         key = keys.stdout.split()[1]
         procs.append(Proc(["worker"], env, tmp_path / "worker.log"))

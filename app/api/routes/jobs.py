@@ -97,8 +97,13 @@ def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, An
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
-def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep, tenant: TenantDep,
-               background: BackgroundTasks) -> dict[str, Any]:
+def cancel_job(
+    job_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    background: BackgroundTasks,
+) -> dict[str, Any]:
     job = service.cancel_job(session, tenant.id, job_id)
     # a queued job ends here and now; a running one ends in its worker, which notifies
     delivery = webhooks.enqueue(session, job) if job.status == "cancelled" else None
