@@ -191,3 +191,55 @@ def test_report_json_artifact_matches_the_job_report(finished):
     arts = {a["name"]: a for a in api.get(f"/v1/jobs/{job_id}/artifacts").json()}
     report = json.loads(api.get(arts["report.json"]["download_url"]).content)
     assert report == api.get(f"/v1/jobs/{job_id}").json()["report"]
+
+
+def _training_children() -> list[int]:
+    """PIDs of `python -m worker.child` processes started by this test process."""
+    import os
+    from pathlib import Path
+
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if b"worker.child" in cmdline and ppid == os.getpid():
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_killed_training_process_is_retried_from_its_last_checkpoint(api):
+    import os
+    import signal
+
+    spec = tiny_job(training={"epochs": 30, "batch_size": 8, "precision": "fp32"},
+                    dataset={"builtin": "synthetic", "num_samples": 400, "num_classes": 3,
+                             "shape": [1, 6, 6]})
+    job_id = api.post("/v1/jobs", json=spec).json()["id"]
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(
+        status=claim_and_run(api.settings, job_id)))
+    thread.start()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not api.get(f"/v1/jobs/{job_id}/checkpoints").json():
+        time.sleep(0.1)
+    checkpoint = api.get(f"/v1/jobs/{job_id}/checkpoints").json()[-1]
+    (child,) = _training_children()
+    os.kill(child, signal.SIGKILL)
+    thread.join(30)
+    assert result["status"] == "queued"
+    job = api.get(f"/v1/jobs/{job_id}").json()
+    assert "killed by signal 9" in job["status_transitions"][-1]["reason"]
+    assert claim_and_run(api.settings, job_id) == "succeeded"
+    events = api.get(f"/v1/jobs/{job_id}/events", params={"limit": 200}).json()["data"]
+    attempts = [e["data"] for e in events if e["type"] == "attempt"]
+    assert [a["attempt"] for a in attempts] == [1, 2]
+    assert attempts[1]["resume_from_step"] >= checkpoint["step"] > 0
+    epochs = [e["data"]["epoch"] for e in events if e["type"] == "epoch"]
+    # it did not start over: epoch 1 ran once, at most the interrupted epoch ran twice
+    assert epochs[-1] == 30 and epochs.count(1) == 1 and len(epochs) <= 31
+    assert _training_children() == []
