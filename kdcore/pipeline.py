@@ -189,16 +189,27 @@ def _baseline(
     return {**metrics, "training_time_s": round(result.train_time_s, 3)}, gain
 
 
+def _run_kind(
+    kind: str,
+    spec: JobSpec | dict,
+    out_dir: str | Path,
+    callbacks: Callbacks | None,
+    resume_from: str | Path | None,
+) -> dict[str, Any]:
+    spec = spec if isinstance(spec, JobSpec) else parse_spec(spec)
+    if spec.kind != kind:
+        raise SpecError([("/kind", f"{kind}() needs kind {kind!r}, the spec says {spec.kind!r}")])
+    return run(spec, out_dir, callbacks, resume_from)
+
+
 def distill(
     spec: JobSpec | dict,
     out_dir: str | Path,
     callbacks: Callbacks | None = None,
     resume_from: str | Path | None = None,
 ) -> dict[str, Any]:
-    spec = spec if isinstance(spec, JobSpec) else parse_spec(spec)
-    if spec.kind != "distill":
-        raise SpecError([("/kind", "distill() needs kind 'distill'")])
-    return run(spec, out_dir, callbacks, resume_from)
+    """Distil `spec.teacher` into `spec.student`; see `run`."""
+    return _run_kind("distill", spec, out_dir, callbacks, resume_from)
 
 
 def train(
@@ -207,7 +218,5 @@ def train(
     callbacks: Callbacks | None = None,
     resume_from: str | Path | None = None,
 ) -> dict[str, Any]:
-    spec = spec if isinstance(spec, JobSpec) else parse_spec(spec)
-    if spec.kind != "train":
-        raise SpecError([("/kind", "train() needs kind 'train'")])
-    return run(spec, out_dir, callbacks, resume_from)
+    """Train `spec.student` alone (teachers, baselines); see `run`."""
+    return _run_kind("train", spec, out_dir, callbacks, resume_from)

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -32,3 +34,13 @@ def tiny_spec(**overrides):
         else:
             spec[key] = value
     return spec
+
+
+class PickleExploit:
+    """Pickles into a payload that would run `touch MARKER` when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))

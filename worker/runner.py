@@ -363,34 +363,26 @@ class Supervisor:
         return "queued"
 
     def _record_artifacts(self, session: Any, job: Job) -> None:
-        report = json.loads((self.out_dir / "report.json").read_text())
-        for info in report["files"].values():
-            path = self.out_dir / info["name"]
+        """One artifact per output file (digests from kdcore's report), plus the report."""
+        report_path = self.out_dir / "report.json"
+        report = json.loads(report_path.read_text())
+        files = [(info["name"], info["bytes"], info["sha256"]) for info in report["files"].values()]
+        blob = report_path.read_bytes()
+        files.append(("report.json", len(blob), hashlib.sha256(blob).hexdigest()))
+        for name, size, sha in files:
+            path = (self.out_dir / name).resolve()
             session.add(
                 Artifact(
                     id=new_id("art"),
                     job_id=job.id,
                     tenant_id=job.tenant_id,
-                    name=info["name"],
-                    path=str(path.resolve()),
-                    bytes=info["bytes"],
-                    sha256=info["sha256"],
+                    name=name,
+                    path=str(path),
+                    bytes=size,
+                    sha256=sha,
                     content_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream"),
                 )
             )
-        path = self.out_dir / "report.json"
-        session.add(
-            Artifact(
-                id=new_id("art"),
-                job_id=job.id,
-                tenant_id=job.tenant_id,
-                name="report.json",
-                path=str(path.resolve()),
-                bytes=path.stat().st_size,
-                sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-                content_type="application/json",
-            )
-        )
 
 
 def _exit_reason(returncode: int) -> str:

@@ -222,6 +222,22 @@ def mark_published(session: Session, job_ids: list[str]) -> None:
         session.execute(update(Job).where(Job.id.in_(job_ids)).values(published_at=utcnow()))
 
 
+def page_newest_first(
+    session: Session, stmt: Any, model: Any, cursor: Any | None, limit: int
+) -> tuple[list[Any], bool]:
+    """Cursor pagination over rows with (created_at, id), newest first: the page after
+    `cursor` (a row of `model`), at most `limit` rows, and whether more follow."""
+    if cursor is not None:
+        stmt = stmt.where(
+            (model.created_at < cursor.created_at)
+            | ((model.created_at == cursor.created_at) & (model.id < cursor.id))
+        )
+    rows = list(
+        session.scalars(stmt.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1))
+    )
+    return rows[:limit], len(rows) > limit
+
+
 def queue_position(session: Session, job: Job) -> int | None:
     """1-based position among queued jobs (oldest first), across all tenants."""
     if job.status != "queued":

@@ -16,6 +16,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from app.db.models import Artifact, File, Job, new_id
+from app.db.repository import page_newest_first
 from app.errors import ProblemError, not_found
 from app.settings import Settings
 
@@ -161,17 +162,9 @@ def get_file(session: Session, tenant_id: str, file_id: str) -> File:
 def list_files(
     session: Session, tenant_id: str, limit: int, after: str | None
 ) -> tuple[list[File], bool]:
+    cursor = get_file(session, tenant_id, after) if after else None
     stmt = select(File).where(File.tenant_id == tenant_id)
-    if after:
-        cursor = get_file(session, tenant_id, after)
-        stmt = stmt.where(
-            (File.created_at < cursor.created_at)
-            | ((File.created_at == cursor.created_at) & (File.id < cursor.id))
-        )
-    rows = list(
-        session.scalars(stmt.order_by(File.created_at.desc(), File.id.desc()).limit(limit + 1))
-    )
-    return rows[:limit], len(rows) > limit
+    return page_newest_first(session, stmt, File, cursor, limit)
 
 
 def delete_file(session: Session, tenant_id: str, file_id: str) -> None:

@@ -107,6 +107,27 @@ def _check_weights_fit(session: Session, tenant_id: str, spec: Any) -> list[tupl
     return errors
 
 
+def _insert_job(
+    session: Session, settings: Settings, tenant_id: str, spec: dict[str, Any], **extra: Any
+) -> Job:
+    job = Job(
+        id=new_id("job"),
+        tenant_id=tenant_id,
+        name=spec["name"],
+        kind=spec["kind"],
+        status="queued",
+        spec=spec,
+        max_attempts=settings.max_attempts,
+        webhook_url=spec.get("webhook_url"),
+        progress={},
+        **extra,
+    )
+    session.add(job)
+    session.flush()
+    repo.record_created(session, job)
+    return job
+
+
 def _request_hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -129,20 +150,7 @@ def create_job(
     spec, errors, _ = validate_spec(session, tenant_id, data)
     if errors:
         raise invalid(errors, "the job spec is invalid")
-    job = Job(
-        id=new_id("job"),
-        tenant_id=tenant_id,
-        name=spec.name,
-        kind=spec.kind,
-        status="queued",
-        spec=spec.model_dump(mode="json"),
-        max_attempts=settings.max_attempts,
-        webhook_url=spec.webhook_url,
-        progress={},
-    )
-    session.add(job)
-    session.flush()
-    repo.record_created(session, job)
+    job = _insert_job(session, settings, tenant_id, spec.model_dump(mode="json"))
     body = render(session, job)
     if idempotency_key:
         session.add(
@@ -194,21 +202,13 @@ def list_jobs(
     status: str | None,
     name: str | None,
 ) -> tuple[list[Job], bool]:
+    cursor = get_job(session, tenant_id, after) if after else None
     stmt = select(Job).where(Job.tenant_id == tenant_id)
     if status:
         stmt = stmt.where(Job.status == status)
     if name:
         stmt = stmt.where(Job.name.ilike(f"%{name}%"))
-    if after:
-        cursor = get_job(session, tenant_id, after)
-        stmt = stmt.where(
-            (Job.created_at < cursor.created_at)
-            | ((Job.created_at == cursor.created_at) & (Job.id < cursor.id))
-        )
-    rows = list(
-        session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1))
-    )
-    return rows[:limit], len(rows) > limit
+    return repo.page_newest_first(session, stmt, Job, cursor, limit)
 
 
 def transitions(session: Session, job_id: str) -> list[JobTransition]:
@@ -252,22 +252,9 @@ def retry_job(
         if latest is None:
             raise ProblemError(409, "Conflict", f"job {job_id} has no checkpoint to resume from")
         checkpoint_id = latest.id
-    job = Job(
-        id=new_id("job"),
-        tenant_id=tenant_id,
-        name=old.name,
-        kind=old.kind,
-        status="queued",
-        spec=old.spec,
-        max_attempts=settings.max_attempts,
-        webhook_url=old.webhook_url,
-        retry_of=old.id,
-        resume_checkpoint_id=checkpoint_id,
-        progress={},
+    job = _insert_job(
+        session, settings, tenant_id, old.spec, retry_of=old.id, resume_checkpoint_id=checkpoint_id
     )
-    session.add(job)
-    session.flush()
-    repo.record_created(session, job)
     return render(session, job)
 
 

@@ -64,25 +64,21 @@ class Api:
         self.b = {"Authorization": f"Bearer {key_b}"}
         self.key_a = key_a
 
-    def get(self, url, tenant="a", **kw):
-        return self.client.get(
-            url, headers={**getattr(self, tenant), **kw.pop("headers", {})}, **kw
-        )
+    def request(self, method, url, tenant="a", **kw):
+        headers = {**getattr(self, tenant), **kw.pop("headers", {})}
+        return self.client.request(method, url, headers=headers, **kw)
 
-    def post(self, url, tenant="a", **kw):
-        return self.client.post(
-            url, headers={**getattr(self, tenant), **kw.pop("headers", {})}, **kw
-        )
+    def get(self, url, **kw):
+        return self.request("GET", url, **kw)
 
-    def delete(self, url, tenant="a", **kw):
-        return self.client.delete(
-            url, headers={**getattr(self, tenant), **kw.pop("headers", {})}, **kw
-        )
+    def post(self, url, **kw):
+        return self.request("POST", url, **kw)
 
-    def head(self, url, tenant="a", **kw):
-        return self.client.head(
-            url, headers={**getattr(self, tenant), **kw.pop("headers", {})}, **kw
-        )
+    def delete(self, url, **kw):
+        return self.request("DELETE", url, **kw)
+
+    def head(self, url, **kw):
+        return self.request("HEAD", url, **kw)
 
 
 def build_api(settings: Settings) -> Iterator[Api]:

@@ -8,6 +8,7 @@ from safetensors.torch import save
 
 from kdcore.models import build_model
 from tests.app.conftest import build_api, make_settings
+from tests.conftest import PickleExploit
 
 
 def _weights() -> bytes:
@@ -66,18 +67,10 @@ def test_oversized_upload_is_413_and_leaves_nothing(tmp_path):
     gen.close()
 
 
-class _Exploit:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_pickle_that_would_run_code_is_refused(api, tmp_path):
     marker = tmp_path / "pwned"
     buf = io.BytesIO()
-    torch.save({"model": _Exploit(marker)}, buf)
+    torch.save({"model": PickleExploit(marker)}, buf)
     r = _upload(api, buf.getvalue(), name="evil.pt")
     assert r.status_code == 422 and "refused" in r.json()["detail"]
     assert not marker.exists()

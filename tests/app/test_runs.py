@@ -216,13 +216,15 @@ def test_a_killed_training_process_is_retried_from_its_last_checkpoint(api):
     import os
     import signal
 
-    spec = tiny_job(training={"epochs": 30, "batch_size": 8, "precision": "fp32"},
-                    dataset={"builtin": "synthetic", "num_samples": 400, "num_classes": 3,
-                             "shape": [1, 6, 6]})
+    spec = tiny_job(
+        training={"epochs": 30, "batch_size": 8, "precision": "fp32"},
+        dataset={"builtin": "synthetic", "num_samples": 400, "num_classes": 3, "shape": [1, 6, 6]},
+    )
     job_id = api.post("/v1/jobs", json=spec).json()["id"]
     result = {}
-    thread = threading.Thread(target=lambda: result.update(
-        status=claim_and_run(api.settings, job_id)))
+    thread = threading.Thread(
+        target=lambda: result.update(status=claim_and_run(api.settings, job_id))
+    )
     thread.start()
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and not api.get(f"/v1/jobs/{job_id}/checkpoints").json():

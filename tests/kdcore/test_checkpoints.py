@@ -1,4 +1,3 @@
-import os
 import pickle
 
 import pytest
@@ -8,6 +7,7 @@ from safetensors.torch import save_file
 from kdcore.checkpoints import atomic_write, load_weights, read_state_dict
 from kdcore.errors import CheckpointError
 from kdcore.models import build_model
+from tests.conftest import PickleExploit
 
 
 def _model(classes=10):
@@ -34,24 +34,16 @@ def test_torchscript_archive_loads_into_our_model(tmp_path):
     assert torch.equal(src(x), dst.eval()(x))
 
 
-class _Exploit:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    torch.save({"model": _Exploit(marker)}, path)
+    torch.save({"model": PickleExploit(marker)}, path)
     with pytest.raises(CheckpointError, match="refused"):
         load_weights(_model(), path)
     assert not marker.exists()
     # a raw pickle (not a torch zip) is refused the same way
     raw = tmp_path / "evil.pkl"
-    raw.write_bytes(pickle.dumps(_Exploit(marker)))
+    raw.write_bytes(pickle.dumps(PickleExploit(marker)))
     with pytest.raises(CheckpointError):
         read_state_dict(raw)
     assert not marker.exists()
