@@ -66,8 +66,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             f"load plain tensors (safetensors or a weights-only state dict). Details: "
             f"{str(exc).splitlines()[0]}"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path.name} is not a readable checkpoint: {exc}") from None
+    except Exception as exc:  # garbage input breaks torch.load in many ways (IndexError...)
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path.name} is not a readable checkpoint: {detail}") from None
     return _extract_state_dict(obj, path.name)
 
 

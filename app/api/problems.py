@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -43,6 +44,19 @@ def _pointer(loc: tuple[Any, ...] | list[Any]) -> str:
     return "/" + "/".join(parts)
 
 
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method documented for `path` across routes (Starlette lists only one route's).
+    A literal path (`/v1/jobs/validate`) wins over a template (`/v1/jobs/{job_id}`)."""
+    paths = app.openapi()["paths"]
+    if path in paths:
+        return sorted(m.upper() for m in paths[path])
+    methods: set[str] = set()
+    for template, operations in paths.items():
+        if re.fullmatch(re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)), path):
+            methods |= {m.upper() for m in operations}
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
@@ -63,9 +77,11 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         title = TITLES.get(exc.status_code, "Error")
         detail = exc.detail if isinstance(exc.detail, str) else title
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(app, request.url.path))
         return problem_response(
-            ProblemError(exc.status_code, title, detail, headers=getattr(exc, "headers", None)),
-            request,
+            ProblemError(exc.status_code, title, detail, headers=headers), request
         )
 
     @app.exception_handler(Exception)

@@ -16,6 +16,31 @@ def iso(dt: datetime | None) -> str | None:
     return dt.isoformat(timespec="milliseconds") + "Z" if dt else None
 
 
+class ProblemItem(BaseModel):
+    loc: str
+    msg: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details (served as application/problem+json)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[ProblemItem] | None = None
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer."""
+    content = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    return {
+        code: {"description": "problem details", "content": content, "model": Problem}
+        for code in codes
+    }
+
+
 class Transition(BaseModel):
     from_status: str | None
     to_status: str

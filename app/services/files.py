@@ -108,16 +108,12 @@ def check_content(path: Path, filename: str, purpose: str, settings: Settings) -
         else:
             for _ in iter_archive_files(path, max_bytes=settings.max_archive_unpacked_bytes):
                 pass
-    except KDError as exc:
+    except (KDError, ValueError) as exc:  # ValueError: numpy object arrays, bad format
+        message = str(exc).replace(path.name, filename)  # never show our temp file's name
+        if isinstance(exc, ValueError):
+            message = f"unreadable {filename}: {message}"
         raise ProblemError(
-            422, "Unprocessable Content", str(exc), errors=[{"loc": "/file", "msg": str(exc)}]
-        ) from None
-    except ValueError as exc:  # numpy: object arrays, bad format
-        raise ProblemError(
-            422,
-            "Unprocessable Content",
-            f"unreadable {filename}: {exc}",
-            errors=[{"loc": "/file", "msg": str(exc)}],
+            422, "Unprocessable Content", message, errors=[{"loc": "/file", "msg": message}]
         ) from None
 
 

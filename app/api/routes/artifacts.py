@@ -11,10 +11,13 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import SessionDep, TenantDep
+from app.api.schemas import problem_responses
 from app.errors import ProblemError
 from app.services.jobs import get_artifact
 
-router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
+router = APIRouter(
+    prefix="/v1/artifacts", tags=["artifacts"], responses=problem_responses(401, 404, 416, 422)
+)
 RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 CHUNK = 1 << 20
 

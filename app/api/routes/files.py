@@ -9,10 +9,14 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SessionDep, SettingsDep, TenantDep
-from app.api.schemas import FileList, FileOut, render_file
+from app.api.schemas import FileList, FileOut, problem_responses, render_file
 from app.services import files as service
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = APIRouter(
+    prefix="/v1/files",
+    tags=["files"],
+    responses=problem_responses(400, 401, 404, 409, 413, 415, 422),
+)
 
 UPLOAD_BODY = {
     "requestBody": {

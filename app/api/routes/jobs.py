@@ -17,6 +17,7 @@ from app.api.schemas import (
     MetricsOut,
     ValidateOut,
     ValidationItem,
+    problem_responses,
     render_artifact,
     render_checkpoint,
     render_event,
@@ -30,7 +31,9 @@ from app.services import jobs as service
 from app.services import webhooks
 from kdcore.spec import JobSpec
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(
+    prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(400, 401, 404, 409, 422)
+)
 Limit = Annotated[int, Query(ge=1, le=200)]
 
 

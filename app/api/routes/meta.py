@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app.api.deps import SessionDep, SettingsDep, TenantDep
-from app.api.schemas import TenantOut
+from app.api.schemas import TenantOut, problem_responses
 
 router = APIRouter()
 
@@ -44,7 +44,7 @@ def readyz(session: SessionDep, settings: SettingsDep) -> JSONResponse:
     )
 
 
-@router.get("/v1/capabilities", tags=["meta"])
+@router.get("/v1/capabilities", tags=["meta"], responses=problem_responses(401))
 def capabilities(settings: SettingsDep, tenant: TenantDep) -> dict[str, Any]:
     from kdcore.data import DATASETS
     from kdcore.losses import LOSSES
@@ -69,6 +69,6 @@ def capabilities(settings: SettingsDep, tenant: TenantDep) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/tenant", response_model=TenantOut, tags=["meta"])
+@router.get("/v1/tenant", response_model=TenantOut, tags=["meta"], responses=problem_responses(401))
 def tenant_info(tenant: TenantDep) -> TenantOut:
     return TenantOut(id=tenant.id, name=tenant.name, webhook_secret=tenant.webhook_secret)
