@@ -144,6 +144,13 @@ class JobSpec(_Strict):
         default=False, description="Also train the student from scratch and report the KD gain"
     )
     webhook_url: str | None = Field(default=None, max_length=2048)
+    max_runtime_s: int | None = Field(
+        default=None,
+        ge=1,
+        le=30 * 24 * 3600,
+        description="The service stops the run and fails the job after this many seconds "
+        "of training (per attempt); the kdcore CLI ignores it.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:

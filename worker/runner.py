@@ -112,6 +112,8 @@ class Supervisor:
         self.final: dict[str, Any] | None = None
         self.cancel_sent_at: float | None = None
         self.killed = False
+        self.timed_out = False
+        self.max_runtime_s = spec.get("max_runtime_s")
 
     def run(self) -> str:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -152,6 +154,7 @@ class Supervisor:
 
     def _supervise(self, proc: subprocess.Popen, reader: threading.Thread) -> bool:
         last_flush = last_progress_event = 0.0
+        started = time.monotonic()
         reader_done = False
         while True:
             force = False
@@ -189,6 +192,16 @@ class Supervisor:
                 if status == "cancelling" and self.cancel_sent_at is None:
                     self.cancel_sent_at = now
                     proc.send_signal(signal.SIGTERM)
+            if (
+                self.max_runtime_s
+                and not self.timed_out
+                and self.cancel_sent_at is None
+                and now - started > self.max_runtime_s
+                and proc.poll() is None
+            ):
+                self.timed_out = True  # stop it like a cancel, then fail the job
+                self.cancel_sent_at = now
+                proc.send_signal(signal.SIGTERM)
             if (
                 self.cancel_sent_at is not None
                 and proc.poll() is None
@@ -323,6 +336,10 @@ class Supervisor:
                 **held,
             )
             return "succeeded"
+        if self.timed_out and job.status == "running":
+            why = f"exceeded max_runtime_s ({self.max_runtime_s} s)"
+            repo.change_status(session, self.job_id, ("running",), "failed", why, error=why, **held)
+            return "failed"
         if kind == "cancelled" or (self.killed and job.status == "cancelling"):
             repo.change_status(
                 session,

@@ -245,3 +245,34 @@ def test_a_killed_training_process_is_retried_from_its_last_checkpoint(api):
     # it did not start over: epoch 1 ran once, at most the interrupted epoch ran twice
     assert epochs[-1] == 30 and epochs.count(1) == 1 and len(epochs) <= 31
     assert _training_children() == []
+
+
+def test_a_job_over_its_max_runtime_is_stopped_and_failed(api):
+    spec = tiny_job(max_runtime_s=8, training={"epochs": 500, "batch_size": 8, "precision": "fp32"})
+    job_id = api.post("/v1/jobs", json=spec).json()["id"]
+    started = time.monotonic()
+    assert claim_and_run(api.settings, job_id) == "failed"
+    assert time.monotonic() - started < 60
+    job = api.get(f"/v1/jobs/{job_id}").json()
+    assert job["error"] == "exceeded max_runtime_s (8 s)" and job["attempt"] == 1
+    assert job["progress"]["step"] < job["progress"]["total_steps"]
+    assert _training_children() == []
+
+
+def test_a_cancel_that_arrives_while_finalizing_wins_once(api):
+    """The run finished, but the client cancelled before the result was recorded."""
+    from worker.runner import Supervisor
+
+    job_id = api.post("/v1/jobs", json=tiny_job()).json()["id"]
+    with session_scope(api.settings.db_url) as session:
+        job = repo.claim(session, job_id, "w-final", 30)
+        assert repo.change_status(session, job_id, ("running",), "cancelling", "client")
+    sup = Supervisor(api.settings, job_id, "w-final", job.attempt, job.spec, None)
+    with session_scope(api.settings.db_url) as session:
+        status = sup._record_end(session, {"type": "done", "report": {}})
+    assert status == "cancelled"
+    job = api.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "cancelled" and job["report"] is None
+    to = [t["to_status"] for t in job["status_transitions"]]
+    assert to.count("cancelled") == 1
+    assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
