@@ -93,8 +93,12 @@ def main() -> int:
         send({"type": "error", "kind": "invalid", "message": str(exc)})
         return EXIT_INVALID
     except Exception as exc:  # reported to the supervisor, which decides on a retry
-        traceback.print_exc()
+        # the message first: the log may sit on the very disk that just filled up
         send({"type": "error", "kind": "crash", "message": f"{type(exc).__name__}: {exc}"})
+        try:
+            traceback.print_exc()
+        except OSError:
+            pass
         return EXIT_CRASH
     send({"type": "done", "report": report})
     return EXIT_OK

@@ -1,0 +1,206 @@
+"""A production-shaped deployment in real processes for fault tests: a fresh PostgreSQL
+database, a Redis database, `kd serve` and any number of `kd worker`s, with short leases
+so that failures are detected in seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from sqlalchemy import select
+
+from app.db.models import Job, JobEvent, JobTransition
+from app.db.session import get_engine, session_scope
+from tests.app.conftest import create_pg_database, drop_pg_database
+from tests.procs import Proc, free_port, wait_ready
+
+FAST = {
+    "KD_LEASE_S": "6",
+    "KD_HEARTBEAT_S": "0.5",
+    "KD_SWEEP_INTERVAL_S": "1",
+    "KD_REPUBLISH_AFTER_S": "3",
+    "KD_CANCEL_GRACE_S": "5",
+    "KD_MAX_ATTEMPTS": "4",
+}
+REDIS_START = [
+    "redis-server",
+    "--daemonize",
+    "yes",
+    "--bind",
+    "127.0.0.1",
+    "--port",
+    "6379",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+]
+
+
+def training_children() -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if b"worker.child" in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Cluster:
+    def __init__(self, tmp: Path, redis_db: int, **env: str):
+        self.tmp, self.redis_db = tmp, redis_db
+        self.db = create_pg_database()
+        self.db_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.db}"
+        redis.Redis(host="127.0.0.1", port=6379, db=redis_db).flushdb()
+        self.env = {
+            "KD_ENVIRONMENT": "production",
+            "KD_DATA_DIR": str(tmp / "data"),
+            "KD_DATABASE_URL": self.db_url,
+            "KD_BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}",
+            **FAST,
+            **env,
+        }
+        self._run("migrate")
+        self.key = self._run("keys", "create", "--tenant", "faults").split()[1]
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.api: Proc | None = None
+        self.workers: list[Proc] = []
+        self.client = httpx.Client(
+            base_url=self.base, timeout=30, headers={"Authorization": f"Bearer {self.key}"}
+        )
+
+    def _run(self, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "app.cli", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **self.env},
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def start_api(self) -> None:
+        self.api = Proc(
+            ["serve", "--port", str(self.port)],
+            self.env,
+            self.tmp / f"api-{time.monotonic_ns()}.log",
+        )
+        wait_ready(self.base, self.api)
+
+    def start_worker(self) -> Proc:
+        n = len(self.workers)
+        worker = Proc(
+            ["worker", "--hostname", f"w{n}@faults"], self.env, self.tmp / f"worker{n}.log"
+        )
+        self.workers.append(worker)
+        return worker
+
+    def kill_worker(self, worker: Proc) -> None:
+        """SIGKILL the whole process group: Celery's main process and its pool child."""
+        os.killpg(worker.popen.pid, signal.SIGKILL)
+        worker.popen.wait()
+
+    def submit(self, spec: dict[str, Any], **headers: str) -> str:
+        r = self.client.post("/v1/jobs", json=spec, headers=headers)
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return dict(self.client.get(f"/v1/jobs/{job_id}").json())
+
+    def wait_status(self, job_id: str, statuses: tuple[str, ...], timeout: float = 180) -> dict:
+        def check() -> dict | None:
+            with session_scope(self.db_url) as s:
+                job = s.get(Job, job_id)
+                return {"status": job.status} if job and job.status in statuses else None
+
+        wait_until(check, timeout, f"{job_id} to reach {statuses}")
+        with session_scope(self.db_url) as s:
+            job = s.get(Job, job_id)
+            return {"status": job.status, "attempt": job.attempt, "error": job.error}
+
+    def checkpoint_steps(self, job_id: str) -> list[int]:
+        return [c["step"] for c in self.client.get(f"/v1/jobs/{job_id}/checkpoints").json()]
+
+    def events(self, job_id: str) -> list[tuple[int, str, dict]]:
+        with session_scope(self.db_url) as s:
+            rows = s.scalars(
+                select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)
+            )
+            return [(e.seq, e.type, e.data) for e in rows]
+
+    def transitions(self, job_id: str) -> list[tuple[str | None, str, str]]:
+        with session_scope(self.db_url) as s:
+            rows = s.scalars(
+                select(JobTransition)
+                .where(JobTransition.job_id == job_id)
+                .order_by(JobTransition.id)
+            )
+            return [(t.from_status, t.to_status, t.reason) for t in rows]
+
+    def audit(self, job_id: str) -> dict[str, Any]:
+        """What the README's table reports for one job, checked for the invariants:
+        events numbered without gaps, one terminal transition, never two runs at once."""
+        events = self.events(job_id)
+        assert [e[0] for e in events] == list(range(1, len(events) + 1)), "event gap"
+        trans = self.transitions(job_id)
+        terminal = [t for t in trans if t[1] in ("succeeded", "failed", "cancelled")]
+        assert len(terminal) == 1, trans
+        # a claim starts from queued (a reaped lease goes running -> queued first):
+        # running -> running would mean two runs of one job at once
+        assert not [t for t in trans if t[0] == "running" and t[1] == "running"], trans
+        attempts = [e[2] for e in events if e[1] == "attempt"]
+        total = max(
+            (e[2].get("total_steps") or 0 for e in events if e[1] in ("progress", "epoch")),
+            default=0,
+        )
+        trained = sum(1 for e in events if e[1] == "epoch")
+        return {
+            "status": terminal[0][1],
+            "attempts": len(attempts),
+            "resume_steps": [a["resume_from_step"] for a in attempts],
+            "epochs_run": trained,
+            "total_steps": total,
+        }
+
+    def close(self) -> None:
+        for p in [*self.workers, *([self.api] if self.api else [])]:
+            p.stop()
+        for pid in training_children():  # nothing may outlive the test
+            os.kill(pid, signal.SIGKILL)
+        self.client.close()
+        get_engine(self.db_url).dispose()
+        drop_pg_database(self.db)
+
+
+def write_result(name: str, row: dict[str, Any]) -> None:
+    """Collect figures for the README's table (printed with -s; kept under out/)."""
+    path = Path(os.environ.get("KD_FAULT_RESULTS", "out/fault-results.json"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[name] = row
+    path.write_text(json.dumps(results, indent=2))
+    print(f"\nFAULT RESULT {name}: {row}")

@@ -1,0 +1,213 @@
+"""Faults injected for real into a production-shaped deployment (PostgreSQL, Redis,
+`kd serve`, `kd worker` processes). After each, the database must show every job ended
+exactly once, with contiguous events, never two runs at once, resumed from a checkpoint
+rather than from scratch. Figures for the README's table go to out/fault-results.json."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.faults.cluster import REDIS_START, Cluster, training_children, wait_until, write_result
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def training_spec(name: str, epochs: int = 8) -> dict:
+    return {
+        "name": name,
+        "kind": "train",
+        "student": {"arch": "cifar_resnet8"},
+        "dataset": {
+            "builtin": "synthetic",
+            "num_samples": 800,
+            "num_classes": 4,
+            "shape": [1, 16, 16],
+        },
+        "training": {"epochs": epochs, "batch_size": 16, "precision": "fp32"},
+    }
+
+
+@pytest.fixture
+def cluster(tmp_path, request):
+    c = Cluster(tmp_path, redis_db=6)
+    yield c
+    c.close()
+    assert training_children() == [], "a training process outlived its worker"
+
+
+def test_sigkill_worker_mid_epoch_resumes_from_checkpoint(cluster):
+    cluster.start_api()
+    rows = []
+    for kill_after in (1, 2, 3):  # kill once 1, 2, 3 checkpoints are recorded
+        worker = cluster.start_worker()
+        job_id = cluster.submit(training_spec(f"kill-worker-{kill_after}"))
+        wait_until(
+            lambda j=job_id, k=kill_after: len(cluster.checkpoint_steps(j)) >= k, 180, "checkpoints"
+        )
+        time.sleep(1.5)  # into the next epoch
+        cluster.kill_worker(worker)
+        wait_until(lambda: training_children() == [], 10, "the training child to die")
+        cluster.start_worker()  # a fresh worker; the reaper requeues after the lease
+        end = cluster.wait_status(job_id, ("succeeded", "failed", "cancelled"))
+        audit = cluster.audit(job_id)
+        assert end["status"] == "succeeded" and audit["attempts"] == 2, (end, audit)
+        resumed = audit["resume_steps"][1]
+        assert resumed is not None and resumed >= cluster.checkpoint_steps(job_id)[0]
+        assert any("lease expired" in t[2] for t in cluster.transitions(job_id))
+        rows.append(
+            {
+                "job": job_id,
+                "redone_steps": max(0, step_at_kill - resumed),
+                "total_steps": audit["total_steps"],
+            }
+        )
+        for w in cluster.workers:
+            if w.popen.poll() is None:
+                cluster.kill_worker(w)
+    write_result(
+        "sigkill_worker",
+        {
+            "runs": len(rows),
+            "jobs_lost": 0,
+            "duplicate_runs": 0,
+            "work_redone_steps": [r["redone_steps"] for r in rows],
+            "total_steps_per_job": rows[0]["total_steps"],
+        },
+    )
+
+
+def test_sigkill_training_child_is_retried(cluster):
+    cluster.start_api()
+    cluster.start_worker()
+    job_id = cluster.submit(training_spec("kill-child", epochs=6))
+    wait_until(lambda: cluster.checkpoint_steps(job_id), 180, "a checkpoint")
+    (child,) = wait_until(training_children, 10, "the child")
+    os.kill(child, signal.SIGKILL)
+    end = cluster.wait_status(job_id, ("succeeded", "failed"))
+    audit = cluster.audit(job_id)
+    assert end["status"] == "succeeded" and audit["attempts"] == 2
+    assert any("killed by signal 9" in t[2] for t in cluster.transitions(job_id))
+    write_result(
+        "sigkill_child",
+        {
+            "runs": 1,
+            "jobs_lost": 0,
+            "duplicate_runs": 0,
+            "resumed_from_step": audit["resume_steps"][1],
+        },
+    )
+
+
+def test_redis_restart_loses_no_queued_job(cluster):
+    cluster.start_api()
+    cluster.start_worker()
+    ids = [cluster.submit(training_spec(f"redis-{i}", epochs=3)) for i in range(4)]
+    wait_until(lambda: cluster.job(ids[0])["status"] == "running", 120, "a running job")
+    subprocess.run(["redis-cli", "-h", "127.0.0.1", "shutdown", "nosave"], timeout=30)
+    time.sleep(1)
+    subprocess.run(REDIS_START, check=True, timeout=30)  # empty: queued messages are gone
+    for job_id in ids:
+        assert cluster.wait_status(job_id, ("succeeded", "failed"), 300)["status"] == "succeeded"
+        cluster.audit(job_id)
+    write_result("redis_restart", {"runs": len(ids), "jobs_lost": 0, "duplicate_runs": 0})
+
+
+def _watch(base: str, key: str, job_id: str, out: list[int], stop: threading.Event) -> None:
+    """An SSE client that reconnects with Last-Event-ID until the terminal event."""
+    headers = {"Authorization": f"Bearer {key}"}
+    while not stop.is_set():
+        if out:
+            headers["Last-Event-ID"] = str(out[-1])
+        try:
+            with httpx.stream(
+                "GET",
+                f"{base}/v1/jobs/{job_id}/events/stream",
+                headers=headers,
+                timeout=httpx.Timeout(5, read=30),
+            ) as r:
+                event = None
+                for line in r.iter_lines():
+                    if line.startswith("id: "):
+                        out.append(int(line[4:]))
+                    elif line.startswith("data: ") and '"status": "succeeded"' in line:
+                        event = "end"
+                if event == "end":
+                    return
+        except httpx.HTTPError:
+            time.sleep(0.3)
+
+
+def test_api_restart_sse_clients_get_every_event_once(cluster):
+    cluster.start_api()
+    cluster.start_worker()
+    job_id = cluster.submit(training_spec("sse-restart", epochs=6))
+    seen: list[list[int]] = [[] for _ in range(5)]
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=_watch, args=(cluster.base, cluster.key, job_id, seen[i], stop))
+        for i in range(5)
+    ]
+    for t in threads:
+        t.start()
+    wait_until(lambda: cluster.checkpoint_steps(job_id), 180, "a checkpoint")
+    cluster.api.stop()  # clients are connected; the API goes away mid-job
+    time.sleep(1)
+    cluster.start_api()
+    cluster.wait_status(job_id, ("succeeded",), 180)
+    for t in threads:
+        t.join(60)
+    stop.set()
+    expected = [e[0] for e in cluster.events(job_id)]
+    for ids in seen:
+        assert ids == expected  # every event, once, in order
+    write_result(
+        "api_restart_sse",
+        {"runs": 1, "clients": len(seen), "jobs_lost": 0, "events_lost_or_duplicated": 0},
+    )
+
+
+def test_postgres_restart_while_training(cluster):
+    cluster.start_api()
+    cluster.start_worker()
+    job_id = cluster.submit(training_spec("pg-restart", epochs=8))
+    wait_until(lambda: cluster.checkpoint_steps(job_id), 180, "a checkpoint")
+    version = os.listdir("/etc/postgresql")[0]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+        check=True,
+        timeout=120,
+    )
+    end = cluster.wait_status(job_id, ("succeeded", "failed"), 240)
+    audit = cluster.audit(job_id)
+    assert end["status"] == "succeeded"
+    write_result(
+        "postgres_restart",
+        {"runs": 1, "jobs_lost": 0, "duplicate_runs": 0, "attempts": audit["attempts"]},
+    )
+
+
+def test_cancel_queued_and_running_leaves_no_process(cluster):
+    cluster.start_api()
+    queued = cluster.submit(training_spec("cancel-queued"))
+    assert cluster.client.post(f"/v1/jobs/{queued}/cancel").json()["status"] == "cancelled"
+    cluster.start_worker()
+    running = cluster.submit(training_spec("cancel-running", epochs=50))
+    wait_until(lambda: cluster.job(running)["progress"].get("step"), 180, "progress")
+    assert cluster.client.post(f"/v1/jobs/{running}/cancel").status_code == 202
+    assert (
+        cluster.wait_status(running, ("cancelled", "succeeded", "failed"), 60)["status"]
+        == "cancelled"
+    )
+    wait_until(lambda: training_children() == [], 20, "no training process")
+    for job_id in (queued, running):
+        assert cluster.audit(job_id)["status"] == "cancelled"
+    time.sleep(cluster_lease := 7)  # a late reaper or message must not revive them
+    assert cluster.job(running)["status"] == "cancelled" and cluster_lease
+    write_result("cancel", {"runs": 2, "jobs_lost": 0, "duplicate_runs": 0, "orphan_processes": 0})
