@@ -61,10 +61,14 @@ def test_sigkill_worker_mid_epoch_resumes_from_checkpoint(cluster):
         resumed = audit["resume_steps"][1]
         assert resumed is not None and resumed >= cluster.checkpoint_steps(job_id)[0]
         assert any("lease expired" in t[2] for t in cluster.transitions(job_id))
+        # work redone: steps the first attempt reported past the checkpoint it resumed from
+        events = cluster.events(job_id)
+        second = next(e[0] for e in events if e[1] == "attempt" and e[2]["attempt"] == 2)
+        reached = max(e[2]["step"] for e in events if e[0] < second and e[1] == "progress")
         rows.append(
             {
                 "job": job_id,
-                "redone_steps": max(0, step_at_kill - resumed),
+                "redone_steps": max(0, reached - resumed),
                 "total_steps": audit["total_steps"],
             }
         )
