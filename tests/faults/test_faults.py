@@ -215,3 +215,54 @@ def test_cancel_queued_and_running_leaves_no_process(cluster):
     time.sleep(cluster_lease := 7)  # a late reaper or message must not revive them
     assert cluster.job(running)["status"] == "cancelled" and cluster_lease
     write_result("cancel", {"runs": 2, "jobs_lost": 0, "duplicate_runs": 0, "orphan_processes": 0})
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, pg_url):
+    """The jobs folder is a small tmpfs; once the first checkpoint is recorded it is filled
+    up, so the next checkpoint write fails with ENOSPC."""
+    from kdcore.checkpoints import load_checkpoint
+    from tests.app.conftest import build_api, make_settings
+    from worker.runner import claim_and_run
+
+    settings = make_settings(tmp_path, pg_url, max_attempts=2)
+    jobs_dir = settings.jobs_dir
+    jobs_dir.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(jobs_dir)], check=True)
+    gen = build_api(settings)
+    api = next(gen)
+    try:
+        job_id = api.post("/v1/jobs", json=training_spec("disk-full", epochs=6)).json()["id"]
+        result: dict = {}
+        runner = threading.Thread(
+            target=lambda: result.update(first=claim_and_run(settings, job_id))
+        )
+        runner.start()
+        wait_until(lambda: api.get(f"/v1/jobs/{job_id}/checkpoints").json(), 180, "a checkpoint")
+        stat = os.statvfs(jobs_dir)
+        (jobs_dir / "filler").write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize - 4096))
+        runner.join(120)
+        assert result["first"] == "queued"  # a crash: retried
+        assert claim_and_run(settings, job_id) == "failed"
+        job = api.get(f"/v1/jobs/{job_id}").json()
+        assert "No space left on device" in job["error"]
+        checkpoints = api.get(f"/v1/jobs/{job_id}/checkpoints").json()
+        assert len(checkpoints) == 1  # the failed write was never recorded
+        ckpt_dir = jobs_dir / job_id / "checkpoints"
+        assert [p.name for p in ckpt_dir.iterdir()] == ["epoch1.pt"]  # no half-written file
+        assert load_checkpoint(ckpt_dir / "epoch1.pt")["step"] == checkpoints[0]["step"]
+        events = api.get(f"/v1/jobs/{job_id}/events", params={"limit": 200}).json()["data"]
+        attempts = [e["data"] for e in events if e["type"] == "attempt"]
+        assert attempts[1]["resume_from_step"] == checkpoints[0]["step"]
+        write_result(
+            "disk_full",
+            {
+                "runs": 1,
+                "jobs_lost": 0,
+                "duplicate_runs": 0,
+                "half_written_files_recorded": 0,
+                "ended": job["status"],
+            },
+        )
+    finally:
+        gen.close()
+        subprocess.run(["umount", "-l", str(jobs_dir)], check=False)
