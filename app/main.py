@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from app.api import problems
 from app.api.routes import artifacts, files, jobs, meta
+from app.api.sse import EventHub
 from app.db.migrate import upgrade
 from app.db.session import session_scope
 from app.services.keys import ensure_key
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, run_executors: bool = True) -> 
         "problem JSON; authenticate with `Authorization: Bearer <api key>`.",
     )
     app.state.settings = settings
+    app.state.event_hub = EventHub()
     problems.install(app)
     for module in (meta, files, jobs, artifacts):
         app.include_router(module.router)

@@ -50,6 +50,9 @@ def get_tenant(
     if credentials is None:
         raise _unauthorized("missing `Authorization: Bearer <api key>`")
     tenant = tenant_for_key(session, credentials.credentials)
+    # end the read transaction: the connection goes back to the pool now, not when the
+    # response ends (a long SSE stream must not hold one; the route checks out its own)
+    session.commit()
     if tenant is None:
         raise _unauthorized("the API key is unknown or revoked")
     return tenant

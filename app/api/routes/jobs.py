@@ -173,6 +173,7 @@ def stream_events(
     after: Annotated[int | None, Query(ge=0)] = None,
 ) -> StreamingResponse:
     service.get_job(session, tenant.id, job_id)
+    session.close()  # the stream may last hours: give the connection back to the pool now
     start = after if after is not None else 0
     if last_event_id and last_event_id.isdigit():
         start = int(last_event_id)
