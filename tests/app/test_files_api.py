@@ -3,6 +3,7 @@ import io
 import os
 import zipfile
 
+import numpy as np
 import torch
 from safetensors.torch import save
 
@@ -56,6 +57,20 @@ def test_uploaded_teacher_is_usable_in_a_job_and_protected_while_queued(api):
     wrong = dict(spec, teacher={"arch": "mlp_small", "num_classes": 7, "checkpoint": f["id"]})
     r = api.post("/v1/jobs", json=wrong)
     assert r.status_code == 422 and "fc.weight" in r.json()["errors"][0]["msg"]
+
+
+def test_a_dataset_of_another_tenant_is_rejected(api):
+    buf = io.BytesIO()
+    np.savez(buf, x=np.zeros((20, 4), dtype=np.float32), y=np.arange(20) % 2)
+    f = _upload(api, buf.getvalue(), name="d.npz", purpose="dataset", tenant="b").json()
+    spec = {
+        "kind": "train",
+        "student": {"arch": "mlp"},
+        "dataset": {"name": "npz", "path": f["id"]},
+    }
+    r = api.post("/v1/jobs", json=spec)
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == "/dataset/path"
+    assert api.post("/v1/jobs", json=spec, tenant="b").status_code == 201
 
 
 def test_oversized_upload_is_413_and_leaves_nothing(tmp_path):

@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
@@ -16,11 +17,12 @@ from worker.runner import claim_and_run
 
 
 class Receiver:
-    def __init__(self, status=200, location=None):
+    def __init__(self, status=200, location=None, delay=0.0):
         received = self.received = []
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802
+                time.sleep(delay)
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 received.append((self.path, dict(self.headers), body))
                 self.send_response(status)
@@ -109,3 +111,17 @@ def test_redirects_are_not_followed_and_failures_are_retried(hook_api):
 def test_webhook_url_must_be_http(hook_api):
     r = hook_api.post("/v1/jobs", json=tiny_job(webhook_url="file:///etc/passwd"))
     assert r.status_code == 422 and r.json()["errors"][0]["loc"] == "/webhook_url"
+
+
+def test_a_slow_target_is_cut_off_by_the_timeout(tmp_path):
+    gen = build_api(make_settings(tmp_path, webhook_attempts=1, webhook_timeout_s=0.5))
+    api = next(gen)
+    slow = Receiver(delay=5)
+    job = api.post("/v1/jobs", json=tiny_job(webhook_url=slow.url)).json()
+    started = time.monotonic()
+    api.post(f"/v1/jobs/{job['id']}/cancel")
+    row = _wait_delivered(api, job["id"])
+    assert time.monotonic() - started < 4
+    assert row.status == "failed" and "Timeout" in row.last_error
+    gen.close()
+    slow.close()

@@ -172,6 +172,8 @@ def test_production_shape_postgres_redis_celery(tmp_path):
         ready = httpx.get(f"{base}/readyz").json()
         assert ready["checks"] == {"database": "ok", "broker": "ok"}
         first_job(base, key, tmp_path)
+        for log in ("serve.log", "worker.log"):  # keys are never logged
+            assert key not in (tmp_path / log).read_text()
     finally:
         for p in procs:
             p.stop()
