@@ -12,6 +12,7 @@ SIGTERM asks it to stop: the training loop checks the flag between steps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -95,10 +96,8 @@ def main() -> int:
     except Exception as exc:  # reported to the supervisor, which decides on a retry
         # the message first: the log may sit on the very disk that just filled up
         send({"type": "error", "kind": "crash", "message": f"{type(exc).__name__}: {exc}"})
-        try:
+        with contextlib.suppress(OSError):
             traceback.print_exc()
-        except OSError:
-            pass
         return EXIT_CRASH
     send({"type": "done", "report": report})
     return EXIT_OK
