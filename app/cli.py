@@ -6,11 +6,12 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from app.settings import Settings, get_settings
 
 
-def _key_file(settings: Settings):  # type: ignore[no-untyped-def]
+def _key_file(settings: Settings) -> Path:
     return settings.data_dir / "api_key"
 
 

@@ -99,9 +99,11 @@ def _check_weights_fit(session: Session, tenant_id: str, spec: Any) -> list[tupl
         if model is None or model.checkpoint is None:
             continue
         path = resolve_reference(session, tenant_id, model.checkpoint)
+        if path is None:  # validate_spec reported it already
+            continue
         try:
             net = build_model(model.arch, model.num_classes or classes, input_shape)
-            load_weights(net, path)  # type: ignore[arg-type]
+            load_weights(net, path)
         except (KDError, ValueError, RuntimeError) as exc:
             errors.append((f"/{role}/checkpoint", str(exc)))
     return errors
