@@ -325,7 +325,7 @@ class Supervisor:
                     **held,
                 )
                 return "cancelled"
-            self._record_artifacts(session, job)
+            self._record_artifacts(session, job, final["report"])
             repo.change_status(
                 session,
                 self.job_id,
@@ -379,12 +379,11 @@ class Supervisor:
         )
         return "queued"
 
-    def _record_artifacts(self, session: Any, job: Job) -> None:
-        """One artifact per output file (digests from kdcore's report), plus the report."""
-        report_path = self.out_dir / "report.json"
-        report = json.loads(report_path.read_text())
+    def _record_artifacts(self, session: Any, job: Job, report: dict[str, Any]) -> None:
+        """One artifact per output file (digests from the report the child sent), plus
+        report.json itself, hashed here."""
         files = [(info["name"], info["bytes"], info["sha256"]) for info in report["files"].values()]
-        blob = report_path.read_bytes()
+        blob = (self.out_dir / "report.json").read_bytes()
         files.append(("report.json", len(blob), hashlib.sha256(blob).hexdigest()))
         for name, size, sha in files:
             path = (self.out_dir / name).resolve()

@@ -162,24 +162,16 @@ class TenantOut(BaseModel):
     webhook_secret: str = Field(description="HMAC-SHA256 key of this tenant's webhooks")
 
 
-def render_job(session: Session, job: Job) -> dict[str, Any]:
+def job_out(session: Session, job: Job) -> JobOut:
     from app.services.jobs import transitions
 
     p = job.progress or {}
     fraction = p["step"] / p["total_steps"] if p.get("total_steps") else None
     if job.status == "succeeded":
         fraction = 1.0
+    stored = ("phase", "epoch", "epochs", "step", "total_steps", "lr", "images_per_s", "eta_s")
     progress = ProgressOut(
-        phase=p.get("phase"),
-        epoch=p.get("epoch"),
-        epochs=p.get("epochs"),
-        step=p.get("step"),
-        total_steps=p.get("total_steps"),
-        fraction=fraction,
-        lr=p.get("lr"),
-        losses=p.get("losses") or {},
-        images_per_s=p.get("images_per_s"),
-        eta_s=p.get("eta_s"),
+        **{k: p.get(k) for k in stored}, fraction=fraction, losses=p.get("losses") or {}
     )
     metrics = {k: v for k, v in (p.get("metrics") or {}).items() if isinstance(v, int | float)}
     return JobOut(
@@ -210,7 +202,12 @@ def render_job(session: Session, job: Job) -> dict[str, Any]:
         resume_checkpoint_id=job.resume_checkpoint_id,
         spec=job.spec,
         report=job.report,
-    ).model_dump(mode="json")
+    )
+
+
+def render_job(session: Session, job: Job) -> dict[str, Any]:
+    """The job as JSON, as stored for idempotent replays and returned by the routes."""
+    return job_out(session, job).model_dump(mode="json")
 
 
 def render_event(e: JobEvent) -> EventOut:

@@ -222,6 +222,13 @@ def mark_published(session: Session, job_ids: list[str]) -> None:
         session.execute(update(Job).where(Job.id.in_(job_ids)).values(published_at=utcnow()))
 
 
+def get_owned(session: Session, model: Any, tenant_id: str, id_: str) -> Any | None:
+    """The row of `model` with this id if it belongs to the tenant, else None (the API
+    answers 404 either way, so another tenant's ids are indistinguishable from unknown)."""
+    row = session.get(model, id_)
+    return row if row is not None and row.tenant_id == tenant_id else None
+
+
 def page_newest_first(
     session: Session, stmt: Any, model: Any, cursor: Any | None, limit: int
 ) -> tuple[list[Any], bool]:

@@ -16,7 +16,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from app.db.models import Artifact, File, Job, new_id
-from app.db.repository import page_newest_first
+from app.db.repository import get_owned, page_newest_first
 from app.errors import ProblemError, not_found
 from app.settings import Settings
 
@@ -149,8 +149,8 @@ def store_upload(
 
 
 def get_file(session: Session, tenant_id: str, file_id: str) -> File:
-    row = session.get(File, file_id)
-    if row is None or row.tenant_id != tenant_id:
+    row = get_owned(session, File, tenant_id, file_id)
+    if row is None:
         raise not_found("file", file_id)
     return row
 
@@ -165,14 +165,13 @@ def list_files(
 
 def delete_file(session: Session, tenant_id: str, file_id: str) -> None:
     row = get_file(session, tenant_id, file_id)
-    active = session.scalars(
-        select(Job.id).where(
+    active = session.execute(
+        select(Job.id, Job.spec).where(
             Job.tenant_id == tenant_id, Job.status.in_(("queued", "running", "cancelling"))
         )
-    ).all()
-    for job_id in active:
-        job = session.get(Job, job_id)
-        if job is not None and file_id in _references(job.spec):
+    )
+    for job_id, spec in active:
+        if file_id in _references(spec):
             raise ProblemError(409, "Conflict", f"file {file_id} is used by active job {job_id}")
     Path(row.path).unlink(missing_ok=True)
     session.delete(row)
@@ -186,14 +185,10 @@ def _references(spec: dict) -> set[str]:
 
 def resolve_reference(session: Session, tenant_id: str, ref: str) -> Path | None:
     """The path behind an uploaded file id or a job artifact id of this tenant."""
-    row: File | Artifact | None
-    if ref.startswith("file_"):
-        row = session.get(File, ref)
-    elif ref.startswith("art_"):
-        row = session.get(Artifact, ref)
-    else:
-        return None
-    if row is None or row.tenant_id != tenant_id:
+    models = {"file_": File, "art_": Artifact}
+    model = next((m for prefix, m in models.items() if ref.startswith(prefix)), None)
+    row = get_owned(session, model, tenant_id, ref) if model is not None else None
+    if row is None:
         return None
     return Path(row.path)
 

@@ -190,8 +190,8 @@ def _replay(session: Session, tenant_id: str, key: str, digest: str) -> dict[str
 
 
 def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None or job.tenant_id != tenant_id:
+    job = repo.get_owned(session, Job, tenant_id, job_id)
+    if job is None:
         raise not_found("job", job_id)
     return job
 
@@ -289,8 +289,8 @@ def list_artifacts(session: Session, job_id: str) -> list[Artifact]:
 
 
 def get_artifact(session: Session, tenant_id: str, artifact_id: str) -> Artifact:
-    row = session.get(Artifact, artifact_id)
-    if row is None or row.tenant_id != tenant_id or not Path(row.path).is_file():
+    row = repo.get_owned(session, Artifact, tenant_id, artifact_id)
+    if row is None or not Path(row.path).is_file():
         raise not_found("artifact", artifact_id)
     return row
 

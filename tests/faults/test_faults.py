@@ -35,7 +35,7 @@ def training_spec(name: str, epochs: int = 8) -> dict:
 
 
 @pytest.fixture
-def cluster(tmp_path, request):
+def cluster(tmp_path):
     c = Cluster(tmp_path, redis_db=6)
     yield c
     c.close()

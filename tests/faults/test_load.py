@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from app.db.models import Job
 from app.db.session import session_scope
-from tests.faults.cluster import Cluster, wait_until, write_result
+from tests.faults.cluster import Cluster, write_result
 from tests.faults.test_faults import training_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -110,12 +110,10 @@ def test_two_workers_never_claim_a_job_twice(cluster):
     ids = [cluster.submit(training_spec(f"pair-{i}", epochs=1)) for i in range(10)]
     for job_id in ids:
         assert cluster.wait_status(job_id, ("succeeded", "failed"), 300)["status"] == "succeeded"
-    claimers = set()
     for job_id in ids:
         audit = cluster.audit(job_id)
         claims = [t for t in cluster.transitions(job_id) if t[1] == "running"]
         assert audit["attempts"] == 1 and len(claims) == 1
-        claimers.add(claims[0][2].split(":")[0])
     write_result("two_workers", {"runs": len(ids), "jobs_lost": 0, "duplicate_runs": 0})
 
 
@@ -152,4 +150,3 @@ def test_200_sse_watchers_get_the_complete_sequence(cluster):
         "sse_200_watchers",
         {"watchers": watchers, "complete": complete, "events_per_watcher": len(expected)},
     )
-    wait_until(lambda: True, 1, "")

@@ -17,6 +17,7 @@ from app.api.schemas import (
     MetricsOut,
     ValidateOut,
     ValidationItem,
+    job_out,
     problem_responses,
     render_artifact,
     render_checkpoint,
@@ -90,7 +91,7 @@ def list_jobs(
             errors=[{"loc": "/query/status", "msg": f"one of {list(STATUSES)}"}],
         )
     rows, has_more = service.list_jobs(session, tenant.id, limit, after, status, name)
-    data = [JobOut.model_validate(render_job(session, j)) for j in rows]
+    data = [job_out(session, j) for j in rows]
     return JobList(data=data, has_more=has_more, next_after=rows[-1].id if has_more else None)
 
 
