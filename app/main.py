@@ -11,12 +11,14 @@ from typing import Any
 from fastapi import FastAPI
 
 from app.api import problems
-from app.api.routes import artifacts, files, jobs, meta
+from app.api.observability import Metrics, RequestContext
+from app.api.routes import artifacts, files, jobs, meta, metrics
 from app.api.sse import EventHub
 from app.db.migrate import upgrade
 from app.db.session import session_scope
 from app.services.keys import ensure_key
 from app.settings import Settings, get_settings
+from app.web import mount_dashboard
 
 log = logging.getLogger("kd.api")
 
@@ -62,7 +64,10 @@ def create_app(settings: Settings | None = None, run_executors: bool = True) -> 
     )
     app.state.settings = settings
     app.state.event_hub = EventHub()
+    app.state.metrics = Metrics(settings)
+    app.add_middleware(RequestContext, metrics=app.state.metrics)
     problems.install(app)
-    for module in (meta, files, jobs, artifacts):
+    for module in (meta, metrics, files, jobs, artifacts):
         app.include_router(module.router)
+    mount_dashboard(app)
     return app

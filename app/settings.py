@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     bootstrap_api_key: str = Field(default="", description="create this key at start (tests)")
     webhook_timeout_s: float = 5.0
     webhook_attempts: int = 4
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
 
     @model_validator(mode="after")
     def _production_is_explicit(self) -> Settings:

@@ -3,6 +3,7 @@
 out_dir/student.safetensors, student.json     the student and how to rebuild it
 out_dir/student.torchscript.pt, student.onnx  optional exports
 out_dir/report.json                           quality, size, speed, training figures
+out_dir/curves.png                            loss terms and accuracy per epoch
 out_dir/checkpoints/epochN.pt                 training checkpoints (exact resume)
 """
 
@@ -22,6 +23,7 @@ from kdcore.data import DataSplits, load_dataset
 from kdcore.errors import SpecError
 from kdcore.export import model_config, onnx_max_abs_error, save_student
 from kdcore.models import build_model
+from kdcore.plots import plot_curves
 from kdcore.report import agreement, held_out_metrics, model_summary
 from kdcore.spec import JobSpec, ModelSpec, parse_spec
 from kdcore.trainer import fit, freeze_teacher, pick_device, uses_bf16
@@ -160,6 +162,14 @@ def run(
         )
     if spec.baseline and teacher is not None:
         report["baseline"], report["kd_gain"] = _baseline(spec, data, device, s_metrics, callbacks)
+    key = "mse" if regression else "accuracy"
+    files["curves"] = plot_curves(
+        result.history,
+        out_dir / "curves.png",
+        spec.name,
+        key,
+        report.get("teacher", {}).get(key),
+    )
     report["files"] = {
         fmt: {"name": p.name, "bytes": p.stat().st_size, "sha256": _sha256(p)}
         for fmt, p in files.items()

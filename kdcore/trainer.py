@@ -326,6 +326,9 @@ def fit(
         ).to(train.x.device)
         epoch_start = time.perf_counter()
         epoch_images = 0
+        # epoch means of the loss terms, from the values already read back for progress
+        loss_sums: dict[str, float] = {}
+        loss_reads = 0
         for i in range(step % steps_per_epoch, steps_per_epoch):
             if cb.should_stop():
                 result.train_time_s += time.perf_counter() - t_start
@@ -361,6 +364,9 @@ def fit(
                         f"the loss became {losses['loss']} at step {step}; lower the learning rate"
                     )
                 cb.on_step(progress(epoch + 1, losses))
+                for k, v in losses.items():
+                    loss_sums[k] = loss_sums.get(k, 0.0) + v
+                loss_reads += 1
                 window_images, window_start = 0, time.perf_counter()
         epoch_time = time.perf_counter() - epoch_start
         result.images_seen += epoch_images
@@ -374,8 +380,11 @@ def fit(
         )
         metrics["epoch_time_s"] = epoch_time
         metrics["images_per_s"] = epoch_images / max(epoch_time, 1e-9)
-        result.history.append({"epoch": epoch + 1, "step": step, **metrics})
-        cb.on_epoch_end(progress(epoch + 1, metrics=metrics))
+        train_losses = {k: v / max(1, loss_reads) for k, v in loss_sums.items()}
+        result.history.append(
+            {"epoch": epoch + 1, "step": step, **metrics, "train_losses": train_losses}
+        )
+        cb.on_epoch_end(progress(epoch + 1, train_losses, metrics))
         if (epoch + 1) % spec.checkpoint_every_epochs == 0 or epoch + 1 == tr.epochs:
             checkpoint(f"epoch{epoch + 1}.pt", epoch + 1)
     result.train_time_s += time.perf_counter() - t_start

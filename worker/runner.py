@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from app import logs
 from app.db import repository as repo
 from app.db.models import Artifact, Checkpoint, Job, new_id
 from app.db.session import session_scope
@@ -36,7 +37,11 @@ from app.settings import Settings
 
 log = logging.getLogger("kd.worker")
 PROGRESS_EVERY_S = 1.0
-CONTENT_TYPES = {".json": "application/json", ".onnx": "application/octet-stream"}
+CONTENT_TYPES = {
+    ".json": "application/json",
+    ".onnx": "application/octet-stream",
+    ".png": "image/png",
+}
 
 
 def worker_id() -> str:
@@ -74,7 +79,16 @@ def claim_and_run(settings: Settings, job_id: str, wid: str | None = None) -> st
             {"attempt": attempt, "worker": wid, "resume_from_step": resume[1] if resume else None},
         )
     nudge(settings.broker_url, job_id)
-    return Supervisor(settings, job_id, wid, attempt, spec, resume[0] if resume else None).run()
+    token = logs.job_id.set(job_id)  # every log line of this run carries the job id
+    try:
+        log.info("job started", extra={"attempt": attempt, "worker": wid})
+        status = Supervisor(
+            settings, job_id, wid, attempt, spec, resume[0] if resume else None
+        ).run()
+        log.info("job ended", extra={"status": status, "attempt": attempt})
+        return status
+    finally:
+        logs.job_id.reset(token)
 
 
 def _resume_point(session: Any, job: Job) -> tuple[str, int] | None:

@@ -1,0 +1,80 @@
+"""`kd`: the service's command line.
+
+Client commands (login, submit, jobs, show, watch, events, cancel, retry, download,
+files) talk to a running service through kdservice.client; with no flags they reach
+the embedded default on http://127.0.0.1:8000 with the key `kd serve` saved locally.
+Server commands (serve, worker, keys, migrate) run and administer the service.
+
+Exit codes: 0 success; 1 the job failed or was cancelled, or the service answered an
+error; 2 bad usage or invalid input (an unreadable or invalid spec, a 4xx about the
+request); 3 the service cannot be reached or refused the key; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from app.cli import client_commands, server
+
+EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 1, 2, 3, 130
+
+app = typer.Typer(
+    name="kd",
+    help=__doc__.split("\n\n")[0] if __doc__ else None,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+client_commands.register(app)
+server.register(app)
+
+
+def _error(message: str, code: int) -> int:
+    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    print(f"kd: error: {first}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `kd`; every error ends as one line on stderr and a conventional exit code."""
+    import httpx
+    from pydantic import ValidationError
+
+    from kdservice.client import ApiError, KDClientError
+
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="kd", standalone_mode=False)
+    except click.exceptions.Abort:
+        return _error("interrupted", EXIT_INTERRUPTED)
+    except click.UsageError as exc:
+        return _error(exc.format_message(), EXIT_USAGE)
+    except click.ClickException as exc:
+        return _error(exc.format_message(), EXIT_USAGE)
+    except client_commands.CLIError as exc:
+        return _error(str(exc), exc.code)
+    except ApiError as exc:
+        if exc.status == 401:
+            return _error(f"{exc} (log in with `kd login` or set KD_API_KEY)", EXIT_UNREACHABLE)
+        code = EXIT_USAGE if exc.status in (400, 404, 409, 413, 415, 422) else EXIT_JOB_FAILED
+        return _error(str(exc), code)
+    except httpx.ConnectError as exc:
+        return _error(f"cannot reach the service: {exc}", EXIT_UNREACHABLE)
+    except httpx.HTTPError as exc:
+        return _error(f"HTTP error: {exc}", EXIT_UNREACHABLE)
+    except KDClientError as exc:
+        return _error(str(exc), EXIT_JOB_FAILED)
+    except ValidationError as exc:  # settings from the environment
+        return _error(str(exc).replace("\n", " "), EXIT_USAGE)
+    except KeyboardInterrupt:
+        return _error("interrupted", EXIT_INTERRUPTED)
+    except OSError as exc:
+        return _error(str(exc), EXIT_USAGE)
+    except Exception as exc:
+        if "sqlalchemy" in type(exc).__module__:
+            return _error(f"database: {exc}", EXIT_UNREACHABLE)
+        raise
+    return int(result or 0)

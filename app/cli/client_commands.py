@@ -1,0 +1,307 @@
+"""`kd login | submit | jobs | show | watch | events | cancel | retry | download | files`:
+the service from a terminal, through kdservice.client."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from app.cli import render
+from kdservice.client import Client, Job
+from kdservice.client._core import load_spec
+from kdservice.client.config import resolve, write_config
+
+# a pipe or a file gets wide lines instead of a table squeezed to 80 columns
+console = Console() if sys.stdout.isatty() else Console(width=160)
+err_console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=160)
+files_app = typer.Typer(
+    help="Upload and list files (teacher checkpoints, datasets).", no_args_is_help=True
+)
+EXPORT_FORMATS = ("safetensors", "torchscript", "onnx")
+
+
+class CLIError(Exception):
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+def _client(ctx: typer.Context) -> Client:
+    url, key = ctx.obj or (None, None)
+    target = resolve(url, key)
+    if not target.api_key:
+        raise CLIError(
+            "no API key: run `kd login`, set KD_API_KEY, or start `kd serve` here "
+            "(it saves data/api_key)",
+            3,
+        )
+    return Client(target.url, target.api_key)
+
+
+def global_options(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None, typer.Option(help="service URL (KD_URL)", show_default=False)
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option(help="API key (KD_API_KEY)", show_default=False)
+    ] = None,
+) -> None:
+    """Knowledge distillation as a service: submit and watch jobs, run the service."""
+    ctx.obj = (url, key)
+
+
+def login(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option(help="service URL")] = None,
+    key: Annotated[str | None, typer.Option(help="API key (asked for if not given)")] = None,
+) -> None:
+    """Check a key against the service and save URL and key for later commands."""
+    base = url or (ctx.obj or (None, None))[0] or resolve().url
+    key = key or (ctx.obj or (None, None))[1] or typer.prompt("API key", hide_input=True)
+    with Client(base, key) as client:
+        tenant = client.request("GET", "/v1/tenant").json()
+    path = write_config(client.base_url, key)
+    err_console.print(f"logged in to {client.base_url} as tenant {tenant['name']!r} ({path})")
+
+
+def _upload_local_references(client: Client, spec: dict[str, Any], spec_dir: Path) -> None:
+    """A spec written for `kdcore` names local files; upload them and use their ids."""
+
+    def local(value: Any) -> Path | None:
+        if not isinstance(value, str) or value.startswith(("file_", "art_")):
+            return None
+        for candidate in (Path(value), spec_dir / value):
+            if candidate.is_file():
+                return candidate
+        return None
+
+    for role in ("teacher", "student"):
+        model = spec.get(role)
+        if not isinstance(model, dict):
+            continue
+        path = local(model.get("checkpoint"))
+        if path is not None:
+            info = client.upload(path, "checkpoint")
+            model["checkpoint"] = info.id
+            err_console.print(f"uploaded {path} as {info.id}")
+    dataset = spec.get("dataset")
+    path = local(dataset.get("path")) if isinstance(dataset, dict) else None
+    if isinstance(dataset, dict) and path is not None:
+        info = client.upload(path, "dataset")
+        dataset["path"] = info.id
+        err_console.print(f"uploaded {path} as {info.id}")
+
+
+def _follow(client: Client, job_id: str) -> int:
+    with render.Watcher(console) as watcher:
+        job = client.wait(job_id, on_event=watcher)
+    console.print(render.job_details(job))
+    if job.status != "succeeded":
+        raise CLIError(f"job {job.id} {job.status}: {job.error or 'no error message'}", 1)
+    return 0
+
+
+def apply_overrides(spec: dict[str, Any], overrides: list[str]) -> None:
+    """`training.epochs=2` sets spec["training"]["epochs"] = 2 (values read as JSON,
+    else kept as text)."""
+    for item in overrides:
+        dotted, sep, raw = item.partition("=")
+        if not sep or not dotted:
+            raise CLIError(f"--set takes FIELD.PATH=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = spec
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise CLIError(f"--set {item}: {part!r} is not an object in the spec")
+            node = child
+        node[leaf] = value
+
+
+def submit(
+    ctx: typer.Context,
+    spec_file: Annotated[Path, typer.Argument(help="job spec (.json, .yaml or .yml)")],
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="follow the job to its end")] = False,
+    name: Annotated[str | None, typer.Option(help="override the spec's name")] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a field, e.g. --set training.epochs=2"),
+    ] = None,
+) -> None:
+    """Submit a job; local files the spec names are uploaded first."""
+    try:
+        spec = load_spec(spec_file)
+    except FileNotFoundError:
+        raise CLIError(f"no such spec file: {spec_file}") from None
+    except ValueError as exc:
+        raise CLIError(f"{spec_file}: not a valid JSON/YAML job spec: {exc}") from None
+    apply_overrides(spec, overrides or [])
+    if name:
+        spec["name"] = name
+    with _client(ctx) as client:
+        _upload_local_references(client, spec, spec_file.parent)
+        job = client.submit(spec)
+        where = f", position {job.queue_position} in the queue" if job.queue_position else ""
+        print(job.id)
+        err_console.print(f"submitted {job.name!r}: {job.status}{where}")
+        if watch:
+            _follow(client, job.id)
+
+
+def jobs(
+    ctx: typer.Context,
+    status: Annotated[str | None, typer.Option(help="only jobs in this status")] = None,
+    name: Annotated[str | None, typer.Option(help="only jobs whose name contains this")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=200)] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """List jobs, newest first."""
+    with _client(ctx) as client:
+        page = client.list_jobs(limit, status=status, name=name)
+    if as_json:
+        print(json.dumps([j.model_dump() for j in page.data], indent=2))
+    else:
+        console.print(render.jobs_table(page.data))
+
+
+def show(
+    ctx: typer.Context,
+    job_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print the job as JSON")] = False,
+) -> None:
+    """Show a job: status, progress, timeline and report."""
+    with _client(ctx) as client:
+        job = client.get(job_id)
+    if as_json:
+        print(job.model_dump_json(indent=2))
+    else:
+        console.print(render.job_details(job))
+
+
+def watch(ctx: typer.Context, job_id: str) -> None:
+    """Follow a job live (epoch, loss terms, accuracy, images/s, ETA) until it ends,
+    then print its report. Exit code 1 if it did not succeed."""
+    with _client(ctx) as client:
+        _follow(client, job_id)
+
+
+def events(
+    ctx: typer.Context,
+    job_id: str,
+    after: Annotated[int, typer.Option(min=0, help="events after this sequence number")] = 0,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="stream until the job ends")
+    ] = False,
+) -> None:
+    """Print a job's events as JSON lines."""
+    with _client(ctx) as client:
+        if follow:
+            for event in client.events(job_id, after):
+                print(event.model_dump_json(exclude_none=True), flush=True)
+            return
+        while True:
+            page = client.event_page(job_id, after, 200)
+            for event in page.data:
+                print(event.model_dump_json())
+            if not page.has_more or page.next_after is None:
+                return
+            after = page.next_after
+
+
+def cancel(ctx: typer.Context, job_id: str) -> None:
+    """Cancel a queued or running job."""
+    with _client(ctx) as client:
+        job = client.cancel(job_id)
+    err_console.print(render.status_text(job.status), f"{job.id}")
+
+
+def retry(
+    ctx: typer.Context,
+    job_id: str,
+    from_checkpoint: Annotated[
+        bool, typer.Option("--from-checkpoint", help="resume from its newest checkpoint")
+    ] = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w")] = False,
+) -> None:
+    """Run a failed or cancelled job again as a new job."""
+    with _client(ctx) as client:
+        job = client.retry(job_id, from_checkpoint)
+        print(job.id)
+        err_console.print(f"retry of {job_id}: {job.status}")
+        if watch:
+            _follow(client, job.id)
+
+
+def _artifact_names(job: Job, fmt: str) -> list[str]:
+    files = (job.report or {}).get("files") or {}
+    if fmt not in files:
+        raise CLIError(
+            f"job {job.id} has no {fmt} export; it has "
+            f"{sorted(k for k in files if k in EXPORT_FORMATS)}"
+        )
+    names = [files[fmt]["name"]]
+    if fmt == "safetensors" and "student.json" not in names:
+        names.append("student.json")  # how to rebuild the model around the weights
+    return names
+
+
+def download(
+    ctx: typer.Context,
+    job_id: str,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="safetensors, torchscript or onnx")
+    ] = "safetensors",
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder to write to")] = Path("."),
+    everything: Annotated[bool, typer.Option("--all", help="every artifact of the job")] = False,
+) -> None:
+    """Download a job's distilled student (resumes a partial download, checks sha256)."""
+    if fmt not in EXPORT_FORMATS:
+        raise CLIError(f"--format must be one of {', '.join(EXPORT_FORMATS)}")
+    with _client(ctx) as client:
+        job = client.get(job_id)
+        if job.status != "succeeded":
+            raise CLIError(f"job {job.id} is {job.status}; outputs exist once it succeeds")
+        names = None if everything else _artifact_names(job, fmt)
+        for path in client.download_outputs(job.id, out, names):
+            print(path)
+
+
+@files_app.command("upload")
+def files_upload(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    purpose: Annotated[str, typer.Option(help="checkpoint or dataset")] = "checkpoint",
+) -> None:
+    """Upload a teacher checkpoint (safetensors / weights-only .pt) or a dataset archive."""
+    with _client(ctx) as client:
+        info = client.upload(path, purpose)
+    print(info.id)
+    err_console.print(f"{info.filename}: {info.bytes:,} bytes, sha256 {info.sha256[:16]}...")
+
+
+@files_app.command("list")
+def files_list(ctx: typer.Context) -> None:
+    """List uploaded files."""
+    with _client(ctx) as client:
+        for f in client.files(200):
+            print(f"{f.id}\t{f.purpose}\t{f.bytes}\t{f.filename}\t{f.created_at}")
+
+
+def register(app: typer.Typer) -> None:
+    app.callback()(global_options)
+    for command in (login, submit, jobs, show, watch, events, cancel, retry, download):
+        app.command()(command)
+    app.add_typer(files_app, name="files")
+
+
+__all__ = ["CLIError", "register"]

@@ -1,0 +1,224 @@
+"""How `kd` shows jobs, reports and live progress (rich; plain lines when not a terminal)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console, Group
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from kdservice.client import Event, Job
+
+STATUS_STYLE = {
+    "queued": "grey62",
+    "running": "bold blue",
+    "cancelling": "dark_orange",
+    "succeeded": "bold green",
+    "failed": "bold red",
+    "cancelled": "grey50",
+}
+
+
+def status_text(status: str) -> Text:
+    return Text(status, style=STATUS_STYLE.get(status, ""))
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:.2f}%" if isinstance(v, int | float) else "-"
+
+
+def _num(v: Any, digits: int = 4) -> str:
+    return f"{v:.{digits}g}" if isinstance(v, int | float) else "-"
+
+
+def quality(job: Job) -> str:
+    student = (job.report or {}).get("student") or {}
+    if "accuracy" in student:
+        return _pct(student["accuracy"])
+    if "mse" in student:
+        return f"mse {_num(student['mse'])}"
+    return _pct(job.metrics.get("accuracy"))
+
+
+def jobs_table(jobs: list[Job]) -> Table:
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("ID", "NAME", "KIND", "STATUS", "PROGRESS", "QUALITY", "CREATED"):
+        table.add_column(column, no_wrap=column in ("ID", "STATUS", "CREATED"))
+    for job in jobs:
+        fraction = job.progress.fraction
+        table.add_row(
+            job.id,
+            job.name,
+            job.kind,
+            status_text(job.status),
+            f"{100 * fraction:.0f}%" if fraction is not None else "-",
+            quality(job),
+            job.created_at[:19].replace("T", " "),
+        )
+    return table
+
+
+def report_table(report: dict[str, Any]) -> Table:
+    student, teacher = report.get("student") or {}, report.get("teacher") or {}
+    key = "accuracy" if "accuracy" in student else "mse"
+    show = _pct if key == "accuracy" else _num
+    table = Table(title="report", show_edge=False, title_justify="left")
+    table.add_column("")
+    if teacher:
+        table.add_column("teacher", justify="right")
+    table.add_column("student", justify="right")
+    rows: list[tuple[str, Any, Any]] = [
+        (key, show(teacher.get(key)), show(student.get(key))),
+        ("architecture", teacher.get("arch", "-"), student.get("arch", "-")),
+        ("parameters", f"{teacher.get('parameters', 0):,}", f"{student.get('parameters', 0):,}"),
+        (
+            "bytes on disk",
+            f"{teacher.get('bytes_on_disk', 0):,}",
+            f"{student.get('bytes_on_disk', 0):,}",
+        ),
+        (
+            "latency b1 (ms)",
+            _num(teacher.get("latency_ms_batch1")),
+            _num(student.get("latency_ms_batch1")),
+        ),
+        (
+            "latency b64 (ms)",
+            _num(teacher.get("latency_ms_batch64")),
+            _num(student.get("latency_ms_batch64")),
+        ),
+    ]
+    for name, t, s in rows:
+        cells = (name, t, s) if teacher else (name, s)
+        table.add_row(*cells)
+    return table
+
+
+def report_summary(report: dict[str, Any]) -> str:
+    parts = []
+    if "compression_ratio" in report:
+        parts.append(f"compression {report['compression_ratio']}x")
+        parts.append(f"speed-up {report.get('speedup_batch1')}x (batch 1)")
+    if "agreement" in report:
+        parts.append(f"agreement {_pct(report['agreement'])}")
+    if "kd_gain" in report:
+        parts.append(f"KD gain over scratch {report['kd_gain']:+.4f}")
+    parts.append(
+        f"{report.get('epochs')} epochs in {report.get('training_time_s')} s "
+        f"({report.get('train_images_per_s')} img/s, {report.get('device')}, "
+        f"{report.get('precision')})"
+    )
+    return " | ".join(parts)
+
+
+def job_details(job: Job) -> Group:
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="dim")
+    head.add_column()
+    head.add_row("id", job.id)
+    head.add_row("name", job.name)
+    head.add_row("kind", job.kind)
+    head.add_row("status", status_text(job.status))
+    head.add_row("attempt", f"{job.attempt}/{job.max_attempts}")
+    if job.queue_position:
+        head.add_row("queue position", str(job.queue_position))
+    p = job.progress
+    if p.epoch:
+        head.add_row("progress", f"epoch {p.epoch}/{p.epochs}, step {p.step}/{p.total_steps}")
+    if job.metrics:
+        head.add_row("metrics", ", ".join(f"{k} {_num(v)}" for k, v in job.metrics.items()))
+    if job.error:
+        head.add_row("error", Text(job.error, style="red"))
+    timeline = Table(title="timeline", show_edge=False, title_justify="left")
+    for column in ("at", "status", "reason"):
+        timeline.add_column(column)
+    for t in job.status_transitions:
+        timeline.add_row(t.at[:23].replace("T", " "), status_text(t.to_status), t.reason)
+    parts: list[Any] = [head, Text(""), timeline]
+    if job.report:
+        parts += [Text(""), report_table(job.report), Text(report_summary(job.report))]
+    return Group(*parts)
+
+
+def progress_line(data: dict[str, Any]) -> str:
+    """One line per epoch: epoch, loss terms, accuracy, images/s, ETA."""
+    metrics = data.get("metrics") or {}
+    parts = [f"{data.get('phase', 'train')} epoch {data.get('epoch')}/{data.get('epochs')}"]
+    parts += [f"{k} {v:.4f}" for k, v in (data.get("losses") or {}).items()]
+    if "loss" in metrics:
+        parts.append(f"val_loss {metrics['loss']:.4f}")
+    if "accuracy" in metrics:
+        parts.append(f"acc {_pct(metrics['accuracy'])}")
+    if "mse" in metrics:
+        parts.append(f"mse {metrics['mse']:.4g}")
+    if data.get("images_per_s"):
+        parts.append(f"{data['images_per_s']:.0f} img/s")
+    if data.get("eta_s") is not None:
+        parts.append(f"ETA {data['eta_s']:.0f}s")
+    return "  ".join(parts)
+
+
+class Watcher:
+    """Shows a job's events as they arrive: a live bar on a terminal, lines otherwise."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.live = console.is_terminal
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+        self.last_losses: dict[str, float] = {}
+        self.last_acc = ""
+
+    def __enter__(self) -> Watcher:
+        if self.live:
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TextColumn("{task.fields[detail]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("queued", total=1, detail="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def __call__(self, event: Event) -> None:
+        data = event.data
+        if event.type == "status":
+            self.console.print(
+                Text.assemble(
+                    "status ", status_text(data.get("status", "?")), f"  {data.get('reason', '')}"
+                )
+            )
+        elif event.type == "attempt":
+            self.console.print(f"attempt {data.get('attempt')} on {data.get('worker')}")
+        elif event.type in ("progress", "epoch"):
+            if data.get("losses"):
+                self.last_losses = data["losses"]
+            metrics = data.get("metrics") or {}
+            if "accuracy" in metrics:
+                self.last_acc = f"acc {_pct(metrics['accuracy'])}"
+            if self.bar is not None and self.task is not None:
+                losses = " ".join(f"{k} {v:.3f}" for k, v in self.last_losses.items())
+                rate = f"{data['images_per_s']:.0f} img/s" if data.get("images_per_s") else ""
+                phase, epoch, epochs = (
+                    data.get("phase", "train"),
+                    data.get("epoch"),
+                    data.get("epochs"),
+                )
+                self.bar.update(
+                    self.task,
+                    description=f"{phase} epoch {epoch}/{epochs}",
+                    completed=data.get("step") or 0,
+                    total=data.get("total_steps") or 1,
+                    detail=f"{losses} {self.last_acc} {rate}".strip(),
+                )
+            if event.type == "epoch":
+                # printed above the live bar on a terminal, as a plain line otherwise
+                self.console.print(progress_line({**data, "losses": self.last_losses}))

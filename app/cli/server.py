@@ -1,0 +1,160 @@
+"""`kd serve | worker | keys | migrate`: run and administer the service."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.settings import Settings, get_settings
+
+keys_app = typer.Typer(help="Manage API keys (run on the service's host).", no_args_is_help=True)
+
+
+def _key_file(settings: Settings) -> Path:
+    return settings.data_dir / "api_key"
+
+
+def _first_start_key(settings: Settings) -> None:
+    """On the first start, create a key for tenant 'default', store it 0600, print it."""
+    from app.db.session import session_scope
+    from app.services.keys import any_key, create_key
+
+    path = _key_file(settings)
+    with session_scope(settings.db_url) as session:
+        if any_key(session):
+            if path.exists():
+                print(f"kd: API key in {path}", file=sys.stderr)
+            return
+        _, plain = create_key(session, "default")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(plain + "\n")
+    print(
+        f"kd: created an API key for tenant 'default' (saved to {path}):\n{plain}", file=sys.stderr
+    )
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="listen address (KD_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="listen port (KD_PORT)")] = None,
+) -> None:
+    """Run the API (and, with no broker configured, the local executor)."""
+    import uvicorn
+
+    from app.logs import configure_logging
+    from app.main import create_app, prepare
+
+    settings = get_settings()
+    if host:
+        settings.host = host
+    if port:
+        settings.port = port
+    configure_logging(settings)
+    prepare(settings)
+    _first_start_key(settings)
+    mode = f"Celery via {settings.broker_url}" if settings.broker_url else "local executor"
+    print(
+        f"kd: serving on http://{settings.host}:{settings.port} ({mode}, "
+        f"database {settings.db_url.split('@')[-1]})",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        log_config=None,  # keep our (JSON) logging configuration
+        timeout_graceful_shutdown=5,
+    )
+
+
+def worker(
+    loglevel: Annotated[str, typer.Option(help="Celery's log level")] = "warning",
+    hostname: Annotated[str, typer.Option(help="Celery node name")] = (
+        f"kd@{os.uname().nodename}-{os.getpid()}"
+    ),
+) -> None:
+    """Run a Celery worker (one per GPU)."""
+    from app.logs import configure_logging
+    from worker.maintenance import Maintenance
+
+    settings = get_settings()
+    if not settings.broker_url:
+        raise typer.BadParameter("`kd worker` needs KD_BROKER_URL (a Redis URL)")
+    configure_logging(settings)
+    from worker.tasks import app
+
+    Maintenance(settings).start()
+    argv = [
+        "worker",
+        "--loglevel",
+        loglevel,
+        "--concurrency",
+        "1",
+        "--pool",
+        "prefork",
+        "--max-tasks-per-child",
+        "1",
+        "--queues",
+        "kd",
+        "--without-gossip",
+        "--without-mingle",
+        "--hostname",
+        hostname,
+    ]
+    app.worker_main(argv)
+
+
+@keys_app.command("create")
+def keys_create(tenant: Annotated[str, typer.Option(help="tenant name")]) -> None:
+    """Create a key; prints its id and the key (shown once)."""
+    from app.db.session import session_scope
+    from app.services.keys import create_key
+
+    with session_scope(get_settings().db_url) as session:
+        row, plain = create_key(session, tenant)
+        print(f"{row.id} {plain}")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (prefixes only)."""
+    from app.db.session import session_scope
+    from app.services.keys import list_keys
+
+    with session_scope(get_settings().db_url) as session:
+        for key, tenant in list_keys(session):
+            state = "revoked" if key.revoked_at else "active"
+            print(f"{key.id}\t{tenant.name}\t{key.prefix}...\t{state}\t{key.created_at}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by id."""
+    from app.db.session import session_scope
+    from app.services.keys import revoke_key
+
+    with session_scope(get_settings().db_url) as session:
+        if not revoke_key(session, key_id):
+            raise typer.BadParameter(f"no active key {key_id}")
+
+
+def migrate() -> None:
+    """Upgrade the database to the latest schema."""
+    from app.db.migrate import upgrade
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    print(f"kd: database at head ({settings.db_url.split('@')[-1]})", file=sys.stderr)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(worker)
+    app.command()(migrate)
+    app.add_typer(keys_app, name="keys")

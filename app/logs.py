@@ -1,0 +1,56 @@
+"""Structured logs: one JSON object per line with the request id and job id in scope.
+
+`request_id` is set by the API's middleware (from the caller's X-Request-ID, or a new
+one, echoed in the response); `job_id` by the worker while it runs a job. Both are
+context variables, so they follow the code that handles one request or one job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from contextvars import ContextVar
+from typing import Any
+
+from app.settings import Settings
+
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+job_id: ContextVar[str | None] = ContextVar("job_id", default=None)
+
+_RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, var in (("request_id", request_id), ("job_id", job_id)):
+            value = getattr(record, key, None) or var.get()
+            if value:
+                entry[key] = value
+        # fields passed with logger.info(..., extra={...})
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and key not in entry and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(settings: Settings) -> None:
+    """Root logging for `kd serve` and `kd worker` (KD_LOG_FORMAT, KD_LOG_LEVEL)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())

@@ -1,0 +1,488 @@
+// kdservice dashboard: one page, no build step. It uses the public /v1 API with the key
+// the user logs in with (kept in localStorage), like any other client.
+"use strict";
+
+const TERMINAL = ["succeeded", "failed", "cancelled"];
+const COLORS = ["#2f6fde", "#e08a1e", "#1f9d55", "#9b51e0", "#d64541", "#00a3a3"];
+let stopStream = null; // aborts the SSE reader of the job page we left
+let refreshTimer = null;
+
+// ---------- small helpers ----------
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") el.className = v;
+    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== null && v !== false) el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c !== null && c !== undefined) el.append(c instanceof Node ? c : String(c));
+  }
+  return el;
+}
+
+function svg(tag, attrs, ...children) {
+  const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, v);
+  for (const c of children) el.append(c instanceof Node ? c : String(c));
+  return el;
+}
+
+const key = () => localStorage.getItem("kd_api_key");
+const fmt = (v, digits = 4) => (typeof v === "number" ? Number(v.toFixed(digits)).toString() : v ?? "–");
+const pct = (v) => (typeof v === "number" ? (100 * v).toFixed(2) + " %" : "–");
+const bytes = (n) => (n >= 1 << 20 ? (n / (1 << 20)).toFixed(2) + " MiB" : (n / 1024).toFixed(1) + " KiB");
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const statusBadge = (s) => h("span", { class: `status ${s}`, "data-status": s }, s);
+
+class ApiError extends Error {
+  constructor(problem, status) {
+    super(problem.detail || problem.title || `HTTP ${status}`);
+    this.problem = problem;
+    this.status = status;
+  }
+}
+
+async function api(path, options = {}) {
+  const headers = { Authorization: `Bearer ${key()}`, ...(options.headers || {}) };
+  if (options.json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(options.json);
+  }
+  const r = await fetch(path, { ...options, headers });
+  if (r.status === 401) {
+    localStorage.removeItem("kd_api_key");
+    route();
+    throw new ApiError({ detail: "the API key was refused" }, 401);
+  }
+  if (!r.ok) {
+    let problem = {};
+    try { problem = await r.json(); } catch (_) { /* not JSON */ }
+    throw new ApiError(problem, r.status);
+  }
+  return r.status === 204 ? null : r.json();
+}
+
+function showError(where, err) {
+  where.prepend(h("div", { class: "error-banner", role: "alert" }, err.message));
+}
+
+// ---------- routing ----------
+
+function route() {
+  if (stopStream) { stopStream(); stopStream = null; }
+  clearInterval(refreshTimer);
+  const view = document.getElementById("view");
+  view.replaceChildren();
+  const nav = document.getElementById("nav");
+  if (!key()) { nav.hidden = true; return renderLogin(view); }
+  nav.hidden = false;
+  const hash = location.hash || "#/jobs";
+  const m = hash.match(/^#\/jobs\/([\w-]+)$/);
+  if (m) return renderJob(view, m[1]);
+  if (hash === "#/new") return renderNewJob(view);
+  return renderJobs(view);
+}
+
+window.addEventListener("hashchange", route);
+document.getElementById("logout").addEventListener("click", () => {
+  localStorage.removeItem("kd_api_key");
+  location.hash = "#/jobs";
+  route();
+});
+
+// ---------- login ----------
+
+function renderLogin(view) {
+  const input = h("input", { id: "api-key", type: "password", placeholder: "kd_...", autocomplete: "off" });
+  const message = h("div", { class: "field-error", id: "login-error" });
+  const form = h("form", { class: "card login", id: "login-form" },
+    h("h1", {}, "Log in"),
+    h("p", { class: "muted" }, "Paste an API key (`kd serve` prints one on its first start and saves it in data/api_key)."),
+    input, h("p", {}, h("button", { class: "primary", type: "submit", id: "login" }, "Log in")), message);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const r = await fetch("/v1/tenant", { headers: { Authorization: `Bearer ${input.value.trim()}` } });
+    if (!r.ok) { message.textContent = "This key was refused."; return; }
+    localStorage.setItem("kd_api_key", input.value.trim());
+    route();
+  });
+  view.append(form);
+}
+
+async function loadTenant() {
+  try {
+    const t = await api("/v1/tenant");
+    document.getElementById("tenant").textContent = `tenant: ${t.name}`;
+  } catch (_) { /* shown by the page */ }
+}
+
+// ---------- job list ----------
+
+function renderJobs(view) {
+  loadTenant();
+  const status = h("select", { id: "filter-status" },
+    h("option", { value: "" }, "any status"),
+    ...["queued", "running", "cancelling", "succeeded", "failed", "cancelled"].map((s) => h("option", { value: s }, s)));
+  const name = h("input", { id: "filter-name", placeholder: "name contains" });
+  const tbody = h("tbody", { id: "jobs-body" });
+  const more = h("button", { id: "jobs-more", type: "button", hidden: true }, "More");
+  let after = null;
+
+  async function load(append) {
+    const params = new URLSearchParams({ limit: "50" });
+    if (status.value) params.set("status", status.value);
+    if (name.value.trim()) params.set("name", name.value.trim());
+    if (append && after) params.set("after", after);
+    try {
+      const page = await api(`/v1/jobs?${params}`);
+      if (!append) tbody.replaceChildren();
+      for (const job of page.data) tbody.append(jobRow(job));
+      if (!tbody.children.length) tbody.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No jobs yet.")));
+      after = page.next_after;
+      more.hidden = !page.has_more;
+    } catch (err) { showError(view, err); }
+  }
+  status.addEventListener("change", () => load(false));
+  name.addEventListener("input", () => load(false));
+  more.addEventListener("click", () => load(true));
+  view.append(
+    h("h1", {}, "Jobs"),
+    h("div", { class: "filters" }, status, name, h("a", { href: "#/new" }, h("button", { class: "primary", type: "button" }, "New job"))),
+    h("div", { class: "card" }, h("table", {},
+      h("thead", {}, h("tr", {}, ...["Name", "Kind", "Status", "Progress", "Accuracy", "Created", "Id"].map((c) => h("th", {}, c)))),
+      tbody), more));
+  load(false);
+  refreshTimer = setInterval(() => { if (!after) load(false); }, 3000);
+}
+
+function jobRow(job) {
+  const frac = job.progress.fraction ?? (job.status === "succeeded" ? 1 : 0);
+  const acc = job.report?.student?.accuracy ?? job.metrics.accuracy;
+  return h("tr", { class: "job-row", "data-job-id": job.id, onclick: () => { location.hash = `#/jobs/${job.id}`; } },
+    h("td", {}, job.name), h("td", {}, job.kind), h("td", {}, statusBadge(job.status)),
+    h("td", {}, h("div", { class: "bar" }, h("div", { style: `width:${Math.round(100 * frac)}%` }))),
+    h("td", {}, pct(acc)), h("td", { class: "muted" }, job.created_at.replace("T", " ").slice(0, 19)),
+    h("td", { class: "muted" }, job.id));
+}
+
+// ---------- job page ----------
+
+function lineChart(title, series, xLabel, hline) {
+  const W = 520, H = 240, L = 48, R = 12, T = 24, B = 32;
+  const pts = series.flatMap((s) => s.points);
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title });
+  root.append(svg("text", { x: L, y: 14, "font-weight": "600" }, title));
+  if (!pts.length) {
+    root.append(svg("text", { x: W / 2 - 40, y: H / 2 }, "waiting for data"));
+    return root;
+  }
+  const ys = pts.map((p) => p[1]).concat(hline ? [hline.value] : []);
+  let [x0, x1] = [Math.min(...pts.map((p) => p[0])), Math.max(...pts.map((p) => p[0]))];
+  let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+  if (x1 === x0) x1 = x0 + 1;
+  if (y1 === y0) { y0 -= 0.5; y1 += 0.5; }
+  const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
+  const sy = (y) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B);
+  root.append(svg("line", { class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B }),
+    svg("line", { class: "axis", x1: L, y1: T, x2: L, y2: H - B }),
+    svg("text", { x: 4, y: sy(y1) + 4 }, fmt(y1, 3)), svg("text", { x: 4, y: sy(y0) + 4 }, fmt(y0, 3)),
+    svg("text", { x: L, y: H - 10 }, fmt(x0, 0)), svg("text", { x: W - R - 24, y: H - 10 }, fmt(x1, 0)),
+    svg("text", { x: W / 2 - 20, y: H - 10 }, xLabel));
+  if (hline) {
+    root.append(svg("line", { x1: L, x2: W - R, y1: sy(hline.value), y2: sy(hline.value), stroke: "#d64541", "stroke-dasharray": "5 4" }),
+      svg("text", { x: W - R - 150, y: sy(hline.value) - 4, fill: "#d64541" }, `${hline.label} ${fmt(hline.value, 4)}`));
+  }
+  series.forEach((s, i) => {
+    if (!s.points.length) return;
+    const d = s.points.map((p, j) => `${j ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ");
+    root.append(svg("path", { d, fill: "none", stroke: s.color || COLORS[i % COLORS.length], "stroke-width": 2, class: "series", "data-series": s.name }));
+    root.append(svg("text", { x: L + 8 + 110 * i, y: T + 10, fill: s.color || COLORS[i % COLORS.length] }, s.name));
+  });
+  return root;
+}
+
+function renderJob(view, jobId) {
+  loadTenant();
+  const state = { job: null, losses: {}, accuracy: [], valLoss: [], lastSeq: 0 };
+  const head = h("div", { class: "card", id: "job-head" });
+  const lossChart = h("div", { class: "card chart", id: "loss-chart" });
+  const accChart = h("div", { class: "card chart", id: "accuracy-chart" });
+  const timeline = h("div", { class: "card", id: "timeline" });
+  const report = h("div", { class: "card", id: "report" });
+  const downloads = h("div", { class: "card downloads", id: "downloads" });
+  view.append(head, h("div", { class: "grid" }, lossChart, accChart), h("div", { class: "grid" }, timeline, downloads), report);
+
+  function drawCharts() {
+    const lossSeries = Object.entries(state.losses).map(([name, points]) => ({ name, points }));
+    if (state.valLoss.length) lossSeries.push({ name: "val loss", points: state.valLoss, color: "#1d2433" });
+    lossChart.replaceChildren(lineChart("Loss", lossSeries, "step"));
+    const t = state.job?.report?.teacher;
+    const hline = t && typeof t.accuracy === "number" ? { value: t.accuracy, label: "teacher" } : null;
+    accChart.replaceChildren(lineChart("Validation accuracy", [{ name: "student", points: state.accuracy }], "epoch", hline));
+  }
+
+  function drawHead() {
+    const job = state.job;
+    const p = job.progress;
+    const frac = p.fraction ?? 0;
+    const actions = [];
+    if (!TERMINAL.includes(job.status) && job.status !== "cancelling") {
+      actions.push(h("button", { type: "button", id: "cancel", onclick: async () => { await api(`/v1/jobs/${jobId}/cancel`, { method: "POST" }); refresh(); } }, "Cancel"));
+    }
+    if (job.status === "failed" || job.status === "cancelled") {
+      actions.push(h("button", { type: "button", id: "retry", onclick: async () => {
+        const j = await api(`/v1/jobs/${jobId}/retry?from_checkpoint=true`, { method: "POST" });
+        location.hash = `#/jobs/${j.id}`;
+      } }, "Retry"));
+    }
+    head.replaceChildren(
+      h("h1", {}, job.name, " ", statusBadge(job.status)),
+      h("p", { class: "muted" }, `${job.id} · ${job.kind} · attempt ${job.attempt}/${job.max_attempts}` +
+        (job.queue_position ? ` · position ${job.queue_position} in the queue` : "")),
+      h("div", { class: "bar", id: "progress-bar" }, h("div", { style: `width:${Math.round(100 * frac)}%` })),
+      h("p", { id: "progress-text" }, p.epoch ? `epoch ${p.epoch}/${p.epochs} · step ${p.step}/${p.total_steps}` +
+        (p.images_per_s ? ` · ${fmt(p.images_per_s, 0)} img/s` : "") +
+        (p.eta_s && job.status === "running" ? ` · ETA ${fmt(p.eta_s, 0)} s` : "") : "waiting for a worker"),
+      job.error ? h("div", { class: "error-banner" }, job.error) : null,
+      h("div", {}, actions));
+    timeline.replaceChildren(h("h2", {}, "Status timeline"), h("ul", { class: "timeline" },
+      job.status_transitions.map((t) => h("li", {}, h("span", { class: "muted" }, t.at.replace("T", " ").slice(0, 23)), " ",
+        statusBadge(t.to_status), " ", t.reason))));
+    drawReport(job);
+  }
+
+  function drawReport(job) {
+    const r = job.report;
+    if (!r) { report.replaceChildren(h("h2", {}, "Report"), h("p", { class: "muted" }, "The report appears when the job succeeds.")); return; }
+    const s = r.student || {}, t = r.teacher || {};
+    const quality = "accuracy" in s ? "accuracy" : "mse";
+    const row = (label, a, b) => h("tr", {}, h("td", {}, label), h("td", {}, a), h("td", {}, b));
+    const rows = [
+      row(quality, quality === "accuracy" ? pct(t[quality]) : fmt(t[quality]), quality === "accuracy" ? pct(s[quality]) : fmt(s[quality])),
+      row("architecture", t.arch ?? "–", s.arch),
+      row("parameters", t.parameters?.toLocaleString() ?? "–", s.parameters?.toLocaleString()),
+      row("size on disk", t.bytes_on_disk ? bytes(t.bytes_on_disk) : "–", s.bytes_on_disk ? bytes(s.bytes_on_disk) : "–"),
+      row("CPU latency, batch 1 (ms)", fmt(t.latency_ms_batch1, 3), fmt(s.latency_ms_batch1, 3)),
+      row("CPU latency, batch 64 (ms)", fmt(t.latency_ms_batch64, 3), fmt(s.latency_ms_batch64, 3)),
+    ];
+    const summary = [];
+    if (r.compression_ratio) summary.push(`compression ${fmt(r.compression_ratio, 2)}x parameters`, `size ${fmt(r.size_ratio, 2)}x`, `speed-up ${fmt(r.speedup_batch1, 2)}x (batch 1)`);
+    if (typeof r.agreement === "number") summary.push(`agreement ${pct(r.agreement)}`);
+    if (typeof r.kd_gain === "number") summary.push(`KD gain over scratch ${fmt(r.kd_gain * (quality === "accuracy" ? 100 : 1), 2)}${quality === "accuracy" ? " points" : ""}`);
+    report.replaceChildren(h("h2", {}, "Report: teacher vs student"),
+      h("table", { class: "kv", id: "report-table" }, h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", {}, "teacher"), h("th", {}, "student"))), h("tbody", {}, rows)),
+      h("p", { id: "report-summary" }, summary.join(" · ")),
+      h("p", { class: "muted" }, `${r.epochs} epochs, ${fmt(r.training_time_s, 1)} s, ${fmt(r.train_images_per_s, 0)} img/s on ${r.device} (${r.precision})`));
+  }
+
+  async function drawDownloads() {
+    const arts = await api(`/v1/jobs/${jobId}/artifacts`);
+    downloads.replaceChildren(h("h2", {}, "Downloads"), arts.length ? null : h("p", { class: "muted" }, "No artifacts yet."),
+      ...arts.map((a) => h("button", { type: "button", "data-artifact": a.name, onclick: () => download(a) }, `${a.name} (${bytes(a.bytes)})`)));
+    const curves = arts.find((a) => a.name === "curves.png");
+    if (curves) {
+      const blob = await (await fetch(curves.download_url, { headers: { Authorization: `Bearer ${key()}` } })).blob();
+      downloads.append(h("img", { src: URL.createObjectURL(blob), alt: "curves.png", style: "width:100%", id: "curves-png" }));
+    }
+  }
+
+  async function refresh() {
+    try {
+      state.job = await api(`/v1/jobs/${jobId}`);
+      drawHead();
+      drawCharts();
+      if (state.job.status === "succeeded") await drawDownloads();
+    } catch (err) { showError(view, err); }
+  }
+
+  function onEvent(ev) {
+    const d = ev.data;
+    if (ev.type === "progress" && d.phase !== "baseline") {
+      for (const [name, v] of Object.entries(d.losses || {})) (state.losses[name] ||= []).push([d.step, v]);
+    }
+    if (ev.type === "epoch" && d.phase !== "baseline") {
+      const m = d.metrics || {};
+      if (typeof m.accuracy === "number") state.accuracy.push([d.epoch, m.accuracy]);
+      if (typeof m.loss === "number") state.valLoss.push([d.step, m.loss]);
+    }
+    if (ev.type === "status" || ev.type === "epoch") refresh(); else drawCharts();
+  }
+
+  const controller = new AbortController();
+  stopStream = () => controller.abort();
+  refresh().then(() => followEvents(jobId, 0, onEvent, controller.signal));
+  downloads.replaceChildren(h("h2", {}, "Downloads"), h("p", { class: "muted" }, "Available when the job succeeds."));
+}
+
+async function download(artifact) {
+  const r = await fetch(artifact.download_url, { headers: { Authorization: `Bearer ${key()}` } });
+  const url = URL.createObjectURL(await r.blob());
+  const a = h("a", { href: url, download: artifact.name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+// SSE with an Authorization header (EventSource cannot send one): fetch + a stream reader;
+// a dropped stream resumes from the last seen event with Last-Event-ID.
+async function followEvents(jobId, after, onEvent, signal) {
+  let last = after;
+  while (!signal.aborted) {
+    try {
+      const r = await fetch(`/v1/jobs/${jobId}/events/stream`, { headers: { Authorization: `Bearer ${key()}`, "Last-Event-ID": String(last) }, signal });
+      if (!r.ok) return;
+      const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let i;
+        while ((i = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          const ev = { seq: null, type: "message", data: null };
+          for (const line of block.split("\n")) {
+            if (line.startsWith("id: ")) ev.seq = Number(line.slice(4));
+            else if (line.startsWith("event: ")) ev.type = line.slice(7);
+            else if (line.startsWith("data: ")) ev.data = JSON.parse(line.slice(6));
+          }
+          if (ev.seq === null || ev.seq <= last) continue;
+          last = ev.seq;
+          onEvent(ev);
+          if (ev.type === "status" && TERMINAL.includes(ev.data.status)) return;
+        }
+      }
+    } catch (_) {
+      if (signal.aborted) return;
+    }
+    await sleep(2000);
+  }
+}
+
+// ---------- new job form ----------
+
+const FIELDS = {
+  // form field -> [JSON pointer in the spec, how to read it]
+  name: ["/name", String], kind: ["/kind", String],
+  teacher_arch: ["/teacher/arch", String], student_arch: ["/student/arch", String],
+  dataset: ["/dataset/name", String], image_size: ["/dataset/image_size", Number],
+  method: ["/distillation/method", String], temperature: ["/distillation/temperature", Number],
+  ce_weight: ["/distillation/ce_weight", Number], kd_weight: ["/distillation/kd_weight", Number],
+  epochs: ["/training/epochs", Number], batch_size: ["/training/batch_size", Number],
+  lr: ["/training/lr", Number], optimizer: ["/training/optimizer", String],
+};
+
+function buildSpec(form, teacherFile) {
+  const v = (n) => form.elements[n].value.trim();
+  const spec = {
+    name: v("name"), kind: v("kind"), student: { arch: v("student_arch") },
+    dataset: { name: v("dataset") },
+    training: { epochs: Number(v("epochs")), batch_size: Number(v("batch_size")), lr: Number(v("lr")), optimizer: v("optimizer") },
+    baseline: form.elements.baseline.checked,
+  };
+  if (v("image_size")) spec.dataset.image_size = Number(v("image_size"));
+  if (spec.kind === "distill") {
+    spec.teacher = { arch: v("teacher_arch") };
+    if (teacherFile) spec.teacher.checkpoint = teacherFile;
+    spec.distillation = { method: v("method"), temperature: Number(v("temperature")), ce_weight: Number(v("ce_weight")), kd_weight: Number(v("kd_weight")) };
+  } else {
+    spec.baseline = false;
+  }
+  return spec;
+}
+
+async function renderNewJob(view) {
+  loadTenant();
+  let caps;
+  try { caps = await api("/v1/capabilities"); } catch (err) { return showError(view, err); }
+  const options = (list, chosen) => list.map((x) => h("option", { value: x, selected: x === chosen }, x));
+  const field = (label, name, control) => h("label", { for: name }, label, control, h("span", { class: "field-error", "data-error-for": name }));
+  const input = (name, value, type = "text") => h("input", { id: name, name, value, type, step: type === "number" ? "any" : undefined });
+  const teacherInput = h("input", { id: "teacher_file", name: "teacher_file", type: "file", accept: ".safetensors,.pt,.pth,.bin" });
+  const teacherInfo = h("span", { class: "muted", id: "teacher-file-id" });
+  const messages = h("ul", { class: "messages", id: "validation-messages" });
+  let teacherFile = null;
+
+  const form = h("form", { class: "spec card", id: "new-job-form", novalidate: true },
+    field("Name", "name", input("name", "digits-kd")),
+    field("Kind", "kind", h("select", { id: "kind", name: "kind" }, options(caps.kinds, "distill"))),
+    field("Dataset", "dataset", h("select", { id: "dataset", name: "dataset" }, options(["digits", "fashion_mnist", "synthetic"], "digits"))),
+    field("Teacher architecture", "teacher_arch", h("select", { id: "teacher_arch", name: "teacher_arch" }, options(caps.architectures, "cifar_resnet20"))),
+    field("Teacher checkpoint (safetensors or weights-only .pt)", "teacher_file", h("span", {}, teacherInput, teacherInfo)),
+    field("Student architecture", "student_arch", h("select", { id: "student_arch", name: "student_arch" }, options(caps.architectures, "small_cnn"))),
+    field("Method", "method", h("select", { id: "method", name: "method" }, options(caps.methods, "kd"))),
+    field("Temperature", "temperature", input("temperature", "4", "number")),
+    field("Image size (blank: native)", "image_size", input("image_size", "", "number")),
+    field("CE weight", "ce_weight", input("ce_weight", "0.5", "number")),
+    field("KD weight", "kd_weight", input("kd_weight", "0.5", "number")),
+    field("Optimizer", "optimizer", h("select", { id: "optimizer", name: "optimizer" }, options(["sgd", "adamw"], "sgd"))),
+    field("Epochs", "epochs", input("epochs", "5", "number")),
+    field("Batch size", "batch_size", input("batch_size", "64", "number")),
+    field("Learning rate", "lr", input("lr", "0.05", "number")),
+    h("label", { class: "wide" }, h("span", {}, h("input", { type: "checkbox", name: "baseline", id: "baseline" }), " also train the student from scratch (baseline, reports the KD gain)")),
+    h("div", { class: "wide" }, messages),
+    h("div", { class: "wide" }, h("button", { type: "button", id: "validate" }, "Validate"), " ",
+      h("button", { type: "submit", class: "primary", id: "submit" }, "Submit job")));
+
+  function showValidation(result) {
+    form.querySelectorAll(".field-error").forEach((el) => { el.textContent = ""; });
+    messages.replaceChildren();
+    const byPointer = Object.fromEntries(Object.entries(FIELDS).map(([n, [p]]) => [p, n]));
+    byPointer["/teacher/checkpoint"] = "teacher_file";
+    for (const e of result.errors || []) {
+      const name = byPointer[e.loc] || Object.entries(byPointer).find(([p]) => e.loc.startsWith(p))?.[1];
+      const slot = name && form.querySelector(`[data-error-for="${name}"]`);
+      if (slot) slot.textContent = e.msg;
+      messages.append(h("li", { class: "error" }, `${e.loc}: ${e.msg}`));
+    }
+    for (const w of result.warnings || []) messages.append(h("li", { class: "warning" }, w));
+    if (result.valid) messages.append(h("li", {}, "The spec is valid."));
+  }
+
+  async function validate() {
+    const result = await api("/v1/jobs/validate", { method: "POST", json: buildSpec(form, teacherFile) });
+    showValidation(result);
+    return result.valid;
+  }
+
+  teacherInput.addEventListener("change", async () => {
+    if (!teacherInput.files.length) return;
+    const body = new FormData();
+    body.append("file", teacherInput.files[0]);
+    body.append("purpose", "checkpoint");
+    teacherInfo.textContent = "uploading…";
+    try {
+      const f = await api("/v1/files", { method: "POST", body });
+      teacherFile = f.id;
+      teacherInfo.textContent = `uploaded as ${f.id}`;
+      teacherInfo.dataset.fileId = f.id;
+    } catch (err) {
+      teacherInfo.textContent = `upload refused: ${err.message}`;
+    }
+  });
+  form.elements.kind.addEventListener("change", () => {
+    const distill = form.elements.kind.value === "distill";
+    for (const n of ["teacher_arch", "teacher_file", "method", "temperature", "ce_weight", "kd_weight"]) {
+      form.querySelector(`label[for="${n}"]`).hidden = !distill;
+    }
+  });
+  form.querySelector("#validate").addEventListener("click", () => validate().catch((err) => showError(view, err)));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      if (!(await validate())) return;
+      const job = await api("/v1/jobs", { method: "POST", json: buildSpec(form, teacherFile), headers: { "Idempotency-Key": crypto.randomUUID ? crypto.randomUUID() : `web-${Date.now()}-${Math.random()}` } });
+      location.hash = `#/jobs/${job.id}`;
+    } catch (err) {
+      if (err.problem?.errors) showValidation({ errors: err.problem.errors, warnings: [] });
+      else showError(view, err);
+    }
+  });
+  view.append(h("h1", {}, "New job"), form);
+}
+
+route();

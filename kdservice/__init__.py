@@ -1,0 +1,1 @@
+"""kdservice: the Python client (`kdservice.client`) of the knowledge-distillation service."""

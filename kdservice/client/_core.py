@@ -1,0 +1,126 @@
+"""What the sync and async clients share: retry policy, spec loading, the SSE parser,
+and the bookkeeping of a resumable, digest-checked download."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from kdservice.client.errors import ApiError, DigestMismatch
+from kdservice.client.models import Event
+
+RETRY_STATUSES = frozenset({429, 503})
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+CHUNK = 1 << 20
+
+
+def retry_delay(attempt: int, response: httpx.Response | None, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter; a server's Retry-After (seconds) wins."""
+    if response is not None:
+        after = response.headers.get("retry-after", "")
+        if after.isdigit():
+            return min(float(after), cap)
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+def may_retry(method: str, headers: dict[str, str]) -> bool:
+    """Connection errors are retried only where a repeat cannot do the work twice."""
+    return method in IDEMPOTENT or "Idempotency-Key" in headers
+
+
+def check(response: httpx.Response) -> httpx.Response:
+    if response.status_code >= 400:
+        raise ApiError.from_response(response.status_code, response.read(), response.reason_phrase)
+    return response
+
+
+def load_spec(spec: dict[str, Any] | str | Path) -> dict[str, Any]:
+    """A spec as a dict, or a path to a .json / .yaml / .yml file."""
+    if isinstance(spec, dict):
+        return spec
+    path = Path(spec)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a job spec is a JSON/YAML object")
+    return data
+
+
+def new_idempotency_key() -> str:
+    return f"kdclient-{uuid.uuid4()}"
+
+
+class SSEParser:
+    """Turns `text/event-stream` lines into events (the server sends id, event, data)."""
+
+    def __init__(self) -> None:
+        self._id: str | None = None
+        self._type = "message"
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> Event | None:
+        if line == "":
+            event = None
+            if self._data and self._id is not None and self._id.isdigit():
+                event = Event(
+                    seq=int(self._id), type=self._type, data=json.loads("\n".join(self._data))
+                )
+            self._id, self._type, self._data = None, "message", []
+            return event
+        if line.startswith(":"):
+            return None  # heartbeat comment
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "id":
+            self._id = value
+        elif field == "event":
+            self._type = value
+        elif field == "data":
+            self._data.append(value)
+        return None
+
+
+class Download:
+    """One artifact into `dest`: bytes go to `dest.part`; a later attempt resumes it with
+    a Range request (If-Range on the ETag, so a changed file restarts); at the end the
+    sha256 of the whole file is checked before `dest` appears."""
+
+    def __init__(self, dest: Path, sha256: str):
+        self.dest, self.sha256 = dest, sha256
+        self.part = dest.with_name(dest.name + ".part")
+
+    def request_headers(self) -> dict[str, str]:
+        have = self.part.stat().st_size if self.part.exists() else 0
+        if have == 0:
+            return {}
+        return {"Range": f"bytes={have}-", "If-Range": f'"{self.sha256}"'}
+
+    def open(self, response: httpx.Response) -> Any:
+        check(response)
+        if response.status_code == 206:
+            return open(self.part, "ab")
+        return open(self.part, "wb")  # 200: the whole file, from the start
+
+    def finish(self) -> Path:
+        h = hashlib.sha256()
+        with open(self.part, "rb") as fh:
+            for chunk in iter(lambda: fh.read(CHUNK), b""):
+                h.update(chunk)
+        if h.hexdigest() != self.sha256:
+            self.part.unlink()
+            raise DigestMismatch(
+                f"{self.dest.name}: sha256 {h.hexdigest()} != {self.sha256} announced by the server"
+            )
+        self.part.replace(self.dest)
+        return self.dest

@@ -1,0 +1,231 @@
+"""`AsyncClient`: the same calls as `Client`, for asyncio programs.
+
+async with AsyncClient() as kd:
+    job = await kd.submit(spec)
+    async for event in kd.events(job.id):
+        ...
+    job = await kd.wait(job.id)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from kdservice.client._core import (
+    CHUNK,
+    RETRY_STATUSES,
+    Download,
+    SSEParser,
+    load_spec,
+    may_retry,
+    new_idempotency_key,
+    retry_delay,
+)
+from kdservice.client.config import resolve
+from kdservice.client.errors import ApiError, DigestMismatch, WaitTimeout
+from kdservice.client.models import Artifact, Event, FileInfo, Job, JobPage, Validation
+from kdservice.client.sync import STREAM_TIMEOUT
+
+
+async def _check(response: httpx.Response) -> httpx.Response:
+    if response.status_code >= 400:
+        raise ApiError.from_response(
+            response.status_code, await response.aread(), response.reason_phrase
+        )
+    return response
+
+
+class AsyncClient:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 5,
+        backoff_s: float = 0.5,
+        backoff_cap_s: float = 20.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        target = resolve(base_url, api_key)
+        self.base_url, self.api_key = target.url, target.api_key
+        self.max_retries, self.backoff_s, self.backoff_cap_s = max_retries, backoff_s, backoff_cap_s
+        headers = {"User-Agent": "kdservice-client/0.1"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+        )
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _sleep(self, attempt: int, response: httpx.Response | None) -> None:
+        await asyncio.sleep(retry_delay(attempt, response, self.backoff_s, self.backoff_cap_s))
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = kwargs.setdefault("headers", {})
+        for attempt in range(self.max_retries + 1):
+            last = attempt == self.max_retries
+            try:
+                response = await self._http.request(method, path, **kwargs)
+            except httpx.TransportError:
+                if last or not may_retry(method, headers):
+                    raise
+                await self._sleep(attempt, None)
+                continue
+            if response.status_code in RETRY_STATUSES and not last:
+                await self._sleep(attempt, response)
+                continue
+            return await _check(response)
+        raise AssertionError("unreachable")
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return (await self.request(method, path, **kwargs)).json()
+
+    async def capabilities(self) -> dict[str, Any]:
+        return dict(await self._json("GET", "/v1/capabilities"))
+
+    async def validate(self, spec: dict[str, Any] | str | Path) -> Validation:
+        body = await self._json("POST", "/v1/jobs/validate", json=load_spec(spec))
+        return Validation.model_validate(body)
+
+    async def submit(
+        self, spec: dict[str, Any] | str | Path, idempotency_key: str | None = None
+    ) -> Job:
+        key = idempotency_key or new_idempotency_key()
+        body = await self._json(
+            "POST", "/v1/jobs", json=load_spec(spec), headers={"Idempotency-Key": key}
+        )
+        return Job.model_validate(body)
+
+    async def get(self, job_id: str) -> Job:
+        return Job.model_validate(await self._json("GET", f"/v1/jobs/{job_id}"))
+
+    async def list_jobs(
+        self,
+        limit: int = 50,
+        after: str | None = None,
+        status: str | None = None,
+        name: str | None = None,
+    ) -> JobPage:
+        params = {"limit": limit, "after": after, "status": status, "name": name}
+        params = {k: v for k, v in params.items() if v is not None}
+        return JobPage.model_validate(await self._json("GET", "/v1/jobs", params=params))
+
+    async def cancel(self, job_id: str) -> Job:
+        return Job.model_validate(await self._json("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    async def retry(self, job_id: str, from_checkpoint: bool = False) -> Job:
+        params = {"from_checkpoint": str(from_checkpoint).lower()}
+        body = await self._json("POST", f"/v1/jobs/{job_id}/retry", params=params)
+        return Job.model_validate(body)
+
+    async def events(self, job_id: str, after: int = 0) -> AsyncIterator[Event]:
+        """As Client.events: live, resumed with Last-Event-ID, ends after the terminal event."""
+        last, failures = after, 0
+        while True:
+            parser = SSEParser()
+            try:
+                async with self._http.stream(
+                    "GET",
+                    f"/v1/jobs/{job_id}/events/stream",
+                    headers={"Last-Event-ID": str(last), "Accept": "text/event-stream"},
+                    timeout=STREAM_TIMEOUT,
+                ) as response:
+                    if response.status_code in RETRY_STATUSES:
+                        raise httpx.RemoteProtocolError("busy")
+                    await _check(response)
+                    async for line in response.aiter_lines():
+                        event = parser.feed(line)
+                        if event is None or event.seq <= last:
+                            continue
+                        last, failures = event.seq, 0
+                        yield event
+                        if event.is_terminal:
+                            return
+            except httpx.TransportError:
+                if failures >= self.max_retries:
+                    raise
+            await self._sleep(failures, None)
+            failures += 1
+
+    async def wait(
+        self,
+        job_id: str,
+        timeout_s: float | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> Job:
+        async def follow() -> Job:
+            job = await self.get(job_id)
+            if job.done:
+                return job
+            async for event in self.events(job_id):
+                if on_event is not None:
+                    on_event(event)
+            return await self.get(job_id)
+
+        try:
+            return await asyncio.wait_for(follow(), timeout_s)
+        except asyncio.TimeoutError:
+            raise WaitTimeout(f"job {job_id} did not end within {timeout_s} s") from None
+
+    async def upload(self, path: str | Path, purpose: str = "checkpoint") -> FileInfo:
+        path = Path(path)
+        content = await asyncio.to_thread(path.read_bytes)
+        body = await self._json(
+            "POST",
+            "/v1/files",
+            files={"file": (path.name, content, "application/octet-stream")},
+            data={"purpose": purpose},
+        )
+        return FileInfo.model_validate(body)
+
+    async def artifacts(self, job_id: str) -> list[Artifact]:
+        body = await self._json("GET", f"/v1/jobs/{job_id}/artifacts")
+        return [Artifact.model_validate(a) for a in body]
+
+    async def download(self, artifact: Artifact, dest: str | Path) -> Path:
+        """As Client.download: Range resume of a `.part`, sha256 checked."""
+        dest = Path(dest)
+        if dest.is_dir():
+            dest = dest / artifact.name
+        for fresh_start in (False, True):
+            job = Download(dest, artifact.sha256)
+            if fresh_start:
+                job.part.unlink(missing_ok=True)
+            resumed = bool(job.request_headers())
+            for attempt in range(self.max_retries + 1):
+                try:
+                    async with self._http.stream(
+                        "GET", artifact.download_url, headers=job.request_headers()
+                    ) as response:
+                        await _check(response)
+                        with job.open(response) as fh:
+                            async for chunk in response.aiter_bytes(CHUNK):
+                                fh.write(chunk)
+                    break
+                except httpx.TransportError:
+                    if attempt == self.max_retries:
+                        raise
+                    await self._sleep(attempt, None)
+            try:
+                return await asyncio.to_thread(job.finish)
+            except DigestMismatch:
+                if not resumed or fresh_start:
+                    raise
+        raise AssertionError("unreachable")
+
+
+__all__ = ["AsyncClient"]

@@ -1,0 +1,282 @@
+"""`Client`: the synchronous client.
+
+from kdservice.client import Client
+
+with Client() as kd:                       # URL and key as in kdservice.client.config
+    job = kd.submit("examples/digits_quick.json")
+    for event in kd.events(job.id):          # SSE; reconnects with Last-Event-ID
+        print(event.type, event.data)
+    job = kd.wait(job.id)
+    kd.download_outputs(job.id, "out/", formats=["safetensors"])
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from kdservice.client._core import (
+    CHUNK,
+    RETRY_STATUSES,
+    Download,
+    SSEParser,
+    check,
+    load_spec,
+    may_retry,
+    new_idempotency_key,
+    retry_delay,
+)
+from kdservice.client.config import resolve
+from kdservice.client.errors import ApiError, DigestMismatch, WaitTimeout
+from kdservice.client.models import (
+    Artifact,
+    Event,
+    EventPage,
+    FileInfo,
+    Job,
+    JobPage,
+    Validation,
+)
+
+STREAM_TIMEOUT = httpx.Timeout(10.0, read=60.0)  # the server sends a heartbeat every 15 s
+
+
+class Client:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 5,
+        backoff_s: float = 0.5,
+        backoff_cap_s: float = 20.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        target = resolve(base_url, api_key)
+        self.base_url, self.api_key = target.url, target.api_key
+        self.max_retries, self.backoff_s, self.backoff_cap_s = max_retries, backoff_s, backoff_cap_s
+        headers = {"User-Agent": "kdservice-client/0.1"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- transport ------------------------------------------------------------------
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One API call, retried with backoff on 429/503 and, where safe, on connection
+        errors; an error response raises ApiError."""
+        headers = kwargs.setdefault("headers", {})
+        for attempt in range(self.max_retries + 1):
+            last = attempt == self.max_retries
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError:
+                if last or not may_retry(method, headers):
+                    raise
+                time.sleep(retry_delay(attempt, None, self.backoff_s, self.backoff_cap_s))
+                continue
+            if response.status_code in RETRY_STATUSES and not last:
+                time.sleep(retry_delay(attempt, response, self.backoff_s, self.backoff_cap_s))
+                continue
+            return check(response)
+        raise AssertionError("unreachable")
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.request(method, path, **kwargs).json()
+
+    # -- jobs -----------------------------------------------------------------------
+
+    def capabilities(self) -> dict[str, Any]:
+        return dict(self._json("GET", "/v1/capabilities"))
+
+    def validate(self, spec: dict[str, Any] | str | Path) -> Validation:
+        return Validation.model_validate(
+            self._json("POST", "/v1/jobs/validate", json=load_spec(spec))
+        )
+
+    def submit(self, spec: dict[str, Any] | str | Path, idempotency_key: str | None = None) -> Job:
+        """Create a job. The idempotency key (one is made up if not given) makes retries
+        of this call safe: the server answers a repeat with the job it already created."""
+        key = idempotency_key or new_idempotency_key()
+        body = self._json(
+            "POST", "/v1/jobs", json=load_spec(spec), headers={"Idempotency-Key": key}
+        )
+        return Job.model_validate(body)
+
+    def get(self, job_id: str) -> Job:
+        return Job.model_validate(self._json("GET", f"/v1/jobs/{job_id}"))
+
+    def list_jobs(
+        self,
+        limit: int = 50,
+        after: str | None = None,
+        status: str | None = None,
+        name: str | None = None,
+    ) -> JobPage:
+        params = {"limit": limit, "after": after, "status": status, "name": name}
+        params = {k: v for k, v in params.items() if v is not None}
+        return JobPage.model_validate(self._json("GET", "/v1/jobs", params=params))
+
+    def jobs(self, status: str | None = None, name: str | None = None) -> Iterator[Job]:
+        """Every job, newest first, following the pages."""
+        after = None
+        while True:
+            page = self.list_jobs(200, after, status, name)
+            yield from page.data
+            if not page.has_more:
+                return
+            after = page.next_after
+
+    def cancel(self, job_id: str) -> Job:
+        return Job.model_validate(self._json("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    def retry(self, job_id: str, from_checkpoint: bool = False) -> Job:
+        params = {"from_checkpoint": str(from_checkpoint).lower()}
+        return Job.model_validate(self._json("POST", f"/v1/jobs/{job_id}/retry", params=params))
+
+    def delete(self, job_id: str) -> None:
+        self.request("DELETE", f"/v1/jobs/{job_id}")
+
+    # -- events ---------------------------------------------------------------------
+
+    def event_page(self, job_id: str, after: int = 0, limit: int = 100) -> EventPage:
+        params = {"after": after, "limit": limit}
+        return EventPage.model_validate(
+            self._json("GET", f"/v1/jobs/{job_id}/events", params=params)
+        )
+
+    def events(self, job_id: str, after: int = 0) -> Iterator[Event]:
+        """The job's events from `after` on, live, ending with its terminal status event.
+        A dropped connection is resumed with Last-Event-ID: no event is lost or repeated."""
+        last, failures = after, 0
+        while True:
+            parser = SSEParser()
+            try:
+                with self._http.stream(
+                    "GET",
+                    f"/v1/jobs/{job_id}/events/stream",
+                    headers={"Last-Event-ID": str(last), "Accept": "text/event-stream"},
+                    timeout=STREAM_TIMEOUT,
+                ) as response:
+                    if response.status_code in RETRY_STATUSES:
+                        raise httpx.RemoteProtocolError("busy")
+                    check(response)
+                    for line in response.iter_lines():
+                        event = parser.feed(line)
+                        if event is None or event.seq <= last:
+                            continue
+                        last, failures = event.seq, 0
+                        yield event
+                        if event.is_terminal:
+                            return
+            except httpx.TransportError:
+                if failures >= self.max_retries:
+                    raise
+            # the stream ended or broke before the terminal event: reconnect
+            time.sleep(retry_delay(failures, None, self.backoff_s, self.backoff_cap_s))
+            failures += 1
+
+    def wait(
+        self,
+        job_id: str,
+        timeout_s: float | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> Job:
+        """Block until the job ends (following its event stream); returns the final job."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        job = self.get(job_id)
+        if job.done:
+            return job
+        for event in self.events(job_id):
+            if on_event is not None:
+                on_event(event)
+            if deadline is not None and time.monotonic() > deadline:
+                raise WaitTimeout(
+                    f"job {job_id} still {self.get(job_id).status} after {timeout_s} s"
+                )
+        return self.get(job_id)
+
+    # -- files and artifacts --------------------------------------------------------
+
+    def upload(self, path: str | Path, purpose: str = "checkpoint") -> FileInfo:
+        path = Path(path)
+        with open(path, "rb") as fh:
+            body = self._json(
+                "POST",
+                "/v1/files",
+                files={"file": (path.name, fh, "application/octet-stream")},
+                data={"purpose": purpose},
+            )
+        return FileInfo.model_validate(body)
+
+    def files(self, limit: int = 50) -> list[FileInfo]:
+        body = self._json("GET", "/v1/files", params={"limit": limit})
+        return [FileInfo.model_validate(f) for f in body["data"]]
+
+    def artifacts(self, job_id: str) -> list[Artifact]:
+        body = self._json("GET", f"/v1/jobs/{job_id}/artifacts")
+        return [Artifact.model_validate(a) for a in body]
+
+    def download(self, artifact: Artifact, dest: str | Path) -> Path:
+        """Download an artifact to `dest` (a file, or a folder to put it in). Resumes a
+        `.part` left by an interrupted download; checks the sha256 before finishing."""
+        dest = Path(dest)
+        if dest.is_dir():
+            dest = dest / artifact.name
+        for fresh_start in (False, True):
+            job = Download(dest, artifact.sha256)
+            if fresh_start:
+                job.part.unlink(missing_ok=True)
+            resumed = bool(job.request_headers())
+            for attempt in range(self.max_retries + 1):
+                try:
+                    with (
+                        self._http.stream(
+                            "GET", artifact.download_url, headers=job.request_headers()
+                        ) as response,
+                        job.open(response) as fh,
+                    ):
+                        for chunk in response.iter_bytes(CHUNK):
+                            fh.write(chunk)
+                    break
+                except httpx.TransportError:
+                    if attempt == self.max_retries:
+                        raise
+                    time.sleep(retry_delay(attempt, None, self.backoff_s, self.backoff_cap_s))
+            try:
+                return job.finish()
+            except DigestMismatch:
+                if not resumed or fresh_start:
+                    raise
+                # the kept .part was not a prefix of this file: download it whole once more
+        raise AssertionError("unreachable")
+
+    def download_outputs(
+        self, job_id: str, dest_dir: str | Path, names: list[str] | None = None
+    ) -> list[Path]:
+        """Download a job's artifacts (all, or those named) into `dest_dir`."""
+        dest_dir = Path(dest_dir)
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        chosen = [a for a in self.artifacts(job_id) if names is None or a.name in names]
+        if names is not None and len(chosen) < len(set(names)):
+            have = sorted(a.name for a in self.artifacts(job_id))
+            raise ApiError(
+                404, "Not Found", f"job {job_id} has no {sorted(names)}; it has {have}", []
+            )
+        return [self.download(a, dest_dir / a.name) for a in chosen]
