@@ -6,7 +6,7 @@ BIN       := $(VENV)/bin
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 STAMP     := $(VENV)/.installed
 
-.PHONY: run test lint bench services demo clean install
+.PHONY: run test lint bench services browser datasets demo clean install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,19 +34,29 @@ services:
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || \
 		redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no || true
 
+## browser: Debian's Chromium and ChromeDriver for the dashboard test (tests/web)
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
+
+## datasets: the full Fashion-MNIST (IDX files) from Debian, for examples and benchmarks
+datasets:
+	@test -d /usr/share/datasets/fashion-mnist || \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null)
+
+LINTED := kdcore kdservice app worker migrations tests bench examples
+
 lint: $(STAMP)
-	$(BIN)/ruff check kdcore app worker migrations tests bench
-	$(BIN)/ruff format --check kdcore app worker migrations tests bench
-	$(BIN)/mypy kdcore app worker
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy kdcore kdservice app worker
 
 ## test: lint + type check + the whole test suite
-test: $(STAMP) services lint
+test: $(STAMP) services browser datasets lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 ## bench: throughput and quality benchmarks (prints medians and ratios; not a test)
-bench: $(STAMP)
-	@test -d /usr/share/datasets/fashion-mnist || \
-		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
+bench: $(STAMP) datasets
 	$(BIN)/python bench/kd_throughput.py
 	$(BIN)/python bench/kd_quality.py
 

@@ -247,9 +247,12 @@ def load_dataset(spec: DatasetSpec, seed: int, regression: bool = False) -> Data
         test = (x[test_idx], y[test_idx])
     else:
         rest = torch.randperm(len(x), generator=g)
+        test = raw.test
         if spec.max_samples:
             rest = rest[: spec.max_samples]
-        test = raw.test
+            # a quick run stays quick: the official test set is capped the same way
+            keep = torch.randperm(len(test[0]), generator=g)[: spec.max_samples]
+            test = (test[0][keep], test[1][keep])
     n_val = round(len(rest) * spec.val_fraction)
     val_idx, train_idx = rest[:n_val], rest[n_val:]
     if len(train_idx) < 2:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -52,3 +53,74 @@ def wait_ready(base: str, proc: Proc, timeout: float = 90) -> None:
             pass
         time.sleep(0.3)
     raise AssertionError(f"server not ready:\n{proc.log.read_text()}")
+
+
+class CuttingProxy:
+    """A TCP proxy on 127.0.0.1 that forwards to `port`, but closes the first `cuts`
+    event-stream connections after `after_bytes` bytes of response: a real dropped
+    connection in the middle of an SSE stream."""
+
+    def __init__(self, port: int, after_bytes: int = 700, cuts: int = 3):
+        import threading
+
+        self.upstream, self.after_bytes, self.cuts_left = port, after_bytes, cuts
+        self.cut = 0
+        self.lock = threading.Lock()
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(64)
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        import threading
+
+        upstream = socket.create_connection(("127.0.0.1", self.upstream))
+        # a kept-alive connection may carry other requests first: arm the cut when a
+        # stream request passes, counting from the response bytes sent so far
+        state = {"sent": 0, "limit": None}
+
+        def pump_up() -> None:
+            try:
+                while data := client.recv(65536):
+                    if b"/events/stream" in data:
+                        with self.lock:
+                            if self.cuts_left > 0 and state["limit"] is None:
+                                self.cuts_left -= 1
+                                state["limit"] = state["sent"] + self.after_bytes
+                    upstream.sendall(data)
+            except OSError:
+                pass
+
+        threading.Thread(target=pump_up, daemon=True).start()
+        try:
+            while data := upstream.recv(65536):
+                limit, sent = state["limit"], state["sent"]
+                if limit is not None and sent + len(data) >= limit:
+                    client.sendall(data[: limit - sent])
+                    with self.lock:
+                        self.cut += 1
+                    break
+                client.sendall(data)
+                state["sent"] = sent + len(data)
+        except OSError:
+            pass
+        finally:
+            for s in (client, upstream):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def close(self) -> None:
+        self.server.close()

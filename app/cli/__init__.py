@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from app.cli import client_commands, server
@@ -48,12 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="kd", standalone_mode=False)
-    except click.exceptions.Abort:
-        return _error("interrupted", EXIT_INTERRUPTED)
-    except click.UsageError as exc:
-        return _error(exc.format_message(), EXIT_USAGE)
-    except click.ClickException as exc:
-        return _error(exc.format_message(), EXIT_USAGE)
     except client_commands.CLIError as exc:
         return _error(str(exc), exc.code)
     except ApiError as exc:
@@ -74,6 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         return _error(str(exc), EXIT_USAGE)
     except Exception as exc:
+        # click's errors (typer may vendor its own copy of click, so match by shape)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            return EXIT_USAGE  # the help was printed
+        if type(exc).__name__ == "Abort":
+            return _error("interrupted", EXIT_INTERRUPTED)
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            return _error(exc.format_message(), EXIT_USAGE)
         if "sqlalchemy" in type(exc).__module__:
             return _error(f"database: {exc}", EXIT_UNREACHABLE)
         raise

@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 
 from kdservice.client._core import (
-    CHUNK,
     RETRY_STATUSES,
     Download,
     SSEParser,
@@ -213,7 +212,7 @@ class AsyncClient:
                     ) as response:
                         await _check(response)
                         with job.open(response) as fh:
-                            async for chunk in response.aiter_bytes(CHUNK):
+                            async for chunk in response.aiter_bytes():
                                 fh.write(chunk)
                     break
                 except httpx.TransportError:

@@ -20,7 +20,6 @@ from typing import Any
 import httpx
 
 from kdservice.client._core import (
-    CHUNK,
     RETRY_STATUSES,
     Download,
     SSEParser,
@@ -252,7 +251,7 @@ class Client:
                         ) as response,
                         job.open(response) as fh,
                     ):
-                        for chunk in response.iter_bytes(CHUNK):
+                        for chunk in response.iter_bytes():
                             fh.write(chunk)
                     break
                 except httpx.TransportError:

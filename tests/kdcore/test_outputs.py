@@ -78,3 +78,23 @@ def test_train_job_output_is_usable_as_a_teacher(tmp_path):
     report = kdcore.distill(spec, tmp_path / "student")
     trained = json.loads((tmp_path / "teacher" / "report.json").read_text())
     assert report["teacher"]["accuracy"] == pytest.approx(trained["student"]["accuracy"])
+
+
+def test_curves_png_and_per_epoch_loss_terms(distilled):
+    out, report = distilled
+    png = out / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["files"]["curves"]["name"] == "curves.png"
+    assert report["files"]["curves"]["bytes"] == png.stat().st_size
+    from PIL import Image
+
+    with Image.open(png) as image:
+        assert image.size == (1000, 400)
+    history = report["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    for h in history:
+        # epoch means of the loss terms the step loop read back: the KD terms are there
+        assert {"loss", "ce", "kd"} <= set(h["train_losses"])
+        assert h["train_losses"]["loss"] == pytest.approx(
+            0.5 * h["train_losses"]["ce"] + 0.5 * h["train_losses"]["kd"], rel=1e-4
+        )

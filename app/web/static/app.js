@@ -22,6 +22,12 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+// replaceChildren without the nulls of conditional parts (the DOM would print "null")
+function fill(el, ...children) {
+  el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined));
+  return el;
+}
+
 function svg(tag, attrs, ...children) {
   const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
   for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, v);
@@ -74,7 +80,7 @@ function route() {
   if (stopStream) { stopStream(); stopStream = null; }
   clearInterval(refreshTimer);
   const view = document.getElementById("view");
-  view.replaceChildren();
+  fill(view);
   const nav = document.getElementById("nav");
   if (!key()) { nav.hidden = true; return renderLogin(view); }
   nav.hidden = false;
@@ -137,7 +143,7 @@ function renderJobs(view) {
     if (append && after) params.set("after", after);
     try {
       const page = await api(`/v1/jobs?${params}`);
-      if (!append) tbody.replaceChildren();
+      if (!append) fill(tbody);
       for (const job of page.data) tbody.append(jobRow(job));
       if (!tbody.children.length) tbody.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No jobs yet.")));
       after = page.next_after;
@@ -217,10 +223,10 @@ function renderJob(view, jobId) {
   function drawCharts() {
     const lossSeries = Object.entries(state.losses).map(([name, points]) => ({ name, points }));
     if (state.valLoss.length) lossSeries.push({ name: "val loss", points: state.valLoss, color: "#1d2433" });
-    lossChart.replaceChildren(lineChart("Loss", lossSeries, "step"));
+    fill(lossChart, lineChart("Loss", lossSeries, "step"));
     const t = state.job?.report?.teacher;
     const hline = t && typeof t.accuracy === "number" ? { value: t.accuracy, label: "teacher" } : null;
-    accChart.replaceChildren(lineChart("Validation accuracy", [{ name: "student", points: state.accuracy }], "epoch", hline));
+    fill(accChart, lineChart("Validation accuracy", [{ name: "student", points: state.accuracy }], "epoch", hline));
   }
 
   function drawHead() {
@@ -237,7 +243,7 @@ function renderJob(view, jobId) {
         location.hash = `#/jobs/${j.id}`;
       } }, "Retry"));
     }
-    head.replaceChildren(
+    fill(head,
       h("h1", {}, job.name, " ", statusBadge(job.status)),
       h("p", { class: "muted" }, `${job.id} · ${job.kind} · attempt ${job.attempt}/${job.max_attempts}` +
         (job.queue_position ? ` · position ${job.queue_position} in the queue` : "")),
@@ -247,7 +253,7 @@ function renderJob(view, jobId) {
         (p.eta_s && job.status === "running" ? ` · ETA ${fmt(p.eta_s, 0)} s` : "") : "waiting for a worker"),
       job.error ? h("div", { class: "error-banner" }, job.error) : null,
       h("div", {}, actions));
-    timeline.replaceChildren(h("h2", {}, "Status timeline"), h("ul", { class: "timeline" },
+    fill(timeline, h("h2", {}, "Status timeline"), h("ul", { class: "timeline" },
       job.status_transitions.map((t) => h("li", {}, h("span", { class: "muted" }, t.at.replace("T", " ").slice(0, 23)), " ",
         statusBadge(t.to_status), " ", t.reason))));
     drawReport(job);
@@ -255,7 +261,7 @@ function renderJob(view, jobId) {
 
   function drawReport(job) {
     const r = job.report;
-    if (!r) { report.replaceChildren(h("h2", {}, "Report"), h("p", { class: "muted" }, "The report appears when the job succeeds.")); return; }
+    if (!r) { fill(report, h("h2", {}, "Report"), h("p", { class: "muted" }, "The report appears when the job succeeds.")); return; }
     const s = r.student || {}, t = r.teacher || {};
     const quality = "accuracy" in s ? "accuracy" : "mse";
     const row = (label, a, b) => h("tr", {}, h("td", {}, label), h("td", {}, a), h("td", {}, b));
@@ -271,7 +277,7 @@ function renderJob(view, jobId) {
     if (r.compression_ratio) summary.push(`compression ${fmt(r.compression_ratio, 2)}x parameters`, `size ${fmt(r.size_ratio, 2)}x`, `speed-up ${fmt(r.speedup_batch1, 2)}x (batch 1)`);
     if (typeof r.agreement === "number") summary.push(`agreement ${pct(r.agreement)}`);
     if (typeof r.kd_gain === "number") summary.push(`KD gain over scratch ${fmt(r.kd_gain * (quality === "accuracy" ? 100 : 1), 2)}${quality === "accuracy" ? " points" : ""}`);
-    report.replaceChildren(h("h2", {}, "Report: teacher vs student"),
+    fill(report, h("h2", {}, "Report: teacher vs student"),
       h("table", { class: "kv", id: "report-table" }, h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", {}, "teacher"), h("th", {}, "student"))), h("tbody", {}, rows)),
       h("p", { id: "report-summary" }, summary.join(" · ")),
       h("p", { class: "muted" }, `${r.epochs} epochs, ${fmt(r.training_time_s, 1)} s, ${fmt(r.train_images_per_s, 0)} img/s on ${r.device} (${r.precision})`));
@@ -279,7 +285,7 @@ function renderJob(view, jobId) {
 
   async function drawDownloads() {
     const arts = await api(`/v1/jobs/${jobId}/artifacts`);
-    downloads.replaceChildren(h("h2", {}, "Downloads"), arts.length ? null : h("p", { class: "muted" }, "No artifacts yet."),
+    fill(downloads, h("h2", {}, "Downloads"), arts.length ? null : h("p", { class: "muted" }, "No artifacts yet."),
       ...arts.map((a) => h("button", { type: "button", "data-artifact": a.name, onclick: () => download(a) }, `${a.name} (${bytes(a.bytes)})`)));
     const curves = arts.find((a) => a.name === "curves.png");
     if (curves) {
@@ -313,7 +319,7 @@ function renderJob(view, jobId) {
   const controller = new AbortController();
   stopStream = () => controller.abort();
   refresh().then(() => followEvents(jobId, 0, onEvent, controller.signal));
-  downloads.replaceChildren(h("h2", {}, "Downloads"), h("p", { class: "muted" }, "Available when the job succeeds."));
+  fill(downloads, h("h2", {}, "Downloads"), h("p", { class: "muted" }, "Available when the job succeeds."));
 }
 
 async function download(artifact) {
@@ -430,7 +436,7 @@ async function renderNewJob(view) {
 
   function showValidation(result) {
     form.querySelectorAll(".field-error").forEach((el) => { el.textContent = ""; });
-    messages.replaceChildren();
+    fill(messages);
     const byPointer = Object.fromEntries(Object.entries(FIELDS).map(([n, [p]]) => [p, n]));
     byPointer["/teacher/checkpoint"] = "teacher_file";
     for (const e of result.errors || []) {

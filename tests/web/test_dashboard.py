@@ -1,0 +1,173 @@
+"""The dashboard in a real headless Chromium (Debian's chromium + chromedriver, driven by
+Selenium) against a real `kd serve`: log in, upload a teacher and submit a job through
+the form (with a validation message on the way), watch it finish with live curves, read
+the report and see the downloads. Screenshots are kept in out/test-artifacts/."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from safetensors.torch import save_file
+from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from kdcore.models import build_model
+from tests.procs import Proc, free_port, wait_ready
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "out" / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    workdir = tmp_path_factory.mktemp("dashboard")
+    port = free_port()
+    env = {"KD_DATA_DIR": str(workdir / "data"), "KD_DATABASE_URL": "", "KD_BROKER_URL": ""}
+    proc = Proc(["serve", "--port", str(port)], env, workdir / "serve.log")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, proc)
+        yield url, (workdir / "data" / "api_key").read_text().strip()
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1100",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(driver: WebDriver, css: str, timeout: float = 30) -> object:
+    return WebDriverWait(driver, timeout).until(lambda d: d.find_element(By.CSS_SELECTOR, css))
+
+
+def attribute(driver: WebDriver, css: str, name: str, timeout: float = 10) -> str:
+    """An attribute of an element the page may be re-rendering (retried while stale)."""
+    found: dict[str, str] = {}
+
+    def read(d: WebDriver) -> bool:
+        try:
+            found["v"] = d.find_element(By.CSS_SELECTOR, css).get_attribute(name) or ""
+        except (StaleElementReferenceException, NoSuchElementException):
+            return False
+        return True
+
+    WebDriverWait(driver, timeout).until(read)
+    return found["v"]
+
+
+def set_value(driver: WebDriver, field: str, value: str) -> None:
+    element = driver.find_element(By.ID, field)
+    element.clear()
+    element.send_keys(value)
+
+
+def test_submit_through_the_form_and_watch_it_finish(
+    server: tuple[str, str], browser: WebDriver, tmp_path: Path
+) -> None:
+    url, key = server
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    teacher = tmp_path / "teacher.safetensors"
+    save_file(build_model("small_cnn", 10, (1, 8, 8)).state_dict(), str(teacher))
+
+    # log in: a wrong key is refused, the right one opens the job list
+    browser.get(url + "/")
+    set_value(browser, "api-key", "kd_wrong")
+    browser.find_element(By.ID, "login").click()
+    WebDriverWait(browser, 10).until(
+        lambda d: "refused" in d.find_element(By.ID, "login-error").text
+    )
+    set_value(browser, "api-key", key)
+    browser.find_element(By.ID, "login").click()
+    wait_for(browser, "#jobs-body")
+    WebDriverWait(browser, 10).until(
+        lambda d: "tenant: default" in d.find_element(By.ID, "tenant").text
+    )
+
+    # the form: upload the teacher, choose data, student, method, hyperparameters
+    browser.get(url + "/#/new")
+    wait_for(browser, "#new-job-form")
+    set_value(browser, "name", "browser-kd")
+    Select(browser.find_element(By.ID, "teacher_arch")).select_by_value("small_cnn")
+    Select(browser.find_element(By.ID, "student_arch")).select_by_value("mlp_small")
+    Select(browser.find_element(By.ID, "method")).select_by_value("kd")
+    browser.find_element(By.ID, "teacher_file").send_keys(str(teacher))
+    WebDriverWait(browser, 30).until(
+        lambda d: "uploaded as file_" in d.find_element(By.ID, "teacher-file-id").text
+    )
+    set_value(browser, "image_size", "8")
+    set_value(browser, "epochs", "0")
+    browser.find_element(By.ID, "validate").click()
+    # the server's validation message lands under the field it is about
+    WebDriverWait(browser, 10).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, '[data-error-for="epochs"]').text != ""
+    )
+    assert "/training/epochs" in browser.find_element(By.ID, "validation-messages").text
+    set_value(browser, "epochs", "4")
+    browser.find_element(By.ID, "baseline").click()
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 20).until(lambda d: "#/jobs/job_" in d.current_url)
+    job_id = browser.current_url.rsplit("/", 1)[1]
+
+    # the job page follows the SSE stream until the job ends
+    deadline = time.monotonic() + 240
+    status = ""
+    while time.monotonic() < deadline and status not in ("succeeded", "failed", "cancelled"):
+        time.sleep(1)
+        status = attribute(browser, "#job-head .status", "data-status")
+    assert status == "succeeded", attribute(browser, "#job-head", "innerText")
+    WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.ID, "curves-png"))
+    series = browser.execute_script(
+        "return [...document.querySelectorAll('.chart path.series')]"
+        ".map(p => p.closest('.chart').id + ':' + p.dataset.series)"
+    )
+    assert {"loss-chart:loss", "loss-chart:kd", "accuracy-chart:student"} <= set(series), series
+    report = attribute(browser, "#report-table", "innerText").lower()
+    assert "teacher" in report and "student" in report and "small_cnn" in report
+    assert "compression" in browser.find_element(By.ID, "report-summary").text
+    assert "KD gain" in browser.find_element(By.ID, "report-summary").text
+    timeline = attribute(browser, "#timeline", "innerText")
+    assert "queued" in timeline and "running" in timeline and "succeeded" in timeline
+    buttons = {
+        b.get_attribute("data-artifact")
+        for b in browser.find_elements(By.CSS_SELECTOR, "#downloads button")
+    }
+    assert {"student.safetensors", "student.json", "report.json", "curves.png"} <= buttons
+    time.sleep(0.5)  # let the last chart redraw settle before the picture
+    browser.save_screenshot(str(ARTIFACTS / "dashboard-job.png"))
+
+    # the list shows it with its status colour
+    browser.get(url + "/#/jobs")
+    row = wait_for(browser, f'tr[data-job-id="{job_id}"]')
+    badge = row.find_element(By.CSS_SELECTOR, ".status")  # type: ignore[attr-defined]
+    assert badge.get_attribute("data-status") == "succeeded"
+    assert badge.value_of_css_property("background-color") == "rgba(31, 157, 85, 1)"
+    browser.save_screenshot(str(ARTIFACTS / "dashboard-jobs.png"))
+    assert (ARTIFACTS / "dashboard-job.png").stat().st_size > 10_000
