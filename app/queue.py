@@ -29,7 +29,8 @@ from functools import lru_cache
 from celery import Celery
 
 TASK_NAME = "kd.run_job"
-QUEUE = "kd"
+QUEUE = "kd"  # the default pool; a job with resources.gpu_type "h200" goes to "kd.h200"
+MAX_PRIORITY = 9
 VISIBILITY_TIMEOUT_S = 2 * 3600
 
 
@@ -46,7 +47,14 @@ def celery_app(broker_url: str) -> Celery:
         worker_max_tasks_per_child=1,
         worker_concurrency=1,
         task_default_queue=QUEUE,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        # Redis keeps one list per priority step and pops the most urgent first; with
+        # Celery on Redis 0 is the most urgent, so a spec's priority p is sent as 9 - p
+        broker_transport_options={
+            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            "queue_order_strategy": "priority",
+            "priority_steps": list(range(MAX_PRIORITY + 1)),
+            "sep": ":",
+        },
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
         worker_hijack_root_logger=False,
@@ -54,12 +62,24 @@ def celery_app(broker_url: str) -> Celery:
     return app
 
 
-def publish(broker_url: str, job_id: str) -> bool:
+def route_for(spec: dict) -> tuple[str, int]:
+    """(queue, priority) of a job spec: the one place that maps a spec to a worker pool."""
+    gpu_type = (spec.get("resources") or {}).get("gpu_type")
+    return (f"{QUEUE}.{gpu_type}" if gpu_type else QUEUE), int(spec.get("priority") or 0)
+
+
+def publish(broker_url: str, job_id: str, queue: str = QUEUE, priority: int = 0) -> bool:
     """Best effort: the row is already committed; the sweep retries if this fails."""
     if not broker_url:
         return False
     try:
-        celery_app(broker_url).send_task(TASK_NAME, args=[job_id], queue=QUEUE, retry=False)
+        celery_app(broker_url).send_task(
+            TASK_NAME,
+            args=[job_id],
+            queue=queue,
+            priority=MAX_PRIORITY - priority,
+            retry=False,
+        )
         return True
     except Exception:  # broker down: the sweep republishes later  # noqa: BLE001
         return False

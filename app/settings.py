@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     bootstrap_api_key: str = Field(default="", description="create this key at start (tests)")
     webhook_timeout_s: float = 5.0
     webhook_attempts: int = 4
+    storage_url: str = Field(
+        default="",
+        pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[\w./-]*)?)?$",
+        description="empty: files under data_dir; s3://bucket/prefix: S3-compatible storage",
+    )
+    s3_endpoint_url: str = Field(default="", description="e.g. http://minio:9000; empty: AWS")
+    s3_region: str = "us-east-1"
     log_format: Literal["json", "text"] = "json"
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
 

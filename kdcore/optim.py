@@ -12,7 +12,11 @@ from torch import nn
 from kdcore.spec import TrainingSpec
 
 
-def build_optimizer(params: Iterable[nn.Parameter], spec: TrainingSpec) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: Iterable[nn.Parameter], spec: TrainingSpec, fused: bool = False
+) -> torch.optim.Optimizer:
+    """SGD or AdamW. `fused` (CUDA parameters): one kernel for the whole update instead
+    of a few per parameter tensor."""
     params = list(params)
     # no weight decay on biases and norm parameters (1-D tensors), as is usual for CNNs
     decay = [p for p in params if p.ndim > 1]
@@ -22,9 +26,13 @@ def build_optimizer(params: Iterable[nn.Parameter], spec: TrainingSpec) -> torch
         {"params": no_decay, "weight_decay": 0.0},
     ]
     if spec.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=spec.lr)
+        return torch.optim.AdamW(groups, lr=spec.lr, fused=fused or None)
     return torch.optim.SGD(
-        groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov and spec.momentum > 0
+        groups,
+        lr=spec.lr,
+        momentum=spec.momentum,
+        nesterov=spec.nesterov and spec.momentum > 0,
+        fused=fused or None,
     )
 
 

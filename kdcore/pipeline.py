@@ -77,6 +77,20 @@ def build_role(spec: ModelSpec, role: str, data: DataSplits) -> tuple[nn.Module,
     return model, num_classes
 
 
+def _training_identity(spec: Any) -> Any:
+    """The spec minus where its files are: a resumed run may find the same teacher and
+    data at other paths (another host's cache, a moved folder), never other settings."""
+    if not isinstance(spec, dict):
+        return spec
+    spec = json.loads(json.dumps(spec))
+    for role in ("teacher", "student"):
+        if isinstance(spec.get(role), dict):
+            spec[role].pop("checkpoint", None)
+    if isinstance(spec.get("dataset"), dict):
+        spec["dataset"].pop("path", None)
+    return spec
+
+
 def run(
     spec: JobSpec | dict,
     out_dir: str | Path,
@@ -100,7 +114,9 @@ def run(
     resume = None
     if resume_from is not None:
         resume = load_checkpoint(resume_from)
-        if resume.get("spec") != spec.model_dump(mode="json"):
+        if _training_identity(resume.get("spec")) != _training_identity(
+            spec.model_dump(mode="json")
+        ):
             raise CheckpointError(f"{resume_from} was written by a different spec")
 
     result = fit(

@@ -114,6 +114,11 @@ class TrainingSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     eval_batch_size: int = Field(default=512, ge=1, le=MAX_BATCH)
+    compile: bool = Field(
+        default=False,
+        description="torch.compile the student's training forward (off: it pays only on "
+        "long GPU runs, after a compile of tens of seconds)",
+    )
 
     @model_validator(mode="after")
     def _finite(self) -> TrainingSpec:
@@ -126,6 +131,17 @@ class TrainingSpec(_Strict):
 
 
 ExportFormat = Literal["safetensors", "torchscript", "onnx"]
+
+
+class ResourcesSpec(_Strict):
+    """What the job needs from a worker (service only; the kdcore CLI ignores it)."""
+
+    gpu_type: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$",
+        description="Run only on workers of this pool, e.g. 'h200' (queue kd.h200); "
+        "none: any worker of the default pool (queue kd)",
+    )
 
 
 class JobSpec(_Strict):
@@ -144,6 +160,14 @@ class JobSpec(_Strict):
         default=False, description="Also train the student from scratch and report the KD gain"
     )
     webhook_url: str | None = Field(default=None, max_length=2048)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    priority: int = Field(
+        default=0,
+        ge=0,
+        le=9,
+        description="0 (default) to 9 (most urgent): within its pool a higher priority "
+        "job is started before older lower-priority ones (service only)",
+    )
     max_runtime_s: int | None = Field(
         default=None,
         ge=1,

@@ -249,7 +249,9 @@ def fit(
             loss_fn.to(device)
         teacher_out = _Teacher(teacher, loss_fn, spec, train, device, t_tap)
     trainable = list(student.parameters()) + (list(loss_fn.parameters()) if loss_fn else [])
-    optimizer = build_optimizer(trainable, tr)
+    optimizer = build_optimizer(trainable, tr, fused=device.type == "cuda")
+    # the compiled module shares its parameters with `student` (state dicts stay plain)
+    forward = torch.compile(student) if tr.compile else student
 
     n = len(train)
     bs = min(tr.batch_size, n)
@@ -344,7 +346,7 @@ def fit(
                 x = x.contiguous(memory_format=torch.channels_last)
             set_lr(optimizer, lr_at(step, total_steps, steps_per_epoch, tr))
             with autocast_for(device, tr.precision):
-                out = student(x)
+                out = forward(x)
                 if teacher_out is not None and loss_fn is not None:
                     t_logits, t_feats = teacher_out(x, idx)
                     s_feats = s_tap.collect() if s_tap else []

@@ -27,3 +27,15 @@ def test_kdcore_reads_no_environment_variables():
     for f in (ROOT / "kdcore").rglob("*.py"):
         text = f.read_text()
         assert "os.environ" not in text and "getenv" not in text, f
+
+
+def test_the_client_imports_only_httpx_pydantic_and_the_standard_library():
+    """kdservice.client is what other programs embed: no server, no torch."""
+    files = list((ROOT / "kdservice").rglob("*.py"))
+    assert len(files) >= 6
+    allowed = {"kdservice", "httpx", "pydantic", "yaml", "__future__"}
+    import sys
+
+    for f in files:
+        foreign = {r for r in imported_roots(f) if r not in sys.stdlib_module_names} - allowed
+        assert foreign == set(), (f, foreign)

@@ -15,9 +15,10 @@ import threading
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.db import repository as repo
+from app.db.models import Job
 from app.db.session import session_scope
 from app.notify import nudge
-from app.queue import publish
+from app.queue import QUEUE, publish
 from app.settings import Settings
 
 log = logging.getLogger("kd.maintenance")
@@ -30,11 +31,13 @@ def reap_once(settings: Settings) -> list[tuple[str, str]]:
     for job_id in ids:
         with session_scope(settings.db_url) as session:
             status = repo.reap(session, job_id)
+            job = session.get(Job, job_id)
+            route = (job.queue, job.priority) if job is not None else (QUEUE, 0)
         if status:
             changed.append((job_id, status))
             nudge(settings.broker_url, job_id)
             if status == "queued":
-                publish(settings.broker_url, job_id)
+                publish(settings.broker_url, job_id, *route)
     return changed
 
 
@@ -42,8 +45,10 @@ def sweep_once(settings: Settings) -> list[str]:
     if not settings.broker_url:
         return []
     with session_scope(settings.db_url) as session:
-        ids = repo.stale_queued_ids(session, settings.republish_after_s)
-    published = [job_id for job_id in ids if publish(settings.broker_url, job_id)]
+        stale = repo.stale_queued(session, settings.republish_after_s)
+    published = [
+        job_id for job_id, queue, prio in stale if publish(settings.broker_url, job_id, queue, prio)
+    ]
     with session_scope(settings.db_url) as session:
         repo.mark_published(session, published)
     return published

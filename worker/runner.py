@@ -25,12 +25,12 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import logs
+from app import logs, storage
 from app.db import repository as repo
 from app.db.models import Artifact, Checkpoint, Job, new_id
 from app.db.session import session_scope
 from app.notify import nudge
-from app.queue import publish
+from app.queue import publish, route_for
 from app.services import webhooks
 from app.services.jobs import resolved_spec
 from app.settings import Settings
@@ -58,7 +58,7 @@ def claim_and_run(settings: Settings, job_id: str, wid: str | None = None) -> st
             return None
         attempt = job.attempt
         try:
-            spec = resolved_spec(session, job)
+            spec = resolved_spec(session, settings, job)
         except FileNotFoundError as exc:
             repo.change_status(
                 session,
@@ -71,7 +71,7 @@ def claim_and_run(settings: Settings, job_id: str, wid: str | None = None) -> st
                 error=str(exc),
             )
             return "failed"
-        resume = _resume_point(session, job)
+        resume = _resume_point(session, settings, job)
         repo.append_event(
             session,
             job_id,
@@ -91,18 +91,18 @@ def claim_and_run(settings: Settings, job_id: str, wid: str | None = None) -> st
         logs.job_id.reset(token)
 
 
-def _resume_point(session: Any, job: Job) -> tuple[str, int] | None:
+def _resume_point(session: Any, settings: Settings, job: Job) -> tuple[str, int] | None:
     """The newest checkpoint of this job's main phase (an earlier attempt), else the one a
     retry asked for. Checkpoints are recorded only after their file was renamed."""
     from app.services.jobs import list_checkpoints
 
     for ckpt in reversed(list_checkpoints(session, job.id)):
-        if Path(ckpt.path).is_file():
-            return ckpt.path, ckpt.step
+        if storage.exists(settings, ckpt.path):
+            return str(storage.local_copy(settings, ckpt.path)), ckpt.step
     if job.resume_checkpoint_id:
         ckpt = session.get(Checkpoint, job.resume_checkpoint_id)
-        if ckpt is not None and Path(ckpt.path).is_file():
-            return ckpt.path, ckpt.step
+        if ckpt is not None and storage.exists(settings, ckpt.path):
+            return str(storage.local_copy(settings, ckpt.path)), ckpt.step
     return None
 
 
@@ -252,6 +252,7 @@ class Supervisor:
                     "elapsed_s",
                 )
             }
+        stored = self._store_checkpoints()
         try:
             with session_scope(self.s.db_url) as session:
                 status = repo.heartbeat(
@@ -265,10 +266,7 @@ class Supervisor:
                 )
                 if status is None:
                     return "lost"
-                for ck in self.checkpoints:
-                    if ck.get("phase") != "train":
-                        continue  # baseline checkpoints cannot resume the job
-                    path = Path(ck["path"])
+                for ck, location, size in stored:
                     session.add(
                         Checkpoint(
                             id=new_id("ckpt"),
@@ -276,8 +274,8 @@ class Supervisor:
                             attempt=self.attempt,
                             epoch=ck["epoch"],
                             step=ck["step"],
-                            path=str(path),
-                            bytes=path.stat().st_size if path.exists() else 0,
+                            path=location,
+                            bytes=size,
                         )
                     )
         except SQLAlchemyError as exc:
@@ -287,6 +285,23 @@ class Supervisor:
             nudge(self.s.broker_url, self.job_id)
         self.pending, self.checkpoints = [], []
         return status
+
+    def _store_checkpoints(self) -> list[tuple[dict[str, Any], str, int]]:
+        """Put new checkpoints in the artifact store (a no-op for local storage) before
+        they are recorded; one that cannot be stored is skipped (resume falls back to
+        the previous one) rather than holding up the heartbeat."""
+        stored = []
+        for ck in self.checkpoints:
+            if ck.get("phase") != "train":
+                continue  # baseline checkpoints cannot resume the job
+            path = Path(ck["path"])
+            try:
+                key = f"jobs/{self.job_id}/checkpoints/{path.name}"
+                stored.append((ck, storage.put(self.s, path, key), path.stat().st_size))
+            except Exception as exc:  # noqa: BLE001 (S3 unreachable, disk error...)
+                log.warning("job %s: checkpoint %s not stored: %s", self.job_id, path.name, exc)
+        self.checkpoints = []
+        return stored
 
     def _flush_until_done(self) -> None:
         for delay in (0, 0.5, 1, 2, 4, 8):
@@ -301,6 +316,11 @@ class Supervisor:
             "kind": "crash",
             "message": _exit_reason(returncode),
         }
+        if final["type"] == "done":
+            try:  # outside any transaction: an upload to S3 may take a while
+                final["outputs"] = self._store_outputs(final["report"])
+            except Exception as exc:  # noqa: BLE001 (storage unreachable): retried
+                final = {"type": "error", "kind": "crash", "message": f"storing outputs: {exc}"}
         for delay in (0, 1, 2, 4, 8, 16):
             time.sleep(delay)
             try:
@@ -319,7 +339,7 @@ class Supervisor:
             return "unrecorded"  # the lease expires and the reaper takes over
         nudge(self.s.broker_url, self.job_id)
         if status == "queued":
-            publish(self.s.broker_url, self.job_id)
+            publish(self.s.broker_url, self.job_id, *route_for(self.spec))
         if delivery is not None:
             threading.Thread(target=webhooks.deliver, args=(self.s, delivery), daemon=True).start()
         return status
@@ -339,7 +359,7 @@ class Supervisor:
                     **held,
                 )
                 return "cancelled"
-            self._record_artifacts(session, job, final["report"])
+            self._record_artifacts(session, job, final["outputs"])
             repo.change_status(
                 session,
                 self.job_id,
@@ -393,24 +413,32 @@ class Supervisor:
         )
         return "queued"
 
-    def _record_artifacts(self, session: Any, job: Job, report: dict[str, Any]) -> None:
-        """One artifact per output file (digests from the report the child sent), plus
-        report.json itself, hashed here."""
+    def _store_outputs(self, report: dict[str, Any]) -> list[tuple[str, int, str, str]]:
+        """Put each output file (digests from the report the child sent) and report.json
+        (hashed here) in the artifact store: (name, bytes, sha256, location)."""
         files = [(info["name"], info["bytes"], info["sha256"]) for info in report["files"].values()]
         blob = (self.out_dir / "report.json").read_bytes()
         files.append(("report.json", len(blob), hashlib.sha256(blob).hexdigest()))
-        for name, size, sha in files:
-            path = (self.out_dir / name).resolve()
+        key = f"jobs/{self.job_id}"
+        return [
+            (name, size, sha, storage.put(self.s, self.out_dir / name, f"{key}/{name}"))
+            for name, size, sha in files
+        ]
+
+    def _record_artifacts(
+        self, session: Any, job: Job, outputs: list[tuple[str, int, str, str]]
+    ) -> None:
+        for name, size, sha, location in outputs:
             session.add(
                 Artifact(
                     id=new_id("art"),
                     job_id=job.id,
                     tenant_id=job.tenant_id,
                     name=name,
-                    path=str(path),
+                    path=location,
                     bytes=size,
                     sha256=sha,
-                    content_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream"),
+                    content_type=CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream"),
                 )
             )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -41,6 +41,9 @@ def _first_start_key(settings: Settings) -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="listen address (KD_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="listen port (KD_PORT)")] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="API processes (needs KD_BROKER_URL when > 1)")
+    ] = 1,
 ) -> None:
     """Run the API (and, with no broker configured, the local executor)."""
     import uvicorn
@@ -62,14 +65,23 @@ def serve(
         f"database {settings.db_url.split('@')[-1]})",
         file=sys.stderr,
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        log_config=None,  # keep our (JSON) logging configuration
-        timeout_graceful_shutdown=5,
-    )
+    if workers > 1 and not settings.broker_url:
+        raise typer.BadParameter(
+            "--workers > 1 needs KD_BROKER_URL: each process would run its own local executor"
+        )
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": "warning",
+        "log_config": None,  # keep our (JSON) logging configuration
+        "timeout_graceful_shutdown": 5,
+    }
+    if workers > 1:
+        # each process builds its app from the same environment (settings are env-only)
+        os.environ["KD_HOST"], os.environ["KD_PORT"] = settings.host, str(settings.port)
+        uvicorn.run("app.main:create_app", factory=True, workers=workers, **options)
+    else:
+        uvicorn.run(create_app(settings), **options)
 
 
 def worker(
@@ -77,6 +89,13 @@ def worker(
     hostname: Annotated[str, typer.Option(help="Celery node name")] = (
         f"kd@{os.uname().nodename}-{os.getpid()}"
     ),
+    queues: Annotated[
+        str,
+        typer.Option(
+            help="pools to take jobs from, comma-separated: kd (jobs with no gpu_type) "
+            "and/or kd.<gpu_type>, e.g. --queues kd.h200,kd"
+        ),
+    ] = "kd",
 ) -> None:
     """Run a Celery worker (one per GPU)."""
     from app.logs import configure_logging
@@ -100,7 +119,7 @@ def worker(
         "--max-tasks-per-child",
         "1",
         "--queues",
-        "kd",
+        queues,
         "--without-gossip",
         "--without-mingle",
         "--hostname",

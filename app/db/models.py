@@ -65,6 +65,7 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
+        Index("ix_jobs_queue_order", "status", "queue", "priority", "created_at"),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -88,6 +89,9 @@ class Job(Base):
     resume_checkpoint_id: Mapped[str | None] = mapped_column(String(40), default=None)
     retry_of: Mapped[str | None] = mapped_column(String(40), default=None)
     webhook_url: Mapped[str | None] = mapped_column(Text, default=None)
+    # routing: the Celery queue (worker pool) and the priority inside it, from the spec
+    queue: Mapped[str] = mapped_column(String(100), default="kd", server_default="kd")
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class JobTransition(Base):

@@ -153,7 +153,10 @@ def heartbeat(
 
 def queued_job_ids(session: Session, limit: int = 10) -> list[str]:
     stmt = (
-        select(Job.id).where(Job.status == "queued").order_by(Job.created_at, Job.id).limit(limit)
+        select(Job.id)
+        .where(Job.status == "queued")
+        .order_by(Job.priority.desc(), Job.created_at, Job.id)
+        .limit(limit)
     )
     return list(session.scalars(stmt))
 
@@ -208,13 +211,14 @@ def reap(session: Session, job_id: str) -> str | None:
     return "queued" if ok else None
 
 
-def stale_queued_ids(session: Session, older_than_s: float) -> list[str]:
+def stale_queued(session: Session, older_than_s: float) -> list[tuple[str, str, int]]:
+    """(id, queue, priority) of queued jobs not published for a while."""
     cutoff = utcnow() - timedelta(seconds=older_than_s)
-    stmt = select(Job.id).where(
+    stmt = select(Job.id, Job.queue, Job.priority).where(
         Job.status == "queued",
         (Job.published_at.is_(None)) | (Job.published_at < cutoff),
     )
-    return list(session.scalars(stmt))
+    return [(i, q, p) for i, q, p in session.execute(stmt)]
 
 
 def mark_published(session: Session, job_ids: list[str]) -> None:
@@ -245,17 +249,19 @@ def page_newest_first(
     return rows[:limit], len(rows) > limit
 
 
-def queue_position(session: Session, job: Job) -> int | None:
-    """1-based position among queued jobs (oldest first), across all tenants."""
-    if job.status != "queued":
-        return None
-    ahead = session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(
-            Job.status == "queued",
-            (Job.created_at < job.created_at)
-            | ((Job.created_at == job.created_at) & (Job.id < job.id)),
-        )
+def queue_positions(session: Session, jobs: list[Job]) -> dict[str, int]:
+    """1-based positions of the queued ones among `jobs`, each in its own queue (worker
+    pool), in the order workers take them: priority first, then age. One query."""
+    ids = [j.id for j in jobs if j.status == "queued"]
+    if not ids:
+        return {}
+    order = func.row_number().over(
+        partition_by=Job.queue, order_by=(Job.priority.desc(), Job.created_at, Job.id)
     )
-    return int(ahead or 0) + 1
+    ranked = select(Job.id, order.label("pos")).where(Job.status == "queued").subquery()
+    rows = session.execute(select(ranked.c.id, ranked.c.pos).where(ranked.c.id.in_(ids)))
+    return {job_id: int(pos) for job_id, pos in rows}
+
+
+def queue_position(session: Session, job: Job) -> int | None:
+    return queue_positions(session, [job]).get(job.id)

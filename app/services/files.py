@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
+from app import storage
 from app.db.models import Artifact, File, Job, new_id
 from app.db.repository import get_owned, page_newest_first
 from app.errors import ProblemError, not_found
@@ -133,8 +133,8 @@ def store_upload(
         tmp.unlink(missing_ok=True)
         raise
     file_id = new_id("file")
-    final = settings.files_dir / file_id  # no part of the client's name reaches the path
-    os.replace(tmp, final)
+    # no part of the client's name reaches the storage key
+    location = storage.put(settings, tmp, f"files/{file_id}", move=True)
     row = File(
         id=file_id,
         tenant_id=tenant_id,
@@ -142,7 +142,7 @@ def store_upload(
         purpose=purpose,
         bytes=size,
         sha256=sha256,
-        path=str(final.resolve()),
+        path=location,
     )
     session.add(row)
     return row
@@ -163,7 +163,7 @@ def list_files(
     return page_newest_first(session, stmt, File, cursor, limit)
 
 
-def delete_file(session: Session, tenant_id: str, file_id: str) -> None:
+def delete_file(session: Session, settings: Settings, tenant_id: str, file_id: str) -> None:
     row = get_file(session, tenant_id, file_id)
     active = session.execute(
         select(Job.id, Job.spec).where(
@@ -173,7 +173,7 @@ def delete_file(session: Session, tenant_id: str, file_id: str) -> None:
     for job_id, spec in active:
         if file_id in _references(spec):
             raise ProblemError(409, "Conflict", f"file {file_id} is used by active job {job_id}")
-    Path(row.path).unlink(missing_ok=True)
+    storage.delete(settings, row.path)
     session.delete(row)
 
 
@@ -183,15 +183,12 @@ def _references(spec: dict) -> set[str]:
     return {r for r in refs if r}
 
 
-def resolve_reference(session: Session, tenant_id: str, ref: str) -> Path | None:
-    """The path behind an uploaded file id or a job artifact id of this tenant."""
+def resolve_reference(session: Session, tenant_id: str, ref: str) -> str | None:
+    """The storage location behind an uploaded file id or a job artifact id of this
+    tenant (a path, or an s3:// URL: see app.storage)."""
     models = {"file_": File, "art_": Artifact}
     model = next((m for prefix, m in models.items() if ref.startswith(prefix)), None)
     row = get_owned(session, model, tenant_id, ref) if model is not None else None
     if row is None:
         return None
-    return Path(row.path)
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+    return str(row.path)

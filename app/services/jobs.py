@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app import storage
 from app.db import repository as repo
 from app.db.models import (
     TERMINAL,
@@ -24,14 +24,15 @@ from app.db.models import (
     new_id,
 )
 from app.errors import ProblemError, invalid, not_found
-from app.services.files import remove_tree, resolve_reference
+from app.queue import route_for
+from app.services.files import resolve_reference
 from app.settings import Settings
 
 BUILTIN_DATASETS = ("digits", "fashion_mnist", "synthetic")
 
 
 def validate_spec(
-    session: Session, tenant_id: str, data: Any
+    session: Session, settings: Settings, tenant_id: str, data: Any
 ) -> tuple[Any, list[tuple[str, str]], list[str]]:
     """Returns (JobSpec or None, errors as (pointer, message), warnings)."""
     from kdcore.errors import SpecError
@@ -70,7 +71,7 @@ def validate_spec(
     if spec.webhook_url is not None and not spec.webhook_url.startswith(("http://", "https://")):
         errors.append(("/webhook_url", "must be an http:// or https:// URL"))
     if not errors:
-        errors += _check_weights_fit(session, tenant_id, spec)
+        errors += _check_weights_fit(session, settings, tenant_id, spec)
     if (
         spec.kind == "distill"
         and spec.augment.enabled
@@ -82,7 +83,9 @@ def validate_spec(
     return spec, errors, warnings
 
 
-def _check_weights_fit(session: Session, tenant_id: str, spec: Any) -> list[tuple[str, str]]:
+def _check_weights_fit(
+    session: Session, settings: Settings, tenant_id: str, spec: Any
+) -> list[tuple[str, str]]:
     """Load each checkpoint into its model for built-in datasets, whose shapes we know."""
     from kdcore.checkpoints import load_weights
     from kdcore.data import describe
@@ -103,7 +106,7 @@ def _check_weights_fit(session: Session, tenant_id: str, spec: Any) -> list[tupl
             continue
         try:
             net = build_model(model.arch, model.num_classes or classes, input_shape)
-            load_weights(net, path)
+            load_weights(net, storage.local_copy(settings, path))
         except (KDError, ValueError, RuntimeError) as exc:
             errors.append((f"/{role}/checkpoint", str(exc)))
     return errors
@@ -112,6 +115,7 @@ def _check_weights_fit(session: Session, tenant_id: str, spec: Any) -> list[tupl
 def _insert_job(
     session: Session, settings: Settings, tenant_id: str, spec: dict[str, Any], **extra: Any
 ) -> Job:
+    queue, priority = route_for(spec)
     job = Job(
         id=new_id("job"),
         tenant_id=tenant_id,
@@ -121,6 +125,8 @@ def _insert_job(
         spec=spec,
         max_attempts=settings.max_attempts,
         webhook_url=spec.get("webhook_url"),
+        queue=queue,
+        priority=priority,
         progress={},
         **extra,
     )
@@ -149,7 +155,7 @@ def create_job(
         replay = _replay(session, tenant_id, idempotency_key, digest)
         if replay is not None:
             return replay, False
-    spec, errors, _ = validate_spec(session, tenant_id, data)
+    spec, errors, _ = validate_spec(session, settings, tenant_id, data)
     if errors:
         raise invalid(errors, "the job spec is invalid")
     job = _insert_job(session, settings, tenant_id, spec.model_dump(mode="json"))
@@ -213,9 +219,17 @@ def list_jobs(
     return repo.page_newest_first(session, stmt, Job, cursor, limit)
 
 
-def transitions(session: Session, job_id: str) -> list[JobTransition]:
-    stmt = select(JobTransition).where(JobTransition.job_id == job_id).order_by(JobTransition.id)
-    return list(session.scalars(stmt))
+def transitions_of(session: Session, job_ids: list[str]) -> dict[str, list[JobTransition]]:
+    """The transitions of several jobs in one query, each job's in order."""
+    stmt = (
+        select(JobTransition)
+        .where(JobTransition.job_id.in_(job_ids))
+        .order_by(JobTransition.job_id, JobTransition.id)
+    )
+    out: dict[str, list[JobTransition]] = {}
+    for t in session.scalars(stmt):
+        out.setdefault(t.job_id, []).append(t)
+    return out
 
 
 def cancel_job(session: Session, tenant_id: str, job_id: str) -> Job:
@@ -265,7 +279,7 @@ def delete_job(session: Session, settings: Settings, tenant_id: str, job_id: str
     if job.status not in TERMINAL:
         raise ProblemError(409, "Conflict", f"job {job_id} is {job.status}; cancel it first")
     session.delete(job)
-    remove_tree(settings.jobs_dir / job_id)
+    storage.delete_prefix(settings, f"jobs/{job_id}")
 
 
 def latest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
@@ -288,9 +302,11 @@ def list_artifacts(session: Session, job_id: str) -> list[Artifact]:
     return list(session.scalars(stmt))
 
 
-def get_artifact(session: Session, tenant_id: str, artifact_id: str) -> Artifact:
+def get_artifact(
+    session: Session, settings: Settings, tenant_id: str, artifact_id: str
+) -> Artifact:
     row = repo.get_owned(session, Artifact, tenant_id, artifact_id)
-    if row is None or not Path(row.path).is_file():
+    if row is None or not storage.exists(settings, row.path):
         raise not_found("artifact", artifact_id)
     return row
 
@@ -314,8 +330,9 @@ def metric_series(session: Session, job_id: str) -> list[dict[str, Any]]:
     return [{"seq": e.seq, "type": e.type, **e.data} for e in session.scalars(stmt)]
 
 
-def resolved_spec(session: Session, job: Job) -> dict[str, Any]:
-    """The spec kdcore runs: file and artifact ids replaced by their paths on disk."""
+def resolved_spec(session: Session, settings: Settings, job: Job) -> dict[str, Any]:
+    """The spec kdcore runs: file and artifact ids replaced by paths on this host
+    (objects in S3 are fetched into the local cache first)."""
     spec = json.loads(json.dumps(job.spec))
     for role in ("teacher", "student"):
         model = spec.get(role)
@@ -323,11 +340,11 @@ def resolved_spec(session: Session, job: Job) -> dict[str, Any]:
             path = resolve_reference(session, job.tenant_id, model["checkpoint"])
             if path is None:
                 raise FileNotFoundError(f"{role} checkpoint {model['checkpoint']} was deleted")
-            model["checkpoint"] = str(path)
+            model["checkpoint"] = str(storage.local_copy(settings, path))
     ds = spec["dataset"]
     if ds.get("path"):
         path = resolve_reference(session, job.tenant_id, ds["path"])
         if path is None:
             raise FileNotFoundError(f"dataset {ds['path']} was deleted")
-        ds["path"] = str(path)
+        ds["path"] = str(storage.local_copy(settings, path))
     return spec

@@ -47,6 +47,8 @@ class Job(_Model):
     started_at: str | None
     finished_at: str | None
     queue_position: int | None
+    queue: str = "kd"
+    priority: int = 0
     progress: Progress
     metrics: dict[str, float]
     error: str | None

@@ -74,3 +74,28 @@ def test_resume_with_another_spec_is_refused(tmp_path):
     other = tiny_spec(training={"epochs": 3})
     with pytest.raises(kdcore.CheckpointError, match="different spec"):
         kdcore.distill(other, tmp_path / "b", resume_from=tmp_path / "a/checkpoints/epoch2.pt")
+
+
+def test_resume_accepts_the_same_files_at_other_paths(tmp_path):
+    """A resumed job may run on another host, whose copy of the teacher lives elsewhere."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from kdcore.models import build_model
+
+    first = tmp_path / "host-a" / "teacher.safetensors"
+    first.parent.mkdir()
+    save_file(build_model("small_cnn", 4, (1, 8, 8)).state_dict(), str(first))
+    spec = tiny_spec(
+        training={"epochs": 2}, teacher={"arch": "small_cnn", "checkpoint": str(first)}
+    )
+    kdcore.distill(spec, tmp_path / "a")
+    second = tmp_path / "host-b" / "teacher.safetensors"
+    second.parent.mkdir()
+    shutil.copyfile(first, second)
+    moved = tiny_spec(
+        training={"epochs": 2}, teacher={"arch": "small_cnn", "checkpoint": str(second)}
+    )
+    report = kdcore.distill(moved, tmp_path / "b", resume_from=tmp_path / "a/checkpoints/epoch1.pt")
+    assert report["steps"] > 0

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import SessionDep, TenantDep
+from app import storage
+from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.schemas import problem_responses
 from app.errors import ProblemError
 from app.services.jobs import get_artifact
@@ -19,18 +18,6 @@ router = APIRouter(
     prefix="/v1/artifacts", tags=["artifacts"], responses=problem_responses(401, 404, 416, 422)
 )
 RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-CHUNK = 1 << 20
-
-
-def _read(path: Path, start: int, length: int) -> Iterator[bytes]:
-    with open(path, "rb") as fh:
-        fh.seek(start)
-        while length > 0:
-            chunk = fh.read(min(CHUNK, length))
-            if not chunk:
-                return
-            length -= len(chunk)
-            yield chunk
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -79,10 +66,14 @@ DOWNLOAD_RESPONSES: dict[int | str, dict] = {
     "/{artifact_id}/content", operation_id="download_artifact_content", responses=DOWNLOAD_RESPONSES
 )
 def download(
-    artifact_id: str, request: Request, session: SessionDep, tenant: TenantDep
+    artifact_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
 ) -> Response:
-    art = get_artifact(session, tenant.id, artifact_id)
-    path, size = Path(art.path), art.bytes
+    art = get_artifact(session, settings, tenant.id, artifact_id)
+    size = art.bytes
     etag = f'"{art.sha256}"'
     digest_b64 = base64.b64encode(bytes.fromhex(art.sha256)).decode()
     headers = {
@@ -108,5 +99,8 @@ def download(
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=art.content_type)
     return StreamingResponse(
-        _read(path, start, length), status_code=status, headers=headers, media_type=art.content_type
+        storage.read_range(settings, art.path, start, length),
+        status_code=status,
+        headers=headers,
+        media_type=art.content_type,
     )

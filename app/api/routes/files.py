@@ -78,7 +78,9 @@ def get_file(file_id: str, session: SessionDep, tenant: TenantDep) -> FileOut:
 
 
 @router.delete("/{file_id}", status_code=204)
-def delete_file(file_id: str, session: SessionDep, tenant: TenantDep) -> Response:
-    service.delete_file(session, tenant.id, file_id)
+def delete_file(
+    file_id: str, session: SessionDep, settings: SettingsDep, tenant: TenantDep
+) -> Response:
+    service.delete_file(session, settings, tenant.id, file_id)
     session.commit()
     return Response(status_code=204)

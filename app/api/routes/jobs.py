@@ -17,7 +17,7 @@ from app.api.schemas import (
     MetricsOut,
     ValidateOut,
     ValidationItem,
-    job_out,
+    job_outs,
     problem_responses,
     render_artifact,
     render_checkpoint,
@@ -56,17 +56,18 @@ def create_job(
     )
     session.commit()
     if created:
-        publish(settings.broker_url, body["id"])
+        publish(settings.broker_url, body["id"], body["queue"], body["priority"])
     return JSONResponse(body, status_code=201, headers={"Location": f"/v1/jobs/{body['id']}"})
 
 
 @router.post("/validate", response_model=ValidateOut)
 def validate_job(
     session: SessionDep,
+    settings: SettingsDep,
     tenant: TenantDep,
     spec: Annotated[dict[str, Any], Body(description="a job spec")],
 ) -> ValidateOut:
-    _, errors, warnings = service.validate_spec(session, tenant.id, spec)
+    _, errors, warnings = service.validate_spec(session, settings, tenant.id, spec)
     return ValidateOut(
         valid=not errors,
         warnings=warnings,
@@ -91,8 +92,11 @@ def list_jobs(
             errors=[{"loc": "/query/status", "msg": f"one of {list(STATUSES)}"}],
         )
     rows, has_more = service.list_jobs(session, tenant.id, limit, after, status, name)
-    data = [job_out(session, j) for j in rows]
-    return JobList(data=data, has_more=has_more, next_after=rows[-1].id if has_more else None)
+    return JobList(
+        data=job_outs(session, rows),
+        has_more=has_more,
+        next_after=rows[-1].id if has_more else None,
+    )
 
 
 @router.get("/{job_id}", response_model=JobOut)
@@ -127,7 +131,7 @@ def retry_job(
 ) -> JSONResponse:
     body = service.retry_job(session, settings, tenant.id, job_id, from_checkpoint, render_job)
     session.commit()
-    publish(settings.broker_url, body["id"])
+    publish(settings.broker_url, body["id"], body["queue"], body["priority"])
     return JSONResponse(body, status_code=201, headers={"Location": f"/v1/jobs/{body['id']}"})
 
 

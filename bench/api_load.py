@@ -1,0 +1,338 @@
+"""API capacity on this machine, with PostgreSQL, Redis and `kd serve --workers N` as real
+processes and a separate load generator (wrk for request rates, a Python asyncio client
+for SSE and end-to-end latency). Prints requests/s and p50/p99 for
+
+  GET /v1/jobs/{id}, GET /v1/jobs?limit=50, POST /v1/jobs     (wrk, --duration s each)
+  500 SSE watchers: server memory per watcher, event delivery delay p50/p99
+  POST -> the job's `running` event with an idle `kd worker` (p50/p99)
+
+    python bench/api_load.py [--workers 2] [--duration 30] [--jobs 2000] [--watchers 500]
+
+It creates a throwaway PostgreSQL database and uses Redis db 7; both are removed after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import redis
+from sqlalchemy import text
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+KEY = "kd_bench_" + secrets.token_hex(8)
+TINY = {
+    "name": "load",
+    "kind": "train",
+    "student": {"arch": "mlp_small"},
+    "dataset": {"builtin": "synthetic", "num_samples": 64, "num_classes": 2, "shape": [4]},
+    "training": {"epochs": 1, "batch_size": 32},
+}
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        total += int(re.search(r"VmRSS:\s+(\d+)", text).group(1))  # type: ignore[union-attr]
+    return total
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [pid, *(int(p) for p in out.split())]
+
+
+def seed(db_url: str, count: int) -> list[str]:
+    """`count` finished jobs with transitions, events and a report, as a service that
+    has been running for a while holds them."""
+    from app.db import repository as repo
+    from app.db.models import Job, new_id, utcnow
+    from app.db.session import session_scope
+    from app.services.keys import tenant_for_key
+
+    report = {"student": {"arch": "mlp_small", "accuracy": 0.9, "parameters": 6570}}
+    ids = []
+    with session_scope(db_url) as session:
+        tenant = tenant_for_key(session, KEY)
+        assert tenant is not None
+        start = utcnow() - timedelta(days=1)
+        for i in range(count):
+            job = Job(
+                id=new_id("job"),
+                tenant_id=tenant.id,
+                name=f"seeded-{i}",
+                kind="train",
+                status="queued",
+                spec=TINY,
+                max_attempts=3,
+                progress={"epoch": 1, "epochs": 1, "step": 2, "total_steps": 2},
+                created_at=start + timedelta(seconds=i),
+            )
+            session.add(job)
+            session.flush()
+            repo.record_created(session, job)
+            repo.change_status(session, job.id, ("queued",), "running", "claimed")
+            repo.change_status(
+                session, job.id, ("running",), "succeeded", "training finished", report=report
+            )
+            ids.append(job.id)
+            if i % 200 == 199:
+                session.commit()
+    return ids
+
+
+def wrk(url: str, duration: int, connections: int, script: Path | None = None) -> dict[str, float]:
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency"]
+    cmd += ["-H", f"Authorization: Bearer {KEY}"]
+    if script is not None:
+        cmd += ["-s", str(script)]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert m, out
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": rps,
+        "p50_ms": ms("50"),
+        "p99_ms": ms("99"),
+        "errors": float(non2xx.group(1)) if non2xx else 0.0,
+    }
+
+
+async def sse_watchers(
+    base: str, db_url: str, broker: str, job_id: str, watchers: int, pids: list[int]
+) -> dict[str, float]:
+    """Open `watchers` streams on one running job, append events with their send time,
+    and measure when each watcher receives them."""
+    from app.db import repository as repo
+    from app.db.session import session_scope
+    from app.notify import nudge
+
+    limits = httpx.Limits(max_connections=watchers + 10, max_keepalive_connections=watchers + 10)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    before = rss_kib(pids)
+    delays: list[float] = []
+    connected = 0
+    ready = asyncio.Event()
+    timeout = httpx.Timeout(30, read=120)
+
+    async def watch(client: httpx.AsyncClient) -> None:
+        nonlocal connected
+        async with client.stream(
+            "GET",
+            f"/v1/jobs/{job_id}/events/stream",
+            headers={**headers, "Last-Event-ID": "999999"},
+        ) as r:
+            connected += 1
+            if connected == watchers:
+                ready.set()
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    data = json.loads(line[6:])
+                    if "sent_at" in data:
+                        delays.append(time.time() - data["sent_at"])
+                    if data.get("status") == "succeeded":
+                        return
+
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=timeout) as client:
+        tasks = [asyncio.create_task(watch(client)) for _ in range(watchers)]
+        await asyncio.wait_for(ready.wait(), 120)
+        await asyncio.sleep(2)
+        during = rss_kib(pids)
+        for _ in range(10):
+            with session_scope(db_url) as session:
+                repo.append_event(session, job_id, "progress", {"sent_at": time.time()})
+            nudge(broker, job_id)
+            await asyncio.sleep(0.5)
+        with session_scope(db_url) as session:
+            repo.change_status(session, job_id, ("running",), "succeeded", "bench done")
+        nudge(broker, job_id)
+        await asyncio.wait_for(asyncio.gather(*tasks), 120)
+    delays.sort()
+    return {
+        "watchers": watchers,
+        "events_received": len(delays),
+        "kib_per_watcher": (during - before) / watchers,
+        "delay_p50_ms": 1000 * statistics.median(delays),
+        "delay_p99_ms": 1000 * delays[int(0.99 * (len(delays) - 1))],
+    }
+
+
+def post_to_running(base: str, runs: int) -> dict[str, float]:
+    """Submit one tiny job at a time to an idle worker; the delay is from the POST's
+    response to the `running` transition (server clock for both ends)."""
+    delays = []
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as c:
+        for _ in range(runs):
+            job = c.post("/v1/jobs", json=TINY).json()
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                current = c.get(f"/v1/jobs/{job['id']}").json()
+                if current["status"] in ("succeeded", "failed", "cancelled"):
+                    break
+                time.sleep(0.2)
+            t = {x["to_status"]: x["at"] for x in current["status_transitions"]}
+
+            def parse(s: str) -> datetime:
+                return datetime.fromisoformat(s.rstrip("Z"))
+
+            delays.append((parse(t["running"]) - parse(t["queued"])).total_seconds())
+    delays.sort()
+    return {
+        "runs": runs,
+        "p50_ms": 1000 * statistics.median(delays),
+        "p99_ms": 1000 * delays[int(0.99 * (len(delays) - 1))],
+    }
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.cli", *args],
+        env={**os.environ, **env},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=ROOT,
+    )
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workers", type=int, default=2, help="kd serve processes")
+    parser.add_argument("--duration", type=int, default=30)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--watchers", type=int, default=500)
+    parser.add_argument("--runs", type=int, default=8, help="POST -> running samples")
+    args = parser.parse_args()
+
+    db = f"kd_bench_{secrets.token_hex(4)}"
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{db}"')
+    db_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
+    broker = "redis://127.0.0.1:6379/7"
+    redis.Redis.from_url(broker).flushdb()
+    tmp = Path(tempfile.mkdtemp(prefix="kd_api_load_"))
+    port = 18000 + secrets.randbelow(1000)
+    env = {
+        "KD_ENVIRONMENT": "production",
+        "KD_DATABASE_URL": db_url,
+        "KD_BROKER_URL": broker,
+        "KD_DATA_DIR": str(tmp / "data"),
+        "KD_BOOTSTRAP_API_KEY": KEY,
+        "KD_LOG_LEVEL": "warning",
+        "KD_PORT": str(port),
+    }
+    os.environ.update({k: v for k, v in env.items() if k != "KD_PORT"})
+    subprocess.run(
+        [sys.executable, "-m", "app.cli", "migrate"],
+        env={**os.environ, **env},
+        check=True,
+        cwd=ROOT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    server = start(["serve", "--workers", str(args.workers)], env, tmp / "serve.log")
+    worker = None
+    try:
+        for _ in range(120):
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        from app.db.session import session_scope
+        from app.services.keys import ensure_key
+
+        with session_scope(db_url) as session:
+            ensure_key(session, "default", KEY)
+        ids = seed(db_url, args.jobs)
+        print(
+            f"kd serve: {args.workers} process(es); PostgreSQL {db}; {len(ids)} jobs in the "
+            f"database; wrk -t2 -c{args.connections} -d{args.duration}s; {os.cpu_count()} cores"
+        )
+        results: dict[str, Any] = {}
+        results["GET /v1/jobs/{id}"] = wrk(
+            f"{base}/v1/jobs/{ids[len(ids) // 2]}", args.duration, args.connections
+        )
+        results["GET /v1/jobs?limit=50"] = wrk(
+            f"{base}/v1/jobs?limit=50", args.duration, args.connections
+        )
+        post = tmp / "post.lua"
+        post.write_text(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = {json.dumps(json.dumps(TINY))}\n"
+        )
+        results["POST /v1/jobs"] = wrk(f"{base}/v1/jobs", args.duration, args.connections, post)
+        print(f"\n{'request':<24}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+        for name, r in results.items():
+            print(
+                f"{name:<24}{r['rps']:>9.1f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>9.0f}"
+            )
+
+        # SSE: a job that is "running" (no worker yet), 500 watchers
+        watched = ids[0]
+        with session_scope(db_url) as session:
+            session.execute(text("UPDATE jobs SET status='running' WHERE id=:i"), {"i": watched})
+        sse = asyncio.run(
+            sse_watchers(base, db_url, broker, watched, args.watchers, children(server.pid))
+        )
+        print(
+            f"\nSSE: {sse['watchers']} watchers, {sse['events_received']} events received, "
+            f"{sse['kib_per_watcher']:.1f} KiB of server memory per watcher, delivery delay "
+            f"p50 {sse['delay_p50_ms']:.1f} ms, p99 {sse['delay_p99_ms']:.1f} ms"
+        )
+        # POST -> running with an idle worker; drain the jobs the POST test queued first
+        with session_scope(db_url) as session:
+            session.execute(text("UPDATE jobs SET status='cancelled' WHERE status='queued'"))
+        worker = start(["worker"], env, tmp / "worker.log")
+        time.sleep(8)  # the worker connects and idles
+        e2e = post_to_running(base, args.runs)
+        print(
+            f"POST -> running (idle worker, {e2e['runs']} jobs one at a time): "
+            f"p50 {e2e['p50_ms']:.0f} ms, p99 {e2e['p99_ms']:.0f} ms"
+        )
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(server)
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""`bench/gpu.sh --smoke`: the GPU benchmark's code path on the CPU (a few steps), so the
+script a GPU run relies on cannot rot. It checks the figures are printed, not their size."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_gpu_bench_smoke_prints_every_figure() -> None:
+    r = subprocess.run(
+        ["bash", "bench/gpu.sh", "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 0, r.stderr
+    rows = re.findall(
+        r"^(cifar_\S+ -> cifar_\S+)\s+(student alone|KD cached teacher|KD)\s+([\d.]+)\s+([\d.]+)",
+        r.stdout,
+        flags=re.M,
+    )
+    pairs = {(pair, run) for pair, run, _, _ in rows}
+    for pair in ("cifar_resnet56 -> cifar_resnet20", "cifar_resnet32x4 -> cifar_resnet8x4"):
+        for run in ("student alone", "KD", "KD cached teacher"):
+            assert (pair, run) in pairs, r.stdout
+    assert all(float(rate) > 0 and float(tflops) > 0 for _, _, rate, tflops in rows)
+    ratios = re.findall(
+        r"KD / student alone ([\d.]+), cached KD / KD ([\d.]+) \(cache used: True\)", r.stdout
+    )
+    assert len(ratios) == 2, r.stdout
