@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     cancel_grace_s: float = Field(default=20.0, ge=0)
     sweep_interval_s: float = 10.0
     republish_after_s: float = Field(default=30.0, description="queued this long: publish again")
+    auth_cache_s: float = Field(
+        default=5.0, ge=0, description="reuse a key's lookup this long (0: every request)"
+    )
     bootstrap_api_key: str = Field(default="", description="create this key at start (tests)")
     webhook_timeout_s: float = 5.0
     webhook_attempts: int = 4

@@ -102,7 +102,8 @@ def seed(db_url: str, count: int) -> list[str]:
 
 
 def wrk(url: str, duration: int, connections: int, script: Path | None = None) -> dict[str, float]:
-    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency"]
+    # one wrk thread: on 2 cores a second one would mostly take CPU from the server
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
     cmd += ["-H", f"Authorization: Bearer {KEY}"]
     if script is not None:
         cmd += ["-s", str(script)]
@@ -130,6 +131,7 @@ async def sse_watchers(
     """Open `watchers` streams on one running job, append events with their send time,
     and measure when each watcher receives them."""
     from app.db import repository as repo
+    from app.db.models import Job
     from app.db.session import session_scope
     from app.notify import nudge
 
@@ -141,12 +143,17 @@ async def sse_watchers(
     ready = asyncio.Event()
     timeout = httpx.Timeout(30, read=120)
 
+    with session_scope(db_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        last_seq = str(job.event_seq)  # watch from now on: only the events sent below
+
     async def watch(client: httpx.AsyncClient) -> None:
         nonlocal connected
         async with client.stream(
             "GET",
             f"/v1/jobs/{job_id}/events/stream",
-            headers={**headers, "Last-Event-ID": "999999"},
+            headers={**headers, "Last-Event-ID": last_seq},
         ) as r:
             connected += 1
             if connected == watchers:
@@ -197,6 +204,7 @@ def post_to_running(base: str, runs: int) -> dict[str, float]:
                     break
                 time.sleep(0.2)
             t = {x["to_status"]: x["at"] for x in current["status_transitions"]}
+            assert "running" in t, current["status_transitions"]
 
             def parse(s: str) -> datetime:
                 return datetime.fromisoformat(s.rstrip("Z"))
@@ -283,7 +291,7 @@ def main() -> None:
         ids = seed(db_url, args.jobs)
         print(
             f"kd serve: {args.workers} process(es); PostgreSQL {db}; {len(ids)} jobs in the "
-            f"database; wrk -t2 -c{args.connections} -d{args.duration}s; {os.cpu_count()} cores"
+            f"database; wrk -t1 -c{args.connections} -d{args.duration}s; {os.cpu_count()} cores"
         )
         results: dict[str, Any] = {}
         results["GET /v1/jobs/{id}"] = wrk(
@@ -319,6 +327,7 @@ def main() -> None:
         # POST -> running with an idle worker; drain the jobs the POST test queued first
         with session_scope(db_url) as session:
             session.execute(text("UPDATE jobs SET status='cancelled' WHERE status='queued'"))
+        redis.Redis.from_url(broker).flushdb()  # and their messages: the worker starts idle
         worker = start(["worker"], env, tmp / "worker.log")
         time.sleep(8)  # the worker connects and idles
         e2e = post_to_running(base, args.runs)

@@ -9,10 +9,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from app.db.models import Tenant
 from app.db.session import get_sessionmaker
 from app.errors import ProblemError
-from app.services.keys import tenant_for_key
+from app.services.keys import Caller, tenant_for_key
 from app.settings import Settings
 
 bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer kd_...`")
@@ -45,11 +44,14 @@ def _unauthorized(detail: str) -> ProblemError:
 
 def get_tenant(
     session: SessionDep,
+    settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Tenant:
+) -> Caller:
     if credentials is None:
         raise _unauthorized("missing `Authorization: Bearer <api key>`")
-    tenant = tenant_for_key(session, credentials.credentials)
+    tenant = tenant_for_key(
+        session, credentials.credentials, settings.db_url, settings.auth_cache_s
+    )
     # end the read transaction: the connection goes back to the pool now, not when the
     # response ends (a long SSE stream must not hold one; the route checks out its own)
     session.commit()
@@ -58,4 +60,4 @@ def get_tenant(
     return tenant
 
 
-TenantDep = Annotated[Tenant, Depends(get_tenant)]
+TenantDep = Annotated[Caller, Depends(get_tenant)]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -42,11 +44,43 @@ def ensure_key(session: Session, tenant_name: str, key: str) -> None:
         create_key(session, tenant_name, key)
 
 
-def tenant_for_key(session: Session, key: str) -> Tenant | None:
-    row = session.scalar(
-        select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
-    )
-    return session.get(Tenant, row.tenant_id) if row else None
+@dataclass(frozen=True)
+class Caller:
+    """The tenant behind an API key, as the routes need it (a plain value: it outlives
+    the session that read it, so it can be cached)."""
+
+    id: str
+    name: str
+    webhook_secret: str
+
+
+# (database, key hash) -> (expiry on the monotonic clock, caller); per process
+_CALLERS: dict[tuple[str, str], tuple[float, Caller]] = {}
+
+
+def tenant_for_key(
+    session: Session, key: str, cache_key: str = "", ttl_s: float = 0.0
+) -> Caller | None:
+    """The caller of an active key, in one query; with `ttl_s` > 0 the answer is reused
+    for that long (a key revoked by another process stops working within `ttl_s`; one
+    revoked in this process at once)."""
+    digest = hash_key(key)
+    now = time.monotonic()
+    hit = _CALLERS.get((cache_key, digest)) if ttl_s > 0 else None
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    row = session.execute(
+        select(Tenant.id, Tenant.name, Tenant.webhook_secret)
+        .join(ApiKey, ApiKey.tenant_id == Tenant.id)
+        .where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
+    ).first()
+    if row is None:
+        _CALLERS.pop((cache_key, digest), None)
+        return None
+    caller = Caller(*row)
+    if ttl_s > 0:
+        _CALLERS[(cache_key, digest)] = (now + ttl_s, caller)
+    return caller
 
 
 def list_keys(session: Session) -> list[tuple[ApiKey, Tenant]]:
@@ -59,6 +93,7 @@ def list_keys(session: Session) -> list[tuple[ApiKey, Tenant]]:
 
 
 def revoke_key(session: Session, key_id: str) -> bool:
+    _CALLERS.clear()  # this process forgets at once; others within their cache time
     row = session.get(ApiKey, key_id)
     if row is None or row.revoked_at is not None:
         return False

@@ -17,6 +17,7 @@ from app.api.schemas import (
     MetricsOut,
     ValidateOut,
     ValidationItem,
+    job_out,
     job_outs,
     problem_responses,
     render_artifact,
@@ -100,8 +101,9 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
-    return render_job(session, service.get_job(session, tenant.id, job_id))
+def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
+    # the model itself, not a dict: FastAPI then serialises it without validating again
+    return job_out(session, service.get_job(session, tenant.id, job_id))
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
