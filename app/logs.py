@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
+import logging.config
 import time
 from contextvars import ContextVar
 from typing import Any
@@ -44,13 +44,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def dict_config(settings: Settings) -> dict[str, Any]:
+    """Root logging for `kd serve` and `kd worker` (KD_LOG_FORMAT, KD_LOG_LEVEL), as a
+    logging.config dict: uvicorn applies it in each of its worker processes too."""
+    formatter: dict[str, Any] = (
+        {"()": "app.logs.JsonFormatter"}
+        if settings.log_format == "json"
+        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    )
+    handler = {"class": "logging.StreamHandler", "formatter": "kd", "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"kd": formatter},
+        "handlers": {"stderr": handler},
+        "root": {"handlers": ["stderr"], "level": settings.log_level.upper()},
+    }
+
+
 def configure_logging(settings: Settings) -> None:
-    """Root logging for `kd serve` and `kd worker` (KD_LOG_FORMAT, KD_LOG_LEVEL)."""
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(settings.log_level.upper())
+    logging.config.dictConfig(dict_config(settings))

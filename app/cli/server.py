@@ -48,7 +48,7 @@ def serve(
     """Run the API (and, with no broker configured, the local executor)."""
     import uvicorn
 
-    from app.logs import configure_logging
+    from app.logs import configure_logging, dict_config
     from app.main import create_app, prepare
 
     settings = get_settings()
@@ -73,7 +73,7 @@ def serve(
         "host": settings.host,
         "port": settings.port,
         "log_level": "warning",
-        "log_config": None,  # keep our (JSON) logging configuration
+        "log_config": dict_config(settings),  # JSON lines, in every worker process
         "timeout_graceful_shutdown": 5,
     }
     if workers > 1:
