@@ -204,7 +204,8 @@ function lineChart(title, series, xLabel, hline) {
     if (!s.points.length) return;
     const d = s.points.map((p, j) => `${j ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ");
     root.append(svg("path", { d, fill: "none", stroke: s.color || COLORS[i % COLORS.length], "stroke-width": 2, class: "series", "data-series": s.name }));
-    root.append(svg("text", { x: L + 8 + 110 * i, y: T + 10, fill: s.color || COLORS[i % COLORS.length] }, s.name));
+    // the legend sits in the title row, right of the title; inline style beats the CSS fill
+    root.append(svg("text", { x: L + 130 + 80 * i, y: 14, style: `fill:${s.color || COLORS[i % COLORS.length]}`, class: "legend" }, s.name));
   });
   return root;
 }
@@ -284,14 +285,18 @@ function renderJob(view, jobId) {
   }
 
   async function drawDownloads() {
+    // fetch everything first, then replace the panel in one go: refresh() may run
+    // twice at once (a status and an epoch event), and each draw must be whole
     const arts = await api(`/v1/jobs/${jobId}/artifacts`);
-    fill(downloads, h("h2", {}, "Downloads"), arts.length ? null : h("p", { class: "muted" }, "No artifacts yet."),
-      ...arts.map((a) => h("button", { type: "button", "data-artifact": a.name, onclick: () => download(a) }, `${a.name} (${bytes(a.bytes)})`)));
     const curves = arts.find((a) => a.name === "curves.png");
+    let image = null;
     if (curves) {
       const blob = await (await fetch(curves.download_url, { headers: { Authorization: `Bearer ${key()}` } })).blob();
-      downloads.append(h("img", { src: URL.createObjectURL(blob), alt: "curves.png", style: "width:100%", id: "curves-png" }));
+      image = h("img", { src: URL.createObjectURL(blob), alt: "curves.png", style: "width:100%", id: "curves-png" });
     }
+    fill(downloads, h("h2", {}, "Downloads"), arts.length ? null : h("p", { class: "muted" }, "No artifacts yet."),
+      ...arts.map((a) => h("button", { type: "button", "data-artifact": a.name, onclick: () => download(a) }, `${a.name} (${bytes(a.bytes)})`)),
+      image);
   }
 
   async function refresh() {
