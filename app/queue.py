@@ -64,8 +64,12 @@ def celery_app(broker_url: str) -> Celery:
 
 def route_for(spec: dict) -> tuple[str, int]:
     """(queue, priority) of a job spec: the one place that maps a spec to a worker pool."""
-    gpu_type = (spec.get("resources") or {}).get("gpu_type")
-    return (f"{QUEUE}.{gpu_type}" if gpu_type else QUEUE), int(spec.get("priority") or 0)
+    resources = spec.get("resources") or {}
+    gpu_type, gpus = resources.get("gpu_type"), int(resources.get("gpus") or 1)
+    queue = f"{QUEUE}.{gpu_type}" if gpu_type else QUEUE
+    if gpus > 1:
+        queue += f".x{gpus}"  # only workers started with that many devices listen here
+    return queue, int(spec.get("priority") or 0)
 
 
 def publish(broker_url: str, job_id: str, queue: str = QUEUE, priority: int = 0) -> bool:

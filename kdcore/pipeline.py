@@ -97,9 +97,24 @@ def run(
     callbacks: Callbacks | None = None,
     resume_from: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run a `distill` or `train` job; returns the report (also written to report.json)."""
+    """Run a `distill` or `train` job; returns the report (also written to report.json).
+    With `resources.gpus` > 1 the training is data parallel (kdcore.distributed)."""
     spec = spec if isinstance(spec, JobSpec) else parse_spec(spec)
-    out_dir = Path(out_dir)
+    if spec.resources.gpus > 1 and not torch.distributed.is_initialized():
+        from kdcore.distributed import run_parallel
+
+        return run_parallel(spec, Path(out_dir), callbacks, resume_from)
+    return run_local(spec, Path(out_dir), callbacks, resume_from)
+
+
+def run_local(
+    spec: JobSpec,
+    out_dir: Path,
+    callbacks: Callbacks | None,
+    resume_from: str | Path | None,
+) -> dict[str, Any]:
+    """This process's part of a run: all of it, or one rank of a data-parallel run
+    (the other ranks train and stop; rank 0 also writes the outputs)."""
     tr = spec.training
     device = pick_device(tr.device)
     regression = spec.task == "regression"
@@ -122,6 +137,10 @@ def run(
     result = fit(
         spec, data, student, teacher, device, out_dir / "checkpoints", callbacks, resume=resume
     )
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        if spec.baseline and teacher is not None:  # a collective run: every rank trains it
+            _baseline(spec, data, device, {"accuracy": 0.0, "mse": 0.0}, None)
+        return {}
 
     files = save_student(
         student,
@@ -134,6 +153,7 @@ def run(
         "kind": spec.kind,
         "task": spec.task,
         "device": device.type,
+        "processes": spec.resources.gpus,  # data-parallel ranks
         "precision": "bf16" if uses_bf16(device, tr.precision) else "fp32",
         "dataset": {
             "name": spec.dataset.name,

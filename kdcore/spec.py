@@ -134,13 +134,22 @@ ExportFormat = Literal["safetensors", "torchscript", "onnx"]
 
 
 class ResourcesSpec(_Strict):
-    """What the job needs from a worker (service only; the kdcore CLI ignores it)."""
+    """What the job needs: `gpus` is honoured by kdcore itself; `gpu_type` by the
+    service's routing only."""
 
     gpu_type: str | None = Field(
         default=None,
         pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$",
         description="Run only on workers of this pool, e.g. 'h200' (queue kd.h200); "
         "none: any worker of the default pool (queue kd)",
+    )
+    gpus: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Data-parallel processes for one job (DistributedDataParallel on one "
+        "host: one per GPU, or gloo processes on the CPU); training.batch_size is per "
+        "process. The service routes N > 1 to queue <pool>.x<N>.",
     )
 
 

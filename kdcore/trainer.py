@@ -52,7 +52,8 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise SpecError([("/training/device", "CUDA was requested but is not available")])
-        return torch.device("cuda")
+        # with several ranks kdcore.distributed has set each process's own device
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
 
@@ -213,6 +214,28 @@ def _feature_taps(
     return s_tap, t_tap
 
 
+def _stop_everywhere(
+    cb: Callbacks, world: int, step: int, log_every: int, device: torch.device
+) -> bool:
+    """Cooperative cancel. One process asks its callbacks every step; with several
+    ranks, rank 0's answer is shared every `log_every` steps so all stop at one step."""
+    if world == 1:
+        return cb.should_stop()
+    if step % log_every:
+        return False
+    flag = torch.tensor([1.0 if cb.should_stop() else 0.0], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _average_grads(module: nn.Module) -> None:
+    world = torch.distributed.get_world_size()
+    for p in module.parameters():
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world
+
+
 def fit(
     spec: JobSpec,
     data: DataSplits,
@@ -250,12 +273,22 @@ def fit(
         teacher_out = _Teacher(teacher, loss_fn, spec, train, device, t_tap)
     trainable = list(student.parameters()) + (list(loss_fn.parameters()) if loss_fn else [])
     optimizer = build_optimizer(trainable, tr, fused=device.type == "cuda")
+    # data parallel (kdcore.distributed started the process group): every rank holds the
+    # whole model, takes its slice of each global batch, and DDP averages the gradients
+    world, rank = 1, 0
+    module: nn.Module = student
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        module = torch.nn.parallel.DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None
+        )
     # the compiled module shares its parameters with `student` (state dicts stay plain)
-    forward = torch.compile(student) if tr.compile else student
+    forward = torch.compile(module) if tr.compile else module
 
     n = len(train)
-    bs = min(tr.batch_size, n)
-    steps_per_epoch = max(1, n // bs)  # drop the ragged last batch (BatchNorm needs >1)
+    bs = min(tr.batch_size, n // world)
+    # drop the ragged last batch (BatchNorm needs >1); a step is one batch on every rank
+    steps_per_epoch = max(1, n // (bs * world))
     total_steps = tr.epochs * steps_per_epoch
     step = 0
     if resume is not None:
@@ -274,7 +307,7 @@ def fit(
     )
 
     def checkpoint(name: str, epoch: int) -> None:
-        if checkpoint_dir is None:
+        if checkpoint_dir is None or rank != 0:  # the ranks' weights are the same
             return
         state = {
             "version": CHECKPOINT_VERSION,
@@ -332,11 +365,12 @@ def fit(
         loss_sums: dict[str, float] = {}
         loss_reads = 0
         for i in range(step % steps_per_epoch, steps_per_epoch):
-            if cb.should_stop():
+            if _stop_everywhere(cb, world, step, log_every, device):
                 result.train_time_s += time.perf_counter() - t_start
                 checkpoint(f"interrupted-step{step}.pt", epoch + 1)
                 raise Cancelled(f"stopped at step {step}")
-            idx = order[i * bs : (i + 1) * bs]
+            first = (i * world + rank) * bs
+            idx = order[first : first + bs]
             x, y = train.x[idx].to(device, non_blocking=True), train.y[idx].to(device)
             if spec.augment.enabled and x.ndim == 4:
                 x = augment_batch(
@@ -355,10 +389,12 @@ def fit(
                     terms = task_loss(spec.task, out, y)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
+            if world > 1 and loss_fn is not None:
+                _average_grads(loss_fn)  # e.g. FitNets adapters: outside the DDP module
             optimizer.step()
             step += 1
-            epoch_images += len(idx)
-            window_images += len(idx)
+            epoch_images += len(idx) * world  # the global batch: every rank took one
+            window_images += len(idx) * world
             if step % log_every == 0 or i == steps_per_epoch - 1:
                 losses = {k: v.item() for k, v in terms.items()}  # syncs the device
                 if not math.isfinite(losses["loss"]):

@@ -15,13 +15,14 @@ from tests.app.conftest import Api, tiny_job
 def test_route_for_maps_the_spec_to_a_queue_and_priority() -> None:
     assert route_for(tiny_job()) == ("kd", 0)
     assert route_for(tiny_job(resources={"gpu_type": "h200"}, priority=7)) == ("kd.h200", 7)
+    assert route_for(tiny_job(resources={"gpu_type": "h200", "gpus": 4})) == ("kd.h200.x4", 0)
 
 
 def test_bad_routing_fields_are_422(api: Api) -> None:
     for spec, loc in [
         (tiny_job(priority=10), "/priority"),
         (tiny_job(resources={"gpu_type": "H200 SXM!"}), "/resources/gpu_type"),
-        (tiny_job(resources={"gpus": 2}), "/resources/gpus"),
+        (tiny_job(resources={"gpus": 0}), "/resources/gpus"),
     ]:
         r = api.post("/v1/jobs", json=spec)
         assert r.status_code == 422 and r.json()["errors"][0]["loc"] == loc, r.text
