@@ -28,14 +28,19 @@ def _free_port() -> int:
 
 
 def _join(rank: int, world: int, port: int, device: str) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(rank % torch.cuda.device_count())
     else:
         # N processes on the same cores: split the threads instead of oversubscribing
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+    # the rendezvous address is explicit: kdcore reads no environment variables
+    dist.init_process_group(
+        "nccl" if use_cuda else "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+    )
 
 
 def _rank_main(

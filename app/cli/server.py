@@ -75,6 +75,9 @@ def serve(
         "log_level": "warning",
         "log_config": dict_config(settings),  # JSON lines, in every worker process
         "timeout_graceful_shutdown": 5,
+        # longer than a load balancer's idle timeout (often 60 s), and long enough that a
+        # client reusing a kept-alive connection never races the server closing it
+        "timeout_keep_alive": 75,
     }
     if workers > 1:
         # each process builds its app from the same environment (settings are env-only)

@@ -264,4 +264,24 @@ def queue_positions(session: Session, jobs: list[Job]) -> dict[str, int]:
 
 
 def queue_position(session: Session, job: Job) -> int | None:
-    return queue_positions(session, [job]).get(job.id)
+    """One job's position: an indexed count of the jobs ahead of it in its pool (the
+    window query of queue_positions would rank every queued job to answer for one)."""
+    if job.status != "queued":
+        return None
+    ahead = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(
+            Job.status == "queued",
+            Job.queue == job.queue,
+            (Job.priority > job.priority)
+            | (
+                (Job.priority == job.priority)
+                & (
+                    (Job.created_at < job.created_at)
+                    | ((Job.created_at == job.created_at) & (Job.id < job.id))
+                )
+            ),
+        )
+    )
+    return int(ahead or 0) + 1
