@@ -14,9 +14,12 @@ Why these settings, for tasks that train for minutes to hours on one GPU:
   redelivered after this long even if the first worker is still training. We set it
   longer than any lease (default 2 h) and rely on the claim to discard the duplicate.
   Every process (API and workers) must use the same value, hence one place.
-- `worker_prefetch_multiplier=1`, concurrency 1, `worker_max_tasks_per_child=1`: one GPU,
-  one job at a time, a fresh process per job (no memory or CUDA state carried over), and
-  no second message reserved behind a long job where another worker could take it.
+- `worker_prefetch_multiplier=1`, concurrency 1: one GPU, one job at a time, and no second
+  message reserved behind a long job where another worker could take it. The fresh
+  process per job (no memory or CUDA state carried over) is the training process the
+  runner starts (`python -m worker.child`), so the Celery pool child is NOT recycled per
+  task: recycling it (max_tasks_per_child=1) made a job that arrives right after another
+  wait about 2 s for the replacement child (bench/api_load.py, POST -> running).
 - JSON serialisation only (no pickle); `task_ignore_result`: results live in the database.
 - Lost messages (Redis restarted without persistence) are covered by the sweep in
   `worker.maintenance`, which republishes jobs that stay queued.
@@ -44,7 +47,6 @@ def celery_app(broker_url: str) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        worker_max_tasks_per_child=1,
         worker_concurrency=1,
         task_default_queue=QUEUE,
         # Redis keeps one list per priority step and pops the most urgent first; with

@@ -119,8 +119,6 @@ def worker(
         "1",
         "--pool",
         "prefork",
-        "--max-tasks-per-child",
-        "1",
         "--queues",
         queues,
         "--without-gossip",
