@@ -176,11 +176,7 @@ def job_outs(session: Session, jobs: list[Job]) -> list[JobOut]:
     if not jobs:
         return []
     history = transitions_of(session, [j.id for j in jobs])
-    if len(jobs) == 1:  # one job (create, get): an indexed count beats ranking the queue
-        position = repo.queue_position(session, jobs[0])
-        positions = {jobs[0].id: position} if position is not None else {}
-    else:
-        positions = repo.queue_positions(session, jobs)
+    positions = repo.queue_positions(session, jobs)
     return [_job_out(job, history.get(job.id, []), positions.get(job.id)) for job in jobs]
 
 

@@ -255,6 +255,8 @@ def queue_positions(session: Session, jobs: list[Job]) -> dict[str, int]:
     ids = [j.id for j in jobs if j.status == "queued"]
     if not ids:
         return {}
+    if len(jobs) == 1:  # one job (create, get): an indexed count beats ranking the queue
+        return {ids[0]: _count_position(session, jobs[0])}
     order = func.row_number().over(
         partition_by=Job.queue, order_by=(Job.priority.desc(), Job.created_at, Job.id)
     )
@@ -263,11 +265,9 @@ def queue_positions(session: Session, jobs: list[Job]) -> dict[str, int]:
     return {job_id: int(pos) for job_id, pos in rows}
 
 
-def queue_position(session: Session, job: Job) -> int | None:
+def _count_position(session: Session, job: Job) -> int:
     """One job's position: an indexed count of the jobs ahead of it in its pool (the
-    window query of queue_positions would rank every queued job to answer for one)."""
-    if job.status != "queued":
-        return None
+    window query would rank every queued job to answer for one)."""
     ahead = session.scalar(
         select(func.count())
         .select_from(Job)

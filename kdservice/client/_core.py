@@ -20,6 +20,14 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 CHUNK = 1 << 20
 
 
+def default_headers(api_key: str | None) -> dict[str, str]:
+    """The headers every request of either client carries."""
+    headers = {"User-Agent": "kdservice-client/0.1"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
 def retry_delay(attempt: int, response: httpx.Response | None, base: float, cap: float) -> float:
     """Exponential backoff with full jitter; a server's Retry-After (seconds) wins."""
     if response is not None:

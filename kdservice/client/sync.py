@@ -24,6 +24,7 @@ from kdservice.client._core import (
     Download,
     SSEParser,
     check,
+    default_headers,
     load_spec,
     may_retry,
     new_idempotency_key,
@@ -59,11 +60,11 @@ class Client:
         target = resolve(base_url, api_key)
         self.base_url, self.api_key = target.url, target.api_key
         self.max_retries, self.backoff_s, self.backoff_cap_s = max_retries, backoff_s, backoff_cap_s
-        headers = {"User-Agent": "kdservice-client/0.1"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
         self._http = httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+            base_url=self.base_url,
+            headers=default_headers(self.api_key),
+            timeout=timeout,
+            transport=transport,
         )
 
     def __enter__(self) -> Client:
