@@ -4,6 +4,7 @@ embedded default, the local executor; `kd serve` runs it under uvicorn."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,11 +12,13 @@ from typing import Any
 from fastapi import FastAPI
 
 from app.api import problems
+from app.api.guards import BodyLimit, SecurityHeaders
 from app.api.observability import Metrics, RequestContext
 from app.api.routes import artifacts, files, jobs, meta, metrics
 from app.api.sse import EventHub
 from app.db.migrate import upgrade
 from app.db.session import session_scope
+from app.services import webhooks
 from app.services.keys import ensure_key
 from app.settings import Settings, get_settings
 from app.web import mount_dashboard
@@ -23,14 +26,24 @@ from app.web import mount_dashboard
 log = logging.getLogger("kd.api")
 
 
+def private_files(settings: Settings) -> None:
+    """Whatever the umask: files this process creates are 0600 and folders 0700 (the
+    training processes inherit the mask), and the data folder is 0700."""
+    os.umask(0o077)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.data_dir, 0o700)
+
+
 def prepare(settings: Settings) -> None:
     """Create folders; the embedded SQLite database upgrades itself (PostgreSQL is
     migrated on purpose with `kd migrate`)."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_files(settings)
     settings.files_dir.mkdir(parents=True, exist_ok=True)
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
     if settings.is_sqlite:
         upgrade(settings.db_url)
+        for path in settings.data_dir.glob("kdservice.db*"):
+            os.chmod(path, 0o600)
     if settings.bootstrap_api_key:
         with session_scope(settings.db_url) as session:
             ensure_key(session, "default", settings.bootstrap_api_key)
@@ -48,12 +61,14 @@ def create_app(settings: Settings | None = None, run_executors: bool = True) -> 
             from worker.maintenance import Maintenance
 
             background.append(Maintenance(settings).start())
+            background.append(webhooks.Dispatcher(settings).start())
             if not settings.broker_url and settings.local_workers > 0:
                 background.append(LocalExecutor(settings).start())
                 log.info("local executor: %d worker thread(s)", settings.local_workers)
         yield
         for b in background:
             b.stop.set()
+        webhooks.wake()
 
     app = FastAPI(
         title="kdservice",
@@ -65,7 +80,13 @@ def create_app(settings: Settings | None = None, run_executors: bool = True) -> 
     app.state.settings = settings
     app.state.event_hub = EventHub()
     app.state.metrics = Metrics(settings)
+    # outermost last: security headers on every answer, the body cap before anything
+    # reads a body (uploads have their own cap), the request context around the routes
     app.add_middleware(RequestContext, metrics=app.state.metrics)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_json_body_bytes, exempt=(("POST", "/v1/files"),)
+    )
+    app.add_middleware(SecurityHeaders)
     problems.install(app)
     for module in (meta, metrics, files, jobs, artifacts):
         app.include_router(module.router)

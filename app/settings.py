@@ -20,8 +20,28 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
+    # sizes a client controls, each checked before the work is done (README: security)
     max_upload_bytes: int = 512 * 1024**2
     max_archive_unpacked_bytes: int = 2 * 1024**3
+    max_json_body_bytes: int = Field(default=1024**2, ge=1024, description="413 above this")
+    max_model_params: int = Field(default=200_000_000, ge=1, description="per model")
+    max_activation_bytes: int = Field(
+        default=16 * 1024**3, ge=1, description="estimated activations of one training batch"
+    )
+    max_dataset_bytes: int = Field(
+        default=8 * 1024**3, ge=1, description="the decoded dataset (float32) in memory"
+    )
+    # per-tenant defaults (a tenant's own row may override them: `kd keys limits`)
+    max_active_jobs: int = Field(default=50, ge=1, description="queued + running per tenant")
+    submissions_per_minute: int = Field(default=120, ge=1)
+    max_stored_bytes: int = Field(default=50 * 1024**3, ge=0, description="files + artifacts")
+    max_priority: int = Field(
+        default=4, ge=0, le=9, description="highest priority a tenant may use"
+    )
+    # what the executors can run: comma-separated queues (pools); empty: the local
+    # executor's own pools (kd, kd.x2..kd.x<local_max_gpus>) or, with a broker, any pool
+    pools: str = ""
+    local_max_gpus: int = Field(default=1, ge=1, le=16, description="local executor: gpus <= this")
     local_workers: int = Field(default=1, ge=0, le=64, description="local executor threads")
     poll_interval_s: float = 0.5
 
@@ -35,8 +55,17 @@ class Settings(BaseSettings):
         default=5.0, ge=0, description="reuse a key's lookup this long (0: every request)"
     )
     bootstrap_api_key: str = Field(default="", description="create this key at start (tests)")
-    webhook_timeout_s: float = 5.0
-    webhook_attempts: int = 4
+    webhook_timeout_s: float = Field(default=5.0, gt=0, description="per attempt")
+    webhook_attempts: int = Field(default=4, ge=1)
+    webhook_concurrency: int = Field(default=4, ge=1, le=64, description="attempts at once")
+    webhook_poll_s: float = Field(default=1.0, gt=0)
+    webhook_allow: str = Field(
+        default="",
+        description="comma-separated host names, addresses or networks (CIDR) that webhooks "
+        "may reach although they are not public (on-premises receivers)",
+    )
+    metrics_token: str = Field(default="", description="if set, /metrics needs this bearer")
+    metrics_cache_s: float = Field(default=10.0, ge=0, description="job figures reused this long")
     storage_url: str = Field(
         default="",
         pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[\w./-]*)?)?$",
@@ -63,6 +92,15 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.db_url.startswith("sqlite")
+
+    def served_pools(self) -> set[str] | None:
+        """The queues some executor of this deployment takes jobs from; None: unknown
+        (Celery workers with no KD_POOLS list), so any pool is accepted."""
+        if self.pools.strip():
+            return {p.strip() for p in self.pools.split(",") if p.strip()}
+        if self.broker_url:
+            return None
+        return {"kd", *(f"kd.x{n}" for n in range(2, self.local_max_gpus + 1))}
 
     @property
     def files_dir(self) -> Path:

@@ -17,6 +17,7 @@ settings change later. Keys are the same relative names in both backends:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -72,6 +73,8 @@ def put(settings: Settings, src: Path, key: str, move: bool = False) -> str:
             os.replace(src, dest)
         else:
             shutil.copyfile(src, dest)
+    with contextlib.suppress(OSError):  # stored objects are private, whatever the umask
+        os.chmod(dest, 0o600)
     return str(dest)
 
 

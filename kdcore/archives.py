@@ -1,21 +1,46 @@
-"""Safe reading of untrusted zip/tar archives: members are read into memory one by
-one (never extracted by path), with caps on file count and unpacked bytes.
-Absolute paths, `..`, links and device files are refused before anything is read."""
+"""Safe reading of untrusted zip/tar archives and .npz files.
+
+Members are read into memory one by one (never extracted by path), with caps on the
+file count, on each member and on the total unpacked bytes. The caps are checked
+against the sizes the archive declares before anything is inflated, and again while
+inflating (a header may lie). Absolute paths, `..`, links and device files are refused
+before anything is read. Every way a malformed archive can break the standard library
+(encryption, bad CRC, unknown compression, truncation) becomes a DataError.
+"""
 
 from __future__ import annotations
 
+import math
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import IO, Any
 
 from kdcore.errors import DataError
 
 MAX_FILES = 200_000
 MAX_UNPACKED_BYTES = 2 * 1024**3
+CHUNK = 1 << 20
+# what a broken archive makes zipfile, tarfile, zlib, gzip, bz2 and lzma raise
+ARCHIVE_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    tarfile.TarError,
+    zlib.error,
+    EOFError,
+    OSError,
+    RuntimeError,  # zipfile: "File is encrypted, password required"
+    NotImplementedError,  # zipfile: "That compression method is not supported"
+    ValueError,
+    KeyError,
+)
 
 
 def _check_name(name: str) -> PurePosixPath:
+    if any(ord(c) < 32 for c in name):
+        raise DataError("an archive member's name holds control characters")
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         raise DataError(f"archive member {name!r} has an absolute path")
@@ -24,56 +49,206 @@ def _check_name(name: str) -> PurePosixPath:
     return path
 
 
+class _Budget:
+    """Counts files and declared bytes; raises as soon as a cap is passed."""
+
+    def __init__(self, max_files: int, max_bytes: int):
+        self.max_files, self.max_bytes = max_files, max_bytes
+        self.files = self.bytes = 0
+
+    def add(self, size: int) -> None:
+        self.files += 1
+        self.bytes += max(size, 0)
+        if self.files > self.max_files:
+            raise DataError(f"the archive has more than {self.max_files} files")
+        if self.bytes > self.max_bytes:
+            raise DataError(f"the archive unpacks to more than {self.max_bytes} bytes")
+
+
+def _read_member(fh: IO[bytes], declared: int, name: str, keep: bool) -> bytes:
+    """Inflate a member in chunks, never past its declared size (+1 to catch a lie)."""
+    parts, seen = [], 0
+    while chunk := fh.read(min(CHUNK, declared + 1 - seen)):
+        seen += len(chunk)
+        if seen > declared:
+            raise DataError(f"archive member {name!r} is larger than it declares")
+        if keep:
+            parts.append(chunk)
+    if seen < declared:
+        raise DataError(f"archive member {name!r} is truncated")
+    return b"".join(parts)
+
+
 def iter_archive_files(
-    archive: Path, max_files: int = MAX_FILES, max_bytes: int = MAX_UNPACKED_BYTES
+    archive: Path,
+    max_files: int = MAX_FILES,
+    max_bytes: int = MAX_UNPACKED_BYTES,
+    keep: bool = True,
 ) -> Iterator[tuple[PurePosixPath, bytes]]:
-    """Yield (relative path, content) for each regular file; raise DataError on anything unsafe."""
-    count, total = 0, 0
+    """Yield (relative path, content) for each regular file; raise DataError on anything
+    unsafe or malformed. With keep=False the contents are checked (inflated chunk by
+    chunk, CRC verified) but not kept: b"" is yielded."""
+    try:
+        if zipfile.is_zipfile(archive):
+            yield from _iter_zip(archive, max_files, max_bytes, keep)
+        else:
+            yield from _iter_tar(archive, max_files, max_bytes, keep)
+    except DataError:
+        raise
+    except ARCHIVE_ERRORS as exc:
+        raise DataError(
+            f"{archive.name} is not a readable archive ({type(exc).__name__})"
+        ) from None
 
-    def account(name: str, size: int) -> None:
-        nonlocal count, total
-        count += 1
-        total += size
-        if count > max_files:
-            raise DataError(f"archive has more than {max_files} files")
-        if total > max_bytes:
-            raise DataError(f"archive unpacks to more than {max_bytes} bytes")
 
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist()
-            for info in infos:  # check every name before reading any content
-                _check_name(info.filename)
-                if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise DataError(f"archive member {info.filename!r} is a symbolic link")
-            for info in infos:
-                if info.is_dir():
-                    continue
-                account(info.filename, info.file_size)
-                # read in bounded chunks: file_size in the header may lie (zip bombs)
-                with zf.open(info) as fh:
-                    data = fh.read(max_bytes - total + info.file_size + 1)
-                if len(data) > info.file_size:
-                    raise DataError(f"archive member {info.filename!r} is larger than declared")
-                yield _check_name(info.filename), data
-        return
+def _zip_members(zf: zipfile.ZipFile, max_files: int, max_bytes: int) -> list[zipfile.ZipInfo]:
+    """The files of a zip, after checking every name, type and declared size."""
+    budget, files = _Budget(max_files, max_bytes), []
+    for info in zf.infolist():
+        _check_name(info.filename)
+        if (info.external_attr >> 16) & 0o170000 == 0o120000:
+            raise DataError(f"archive member {info.filename!r} is a symbolic link")
+        if info.flag_bits & 0x1:
+            raise DataError(f"archive member {info.filename!r} is encrypted")
+        if not info.is_dir():
+            budget.add(info.file_size)
+            files.append(info)
+    return files
+
+
+def _tar_members(tf: tarfile.TarFile, max_files: int, max_bytes: int) -> list[tarfile.TarInfo]:
+    """The files of a tar, headers only, stopping at the first cap passed (a compressed
+    tar is inflated to walk it, chunk by chunk, never kept)."""
+    budget, files = _Budget(max_files, max_bytes), []
+    for m in tf:
+        _check_name(m.name)
+        if m.issym() or m.islnk():
+            raise DataError(f"archive member {m.name!r} is a link")
+        if not (m.isfile() or m.isdir()):
+            raise DataError(f"archive member {m.name!r} is not a regular file")
+        if m.isfile():
+            budget.add(m.size)
+            files.append(m)
+    return files
+
+
+def _iter_zip(
+    archive: Path, max_files: int, max_bytes: int, keep: bool
+) -> Iterator[tuple[PurePosixPath, bytes]]:
+    with zipfile.ZipFile(archive) as zf:
+        for info in _zip_members(zf, max_files, max_bytes):
+            with zf.open(info) as fh:  # zipfile checks the CRC when the member ends
+                data = _read_member(fh, info.file_size, info.filename, keep)
+            yield _check_name(info.filename), data
+
+
+def _iter_tar(
+    archive: Path, max_files: int, max_bytes: int, keep: bool
+) -> Iterator[tuple[PurePosixPath, bytes]]:
     try:
         tf = tarfile.open(archive)  # noqa: SIM115 (closed by the `with` below)
-    except tarfile.TarError as exc:
-        raise DataError(f"{archive.name} is neither a zip nor a tar archive ({exc})") from None
+    except tarfile.TarError:
+        raise DataError(f"{archive.name} is neither a zip nor a tar archive") from None
     with tf:
-        members = tf.getmembers()
-        for m in members:
-            _check_name(m.name)
-            if m.issym() or m.islnk():
-                raise DataError(f"archive member {m.name!r} is a link")
-            if not (m.isfile() or m.isdir()):
-                raise DataError(f"archive member {m.name!r} is not a regular file")
-        for m in members:
-            if m.isdir():
-                continue
-            account(m.name, m.size)
+        for m in _tar_members(tf, max_files, max_bytes):
             member = tf.extractfile(m)
             if member is None:
                 continue
-            yield _check_name(m.name), member.read()
+            yield _check_name(m.name), _read_member(member, m.size, m.name, keep)
+
+
+def check_archive(
+    archive: Path,
+    max_files: int = MAX_FILES,
+    max_bytes: int = MAX_UNPACKED_BYTES,
+    verify: bool = True,
+) -> int:
+    """Check a whole archive without keeping any member in memory; returns its number of
+    regular files. verify=False checks names, types and declared sizes only (no
+    member is inflated; a compressed tar is still walked)."""
+    if not verify:
+        try:
+            if zipfile.is_zipfile(archive):
+                with zipfile.ZipFile(archive) as zf:
+                    return len(list(_zip_members(zf, max_files, max_bytes)))
+            with tarfile.open(archive) as tf:
+                return len(_tar_members(tf, max_files, max_bytes))
+        except DataError:
+            raise
+        except ARCHIVE_ERRORS as exc:
+            raise DataError(
+                f"{archive.name} is not a readable archive ({type(exc).__name__})"
+            ) from None
+    return sum(1 for _ in iter_archive_files(archive, max_files, max_bytes, keep=False))
+
+
+def _npy_header(fh: IO[bytes], name: str) -> tuple[tuple[int, ...], Any]:
+    import numpy as np
+    from numpy.lib import format as npy
+
+    try:
+        version = npy.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = npy.read_array_header_1_0(fh, max_header_size=10_000)
+        elif version in ((2, 0), (3, 0)):
+            shape, _, dtype = npy.read_array_header_2_0(fh, max_header_size=10_000)
+        else:
+            raise ValueError
+    except (ValueError, SyntaxError, EOFError, OSError):
+        raise DataError(f"member {name!r} of the npz is not a valid .npy array") from None
+    dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        raise DataError(f"array {name!r} holds Python objects, which are refused")
+    return tuple(int(d) for d in shape), dtype
+
+
+def inspect_npz(
+    path: Path, max_bytes: int = MAX_UNPACKED_BYTES, verify: bool = True
+) -> dict[str, tuple[int, ...]]:
+    """Check an untrusted .npz without loading it: {array name: shape}.
+
+    Each member's header (a few bytes) gives its shape and dtype; shape x itemsize must
+    agree with the member's declared size, and the declared sizes must fit `max_bytes`,
+    before anything else is inflated. Then (verify=True) every member is inflated chunk
+    by chunk, not kept, so that a bad CRC or a truncated file is found here, not in
+    training."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    try:
+        if not zipfile.is_zipfile(path):
+            raise DataError(f"{path.name} is not an .npz (zip) file")
+        with zipfile.ZipFile(path) as zf:
+            infos = [i for i in zf.infolist() if not i.is_dir()]
+            if len(infos) > 64:
+                raise DataError("the npz holds more than 64 arrays")
+            budget = _Budget(64, max_bytes)
+            for info in infos:
+                if not info.filename.endswith(".npy"):
+                    raise DataError(f"member {info.filename!r} of the npz is not a .npy array")
+                if info.flag_bits & 0x1:
+                    raise DataError(f"member {info.filename!r} of the npz is encrypted")
+                budget.add(info.file_size)
+            for info in infos:
+                name = info.filename[: -len(".npy")]
+                with zf.open(info) as fh:
+                    shape, dtype = _npy_header(fh, name)
+                    header = fh.tell() if fh.seekable() else 0
+                nbytes = math.prod(shape) * dtype.itemsize
+                if nbytes > max_bytes:
+                    raise DataError(
+                        f"array {name!r} has shape {list(shape)}: {nbytes} bytes, over the "
+                        f"limit of {max_bytes}"
+                    )
+                if header and nbytes != info.file_size - header:
+                    raise DataError(
+                        f"array {name!r} declares shape {list(shape)} ({nbytes} bytes) but "
+                        f"holds {info.file_size - header}"
+                    )
+                shapes[name] = shape
+            for info in infos if verify else []:
+                with zf.open(info) as fh:
+                    _read_member(fh, info.file_size, info.filename, keep=False)
+    except DataError:
+        raise
+    except ARCHIVE_ERRORS as exc:
+        raise DataError(f"{path.name} is not a readable npz ({type(exc).__name__})") from None
+    return shapes

@@ -1,8 +1,9 @@
 """Loading untrusted weights and writing/reading training checkpoints.
 
-Untrusted files are never unpickled: safetensors, `torch.load(weights_only=True)`
-(tensors, containers and primitives only) or a TorchScript archive, whose state
-dict is copied into a model we build ourselves. Training checkpoints are written
+Untrusted files never run code: they are read only as safetensors or with
+`torch.load(weights_only=True)` (tensors, containers and primitives only). A
+TorchScript archive is refused without being opened by TorchScript: loading one runs
+the code inside it. Error messages never quote the file's bytes. Training checkpoints are written
 atomically (temp file in the same folder, fsync, rename, fsync the folder), so a
 crash leaves either the old file or the new one, never half of one.
 """
@@ -15,61 +16,79 @@ import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from kdcore.errors import CheckpointError
 
+V = TypeVar("V")
 STATE_KEYS = ("model", "state_dict", "student", "model_state_dict")
 
 
 def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
+    """A TorchScript archive: a zip holding compiled code (`*/code/*`) or `constants.pkl`.
+    Only the names in the zip's directory are read."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
         return False
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-    return any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names)
+    return any("/code/" in n or n.endswith(("constants.pkl", ".debug_pkl")) for n in names)
+
+
+def _looks_like_safetensors(head: bytes) -> bool:
+    header_len = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and 0 < header_len < MAX_SAFETENSORS_HEADER
+
+
+MAX_SAFETENSORS_HEADER = 100 * 1024**2
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a flat {name: tensor} dict from an untrusted file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path.name} does not exist")
     with open(path, "rb") as fh:
         head = fh.read(16)
     if len(head) < 8:
         raise CheckpointError(f"checkpoint {path.name} is empty or truncated")
-    header_len = int.from_bytes(head[:8], "little")
-    if head[8:9] == b"{" and 0 < header_len < 100 * 1024**2:
+    if _looks_like_safetensors(head):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path.name} is not a valid safetensors file: {exc}") from None
+        except (SafetensorError, OSError, ValueError, RuntimeError):
+            raise CheckpointError(f"{path.name} is not a valid safetensors file") from None
     if _is_torchscript(path):
-        try:
-            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-        except Exception as exc:  # TorchScript raises several internal error types
-            raise CheckpointError(
-                f"{path.name} is not a loadable TorchScript file: {exc}"
-            ) from None
+        raise CheckpointError(
+            f"{path.name} is a TorchScript archive, which is refused: loading one runs the "
+            "code inside it. Save the weights with safetensors "
+            "(safetensors.torch.save_file(model.state_dict(), ...)) or torch.save(state_dict)"
+        )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+    except pickle.UnpicklingError:
         raise CheckpointError(
             f"{path.name} was refused: it needs arbitrary Python objects to load, and we only "
-            f"load plain tensors (safetensors or a weights-only state dict). Details: "
-            f"{str(exc).splitlines()[0]}"
+            "load plain tensors (safetensors or a weights-only state dict)"
         ) from None
-    except Exception as exc:  # garbage input breaks torch.load in many ways (IndexError...)
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path.name} is not a readable checkpoint: {detail}") from None
+    except Exception:  # garbage input breaks torch.load in many ways (IndexError...)
+        raise CheckpointError(
+            f"{path.name} is not a readable checkpoint (expected safetensors or a "
+            "torch.save'd state dict)"
+        ) from None
     return _extract_state_dict(obj, path.name)
+
+
+def _is_zip(path: Path) -> bool:
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
 
 
 def _extract_state_dict(obj: Any, name: str) -> dict[str, Tensor]:
@@ -83,24 +102,41 @@ def _extract_state_dict(obj: Any, name: str) -> dict[str, Tensor]:
     raise CheckpointError(f"{name} holds no state dict of tensors")
 
 
-def _strip_prefixes(state: dict[str, Tensor]) -> dict[str, Tensor]:
+def _strip_prefixes(state: dict[str, V]) -> dict[str, V]:
+    """Drop a prefix every name shares: DataParallel's `module.`, torch.compile's."""
     for prefix in ("module.", "_orig_mod."):
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load weights into `model`, naming every layer that does not fit."""
-    state = _strip_prefixes(read_state_dict(path))
-    expected = model.state_dict()
+def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of an untrusted weights file, without loading its tensors where the
+    format allows (a safetensors header; a torch zip is memory-mapped)."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if len(head) >= 8 and _looks_like_safetensors(head):
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:  # type: ignore[no-untyped-call]
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError, ValueError, RuntimeError):
+            raise CheckpointError(f"{path.name} is not a valid safetensors file") from None
+    return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
+
+
+def _fit_problems(
+    shapes: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], name: str
+) -> None:
     mismatched = [
-        f"{k}: file has {list(v.shape)}, model expects {list(expected[k].shape)}"
-        for k, v in state.items()
-        if k in expected and v.shape != expected[k].shape
+        f"{k}: file has {list(v)}, model expects {list(expected[k])}"
+        for k, v in shapes.items()
+        if k in expected and v != expected[k]
     ]
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k[:100] for k in shapes if k not in expected]
     if mismatched or missing or unexpected:
         lines = []
         if mismatched:
@@ -110,9 +146,22 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         if unexpected:
             lines.append(f"unexpected layers: {', '.join(unexpected[:5])}")
         hint = " (check arch, num_classes and in_channels)"
-        raise CheckpointError(
-            f"{Path(path).name} does not fit the model: {' | '.join(lines)}{hint}"
-        )
+        raise CheckpointError(f"{name} does not fit the model: {' | '.join(lines)}{hint}")
+
+
+def check_fit(model: nn.Module, path: str | Path) -> None:
+    """Raise CheckpointError naming every layer of the file that does not fit `model`
+    (which may live on the meta device: only shapes are compared)."""
+    shapes = _strip_prefixes(read_shapes(path))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    _fit_problems(shapes, expected, Path(path).name)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load weights into `model`, naming every layer that does not fit."""
+    state = _strip_prefixes(read_state_dict(path))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    _fit_problems({k: tuple(v.shape) for k, v in state.items()}, expected, Path(path).name)
     model.load_state_dict(state)
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdcore.archives import iter_archive_files
+from kdcore.archives import inspect_npz, iter_archive_files
 from kdcore.errors import DataError
 from kdcore.registry import Registry
 from kdcore.spec import DatasetSpec
@@ -196,13 +196,12 @@ def load_npz(spec: DatasetSpec, seed: int) -> RawData:
     Loaded with allow_pickle=False: object arrays are refused."""
     if not spec.path:
         raise DataError("npz needs dataset.path")
+    check_npz_arrays(inspect_npz(Path(spec.path)))
     try:
         with np.load(spec.path, allow_pickle=False) as npz:
-            if "x" not in npz or "y" not in npz:
-                raise DataError(f"the npz must hold arrays 'x' and 'y'; it has {sorted(npz)}")
             xs, ys = npz["x"], npz["y"]
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"cannot read npz {Path(spec.path).name}: {exc}") from None
+    except (ValueError, OSError, EOFError, KeyError):
+        raise DataError(f"cannot read npz {Path(spec.path).name}") from None
     if xs.shape[0] != ys.shape[0] or xs.shape[0] == 0:
         raise DataError(f"x has {xs.shape[0]} rows but y has {ys.shape[0]}")
     if not np.issubdtype(xs.dtype, np.number):
@@ -221,6 +220,15 @@ def load_npz(spec: DatasetSpec, seed: int) -> RawData:
         raise DataError("y must hold integer labels or float targets")
     y = torch.from_numpy(ys.astype(np.float32))
     return RawData(x, y, 1 if y.ndim == 1 else int(y.shape[1]))
+
+
+def check_npz_arrays(shapes: dict[str, tuple[int, ...]]) -> None:
+    """The arrays an npz dataset needs, from `inspect_npz`'s shapes (nothing loaded)."""
+    if "x" not in shapes or "y" not in shapes:
+        raise DataError(f"the npz must hold arrays 'x' and 'y'; it has {sorted(shapes)}")
+    x, y = shapes["x"], shapes["y"]
+    if not x or not y or x[0] != y[0] or x[0] == 0:
+        raise DataError(f"x has shape {list(x)} and y {list(y)}: they need the same rows (> 0)")
 
 
 def _resize(x: Tensor, size: int | None) -> Tensor:

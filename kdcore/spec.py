@@ -11,7 +11,15 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from kdcore.errors import SpecError
 
@@ -32,7 +40,8 @@ class ModelSpec(_Strict):
         default=None,
         max_length=4096,
         description="Weights: a path (CLI) or an uploaded file / artifact id (service). "
-        "safetensors, a weights-only torch state dict, or a TorchScript archive.",
+        "safetensors or a weights-only torch state dict (TorchScript is refused: "
+        "loading it runs code).",
     )
 
 
@@ -184,6 +193,14 @@ class JobSpec(_Strict):
         description="The service stops the run and fails the job after this many seconds "
         "of training (per attempt); the kdcore CLI ignores it.",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, name: str) -> str:
+        # names appear in logs, terminals and the dashboard: no NUL, newline or escape
+        if any(ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029" for c in name):
+            raise ValueError("name may not contain control characters (NUL, newlines, ESC...)")
+        return name
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:

@@ -8,10 +8,8 @@ import threading
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.db import repository as repo
-from app.db.session import session_scope
 from app.settings import Settings
-from worker.runner import claim_and_run
+from worker.runner import run_next
 
 log = logging.getLogger("kd.local")
 
@@ -34,12 +32,7 @@ class LocalExecutor:
         while not self.stop.is_set():
             ran = False
             try:
-                with session_scope(self.settings.db_url) as session:
-                    candidates = repo.queued_job_ids(session, limit=len(self.threads) + 1)
-                for job_id in candidates:
-                    if claim_and_run(self.settings, job_id) is not None:
-                        ran = True
-                        break
+                ran = run_next(self.settings, self.settings.served_pools(), len(self.threads) + 1)
             except SQLAlchemyError as exc:
                 log.warning("local executor: database unavailable: %s", exc)
             except Exception:  # keep the executor alive whatever one job did

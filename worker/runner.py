@@ -59,16 +59,19 @@ def claim_and_run(settings: Settings, job_id: str, wid: str | None = None) -> st
         attempt = job.attempt
         try:
             spec = resolved_spec(session, settings, job)
+            over = _over_limits(settings, spec)
         except FileNotFoundError as exc:
+            over = str(exc)
+        if over:
             repo.change_status(
                 session,
                 job_id,
                 ("running",),
                 "failed",
-                str(exc),
+                over,
                 worker_id=wid,
                 attempt=attempt,
-                error=str(exc),
+                error=over,
             )
             return "failed"
         resume = _resume_point(session, settings, job)
@@ -89,6 +92,29 @@ def claim_and_run(settings: Settings, job_id: str, wid: str | None = None) -> st
         return status
     finally:
         logs.job_id.reset(token)
+
+
+def _over_limits(settings: Settings, spec: dict[str, Any]) -> str | None:
+    """The submission checks again, on this host's copy of the files: the limits may
+    have been lowered, or the job may come from an older API."""
+    from app.services.jobs import cost_limits
+    from kdcore.cost import check_limits
+    from kdcore.errors import KDError
+    from kdcore.spec import parse_spec
+
+    try:
+        problems = check_limits(parse_spec(spec), cost_limits(settings))
+    except KDError as exc:
+        return str(exc)
+    return "; ".join(f"{loc}: {msg}" for loc, msg in problems) or None
+
+
+def run_next(settings: Settings, pools: set[str] | None, candidates: int = 3) -> bool:
+    """Claim and run the next job of `pools` in fair order (repository.queued_job_ids);
+    returns whether one ran. Both executors start jobs through here."""
+    with session_scope(settings.db_url) as session:
+        job_ids = repo.queued_job_ids(session, pools, limit=candidates)
+    return any(claim_and_run(settings, job_id) is not None for job_id in job_ids)
 
 
 def _resume_point(session: Any, settings: Settings, job: Job) -> tuple[str, int] | None:
@@ -325,13 +351,7 @@ class Supervisor:
             time.sleep(delay)
             try:
                 with session_scope(self.s.db_url) as session:
-                    status = self._record_end(session, final)
-                    job = session.get(Job, self.job_id)
-                    delivery = (
-                        webhooks.enqueue(session, job)
-                        if job and status in ("succeeded", "failed", "cancelled")
-                        else None
-                    )
+                    status = self._record_end(session, final)  # queues the webhook too
                 break
             except SQLAlchemyError as exc:
                 log.warning("job %s: cannot record the end yet: %s", self.job_id, exc)
@@ -340,8 +360,7 @@ class Supervisor:
         nudge(self.s.broker_url, self.job_id)
         if status == "queued":
             publish(self.s.broker_url, self.job_id, *route_for(self.spec))
-        if delivery is not None:
-            threading.Thread(target=webhooks.deliver, args=(self.s, delivery), daemon=True).start()
+        webhooks.wake()
         return status
 
     def _record_end(self, session: Any, final: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -23,7 +24,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import logs
-from app.db.models import STATUSES, Job
+from app.db.models import STATUSES, Job, utcnow
 from app.db.session import session_scope
 from app.settings import Settings
 
@@ -33,53 +34,76 @@ DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86
 WAIT_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 14400)
 
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+RECENT_S = 3600  # the histograms cover jobs that ended (or started) in the last hour
+
+
 class JobCollector(Collector):
     """kd_jobs, kd_queue_depth, kd_job_duration_seconds, kd_job_queue_wait_seconds,
-    kd_job_images_per_second: read from the jobs table on each scrape."""
+    kd_running_images_per_second: read from the database at most every
+    `metrics_cache_s`, however often /metrics is scraped. Every query is indexed: counts
+    by status, and only jobs of the last hour for the histograms. No label carries a job
+    id or any other value a client chose."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self._cached: tuple[float, list[Metric]] | None = None
 
     def collect(self) -> Iterator[Metric]:
+        now = time.monotonic()
+        if self._cached is None or now - self._cached[0] >= self.settings.metrics_cache_s:
+            self._cached = (now, self._read())
+        yield from self._cached[1]
+
+    def _read(self) -> list[Metric]:
+        since = utcnow() - timedelta(seconds=RECENT_S)
         with session_scope(self.settings.db_url) as session:
             counts = dict(
                 session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
             )
-            times = session.execute(
+            ended = session.execute(
                 select(Job.status, Job.created_at, Job.started_at, Job.finished_at).where(
-                    Job.started_at.is_not(None)
+                    Job.finished_at > since
                 )
             ).all()
-            running = session.execute(
-                select(Job.id, Job.name, Job.progress).where(Job.status == "running")
-            ).all()
+            running = session.scalars(select(Job.progress).where(Job.status == "running")).all()
         jobs = GaugeMetricFamily("kd_jobs", "Jobs by status", labels=["status"])
         for status in STATUSES:
             jobs.add_metric([status], counts.get(status, 0))
-        yield jobs
-        yield GaugeMetricFamily(
-            "kd_queue_depth", "Jobs waiting for a worker", value=counts.get("queued", 0)
-        )
         durations = [
             (f - s).total_seconds()
-            for st, _, s, f in times
+            for st, _, s, f in ended
             if s is not None and f is not None and st == "succeeded"
         ]
-        waits = [(s - c).total_seconds() for _, c, s, _ in times if s is not None]
-        yield _histogram(
-            "kd_job_duration_seconds", "Run time of succeeded jobs", durations, DURATION_BUCKETS
-        )
-        yield _histogram(
-            "kd_job_queue_wait_seconds", "Time from submission to start", waits, WAIT_BUCKETS
-        )
-        rate = GaugeMetricFamily(
-            "kd_job_images_per_second", "Training throughput of running jobs", labels=["job_id"]
-        )
-        for job_id, _, progress in running:
-            value = (progress or {}).get("images_per_s")
-            if isinstance(value, int | float):
-                rate.add_metric([job_id], float(value))
-        yield rate
+        waits = [(s - c).total_seconds() for _, c, s, _ in ended if s is not None]
+        rates = [
+            float(p["images_per_s"])
+            for p in running
+            if isinstance((p or {}).get("images_per_s"), int | float)
+        ]
+        return [
+            jobs,
+            GaugeMetricFamily(
+                "kd_queue_depth", "Jobs waiting for a worker", value=counts.get("queued", 0)
+            ),
+            _histogram(
+                "kd_job_duration_seconds",
+                "Run time of jobs that succeeded in the last hour",
+                durations,
+                DURATION_BUCKETS,
+            ),
+            _histogram(
+                "kd_job_queue_wait_seconds",
+                "Submission to start, of jobs that ended in the last hour",
+                waits,
+                WAIT_BUCKETS,
+            ),
+            GaugeMetricFamily(
+                "kd_running_images_per_second",
+                "Training throughput of all running jobs together",
+                value=sum(rates),
+            ),
+        ]
 
 
 def _histogram(
@@ -135,13 +159,14 @@ class RequestContext:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             elapsed = seen.get("ttfb", time.perf_counter() - start)
-            self.metrics.http_latency.labels(
-                scope["method"], template, str(seen["status"])
-            ).observe(elapsed)
+            # labels from fixed sets only: any string a client sends as a method or path
+            # would otherwise become a new series, kept for the life of the process
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
+            self.metrics.http_latency.labels(method, template, str(seen["status"])).observe(elapsed)
             log.info(
                 "request",
                 extra={
-                    "method": scope["method"],
+                    "method": scope["method"][:16],
                     "path": scope["path"],
                     "route": template,
                     "status": seen["status"],

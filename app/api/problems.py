@@ -27,6 +27,7 @@ TITLES = {
     415: "Unsupported Media Type",
     416: "Range Not Satisfiable",
     422: "Unprocessable Content",
+    429: "Too Many Requests",
     500: "Internal Server Error",
 }
 

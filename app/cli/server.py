@@ -108,9 +108,13 @@ def worker(
     if not settings.broker_url:
         raise typer.BadParameter("`kd worker` needs KD_BROKER_URL (a Redis URL)")
     configure_logging(settings)
+    from app.main import private_files
+    from app.services.webhooks import Dispatcher
     from worker.tasks import app
 
+    private_files(settings)
     Maintenance(settings).start()
+    Dispatcher(settings).start()
     argv = [
         "worker",
         "--loglevel",
@@ -161,6 +165,43 @@ def keys_revoke(key_id: str) -> None:
     with session_scope(get_settings().db_url) as session:
         if not revoke_key(session, key_id):
             raise typer.BadParameter(f"no active key {key_id}")
+
+
+@keys_app.command("limits")
+def keys_limits(
+    tenant: Annotated[str, typer.Argument(help="tenant name")],
+    max_active_jobs: Annotated[int | None, typer.Option(min=1)] = None,
+    submissions_per_minute: Annotated[int | None, typer.Option(min=1)] = None,
+    max_stored_bytes: Annotated[int | None, typer.Option(min=0)] = None,
+    max_priority: Annotated[int | None, typer.Option(min=0, max=9)] = None,
+    reset: Annotated[bool, typer.Option(help="back to the service-wide defaults")] = False,
+) -> None:
+    """Show or set a tenant's limits (unset ones follow the KD_* defaults)."""
+    from sqlalchemy import select
+
+    from app.db.models import Tenant
+    from app.db.session import session_scope
+    from app.services.quotas import Limits, limits_for
+
+    settings = get_settings()
+    given = {
+        "max_active_jobs": max_active_jobs,
+        "submissions_per_minute": submissions_per_minute,
+        "max_stored_bytes": max_stored_bytes,
+        "max_priority": max_priority,
+    }
+    with session_scope(settings.db_url) as session:
+        row = session.scalar(select(Tenant).where(Tenant.name == tenant))
+        if row is None:
+            raise typer.BadParameter(f"no tenant {tenant!r}")
+        for name in Limits.__dataclass_fields__:
+            if reset:
+                setattr(row, name, None)
+            elif given[name] is not None:
+                setattr(row, name, given[name])
+        for name, value in vars(limits_for(row, settings)).items():
+            source = "tenant" if getattr(row, name) is not None else "default"
+            print(f"{name}\t{value}\t({source})")
 
 
 def migrate() -> None:

@@ -14,6 +14,7 @@ from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, S
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+ACTIVE = ("queued", "running", "cancelling")
 STATUSES = ("queued", "running", "cancelling", *TERMINAL)
 
 
@@ -35,6 +36,11 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     webhook_secret: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # per-tenant limits; None: the service-wide default from Settings
+    max_active_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
+    submissions_per_minute: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_priority: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_stored_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
 
 class ApiKey(Base):
@@ -66,6 +72,7 @@ class Job(Base):
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
         Index("ix_jobs_queue_order", "status", "queue", "priority", "created_at"),
+        Index("ix_jobs_finished_at", "finished_at"),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -154,7 +161,13 @@ class IdempotencyKey(Base):
 
 
 class WebhookDelivery(Base):
+    """The webhook outbox: a row is written in the transaction that ends the job, and the
+    delivery loop (app.services.webhooks.Dispatcher) sends it later, outside any
+    transaction. `next_attempt_at` is when it is due (or, while an attempt runs, when
+    that attempt's claim lapses)."""
+
     __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     url: Mapped[str] = mapped_column(Text)
@@ -165,3 +178,5 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)

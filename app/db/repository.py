@@ -79,6 +79,11 @@ def change_status(
         return False
     _record(session, job_id, previous, to, reason, attempt if attempt is not None else job.attempt)
     session.refresh(job)
+    if to in TERMINAL:
+        # the outbox row commits with the transition, whichever path ended the job
+        from app.services.webhooks import enqueue
+
+        enqueue(session, job)
     return True
 
 
@@ -151,13 +156,28 @@ def heartbeat(
     return str(row[0])
 
 
-def queued_job_ids(session: Session, limit: int = 10) -> list[str]:
-    stmt = (
-        select(Job.id)
-        .where(Job.status == "queued")
-        .order_by(Job.priority.desc(), Job.created_at, Job.id)
-        .limit(limit)
+def _fair_order() -> Any:
+    """Queued jobs with their turn: within one pool and priority, each tenant's oldest
+    job has turn 1, its next turn 2... Workers take priority first, then turn, then age,
+    so tenants of the same priority alternate instead of the first to flood the queue
+    going first (fair share)."""
+    turn = func.row_number().over(
+        partition_by=(Job.queue, Job.priority, Job.tenant_id), order_by=(Job.created_at, Job.id)
     )
+    return (
+        select(Job.id, Job.queue, Job.priority, Job.created_at, turn.label("turn"))
+        .where(Job.status == "queued")
+        .subquery()
+    )
+
+
+def queued_job_ids(session: Session, pools: set[str] | None = None, limit: int = 10) -> list[str]:
+    """The next jobs to run, in fair order, from `pools` (None: every pool)."""
+    q = _fair_order()
+    stmt = select(q.c.id)
+    if pools is not None:
+        stmt = stmt.where(q.c.queue.in_(sorted(pools)))
+    stmt = stmt.order_by(q.c.priority.desc(), q.c.turn, q.c.created_at, q.c.id).limit(limit)
     return list(session.scalars(stmt))
 
 
@@ -251,37 +271,16 @@ def page_newest_first(
 
 def queue_positions(session: Session, jobs: list[Job]) -> dict[str, int]:
     """1-based positions of the queued ones among `jobs`, each in its own queue (worker
-    pool), in the order workers take them: priority first, then age. One query."""
+    pool), in the order workers take them (`queued_job_ids`). One query; only the pools
+    of these jobs are ranked."""
     ids = [j.id for j in jobs if j.status == "queued"]
     if not ids:
         return {}
-    if len(jobs) == 1:  # one job (create, get): an indexed count beats ranking the queue
-        return {ids[0]: _count_position(session, jobs[0])}
+    q = _fair_order()
     order = func.row_number().over(
-        partition_by=Job.queue, order_by=(Job.priority.desc(), Job.created_at, Job.id)
+        partition_by=q.c.queue, order_by=(q.c.priority.desc(), q.c.turn, q.c.created_at, q.c.id)
     )
-    ranked = select(Job.id, order.label("pos")).where(Job.status == "queued").subquery()
+    pools = sorted({j.queue for j in jobs if j.status == "queued"})
+    ranked = select(q.c.id, order.label("pos")).where(q.c.queue.in_(pools)).subquery()
     rows = session.execute(select(ranked.c.id, ranked.c.pos).where(ranked.c.id.in_(ids)))
     return {job_id: int(pos) for job_id, pos in rows}
-
-
-def _count_position(session: Session, job: Job) -> int:
-    """One job's position: an indexed count of the jobs ahead of it in its pool (the
-    window query would rank every queued job to answer for one)."""
-    ahead = session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(
-            Job.status == "queued",
-            Job.queue == job.queue,
-            (Job.priority > job.priority)
-            | (
-                (Job.priority == job.priority)
-                & (
-                    (Job.created_at < job.created_at)
-                    | ((Job.created_at == job.created_at) & (Job.id < job.id))
-                )
-            ),
-        )
-    )
-    return int(ahead or 0) + 1

@@ -18,6 +18,7 @@ from app import storage
 from app.db.models import Artifact, File, Job, new_id
 from app.db.repository import get_owned, page_newest_first
 from app.errors import ProblemError, not_found
+from app.services import quotas
 from app.settings import Settings
 
 PURPOSES = ("checkpoint", "dataset")
@@ -90,28 +91,22 @@ async def receive_upload(request: Request, settings: Settings) -> tuple[str, str
 
 
 def check_content(path: Path, filename: str, purpose: str, settings: Settings) -> None:
-    """Refuse files kdcore could not use safely, with the reason. Nothing is unpickled."""
-    from kdcore.archives import iter_archive_files
+    """Refuse files kdcore could not use safely, with the reason. Nothing is unpickled,
+    nothing is inflated into memory, and no message quotes the file's bytes."""
+    from kdcore.archives import check_archive, inspect_npz
     from kdcore.checkpoints import read_state_dict
+    from kdcore.data import check_npz_arrays
     from kdcore.errors import KDError
 
     try:
         if purpose == "checkpoint":
             read_state_dict(path)
         elif filename.endswith(".npz"):
-            import numpy as np
-
-            with np.load(path, allow_pickle=False) as npz:
-                if "x" not in npz or "y" not in npz:
-                    raise KDError(f"the npz must hold arrays 'x' and 'y'; it has {sorted(npz)}")
-                npz["x"], npz["y"]  # noqa: B018 (reading them checks they are not objects)
+            check_npz_arrays(inspect_npz(path, settings.max_archive_unpacked_bytes))
         else:
-            for _ in iter_archive_files(path, max_bytes=settings.max_archive_unpacked_bytes):
-                pass
-    except (KDError, ValueError) as exc:  # ValueError: numpy object arrays, bad format
+            check_archive(path, max_bytes=settings.max_archive_unpacked_bytes)
+    except KDError as exc:
         message = str(exc).replace(path.name, filename)  # never show our temp file's name
-        if isinstance(exc, ValueError):
-            message = f"unreadable {filename}: {message}"
         raise ProblemError(
             422, "Unprocessable Content", message, errors=[{"loc": "/file", "msg": message}]
         ) from None
@@ -128,6 +123,7 @@ def store_upload(
     sha256: str,
 ) -> File:
     try:
+        quotas.check_storage(session, settings, tenant_id, size)
         check_content(tmp, filename, purpose, settings)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -183,12 +179,36 @@ def _references(spec: dict) -> set[str]:
     return {r for r in refs if r}
 
 
-def resolve_reference(session: Session, tenant_id: str, ref: str) -> str | None:
-    """The storage location behind an uploaded file id or a job artifact id of this
-    tenant (a path, or an s3:// URL: see app.storage)."""
-    models = {"file_": File, "art_": Artifact}
-    model = next((m for prefix, m in models.items() if ref.startswith(prefix)), None)
-    row = get_owned(session, model, tenant_id, ref) if model is not None else None
-    if row is None:
-        return None
-    return str(row.path)
+def resolve_reference(session: Session, tenant_id: str, ref: str, purpose: str) -> str | None:
+    """The storage location behind a file or artifact id of this tenant usable for
+    `purpose` (a path, or an s3:// URL: see app.storage); None if there is none.
+
+    A file is used only for the purpose it was uploaded and checked for: a dataset
+    upload never becomes a checkpoint. Of a job's artifacts only the safetensors
+    weights serve as a checkpoint."""
+    if ref.startswith("file_"):
+        row = get_owned(session, File, tenant_id, ref)
+        return str(row.path) if row is not None and row.purpose == purpose else None
+    if ref.startswith("art_") and purpose == "checkpoint":
+        art = get_owned(session, Artifact, tenant_id, ref)
+        return str(art.path) if art is not None and art.name.endswith(".safetensors") else None
+    return None
+
+
+def describe_reference(session: Session, tenant_id: str, ref: str, purpose: str) -> str:
+    """Why `ref` cannot serve as `purpose` (for the 422 message)."""
+    if ref.startswith("file_"):
+        row = get_owned(session, File, tenant_id, ref)
+        if row is not None and row.purpose != purpose:
+            return (
+                f"file {ref!r} was uploaded with purpose {row.purpose!r}; "
+                f"upload it again with purpose {purpose!r}"
+            )
+    if ref.startswith("art_"):
+        art = get_owned(session, Artifact, tenant_id, ref)
+        if art is not None:
+            return f"artifact {ref!r} ({art.name}) cannot be used as a {purpose}"
+    hint = "upload one with POST /v1/files" + (
+        " or use a job's safetensors artifact id" if purpose == "checkpoint" else ""
+    )
+    return f"no file or artifact {ref!r}; {hint}"

@@ -16,7 +16,6 @@ from app.db.models import (
     TERMINAL,
     Artifact,
     Checkpoint,
-    File,
     IdempotencyKey,
     Job,
     JobEvent,
@@ -25,7 +24,9 @@ from app.db.models import (
 )
 from app.errors import ProblemError, invalid, not_found
 from app.queue import route_for
-from app.services.files import resolve_reference
+from app.services import quotas
+from app.services.egress import AllowList, EgressRefused, resolve
+from app.services.files import describe_reference, resolve_reference
 from app.settings import Settings
 
 BUILTIN_DATASETS = ("digits", "fashion_mnist", "synthetic")
@@ -46,30 +47,33 @@ def validate_spec(
     warnings: list[str] = []
     for role in ("teacher", "student"):
         model = getattr(spec, role)
-        if (
-            model is not None
-            and model.checkpoint is not None
-            and resolve_reference(session, tenant_id, model.checkpoint) is None
-        ):
+        ref = model.checkpoint if model is not None else None
+        if ref is not None and resolve_reference(session, tenant_id, ref, "checkpoint") is None:
             errors.append(
-                (
-                    f"/{role}/checkpoint",
-                    f"no file or artifact {model.checkpoint!r}; "
-                    "upload one with POST /v1/files or use a job artifact id",
-                )
+                (f"/{role}/checkpoint", describe_reference(session, tenant_id, ref, "checkpoint"))
             )
     ds = spec.dataset
     if ds.name in BUILTIN_DATASETS and ds.path is not None:
         errors.append(("/dataset/path", "built-in datasets take no path"))
-    elif ds.name not in BUILTIN_DATASETS and ds.path is not None:
-        path = resolve_reference(session, tenant_id, ds.path)
-        row = session.get(File, ds.path) if ds.path.startswith("file_") else None
-        if path is None:
-            errors.append(("/dataset/path", f"no file {ds.path!r}; upload the dataset first"))
-        elif row is not None and row.purpose != "dataset":
-            errors.append(("/dataset/path", f"file {ds.path!r} was uploaded as a {row.purpose}"))
-    if spec.webhook_url is not None and not spec.webhook_url.startswith(("http://", "https://")):
-        errors.append(("/webhook_url", "must be an http:// or https:// URL"))
+    elif ds.path is not None and resolve_reference(session, tenant_id, ds.path, "dataset") is None:
+        errors.append(("/dataset/path", describe_reference(session, tenant_id, ds.path, "dataset")))
+    if spec.webhook_url is not None:
+        try:
+            resolve(spec.webhook_url, AllowList.parse(settings.webhook_allow))
+        except EgressRefused as exc:
+            errors.append(("/webhook_url", str(exc)))
+    pools = settings.served_pools()
+    queue, _ = route_for(spec.model_dump(mode="json"))
+    if pools is not None and queue not in pools:
+        errors.append(
+            (
+                "/resources",
+                f"no executor of this service runs queue {queue!r} (resources.gpu_type and "
+                f"resources.gpus pick it); it runs {sorted(pools)}",
+            )
+        )
+    if not errors:
+        errors += check_cost(session, settings, tenant_id, spec)
     if not errors:
         errors += _check_weights_fit(session, settings, tenant_id, spec)
     if (
@@ -83,11 +87,41 @@ def validate_spec(
     return spec, errors, warnings
 
 
+def cost_limits(settings: Settings) -> Any:
+    from kdcore.cost import Limits
+
+    return Limits(
+        max_model_params=settings.max_model_params,
+        max_activation_bytes=settings.max_activation_bytes,
+        max_dataset_bytes=settings.max_dataset_bytes,
+        max_archive_bytes=settings.max_archive_unpacked_bytes,
+    )
+
+
+def check_cost(
+    session: Session, settings: Settings, tenant_id: str, spec: Any
+) -> list[tuple[str, str]]:
+    """The job's size (models on the meta device, the dataset from its metadata) against
+    the configured limits. Nothing is allocated or decoded."""
+    from kdcore.cost import check_limits
+
+    if spec.dataset.path is not None:
+        path = resolve_reference(session, tenant_id, spec.dataset.path, "dataset")
+        if path is None:  # reported already
+            return []
+        local = str(storage.local_copy(settings, path))
+        spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"path": local})})
+    return check_limits(spec, cost_limits(settings))
+
+
 def _check_weights_fit(
     session: Session, settings: Settings, tenant_id: str, spec: Any
 ) -> list[tuple[str, str]]:
-    """Load each checkpoint into its model for built-in datasets, whose shapes we know."""
-    from kdcore.checkpoints import load_weights
+    """Compare each checkpoint's tensor shapes with its model, built on the meta device
+    (no memory), for built-in datasets, whose shapes we know."""
+    import torch
+
+    from kdcore.checkpoints import check_fit
     from kdcore.data import describe
     from kdcore.errors import KDError
     from kdcore.models import build_model
@@ -101,12 +135,13 @@ def _check_weights_fit(
         model = getattr(spec, role)
         if model is None or model.checkpoint is None:
             continue
-        path = resolve_reference(session, tenant_id, model.checkpoint)
+        path = resolve_reference(session, tenant_id, model.checkpoint, "checkpoint")
         if path is None:  # validate_spec reported it already
             continue
         try:
-            net = build_model(model.arch, model.num_classes or classes, input_shape)
-            load_weights(net, storage.local_copy(settings, path))
+            with torch.device("meta"):
+                net = build_model(model.arch, model.num_classes or classes, input_shape)
+            check_fit(net, storage.local_copy(settings, path))
         except (KDError, ValueError, RuntimeError) as exc:
             errors.append((f"/{role}/checkpoint", str(exc)))
     return errors
@@ -158,6 +193,7 @@ def create_job(
     spec, errors, _ = validate_spec(session, settings, tenant_id, data)
     if errors:
         raise invalid(errors, "the job spec is invalid")
+    quotas.check_submission(session, settings, tenant_id, spec.priority)
     job = _insert_job(session, settings, tenant_id, spec.model_dump(mode="json"))
     body = render(session, job)
     if idempotency_key:
@@ -215,7 +251,9 @@ def list_jobs(
     if status:
         stmt = stmt.where(Job.status == status)
     if name:
-        stmt = stmt.where(Job.name.ilike(f"%{name}%"))
+        # the name is matched literally: % and _ are not wildcards here
+        literal = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        stmt = stmt.where(Job.name.ilike(f"%{literal}%", escape="\\"))
     return repo.page_newest_first(session, stmt, Job, cursor, limit)
 
 
@@ -268,6 +306,7 @@ def retry_job(
         if latest is None:
             raise ProblemError(409, "Conflict", f"job {job_id} has no checkpoint to resume from")
         checkpoint_id = latest.id
+    quotas.check_submission(session, settings, tenant_id, int(old.spec.get("priority") or 0))
     job = _insert_job(
         session, settings, tenant_id, old.spec, retry_of=old.id, resume_checkpoint_id=checkpoint_id
     )
@@ -337,13 +376,13 @@ def resolved_spec(session: Session, settings: Settings, job: Job) -> dict[str, A
     for role in ("teacher", "student"):
         model = spec.get(role)
         if model and model.get("checkpoint"):
-            path = resolve_reference(session, job.tenant_id, model["checkpoint"])
+            path = resolve_reference(session, job.tenant_id, model["checkpoint"], "checkpoint")
             if path is None:
                 raise FileNotFoundError(f"{role} checkpoint {model['checkpoint']} was deleted")
             model["checkpoint"] = str(storage.local_copy(settings, path))
     ds = spec["dataset"]
     if ds.get("path"):
-        path = resolve_reference(session, job.tenant_id, ds["path"])
+        path = resolve_reference(session, job.tenant_id, ds["path"], "dataset")
         if path is None:
             raise FileNotFoundError(f"dataset {ds['path']} was deleted")
         ds["path"] = str(storage.local_copy(settings, path))

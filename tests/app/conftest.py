@@ -51,7 +51,7 @@ def make_settings(tmp_path, db_url: str = "", **overrides) -> Settings:
         broker_url="",
         heartbeat_s=0.3,
         lease_s=30,
-        **overrides,
+        **{"metrics_cache_s": 0, **overrides},
     )
 
 

@@ -32,6 +32,8 @@ def test_queue_position_is_per_pool_and_priority_first(any_db_api: Api) -> None:
     api = any_db_api
     # pools of their own: the PostgreSQL database is shared with other tests' jobs
     pool, other = f"t{secrets.token_hex(4)}", f"u{secrets.token_hex(4)}"
+    # this deployment serves both pools, and tenants may use priority 5
+    api.settings.pools, api.settings.max_priority = f"kd,kd.{pool},kd.{other}", 9
     mine = {"resources": {"gpu_type": pool}}
     old = api.post("/v1/jobs", json=tiny_job(name="old", **mine)).json()
     newer = api.post("/v1/jobs", json=tiny_job(name="newer", **mine)).json()

@@ -25,13 +25,39 @@ def test_safetensors_and_weights_only_pickle_load(tmp_path):
             assert torch.equal(v, dst.state_dict()[k])
 
 
-def test_torchscript_archive_loads_into_our_model(tmp_path):
+def test_torchscript_archive_is_refused_without_being_loaded(tmp_path, monkeypatch):
     src = _model().eval()
     torch.jit.save(torch.jit.trace(src, torch.randn(1, 1, 8, 8)), tmp_path / "m.pt")
-    dst = _model()
-    load_weights(dst, tmp_path / "m.pt")
-    x = torch.randn(3, 1, 8, 8)
-    assert torch.equal(src(x), dst.eval()(x))
+
+    def never(*args, **kwargs):
+        raise AssertionError("torch.jit.load ran on an untrusted file")
+
+    monkeypatch.setattr(torch.jit, "load", never)
+    with pytest.raises(CheckpointError, match="TorchScript archive, which is refused"):
+        load_weights(_model(), tmp_path / "m.pt")
+    # renamed folders inside the zip do not get it past the check: the weights-only
+    # unpickler refuses TorchScript's classes
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "m.pt") as zin, zipfile.ZipFile(tmp_path / "n.pt", "w") as zout:
+        for info in zin.infolist():
+            name = info.filename.replace("/code/", "/cod3/").replace("constants.pkl", "c.pkl")
+            zout.writestr(name, zin.read(info))
+    with pytest.raises(CheckpointError):
+        read_state_dict(tmp_path / "n.pt")
+
+
+def test_error_messages_never_quote_the_file(tmp_path):
+    secret = "kd_SECRET_TOKEN_abc123"
+    for name, blob in {
+        "a.safetensors": (40).to_bytes(8, "little") + b'{"' + secret.encode() + b'": 1}' * 3,
+        "b.pt": b"\x80\x02c" + secret.encode() + b"\nsystem\n.",
+        "c.pt": b"PK\x03\x04" + secret.encode() * 10,
+    }.items():
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(CheckpointError) as info:
+            read_state_dict(tmp_path / name)
+        assert secret not in str(info.value)
 
 
 def test_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path):

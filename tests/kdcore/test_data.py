@@ -155,5 +155,5 @@ def test_npz_labels_and_regression_targets(tmp_path):
 def test_npz_with_object_arrays_is_refused(tmp_path):
     path = tmp_path / "evil.npz"
     np.savez(path, x=np.array([{"a": 1}] * 10, dtype=object), y=np.arange(10))
-    with pytest.raises(DataError, match="cannot read npz"):
+    with pytest.raises(DataError, match="holds Python objects, which are refused"):
         load_dataset(spec(name="npz", path=str(path)), 0)

@@ -41,6 +41,7 @@ def test_student_json_rebuilds_the_model_and_exports_agree(distilled):
     model, config = load_student(out)
     assert config["arch"] == "small_cnn" and config["input_shape"] == [1, 8, 8]
     x = torch.randn(5, 1, 8, 8)
+    # our own export, written by this test: the service never loads a client's TorchScript
     scripted = torch.jit.load(str(out / "student.torchscript.pt"))
     with torch.no_grad():
         assert torch.allclose(model(x), scripted(x), atol=1e-5)

@@ -11,11 +11,12 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.schemas import FileList, FileOut, problem_responses, render_file
 from app.services import files as service
+from app.services import quotas
 
 router = APIRouter(
     prefix="/v1/files",
     tags=["files"],
-    responses=problem_responses(400, 401, 404, 409, 413, 415, 422),
+    responses=problem_responses(400, 401, 404, 409, 413, 415, 422, 429),
 )
 
 UPLOAD_BODY = {
@@ -47,6 +48,16 @@ UPLOAD_BODY = {
 async def upload_file(
     request: Request, session: SessionDep, settings: SettingsDep, tenant: TenantDep
 ) -> JSONResponse:
+    declared = request.headers.get("content-length", "")
+    # refuse before reading the body if the tenant's storage is already full
+    await run_in_threadpool(
+        quotas.check_storage,
+        session,
+        settings,
+        tenant.id,
+        min(int(declared), settings.max_upload_bytes) if declared.isdigit() else 0,
+    )
+    session.commit()  # end the read: no connection is held while the body streams in
     filename, purpose, tmp, size, sha = await service.receive_upload(request, settings)
     row = await run_in_threadpool(
         service.store_upload, session, settings, tenant.id, filename, purpose, tmp, size, sha

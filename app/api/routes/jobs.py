@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Body, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.api.deps import SessionDep, SettingsDep, TenantDep
@@ -34,7 +34,7 @@ from app.services import webhooks
 from kdcore.spec import JobSpec
 
 router = APIRouter(
-    prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(400, 401, 404, 409, 422)
+    prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(400, 401, 404, 409, 422, 429)
 )
 Limit = Annotated[int, Query(ge=1, le=200)]
 
@@ -107,19 +107,10 @@ def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
-def cancel_job(
-    job_id: str,
-    session: SessionDep,
-    settings: SettingsDep,
-    tenant: TenantDep,
-    background: BackgroundTasks,
-) -> dict[str, Any]:
+def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
     job = service.cancel_job(session, tenant.id, job_id)
-    # a queued job ends here and now; a running one ends in its worker, which notifies
-    delivery = webhooks.enqueue(session, job) if job.status == "cancelled" else None
-    session.commit()
-    if delivery is not None:
-        background.add_task(webhooks.deliver, settings, delivery)
+    session.commit()  # a queued job ends here: its webhook is in the outbox now
+    webhooks.wake()
     return render_job(session, job)
 
 

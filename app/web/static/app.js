@@ -1,5 +1,8 @@
 // kdservice dashboard: one page, no build step. It uses the public /v1 API with the key
-// the user logs in with (kept in localStorage), like any other client.
+// the user logs in with, like any other client. The key lives in sessionStorage (gone
+// when the tab closes); only "remember me" puts it in localStorage. The page runs under
+// a Content-Security-Policy without inline script or style attributes: styles are set
+// through the CSSOM (el.style), which the policy allows.
 "use strict";
 
 const TERMINAL = ["succeeded", "failed", "cancelled"];
@@ -13,6 +16,7 @@ function h(tag, attrs, ...children) {
   const el = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k === "class") el.className = v;
+    else if (k === "style") el.style.cssText = v;
     else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
     else if (v !== undefined && v !== null && v !== false) el.setAttribute(k, v === true ? "" : v);
   }
@@ -30,12 +34,20 @@ function fill(el, ...children) {
 
 function svg(tag, attrs, ...children) {
   const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
-  for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, v);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "style") el.style.cssText = v;
+    else el.setAttribute(k, v);
+  }
   for (const c of children) el.append(c instanceof Node ? c : String(c));
   return el;
 }
 
-const key = () => localStorage.getItem("kd_api_key");
+const KEY = "kd_api_key";
+const key = () => sessionStorage.getItem(KEY) || localStorage.getItem(KEY);
+function forgetKey() {
+  sessionStorage.removeItem(KEY);
+  localStorage.removeItem(KEY);
+}
 const fmt = (v, digits = 4) => (typeof v === "number" ? Number(v.toFixed(digits)).toString() : v ?? "–");
 const pct = (v) => (typeof v === "number" ? (100 * v).toFixed(2) + " %" : "–");
 const bytes = (n) => (n >= 1 << 20 ? (n / (1 << 20)).toFixed(2) + " MiB" : (n / 1024).toFixed(1) + " KiB");
@@ -58,7 +70,7 @@ async function api(path, options = {}) {
   }
   const r = await fetch(path, { ...options, headers });
   if (r.status === 401) {
-    localStorage.removeItem("kd_api_key");
+    forgetKey();
     route();
     throw new ApiError({ detail: "the API key was refused" }, 401);
   }
@@ -93,7 +105,7 @@ function route() {
 
 window.addEventListener("hashchange", route);
 document.getElementById("logout").addEventListener("click", () => {
-  localStorage.removeItem("kd_api_key");
+  forgetKey();
   location.hash = "#/jobs";
   route();
 });
@@ -103,15 +115,19 @@ document.getElementById("logout").addEventListener("click", () => {
 function renderLogin(view) {
   const input = h("input", { id: "api-key", type: "password", placeholder: "kd_...", autocomplete: "off" });
   const message = h("div", { class: "field-error", id: "login-error" });
+  const remember = h("input", { id: "remember", type: "checkbox" });
   const form = h("form", { class: "card login", id: "login-form" },
     h("h1", {}, "Log in"),
     h("p", { class: "muted" }, "Paste an API key (`kd serve` prints one on its first start and saves it in data/api_key)."),
-    input, h("p", {}, h("button", { class: "primary", type: "submit", id: "login" }, "Log in")), message);
+    input,
+    h("p", {}, h("label", {}, remember, " Remember me on this computer (keeps the key in localStorage)")),
+    h("p", {}, h("button", { class: "primary", type: "submit", id: "login" }, "Log in")), message);
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     const r = await fetch("/v1/tenant", { headers: { Authorization: `Bearer ${input.value.trim()}` } });
     if (!r.ok) { message.textContent = "This key was refused."; return; }
-    localStorage.setItem("kd_api_key", input.value.trim());
+    forgetKey();
+    (remember.checked ? localStorage : sessionStorage).setItem(KEY, input.value.trim());
     route();
   });
   view.append(form);

@@ -1,0 +1,119 @@
+"""Per-tenant limits: active jobs, submissions per minute, stored bytes, highest priority.
+
+Each limit is the tenant's own value (tenants table, set with `kd keys limits`) or the
+service-wide default (Settings). Going over a rate or count answers 429 with
+Retry-After; asking for a priority above the tenant's ceiling is a 422 on /priority.
+On PostgreSQL the tenant's row is locked while a submission is checked and inserted,
+so concurrent submissions cannot overshoot a limit together.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.db.models import ACTIVE, Artifact, File, Job, Tenant, utcnow
+from app.errors import ProblemError, invalid
+from app.settings import Settings
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_active_jobs: int
+    submissions_per_minute: int
+    max_stored_bytes: int
+    max_priority: int
+
+
+def limits_for(tenant: Tenant, settings: Settings) -> Limits:
+    def pick(name: str) -> int:
+        own = getattr(tenant, name)
+        return int(own) if own is not None else int(getattr(settings, name))
+
+    return Limits(*(pick(n) for n in Limits.__dataclass_fields__))
+
+
+def _too_many(detail: str, retry_after_s: float) -> ProblemError:
+    return ProblemError(
+        429,
+        "Too Many Requests",
+        detail,
+        headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))},
+    )
+
+
+def stored_bytes(session: Session, tenant_id: str) -> int:
+    files = session.scalar(
+        select(func.coalesce(func.sum(File.bytes), 0)).where(File.tenant_id == tenant_id)
+    )
+    arts = session.scalar(
+        select(func.coalesce(func.sum(Artifact.bytes), 0)).where(Artifact.tenant_id == tenant_id)
+    )
+    return int(files or 0) + int(arts or 0)
+
+
+def _locked_tenant(session: Session, tenant_id: str) -> Tenant:
+    tenant = session.scalar(select(Tenant).where(Tenant.id == tenant_id).with_for_update())
+    if tenant is None:  # the key was valid a moment ago: the tenant was just deleted
+        raise ProblemError(401, "Unauthorized", "the tenant no longer exists")
+    return tenant
+
+
+def check_submission(session: Session, settings: Settings, tenant_id: str, priority: int) -> None:
+    """Raise unless the tenant may submit one more job now."""
+    tenant = _locked_tenant(session, tenant_id)
+    limits = limits_for(tenant, settings)
+    if priority > limits.max_priority:
+        raise invalid(
+            [("/priority", f"your highest allowed priority is {limits.max_priority}")],
+            f"priority {priority} is above this tenant's limit of {limits.max_priority}",
+        )
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))
+    )
+    if int(active or 0) >= limits.max_active_jobs:
+        raise _too_many(
+            f"you have {active} active jobs (queued or running), the limit is "
+            f"{limits.max_active_jobs}; wait for one to end or cancel one",
+            30,
+        )
+    window_start = utcnow() - timedelta(seconds=60)
+    recent = session.execute(
+        select(func.count(), func.min(Job.created_at)).where(
+            Job.tenant_id == tenant_id, Job.created_at > window_start
+        )
+    ).one()
+    if int(recent[0] or 0) >= limits.submissions_per_minute:
+        oldest = recent[1] or utcnow()
+        wait = 60 - (utcnow() - oldest).total_seconds()
+        raise _too_many(
+            f"over {limits.submissions_per_minute} submissions per minute", max(wait, 1)
+        )
+    used = stored_bytes(session, tenant_id)
+    if used >= limits.max_stored_bytes:
+        raise _storage_full(used, limits.max_stored_bytes)
+
+
+def _storage_full(used: int, limit: int) -> ProblemError:
+    return _too_many(
+        f"you store {used} bytes (files and job outputs), the limit is {limit}; "
+        "delete files or finished jobs",
+        3600,
+    )
+
+
+def check_storage(session: Session, settings: Settings, tenant_id: str, adding: int) -> None:
+    """Raise unless the tenant may store `adding` more bytes."""
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise ProblemError(401, "Unauthorized", "the tenant no longer exists")
+    limit = limits_for(tenant, settings).max_stored_bytes
+    used = stored_bytes(session, tenant_id)
+    if used + adding > limit:
+        raise _storage_full(used, limit)

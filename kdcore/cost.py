@@ -1,0 +1,158 @@
+"""What a job will cost, estimated without allocating it, and the limits it must fit.
+
+Models are built on PyTorch's `meta` device: parameters and activations have shapes but
+no memory, so a vgg19 at 1024x1024 with 100,000 classes is sized in milliseconds. The
+activation estimate is the sum of every module's output of one forward pass (what
+autograd keeps for the backward pass) times the batch size, in float32. Datasets are
+sized from their declared shapes (an .npz's headers, an archive's file count), never by
+decoding them. The service checks these at submission, and the worker again before the
+training process loads anything.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdcore.spec import DatasetSpec, JobSpec, ModelSpec
+
+BYTES_PER_VALUE = 4  # float32
+IMAGEFOLDER_CHANNELS = 3  # the decoder makes RGB unless every image is grayscale
+BUILTIN_SAMPLES = {"digits": 1797, "fashion_mnist": 70_000}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_model_params: int
+    max_activation_bytes: int
+    max_dataset_bytes: int
+    max_archive_bytes: int
+
+
+@dataclass(frozen=True)
+class DatasetSize:
+    samples: int
+    input_shape: tuple[int, ...]
+    classes: int
+
+    @property
+    def bytes(self) -> int:
+        return self.samples * math.prod(self.input_shape) * BYTES_PER_VALUE
+
+
+def dataset_size(spec: DatasetSpec, max_archive_bytes: int) -> DatasetSize | None:
+    """Samples and input shape after resizing, from metadata only; None if unknown.
+    max_samples does not shrink it: the whole dataset is decoded before sampling."""
+    from kdcore.archives import check_archive, inspect_npz
+
+    side = spec.image_size
+    shape: tuple[int, ...]
+    if spec.name in BUILTIN_SAMPLES:
+        base = 8 if spec.name == "digits" else 28
+        n, shape, classes = BUILTIN_SAMPLES[spec.name], (1, side or base, side or base), 10
+    elif spec.name == "synthetic":
+        shape = tuple(spec.shape)
+        if side and len(shape) == 3:
+            shape = (shape[0], side, side)
+        n, classes = spec.num_samples, spec.num_classes
+    elif spec.name == "npz" and spec.path:
+        shapes = inspect_npz(Path(spec.path), max_archive_bytes, verify=False)
+        x = shapes.get("x", (0,))
+        n, rest = x[0], tuple(x[1:])
+        if len(rest) == 2:  # (N, H, W) grayscale
+            rest = (1, *rest)
+        if side and len(rest) == 3:
+            rest = (rest[0], side, side)
+        shape, classes = rest or (1,), 0
+    elif spec.name == "imagefolder" and spec.path:
+        n = check_archive(Path(spec.path), max_bytes=max_archive_bytes, verify=False)
+        shape, classes = (IMAGEFOLDER_CHANNELS, side or 32, side or 32), 0
+    else:
+        return None
+    return DatasetSize(int(n), tuple(int(d) for d in shape), int(classes))
+
+
+def model_cost(model: ModelSpec, classes: int, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(parameters, activation values of one sample) of `model`, built on the meta
+    device. The activation count is -1 if the forward pass cannot run on meta."""
+    import torch
+
+    from kdcore.models import build_model
+
+    with torch.device("meta"):
+        net = build_model(model.arch, model.num_classes or classes, input_shape)
+    params = sum(p.numel() for p in net.parameters())
+    values = 0
+
+    def count(_module: Any, _inputs: Any, output: Any) -> None:
+        nonlocal values
+        for t in output if isinstance(output, tuple | list) else (output,):
+            if isinstance(t, torch.Tensor):
+                values += t.numel()
+
+    hooks = [m.register_forward_hook(count) for m in net.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            net.eval()(torch.empty((1, *input_shape), device="meta"))
+    except Exception:  # noqa: BLE001 (an op without a meta kernel: no estimate)
+        values = -1
+    finally:
+        for h in hooks:
+            h.remove()
+    return int(params), int(values)
+
+
+def check_limits(spec: JobSpec, limits: Limits) -> list[tuple[str, str]]:
+    """(pointer, message) for each limit the job would pass; empty if it fits."""
+    from kdcore.errors import KDError
+
+    try:
+        data = dataset_size(spec.dataset, limits.max_archive_bytes)
+    except KDError as exc:
+        return [("/dataset/path", str(exc))]
+    if data is None:
+        return []
+    problems = []
+    if data.bytes > limits.max_dataset_bytes:
+        problems.append(
+            (
+                "/dataset",
+                f"the dataset decodes to about {data.bytes / 1024**3:.2f} GiB "
+                f"({data.samples} x {list(data.input_shape)} float32), over the limit of "
+                f"{limits.max_dataset_bytes / 1024**3:.2f} GiB; use max_samples, a smaller "
+                "image_size or fewer samples",
+            )
+        )
+    batch = spec.training.batch_size
+    total_values = 0
+    for role in ("teacher", "student"):
+        model = getattr(spec, role)
+        if model is None:
+            continue
+        try:
+            params, values = model_cost(model, max(data.classes, 1), data.input_shape)
+        except (ValueError, RuntimeError, TypeError) as exc:
+            problems.append((f"/{role}/arch", f"{model.arch} cannot take this input: {exc}"))
+            continue
+        if params > limits.max_model_params:
+            problems.append(
+                (
+                    f"/{role}",
+                    f"{model.arch} has {params:,} parameters here, over the limit of "
+                    f"{limits.max_model_params:,} (num_classes and image_size drive it)",
+                )
+            )
+        total_values += max(values, 0)
+    activation_bytes = total_values * batch * BYTES_PER_VALUE
+    if activation_bytes > limits.max_activation_bytes:
+        problems.append(
+            (
+                "/training/batch_size",
+                f"one batch of {batch} needs about {activation_bytes / 1024**3:.2f} GiB of "
+                f"activations, over the limit of {limits.max_activation_bytes / 1024**3:.2f} "
+                "GiB; use a smaller batch_size or image_size",
+            )
+        )
+    return problems
