@@ -9,6 +9,7 @@ from worker.runner import claim_and_run
 
 
 def test_a_two_process_job_runs_and_reports_once(api: Api) -> None:
+    api.settings.local_max_gpus = 2  # this executor may start two processes for one job
     spec = tiny_job(
         resources={"gpus": 2},
         training={"epochs": 2, "batch_size": 16, "precision": "fp32", "device": "cpu"},

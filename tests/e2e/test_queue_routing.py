@@ -64,6 +64,7 @@ def test_pools_and_priority_with_a_real_worker(tmp_path: Path) -> None:
         "KD_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}",
         "KD_BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
         "KD_REPUBLISH_AFTER_S": "3600",
+        "KD_MAX_PRIORITY": "9",
     }
     settings = Settings(**{k[3:].lower(): v for k, v in env.items()})
     worker = None

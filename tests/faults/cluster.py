@@ -29,6 +29,9 @@ FAST = {
     "KD_REPUBLISH_AFTER_S": "3",
     "KD_CANCEL_GRACE_S": "5",
     "KD_MAX_ATTEMPTS": "4",
+    # the load tests submit hundreds of jobs as one tenant
+    "KD_MAX_ACTIVE_JOBS": "100000",
+    "KD_SUBMISSIONS_PER_MINUTE": "100000",
 }
 REDIS_START = [
     "redis-server",

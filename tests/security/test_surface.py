@@ -1,0 +1,121 @@
+"""Smaller holes: dashboard headers and key storage, what /metrics reveals, job names,
+and file permissions whatever the umask."""
+
+from __future__ import annotations
+
+import re
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.web import STATIC
+from tests.security.conftest import Server, start_server, synthetic_job
+
+
+def test_dashboard_is_served_with_a_strict_policy(server: Server):
+    r = httpx.get(server.url + "/")
+    csp = r.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert "frame-ancestors 'none'" in csp
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert r.headers["Referrer-Policy"] == "no-referrer"
+    assert "<script>" not in r.text and "onclick=" not in r.text  # no inline script
+    api = httpx.get(server.url + "/v1/jobs")  # the API's answers carry them too
+    assert api.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_the_key_is_kept_for_the_session_unless_remembered():
+    js = (STATIC / "app.js").read_text()
+    assert 'sessionStorage.setItem' not in js  # one place decides where it goes
+    assert "(remember.checked ? localStorage : sessionStorage).setItem(KEY" in js
+    assert js.count("localStorage.setItem") == 0
+
+
+def test_job_names_with_control_characters_are_refused(server: Server):
+    with server.client() as c:
+        for name in ("a\x00b", "line\nbreak", "esc\x1b[31m", "del\x7f"):
+            r = c.post("/v1/jobs", json=synthetic_job(name=name))
+            assert r.status_code == 422 and r.json()["errors"][0]["loc"] == "/name", name
+
+
+def test_the_name_filter_matches_literally(server: Server):
+    c = server.tenant("names")
+    for name in ("a_b", "axb", "100%", "1000"):
+        assert c.post("/v1/jobs", json=synthetic_job(name=name)).status_code == 201
+    names = lambda q: sorted(j["name"] for j in c.get("/v1/jobs", params={"name": q}).json()["data"])  # noqa: E731
+    assert names("a_b") == ["a_b"]
+    assert names("%") == ["100%"]
+    assert names("_") == ["a_b"]
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory) -> Iterator[Server]:
+    """A server that runs jobs, started with umask 000, its /metrics behind a token."""
+    s = start_server(tmp_path_factory.mktemp("runner"), umask=0, KD_METRICS_TOKEN="scrape-me")
+    yield s
+    s.proc.stop()
+
+
+def _wait(c: httpx.Client, job_id: str, states: set[str], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = c.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in states:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(job)
+
+
+def test_metrics_need_the_token_and_name_no_job(runner: Server):
+    with runner.client() as c:
+        long = synthetic_job(training={"epochs": 10_000, "batch_size": 8, "precision": "fp32"})
+        job = c.post("/v1/jobs", json=long).json()
+        _wait(c, job["id"], {"running"})
+        time.sleep(2)  # a heartbeat stores its throughput
+        assert httpx.get(runner.url + "/metrics").status_code == 401
+        wrong = httpx.get(runner.url + "/metrics", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        body = httpx.get(
+            runner.url + "/metrics", headers={"Authorization": "Bearer scrape-me"}
+        ).text
+        assert 'kd_jobs{status="running"} 1.0' in body
+        assert job["id"] not in body and not re.search(r"job_[0-9a-f]{24}", body)
+        c.post(f"/v1/jobs/{job['id']}/cancel")
+        _wait(c, job["id"], {"cancelled"})
+
+
+def _safetensors() -> bytes:
+    from safetensors.torch import save
+    from torch import nn
+
+    return save(nn.Linear(2, 2).state_dict())
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_private_files_whatever_the_umask(runner: Server):
+    with runner.client() as c:
+        weights = c.post(
+            "/v1/files",
+            files={"file": ("w.safetensors", _safetensors())},
+            data={"purpose": "checkpoint"},
+        ).json()
+        job = c.post("/v1/jobs", json=synthetic_job()).json()
+        done = _wait(c, job["id"], {"succeeded", "failed"})
+        assert done["status"] == "succeeded", done
+    data = runner.data
+    assert _mode(data) == 0o700
+    assert _mode(data / "kdservice.db") == 0o600
+    assert _mode(Path(data / "files" / weights["id"])) == 0o600
+    outputs = [p for p in (data / "jobs" / job["id"]).rglob("*") if p.is_file()]
+    assert outputs and all(_mode(p) == 0o600 for p in outputs), [
+        (p.name, oct(_mode(p))) for p in outputs
+    ]
+    folders = [p for p in data.rglob("*") if p.is_dir()]
+    assert all(_mode(p) & 0o077 == 0 for p in folders)
