@@ -96,7 +96,12 @@ def synthetic_job(**overrides) -> dict:
         "name": "probe",
         "kind": "train",
         "student": {"arch": "mlp_small"},
-        "dataset": {"builtin": "synthetic", "num_samples": 100, "num_classes": 3, "shape": [1, 6, 6]},
+        "dataset": {
+            "builtin": "synthetic",
+            "num_samples": 100,
+            "num_classes": 3,
+            "shape": [1, 6, 6],
+        },
         "training": {"epochs": 1, "batch_size": 32, "precision": "fp32"},
     }
     spec.update(overrides)

@@ -42,7 +42,12 @@ def test_validation_sizes_jobs_without_building_them(server: Server):
         kind="distill",
         teacher={"arch": "vgg19", "num_classes": 100_000},
         student={"arch": "resnet18", "num_classes": 100_000},
-        dataset={"builtin": "synthetic", "num_samples": 100, "shape": [3, 32, 32], "image_size": 1024},
+        dataset={
+            "builtin": "synthetic",
+            "num_samples": 100,
+            "shape": [3, 32, 32],
+            "image_size": 1024,
+        },
     )
     huge_data = synthetic_job(
         dataset={"builtin": "synthetic", "num_samples": 1_000_000, "shape": [3, 4096, 4096]}

@@ -30,7 +30,7 @@ def test_dashboard_is_served_with_a_strict_policy(server: Server):
 
 def test_the_key_is_kept_for_the_session_unless_remembered():
     js = (STATIC / "app.js").read_text()
-    assert 'sessionStorage.setItem' not in js  # one place decides where it goes
+    assert "sessionStorage.setItem" not in js  # one place decides where it goes
     assert "(remember.checked ? localStorage : sessionStorage).setItem(KEY" in js
     assert js.count("localStorage.setItem") == 0
 
@@ -46,7 +46,11 @@ def test_the_name_filter_matches_literally(server: Server):
     c = server.tenant("names")
     for name in ("a_b", "axb", "100%", "1000"):
         assert c.post("/v1/jobs", json=synthetic_job(name=name)).status_code == 201
-    names = lambda q: sorted(j["name"] for j in c.get("/v1/jobs", params={"name": q}).json()["data"])  # noqa: E731
+
+    def names(query: str) -> list[str]:
+        page = c.get("/v1/jobs", params={"name": query}).json()["data"]
+        return sorted(j["name"] for j in page)
+
     assert names("a_b") == ["a_b"]
     assert names("%") == ["100%"]
     assert names("_") == ["a_b"]

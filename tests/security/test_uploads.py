@@ -108,10 +108,16 @@ def malformed_archives() -> dict[str, bytes]:
     encrypted = _patch(_patch(plain, b"PK\x03\x04", 6, b"\x01"), b"PK\x01\x02", 8, b"\x01")
     bad_crc = plain.replace(b"hello" * 200, b"HELLO" + b"hello" * 199)
     unknown_method = _patch(
-        _patch(plain, b"PK\x03\x04", 8, struct.pack("<H", 99)), b"PK\x01\x02", 10, struct.pack("<H", 99)
+        _patch(plain, b"PK\x03\x04", 8, struct.pack("<H", 99)),
+        b"PK\x01\x02",
+        10,
+        struct.pack("<H", 99),
     )
     lying_size = _patch(  # declares 10 bytes, inflates to 1,000
-        _patch(plain, b"PK\x03\x04", 22, struct.pack("<I", 10)), b"PK\x01\x02", 24, struct.pack("<I", 10)
+        _patch(plain, b"PK\x03\x04", 22, struct.pack("<I", 10)),
+        b"PK\x01\x02",
+        24,
+        struct.pack("<I", 10),
     )
     tgz = io.BytesIO()
     with tarfile.open(fileobj=tgz, mode="w:gz") as tf:
