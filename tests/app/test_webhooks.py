@@ -134,3 +134,29 @@ def test_a_slow_target_is_cut_off_by_the_timeout(tmp_path):
     assert row.status == "failed" and "Timeout" in row.last_error
     gen.close()
     slow.close()
+
+
+def test_a_job_failed_by_the_reaper_queues_its_webhook(tmp_path):
+    """The outbox row is written by the transition itself, so the reaper's path (a dead
+    worker, no attempts left) records a delivery like every other path."""
+    from datetime import timedelta
+
+    from app.db import repository as repo
+    from app.db.models import Job, utcnow
+    from worker.maintenance import reap_once
+
+    gen = build_api(_hook_settings(tmp_path, max_attempts=1))
+    api = next(gen)
+    receiver = Receiver()
+    try:
+        job = api.post("/v1/jobs", json=tiny_job(webhook_url=receiver.url)).json()
+        with session_scope(api.settings.db_url) as session:
+            assert repo.claim(session, job["id"], "dead-worker", 60) is not None
+            session.get(Job, job["id"]).lease_expires_at = utcnow() - timedelta(seconds=1)
+        assert reap_once(api.settings) == [(job["id"], "failed")]
+        row = _delivered(api, job["id"])
+        assert row.event == "job.failed" and row.status == "delivered"
+        assert json.loads(receiver.received[0][2])["job"]["status"] == "failed"
+    finally:
+        gen.close()
+        receiver.close()
