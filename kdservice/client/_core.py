@@ -6,16 +6,18 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from kdservice.client.errors import ApiError, DigestMismatch
-from kdservice.client.models import Event
+from kdservice.client.errors import ApiError, DigestMismatch, WaitTimeout
+from kdservice.client.models import Artifact, Event
 
 RETRY_STATUSES = frozenset({429, 503})
+STREAM_TIMEOUT = httpx.Timeout(10.0, read=60.0)  # the server sends a heartbeat every 15 s
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 CHUNK = 1 << 20
 
@@ -63,6 +65,40 @@ def load_spec(spec: dict[str, Any] | str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a job spec is a JSON/YAML object")
     return data
+
+
+class Deadline:
+    """`wait(timeout_s=...)`'s deadline, enforced while the stream is silent too: each
+    stream read may last no longer than the time left."""
+
+    def __init__(self, job_id: str, timeout_s: float):
+        self.job_id, self.timeout_s = job_id, timeout_s
+        self.at = time.monotonic() + timeout_s
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    def check(self) -> None:
+        if self.left() <= 0:
+            raise WaitTimeout(f"job {self.job_id} did not end within {self.timeout_s} s")
+
+    def stream_timeout(self) -> httpx.Timeout:
+        self.check()
+        return httpx.Timeout(10.0, read=max(0.05, min(60.0, self.left())))
+
+    def bounded(self, delay: float) -> float:
+        return max(0.0, min(delay, self.left()))
+
+
+def select_artifacts(
+    job_id: str, artifacts: list[Artifact], names: list[str] | None
+) -> list[Artifact]:
+    """The artifacts `download_outputs` fetches: all, or those named (all must exist)."""
+    chosen = [a for a in artifacts if names is None or a.name in names]
+    if names is not None and len(chosen) < len(set(names)):
+        have = sorted(a.name for a in artifacts)
+        raise ApiError(404, "Not Found", f"job {job_id} has no {sorted(names)}; it has {have}", [])
+    return chosen
 
 
 def new_idempotency_key() -> str:

@@ -18,6 +18,7 @@ import httpx
 
 from kdservice.client._core import (
     RETRY_STATUSES,
+    STREAM_TIMEOUT,
     Download,
     SSEParser,
     default_headers,
@@ -25,11 +26,19 @@ from kdservice.client._core import (
     may_retry,
     new_idempotency_key,
     retry_delay,
+    select_artifacts,
 )
 from kdservice.client.config import resolve
 from kdservice.client.errors import ApiError, DigestMismatch, WaitTimeout
-from kdservice.client.models import Artifact, Event, FileInfo, Job, JobPage, Validation
-from kdservice.client.sync import STREAM_TIMEOUT
+from kdservice.client.models import (
+    Artifact,
+    Event,
+    EventPage,
+    FileInfo,
+    Job,
+    JobPage,
+    Validation,
+)
 
 
 async def _check(response: httpx.Response) -> httpx.Response:
@@ -124,6 +133,17 @@ class AsyncClient:
         params = {k: v for k, v in params.items() if v is not None}
         return JobPage.model_validate(await self._json("GET", "/v1/jobs", params=params))
 
+    async def jobs(self, status: str | None = None, name: str | None = None) -> AsyncIterator[Job]:
+        """Every job, newest first, following the pages."""
+        after = None
+        while True:
+            page = await self.list_jobs(200, after, status, name)
+            for job in page.data:
+                yield job
+            if not page.has_more:
+                return
+            after = page.next_after
+
     async def cancel(self, job_id: str) -> Job:
         return Job.model_validate(await self._json("POST", f"/v1/jobs/{job_id}/cancel"))
 
@@ -131,6 +151,14 @@ class AsyncClient:
         params = {"from_checkpoint": str(from_checkpoint).lower()}
         body = await self._json("POST", f"/v1/jobs/{job_id}/retry", params=params)
         return Job.model_validate(body)
+
+    async def delete(self, job_id: str) -> None:
+        await self.request("DELETE", f"/v1/jobs/{job_id}")
+
+    async def event_page(self, job_id: str, after: int = 0, limit: int = 100) -> EventPage:
+        params = {"after": after, "limit": limit}
+        body = await self._json("GET", f"/v1/jobs/{job_id}/events", params=params)
+        return EventPage.model_validate(body)
 
     async def events(self, job_id: str, after: int = 0) -> AsyncIterator[Event]:
         """As Client.events: live, resumed with Last-Event-ID, ends after the terminal event."""
@@ -192,6 +220,10 @@ class AsyncClient:
         )
         return FileInfo.model_validate(body)
 
+    async def files(self, limit: int = 50) -> list[FileInfo]:
+        body = await self._json("GET", "/v1/files", params={"limit": limit})
+        return [FileInfo.model_validate(f) for f in body["data"]]
+
     async def artifacts(self, job_id: str) -> list[Artifact]:
         body = await self._json("GET", f"/v1/jobs/{job_id}/artifacts")
         return [Artifact.model_validate(a) for a in body]
@@ -226,6 +258,15 @@ class AsyncClient:
                 if not resumed or fresh_start:
                     raise
         raise AssertionError("unreachable")
+
+    async def download_outputs(
+        self, job_id: str, dest_dir: str | Path, names: list[str] | None = None
+    ) -> list[Path]:
+        """As Client.download_outputs: a job's artifacts (all, or those named)."""
+        dest_dir = Path(dest_dir)
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        chosen = select_artifacts(job_id, await self.artifacts(job_id), names)
+        return [await self.download(a, dest_dir / a.name) for a in chosen]
 
 
 __all__ = ["AsyncClient"]

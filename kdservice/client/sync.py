@@ -1,13 +1,20 @@
-"""`Client`: the synchronous client.
+"""`Client`: the synchronous client. This example is run by the test suite
+(tests/e2e/test_cli_and_client.py) against a real `kd serve`:
 
 from kdservice.client import Client
 
+spec = {                                   # or a path: "examples/digits_teacher.json"
+    "kind": "train",
+    "student": {"arch": "small_cnn"},
+    "dataset": {"builtin": "digits", "image_size": 8},
+    "training": {"epochs": 2},
+}
 with Client() as kd:                       # URL and key as in kdservice.client.config
-    job = kd.submit("examples/digits_quick.json")
+    job = kd.submit(spec)
     for event in kd.events(job.id):          # SSE; reconnects with Last-Event-ID
         print(event.type, event.data)
-    job = kd.wait(job.id)
-    kd.download_outputs(job.id, "out/", formats=["safetensors"])
+    job = kd.wait(job.id, timeout_s=600)
+    kd.download_outputs(job.id, "out/", names=["student.safetensors"])
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import httpx
 
 from kdservice.client._core import (
     RETRY_STATUSES,
+    STREAM_TIMEOUT,
+    Deadline,
     Download,
     SSEParser,
     check,
@@ -29,9 +38,10 @@ from kdservice.client._core import (
     may_retry,
     new_idempotency_key,
     retry_delay,
+    select_artifacts,
 )
 from kdservice.client.config import resolve
-from kdservice.client.errors import ApiError, DigestMismatch, WaitTimeout
+from kdservice.client.errors import DigestMismatch
 from kdservice.client.models import (
     Artifact,
     Event,
@@ -41,8 +51,6 @@ from kdservice.client.models import (
     JobPage,
     Validation,
 )
-
-STREAM_TIMEOUT = httpx.Timeout(10.0, read=60.0)  # the server sends a heartbeat every 15 s
 
 
 class Client:
@@ -164,6 +172,9 @@ class Client:
     def events(self, job_id: str, after: int = 0) -> Iterator[Event]:
         """The job's events from `after` on, live, ending with its terminal status event.
         A dropped connection is resumed with Last-Event-ID: no event is lost or repeated."""
+        return self._events(job_id, after, None)
+
+    def _events(self, job_id: str, after: int, deadline: Deadline | None) -> Iterator[Event]:
         last, failures = after, 0
         while True:
             parser = SSEParser()
@@ -172,12 +183,14 @@ class Client:
                     "GET",
                     f"/v1/jobs/{job_id}/events/stream",
                     headers={"Last-Event-ID": str(last), "Accept": "text/event-stream"},
-                    timeout=STREAM_TIMEOUT,
+                    timeout=deadline.stream_timeout() if deadline else STREAM_TIMEOUT,
                 ) as response:
                     if response.status_code in RETRY_STATUSES:
                         raise httpx.RemoteProtocolError("busy")
                     check(response)
                     for line in response.iter_lines():
+                        if deadline is not None:
+                            deadline.check()  # heartbeats arrive even on a silent job
                         event = parser.feed(line)
                         if event is None or event.seq <= last:
                             continue
@@ -186,10 +199,13 @@ class Client:
                         if event.is_terminal:
                             return
             except httpx.TransportError:
+                if deadline is not None:
+                    deadline.check()  # a read cut short by the deadline ends here
                 if failures >= self.max_retries:
                     raise
             # the stream ended or broke before the terminal event: reconnect
-            time.sleep(retry_delay(failures, None, self.backoff_s, self.backoff_cap_s))
+            delay = retry_delay(failures, None, self.backoff_s, self.backoff_cap_s)
+            time.sleep(deadline.bounded(delay) if deadline else delay)
             failures += 1
 
     def wait(
@@ -198,18 +214,15 @@ class Client:
         timeout_s: float | None = None,
         on_event: Callable[[Event], None] | None = None,
     ) -> Job:
-        """Block until the job ends (following its event stream); returns the final job."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        """Block until the job ends (following its event stream); returns the final job.
+        Raises WaitTimeout after `timeout_s`, whether or not events arrive."""
+        deadline = None if timeout_s is None else Deadline(job_id, timeout_s)
         job = self.get(job_id)
         if job.done:
             return job
-        for event in self.events(job_id):
+        for event in self._events(job_id, 0, deadline):
             if on_event is not None:
                 on_event(event)
-            if deadline is not None and time.monotonic() > deadline:
-                raise WaitTimeout(
-                    f"job {job_id} still {self.get(job_id).status} after {timeout_s} s"
-                )
         return self.get(job_id)
 
     # -- files and artifacts --------------------------------------------------------
@@ -273,10 +286,5 @@ class Client:
         """Download a job's artifacts (all, or those named) into `dest_dir`."""
         dest_dir = Path(dest_dir)
         dest_dir.mkdir(parents=True, exist_ok=True)
-        chosen = [a for a in self.artifacts(job_id) if names is None or a.name in names]
-        if names is not None and len(chosen) < len(set(names)):
-            have = sorted(a.name for a in self.artifacts(job_id))
-            raise ApiError(
-                404, "Not Found", f"job {job_id} has no {sorted(names)}; it has {have}", []
-            )
+        chosen = select_artifacts(job_id, self.artifacts(job_id), names)
         return [self.download(a, dest_dir / a.name) for a in chosen]

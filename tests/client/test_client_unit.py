@@ -229,3 +229,41 @@ def test_config_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("KD_URL", "http://env:1")
     assert (resolve().url, resolve().api_key) == ("http://env:1", "kd_env")
     assert resolve("http://arg", "kd_arg").api_key == "kd_arg"
+
+
+def test_wait_times_out_on_a_job_whose_stream_only_sends_heartbeats() -> None:
+    """The deadline is checked on every line (and bounds each read), not only when an
+    event arrives: a silent queued job does not hold `wait` past its timeout."""
+    import time as clock
+
+    from kdservice.client import WaitTimeout
+
+    def heartbeats():  # 40 heartbeats, 0.1 s apart, and no event
+        for _ in range(40):
+            clock.sleep(0.1)
+            yield b": heartbeat\n\n"
+
+    streams = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events/stream"):
+            streams.append(request)
+            if len(streams) > 1:  # a client that missed its deadline reconnects: refuse
+                return httpx.Response(404, json={"title": "Not Found", "status": 404})
+            return httpx.Response(
+                200, headers={"content-type": "text/event-stream"}, content=heartbeats()
+            )
+        return httpx.Response(200, json=JOB)
+
+    with client_for(handler) as kd, pytest.raises(WaitTimeout, match="within 1 s"):
+        kd.wait("job_1", timeout_s=1)
+    assert len(streams) == 1
+
+
+def test_the_sync_and_async_clients_offer_the_same_calls() -> None:
+    from kdservice.client import AsyncClient
+
+    def public(cls: type) -> set[str]:
+        return {n for n in dir(cls) if not n.startswith("_")}
+
+    assert public(Client) - {"close"} == public(AsyncClient) - {"aclose"}

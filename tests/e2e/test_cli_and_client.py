@@ -240,3 +240,20 @@ def test_python_client_sync_and_async(served: Served) -> None:
 
     status, seqs, path = asyncio.run(run_async())
     assert status == "succeeded" and seqs == list(range(1, len(seqs) + 1)) and path.is_file()
+
+
+def test_the_client_docstring_example_runs(
+    served: Served, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """kdservice/client/sync.py's docstring, run as written (URL and key from the
+    environment, as a user's shell would give them)."""
+    import kdservice.client.sync as sync_module
+
+    doc = sync_module.__doc__ or ""
+    code = doc[doc.index("from kdservice.client import Client") :]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KD_URL", served.url)
+    monkeypatch.setenv("KD_API_KEY", served.key)
+    monkeypatch.setenv("KD_CONFIG", str(tmp_path / "none.json"))
+    exec(compile(code, "kdservice/client/sync.py docstring", "exec"), {})
+    assert (tmp_path / "out" / "student.safetensors").stat().st_size > 0
