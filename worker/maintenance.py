@@ -15,10 +15,9 @@ import threading
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.db import repository as repo
-from app.db.models import Job
 from app.db.session import session_scope
-from app.notify import nudge
-from app.queue import QUEUE, publish
+from app.queue import publish
+from app.services import lifecycle
 from app.settings import Settings
 
 log = logging.getLogger("kd.maintenance")
@@ -30,14 +29,10 @@ def reap_once(settings: Settings) -> list[tuple[str, str]]:
         ids = repo.expired_job_ids(session)
     for job_id in ids:
         with session_scope(settings.db_url) as session:
-            status = repo.reap(session, job_id)
-            job = session.get(Job, job_id)
-            route = (job.queue, job.priority) if job is not None else (QUEUE, 0)
-        if status:
-            changed.append((job_id, status))
-            nudge(settings.broker_url, job_id)
-            if status == "queued":
-                publish(settings.broker_url, job_id, *route)
+            after = lifecycle.reap(session, job_id)
+        if after is not None:
+            after.run(settings)
+            changed.append((job_id, str(after.status)))
     return changed
 
 

@@ -20,22 +20,28 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from app import logs, storage
 from app.db import repository as repo
-from app.db.models import Artifact, Checkpoint, Job, new_id
+from app.db.models import Artifact, Checkpoint, Job, JobStatus, new_id
 from app.db.session import session_scope
 from app.notify import nudge
-from app.queue import publish, route_for
-from app.services import webhooks
+from app.services import lifecycle
 from app.services.jobs import resolved_spec
+from app.services.lifecycle import AfterCommit
 from app.settings import Settings
 
 log = logging.getLogger("kd.worker")
+S = JobStatus
+# what Supervisor.run returns besides a job status: this worker lost its lease (another
+# may hold the job now), or it could not record the end (the reaper will)
+LOST, UNRECORDED = "lost", "unrecorded"
 PROGRESS_EVERY_S = 1.0
 CONTENT_TYPES = {
     ".json": "application/json",
@@ -48,50 +54,63 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
 
 
+@dataclass(frozen=True)
+class _Start:
+    attempt: int
+    spec: dict[str, Any]
+    resume_from: str | None
+
+
 def claim_and_run(settings: Settings, job_id: str, wid: str | None = None) -> str | None:
     """Run the job if this call claims it; returns its final status, or None if another
     worker holds it (a duplicate message) or it is not runnable."""
     wid = wid or worker_id()
     with session_scope(settings.db_url) as session:
-        job = repo.claim(session, job_id, wid, settings.lease_s)
-        if job is None:
-            return None
-        attempt = job.attempt
-        try:
-            spec = resolved_spec(session, settings, job)
-            over = _over_limits(settings, spec)
-        except FileNotFoundError as exc:
-            over = str(exc)
-        if over:
-            repo.change_status(
-                session,
-                job_id,
-                ("running",),
-                "failed",
-                over,
-                worker_id=wid,
-                attempt=attempt,
-                error=over,
-            )
-            return "failed"
-        resume = _resume_point(session, settings, job)
-        repo.append_event(
-            session,
-            job_id,
-            "attempt",
-            {"attempt": attempt, "worker": wid, "resume_from_step": resume[1] if resume else None},
-        )
+        start = _claim(session, settings, job_id, wid)
+    if start is None:
+        return None
+    if isinstance(start, AfterCommit):  # refused before training (limits, deleted file)
+        start.run(settings)
+        return str(start.status)
     nudge(settings.broker_url, job_id)
     token = logs.job_id.set(job_id)  # every log line of this run carries the job id
     try:
-        log.info("job started", extra={"attempt": attempt, "worker": wid})
+        log.info("job started", extra={"attempt": start.attempt, "worker": wid})
         status = Supervisor(
-            settings, job_id, wid, attempt, spec, resume[0] if resume else None
+            settings, job_id, wid, start.attempt, start.spec, start.resume_from
         ).run()
-        log.info("job ended", extra={"status": status, "attempt": attempt})
+        log.info("job ended", extra={"status": status, "attempt": start.attempt})
         return status
     finally:
         logs.job_id.reset(token)
+
+
+def _claim(
+    session: Session, settings: Settings, job_id: str, wid: str
+) -> _Start | AfterCommit | None:
+    """Claim, resolve the files, check the limits again and record the attempt, in one
+    transaction. A job that cannot run fails here (the AfterCommit of that)."""
+    job = repo.claim(session, job_id, wid, settings.lease_s)
+    if job is None:
+        return None
+    try:
+        spec = resolved_spec(session, settings, job)
+        refused = _over_limits(settings, spec)
+    except FileNotFoundError as exc:
+        refused = str(exc)
+    if refused:
+        held = {"worker_id": wid, "attempt": job.attempt}
+        return lifecycle.transition(
+            session, job_id, (S.RUNNING,), S.FAILED, refused, error=refused, **held
+        )
+    resume = _resume_point(session, settings, job)
+    repo.append_event(
+        session,
+        job_id,
+        "attempt",
+        {"attempt": job.attempt, "worker": wid, "resume_from_step": resume[1] if resume else None},
+    )
+    return _Start(job.attempt, spec, resume[0] if resume else None)
 
 
 def _over_limits(settings: Settings, spec: dict[str, Any]) -> str | None:
@@ -142,7 +161,7 @@ class Supervisor:
         spec: dict[str, Any],
         resume_from: str | None,
     ):
-        self.s, self.job_id, self.wid, self.attempt = settings, job_id, wid, attempt
+        self.settings, self.job_id, self.worker, self.attempt = settings, job_id, wid, attempt
         self.spec, self.resume_from = spec, resume_from
         self.out_dir = settings.jobs_dir / job_id
         self.messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
@@ -181,7 +200,7 @@ class Supervisor:
             reader.start()
             lease_ok = self._supervise(proc, reader)
         if not lease_ok:
-            return "lost"
+            return LOST
         return self._finish(proc.returncode)
 
     def _read(self, stream: Any) -> None:
@@ -223,10 +242,10 @@ class Supervisor:
                 else:
                     self.final = {"type": kind, **msg}
             now = time.monotonic()
-            if force or now - last_flush >= self.s.heartbeat_s:
+            if force or now - last_flush >= self.settings.heartbeat_s:
                 status = self._flush()
                 last_flush = now
-                if status == "lost":
+                if status == LOST:
                     self._kill(proc)
                     return False
                 if status == "cancelling" and self.cancel_sent_at is None:
@@ -245,7 +264,7 @@ class Supervisor:
             if (
                 self.cancel_sent_at is not None
                 and proc.poll() is None
-                and now - self.cancel_sent_at > self.s.cancel_grace_s
+                and now - self.cancel_sent_at > self.settings.cancel_grace_s
             ):
                 self._kill(proc)
             if reader_done and proc.poll() is not None:
@@ -280,18 +299,18 @@ class Supervisor:
             }
         stored = self._store_checkpoints()
         try:
-            with session_scope(self.s.db_url) as session:
+            with session_scope(self.settings.db_url) as session:
                 status = repo.heartbeat(
                     session,
                     self.job_id,
-                    self.wid,
+                    self.worker,
                     self.attempt,
-                    self.s.lease_s,
+                    self.settings.lease_s,
                     progress,
                     self.pending,
                 )
                 if status is None:
-                    return "lost"
+                    return LOST
                 for ck, location, size in stored:
                     session.add(
                         Checkpoint(
@@ -308,7 +327,7 @@ class Supervisor:
             log.warning("job %s: database write failed, will retry: %s", self.job_id, exc)
             return None
         if self.pending:
-            nudge(self.s.broker_url, self.job_id)
+            nudge(self.settings.broker_url, self.job_id)
         self.pending, self.checkpoints = [], []
         return status
 
@@ -323,7 +342,7 @@ class Supervisor:
             path = Path(ck["path"])
             try:
                 key = f"jobs/{self.job_id}/checkpoints/{path.name}"
-                stored.append((ck, storage.put(self.s, path, key), path.stat().st_size))
+                stored.append((ck, storage.put(self.settings, path, key), path.stat().st_size))
             except Exception as exc:  # noqa: BLE001 (S3 unreachable, disk error...)
                 log.warning("job %s: checkpoint %s not stored: %s", self.job_id, path.name, exc)
         self.checkpoints = []
@@ -350,87 +369,60 @@ class Supervisor:
         for delay in (0, 1, 2, 4, 8, 16):
             time.sleep(delay)
             try:
-                with session_scope(self.s.db_url) as session:
-                    status = self._record_end(session, final)  # queues the webhook too
+                with session_scope(self.settings.db_url) as session:
+                    status, after = self._record_end(session, final)  # + the webhook row
                 break
             except SQLAlchemyError as exc:
                 log.warning("job %s: cannot record the end yet: %s", self.job_id, exc)
         else:
-            return "unrecorded"  # the lease expires and the reaper takes over
-        nudge(self.s.broker_url, self.job_id)
-        if status == "queued":
-            publish(self.s.broker_url, self.job_id, *route_for(self.spec))
-        webhooks.wake()
-        return status
+            return UNRECORDED  # the lease expires and the reaper takes over
+        if after is not None:
+            after.run(self.settings)
+        return str(status)
 
-    def _record_end(self, session: Any, final: dict[str, Any]) -> str:
-        held: dict[str, Any] = {"worker_id": self.wid, "attempt": self.attempt}
+    def _decide_end(
+        self, job: Job, final: dict[str, Any]
+    ) -> tuple[tuple[JobStatus, ...], JobStatus, str, dict[str, Any]]:
+        """From the training process's last message: (expected statuses, new status,
+        reason, columns to set)."""
         kind = final["type"]
-        job = session.get(Job, self.job_id)
         if kind == "done":
-            if job.status == "cancelling":
-                repo.change_status(
-                    session,
-                    self.job_id,
-                    ("cancelling",),
-                    "cancelled",
-                    "cancel requested while finishing",
-                    **held,
-                )
-                return "cancelled"
-            self._record_artifacts(session, job, final["outputs"])
-            repo.change_status(
-                session,
-                self.job_id,
-                ("running",),
-                "succeeded",
-                "training finished",
-                report=final["report"],
-                **held,
-            )
-            return "succeeded"
-        if self.timed_out and job.status == "running":
+            if job.status == S.CANCELLING:
+                return (S.CANCELLING,), S.CANCELLED, "cancel requested while finishing", {}
+            return (S.RUNNING,), S.SUCCEEDED, "training finished", {"report": final["report"]}
+        if self.timed_out and job.status == S.RUNNING:
             why = f"exceeded max_runtime_s ({self.max_runtime_s} s)"
-            repo.change_status(session, self.job_id, ("running",), "failed", why, error=why, **held)
-            return "failed"
-        if kind == "cancelled" or (self.killed and job.status == "cancelling"):
-            repo.change_status(
-                session,
-                self.job_id,
-                ("cancelling", "running"),
-                "cancelled",
-                "stopped on request",
-                **held,
-            )
-            return "cancelled"
+            return (S.RUNNING,), S.FAILED, why, {"error": why}
+        if kind == "cancelled" or (self.killed and job.status == S.CANCELLING):
+            return (S.CANCELLING, S.RUNNING), S.CANCELLED, "stopped on request", {}
         message = final.get("message", "unknown error")
-        if final.get("kind") == "invalid" or job.attempt >= job.max_attempts:
-            why = (
-                message
-                if final.get("kind") == "invalid"
-                else f"{message} (attempt {job.attempt}/{job.max_attempts})"
-            )
-            repo.change_status(
-                session,
-                self.job_id,
-                ("running", "cancelling"),
-                "failed",
-                why,
-                error=message,
-                **held,
-            )
-            return "failed"
-        repo.change_status(
+        if final.get("kind") == "invalid":
+            return (S.RUNNING, S.CANCELLING), S.FAILED, message, {"error": message}
+        if job.attempt >= job.max_attempts:
+            why = f"{message} (attempt {job.attempt}/{job.max_attempts})"
+            return (S.RUNNING, S.CANCELLING), S.FAILED, why, {"error": message}
+        retry = {"lease_expires_at": None, "published_at": None}
+        return (S.RUNNING,), S.QUEUED, f"{message}; retrying", retry
+
+    def _record_end(
+        self, session: Session, final: dict[str, Any]
+    ) -> tuple[JobStatus, AfterCommit | None]:
+        job = session.get(Job, self.job_id)
+        assert job is not None
+        expect, to, reason, values = self._decide_end(job, final)
+        if to == S.SUCCEEDED:
+            self._record_artifacts(session, job, final["outputs"])
+        after = lifecycle.transition(
             session,
             self.job_id,
-            ("running",),
-            "queued",
-            f"{message}; retrying",
-            lease_expires_at=None,
-            published_at=None,
-            **held,
+            expect,
+            to,
+            reason,
+            worker_id=self.worker,
+            attempt=self.attempt,
+            **values,
         )
-        return "queued"
+        return to, after
 
     def _store_outputs(self, report: dict[str, Any]) -> list[tuple[str, int, str, str]]:
         """Put each output file (digests from the report the child sent) and report.json
@@ -440,7 +432,7 @@ class Supervisor:
         files.append(("report.json", len(blob), hashlib.sha256(blob).hexdigest()))
         key = f"jobs/{self.job_id}"
         return [
-            (name, size, sha, storage.put(self.s, self.out_dir / name, f"{key}/{name}"))
+            (name, size, sha, storage.put(self.settings, self.out_dir / name, f"{key}/{name}"))
             for name, size, sha in files
         ]
 

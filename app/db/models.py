@@ -8,14 +8,27 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-TERMINAL = ("succeeded", "failed", "cancelled")
-ACTIVE = ("queued", "running", "cancelling")
-STATUSES = ("queued", "running", "cancelling", *TERMINAL)
+
+class JobStatus(StrEnum):
+    """A job's status. `cancelling`: a running job asked to stop."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
+STATUSES = tuple(JobStatus)
 
 
 def utcnow() -> datetime:

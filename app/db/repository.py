@@ -49,7 +49,7 @@ def record_created(session: Session, job: Job) -> None:
     _record(session, job.id, None, job.status, "submitted", 0)
 
 
-def change_status(
+def change_status(  # only app.services.lifecycle calls this: it adds the side effects
     session: Session,
     job_id: str,
     from_statuses: tuple[str, ...],
@@ -79,28 +79,22 @@ def change_status(
         return False
     _record(session, job_id, previous, to, reason, attempt if attempt is not None else job.attempt)
     session.refresh(job)
-    if to in TERMINAL:
-        # the outbox row commits with the transition, whichever path ended the job
-        from app.services.webhooks import enqueue
-
-        enqueue(session, job)
     return True
 
 
 def claim(session: Session, job_id: str, worker_id: str, lease_s: float) -> Job | None:
-    """One conditional UPDATE: take a queued job (or one whose lease expired) if it has
-    attempts left. No row back means someone else has it: return None."""
+    """One conditional UPDATE: take a queued job if it has attempts left. No row back
+    means someone else has it: return None. A running job whose lease expired is not
+    taken here: the reaper puts it back in the queue first (or ends it), so the
+    transitions of a job never show two runs at once (running -> running)."""
     now = utcnow()
     job = session.get(Job, job_id)
     if job is None:
         return None
     previous = job.status
-    claimable = (Job.status == "queued") | (
-        (Job.status == "running") & (Job.lease_expires_at < now)
-    )
     row = session.execute(
         update(Job)
-        .where(Job.id == job_id, claimable, Job.attempt < Job.max_attempts)
+        .where(Job.id == job_id, Job.status == "queued", Job.attempt < Job.max_attempts)
         .values(
             status="running",
             attempt=Job.attempt + 1,
@@ -187,48 +181,6 @@ def expired_job_ids(session: Session, now: datetime | None = None) -> list[str]:
         Job.status.in_(("running", "cancelling")), Job.lease_expires_at < now
     )
     return list(session.scalars(stmt))
-
-
-def reap(session: Session, job_id: str) -> str | None:
-    """Return an expired job to the queue, or end it: failed after max_attempts,
-    cancelled if a cancel was pending. Returns the new status if this call changed it."""
-    job = session.get(Job, job_id, populate_existing=True)
-    now = utcnow()
-    if (
-        job is None
-        or job.status not in ("running", "cancelling")
-        or job.lease_expires_at is None
-        or job.lease_expires_at >= now
-    ):
-        return None
-    held: dict[str, Any] = {"worker_id": job.worker_id, "attempt": job.attempt}
-    lost = f"lease expired (worker {job.worker_id} stopped renewing it)"
-    if job.status == "cancelling":
-        ok = change_status(session, job_id, ("cancelling",), "cancelled", lost, **held)
-        return "cancelled" if ok else None
-    if job.attempt >= job.max_attempts:
-        ok = change_status(
-            session,
-            job_id,
-            ("running",),
-            "failed",
-            f"{lost}; no attempts left ({job.attempt}/{job.max_attempts})",
-            error=f"{lost} after {job.attempt} attempts",
-            **held,
-        )
-        return "failed" if ok else None
-    ok = change_status(
-        session,
-        job_id,
-        ("running",),
-        "queued",
-        lost,
-        worker_id=job.worker_id,
-        attempt=job.attempt,
-        lease_expires_at=None,
-        published_at=None,
-    )
-    return "queued" if ok else None
 
 
 def stale_queued(session: Session, older_than_s: float) -> list[tuple[str, str, int]]:

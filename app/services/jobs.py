@@ -24,9 +24,10 @@ from app.db.models import (
 )
 from app.errors import ProblemError, invalid, not_found
 from app.queue import route_for
-from app.services import quotas
+from app.services import lifecycle, quotas
 from app.services.egress import AllowList, EgressRefused, resolve
 from app.services.files import describe_reference, resolve_reference
+from app.services.lifecycle import AfterCommit
 from app.settings import Settings
 
 BUILTIN_DATASETS = ("digits", "fashion_mnist", "synthetic")
@@ -270,23 +271,16 @@ def transitions_of(session: Session, job_ids: list[str]) -> dict[str, list[JobTr
     return out
 
 
-def cancel_job(session: Session, tenant_id: str, job_id: str) -> Job:
+def cancel_job(session: Session, tenant_id: str, job_id: str) -> tuple[Job, AfterCommit | None]:
+    """Cancel (see lifecycle.cancel). Returns the job and what to run after commit."""
     job = get_job(session, tenant_id, job_id)
     if job.status in TERMINAL:
         raise ProblemError(409, "Conflict", f"job {job_id} already ended ({job.status})")
-    if job.status == "queued" and repo.change_status(
-        session, job_id, ("queued",), "cancelled", "cancelled by the client while queued"
-    ):
-        return job
-    if job.status == "cancelling" or repo.change_status(
-        session, job_id, ("running",), "cancelling", "cancel requested by the client"
-    ):
-        session.refresh(job)
-        return job
-    session.refresh(job)  # it changed under us: report the current state
-    if job.status in TERMINAL:
+    after = lifecycle.cancel(session, job)
+    session.refresh(job)  # changed here, or under us: report the current state
+    if after is None and job.status in TERMINAL:
         raise ProblemError(409, "Conflict", f"job {job_id} already ended ({job.status})")
-    return job
+    return job, after
 
 
 def retry_job(

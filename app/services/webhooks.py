@@ -1,8 +1,8 @@
 """Webhooks: a signed POST on each terminal state, through an outbox.
 
 1. The transaction that ends a job also writes its `webhook_deliveries` row (see
-   `repository.change_status`): a job never ends without its delivery being recorded,
-   whichever path ended it (worker, reaper, cancel route).
+   `app.services.lifecycle.transition`): a job never ends without its delivery being
+   recorded, whichever path ended it (worker, reaper, cancel route).
 2. The `Dispatcher` (a thread in `kd serve` and in `kd worker`) claims due rows with a
    conditional UPDATE, commits, and only then sends them: no database connection is
    held during network I/O. At most `webhook_concurrency` requests run at once, each
@@ -62,7 +62,7 @@ def payload(job: Job) -> dict[str, Any]:
 
 def enqueue(session: Session, job: Job) -> int | None:
     """Write the outbox row for the job's current (terminal) state, in the caller's
-    transaction. Called by repository.change_status only."""
+    transaction. Called by app.services.lifecycle only."""
     if not job.webhook_url:
         return None
     row = WebhookDelivery(

@@ -16,6 +16,9 @@ from app.db.session import session_scope
 from app.main import create_app
 from app.services.keys import create_key
 from app.settings import Settings
+from tests.support.specs import tiny_job
+
+__all__ = ["Api", "build_api", "make_settings", "tiny_job"]
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -51,7 +54,9 @@ def make_settings(tmp_path, db_url: str = "", **overrides) -> Settings:
         broker_url="",
         heartbeat_s=0.3,
         lease_s=30,
-        **{"metrics_cache_s": 0, **overrides},
+        # webhooks of these tests point at loopback receivers (or at nothing: the
+        # outbox row is what they check); the URL policy itself is tested in security/
+        **{"metrics_cache_s": 0, "webhook_allow": "127.0.0.1", **overrides},
     )
 
 
@@ -101,20 +106,3 @@ def api(tmp_path) -> Iterator[Api]:
 def any_db_api(request, tmp_path) -> Iterator[Api]:
     url = "" if request.param == "sqlite" else request.getfixturevalue("pg_url")
     yield from build_api(make_settings(tmp_path, url))
-
-
-def tiny_job(**overrides):
-    spec = {
-        "name": "tiny",
-        "kind": "train",
-        "student": {"arch": "mlp_small"},
-        "dataset": {
-            "builtin": "synthetic",
-            "num_samples": 200,
-            "num_classes": 3,
-            "shape": [1, 6, 6],
-        },
-        "training": {"epochs": 2, "batch_size": 32, "precision": "fp32"},
-    }
-    spec.update(overrides)
-    return spec

@@ -9,7 +9,7 @@ from safetensors.torch import save
 
 from kdcore.models import build_model
 from tests.app.conftest import build_api, make_settings
-from tests.conftest import PickleExploit
+from tests.support.exploits import PickleExploit
 
 
 def _weights() -> bytes:

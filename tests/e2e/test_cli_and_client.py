@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kdservice.client import ApiError, AsyncClient, Client
-from tests.procs import CuttingProxy, Proc, free_port, wait_ready
+from tests.support.procs import CuttingProxy, Proc, free_port, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]

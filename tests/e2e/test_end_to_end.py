@@ -20,7 +20,7 @@ from safetensors.torch import load
 
 from kdcore.models import build_model
 from tests.app.conftest import create_pg_database, drop_pg_database
-from tests.procs import Proc, free_port, wait_ready
+from tests.support.procs import Proc, free_port, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REDIS_DB = 5

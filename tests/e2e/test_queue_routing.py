@@ -20,7 +20,7 @@ from app.services.jobs import create_job
 from app.services.keys import create_key
 from app.settings import Settings
 from tests.app.conftest import create_pg_database, drop_pg_database, tiny_job
-from tests.procs import Proc
+from tests.support.procs import Proc
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REDIS_DB = 6

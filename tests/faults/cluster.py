@@ -20,7 +20,7 @@ from sqlalchemy import select
 from app.db.models import Job, JobEvent, JobTransition
 from app.db.session import get_engine, session_scope
 from tests.app.conftest import create_pg_database, drop_pg_database
-from tests.procs import Proc, free_port, wait_ready
+from tests.support.procs import Proc, free_port, wait_ready
 
 FAST = {
     "KD_LEASE_S": "6",

@@ -15,23 +15,9 @@ import httpx
 import pytest
 
 from tests.faults.cluster import REDIS_START, Cluster, training_children, wait_until, write_result
+from tests.support.specs import training_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def training_spec(name: str, epochs: int = 8) -> dict:
-    return {
-        "name": name,
-        "kind": "train",
-        "student": {"arch": "cifar_resnet8"},
-        "dataset": {
-            "builtin": "synthetic",
-            "num_samples": 800,
-            "num_classes": 4,
-            "shape": [1, 16, 16],
-        },
-        "training": {"epochs": epochs, "batch_size": 16, "precision": "fp32"},
-    }
 
 
 @pytest.fixture

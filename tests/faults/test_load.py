@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from app.db.models import Job
 from app.db.session import session_scope
 from tests.faults.cluster import Cluster, write_result
-from tests.faults.test_faults import training_spec
+from tests.support.specs import training_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

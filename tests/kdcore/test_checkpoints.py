@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 from kdcore.checkpoints import atomic_write, load_weights, read_state_dict
 from kdcore.errors import CheckpointError
 from kdcore.models import build_model
-from tests.conftest import PickleExploit
+from tests.support.exploits import PickleExploit
 
 
 def _model(classes=10):

@@ -2,7 +2,7 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import tiny_spec
+from tests.support.specs import tiny_spec
 
 
 def kdcore_cli(*args, cwd=None):

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 import kdcore
 from kdcore.callbacks import Callbacks, Progress
-from tests.conftest import tiny_spec
+from tests.support.specs import tiny_spec
 
 
 class Recorder(Callbacks):

@@ -6,7 +6,7 @@ import torch
 import kdcore
 from kdcore.export import load_student, onnx_max_abs_error
 from kdcore.models import build_model, count_parameters
-from tests.conftest import tiny_spec
+from tests.support.specs import tiny_spec
 
 
 @pytest.fixture(scope="module")

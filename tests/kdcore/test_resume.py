@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 import kdcore
 from kdcore.callbacks import Callbacks
 from kdcore.errors import Cancelled
-from tests.conftest import tiny_spec
+from tests.support.specs import tiny_spec
 
 
 class StopBeforeStep(Callbacks):

@@ -2,7 +2,7 @@ import pytest
 
 from kdcore.errors import SpecError
 from kdcore.spec import JobSpec, parse_spec
-from tests.conftest import tiny_spec
+from tests.support.specs import tiny_spec
 
 
 def _pointers(spec):

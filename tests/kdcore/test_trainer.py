@@ -11,7 +11,7 @@ from kdcore.models import build_model
 from kdcore.optim import lr_at
 from kdcore.spec import TrainingSpec, parse_spec
 from kdcore.trainer import augment_batch, fit, pick_device
-from tests.conftest import tiny_spec
+from tests.support.specs import tiny_spec
 
 
 def _setup(spec_dict):

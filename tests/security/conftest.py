@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.procs import Proc, free_port, wait_ready
+from tests.support.procs import Proc, free_port, wait_ready
 
 pytestmark = [pytest.mark.integration]
 
@@ -89,20 +89,3 @@ def server(tmp_path_factory) -> Iterator[Server]:
     )
     yield s
     s.proc.stop()
-
-
-def synthetic_job(**overrides) -> dict:
-    spec = {
-        "name": "probe",
-        "kind": "train",
-        "student": {"arch": "mlp_small"},
-        "dataset": {
-            "builtin": "synthetic",
-            "num_samples": 100,
-            "num_classes": 3,
-            "shape": [1, 6, 6],
-        },
-        "training": {"epochs": 1, "batch_size": 32, "precision": "fp32"},
-    }
-    spec.update(overrides)
-    return spec

@@ -7,7 +7,8 @@ import secrets
 
 import httpx
 
-from tests.security.conftest import Server, synthetic_job
+from tests.security.conftest import Server
+from tests.support.specs import tiny_job
 
 
 def test_metrics_labels_come_from_a_fixed_set(server: Server):
@@ -38,7 +39,7 @@ def test_json_bodies_are_capped_before_parsing_and_authentication(server: Server
 
 
 def test_validation_sizes_jobs_without_building_them(server: Server):
-    huge_model = synthetic_job(
+    huge_model = tiny_job(
         kind="distill",
         teacher={"arch": "vgg19", "num_classes": 100_000},
         student={"arch": "resnet18", "num_classes": 100_000},
@@ -49,7 +50,7 @@ def test_validation_sizes_jobs_without_building_them(server: Server):
             "image_size": 1024,
         },
     )
-    huge_data = synthetic_job(
+    huge_data = tiny_job(
         dataset={"builtin": "synthetic", "num_samples": 1_000_000, "shape": [3, 4096, 4096]}
     )
     with server.client() as c:
@@ -62,7 +63,7 @@ def test_validation_sizes_jobs_without_building_them(server: Server):
 
 
 def test_resources_no_executor_can_run_are_refused(server: Server):
-    spec = synthetic_job(resources={"gpus": 4, "gpu_type": "h200"})
+    spec = tiny_job(resources={"gpus": 4, "gpu_type": "h200"})
     with server.client() as c:
         r = c.post("/v1/jobs", json=spec)
         assert r.status_code == 422, r.text
@@ -73,21 +74,21 @@ def test_resources_no_executor_can_run_are_refused(server: Server):
 def test_per_tenant_quotas_answer_429_with_retry_after(server: Server):
     active = server.tenant("busy", "--max-active-jobs", "2")
     for _ in range(2):
-        assert active.post("/v1/jobs", json=synthetic_job()).status_code == 201
-    r = active.post("/v1/jobs", json=synthetic_job())
+        assert active.post("/v1/jobs", json=tiny_job()).status_code == 201
+    r = active.post("/v1/jobs", json=tiny_job())
     assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0, r.text
     # another tenant is not affected
     other = server.tenant("calm")
-    assert other.post("/v1/jobs", json=synthetic_job()).status_code == 201
+    assert other.post("/v1/jobs", json=tiny_job()).status_code == 201
 
     rate = server.tenant("hasty", "--submissions-per-minute", "3")
-    codes = [rate.post("/v1/jobs", json=synthetic_job()).status_code for _ in range(4)]
+    codes = [rate.post("/v1/jobs", json=tiny_job()).status_code for _ in range(4)]
     assert codes == [201, 201, 201, 429]
 
     urgent = server.tenant("urgent")  # the default ceiling is 4
-    r = urgent.post("/v1/jobs", json=synthetic_job(priority=9))
+    r = urgent.post("/v1/jobs", json=tiny_job(priority=9))
     assert r.status_code == 422 and r.json()["errors"][0]["loc"] == "/priority"
-    assert urgent.post("/v1/jobs", json=synthetic_job(priority=4)).status_code == 201
+    assert urgent.post("/v1/jobs", json=tiny_job(priority=4)).status_code == 201
 
     small = server.tenant("small", "--max-stored-bytes", "1000")
     r = small.post(
@@ -100,8 +101,8 @@ def test_per_tenant_quotas_answer_429_with_retry_after(server: Server):
 def test_tenants_of_the_same_priority_take_turns(server: Server):
     flood, polite = server.tenant("flood"), server.tenant("polite")
     fair = {"resources": {"gpu_type": "fair"}}
-    flooded = [flood.post("/v1/jobs", json=synthetic_job(**fair)).json() for _ in range(4)]
-    mine = polite.post("/v1/jobs", json=synthetic_job(**fair)).json()
+    flooded = [flood.post("/v1/jobs", json=tiny_job(**fair)).json() for _ in range(4)]
+    mine = polite.post("/v1/jobs", json=tiny_job(**fair)).json()
     assert mine["queue"] == "kd.fair"
     # first come would make it 5th; taking turns, it runs right after flood's first job
     assert mine["queue_position"] == 2

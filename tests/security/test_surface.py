@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from app.web import STATIC
-from tests.security.conftest import Server, start_server, synthetic_job
+from tests.security.conftest import Server, start_server
+from tests.support.specs import tiny_job
 
 
 def test_dashboard_is_served_with_a_strict_policy(server: Server):
@@ -38,14 +39,14 @@ def test_the_key_is_kept_for_the_session_unless_remembered():
 def test_job_names_with_control_characters_are_refused(server: Server):
     with server.client() as c:
         for name in ("a\x00b", "line\nbreak", "esc\x1b[31m", "del\x7f"):
-            r = c.post("/v1/jobs", json=synthetic_job(name=name))
+            r = c.post("/v1/jobs", json=tiny_job(name=name))
             assert r.status_code == 422 and r.json()["errors"][0]["loc"] == "/name", name
 
 
 def test_the_name_filter_matches_literally(server: Server):
     c = server.tenant("names")
     for name in ("a_b", "axb", "100%", "1000"):
-        assert c.post("/v1/jobs", json=synthetic_job(name=name)).status_code == 201
+        assert c.post("/v1/jobs", json=tiny_job(name=name)).status_code == 201
 
     def names(query: str) -> list[str]:
         page = c.get("/v1/jobs", params={"name": query}).json()["data"]
@@ -76,7 +77,7 @@ def _wait(c: httpx.Client, job_id: str, states: set[str], timeout: float = 120) 
 
 def test_metrics_need_the_token_and_name_no_job(runner: Server):
     with runner.client() as c:
-        long = synthetic_job(training={"epochs": 10_000, "batch_size": 8, "precision": "fp32"})
+        long = tiny_job(training={"epochs": 10_000, "batch_size": 8, "precision": "fp32"})
         job = c.post("/v1/jobs", json=long).json()
         _wait(c, job["id"], {"running"})
         time.sleep(2)  # a heartbeat stores its throughput
@@ -110,7 +111,7 @@ def test_private_files_whatever_the_umask(runner: Server):
             files={"file": ("w.safetensors", _safetensors())},
             data={"purpose": "checkpoint"},
         ).json()
-        job = c.post("/v1/jobs", json=synthetic_job()).json()
+        job = c.post("/v1/jobs", json=tiny_job()).json()
         done = _wait(c, job["id"], {"succeeded", "failed"})
         assert done["status"] == "succeeded", done
     data = runner.data

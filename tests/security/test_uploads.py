@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tests.security.conftest import Server, synthetic_job
+from tests.security.conftest import Server
+from tests.support.specs import tiny_job
 
 
 def upload(client, name: str, blob: bytes, purpose: str):
@@ -34,7 +35,7 @@ def test_torchscript_is_refused_at_upload_and_as_a_dataset_turned_checkpoint(ser
         r = upload(c, "teacher.zip", torchscript_bytes(), "dataset")
         assert r.status_code in (201, 422), r.text
         if r.status_code == 201:
-            spec = synthetic_job(student={"arch": "mlp_small", "checkpoint": r.json()["id"]})
+            spec = tiny_job(student={"arch": "mlp_small", "checkpoint": r.json()["id"]})
             for path in ("/v1/jobs/validate", "/v1/jobs"):
                 out = c.post(path, json=spec)
                 problems = out.json()["errors"]
@@ -47,7 +48,7 @@ def test_a_checkpoint_upload_is_not_a_dataset(server: Server):
     torch.save(nn.Linear(4, 2).state_dict(), buf)
     with server.client() as c:
         file_id = upload(c, "w.pt", buf.getvalue(), "checkpoint").json()["id"]
-        spec = synthetic_job(dataset={"name": "npz", "path": file_id})
+        spec = tiny_job(dataset={"name": "npz", "path": file_id})
         r = c.post("/v1/jobs", json=spec)
         assert r.status_code == 422 and r.json()["errors"][0]["loc"] == "/dataset/path"
 

@@ -21,7 +21,8 @@ from app.db.session import session_scope
 from app.services.egress import AllowList, EgressRefused, resolve
 from app.services.webhooks import deliver_due
 from tests.app.conftest import build_api, create_pg_database, drop_pg_database, make_settings
-from tests.security.conftest import Server, start_server, synthetic_job
+from tests.security.conftest import Server, start_server
+from tests.support.specs import tiny_job
 
 REFUSED = [
     "http://127.0.0.1:8000/hook",
@@ -55,7 +56,7 @@ def test_the_policy_refuses_non_public_destinations(url):
 def test_submission_refuses_them_with_422(server: Server):
     with server.client() as c:
         for url in REFUSED:
-            r = c.post("/v1/jobs", json=synthetic_job(webhook_url=url))
+            r = c.post("/v1/jobs", json=tiny_job(webhook_url=url))
             assert r.status_code == 422, (url, r.text)
             assert r.json()["errors"][0]["loc"] == "/webhook_url"
 
@@ -113,7 +114,7 @@ def test_delivery_checks_the_destination_again(tmp_path):
     gen = build_api(allowed)
     api = next(gen)
     try:
-        job = api.post("/v1/jobs", json=synthetic_job(webhook_url=receiver.url)).json()
+        job = api.post("/v1/jobs", json=tiny_job(webhook_url=receiver.url)).json()
         assert api.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
         strict = allowed.model_copy(update={"webhook_allow": ""})
         assert deliver_due(strict) == 1
@@ -155,7 +156,7 @@ def test_a_silent_receiver_holds_no_database_connection(pg_server: Server):
     try:
         attacker, victim = pg_server.client(), pg_server.tenant("victim")
         ids = [
-            attacker.post("/v1/jobs", json=synthetic_job(webhook_url=silent.url)).json()["id"]
+            attacker.post("/v1/jobs", json=tiny_job(webhook_url=silent.url)).json()["id"]
             for _ in range(20)
         ]
         for job_id in ids:

@@ -19,7 +19,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from kdcore.models import build_model
-from tests.procs import Proc, free_port, wait_ready
+from tests.support.procs import Proc, free_port, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "out" / "test-artifacts"

@@ -30,7 +30,6 @@ from app.db.models import STATUSES
 from app.errors import ProblemError
 from app.queue import publish
 from app.services import jobs as service
-from app.services import webhooks
 from kdcore.spec import JobSpec
 
 router = APIRouter(
@@ -107,10 +106,13 @@ def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
-def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
-    job = service.cancel_job(session, tenant.id, job_id)
+def cancel_job(
+    job_id: str, session: SessionDep, settings: SettingsDep, tenant: TenantDep
+) -> dict[str, Any]:
+    job, after = service.cancel_job(session, tenant.id, job_id)
     session.commit()  # a queued job ends here: its webhook is in the outbox now
-    webhooks.wake()
+    if after is not None:
+        after.run(settings)
     return render_job(session, job)
 
 

@@ -1,0 +1,127 @@
+"""The one place where a job changes status.
+
+`transition()` checks that the move is allowed, makes it with a conditional UPDATE
+(repository.change_status: the transition and its `status` event are recorded in the
+same transaction), writes the webhook outbox row when the job ends, and returns what
+must run *after* the caller commits (`AfterCommit.run`: nudge SSE readers, publish a
+requeued job, wake the webhook loop). Every path goes through here: submission
+(`record_created`), claim, the worker's end of a run, cancel, the reaper.
+
+    queued ──claim──> running ──> succeeded | failed | cancelled
+       │                 │  └──> queued (retry: crash, lost lease)
+       └──> cancelled    └──> cancelling ──> cancelled | failed | succeeded
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app import notify
+from app.db import repository as repo
+from app.db.models import TERMINAL, Job, JobStatus, utcnow
+from app.queue import publish
+from app.services import webhooks
+from app.settings import Settings
+
+S = JobStatus
+ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED}),
+    S.RUNNING: frozenset({S.QUEUED, S.CANCELLING, S.SUCCEEDED, S.FAILED, S.CANCELLED}),
+    S.CANCELLING: frozenset({S.CANCELLED, S.FAILED}),
+    S.SUCCEEDED: frozenset(),
+    S.FAILED: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+
+
+class IllegalTransition(ValueError):
+    """A caller asked for a move the lifecycle does not have (a programming error)."""
+
+
+@dataclass(frozen=True)
+class AfterCommit:
+    """What a transition needs once its transaction is committed."""
+
+    job_id: str
+    status: JobStatus
+    publish_to: tuple[str, int] | None = None  # (queue, priority) of a requeued job
+    webhook: bool = False
+
+    def run(self, settings: Settings) -> None:
+        notify.nudge(settings.broker_url, self.job_id)
+        if self.publish_to is not None:
+            publish(settings.broker_url, self.job_id, *self.publish_to)
+        if self.webhook:
+            webhooks.wake()
+
+
+def transition(
+    session: Session,
+    job_id: str,
+    expect: tuple[JobStatus, ...],
+    to: JobStatus,
+    reason: str,
+    **values: Any,
+) -> AfterCommit | None:
+    """Move the job from one of `expect` to `to` (in the caller's transaction). Extra
+    `values` are columns to set; `worker_id`/`attempt` make the move conditional on
+    the caller still holding the job. None: the job was not in `expect` (another
+    process moved it first), and nothing was written."""
+    for source in expect:
+        if to not in ALLOWED[source]:
+            raise IllegalTransition(f"{source} -> {to} is not a job transition")
+    if not repo.change_status(session, job_id, expect, to, reason, **values):
+        return None
+    job = session.get(Job, job_id)
+    assert job is not None  # the conditional UPDATE just matched it
+    delivery = webhooks.enqueue(session, job) if to in TERMINAL else None
+    requeued = (job.queue, job.priority) if to == S.QUEUED else None
+    return AfterCommit(job_id, to, requeued, delivery is not None)
+
+
+def cancel(session: Session, job: Job) -> AfterCommit | None:
+    """A client's cancel: a queued job ends now; a running one is asked to stop (its
+    worker ends it). None if it had already moved on (the caller re-reads it)."""
+    if job.status == S.QUEUED:
+        return transition(
+            session, job.id, (S.QUEUED,), S.CANCELLED, "cancelled by the client while queued"
+        )
+    if job.status == S.RUNNING:
+        return transition(
+            session, job.id, (S.RUNNING,), S.CANCELLING, "cancel requested by the client"
+        )
+    return None
+
+
+def reap(session: Session, job_id: str) -> AfterCommit | None:
+    """A job whose lease expired (its worker stopped renewing it): back to the queue,
+    or ended: failed after max_attempts, cancelled if a cancel was pending."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if (
+        job is None
+        or job.status not in (S.RUNNING, S.CANCELLING)
+        or job.lease_expires_at is None
+        or job.lease_expires_at >= utcnow()
+    ):
+        return None
+    held: dict[str, Any] = {"worker_id": job.worker_id, "attempt": job.attempt}
+    lost = f"lease expired (worker {job.worker_id} stopped renewing it)"
+    if job.status == S.CANCELLING:
+        return transition(session, job_id, (S.CANCELLING,), S.CANCELLED, lost, **held)
+    if job.attempt >= job.max_attempts:
+        why = f"{lost}; no attempts left ({job.attempt}/{job.max_attempts})"
+        error = f"{lost} after {job.attempt} attempts"
+        return transition(session, job_id, (S.RUNNING,), S.FAILED, why, error=error, **held)
+    return transition(
+        session,
+        job_id,
+        (S.RUNNING,),
+        S.QUEUED,
+        lost,
+        lease_expires_at=None,
+        published_at=None,
+        **held,
+    )
