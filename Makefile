@@ -6,7 +6,7 @@ BIN       := $(VENV)/bin
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 STAMP     := $(VENV)/.installed
 
-.PHONY: run test lint bench services browser datasets demo clean install
+.PHONY: run test test-fast lint fmt typecheck migrate bench services browser datasets demo clean install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -46,10 +46,31 @@ datasets:
 
 LINTED := kdcore kdservice app worker migrations tests bench examples
 
+## lint: ruff (rules + complexity), format check, the import-linter contracts
+## (docs/architecture.md), typos, mypy
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/typos kdcore kdservice app worker tests bench docs README.md
 	$(BIN)/mypy kdcore kdservice app worker
+
+## fmt: apply ruff's fixes and formatting
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix $(LINTED)
+	$(BIN)/ruff format $(LINTED)
+
+typecheck: $(STAMP)
+	$(BIN)/mypy kdcore kdservice app worker
+
+## migrate: upgrade the database of KD_DATABASE_URL (SQLite upgrades itself on start)
+migrate: $(STAMP)
+	$(BIN)/kd migrate
+
+## test-fast: the developer's loop: unit and API tests (no real processes, no
+## PostgreSQL/Redis, nothing slow), two processes at once
+test-fast: $(STAMP) services
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 -m "not slow and not integration" tests
 
 ## test: lint + type check + the whole test suite
 test: $(STAMP) services browser datasets lint

@@ -1,13 +1,15 @@
-"""The FastAPI application. `create_app(settings)` wires routes, errors and, for the
-embedded default, the local executor; `kd serve` runs it under uvicorn."""
+"""The FastAPI application: `create_app(settings, background)` wires routes, middleware
+and errors; `kd serve` (kdservice.cli.server) passes in the loops that run beside it
+and runs it under uvicorn."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Protocol
 
 from fastapi import FastAPI
 
@@ -49,25 +51,30 @@ def prepare(settings: Settings) -> None:
             ensure_key(session, "default", settings.bootstrap_api_key)
 
 
-def create_app(settings: Settings | None = None, run_executors: bool = True) -> FastAPI:
+class Background(Protocol):
+    """A loop that runs beside the API (the local executor, maintenance, the webhook
+    dispatcher): started with the app, told to stop with it."""
+
+    stop: threading.Event
+
+    def start(self) -> Background: ...
+
+
+def create_app(
+    settings: Settings | None = None,
+    background: Callable[[Settings], Sequence[Background]] | None = None,
+) -> FastAPI:
+    """The API. `background` builds the loops to run beside it (the composition root,
+    `kd serve`, passes them in: app never imports worker); tests pass none."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         prepare(settings)
-        background: list[Any] = []
-        if run_executors:
-            from worker.local import LocalExecutor
-            from worker.maintenance import Maintenance
-
-            background.append(Maintenance(settings).start())
-            background.append(webhooks.Dispatcher(settings).start())
-            if not settings.broker_url and settings.local_workers > 0:
-                background.append(LocalExecutor(settings).start())
-                log.info("local executor: %d worker thread(s)", settings.local_workers)
+        running = [loop.start() for loop in (background(settings) if background else ())]
         yield
-        for b in background:
-            b.stop.set()
+        for loop in running:
+            loop.stop.set()
         webhooks.wake()
 
     app = FastAPI(

@@ -8,7 +8,11 @@ from functools import lru_cache
 
 import redis
 
-CHANNEL = "kd:job:{}"
+CHANNEL = "kd:job:{}"  # the Redis channel of one job's nudges (app.api.sse listens)
+
+
+def channel(job_id: str) -> str:
+    return CHANNEL.format(job_id)
 
 
 @lru_cache(maxsize=4)
@@ -20,4 +24,4 @@ def nudge(broker_url: str, job_id: str) -> None:
     if not broker_url:
         return
     with contextlib.suppress(redis.RedisError):
-        _client(broker_url).publish(CHANNEL.format(job_id), "1")
+        _client(broker_url).publish(channel(job_id), "1")

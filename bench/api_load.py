@@ -220,7 +220,7 @@ def post_to_running(base: str, runs: int) -> dict[str, float]:
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, "-m", "kdservice.cli", *args],
         env={**os.environ, **env},
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
@@ -267,7 +267,7 @@ def main() -> None:
     }
     os.environ.update({k: v for k, v in env.items() if k != "KD_PORT"})
     subprocess.run(
-        [sys.executable, "-m", "app.cli", "migrate"],
+        [sys.executable, "-m", "kdservice.cli", "migrate"],
         env={**os.environ, **env},
         check=True,
         cwd=ROOT,

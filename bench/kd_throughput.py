@@ -22,8 +22,8 @@ import torch
 
 from kdcore.data import load_dataset
 from kdcore.models import build_model
-from kdcore.spec import parse_spec
 from kdcore.trainer import fit, uses_bf16
+from kdcore.validate import parse_spec
 
 TORCHDISTILL_REFERENCE = 130.0
 

@@ -1,21 +1,38 @@
-"""kdcore: knowledge distillation as a library. See kdcore.pipeline for the entry points."""
+"""kdcore: knowledge distillation as a library. The entry points are kdcore.run
+(`run`, `distill`, `train`); kdcore.spec is the job schema.
 
-from kdcore.callbacks import Callbacks, Progress
-from kdcore.errors import Cancelled, CheckpointError, DataError, KDError, SpecError
-from kdcore.pipeline import distill, run, train
-from kdcore.spec import JobSpec, parse_spec
+The names below are loaded on first use (PEP 562), so `import kdcore.spec` or
+`import kdcore.errors` does not pull in torch.
+"""
 
-__all__ = [
-    "Callbacks",
-    "Cancelled",
-    "CheckpointError",
-    "DataError",
-    "JobSpec",
-    "KDError",
-    "Progress",
-    "SpecError",
-    "distill",
-    "parse_spec",
-    "run",
-    "train",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Callbacks": "kdcore.callbacks",
+    "Progress": "kdcore.callbacks",
+    "Cancelled": "kdcore.errors",
+    "CheckpointError": "kdcore.errors",
+    "DataError": "kdcore.errors",
+    "KDError": "kdcore.errors",
+    "SpecError": "kdcore.errors",
+    "JobSpec": "kdcore.spec",
+    "parse_spec": "kdcore.validate",
+    "run": "kdcore.run",
+    "distill": "kdcore.run",
+    "train": "kdcore.run",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kdcore' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from kdcore.callbacks import Callbacks, Progress
 from kdcore.errors import Cancelled, KDError, SpecError
+from kdcore.spec import EXPORT_FORMATS
 
 
 class ProgressPrinter(Callbacks):
@@ -61,8 +62,8 @@ def _load_spec_file(path: str) -> Any:
 
 
 def _run(args: argparse.Namespace, kind: str) -> int:
-    from kdcore.pipeline import run
-    from kdcore.spec import parse_spec
+    from kdcore.run import run
+    from kdcore.validate import parse_spec
 
     data = _load_spec_file(args.spec)
     if isinstance(data, dict) and "kind" not in data:
@@ -114,7 +115,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from kdcore.spec import parse_spec
+    from kdcore.validate import parse_spec
 
     spec = parse_spec(_load_spec_file(args.spec))
     print(f"ok: {spec.kind} job {spec.name!r}")
@@ -136,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--formats",
         nargs="+",
         default=["torchscript", "onnx"],
-        choices=["safetensors", "torchscript", "onnx"],
+        choices=list(EXPORT_FORMATS),
     )
     p.add_argument("--out", help="output folder (default: the input folder)")
     p.set_defaults(func=_export)

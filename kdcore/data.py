@@ -66,6 +66,13 @@ class DataSplits:
 
 Loader = Callable[[DatasetSpec, int], RawData]
 DATASETS: Registry[Loader] = Registry("dataset")
+# datasets read from a file the user gives (dataset.path; an uploaded file id in the
+# service); the others are built in and take no file in the service
+FILE_DATASETS = frozenset({"imagefolder", "npz"})
+
+
+def needs_path(name: str) -> bool:
+    return name in FILE_DATASETS
 
 
 @DATASETS.register("digits")

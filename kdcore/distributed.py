@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from kdcore.callbacks import Callbacks
+from kdcore.one_process import run_local
 from kdcore.spec import JobSpec
 
 
@@ -46,8 +47,6 @@ def _join(rank: int, world: int, port: int, device: str) -> None:
 def _rank_main(
     rank: int, world: int, port: int, spec: dict[str, Any], out_dir: str, resume: str | None
 ) -> None:
-    from kdcore.pipeline import run_local
-
     _join(rank, world, port, spec["training"]["device"])
     try:
         run_local(JobSpec.model_validate(spec), Path(out_dir), None, resume)
@@ -61,8 +60,6 @@ def run_parallel(
     callbacks: Callbacks | None,
     resume_from: str | Path | None,
 ) -> dict[str, Any]:
-    from kdcore.pipeline import run_local
-
     world = spec.resources.gpus
     on_gpu = spec.training.device != "cpu" and torch.cuda.is_available()
     if on_gpu and torch.cuda.device_count() < world:

@@ -6,10 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 
-matplotlib.use("Agg")  # no display on workers; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
+def _pyplot() -> Any:
+    """matplotlib, loaded when a plot is drawn (not when kdcore is imported)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on workers; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_curves(
@@ -21,6 +26,7 @@ def plot_curves(
 ) -> Path:
     """Two panels: training loss terms (epoch means) and validation loss; the quality
     metric (accuracy or mse) per epoch with the teacher's as a dashed line."""
+    plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_q) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
     terms = sorted({k for h in history for k in h.get("train_losses", {})})

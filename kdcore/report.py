@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from kdcore.data import Split
+from kdcore.data import DataSplits, Split
 from kdcore.models import count_parameters
-from kdcore.trainer import predict
+from kdcore.spec import JobSpec
+from kdcore.trainer import FitResult, predict, uses_bf16
 
 
 def cpu_latency_ms(
@@ -52,3 +54,67 @@ def held_out_metrics(
 def agreement(student_out: torch.Tensor, teacher_out: torch.Tensor) -> float:
     """Fraction of held-out samples where student and teacher predict the same class."""
     return float((student_out.argmax(1) == teacher_out.argmax(1)).float().mean())
+
+
+def _state_bytes(model: nn.Module) -> int:
+    from safetensors.torch import save
+
+    return len(save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
+
+
+def build_report(
+    spec: JobSpec,
+    device: torch.device,
+    data: DataSplits,
+    result: FitResult,
+    student: nn.Module,
+    teacher: nn.Module | None,
+    weights: Path,
+) -> dict[str, Any]:
+    """report.json without its files: the run, the student on the test split, and, for
+    a distillation, the teacher and how the two compare."""
+    regression = spec.task == "regression"
+    report: dict[str, Any] = {
+        "name": spec.name,
+        "kind": spec.kind,
+        "task": spec.task,
+        "device": device.type,
+        "processes": spec.resources.gpus,  # data-parallel ranks
+        "precision": "bf16" if uses_bf16(device, spec.training.precision) else "fp32",
+        "dataset": {
+            "name": spec.dataset.name,
+            "train": len(data.train),
+            "val": len(data.val),
+            "test": len(data.test),
+            "input_shape": list(data.input_shape),
+        },
+        "epochs": spec.training.epochs,
+        "steps": result.steps,
+        "training_time_s": round(result.train_time_s, 3),
+        "train_images_per_s": round(result.images_per_s, 2),
+        "teacher_cache": result.used_teacher_cache,
+        "history": result.history,
+    }
+    s_metrics, s_out = held_out_metrics(student, data.test, regression, device)
+    s = report["student"] = {
+        "arch": spec.student.arch,
+        **s_metrics,
+        **model_summary(student, data.input_shape),
+        "bytes_on_disk": weights.stat().st_size,
+    }
+    if teacher is None or spec.teacher is None:
+        return report
+    t_metrics, t_out = held_out_metrics(teacher, data.test, regression, device)
+    t = report["teacher"] = {
+        "arch": spec.teacher.arch,
+        **t_metrics,
+        **model_summary(teacher, data.input_shape),
+        "bytes_on_disk": _state_bytes(teacher),
+    }
+    if not regression:
+        report["agreement"] = agreement(s_out, t_out)
+    report["compression_ratio"] = round(t["parameters"] / s["parameters"], 3)
+    report["size_ratio"] = round(t["bytes_on_disk"] / s["bytes_on_disk"], 3)
+    report["speedup_batch1"] = round(t["latency_ms_batch1"] / s["latency_ms_batch1"], 3)
+    report["speedup_batch64"] = round(t["latency_ms_batch64"] / s["latency_ms_batch64"], 3)
+    return report

@@ -1,27 +1,25 @@
-"""The job spec: one schema for the `kdcore` CLI and the service (DESIGN.md section 3).
+"""The job spec: one schema for the `kdcore` CLI and the service
+(docs/kdcore.md, "The job spec").
 
-Pydantic gives us typed parsing, JSON pointers for every bad field and a JSON
-schema for the service's OpenAPI document. Registry names (architectures,
-datasets, methods) are checked in `validate_names`, so that the schema stays
-importable without building anything.
+Pydantic gives typed parsing, JSON pointers for every bad field and a JSON schema for
+the service's OpenAPI document. This module is a leaf: it imports neither torch nor
+the registries, so the API and the CLI can load it cheaply. Registry names
+(architectures, datasets, methods) are checked by kdcore.validate.parse_spec.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Literal, get_args
 
 from pydantic import (
     AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
-
-from kdcore.errors import SpecError
 
 MAX_EPOCHS = 10_000
 MAX_BATCH = 65_536
@@ -140,6 +138,12 @@ class TrainingSpec(_Strict):
 
 
 ExportFormat = Literal["safetensors", "torchscript", "onnx"]
+Kind = Literal["distill", "train"]
+Task = Literal["classification", "regression"]
+# the one list of each, for the CLI, /v1/capabilities and the dashboard
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+KINDS: tuple[str, ...] = get_args(Kind)
+TASKS: tuple[str, ...] = get_args(Task)
 
 
 class ResourcesSpec(_Strict):
@@ -164,8 +168,8 @@ class ResourcesSpec(_Strict):
 
 class JobSpec(_Strict):
     name: str = Field(default="job", min_length=1, max_length=200)
-    kind: Literal["distill", "train"] = "distill"
-    task: Literal["classification", "regression"] = "classification"
+    kind: Kind = "distill"
+    task: Task = "classification"
     teacher: ModelSpec | None = None
     student: ModelSpec
     dataset: DatasetSpec
@@ -211,62 +215,3 @@ class JobSpec(_Strict):
         if "safetensors" not in self.export:
             self.export = ["safetensors", *self.export]
         return self
-
-
-def _pointer(loc: tuple[Any, ...]) -> str:
-    return "/" + "/".join(str(p) for p in loc) if loc else ""
-
-
-def parse_spec(data: Any) -> JobSpec:
-    """Parse a dict into a JobSpec, raising SpecError with a JSON pointer per bad field."""
-    try:
-        spec = JobSpec.model_validate(data)
-    except ValidationError as exc:
-        errors = []
-        for e in exc.errors():
-            loc = tuple(p for p in e["loc"] if not str(p).startswith("function-"))
-            msg = e["msg"].removeprefix("Value error, ")
-            errors.append((_pointer(loc), msg))
-        raise SpecError(errors) from None
-    problems = validate_names(spec)
-    if problems:
-        raise SpecError(problems)
-    return spec
-
-
-def validate_names(spec: JobSpec) -> list[tuple[str, str]]:
-    """Check registry names and method/task fit. Returns (pointer, message) pairs."""
-    from kdcore.data import DATASETS
-    from kdcore.losses import LOSSES
-    from kdcore.models import MODELS
-
-    problems: list[tuple[str, str]] = []
-    for role in ("teacher", "student"):
-        model = getattr(spec, role)
-        if model is not None and model.arch not in MODELS:
-            problems.append((f"/{role}/arch", str(MODELS.unknown(model.arch))))
-    if spec.dataset.name not in DATASETS:
-        problems.append(("/dataset/name", str(DATASETS.unknown(spec.dataset.name))))
-    elif spec.dataset.name in ("imagefolder", "npz") and not spec.dataset.path:
-        problems.append(("/dataset/path", f"dataset {spec.dataset.name!r} needs a path"))
-    if spec.kind == "distill":
-        method = spec.distillation.method
-        if method not in LOSSES:
-            problems.append(("/distillation/method", str(LOSSES.unknown(method))))
-        elif (method == "mse") != (spec.task == "regression"):
-            want = "'mse'" if spec.task == "regression" else "one of kd, dkd, fitnet, at"
-            problems.append(("/distillation/method", f"task {spec.task} needs method {want}"))
-        if spec.distillation.cache_teacher is True and spec.augment.enabled:
-            problems.append(
-                (
-                    "/distillation/cache_teacher",
-                    "the teacher cache needs deterministic inputs; turn augment off",
-                )
-            )
-    if (
-        spec.task == "regression"
-        and spec.dataset.name == "synthetic"
-        and not spec.dataset.regression
-    ):
-        problems.append(("/dataset/regression", "task regression needs dataset.regression: true"))
-    return problems

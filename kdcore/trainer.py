@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,21 +237,65 @@ def _average_grads(module: nn.Module) -> None:
             p.grad /= world
 
 
-def fit(
+@dataclass
+class _Run:
+    """What one `fit` call trains with, built once by `_setup`."""
+
+    spec: JobSpec
+    data: DataSplits
+    train: Split  # on the device when it fits
+    student: nn.Module
+    forward: Callable[[Tensor], Tensor]  # the student, maybe in DDP and torch.compile
+    device: torch.device
+    channels_last: bool
+    optimizer: torch.optim.Optimizer
+    loss_fn: DistillLoss | None
+    teacher_out: _Teacher | None
+    s_tap: FeatureTap | None
+    t_tap: FeatureTap | None
+    world: int
+    rank: int
+    batch_size: int  # per rank
+    steps_per_epoch: int
+    total_steps: int
+    phase: str
+    checkpoint_dir: Path | None
+    cb: Callbacks
+    log_every: int
+
+
+@dataclass
+class _Clock:
+    """Elapsed time, images/s over the last logging window, and the ETA."""
+
+    resumed_step: int
+    start: float = field(default_factory=time.perf_counter)
+    window_images: int = 0
+    window_start: float = field(default_factory=time.perf_counter)
+
+    def rate(self) -> float:
+        return self.window_images / max(1e-9, time.perf_counter() - self.window_start)
+
+    def new_window(self) -> None:
+        self.window_images, self.window_start = 0, time.perf_counter()
+
+    def eta(self, step: int, total_steps: int) -> float:
+        done = max(1, step - self.resumed_step)
+        return (total_steps - step) * (time.perf_counter() - self.start) / done
+
+
+def _setup(
     spec: JobSpec,
     data: DataSplits,
     student: nn.Module,
     teacher: nn.Module | None,
     device: torch.device,
     checkpoint_dir: Path | None,
-    callbacks: Callbacks | None = None,
-    phase: str = "train",
-    resume: dict[str, Any] | None = None,
-    log_every: int = 10,
-) -> FitResult:
-    cb = callbacks or Callbacks()
+    cb: Callbacks,
+    phase: str,
+    log_every: int,
+) -> _Run:
     tr = spec.training
-    regression = spec.task == "regression"
     # channels_last suits cuDNN and oneDNN's bf16 kernels; fp32 on CPU gains little from it
     channels_last = data.train.x.ndim == 4 and (
         device.type == "cuda" or uses_bf16(device, tr.precision)
@@ -260,7 +305,6 @@ def fit(
     train = data.train
     if train.x.element_size() * train.x.nelement() < ON_DEVICE_LIMIT_BYTES:
         train = train.to(device)
-
     loss_fn: DistillLoss | None = None
     s_tap = t_tap = None
     teacher_out: _Teacher | None = None
@@ -282,152 +326,211 @@ def fit(
         module = torch.nn.parallel.DistributedDataParallel(
             student, device_ids=[device.index] if device.type == "cuda" else None
         )
-    # the compiled module shares its parameters with `student` (state dicts stay plain)
-    forward = torch.compile(module) if tr.compile else module
-
     n = len(train)
-    bs = min(tr.batch_size, n // world)
+    batch_size = min(tr.batch_size, n // world)
     # drop the ragged last batch (BatchNorm needs >1); a step is one batch on every rank
-    steps_per_epoch = max(1, n // (bs * world))
-    total_steps = tr.epochs * steps_per_epoch
-    step = 0
-    if resume is not None:
-        student.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        if loss_fn is not None and resume.get("loss"):
-            loss_fn.load_state_dict(resume["loss"])
-        torch.set_rng_state(resume["rng"]["torch"])
-        if device.type == "cuda" and resume["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(resume["rng"]["cuda"])
-        step = int(resume["step"])
+    steps_per_epoch = max(1, n // (batch_size * world))
+    return _Run(
+        spec=spec,
+        data=data,
+        train=train,
+        student=student,
+        # the compiled module shares its parameters with `student` (plain state dicts)
+        forward=torch.compile(module) if tr.compile else module,
+        device=device,
+        channels_last=channels_last,
+        optimizer=optimizer,
+        loss_fn=loss_fn,
+        teacher_out=teacher_out,
+        s_tap=s_tap,
+        t_tap=t_tap,
+        world=world,
+        rank=rank,
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=tr.epochs * steps_per_epoch,
+        phase=phase,
+        checkpoint_dir=checkpoint_dir,
+        cb=cb,
+        log_every=log_every,
+    )
+
+
+def _restore(run: _Run, resume: dict[str, Any]) -> int:
+    """Put a checkpoint's state back; returns its step."""
+    run.student.load_state_dict(resume["model"])
+    run.optimizer.load_state_dict(resume["optimizer"])
+    if run.loss_fn is not None and resume.get("loss"):
+        run.loss_fn.load_state_dict(resume["loss"])
+    torch.set_rng_state(resume["rng"]["torch"])
+    if run.device.type == "cuda" and resume["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(resume["rng"]["cuda"])
+    return int(resume["step"])
+
+
+def _checkpoint_state(run: _Run, result: FitResult, epoch: int, step: int) -> dict[str, Any]:
+    """Everything exact resume needs, written out field by field."""
+    return {
+        "version": CHECKPOINT_VERSION,
+        "phase": run.phase,
+        "epoch": epoch,
+        "step": step,
+        "model": run.student.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "loss": run.loss_fn.state_dict() if run.loss_fn is not None else {},
+        "scheduler": {"step": step, "total_steps": run.total_steps},
+        "scaler": {},  # bf16 autocast needs no loss scaler
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if run.device.type == "cuda" else None,
+        },
+        "history": result.history,
+        "spec": run.spec.model_dump(mode="json"),
+    }
+
+
+def _progress(
+    run: _Run,
+    result: FitResult,
+    clock: _Clock,
+    epoch: int,
+    step: int,
+    losses: dict[str, float] | None = None,
+    metrics: dict[str, float] | None = None,
+) -> Progress:
+    tr = run.spec.training
+    return Progress(
+        run.phase,
+        epoch,
+        tr.epochs,
+        step,
+        run.total_steps,
+        lr_at(min(step, run.total_steps - 1), run.total_steps, run.steps_per_epoch, tr),
+        losses or {},
+        metrics or {},
+        clock.rate(),
+        clock.eta(step, run.total_steps),
+        result.train_time_s + (time.perf_counter() - clock.start),
+    )
+
+
+def _save(run: _Run, result: FitResult, clock: _Clock, name: str, epoch: int, step: int) -> None:
+    if run.checkpoint_dir is None or run.rank != 0:  # the ranks' weights are the same
+        return
+    path = run.checkpoint_dir / name
+    save_checkpoint(path, _checkpoint_state(run, result, epoch, step))
+    run.cb.on_checkpoint(path, _progress(run, result, clock, epoch, step))
+
+
+def _train_step(run: _Run, order: Tensor, i: int, step: int) -> tuple[dict[str, Tensor], int]:
+    """One optimizer step on batch `i` of the epoch's order; returns the loss terms and
+    the batch size taken by this rank."""
+    spec, tr = run.spec, run.spec.training
+    first = (i * run.world + run.rank) * run.batch_size
+    idx = order[first : first + run.batch_size]
+    x, y = run.train.x[idx].to(run.device, non_blocking=True), run.train.y[idx].to(run.device)
+    if spec.augment.enabled and x.ndim == 4:
+        gen = torch.Generator().manual_seed(tr.seed * 7_368_787 + step)
+        x = augment_batch(x, spec.augment, gen)
+    if run.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    set_lr(run.optimizer, lr_at(step, run.total_steps, run.steps_per_epoch, tr))
+    with autocast_for(run.device, tr.precision):
+        out = run.forward(x)
+        if run.teacher_out is not None and run.loss_fn is not None:
+            t_logits, t_feats = run.teacher_out(x, idx)
+            s_feats = run.s_tap.collect() if run.s_tap else []
+            terms = run.loss_fn(out, t_logits, y, s_feats, t_feats)
+        else:
+            terms = task_loss(spec.task, out, y)
+    run.optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    if run.world > 1 and run.loss_fn is not None:
+        _average_grads(run.loss_fn)  # e.g. FitNets adapters: outside the DDP module
+    run.optimizer.step()
+    return terms, len(idx)
+
+
+def _train_epoch(
+    run: _Run, result: FitResult, clock: _Clock, epoch: int, step: int
+) -> tuple[int, int, dict[str, float]]:
+    """The rest of epoch `epoch` from `step`: returns (step, images, mean loss terms).
+    Losses are read back (a device sync) only every `log_every` steps."""
+    tr = run.spec.training
+    order = torch.randperm(
+        len(run.train), generator=torch.Generator().manual_seed(tr.seed * 1_000_003 + epoch)
+    ).to(run.train.x.device)
+    images, loss_reads = 0, 0
+    loss_sums: dict[str, float] = {}
+    for i in range(step % run.steps_per_epoch, run.steps_per_epoch):
+        if _stop_everywhere(run.cb, run.world, step, run.log_every, run.device):
+            result.train_time_s += time.perf_counter() - clock.start
+            _save(run, result, clock, f"interrupted-step{step}.pt", epoch + 1, step)
+            raise Cancelled(f"stopped at step {step}")
+        terms, taken = _train_step(run, order, i, step)
+        step += 1
+        images += taken * run.world  # the global batch: every rank took one
+        clock.window_images += taken * run.world
+        if step % run.log_every == 0 or i == run.steps_per_epoch - 1:
+            losses = {k: v.item() for k, v in terms.items()}  # syncs the device
+            if not math.isfinite(losses["loss"]):
+                raise FloatingPointError(
+                    f"the loss became {losses['loss']} at step {step}; lower the learning rate"
+                )
+            run.cb.on_step(_progress(run, result, clock, epoch + 1, step, losses))
+            for k, v in losses.items():
+                loss_sums[k] = loss_sums.get(k, 0.0) + v
+            loss_reads += 1
+            clock.new_window()
+    return step, images, {k: v / max(1, loss_reads) for k, v in loss_sums.items()}
+
+
+def fit(
+    spec: JobSpec,
+    data: DataSplits,
+    student: nn.Module,
+    teacher: nn.Module | None,
+    device: torch.device,
+    checkpoint_dir: Path | None,
+    callbacks: Callbacks | None = None,
+    phase: str = "train",
+    resume: dict[str, Any] | None = None,
+    log_every: int = 10,
+) -> FitResult:
+    """Train `student` (distilling `teacher` when given) for `spec.training.epochs`,
+    from `resume` (a checkpoint dict) if given: setup, restore, then per epoch train,
+    evaluate, report and checkpoint."""
+    tr = spec.training
+    cb = callbacks or Callbacks()
+    run = _setup(spec, data, student, teacher, device, checkpoint_dir, cb, phase, log_every)
+    step = _restore(run, resume) if resume is not None else 0
     result = FitResult(
         student,
         history=list(resume.get("history", [])) if resume else [],
-        used_teacher_cache=bool(teacher_out and teacher_out.cache is not None),
+        used_teacher_cache=bool(run.teacher_out and run.teacher_out.cache is not None),
     )
-
-    def checkpoint(name: str, epoch: int) -> None:
-        if checkpoint_dir is None or rank != 0:  # the ranks' weights are the same
-            return
-        state = {
-            "version": CHECKPOINT_VERSION,
-            "phase": phase,
-            "epoch": epoch,
-            "step": step,
-            "model": student.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "loss": loss_fn.state_dict() if loss_fn is not None else {},
-            "scheduler": {"step": step, "total_steps": total_steps},
-            "scaler": {},  # bf16 autocast needs no loss scaler
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-            },
-            "history": result.history,
-            "spec": spec.model_dump(mode="json"),
-        }
-        path = checkpoint_dir / name
-        save_checkpoint(path, state)
-        cb.on_checkpoint(path, progress(epoch))
-
-    t_start = time.perf_counter()
-    window_images, window_start = 0, t_start
-
-    def progress(
-        epoch: int, losses: dict[str, float] | None = None, metrics: dict[str, float] | None = None
-    ) -> Progress:
-        elapsed = result.train_time_s + (time.perf_counter() - t_start)
-        rate = window_images / max(1e-9, time.perf_counter() - window_start)
-        done = max(1, step - (int(resume["step"]) if resume else 0))
-        eta = (total_steps - step) * (time.perf_counter() - t_start) / done
-        return Progress(
-            phase,
-            epoch,
-            tr.epochs,
-            step,
-            total_steps,
-            lr_at(min(step, total_steps - 1), total_steps, steps_per_epoch, tr),
-            losses or {},
-            metrics or {},
-            rate,
-            eta,
-            elapsed,
-        )
-
+    clock = _Clock(resumed_step=step)
+    held_out = data.val if len(data.val) else data.test
     student.train()
-    for epoch in range(step // steps_per_epoch, tr.epochs):
-        order = torch.randperm(
-            n, generator=torch.Generator().manual_seed(tr.seed * 1_000_003 + epoch)
-        ).to(train.x.device)
+    for epoch in range(step // run.steps_per_epoch, tr.epochs):
         epoch_start = time.perf_counter()
-        epoch_images = 0
-        # epoch means of the loss terms, from the values already read back for progress
-        loss_sums: dict[str, float] = {}
-        loss_reads = 0
-        for i in range(step % steps_per_epoch, steps_per_epoch):
-            if _stop_everywhere(cb, world, step, log_every, device):
-                result.train_time_s += time.perf_counter() - t_start
-                checkpoint(f"interrupted-step{step}.pt", epoch + 1)
-                raise Cancelled(f"stopped at step {step}")
-            first = (i * world + rank) * bs
-            idx = order[first : first + bs]
-            x, y = train.x[idx].to(device, non_blocking=True), train.y[idx].to(device)
-            if spec.augment.enabled and x.ndim == 4:
-                x = augment_batch(
-                    x, spec.augment, torch.Generator().manual_seed(tr.seed * 7_368_787 + step)
-                )
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            set_lr(optimizer, lr_at(step, total_steps, steps_per_epoch, tr))
-            with autocast_for(device, tr.precision):
-                out = forward(x)
-                if teacher_out is not None and loss_fn is not None:
-                    t_logits, t_feats = teacher_out(x, idx)
-                    s_feats = s_tap.collect() if s_tap else []
-                    terms = loss_fn(out, t_logits, y, s_feats, t_feats)
-                else:
-                    terms = task_loss(spec.task, out, y)
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            if world > 1 and loss_fn is not None:
-                _average_grads(loss_fn)  # e.g. FitNets adapters: outside the DDP module
-            optimizer.step()
-            step += 1
-            epoch_images += len(idx) * world  # the global batch: every rank took one
-            window_images += len(idx) * world
-            if step % log_every == 0 or i == steps_per_epoch - 1:
-                losses = {k: v.item() for k, v in terms.items()}  # syncs the device
-                if not math.isfinite(losses["loss"]):
-                    raise FloatingPointError(
-                        f"the loss became {losses['loss']} at step {step}; lower the learning rate"
-                    )
-                cb.on_step(progress(epoch + 1, losses))
-                for k, v in losses.items():
-                    loss_sums[k] = loss_sums.get(k, 0.0) + v
-                loss_reads += 1
-                window_images, window_start = 0, time.perf_counter()
+        step, images, train_losses = _train_epoch(run, result, clock, epoch, step)
         epoch_time = time.perf_counter() - epoch_start
-        result.images_seen += epoch_images
+        result.images_seen += images
         metrics = evaluate(
-            student,
-            data.val if len(data.val) else data.test,
-            regression,
-            tr.eval_batch_size,
-            device,
-            tr.precision,
+            student, held_out, spec.task == "regression", tr.eval_batch_size, device, tr.precision
         )
         metrics["epoch_time_s"] = epoch_time
-        metrics["images_per_s"] = epoch_images / max(epoch_time, 1e-9)
-        train_losses = {k: v / max(1, loss_reads) for k, v in loss_sums.items()}
+        metrics["images_per_s"] = images / max(epoch_time, 1e-9)
         result.history.append(
             {"epoch": epoch + 1, "step": step, **metrics, "train_losses": train_losses}
         )
-        cb.on_epoch_end(progress(epoch + 1, train_losses, metrics))
+        cb.on_epoch_end(_progress(run, result, clock, epoch + 1, step, train_losses, metrics))
         if (epoch + 1) % spec.checkpoint_every_epochs == 0 or epoch + 1 == tr.epochs:
-            checkpoint(f"epoch{epoch + 1}.pt", epoch + 1)
-    result.train_time_s += time.perf_counter() - t_start
+            _save(run, result, clock, f"epoch{epoch + 1}.pt", epoch + 1, step)
+    result.train_time_s += time.perf_counter() - clock.start
     result.steps = step
-    for tap in (s_tap, t_tap):
+    for tap in (run.s_tap, run.t_tap):
         if tap:
             tap.remove()
     return result

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import kdcore
-from kdcore.spec import parse_spec, validate_names
+from kdcore.validate import parse_spec, validate_names
 
 pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -119,7 +119,7 @@ def _over_limits(settings: Settings, spec: dict[str, Any]) -> str | None:
     from app.services.jobs import cost_limits
     from kdcore.cost import check_limits
     from kdcore.errors import KDError
-    from kdcore.spec import parse_spec
+    from kdcore.validate import parse_spec
 
     try:
         problems = check_limits(parse_spec(spec), cost_limits(settings))
@@ -164,7 +164,7 @@ class Supervisor:
         self.settings, self.job_id, self.worker, self.attempt = settings, job_id, wid, attempt
         self.spec, self.resume_from = spec, resume_from
         self.out_dir = settings.jobs_dir / job_id
-        self.messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.messages: queue.Queue[dict[str, Any] | None] = queue.Queue()  # None: output ended
         self.pending: list[tuple[str, dict[str, Any]]] = []
         self.checkpoints: list[dict[str, Any]] = []
         self.progress: dict[str, Any] | None = None
@@ -173,6 +173,8 @@ class Supervisor:
         self.killed = False
         self.timed_out = False
         self.max_runtime_s = spec.get("max_runtime_s")
+        self.grace_s = settings.cancel_grace_s
+        self.last_progress_event = 0.0
 
     def run(self) -> str:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -212,63 +214,72 @@ class Supervisor:
         self.messages.put(None)
 
     def _supervise(self, proc: subprocess.Popen, reader: threading.Thread) -> bool:
-        last_flush = last_progress_event = 0.0
-        started = time.monotonic()
+        """Until the training process has exited and its output is read: take its
+        messages, flush at every heartbeat (or at once after an epoch or checkpoint),
+        and stop it on cancel, on max_runtime_s, or for good after the grace period.
+        Returns False if this worker lost its lease (the process is killed)."""
+        last_flush, started = 0.0, time.monotonic()
         reader_done = False
         while True:
-            force = False
             try:
                 msg = self.messages.get(timeout=0.2)
             except queue.Empty:
-                msg = None
-            else:
-                if msg is None:
-                    reader_done = True
-            if msg is not None:
-                kind = msg.pop("type", "")
-                now = time.monotonic()
-                if kind == "progress":
-                    self.progress = msg
-                    if now - last_progress_event >= PROGRESS_EVERY_S:
-                        self.pending.append(("progress", msg))
-                        last_progress_event = now
-                elif kind == "epoch":
-                    self.progress = msg
-                    self.pending.append(("epoch", msg))
-                    force = True
-                elif kind == "checkpoint":
-                    self.checkpoints.append(msg)
-                    force = True
-                else:
-                    self.final = {"type": kind, **msg}
+                msg = {}  # nothing new this turn
+            if msg is None:  # the reader's end-of-output marker
+                reader_done = True
+            force = self._take(msg) if msg else False
             now = time.monotonic()
             if force or now - last_flush >= self.settings.heartbeat_s:
-                status = self._flush()
-                last_flush = now
+                status, last_flush = self._flush(), now
                 if status == LOST:
                     self._kill(proc)
                     return False
-                if status == "cancelling" and self.cancel_sent_at is None:
-                    self.cancel_sent_at = now
-                    proc.send_signal(signal.SIGTERM)
+                if status == S.CANCELLING:
+                    self._stop(proc, now)
+            if self._over_time(proc, now - started):
+                self.timed_out = True  # stopped like a cancel, then failed
+                self._stop(proc, now)
+            running = proc.poll() is None
             if (
-                self.max_runtime_s
-                and not self.timed_out
-                and self.cancel_sent_at is None
-                and now - started > self.max_runtime_s
-                and proc.poll() is None
-            ):
-                self.timed_out = True  # stop it like a cancel, then fail the job
-                self.cancel_sent_at = now
-                proc.send_signal(signal.SIGTERM)
-            if (
-                self.cancel_sent_at is not None
-                and proc.poll() is None
-                and now - self.cancel_sent_at > self.settings.cancel_grace_s
+                running
+                and self.cancel_sent_at is not None
+                and now - self.cancel_sent_at > self.grace_s
             ):
                 self._kill(proc)
-            if reader_done and proc.poll() is not None:
+            if reader_done and not running:
                 return True
+
+    def _over_time(self, proc: subprocess.Popen, elapsed: float) -> bool:
+        """max_runtime_s has just been passed by a run nobody asked to stop yet."""
+        if not self.max_runtime_s or self.timed_out or self.cancel_sent_at is not None:
+            return False
+        return elapsed > self.max_runtime_s and proc.poll() is None
+
+    def _take(self, msg: dict[str, Any]) -> bool:
+        """Keep one message of the training process; True if it should be flushed now."""
+        kind, now = msg.pop("type", ""), time.monotonic()
+        if kind == "progress":
+            self.progress = msg
+            if now - self.last_progress_event >= PROGRESS_EVERY_S:  # throttled
+                self.pending.append(("progress", msg))
+                self.last_progress_event = now
+            return False
+        if kind == "epoch":
+            self.progress = msg
+            self.pending.append(("epoch", msg))
+            return True
+        if kind == "checkpoint":
+            self.checkpoints.append(msg)
+            return True
+        self.final = {"type": kind, **msg}  # done, cancelled or error: the last word
+        return False
+
+    def _stop(self, proc: subprocess.Popen, now: float) -> None:
+        """Ask the training process to stop (SIGTERM, once); the loop stops between
+        steps, and `_supervise` kills it after the grace period."""
+        if self.cancel_sent_at is None and proc.poll() is None:
+            self.cancel_sent_at = now
+            proc.send_signal(signal.SIGTERM)
 
     def _kill(self, proc: subprocess.Popen) -> None:
         self.killed = True

@@ -30,22 +30,32 @@ from app.services.files import describe_reference, resolve_reference
 from app.services.lifecycle import AfterCommit
 from app.settings import Settings
 
-BUILTIN_DATASETS = ("digits", "fashion_mnist", "synthetic")
-
 
 def validate_spec(
     session: Session, settings: Settings, tenant_id: str, data: Any
 ) -> tuple[Any, list[tuple[str, str]], list[str]]:
-    """Returns (JobSpec or None, errors as (pointer, message), warnings)."""
+    """Returns (JobSpec or None, errors as (pointer, message), warnings). The cheap
+    checks come first; the spec is sized, and its weights compared, only if they pass."""
     from kdcore.errors import SpecError
-    from kdcore.spec import parse_spec
+    from kdcore.validate import parse_spec
 
     try:
         spec = parse_spec(data)
     except SpecError as exc:
         return None, exc.errors, []
-    errors: list[tuple[str, str]] = []
-    warnings: list[str] = []
+    errors = _file_errors(session, tenant_id, spec) + _service_errors(settings, spec)
+    if not errors:
+        errors += check_cost(session, settings, tenant_id, spec)
+    if not errors:
+        errors += _check_weights_fit(session, settings, tenant_id, spec)
+    return spec, errors, _warnings(spec)
+
+
+def _file_errors(session: Session, tenant_id: str, spec: Any) -> list[tuple[str, str]]:
+    """Every file the spec names exists, is the caller's, and was uploaded for that use."""
+    from kdcore.data import needs_path
+
+    errors = []
     for role in ("teacher", "student"):
         model = getattr(spec, role)
         ref = model.checkpoint if model is not None else None
@@ -54,10 +64,16 @@ def validate_spec(
                 (f"/{role}/checkpoint", describe_reference(session, tenant_id, ref, "checkpoint"))
             )
     ds = spec.dataset
-    if ds.name in BUILTIN_DATASETS and ds.path is not None:
+    if ds.path is not None and not needs_path(ds.name):
         errors.append(("/dataset/path", "built-in datasets take no path"))
     elif ds.path is not None and resolve_reference(session, tenant_id, ds.path, "dataset") is None:
         errors.append(("/dataset/path", describe_reference(session, tenant_id, ds.path, "dataset")))
+    return errors
+
+
+def _service_errors(settings: Settings, spec: Any) -> list[tuple[str, str]]:
+    """The webhook URL passes the egress policy; some executor runs the job's queue."""
+    errors = []
     if spec.webhook_url is not None:
         try:
             resolve(spec.webhook_url, AllowList.parse(settings.webhook_allow))
@@ -73,10 +89,11 @@ def validate_spec(
                 f"resources.gpus pick it); it runs {sorted(pools)}",
             )
         )
-    if not errors:
-        errors += check_cost(session, settings, tenant_id, spec)
-    if not errors:
-        errors += _check_weights_fit(session, settings, tenant_id, spec)
+    return errors
+
+
+def _warnings(spec: Any) -> list[str]:
+    warnings = []
     if (
         spec.kind == "distill"
         and spec.augment.enabled
@@ -85,7 +102,7 @@ def validate_spec(
         warnings.append("augment is on, so teacher outputs are computed every step (no cache)")
     if spec.kind == "distill" and spec.teacher is not None and spec.teacher.checkpoint is None:
         warnings.append("the teacher has no checkpoint: it will be randomly initialised")
-    return spec, errors, warnings
+    return warnings
 
 
 def cost_limits(settings: Settings) -> Any:

@@ -87,7 +87,7 @@ class Api:
 
 
 def build_api(settings: Settings) -> Iterator[Api]:
-    app = create_app(settings, run_executors=False)
+    app = create_app(settings)
     with TestClient(app) as client:  # runs the lifespan: migrations on SQLite
         if not settings.is_sqlite:
             upgrade(settings.db_url)

@@ -14,7 +14,7 @@ from tests.app.conftest import make_settings
 
 @pytest.fixture(scope="module")
 def components(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    app = create_app(make_settings(tmp_path_factory.mktemp("openapi")), run_executors=False)
+    app = create_app(make_settings(tmp_path_factory.mktemp("openapi")))
     return app.openapi()["components"]["schemas"]
 
 

@@ -9,8 +9,8 @@ import pytest
 import typer
 import yaml
 
-from app.cli import app as kd_app
 from app.settings import Settings
+from kdservice.cli import app as kd_app
 
 ROOT = Path(__file__).resolve().parents[2]
 

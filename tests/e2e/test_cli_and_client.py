@@ -32,7 +32,7 @@ class Served:
         """Run `kd ...` as a user would: from the service's directory, no key given."""
         base = {k: v for k, v in os.environ.items() if not k.startswith("KD_")}
         return subprocess.run(
-            [sys.executable, "-m", "app.cli", *args],
+            [sys.executable, "-m", "kdservice.cli", *args],
             cwd=self.workdir,
             env={
                 **base,
@@ -184,7 +184,7 @@ def test_cli_cancel_watch_retry_files_login_and_errors(served: Served) -> None:
     assert r.returncode == 0 and "tenant 'default'" in r.stderr
     assert oct(config.stat().st_mode & 0o777) == "0o600"
     r = subprocess.run(
-        [sys.executable, "-m", "app.cli", "jobs", "--json"],
+        [sys.executable, "-m", "kdservice.cli", "jobs", "--json"],
         cwd="/",  # no data/api_key here, no KD_URL: everything from the config file
         env={
             **{k: v for k, v in os.environ.items() if not k.startswith("KD_")},

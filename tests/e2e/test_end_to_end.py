@@ -151,14 +151,14 @@ def test_production_shape_postgres_redis_celery(tmp_path):
     procs: list[Proc] = []
     try:
         migrate = subprocess.run(
-            [sys.executable, "-m", "app.cli", "migrate"],
+            [sys.executable, "-m", "kdservice.cli", "migrate"],
             env={**os.environ, **env},
             capture_output=True,
             text=True,
         )
         assert migrate.returncode == 0, migrate.stderr
         keys = subprocess.run(
-            [sys.executable, "-m", "app.cli", "keys", "create", "--tenant", "e2e"],
+            [sys.executable, "-m", "kdservice.cli", "keys", "create", "--tenant", "e2e"],
             env={**os.environ, **env},
             capture_output=True,
             text=True,

@@ -70,7 +70,7 @@ def test_pools_and_priority_with_a_real_worker(tmp_path: Path) -> None:
     worker = None
     try:
         migrate = subprocess.run(
-            [sys.executable, "-m", "app.cli", "migrate"],
+            [sys.executable, "-m", "kdservice.cli", "migrate"],
             env={**os.environ, **env},
             capture_output=True,
         )

@@ -96,7 +96,7 @@ class Cluster:
 
     def _run(self, *args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "app.cli", *args],
+            [sys.executable, "-m", "kdservice.cli", *args],
             capture_output=True,
             text=True,
             env={**os.environ, **self.env},

@@ -20,7 +20,7 @@ SETTINGS = Settings(data_dir=DATA, database_url="", broker_url="", max_upload_by
 prepare(SETTINGS)
 with session_scope(SETTINGS.db_url) as _session:
     _, KEY = create_key(_session, "fuzz")
-APP = create_app(SETTINGS, run_executors=False)
+APP = create_app(SETTINGS)
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 

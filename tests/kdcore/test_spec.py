@@ -1,7 +1,8 @@
 import pytest
 
 from kdcore.errors import SpecError
-from kdcore.spec import JobSpec, parse_spec
+from kdcore.spec import JobSpec
+from kdcore.validate import parse_spec
 from tests.support.specs import tiny_spec
 
 

@@ -9,8 +9,9 @@ from kdcore.data import load_dataset
 from kdcore.errors import Cancelled, SpecError
 from kdcore.models import build_model
 from kdcore.optim import lr_at
-from kdcore.spec import TrainingSpec, parse_spec
+from kdcore.spec import TrainingSpec
 from kdcore.trainer import augment_batch, fit, pick_device
+from kdcore.validate import parse_spec
 from tests.support.specs import tiny_spec
 
 

@@ -36,7 +36,7 @@ class Server:
 
     def kd(self, *args: str) -> str:
         r = subprocess.run(
-            [sys.executable, "-m", "app.cli", *args],
+            [sys.executable, "-m", "kdservice.cli", *args],
             env={**os.environ, **self.env},
             capture_output=True,
             text=True,

@@ -24,7 +24,7 @@ class Proc:
     def __init__(self, args: list[str], env: dict[str, str], log: Path):
         self.log = log
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args],
+            [sys.executable, "-m", "kdservice.cli", *args],
             env={**os.environ, **env},
             stdout=log.open("wb"),  # noqa: SIM115 (closed with the process)
             stderr=subprocess.STDOUT,

@@ -25,7 +25,7 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     Raises 416 when the range cannot be satisfied."""
     match = RANGE.match(header.strip())
     if not match:
-        return None  # RFC 9110: an unparseable or multi-range header may be ignored
+        return None  # RFC 9110: an unparsable or multi-range header may be ignored
     first, last = match.groups()
     if first == "" and last == "":
         return None

@@ -49,15 +49,15 @@ def capabilities(settings: SettingsDep, tenant: TenantDep) -> dict[str, Any]:
     from kdcore.data import DATASETS
     from kdcore.losses import LOSSES
     from kdcore.models import MODELS
-    from kdcore.spec import MAX_BATCH, MAX_CLASSES, MAX_EPOCHS
+    from kdcore.spec import EXPORT_FORMATS, KINDS, MAX_BATCH, MAX_CLASSES, MAX_EPOCHS, TASKS
 
     return {
-        "kinds": ["distill", "train"],
-        "tasks": ["classification", "regression"],
+        "kinds": list(KINDS),
+        "tasks": list(TASKS),
         "methods": LOSSES.names(),
         "architectures": MODELS.names(),
         "datasets": DATASETS.names(),
-        "export_formats": ["safetensors", "torchscript", "onnx"],
+        "export_formats": list(EXPORT_FORMATS),
         "executor": "celery" if settings.broker_url else "local",
         "limits": {
             "max_upload_bytes": settings.max_upload_bytes,

@@ -38,6 +38,31 @@ def _first_start_key(settings: Settings) -> None:
     )
 
 
+def background_loops(settings: Settings) -> list[Any]:
+    """What runs beside the API in `kd serve`: the reaper and sweep, the webhook
+    dispatcher and, with no broker, the local executor."""
+    import logging
+
+    from app.services.webhooks import Dispatcher
+    from worker.local import LocalExecutor
+    from worker.maintenance import Maintenance
+
+    loops: list[Any] = [Maintenance(settings), Dispatcher(settings)]
+    if not settings.broker_url and settings.local_workers > 0:
+        loops.append(LocalExecutor(settings))
+        logging.getLogger("kd.api").info(
+            "local executor: %d worker thread(s)", settings.local_workers
+        )
+    return loops
+
+
+def served_app() -> Any:
+    """The app `kd serve` runs (also uvicorn's factory for `--workers N`)."""
+    from app.main import create_app
+
+    return create_app(get_settings(), background_loops)
+
+
 def serve(
     host: Annotated[str | None, typer.Option(help="listen address (KD_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="listen port (KD_PORT)")] = None,
@@ -82,9 +107,9 @@ def serve(
     if workers > 1:
         # each process builds its app from the same environment (settings are env-only)
         os.environ["KD_HOST"], os.environ["KD_PORT"] = settings.host, str(settings.port)
-        uvicorn.run("app.main:create_app", factory=True, workers=workers, **options)
+        uvicorn.run("kdservice.cli.server:served_app", factory=True, workers=workers, **options)
     else:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(create_app(settings, background_loops), **options)
 
 
 def worker(

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from app.cli import render
+from kdservice.cli import render
 from kdservice.client import Client, Job
 from kdservice.client._core import load_spec
 from kdservice.client.config import resolve, write_config
@@ -22,7 +22,6 @@ err_console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=Tr
 files_app = typer.Typer(
     help="Upload and list files (teacher checkpoints, datasets).", no_args_is_help=True
 )
-EXPORT_FORMATS = ("safetensors", "torchscript", "onnx")
 
 
 class CLIError(Exception):
@@ -242,12 +241,11 @@ def retry(
             _follow(client, job.id)
 
 
-def _artifact_names(job: Job, fmt: str) -> list[str]:
+def _artifact_names(job: Job, fmt: str, formats: list[str]) -> list[str]:
     files = (job.report or {}).get("files") or {}
     if fmt not in files:
         raise CLIError(
-            f"job {job.id} has no {fmt} export; it has "
-            f"{sorted(k for k in files if k in EXPORT_FORMATS)}"
+            f"job {job.id} has no {fmt} export; it has {sorted(k for k in files if k in formats)}"
         )
     names = [files[fmt]["name"]]
     if fmt == "safetensors" and "student.json" not in names:
@@ -265,13 +263,14 @@ def download(
     everything: Annotated[bool, typer.Option("--all", help="every artifact of the job")] = False,
 ) -> None:
     """Download a job's distilled student (resumes a partial download, checks sha256)."""
-    if fmt not in EXPORT_FORMATS:
-        raise CLIError(f"--format must be one of {', '.join(EXPORT_FORMATS)}")
     with _client(ctx) as client:
+        formats = list(client.capabilities()["export_formats"])  # the server's list
+        if fmt not in formats:
+            raise CLIError(f"--format must be one of {', '.join(formats)}")
         job = client.get(job_id)
         if job.status != "succeeded":
             raise CLIError(f"job {job.id} is {job.status}; outputs exist once it succeeds")
-        names = None if everything else _artifact_names(job, fmt)
+        names = None if everything else _artifact_names(job, fmt, formats)
         for path in client.download_outputs(job.id, out, names):
             print(path)
 

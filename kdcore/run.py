@@ -1,0 +1,67 @@
+"""The entry points: `run`, `distill`, `train` (spec -> outputs folder -> report).
+
+A job runs in this process (kdcore.one_process.run_local), or data parallel over
+`resources.gpus` processes (kdcore.distributed.run_parallel, which runs run_local in
+each rank).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdcore.callbacks import Callbacks
+from kdcore.distributed import run_parallel
+from kdcore.errors import SpecError
+from kdcore.one_process import run_local
+from kdcore.spec import JobSpec
+from kdcore.validate import parse_spec
+
+
+def run(
+    spec: JobSpec | dict,
+    out_dir: str | Path,
+    callbacks: Callbacks | None = None,
+    resume_from: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run a `distill` or `train` job; returns the report (also written to report.json).
+    With `resources.gpus` > 1 the training is data parallel (kdcore.distributed)."""
+    spec = spec if isinstance(spec, JobSpec) else parse_spec(spec)
+    if spec.resources.gpus > 1 and not torch.distributed.is_initialized():
+        return run_parallel(spec, Path(out_dir), callbacks, resume_from)
+    return run_local(spec, Path(out_dir), callbacks, resume_from)
+
+
+def _run_kind(
+    kind: str,
+    spec: JobSpec | dict,
+    out_dir: str | Path,
+    callbacks: Callbacks | None,
+    resume_from: str | Path | None,
+) -> dict[str, Any]:
+    spec = spec if isinstance(spec, JobSpec) else parse_spec(spec)
+    if spec.kind != kind:
+        raise SpecError([("/kind", f"{kind}() needs kind {kind!r}, the spec says {spec.kind!r}")])
+    return run(spec, out_dir, callbacks, resume_from)
+
+
+def distill(
+    spec: JobSpec | dict,
+    out_dir: str | Path,
+    callbacks: Callbacks | None = None,
+    resume_from: str | Path | None = None,
+) -> dict[str, Any]:
+    """Distil `spec.teacher` into `spec.student`; see `run`."""
+    return _run_kind("distill", spec, out_dir, callbacks, resume_from)
+
+
+def train(
+    spec: JobSpec | dict,
+    out_dir: str | Path,
+    callbacks: Callbacks | None = None,
+    resume_from: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train `spec.student` alone (teachers, baselines); see `run`."""
+    return _run_kind("train", spec, out_dir, callbacks, resume_from)

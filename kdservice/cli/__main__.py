@@ -1,0 +1,5 @@
+import sys
+
+from kdservice.cli import main
+
+sys.exit(main())
