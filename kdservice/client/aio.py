@@ -206,7 +206,7 @@ class AsyncClient:
 
         try:
             return await asyncio.wait_for(follow(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise WaitTimeout(f"job {job_id} did not end within {timeout_s} s") from None
 
     async def upload(self, path: str | Path, purpose: str = "checkpoint") -> FileInfo:
