@@ -1,8 +1,43 @@
-"""The one error type services raise; the API turns it into RFC 9457 problem JSON."""
+"""Errors. Services raise the domain errors below (they know nothing of HTTP);
+app/api/problems.py maps each to RFC 9457 problem JSON in one place. `ProblemError` is
+for the HTTP layer itself (auth, body limits, multipart)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+
+class DomainError(Exception):
+    """Something the caller asked for cannot be done; the message says why."""
+
+
+class NotFound(DomainError):
+    def __init__(self, kind: str, id_: str):
+        super().__init__(f"no {kind} {id_!r}")
+
+
+class Conflict(DomainError):
+    """The object's state forbids it now (a job that already ended, a file in use)."""
+
+
+class Invalid(DomainError):
+    """The request is wrong: (JSON pointer, message) for each field."""
+
+    def __init__(self, errors: list[tuple[str, str]], detail: str = "the request is invalid"):
+        super().__init__(detail)
+        self.errors = errors
+
+
+class LimitExceeded(DomainError):
+    """A quota is used up; `retry_after_s`: when trying again can succeed."""
+
+    def __init__(self, detail: str, retry_after_s: float):
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+class TooLarge(DomainError):
+    """A size the client controls is over its cap."""
 
 
 class ProblemError(Exception):
@@ -33,16 +68,3 @@ class ProblemError(Exception):
         if self.errors is not None:
             body["errors"] = self.errors
         return body
-
-
-def not_found(kind: str, id_: str) -> ProblemError:
-    return ProblemError(404, "Not Found", f"no {kind} {id_!r}")
-
-
-def invalid(errors: list[tuple[str, str]], detail: str = "the request is invalid") -> ProblemError:
-    return ProblemError(
-        422,
-        "Unprocessable Content",
-        detail,
-        errors=[{"loc": loc or "/", "msg": msg} for loc, msg in errors],
-    )

@@ -1,4 +1,4 @@
-"""Dependencies: settings, a database session, the caller's tenant."""
+"""Dependencies: settings, a database session, the caller's tenant, a job of theirs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from app.db.models import Job
 from app.db.session import get_sessionmaker
 from app.errors import ProblemError
+from app.services.jobs import get_job
 from app.services.keys import Caller, tenant_for_key
 from app.settings import Settings
 
@@ -61,3 +63,12 @@ def get_tenant(
 
 
 TenantDep = Annotated[Caller, Depends(get_tenant)]
+
+
+def owned_job(job_id: str, session: SessionDep, tenant: TenantDep) -> Job:
+    """The job in the path, if it is the caller's (another tenant's answers 404, like an
+    unknown id)."""
+    return get_job(session, tenant.id, job_id)
+
+
+OwnedJob = Annotated[Job, Depends(owned_job)]

@@ -24,7 +24,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import logs
-from app.db.models import STATUSES, Job, utcnow
+from app.db.models import STATUSES, Job, JobStatus, utcnow
 from app.db.session import session_scope
 from app.settings import Settings
 
@@ -66,14 +66,16 @@ class JobCollector(Collector):
                     Job.finished_at > since
                 )
             ).all()
-            running = session.scalars(select(Job.progress).where(Job.status == "running")).all()
+            running = session.scalars(
+                select(Job.progress).where(Job.status == JobStatus.RUNNING)
+            ).all()
         jobs = GaugeMetricFamily("kd_jobs", "Jobs by status", labels=["status"])
         for status in STATUSES:
             jobs.add_metric([status], counts.get(status, 0))
         durations = [
             (f - s).total_seconds()
             for st, _, s, f in ended
-            if s is not None and f is not None and st == "succeeded"
+            if s is not None and f is not None and st == JobStatus.SUCCEEDED
         ]
         waits = [(s - c).total_seconds() for _, c, s, _ in ended if s is not None]
         rates = [
@@ -84,7 +86,7 @@ class JobCollector(Collector):
         return [
             jobs,
             GaugeMetricFamily(
-                "kd_queue_depth", "Jobs waiting for a worker", value=counts.get("queued", 0)
+                "kd_queue_depth", "Jobs waiting for a worker", value=counts.get(JobStatus.QUEUED, 0)
             ),
             _histogram(
                 "kd_job_duration_seconds",

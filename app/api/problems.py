@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from typing import Any
 
@@ -12,7 +13,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import ProblemError
+from app.errors import (
+    Conflict,
+    DomainError,
+    Invalid,
+    LimitExceeded,
+    NotFound,
+    ProblemError,
+    TooLarge,
+)
 
 log = logging.getLogger("kd.api")
 PROBLEM = "application/problem+json"
@@ -30,6 +39,24 @@ TITLES = {
     429: "Too Many Requests",
     500: "Internal Server Error",
 }
+
+
+def from_domain(exc: DomainError) -> ProblemError:
+    """The one mapping from what a service says to what HTTP answers."""
+    detail = str(exc)
+    if isinstance(exc, NotFound):
+        return ProblemError(404, "Not Found", detail)
+    if isinstance(exc, Conflict):
+        return ProblemError(409, "Conflict", detail)
+    if isinstance(exc, Invalid):
+        errors = [{"loc": loc or "/", "msg": msg} for loc, msg in exc.errors]
+        return ProblemError(422, "Unprocessable Content", detail, errors=errors)
+    if isinstance(exc, LimitExceeded):
+        retry = str(max(1, math.ceil(exc.retry_after_s)))
+        return ProblemError(429, "Too Many Requests", detail, headers={"Retry-After": retry})
+    if isinstance(exc, TooLarge):
+        return ProblemError(413, "Content Too Large", detail)
+    return ProblemError(400, "Bad Request", detail)
 
 
 def problem_response(exc: ProblemError, request: Request) -> JSONResponse:
@@ -62,6 +89,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
         return problem_response(exc, request)
+
+    @app.exception_handler(DomainError)
+    async def _domain(request: Request, exc: DomainError) -> JSONResponse:
+        return problem_response(from_domain(exc), request)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,19 +1,33 @@
-"""Response models (requests use kdcore's JobSpec) and the functions that render rows."""
+"""Response models (requests use kdcore's JobSpec). They are built from the database
+rows' attributes (`model_validate(row)`); a job from the view the service assembles
+(the row, its transitions, its queue position). No query happens here."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from app.db import repository as repo
-from app.db.models import Artifact, Checkpoint, File, Job, JobEvent
+from app.db.models import JobStatus
+from app.services.jobs import JobView
 
 
 def iso(dt: datetime | None) -> str | None:
+    """Timestamps are naive UTC in the database; JSON gets ISO 8601 with a Z."""
     return dt.isoformat(timespec="milliseconds") + "Z" if dt else None
+
+
+def _timestamp(value: Any) -> Any:
+    return iso(value) if isinstance(value, datetime) else value
+
+
+Timestamp = Annotated[str, BeforeValidator(_timestamp)]
+MaybeTimestamp = Annotated[str | None, BeforeValidator(_timestamp)]
+
+
+class FromRow(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
 
 
 class ProblemItem(BaseModel):
@@ -41,15 +55,17 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-class Transition(BaseModel):
+class Transition(FromRow):
     from_status: str | None
     to_status: str
     reason: str
     attempt: int
-    at: str
+    at: Timestamp
 
 
 class ProgressOut(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
     phase: str | None = None
     epoch: int | None = None
     epochs: int | None = None
@@ -62,16 +78,16 @@ class ProgressOut(BaseModel):
     eta_s: float | None = None
 
 
-class JobOut(BaseModel):
+class JobOut(FromRow):
     id: str
     name: str
     kind: str
     status: str
     attempt: int
     max_attempts: int
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
+    created_at: Timestamp
+    started_at: MaybeTimestamp
+    finished_at: MaybeTimestamp
     queue_position: int | None = Field(description="1-based, among queued jobs of its queue")
     queue: str = Field(description="the worker pool: kd, or kd.<gpu_type>")
     priority: int
@@ -83,6 +99,25 @@ class JobOut(BaseModel):
     resume_checkpoint_id: str | None
     spec: dict[str, Any]
     report: dict[str, Any] | None
+
+    @classmethod
+    def from_view(cls, view: JobView) -> JobOut:
+        """The row's attributes, plus what is derived: progress (with its fraction),
+        numeric metrics, the transitions and the queue position."""
+        job, stored = view.job, view.job.progress or {}
+        fraction = stored["step"] / stored["total_steps"] if stored.get("total_steps") else None
+        progress = ProgressOut.model_validate(
+            {**stored, "fraction": 1.0 if job.status == JobStatus.SUCCEEDED else fraction}
+        )
+        metrics = stored.get("metrics") or {}
+        derived = {
+            "queue_position": view.queue_position,
+            "progress": progress,
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
+            "status_transitions": [Transition.model_validate(t) for t in view.transitions],
+        }
+        row = {name: getattr(job, name) for name in cls.model_fields if name not in derived}
+        return cls.model_validate({**row, **derived})
 
 
 class JobList(BaseModel):
@@ -102,11 +137,11 @@ class ValidateOut(BaseModel):
     warnings: list[str]
 
 
-class EventOut(BaseModel):
+class EventOut(FromRow):
     seq: int
     type: str
     data: dict[str, Any]
-    created_at: str
+    created_at: Timestamp
 
 
 class EventList(BaseModel):
@@ -120,13 +155,13 @@ class MetricsOut(BaseModel):
     points: list[dict[str, Any]]
 
 
-class FileOut(BaseModel):
+class FileOut(FromRow):
     id: str
     filename: str
     purpose: str
     bytes: int
     sha256: str
-    created_at: str
+    created_at: Timestamp
 
 
 class FileList(BaseModel):
@@ -135,7 +170,7 @@ class FileList(BaseModel):
     next_after: str | None
 
 
-class ArtifactOut(BaseModel):
+class ArtifactOut(FromRow):
     id: str
     job_id: str
     name: str
@@ -144,18 +179,22 @@ class ArtifactOut(BaseModel):
     content_type: str
     download_url: str
 
+    @model_validator(mode="before")
+    @classmethod
+    def _url(cls, row: Any) -> Any:
+        if isinstance(row, dict):
+            return row
+        fields = {n: getattr(row, n) for n in cls.model_fields if n != "download_url"}
+        return {**fields, "download_url": f"/v1/artifacts/{row.id}/content"}
 
-class CheckpointOut(BaseModel):
+
+class CheckpointOut(FromRow):
     id: str
     attempt: int
     epoch: int
     step: int
     bytes: int
-    created_at: str
-
-
-class ListOf(BaseModel):
-    data: list[Any]
+    created_at: Timestamp
 
 
 class TenantOut(BaseModel):
@@ -164,103 +203,10 @@ class TenantOut(BaseModel):
     webhook_secret: str = Field(description="HMAC-SHA256 key of this tenant's webhooks")
 
 
-def job_out(session: Session, job: Job) -> JobOut:
-    return job_outs(session, [job])[0]
+def job_outs(views: list[JobView]) -> list[JobOut]:
+    return [JobOut.from_view(v) for v in views]
 
 
-def job_outs(session: Session, jobs: list[Job]) -> list[JobOut]:
-    """Render jobs with their transitions and queue positions read in batches (a page
-    of 50 costs three queries, not two per job)."""
-    from app.services.jobs import transitions_of
-
-    if not jobs:
-        return []
-    history = transitions_of(session, [j.id for j in jobs])
-    positions = repo.queue_positions(session, jobs)
-    return [_job_out(job, history.get(job.id, []), positions.get(job.id)) for job in jobs]
-
-
-def _job_out(job: Job, history: list[Any], position: int | None) -> JobOut:
-    p = job.progress or {}
-    fraction = p["step"] / p["total_steps"] if p.get("total_steps") else None
-    if job.status == "succeeded":
-        fraction = 1.0
-    stored = ("phase", "epoch", "epochs", "step", "total_steps", "lr", "images_per_s", "eta_s")
-    progress = ProgressOut(
-        **{k: p.get(k) for k in stored}, fraction=fraction, losses=p.get("losses") or {}
-    )
-    metrics = {k: v for k, v in (p.get("metrics") or {}).items() if isinstance(v, int | float)}
-    return JobOut(
-        id=job.id,
-        name=job.name,
-        kind=job.kind,
-        status=job.status,
-        attempt=job.attempt,
-        max_attempts=job.max_attempts,
-        created_at=iso(job.created_at) or "",
-        started_at=iso(job.started_at),
-        finished_at=iso(job.finished_at),
-        queue_position=position,
-        queue=job.queue,
-        priority=job.priority,
-        progress=progress,
-        metrics=metrics,
-        error=job.error,
-        status_transitions=[
-            Transition(
-                from_status=t.from_status,
-                to_status=t.to_status,
-                reason=t.reason,
-                attempt=t.attempt,
-                at=iso(t.at) or "",
-            )
-            for t in history
-        ],
-        retry_of=job.retry_of,
-        resume_checkpoint_id=job.resume_checkpoint_id,
-        spec=job.spec,
-        report=job.report,
-    )
-
-
-def render_job(session: Session, job: Job) -> dict[str, Any]:
+def render_job(view: JobView) -> dict[str, Any]:
     """The job as JSON, as stored for idempotent replays and returned by the routes."""
-    return job_out(session, job).model_dump(mode="json")
-
-
-def render_event(e: JobEvent) -> EventOut:
-    return EventOut(seq=e.seq, type=e.type, data=e.data, created_at=iso(e.created_at) or "")
-
-
-def render_file(f: File) -> FileOut:
-    return FileOut(
-        id=f.id,
-        filename=f.filename,
-        purpose=f.purpose,
-        bytes=f.bytes,
-        sha256=f.sha256,
-        created_at=iso(f.created_at) or "",
-    )
-
-
-def render_artifact(a: Artifact) -> ArtifactOut:
-    return ArtifactOut(
-        id=a.id,
-        job_id=a.job_id,
-        name=a.name,
-        bytes=a.bytes,
-        sha256=a.sha256,
-        content_type=a.content_type,
-        download_url=f"/v1/artifacts/{a.id}/content",
-    )
-
-
-def render_checkpoint(c: Checkpoint) -> CheckpointOut:
-    return CheckpointOut(
-        id=c.id,
-        attempt=c.attempt,
-        epoch=c.epoch,
-        step=c.step,
-        bytes=c.bytes,
-        created_at=iso(c.created_at) or "",
-    )
+    return JobOut.from_view(view).model_dump(mode="json")

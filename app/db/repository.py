@@ -13,7 +13,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
-from app.db.models import TERMINAL, Job, JobEvent, JobTransition, utcnow
+from app.db.models import TERMINAL, Job, JobEvent, JobStatus, JobTransition, utcnow
 
 
 def append_event(session: Session, job_id: str, type_: str, data: dict[str, Any]) -> int:
@@ -94,9 +94,9 @@ def claim(session: Session, job_id: str, worker_id: str, lease_s: float) -> Job 
     previous = job.status
     row = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued", Job.attempt < Job.max_attempts)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.attempt < Job.max_attempts)
         .values(
-            status="running",
+            status=JobStatus.RUNNING,
             attempt=Job.attempt + 1,
             worker_id=worker_id,
             heartbeat_at=now,
@@ -109,7 +109,7 @@ def claim(session: Session, job_id: str, worker_id: str, lease_s: float) -> Job 
     if row is None:
         return None
     attempt = int(row[0])
-    _record(session, job_id, previous, "running", f"claimed by {worker_id}", attempt)
+    _record(session, job_id, previous, JobStatus.RUNNING, f"claimed by {worker_id}", attempt)
     session.refresh(job)
     return job
 
@@ -138,7 +138,7 @@ def heartbeat(
             Job.id == job_id,
             Job.worker_id == worker_id,
             Job.attempt == attempt,
-            Job.status.in_(("running", "cancelling")),
+            Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)),
         )
         .values(**values)
         .returning(Job.status)
@@ -160,7 +160,7 @@ def _fair_order() -> Any:
     )
     return (
         select(Job.id, Job.queue, Job.priority, Job.created_at, turn.label("turn"))
-        .where(Job.status == "queued")
+        .where(Job.status == JobStatus.QUEUED)
         .subquery()
     )
 
@@ -178,7 +178,7 @@ def queued_job_ids(session: Session, pools: set[str] | None = None, limit: int =
 def expired_job_ids(session: Session, now: datetime | None = None) -> list[str]:
     now = now or utcnow()
     stmt = select(Job.id).where(
-        Job.status.in_(("running", "cancelling")), Job.lease_expires_at < now
+        Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)), Job.lease_expires_at < now
     )
     return list(session.scalars(stmt))
 
@@ -187,7 +187,7 @@ def stale_queued(session: Session, older_than_s: float) -> list[tuple[str, str, 
     """(id, queue, priority) of queued jobs not published for a while."""
     cutoff = utcnow() - timedelta(seconds=older_than_s)
     stmt = select(Job.id, Job.queue, Job.priority).where(
-        Job.status == "queued",
+        Job.status == JobStatus.QUEUED,
         (Job.published_at.is_(None)) | (Job.published_at < cutoff),
     )
     return [(i, q, p) for i, q, p in session.execute(stmt)]
@@ -225,14 +225,14 @@ def queue_positions(session: Session, jobs: list[Job]) -> dict[str, int]:
     """1-based positions of the queued ones among `jobs`, each in its own queue (worker
     pool), in the order workers take them (`queued_job_ids`). One query; only the pools
     of these jobs are ranked."""
-    ids = [j.id for j in jobs if j.status == "queued"]
+    ids = [j.id for j in jobs if j.status == JobStatus.QUEUED]
     if not ids:
         return {}
     q = _fair_order()
     order = func.row_number().over(
         partition_by=q.c.queue, order_by=(q.c.priority.desc(), q.c.turn, q.c.created_at, q.c.id)
     )
-    pools = sorted({j.queue for j in jobs if j.status == "queued"})
+    pools = sorted({j.queue for j in jobs if j.status == JobStatus.QUEUED})
     ranked = select(q.c.id, order.label("pos")).where(q.c.queue.in_(pools)).subquery()
     rows = session.execute(select(ranked.c.id, ranked.c.pos).where(ranked.c.id.in_(ids)))
     return {job_id: int(pos) for job_id, pos in rows}

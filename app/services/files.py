@@ -1,93 +1,23 @@
-"""Uploaded files: streamed to disk with a size cap and a sha256, checked before they
-are accepted (weights must load without unpickling; archives must be safe)."""
+"""Uploaded files: checked before they are accepted (weights must load without running
+anything; archives must be safe and within their caps), stored, listed, deleted, and
+resolved for the one purpose each was uploaded for. The HTTP upload itself (multipart,
+size cap, sha256) is app.api.uploads."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-from collections.abc import AsyncGenerator
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
 
 from app import storage
-from app.db.models import Artifact, File, Job, new_id
+from app.db.models import ACTIVE, Artifact, File, Job, new_id
 from app.db.repository import get_owned, page_newest_first
-from app.errors import ProblemError, not_found
+from app.errors import Conflict, Invalid, NotFound
 from app.services import quotas
 from app.settings import Settings
 
 PURPOSES = ("checkpoint", "dataset")
-
-
-def _too_large(limit: int) -> ProblemError:
-    return ProblemError(413, "Content Too Large", f"uploads are limited to {limit} bytes")
-
-
-async def _capped(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
-    seen = 0
-    async for chunk in request.stream():
-        seen += len(chunk)
-        if seen > limit:
-            raise _too_large(limit)
-        yield chunk
-
-
-async def receive_upload(request: Request, settings: Settings) -> tuple[str, str, Path, int, str]:
-    """Parse a multipart upload (`file` + `purpose`) into a temp file under the data dir.
-    Returns (filename, purpose, temp path, size, sha256)."""
-    limit = settings.max_upload_bytes + 64 * 1024  # room for the multipart framing
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise _too_large(settings.max_upload_bytes)
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise ProblemError(
-            415,
-            "Unsupported Media Type",
-            "upload with multipart/form-data: a 'file' part and a 'purpose' field",
-        )
-    parser = MultiPartParser(request.headers, _capped(request, limit), max_files=1, max_fields=4)
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise ProblemError(400, "Bad Request", f"malformed multipart body: {exc.message}") from None
-    upload, purpose = form.get("file"), form.get("purpose", "checkpoint")
-    try:
-        if not isinstance(upload, UploadFile):
-            raise ProblemError(
-                422,
-                "Unprocessable Content",
-                "missing the 'file' part",
-                errors=[{"loc": "/file", "msg": "field required"}],
-            )
-        if purpose not in PURPOSES:
-            raise ProblemError(
-                422,
-                "Unprocessable Content",
-                f"purpose must be one of {PURPOSES}",
-                errors=[{"loc": "/purpose", "msg": f"one of {list(PURPOSES)}"}],
-            )
-        settings.files_dir.mkdir(parents=True, exist_ok=True)
-        tmp = settings.files_dir / f".upload-{new_id('tmp')}"
-        digest, size = hashlib.sha256(), 0
-        with open(tmp, "wb") as out:
-            while chunk := await upload.read(1 << 20):
-                digest.update(chunk)
-                size += len(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        if size > settings.max_upload_bytes:
-            tmp.unlink(missing_ok=True)
-            raise _too_large(settings.max_upload_bytes)
-        filename = Path(upload.filename or "upload").name[:255] or "upload"
-        return filename, str(purpose), tmp, size, digest.hexdigest()
-    finally:
-        await form.close()
 
 
 def check_content(path: Path, filename: str, purpose: str, settings: Settings) -> None:
@@ -107,9 +37,7 @@ def check_content(path: Path, filename: str, purpose: str, settings: Settings) -
             check_archive(path, max_bytes=settings.max_archive_unpacked_bytes)
     except KDError as exc:
         message = str(exc).replace(path.name, filename)  # never show our temp file's name
-        raise ProblemError(
-            422, "Unprocessable Content", message, errors=[{"loc": "/file", "msg": message}]
-        ) from None
+        raise Invalid([("/file", message)], message) from None
 
 
 def store_upload(
@@ -147,7 +75,7 @@ def store_upload(
 def get_file(session: Session, tenant_id: str, file_id: str) -> File:
     row = get_owned(session, File, tenant_id, file_id)
     if row is None:
-        raise not_found("file", file_id)
+        raise NotFound("file", file_id)
     return row
 
 
@@ -162,13 +90,11 @@ def list_files(
 def delete_file(session: Session, settings: Settings, tenant_id: str, file_id: str) -> None:
     row = get_file(session, tenant_id, file_id)
     active = session.execute(
-        select(Job.id, Job.spec).where(
-            Job.tenant_id == tenant_id, Job.status.in_(("queued", "running", "cancelling"))
-        )
+        select(Job.id, Job.spec).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))
     )
     for job_id, spec in active:
         if file_id in _references(spec):
-            raise ProblemError(409, "Conflict", f"file {file_id} is used by active job {job_id}")
+            raise Conflict(f"file {file_id} is used by active job {job_id}")
     storage.delete(settings, row.path)
     session.delete(row)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -19,10 +20,11 @@ from app.db.models import (
     IdempotencyKey,
     Job,
     JobEvent,
+    JobStatus,
     JobTransition,
     new_id,
 )
-from app.errors import ProblemError, invalid, not_found
+from app.errors import Conflict, Invalid, NotFound
 from app.queue import route_for
 from app.services import lifecycle, quotas
 from app.services.egress import AllowList, EgressRefused, resolve
@@ -174,7 +176,7 @@ def _insert_job(
         tenant_id=tenant_id,
         name=spec["name"],
         kind=spec["kind"],
-        status="queued",
+        status=JobStatus.QUEUED,
         spec=spec,
         max_attempts=settings.max_attempts,
         webhook_url=spec.get("webhook_url"),
@@ -193,46 +195,61 @@ def _request_hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Submission:
+    """What create_job did: a new `job`, or the stored first response (`replay`) of an
+    idempotent request seen before."""
+
+    job: Job | None
+    replay: dict[str, Any] | None
+    request_hash: str
+
+
 def create_job(
-    session: Session,
-    settings: Settings,
-    tenant_id: str,
-    data: Any,
-    idempotency_key: str | None,
-    render: Any,
-) -> tuple[dict[str, Any], bool]:
-    """Insert a queued job. Returns (response body, created). With an idempotency key,
-    a replay returns the first response; the same key with another body is a 422."""
+    session: Session, settings: Settings, tenant_id: str, data: Any, idempotency_key: str | None
+) -> Submission:
+    """Insert a queued job (validated, within the tenant's quotas). With an idempotency
+    key seen before, nothing is inserted: the first response is replayed; the same key
+    with another body is Invalid. The caller renders the job and, with a key, stores
+    that response with `remember_response` in the same transaction."""
     digest = _request_hash(data)
     if idempotency_key:
         replay = _replay(session, tenant_id, idempotency_key, digest)
         if replay is not None:
-            return replay, False
+            return Submission(None, replay, digest)
     spec, errors, _ = validate_spec(session, settings, tenant_id, data)
     if errors:
-        raise invalid(errors, "the job spec is invalid")
+        raise Invalid(errors, "the job spec is invalid")
     quotas.check_submission(session, settings, tenant_id, spec.priority)
     job = _insert_job(session, settings, tenant_id, spec.model_dump(mode="json"))
-    body = render(session, job)
-    if idempotency_key:
-        session.add(
-            IdempotencyKey(
-                tenant_id=tenant_id,
-                key=idempotency_key,
-                request_hash=digest,
-                job_id=job.id,
-                response=body,
-            )
+    return Submission(job, None, digest)
+
+
+def remember_response(
+    session: Session, tenant_id: str, key: str, submission: Submission, body: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Store a created job's response under its idempotency key. If a concurrent request
+    with the same key got there first, this one is rolled back and the winner's response
+    returned (answer that instead)."""
+    assert submission.job is not None
+    session.add(
+        IdempotencyKey(
+            tenant_id=tenant_id,
+            key=key,
+            request_hash=submission.request_hash,
+            job_id=submission.job.id,
+            response=body,
         )
-        try:
-            session.flush()
-        except IntegrityError:  # a concurrent request with the same key won the race
-            session.rollback()
-            replay = _replay(session, tenant_id, idempotency_key, digest)
-            if replay is None:
-                raise
-            return replay, False
-    return body, True
+    )
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        replay = _replay(session, tenant_id, key, submission.request_hash)
+        if replay is None:
+            raise
+        return replay
+    return None
 
 
 def _replay(session: Session, tenant_id: str, key: str, digest: str) -> dict[str, Any] | None:
@@ -240,11 +257,9 @@ def _replay(session: Session, tenant_id: str, key: str, digest: str) -> dict[str
     if row is None:
         return None
     if row.request_hash != digest:
-        raise ProblemError(
-            422,
-            "Unprocessable Content",
+        raise Invalid(
+            [("/headers/Idempotency-Key", "reused with another body")],
             "this Idempotency-Key was used with a different request body",
-            errors=[{"loc": "/headers/Idempotency-Key", "msg": "reused with another body"}],
         )
     return dict(row.response)
 
@@ -252,7 +267,7 @@ def _replay(session: Session, tenant_id: str, key: str, digest: str) -> dict[str
 def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
     job = repo.get_owned(session, Job, tenant_id, job_id)
     if job is None:
-        raise not_found("job", job_id)
+        raise NotFound("job", job_id)
     return job
 
 
@@ -288,15 +303,38 @@ def transitions_of(session: Session, job_ids: list[str]) -> dict[str, list[JobTr
     return out
 
 
+@dataclass(frozen=True)
+class JobView:
+    """A job as the API shows it: the row, its transitions, its place in the queue."""
+
+    job: Job
+    transitions: list[JobTransition]
+    queue_position: int | None
+
+
+def job_views(session: Session, jobs: list[Job]) -> list[JobView]:
+    """Views of several jobs in three queries (rows given, transitions, positions), not
+    two per job."""
+    if not jobs:
+        return []
+    history = transitions_of(session, [j.id for j in jobs])
+    positions = repo.queue_positions(session, jobs)
+    return [JobView(j, history.get(j.id, []), positions.get(j.id)) for j in jobs]
+
+
+def job_view(session: Session, job: Job) -> JobView:
+    return job_views(session, [job])[0]
+
+
 def cancel_job(session: Session, tenant_id: str, job_id: str) -> tuple[Job, AfterCommit | None]:
     """Cancel (see lifecycle.cancel). Returns the job and what to run after commit."""
     job = get_job(session, tenant_id, job_id)
     if job.status in TERMINAL:
-        raise ProblemError(409, "Conflict", f"job {job_id} already ended ({job.status})")
+        raise Conflict(f"job {job_id} already ended ({job.status})")
     after = lifecycle.cancel(session, job)
     session.refresh(job)  # changed here, or under us: report the current state
     if after is None and job.status in TERMINAL:
-        raise ProblemError(409, "Conflict", f"job {job_id} already ended ({job.status})")
+        raise Conflict(f"job {job_id} already ended ({job.status})")
     return job, after
 
 
@@ -306,28 +344,28 @@ def retry_job(
     tenant_id: str,
     job_id: str,
     from_checkpoint: bool,
-    render: Any,
-) -> dict[str, Any]:
+) -> Job:
+    """A new job with the same spec (resumed from the old one's last checkpoint if
+    asked), counted against the quotas like any submission."""
     old = get_job(session, tenant_id, job_id)
     if old.status not in TERMINAL:
-        raise ProblemError(409, "Conflict", f"job {job_id} has not ended; cancel it first")
+        raise Conflict(f"job {job_id} has not ended; cancel it first")
     checkpoint_id = None
     if from_checkpoint:
         latest = latest_checkpoint(session, job_id)
         if latest is None:
-            raise ProblemError(409, "Conflict", f"job {job_id} has no checkpoint to resume from")
+            raise Conflict(f"job {job_id} has no checkpoint to resume from")
         checkpoint_id = latest.id
     quotas.check_submission(session, settings, tenant_id, int(old.spec.get("priority") or 0))
-    job = _insert_job(
+    return _insert_job(
         session, settings, tenant_id, old.spec, retry_of=old.id, resume_checkpoint_id=checkpoint_id
     )
-    return render(session, job)
 
 
 def delete_job(session: Session, settings: Settings, tenant_id: str, job_id: str) -> None:
     job = get_job(session, tenant_id, job_id)
     if job.status not in TERMINAL:
-        raise ProblemError(409, "Conflict", f"job {job_id} is {job.status}; cancel it first")
+        raise Conflict(f"job {job_id} is {job.status}; cancel it first")
     session.delete(job)
     storage.delete_prefix(settings, f"jobs/{job_id}")
 
@@ -357,7 +395,7 @@ def get_artifact(
 ) -> Artifact:
     row = repo.get_owned(session, Artifact, tenant_id, artifact_id)
     if row is None or not storage.exists(settings, row.path):
-        raise not_found("artifact", artifact_id)
+        raise NotFound("artifact", artifact_id)
     return row
 
 

@@ -1,15 +1,14 @@
 """Per-tenant limits: active jobs, submissions per minute, stored bytes, highest priority.
 
 Each limit is the tenant's own value (tenants table, set with `kd keys limits`) or the
-service-wide default (Settings). Going over a rate or count answers 429 with
-Retry-After; asking for a priority above the tenant's ceiling is a 422 on /priority.
+service-wide default (Settings). Going over a rate or count raises LimitExceeded (429
+with Retry-After); a priority above the tenant's ceiling is Invalid (422 on /priority).
 On PostgreSQL the tenant's row is locked while a submission is checked and inserted,
 so concurrent submissions cannot overshoot a limit together.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -17,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db.models import ACTIVE, Artifact, File, Job, Tenant, utcnow
-from app.errors import ProblemError, invalid
+from app.errors import Invalid, LimitExceeded, NotFound
 from app.settings import Settings
 
 
@@ -37,13 +36,8 @@ def limits_for(tenant: Tenant, settings: Settings) -> Limits:
     return Limits(*(pick(n) for n in Limits.__dataclass_fields__))
 
 
-def _too_many(detail: str, retry_after_s: float) -> ProblemError:
-    return ProblemError(
-        429,
-        "Too Many Requests",
-        detail,
-        headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))},
-    )
+def _too_many(detail: str, retry_after_s: float) -> LimitExceeded:
+    return LimitExceeded(detail, retry_after_s)
 
 
 def stored_bytes(session: Session, tenant_id: str) -> int:
@@ -59,7 +53,7 @@ def stored_bytes(session: Session, tenant_id: str) -> int:
 def _locked_tenant(session: Session, tenant_id: str) -> Tenant:
     tenant = session.scalar(select(Tenant).where(Tenant.id == tenant_id).with_for_update())
     if tenant is None:  # the key was valid a moment ago: the tenant was just deleted
-        raise ProblemError(401, "Unauthorized", "the tenant no longer exists")
+        raise NotFound("tenant", tenant_id)
     return tenant
 
 
@@ -68,7 +62,7 @@ def check_submission(session: Session, settings: Settings, tenant_id: str, prior
     tenant = _locked_tenant(session, tenant_id)
     limits = limits_for(tenant, settings)
     if priority > limits.max_priority:
-        raise invalid(
+        raise Invalid(
             [("/priority", f"your highest allowed priority is {limits.max_priority}")],
             f"priority {priority} is above this tenant's limit of {limits.max_priority}",
         )
@@ -100,7 +94,7 @@ def check_submission(session: Session, settings: Settings, tenant_id: str, prior
         raise _storage_full(used, limits.max_stored_bytes)
 
 
-def _storage_full(used: int, limit: int) -> ProblemError:
+def _storage_full(used: int, limit: int) -> LimitExceeded:
     return _too_many(
         f"you store {used} bytes (files and job outputs), the limit is {limit}; "
         "delete files or finished jobs",
@@ -112,7 +106,7 @@ def check_storage(session: Session, settings: Settings, tenant_id: str, adding: 
     """Raise unless the tenant may store `adding` more bytes."""
     tenant = session.get(Tenant, tenant_id)
     if tenant is None:
-        raise ProblemError(401, "Unauthorized", "the tenant no longer exists")
+        raise NotFound("tenant", tenant_id)
     limit = limits_for(tenant, settings).max_stored_bytes
     used = stored_bytes(session, tenant_id)
     if used + adding > limit:

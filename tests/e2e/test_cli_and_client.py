@@ -21,7 +21,14 @@ from tests.support.procs import CuttingProxy, Proc, free_port, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
-QUICK = ["--set", "training.epochs=2", "--set", "dataset.image_size=8"]
+QUICK = [
+    "--set",
+    "training.epochs=2",
+    "--set",
+    "dataset.image_size=8",
+    "--set",
+    "dataset.max_samples=500",
+]
 
 
 class Served:
@@ -201,7 +208,7 @@ def test_python_client_sync_and_async(served: Served) -> None:
         "name": "client-run",
         "kind": "train",
         "student": {"arch": "small_cnn"},
-        "dataset": {"name": "digits", "image_size": 8},
+        "dataset": {"name": "digits", "image_size": 8, "max_samples": 500},
         "training": {"epochs": 4},
     }
     proxy = CuttingProxy(int(served.url.rsplit(":", 1)[1]), after_bytes=900, cuts=3)

@@ -28,16 +28,11 @@ REDIS_DB = 6
 
 def submit(settings: Settings, tenant_id: str, spec: dict) -> str:
     with session_scope(settings.db_url) as session:
-        body, _ = create_job(
-            session,
-            settings,
-            tenant_id,
-            spec,
-            None,
-            lambda s, j: {"id": j.id, "q": j.queue, "p": j.priority},
-        )
-    publish(settings.broker_url, body["id"], body["q"], body["p"])
-    return str(body["id"])
+        job = create_job(session, settings, tenant_id, spec, None).job
+        assert job is not None
+        route = (job.id, job.queue, job.priority)
+    publish(settings.broker_url, *route)
+    return route[0]
 
 
 def status(settings: Settings, job_id: str) -> tuple[str, object]:

@@ -9,7 +9,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SessionDep, SettingsDep, TenantDep
-from app.api.schemas import FileList, FileOut, problem_responses, render_file
+from app.api.schemas import FileList, FileOut, problem_responses
+from app.api.uploads import receive_upload
 from app.services import files as service
 from app.services import quotas
 
@@ -58,13 +59,15 @@ async def upload_file(
         min(int(declared), settings.max_upload_bytes) if declared.isdigit() else 0,
     )
     session.commit()  # end the read: no connection is held while the body streams in
-    filename, purpose, tmp, size, sha = await service.receive_upload(request, settings)
+    filename, purpose, tmp, size, sha = await receive_upload(request, settings)
     row = await run_in_threadpool(
         service.store_upload, session, settings, tenant.id, filename, purpose, tmp, size, sha
     )
     session.commit()
     return JSONResponse(
-        render_file(row).model_dump(), status_code=201, headers={"Location": f"/v1/files/{row.id}"}
+        FileOut.model_validate(row).model_dump(),
+        status_code=201,
+        headers={"Location": f"/v1/files/{row.id}"},
     )
 
 
@@ -77,7 +80,7 @@ def list_files(
 ) -> FileList:
     rows, has_more = service.list_files(session, tenant.id, limit, after)
     return FileList(
-        data=[render_file(f) for f in rows],
+        data=[FileOut.model_validate(f) for f in rows],
         has_more=has_more,
         next_after=rows[-1].id if has_more else None,
     )
@@ -85,7 +88,7 @@ def list_files(
 
 @router.get("/{file_id}", response_model=FileOut)
 def get_file(file_id: str, session: SessionDep, tenant: TenantDep) -> FileOut:
-    return render_file(service.get_file(session, tenant.id, file_id))
+    return FileOut.model_validate(service.get_file(session, tenant.id, file_id))
 
 
 @router.delete("/{file_id}", status_code=204)

@@ -7,22 +7,19 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.api.deps import OwnedJob, SessionDep, SettingsDep, TenantDep
 from app.api.schemas import (
     ArtifactOut,
     CheckpointOut,
     EventList,
+    EventOut,
     JobList,
     JobOut,
     MetricsOut,
     ValidateOut,
     ValidationItem,
-    job_out,
     job_outs,
     problem_responses,
-    render_artifact,
-    render_checkpoint,
-    render_event,
     render_job,
 )
 from app.api.sse import event_stream
@@ -51,9 +48,19 @@ def create_job(
     tenant: TenantDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JSONResponse:
-    body, created = service.create_job(
-        session, settings, tenant.id, spec.model_dump(mode="json"), idempotency_key, render_job
+    submission = service.create_job(
+        session, settings, tenant.id, spec.model_dump(mode="json"), idempotency_key
     )
+    body, created = submission.replay, False
+    if submission.job is not None:
+        body, created = render_job(service.job_view(session, submission.job)), True
+        if idempotency_key:
+            winner = service.remember_response(
+                session, tenant.id, idempotency_key, submission, body
+            )
+            if winner is not None:  # a concurrent request with this key was first
+                body, created = winner, False
+    assert body is not None
     session.commit()
     if created:
         publish(settings.broker_url, body["id"], body["queue"], body["priority"])
@@ -93,16 +100,16 @@ def list_jobs(
         )
     rows, has_more = service.list_jobs(session, tenant.id, limit, after, status, name)
     return JobList(
-        data=job_outs(session, rows),
+        data=job_outs(service.job_views(session, rows)),
         has_more=has_more,
         next_after=rows[-1].id if has_more else None,
     )
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
+def get_job(job: OwnedJob, session: SessionDep) -> JobOut:
     # the model itself, not a dict: FastAPI then serialises it without validating again
-    return job_out(session, service.get_job(session, tenant.id, job_id))
+    return JobOut.from_view(service.job_view(session, job))
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
@@ -113,7 +120,7 @@ def cancel_job(
     session.commit()  # a queued job ends here: its webhook is in the outbox now
     if after is not None:
         after.run(settings)
-    return render_job(session, job)
+    return render_job(service.job_view(session, job))
 
 
 @router.post("/{job_id}/retry", status_code=201, response_model=JobOut)
@@ -124,7 +131,8 @@ def retry_job(
     tenant: TenantDep,
     from_checkpoint: bool = False,
 ) -> JSONResponse:
-    body = service.retry_job(session, settings, tenant.id, job_id, from_checkpoint, render_job)
+    job = service.retry_job(session, settings, tenant.id, job_id, from_checkpoint)
+    body = render_job(service.job_view(session, job))
     session.commit()
     publish(settings.broker_url, body["id"], body["queue"], body["priority"])
     return JSONResponse(body, status_code=201, headers={"Location": f"/v1/jobs/{body['id']}"})
@@ -141,18 +149,16 @@ def delete_job(
 
 @router.get("/{job_id}/events", response_model=EventList)
 def list_events(
-    job_id: str,
+    job: OwnedJob,
     session: SessionDep,
-    tenant: TenantDep,
     limit: Limit = 100,
     after: Annotated[int, Query(ge=0)] = 0,
 ) -> EventList:
-    service.get_job(session, tenant.id, job_id)
-    rows = service.events_after(session, job_id, after, limit + 1)
+    rows = service.events_after(session, job.id, after, limit + 1)
     has_more = len(rows) > limit
     rows = rows[:limit]
     return EventList(
-        data=[render_event(e) for e in rows],
+        data=[EventOut.model_validate(e) for e in rows],
         has_more=has_more,
         next_after=rows[-1].seq if has_more else None,
     )
@@ -164,15 +170,14 @@ def list_events(
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 def stream_events(
-    job_id: str,
+    job: OwnedJob,
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
-    tenant: TenantDep,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
     after: Annotated[int | None, Query(ge=0)] = None,
 ) -> StreamingResponse:
-    service.get_job(session, tenant.id, job_id)
+    job_id = job.id
     session.close()  # the stream may last hours: give the connection back to the pool now
     start = after if after is not None else 0
     if last_event_id and last_event_id.isdigit():
@@ -185,18 +190,15 @@ def stream_events(
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsOut)
-def job_metrics(job_id: str, session: SessionDep, tenant: TenantDep) -> MetricsOut:
-    service.get_job(session, tenant.id, job_id)
-    return MetricsOut(job_id=job_id, points=service.metric_series(session, job_id))
+def job_metrics(job: OwnedJob, session: SessionDep) -> MetricsOut:
+    return MetricsOut(job_id=job.id, points=service.metric_series(session, job.id))
 
 
 @router.get("/{job_id}/checkpoints", response_model=list[CheckpointOut])
-def job_checkpoints(job_id: str, session: SessionDep, tenant: TenantDep) -> list[CheckpointOut]:
-    service.get_job(session, tenant.id, job_id)
-    return [render_checkpoint(c) for c in service.list_checkpoints(session, job_id)]
+def job_checkpoints(job: OwnedJob, session: SessionDep) -> list[CheckpointOut]:
+    return [CheckpointOut.model_validate(c) for c in service.list_checkpoints(session, job.id)]
 
 
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactOut])
-def job_artifacts(job_id: str, session: SessionDep, tenant: TenantDep) -> list[ArtifactOut]:
-    service.get_job(session, tenant.id, job_id)
-    return [render_artifact(a) for a in service.list_artifacts(session, job_id)]
+def job_artifacts(job: OwnedJob, session: SessionDep) -> list[ArtifactOut]:
+    return [ArtifactOut.model_validate(a) for a in service.list_artifacts(session, job.id)]
