@@ -133,7 +133,7 @@ async def sse_watchers(
     from app.db import repository as repo
     from app.db.models import Job
     from app.db.session import session_scope
-    from app.notify import nudge
+    from app.nudge import nudge
 
     limits = httpx.Limits(max_connections=watchers + 10, max_keepalive_connections=watchers + 10)
     headers = {"Authorization": f"Bearer {KEY}"}

@@ -9,7 +9,7 @@ import threading
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.settings import Settings
-from worker.runner import run_next
+from worker.supervisor import run_next
 
 log = logging.getLogger("kd.local")
 

@@ -14,9 +14,9 @@ import threading
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.broker import publish
 from app.db import repository as repo
 from app.db.session import session_scope
-from app.queue import publish
 from app.services import lifecycle
 from app.settings import Settings
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from app.broker import TASK_NAME, celery_app
 from app.db.models import Job
 from app.db.session import session_scope
-from app.queue import TASK_NAME, celery_app
 from app.settings import get_settings
-from worker.runner import run_next
+from worker.supervisor import run_next
 
 settings = get_settings()
 app = celery_app(settings.broker_url)

@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from app import notify
+from app import nudge
 from app.db.models import TERMINAL, Job
 from app.db.session import session_scope
 from app.services.jobs import events_after
@@ -66,7 +66,7 @@ class JobFeed:
             import redis.asyncio as aioredis
 
             pubsub = aioredis.from_url(self.settings.broker_url, socket_connect_timeout=1).pubsub()
-            await pubsub.subscribe(notify.channel(self.job_id))
+            await pubsub.subscribe(nudge.channel(self.job_id))
             return pubsub
         except Exception:  # no Redis: polling alone still delivers everything
             return None

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import storage
+from app.broker import route_for
 from app.db import repository as repo
 from app.db.models import (
     TERMINAL,
@@ -25,7 +26,6 @@ from app.db.models import (
     new_id,
 )
 from app.errors import Conflict, Invalid, NotFound
-from app.queue import route_for
 from app.services import lifecycle, quotas
 from app.services.egress import AllowList, EgressRefused, resolve
 from app.services.files import describe_reference, resolve_reference

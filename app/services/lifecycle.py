@@ -19,10 +19,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app import notify
+from app import nudge
+from app.broker import publish
 from app.db import repository as repo
 from app.db.models import TERMINAL, Job, JobStatus, utcnow
-from app.queue import publish
 from app.services import webhooks
 from app.settings import Settings
 
@@ -51,7 +51,7 @@ class AfterCommit:
     webhook: bool = False
 
     def run(self, settings: Settings) -> None:
-        notify.nudge(settings.broker_url, self.job_id)
+        nudge.nudge(settings.broker_url, self.job_id)
         if self.publish_to is not None:
             publish(settings.broker_url, self.job_id, *self.publish_to)
         if self.webhook:

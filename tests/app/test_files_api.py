@@ -117,7 +117,7 @@ def test_bad_requests(api):
 def test_imagefolder_dataset_upload_runs(api):
     from PIL import Image
 
-    from worker.runner import claim_and_run
+    from worker.supervisor import claim_and_run
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:

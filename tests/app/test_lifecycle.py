@@ -15,7 +15,7 @@ from app.services import lifecycle
 from tests.app.conftest import Api, build_api, make_settings, tiny_job
 from tests.support.audit import assert_ended_once
 from worker.maintenance import reap_once
-from worker.runner import claim_and_run
+from worker.supervisor import claim_and_run
 
 HOOK = "http://127.0.0.1:9/hook"  # never contacted: the outbox row is what is checked
 

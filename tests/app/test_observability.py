@@ -16,7 +16,7 @@ from app.db.models import Job
 from app.db.session import session_scope
 from app.logs import JsonFormatter
 from tests.app.conftest import Api, build_api, make_settings, tiny_job
-from worker.runner import claim_and_run
+from worker.supervisor import claim_and_run
 
 
 def samples(api: Api) -> dict[tuple[str, tuple], float]:

@@ -5,7 +5,7 @@ rank), progress reported once."""
 from __future__ import annotations
 
 from tests.app.conftest import Api, tiny_job
-from worker.runner import claim_and_run
+from worker.supervisor import claim_and_run
 
 
 def test_a_two_process_job_runs_and_reports_once(api: Api) -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import secrets
 
+from app.broker import route_for
 from app.db import repository as repo
 from app.db.session import session_scope
-from app.queue import route_for
 from tests.app.conftest import Api, tiny_job
 
 

@@ -18,7 +18,7 @@ from app.services import lifecycle
 from tests.app.conftest import build_api, make_settings, tiny_job
 from tests.support.audit import assert_ended_once
 from worker.maintenance import reap_once
-from worker.runner import claim_and_run
+from worker.supervisor import claim_and_run
 
 HOOK = "http://127.0.0.1:9/hook"  # never contacted: these tests check the outbox row
 
@@ -210,7 +210,7 @@ def test_report_json_artifact_matches_the_job_report(finished):
 
 
 def _training_children() -> list[int]:
-    """PIDs of `python -m worker.child` processes started by this test process."""
+    """PIDs of `python -m worker.training_process` processes started by this test process."""
     import os
     from pathlib import Path
 
@@ -223,7 +223,7 @@ def _training_children() -> list[int]:
             ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
-        if b"worker.child" in cmdline and ppid == os.getpid():
+        if b"worker.training_process" in cmdline and ppid == os.getpid():
             pids.append(int(proc.name))
     return pids
 
@@ -283,7 +283,7 @@ def test_a_job_over_its_max_runtime_is_stopped_and_failed(api):
 
 def test_a_cancel_that_arrives_while_finalizing_wins_once(api):
     """The run finished, but the client cancelled before the result was recorded."""
-    from worker.runner import Supervisor
+    from worker.supervisor import Supervisor
 
     job_id = api.post("/v1/jobs", json=tiny_job(webhook_url=HOOK)).json()["id"]
     with session_scope(api.settings.db_url) as session:

@@ -27,7 +27,7 @@ from app.settings import Settings
 from kdcore.models import build_model
 from tests.app.conftest import Api, build_api, make_settings, tiny_job
 from tests.support.procs import free_port
-from worker.runner import claim_and_run
+from worker.supervisor import claim_and_run
 
 pytestmark = pytest.mark.integration
 BUCKET = "kd-artifacts"

@@ -14,7 +14,7 @@ from app.db.models import WebhookDelivery
 from app.db.session import session_scope
 from app.services.webhooks import deliver_due
 from tests.app.conftest import build_api, make_settings, tiny_job
-from worker.runner import claim_and_run
+from worker.supervisor import claim_and_run
 
 
 class Receiver:

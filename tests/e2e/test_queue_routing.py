@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from app.broker import publish
 from app.db.models import Job
 from app.db.session import session_scope
-from app.queue import publish
 from app.services.jobs import create_job
 from app.services.keys import create_key
 from app.settings import Settings

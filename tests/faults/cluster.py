@@ -53,7 +53,7 @@ def training_children() -> list[int]:
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if b"worker.child" in (proc / "cmdline").read_bytes():
+                if b"worker.training_process" in (proc / "cmdline").read_bytes():
                     pids.append(int(proc.name))
             except OSError:
                 continue

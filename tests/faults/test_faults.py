@@ -209,7 +209,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, pg_url):
     up, so the next checkpoint write fails with ENOSPC."""
     from kdcore.checkpoints import load_checkpoint
     from tests.app.conftest import build_api, make_settings
-    from worker.runner import claim_and_run
+    from worker.supervisor import claim_and_run
 
     settings = make_settings(tmp_path, pg_url, max_attempts=2)
     jobs_dir = settings.jobs_dir

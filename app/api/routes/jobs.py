@@ -23,9 +23,9 @@ from app.api.schemas import (
     render_job,
 )
 from app.api.sse import event_stream
+from app.broker import publish
 from app.db.models import STATUSES
 from app.errors import ProblemError
-from app.queue import publish
 from app.services import jobs as service
 from kdcore.spec import JobSpec
 

@@ -1,5 +1,5 @@
-"""The training process. The supervisor (worker.runner) starts it as a fresh interpreter
-(`python -m worker.child`, the equivalent of multiprocessing's spawn: no inherited CUDA
+"""The training process. The supervisor (worker.supervisor) starts it as a fresh interpreter
+(`python -m worker.training_process`, the equivalent of multiprocessing's spawn: no inherited CUDA
 state, its own process group so it can be killed whole), writes the job to its stdin
 and reads one JSON message per line from its stdout:
 

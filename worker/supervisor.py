@@ -31,7 +31,7 @@ from app import logs, storage
 from app.db import repository as repo
 from app.db.models import Artifact, Checkpoint, Job, JobStatus, new_id
 from app.db.session import session_scope
-from app.notify import nudge
+from app.nudge import nudge
 from app.services import lifecycle
 from app.services.jobs import resolved_spec
 from app.services.lifecycle import AfterCommit
@@ -181,7 +181,7 @@ class Supervisor:
         log_path = self.out_dir / f"attempt{self.attempt}.log"
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "worker.child"],
+                [sys.executable, "-m", "worker.training_process"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log_file,

@@ -17,7 +17,7 @@ Why these settings, for tasks that train for minutes to hours on one GPU:
 - `worker_prefetch_multiplier=1`, concurrency 1: one GPU, one job at a time, and no second
   message reserved behind a long job where another worker could take it. The fresh
   process per job (no memory or CUDA state carried over) is the training process the
-  runner starts (`python -m worker.child`), so the Celery pool child is NOT recycled per
+  runner starts (`python -m worker.training_process`), so the Celery pool child is NOT recycled per
   task: recycling it (max_tasks_per_child=1) made a job that arrives right after another
   wait about 2 s for the replacement child (bench/api_load.py, POST -> running).
 - JSON serialisation only (no pickle); `task_ignore_result`: results live in the database.
