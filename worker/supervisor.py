@@ -90,7 +90,7 @@ def _claim(
 ) -> _Start | AfterCommit | None:
     """Claim, resolve the files, check the limits again and record the attempt, in one
     transaction. A job that cannot run fails here (the AfterCommit of that)."""
-    job = repo.claim(session, job_id, wid, settings.lease_s)
+    job = lifecycle.claim(session, job_id, wid, settings.lease_s)
     if job is None:
         return None
     try:

@@ -187,7 +187,7 @@ def _insert_job(
     )
     session.add(job)
     session.flush()
-    repo.record_created(session, job)
+    lifecycle.created(session, job)
     return job
 
 

@@ -5,7 +5,8 @@
 same transaction), writes the webhook outbox row when the job ends, and returns what
 must run *after* the caller commits (`AfterCommit.run`: nudge SSE readers, publish a
 requeued job, wake the webhook loop). Every path goes through here: submission
-(`record_created`), claim, the worker's end of a run, cancel, the reaper.
+(`created`), claim, the worker's end of a run, the claim-time refusal, cancel, the
+reaper.
 
     queued ──claim──> running ──> succeeded | failed | cancelled
        │                 │  └──> queued (retry: crash, lost lease)
@@ -80,6 +81,18 @@ def transition(
     delivery = webhooks.enqueue(session, job) if to in TERMINAL else None
     requeued = (job.queue, job.priority) if to == S.QUEUED else None
     return AfterCommit(job_id, to, requeued, delivery is not None)
+
+
+def created(session: Session, job: Job) -> None:
+    """A new job's first transition (None -> queued) and event; it is published after
+    commit by the route (the executors may also find it by polling)."""
+    repo.record_created(session, job)
+
+
+def claim(session: Session, job_id: str, worker: str, lease_s: float) -> Job | None:
+    """queued -> running for `worker`, with a lease (one conditional UPDATE: of many
+    workers claiming one job, one wins; a running job is never claimed)."""
+    return repo.claim(session, job_id, worker, lease_s)
 
 
 def cancel(session: Session, job: Job) -> AfterCommit | None:

@@ -32,6 +32,7 @@ def _claim_and_expire(api: Api, job_id: str) -> None:
         job.lease_expires_at = utcnow() - timedelta(seconds=1)
 
 
+@pytest.mark.integration  # a real training process
 def test_a_worker_success_ends_once(api: Api) -> None:
     job_id = _submit(api)
     assert claim_and_run(api.settings, job_id) == "succeeded"

@@ -4,8 +4,12 @@ rank), progress reported once."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.app.conftest import Api, tiny_job
 from worker.supervisor import claim_and_run
+
+pytestmark = pytest.mark.integration  # two real training processes
 
 
 def test_a_two_process_job_runs_and_reports_once(api: Api) -> None:

@@ -20,6 +20,8 @@ from tests.support.audit import assert_ended_once
 from worker.maintenance import reap_once
 from worker.supervisor import claim_and_run
 
+pytestmark = pytest.mark.integration  # real training processes
+
 HOOK = "http://127.0.0.1:9/hook"  # never contacted: these tests check the outbox row
 
 

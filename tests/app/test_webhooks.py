@@ -16,6 +16,8 @@ from app.services.webhooks import deliver_due
 from tests.app.conftest import build_api, make_settings, tiny_job
 from worker.supervisor import claim_and_run
 
+pytestmark = pytest.mark.integration  # real HTTP receivers and training runs
+
 
 class Receiver:
     def __init__(self, status=200, location=None, delay=0.0):

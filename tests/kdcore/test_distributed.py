@@ -3,12 +3,15 @@ processes: the same code path as N GPUs with NCCL."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 import kdcore
 from kdcore.callbacks import Callbacks, Progress
 from tests.support.specs import tiny_spec
+
+pytestmark = pytest.mark.integration  # spawned ranks
 
 
 class Recorder(Callbacks):

@@ -12,6 +12,8 @@ from kdcore.callbacks import Callbacks
 from kdcore.errors import Cancelled
 from tests.support.specs import tiny_spec
 
+pytestmark = pytest.mark.integration  # a fresh process resumes
+
 
 class StopBeforeStep(Callbacks):
     """should_stop is asked once before every step: answer True before step `n` runs."""

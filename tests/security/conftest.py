@@ -19,8 +19,6 @@ import pytest
 
 from tests.support.procs import Proc, free_port, wait_ready
 
-pytestmark = [pytest.mark.integration]
-
 
 @dataclass
 class Server:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import secrets
 
 import httpx
+import pytest
 
 from tests.security.conftest import Server
 from tests.support.specs import tiny_job
+
+pytestmark = pytest.mark.integration  # a real kd serve
 
 
 def test_metrics_labels_come_from_a_fixed_set(server: Server):

@@ -16,6 +16,8 @@ from app.web import STATIC
 from tests.security.conftest import Server, start_server
 from tests.support.specs import tiny_job
 
+pytestmark = pytest.mark.integration  # a real kd serve
+
 
 def test_dashboard_is_served_with_a_strict_policy(server: Server):
     r = httpx.get(server.url + "/")

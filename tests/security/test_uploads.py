@@ -9,11 +9,14 @@ import tarfile
 import zipfile
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from tests.security.conftest import Server
 from tests.support.specs import tiny_job
+
+pytestmark = pytest.mark.integration  # a real kd serve
 
 
 def upload(client, name: str, blob: bytes, purpose: str):

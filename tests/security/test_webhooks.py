@@ -24,6 +24,8 @@ from tests.app.conftest import build_api, create_pg_database, drop_pg_database, 
 from tests.security.conftest import Server, start_server
 from tests.support.specs import tiny_job
 
+pytestmark = pytest.mark.integration  # a real kd serve
+
 REFUSED = [
     "http://127.0.0.1:8000/hook",
     "http://localhost/hook",

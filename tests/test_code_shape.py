@@ -1,0 +1,23 @@
+"""The size rule of docs/development.md that no linter checks: no function in the
+library, the service, the workers or the client is longer than 80 lines (ruff checks
+complexity; this checks length)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_LINES = 80
+
+
+def test_no_function_is_longer_than_80_lines():
+    too_long = []
+    for package in ("kdcore", "kdservice", "app", "worker"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    length = (node.end_lineno or node.lineno) - node.lineno + 1
+                    if length > MAX_LINES:
+                        too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert too_long == []
