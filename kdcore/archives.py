@@ -10,6 +10,7 @@ before anything is read. Every way a malformed archive can break the standard li
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tarfile
 import zipfile
@@ -36,6 +37,18 @@ ARCHIVE_ERRORS = (
     ValueError,
     KeyError,
 )
+
+
+@contextlib.contextmanager
+def _readable(name: str, what: str = "archive") -> Iterator[None]:
+    """Whatever a malformed archive makes the standard library raise becomes a
+    DataError naming the file (never quoting its bytes)."""
+    try:
+        yield
+    except DataError:
+        raise
+    except ARCHIVE_ERRORS as exc:
+        raise DataError(f"{name} is not a readable {what} ({type(exc).__name__})") from None
 
 
 def _check_name(name: str) -> PurePosixPath:
@@ -88,17 +101,11 @@ def iter_archive_files(
     """Yield (relative path, content) for each regular file; raise DataError on anything
     unsafe or malformed. With keep=False the contents are checked (inflated chunk by
     chunk, CRC verified) but not kept: b"" is yielded."""
-    try:
+    with _readable(archive.name):
         if zipfile.is_zipfile(archive):
             yield from _iter_zip(archive, max_files, max_bytes, keep)
         else:
             yield from _iter_tar(archive, max_files, max_bytes, keep)
-    except DataError:
-        raise
-    except ARCHIVE_ERRORS as exc:
-        raise DataError(
-            f"{archive.name} is not a readable archive ({type(exc).__name__})"
-        ) from None
 
 
 def _zip_members(zf: zipfile.ZipFile, max_files: int, max_bytes: int) -> list[zipfile.ZipInfo]:
@@ -167,18 +174,12 @@ def check_archive(
     regular files. verify=False checks names, types and declared sizes only (no
     member is inflated; a compressed tar is still walked)."""
     if not verify:
-        try:
+        with _readable(archive.name):
             if zipfile.is_zipfile(archive):
                 with zipfile.ZipFile(archive) as zf:
                     return len(list(_zip_members(zf, max_files, max_bytes)))
             with tarfile.open(archive) as tf:
                 return len(_tar_members(tf, max_files, max_bytes))
-        except DataError:
-            raise
-        except ARCHIVE_ERRORS as exc:
-            raise DataError(
-                f"{archive.name} is not a readable archive ({type(exc).__name__})"
-            ) from None
     return sum(1 for _ in iter_archive_files(archive, max_files, max_bytes, keep=False))
 
 
@@ -213,7 +214,7 @@ def inspect_npz(
     by chunk, not kept, so that a bad CRC or a truncated file is found here, not in
     training."""
     shapes: dict[str, tuple[int, ...]] = {}
-    try:
+    with _readable(path.name, "npz"):
         if not zipfile.is_zipfile(path):
             raise DataError(f"{path.name} is not an .npz (zip) file")
         with zipfile.ZipFile(path) as zf:
@@ -247,8 +248,4 @@ def inspect_npz(
             for info in infos if verify else []:
                 with zf.open(info) as fh:
                     _read_member(fh, info.file_size, info.filename, keep=False)
-    except DataError:
-        raise
-    except ARCHIVE_ERRORS as exc:
-        raise DataError(f"{path.name} is not a readable npz ({type(exc).__name__})") from None
     return shapes

@@ -42,7 +42,9 @@ def test_the_kd_command_loads_neither_torch_nor_the_server():
         "import contextlib, io\n"
         "with contextlib.redirect_stdout(io.StringIO()): main(['--help'])"
     )
-    assert not loaded & {"torch", "sqlalchemy", "fastapi", "celery", "worker"}, loaded
+    assert not loaded & {"torch", "sqlalchemy", "fastapi", "celery", "app", "worker", "kdcore"}, (
+        loaded
+    )
 
 
 def test_kdcore_reads_no_environment_variables():

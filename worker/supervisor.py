@@ -65,8 +65,11 @@ def claim_and_run(settings: Settings, job_id: str, wid: str | None = None) -> st
     """Run the job if this call claims it; returns its final status, or None if another
     worker holds it (a duplicate message) or it is not runnable."""
     wid = wid or worker_id()
+    prepared = _prepare(settings, job_id)
+    if prepared is None:
+        return None
     with session_scope(settings.db_url) as session:
-        start = _claim(session, settings, job_id, wid)
+        start = _claim(session, settings, job_id, wid, *prepared)
     if start is None:
         return None
     if isinstance(start, AfterCommit):  # refused before training (limits, deleted file)
@@ -85,19 +88,34 @@ def claim_and_run(settings: Settings, job_id: str, wid: str | None = None) -> st
         logs.job_id.reset(token)
 
 
+def _prepare(settings: Settings, job_id: str) -> tuple[dict[str, Any], str | None] | None:
+    """Before the claim, holding no lock and no lease (sizing a job loads torch, which
+    can take longer than a lease): the spec with this host's copies of its files, and
+    why it cannot run, if it cannot. None: the job is not queued."""
+    with session_scope(settings.db_url) as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status != S.QUEUED:
+            return None
+        try:
+            spec = resolved_spec(session, settings, job)
+        except FileNotFoundError as exc:
+            return {}, str(exc)
+    return spec, _over_limits(settings, spec)
+
+
 def _claim(
-    session: Session, settings: Settings, job_id: str, wid: str
+    session: Session,
+    settings: Settings,
+    job_id: str,
+    wid: str,
+    spec: dict[str, Any],
+    refused: str | None,
 ) -> _Start | AfterCommit | None:
-    """Claim, resolve the files, check the limits again and record the attempt, in one
-    transaction. A job that cannot run fails here (the AfterCommit of that)."""
+    """Claim and record the attempt, in one short transaction; a job that cannot run
+    (`refused`) fails here instead (the AfterCommit of that)."""
     job = lifecycle.claim(session, job_id, wid, settings.lease_s)
     if job is None:
         return None
-    try:
-        spec = resolved_spec(session, settings, job)
-        refused = _over_limits(settings, spec)
-    except FileNotFoundError as exc:
-        refused = str(exc)
     if refused:
         held = {"worker_id": wid, "attempt": job.attempt}
         return lifecycle.transition(

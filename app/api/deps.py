@@ -68,7 +68,11 @@ TenantDep = Annotated[Caller, Depends(get_tenant)]
 def owned_job(job_id: str, session: SessionDep, tenant: TenantDep) -> Job:
     """The job in the path, if it is the caller's (another tenant's answers 404, like an
     unknown id)."""
-    return get_job(session, tenant.id, job_id)
+    job = get_job(session, tenant.id, job_id)
+    # end the read now: the route runs in another thread call, and an SSE route holds
+    # its request for hours; the job object stays usable (expire_on_commit is off)
+    session.commit()
+    return job
 
 
 OwnedJob = Annotated[Job, Depends(owned_job)]

@@ -5,11 +5,19 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from app.settings import Settings, get_settings
+if TYPE_CHECKING:  # the server is imported only when a server command runs
+    from app.settings import Settings
+
+
+def get_settings() -> Settings:
+    from app.settings import get_settings as settings_from_environment
+
+    return settings_from_environment()
+
 
 keys_app = typer.Typer(help="Manage API keys (run on the service's host).", no_args_is_help=True)
 
@@ -133,6 +141,7 @@ def worker(
     if not settings.broker_url:
         raise typer.BadParameter("`kd worker` needs KD_BROKER_URL (a Redis URL)")
     configure_logging(settings)
+    import kdcore.validate  # noqa: F401  (torch, for sizing jobs: once here, not per claim)
     from app.main import private_files
     from app.services.webhooks import Dispatcher
     from worker.tasks import app
