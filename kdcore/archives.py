@@ -23,6 +23,10 @@ from kdcore.errors import DataError
 
 MAX_FILES = 200_000
 MAX_UNPACKED_BYTES = 2 * 1024**3
+MAX_MEMBER_BYTES = 1024**3  # one file of an archive, one array of an npz
+# a member over 1 MiB that inflates more than 200x is a bomb, not data (deflate tops out
+# near 1,000x on zeros; images and arrays of real data compress far less)
+MAX_RATIO, RATIO_FROM_BYTES = 200, 1024**2
 CHUNK = 1 << 20
 # what a broken archive makes zipfile, tarfile, zlib, gzip, bz2 and lzma raise
 ARCHIVE_ERRORS = (
@@ -69,13 +73,21 @@ class _Budget:
         self.max_files, self.max_bytes = max_files, max_bytes
         self.files = self.bytes = 0
 
-    def add(self, size: int) -> None:
+    def add(self, size: int, compressed: int | None = None) -> None:
+        """One member of `size` bytes unpacked (`compressed` in the file, if known)."""
         self.files += 1
         self.bytes += max(size, 0)
         if self.files > self.max_files:
             raise DataError(f"the archive has more than {self.max_files} files")
+        member_cap = min(MAX_MEMBER_BYTES, self.max_bytes)
+        if size > member_cap:
+            raise DataError(f"an archive member unpacks to more than {member_cap} bytes")
         if self.bytes > self.max_bytes:
             raise DataError(f"the archive unpacks to more than {self.max_bytes} bytes")
+        if compressed is not None and size > RATIO_FROM_BYTES and size > MAX_RATIO * compressed:
+            raise DataError(
+                f"an archive member inflates more than {MAX_RATIO}x (a decompression bomb)"
+            )
 
 
 def _read_member(fh: IO[bytes], declared: int, name: str, keep: bool) -> bytes:
@@ -118,7 +130,7 @@ def _zip_members(zf: zipfile.ZipFile, max_files: int, max_bytes: int) -> list[zi
         if info.flag_bits & 0x1:
             raise DataError(f"archive member {info.filename!r} is encrypted")
         if not info.is_dir():
-            budget.add(info.file_size)
+            budget.add(info.file_size, info.compress_size)
             files.append(info)
     return files
 
@@ -227,7 +239,7 @@ def inspect_npz(
                     raise DataError(f"member {info.filename!r} of the npz is not a .npy array")
                 if info.flag_bits & 0x1:
                     raise DataError(f"member {info.filename!r} of the npz is encrypted")
-                budget.add(info.file_size)
+                budget.add(info.file_size, info.compress_size)
             for info in infos:
                 name = info.filename[: -len(".npy")]
                 with zf.open(info) as fh:

@@ -157,3 +157,25 @@ def test_npz_with_object_arrays_is_refused(tmp_path):
     np.savez(path, x=np.array([{"a": 1}] * 10, dtype=object), y=np.arange(10))
     with pytest.raises(DataError, match="holds Python objects, which are refused"):
         load_dataset(spec(name="npz", path=str(path)), 0)
+
+
+def test_archive_bombs_are_refused_from_their_headers(tmp_path, monkeypatch):
+    """A member over the per-member cap, or one that inflates more than 200x, is refused
+    from the sizes the zip declares (nothing is inflated)."""
+    import zipfile
+
+    from kdcore import archives
+
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a/zeros.png", bytes(20 * 1024**2))  # ~20 KB in the file: ~1000x
+        zf.writestr("b/one.png", b"x")
+    with pytest.raises(DataError, match="inflates more than 200x"):
+        archives.check_archive(bomb)
+    monkeypatch.setattr(archives, "MAX_MEMBER_BYTES", 10 * 1024**2)
+    with pytest.raises(DataError, match="member unpacks to more than"):
+        archives.check_archive(bomb)
+    npz = tmp_path / "bomb.npz"
+    np.savez_compressed(npz, x=np.zeros((20 * 1024**2 // 4,), np.float32), y=np.zeros(1))
+    with pytest.raises(DataError):
+        archives.inspect_npz(npz)
