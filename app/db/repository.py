@@ -150,28 +150,31 @@ def heartbeat(
     return str(row[0])
 
 
-def _fair_order() -> Any:
-    """Queued jobs with their turn: within one pool and priority, each tenant's oldest
-    job has turn 1, its next turn 2... Workers take priority first, then turn, then age,
-    so tenants of the same priority alternate instead of the first to flood the queue
-    going first (fair share)."""
+def _fair_order(pools: set[str] | None = None, priority: int | None = None) -> Any:
+    """Queued jobs (of `pools`, of one `priority`, when given) with their turn: within
+    one pool and priority, each tenant's oldest job has turn 1, its next turn 2...
+    Workers take priority first, then turn, then age, so tenants of the same priority
+    alternate instead of the first to flood the queue going first (fair share). The
+    filters go inside, so only the rows asked about are ranked."""
     turn = func.row_number().over(
         partition_by=(Job.queue, Job.priority, Job.tenant_id), order_by=(Job.created_at, Job.id)
     )
-    return (
-        select(Job.id, Job.queue, Job.priority, Job.created_at, turn.label("turn"))
-        .where(Job.status == JobStatus.QUEUED)
-        .subquery()
+    stmt = select(Job.id, Job.queue, Job.priority, Job.created_at, turn.label("turn")).where(
+        Job.status == JobStatus.QUEUED
     )
+    if pools is not None:
+        stmt = stmt.where(Job.queue.in_(sorted(pools)))
+    if priority is not None:
+        stmt = stmt.where(Job.priority == priority)
+    return stmt.subquery()
 
 
 def queued_job_ids(session: Session, pools: set[str] | None = None, limit: int = 10) -> list[str]:
     """The next jobs to run, in fair order, from `pools` (None: every pool)."""
-    q = _fair_order()
-    stmt = select(q.c.id)
-    if pools is not None:
-        stmt = stmt.where(q.c.queue.in_(sorted(pools)))
-    stmt = stmt.order_by(q.c.priority.desc(), q.c.turn, q.c.created_at, q.c.id).limit(limit)
+    q = _fair_order(pools)
+    stmt = (
+        select(q.c.id).order_by(q.c.priority.desc(), q.c.turn, q.c.created_at, q.c.id).limit(limit)
+    )
     return list(session.scalars(stmt))
 
 
@@ -224,15 +227,32 @@ def page_newest_first(
 def queue_positions(session: Session, jobs: list[Job]) -> dict[str, int]:
     """1-based positions of the queued ones among `jobs`, each in its own queue (worker
     pool), in the order workers take them (`queued_job_ids`). One query; only the pools
-    of these jobs are ranked."""
-    ids = [j.id for j in jobs if j.status == JobStatus.QUEUED]
-    if not ids:
+    of these jobs are ranked (for one job, only its priority in its pool)."""
+    queued = [j for j in jobs if j.status == JobStatus.QUEUED]
+    if not queued:
         return {}
-    q = _fair_order()
+    if len(queued) == 1:  # create, get: the common case, and the cheap one
+        return {queued[0].id: _position(session, queued[0])}
+    q = _fair_order({j.queue for j in queued})
     order = func.row_number().over(
         partition_by=q.c.queue, order_by=(q.c.priority.desc(), q.c.turn, q.c.created_at, q.c.id)
     )
-    pools = sorted({j.queue for j in jobs if j.status == JobStatus.QUEUED})
-    ranked = select(q.c.id, order.label("pos")).where(q.c.queue.in_(pools)).subquery()
+    ranked = select(q.c.id, order.label("pos")).subquery()
+    ids = [j.id for j in queued]
     rows = session.execute(select(ranked.c.id, ranked.c.pos).where(ranked.c.id.in_(ids)))
     return {job_id: int(pos) for job_id, pos in rows}
+
+
+def _position(session: Session, job: Job) -> int:
+    """One job's position: the queued jobs of higher priority in its pool (an indexed
+    count), plus its rank among those of its own priority."""
+    higher = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.status == JobStatus.QUEUED, Job.queue == job.queue, Job.priority > job.priority)
+    )
+    q = _fair_order({job.queue}, job.priority)
+    order = func.row_number().over(order_by=(q.c.turn, q.c.created_at, q.c.id))
+    ranked = select(q.c.id, order.label("pos")).subquery()
+    rank = session.scalar(select(ranked.c.pos).where(ranked.c.id == job.id))
+    return int(higher or 0) + int(rank or 1)

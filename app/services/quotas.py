@@ -36,10 +36,6 @@ def limits_for(tenant: Tenant, settings: Settings) -> Limits:
     return Limits(*(pick(n) for n in Limits.__dataclass_fields__))
 
 
-def _too_many(detail: str, retry_after_s: float) -> LimitExceeded:
-    return LimitExceeded(detail, retry_after_s)
-
-
 def stored_bytes(session: Session, tenant_id: str) -> int:
     files = session.scalar(
         select(func.coalesce(func.sum(File.bytes), 0)).where(File.tenant_id == tenant_id)
@@ -50,8 +46,9 @@ def stored_bytes(session: Session, tenant_id: str) -> int:
     return int(files or 0) + int(arts or 0)
 
 
-def _locked_tenant(session: Session, tenant_id: str) -> Tenant:
-    tenant = session.scalar(select(Tenant).where(Tenant.id == tenant_id).with_for_update())
+def _tenant(session: Session, tenant_id: str, lock: bool = False) -> Tenant:
+    stmt = select(Tenant).where(Tenant.id == tenant_id)
+    tenant = session.scalar(stmt.with_for_update() if lock else stmt)
     if tenant is None:  # the key was valid a moment ago: the tenant was just deleted
         raise NotFound("tenant", tenant_id)
     return tenant
@@ -59,7 +56,7 @@ def _locked_tenant(session: Session, tenant_id: str) -> Tenant:
 
 def check_submission(session: Session, settings: Settings, tenant_id: str, priority: int) -> None:
     """Raise unless the tenant may submit one more job now."""
-    tenant = _locked_tenant(session, tenant_id)
+    tenant = _tenant(session, tenant_id, lock=True)
     limits = limits_for(tenant, settings)
     if priority > limits.max_priority:
         raise Invalid(
@@ -72,7 +69,7 @@ def check_submission(session: Session, settings: Settings, tenant_id: str, prior
         .where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))
     )
     if int(active or 0) >= limits.max_active_jobs:
-        raise _too_many(
+        raise LimitExceeded(
             f"you have {active} active jobs (queued or running), the limit is "
             f"{limits.max_active_jobs}; wait for one to end or cancel one",
             30,
@@ -86,7 +83,7 @@ def check_submission(session: Session, settings: Settings, tenant_id: str, prior
     if int(recent[0] or 0) >= limits.submissions_per_minute:
         oldest = recent[1] or utcnow()
         wait = 60 - (utcnow() - oldest).total_seconds()
-        raise _too_many(
+        raise LimitExceeded(
             f"over {limits.submissions_per_minute} submissions per minute", max(wait, 1)
         )
     used = stored_bytes(session, tenant_id)
@@ -95,7 +92,7 @@ def check_submission(session: Session, settings: Settings, tenant_id: str, prior
 
 
 def _storage_full(used: int, limit: int) -> LimitExceeded:
-    return _too_many(
+    return LimitExceeded(
         f"you store {used} bytes (files and job outputs), the limit is {limit}; "
         "delete files or finished jobs",
         3600,
@@ -104,10 +101,7 @@ def _storage_full(used: int, limit: int) -> LimitExceeded:
 
 def check_storage(session: Session, settings: Settings, tenant_id: str, adding: int) -> None:
     """Raise unless the tenant may store `adding` more bytes."""
-    tenant = session.get(Tenant, tenant_id)
-    if tenant is None:
-        raise NotFound("tenant", tenant_id)
-    limit = limits_for(tenant, settings).max_stored_bytes
+    limit = limits_for(_tenant(session, tenant_id), settings).max_stored_bytes
     used = stored_bytes(session, tenant_id)
     if used + adding > limit:
         raise _storage_full(used, limit)
