@@ -27,6 +27,7 @@ from kdcore.models import build_model
 from kdcore.plots import plot_curves
 from kdcore.report import build_report, held_out_metrics
 from kdcore.spec import JobSpec, ModelSpec
+from kdcore.teachers import TeacherEnsemble
 from kdcore.trainer import fit, freeze_teacher, pick_device
 
 
@@ -39,7 +40,8 @@ def _sha256(path: Path) -> str:
 
 
 def build_role(spec: ModelSpec, role: str, data: DataSplits) -> tuple[nn.Module, int]:
-    """Build the teacher or student for this data; errors point at the spec field."""
+    """Build a teacher or the student for this data; errors point at the spec field
+    (`role` is its pointer without the slash: "student", "teacher", "teachers/1")."""
     num_classes = spec.num_classes or data.num_classes
     if not data.regression and num_classes < data.num_classes:
         raise SpecError(
@@ -72,15 +74,38 @@ def build_role(spec: ModelSpec, role: str, data: DataSplits) -> tuple[nn.Module,
     return model, num_classes
 
 
+def build_teachers(
+    spec: JobSpec, data: DataSplits
+) -> tuple[nn.Module | None, list[tuple[ModelSpec, nn.Module]]]:
+    """The frozen teacher the trainer distils from (one model, or a TeacherEnsemble of
+    `teachers`) and each member with its spec, for the report."""
+    members = []
+    for pointer, model_spec in spec.teacher_models():
+        model, _ = build_role(model_spec, pointer.lstrip("/"), data)
+        members.append((model_spec, freeze_teacher(model)))
+    if not members:
+        return None, []
+    if spec.teachers is None:
+        return members[0][1], members
+    ensemble = TeacherEnsemble(
+        [m for _, m in members],
+        [t.weight for t in spec.teachers],
+        spec.distillation.temperature,
+        regression=spec.task == "regression",
+    )
+    return freeze_teacher(ensemble), members
+
+
 def _training_identity(spec: Any) -> Any:
     """The spec minus where its files are: a resumed run may find the same teacher and
     data at other paths (another host's cache, a moved folder), never other settings."""
     if not isinstance(spec, dict):
         return spec
     spec = json.loads(json.dumps(spec))
-    for role in ("teacher", "student"):
-        if isinstance(spec.get(role), dict):
-            spec[role].pop("checkpoint", None)
+    models = [spec.get("teacher"), spec.get("student"), *(spec.get("teachers") or [])]
+    for model in models:
+        if isinstance(model, dict):
+            model.pop("checkpoint", None)
     if isinstance(spec.get("dataset"), dict):
         spec["dataset"].pop("path", None)
     return spec
@@ -98,10 +123,7 @@ def run_local(
     data = load_dataset(spec.dataset, spec.training.seed, regression=spec.task == "regression")
     torch.manual_seed(spec.training.seed)
     student, num_classes = build_role(spec.student, "student", data)
-    teacher = None
-    if spec.teacher is not None:
-        teacher, _ = build_role(spec.teacher, "teacher", data)
-        freeze_teacher(teacher)
+    teacher, members = build_teachers(spec, data)
     resume = _resume_state(spec, resume_from)
     result = fit(
         spec, data, student, teacher, device, out_dir / "checkpoints", callbacks, resume=resume
@@ -116,7 +138,9 @@ def run_local(
         out_dir,
         list(spec.export),
     )
-    report = build_report(spec, device, data, result, student, teacher, files["safetensors"])
+    report = build_report(
+        spec, device, data, result, student, teacher, files["safetensors"], members
+    )
     if "onnx" in files:
         report["onnx_max_abs_error"] = onnx_max_abs_error(
             student.cpu(), files["onnx"], torch.randn(4, *data.input_shape)

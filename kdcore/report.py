@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from torch import nn
 
 from kdcore.data import DataSplits, Split
 from kdcore.models import count_parameters
-from kdcore.spec import JobSpec
+from kdcore.spec import JobSpec, ModelSpec
 from kdcore.trainer import FitResult, predict, uses_bf16
 
 
@@ -70,9 +71,11 @@ def build_report(
     student: nn.Module,
     teacher: nn.Module | None,
     weights: Path,
+    members: Sequence[tuple[ModelSpec, nn.Module]] = (),
 ) -> dict[str, Any]:
     """report.json without its files: the run, the student on the test split, and, for
-    a distillation, the teacher and how the two compare."""
+    a distillation, the teacher and how the two compare. With several teachers,
+    "teacher" is their ensemble (the soft targets' argmax) and "teachers" lists each."""
     regression = spec.task == "regression"
     report: dict[str, Any] = {
         "name": spec.name,
@@ -102,11 +105,21 @@ def build_report(
         **model_summary(student, data.input_shape),
         "bytes_on_disk": weights.stat().st_size,
     }
-    if teacher is None or spec.teacher is None:
+    if teacher is None or not members:
         return report
     t_metrics, t_out = held_out_metrics(teacher, data.test, regression, device)
+    if spec.teachers is not None:
+        report["teachers"] = [
+            {
+                "arch": m_spec.arch,
+                "weight": getattr(m_spec, "weight", 1.0),
+                **held_out_metrics(model, data.test, regression, device)[0],
+                "parameters": count_parameters(model),
+            }
+            for m_spec, model in members
+        ]
     t = report["teacher"] = {
-        "arch": spec.teacher.arch,
+        "arch": " + ".join(m_spec.arch for m_spec, _ in members),
         **t_metrics,
         **model_summary(teacher, data.input_shape),
         "bytes_on_disk": _state_bytes(teacher),

@@ -10,7 +10,7 @@ the registries, so the API and the CLI can load it cheaply. Registry names
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import (
     AliasChoices,
@@ -41,6 +41,15 @@ class ModelSpec(_Strict):
         "safetensors or a weights-only torch state dict (TorchScript is refused: "
         "loading it runs code).",
     )
+
+
+class TeacherSpec(ModelSpec):
+    """One of several teachers: its soft targets count with `weight` (normalised)."""
+
+    weight: float = Field(default=1.0, gt=0.0, le=1000.0)
+
+
+MAX_TEACHERS = 8
 
 
 class DatasetSpec(_Strict):
@@ -89,20 +98,107 @@ class AugmentSpec(_Strict):
         return self.crop_padding > 0 or self.hflip
 
 
+# The references tune each method's weights (mdistiller, RepDistiller, the papers' code);
+# a field the spec leaves unset takes its method's value here, else the field default.
+# docs/kdcore.md "Methods" explains each row; /v1/capabilities and `kdcore list` show it.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "kd": {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9},
+    "dkd": {"temperature": 4.0, "ce_weight": 1.0, "alpha": 1.0, "beta": 8.0, "warmup_epochs": 1.0},
+    "dist": {
+        "temperature": 4.0,
+        "ce_weight": 1.0,
+        "kd_weight": 2.0,
+        "inter_weight": 1.0,
+        "intra_weight": 1.0,
+    },
+    "at": {"ce_weight": 1.0, "kd_weight": 0.0, "feature_weight": 1000.0},
+    "fitnet": {"ce_weight": 1.0, "kd_weight": 0.0, "feature_weight": 100.0, "regressor": "convreg"},
+    "crd": {
+        "ce_weight": 1.0,
+        "kd_weight": 0.0,
+        "feature_weight": 0.8,
+        "crd_feature_dim": 128,
+        "crd_negatives": 16384,
+        "crd_temperature": 0.07,
+        "crd_momentum": 0.5,
+    },
+    "mse": {"kd_weight": 0.9},
+}
+# Sun et al. standardise the logits that a softmax compares; feature methods have none
+LOGIT_STANDARDIZED_METHODS = ("kd", "dkd", "dist")
+
+
 class DistillationSpec(_Strict):
     method: str = Field(default="kd", max_length=50)
     temperature: float = Field(default=4.0, gt=0.0, le=100.0)
-    ce_weight: float = Field(default=0.1, ge=0.0, le=1000.0)
-    kd_weight: float = Field(default=0.9, ge=0.0, le=1000.0)
-    feature_weight: float = Field(default=1.0, ge=0.0, le=1e6)
+    ce_weight: float = Field(
+        default=0.1, ge=0.0, le=1000.0, description="default: per method (METHOD_DEFAULTS)"
+    )
+    kd_weight: float = Field(
+        default=0.9, ge=0.0, le=1000.0, description="default: per method (METHOD_DEFAULTS)"
+    )
+    feature_weight: float = Field(
+        default=1.0, ge=0.0, le=1e6, description="at, fitnet, crd: weight of the feature term"
+    )
     alpha: float = Field(default=1.0, ge=0.0, le=1000.0, description="DKD target-class weight")
     beta: float = Field(default=8.0, ge=0.0, le=1000.0, description="DKD non-target weight")
+    inter_weight: float = Field(
+        default=1.0, ge=0.0, le=1000.0, description="DIST inter-class (per sample) relation"
+    )
+    intra_weight: float = Field(
+        default=1.0, ge=0.0, le=1000.0, description="DIST intra-class (per class) relation"
+    )
+    warmup_epochs: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=MAX_EPOCHS,
+        description="Scale the distillation terms by min(epoch / warmup_epochs, 1), epochs "
+        "counted from 1 (mdistiller's DKD: 20 on CIFAR-100, 1 on ImageNet); 0: no ramp",
+    )
+    logit_standardization: bool = Field(
+        default=False,
+        description="z-score student and teacher logits before the softened softmax "
+        "(Sun et al., CVPR 2024); kd, dkd and dist",
+    )
+    regressor: Literal["convreg", "conv1x1"] = Field(
+        default="convreg",
+        description="fitnet: conv+BN+ReLU with the kernel chosen from the shapes "
+        "(RepDistiller's ConvReg), or a bias-free 1x1 conv",
+    )
+    crd_feature_dim: int = Field(default=128, ge=2, le=4096, description="crd: embedding size")
+    crd_negatives: int = Field(
+        default=16384, ge=1, le=65536, description="crd: negatives drawn per sample"
+    )
+    crd_temperature: float = Field(
+        default=0.07, gt=0.0, le=10.0, description="crd: NCE temperature"
+    )
+    crd_momentum: float = Field(
+        default=0.5, ge=0.0, lt=1.0, description="crd: memory bank update momentum"
+    )
     student_layers: list[str] = Field(default_factory=list, max_length=16)
     teacher_layers: list[str] = Field(default_factory=list, max_length=16)
     cache_teacher: bool | Literal["auto"] = Field(
         default="auto",
         description="Precompute teacher outputs once. Needs deterministic inputs (no augment).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            method = data.get("method", "kd")
+            defaults = METHOD_DEFAULTS.get(method, {}) if isinstance(method, str) else {}
+            data = {**defaults, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _options_fit_the_method(self) -> DistillationSpec:
+        if self.logit_standardization and self.method not in LOGIT_STANDARDIZED_METHODS:
+            raise ValueError(
+                "logit_standardization applies to methods "
+                f"{', '.join(LOGIT_STANDARDIZED_METHODS)}, not {self.method!r}"
+            )
+        return self
 
 
 class TrainingSpec(_Strict):
@@ -171,6 +267,14 @@ class JobSpec(_Strict):
     kind: Kind = "distill"
     task: Task = "classification"
     teacher: ModelSpec | None = None
+    teachers: list[TeacherSpec] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_TEACHERS,
+        description="Several teachers instead of `teacher`: the soft targets are the "
+        "weighted mean of their softened probabilities (of their outputs in regression). "
+        "Logit methods only (kd, dkd, dist, mse).",
+    )
     student: ModelSpec
     dataset: DatasetSpec
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
@@ -198,6 +302,16 @@ class JobSpec(_Strict):
         "of training (per attempt); the kdcore CLI ignores it.",
     )
 
+    def teacher_models(self) -> list[tuple[str, ModelSpec]]:
+        """(JSON pointer, spec) of each teacher: `teacher`, or each of `teachers`."""
+        if self.teachers is not None:
+            return [(f"/teachers/{i}", t) for i, t in enumerate(self.teachers)]
+        return [("/teacher", self.teacher)] if self.teacher is not None else []
+
+    def model_roles(self) -> list[tuple[str, ModelSpec]]:
+        """(JSON pointer, spec) of every model the job builds: teachers, then the student."""
+        return [*self.teacher_models(), ("/student", self.student)]
+
     @field_validator("name")
     @classmethod
     def _printable_name(cls, name: str) -> str:
@@ -208,9 +322,12 @@ class JobSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
-        if self.kind == "distill" and self.teacher is None:
+        if self.teacher is not None and self.teachers is not None:
+            raise ValueError("give either teacher or teachers, not both")
+        has_teacher = self.teacher is not None or self.teachers is not None
+        if self.kind == "distill" and not has_teacher:
             raise ValueError("a distill job needs a teacher")
-        if self.kind == "train" and self.teacher is not None:
+        if self.kind == "train" and has_teacher:
             raise ValueError("a train job has no teacher; put the model under 'student'")
         if "safetensors" not in self.export:
             self.export = ["safetensors", *self.export]

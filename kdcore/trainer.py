@@ -25,7 +25,7 @@ from kdcore.callbacks import Callbacks, Progress
 from kdcore.checkpoints import save_checkpoint
 from kdcore.data import DataSplits, Split
 from kdcore.errors import Cancelled, SpecError
-from kdcore.features import FeatureTap
+from kdcore.features import FeatureTap, classifier_name
 from kdcore.losses import DistillLoss, build_loss, task_loss
 from kdcore.models import default_feature_layers
 from kdcore.optim import build_optimizer, lr_at, set_lr
@@ -176,12 +176,26 @@ class _Teacher:
         return out.clone(), [f.clone() for f in feats]
 
 
+def _tapped_layers(
+    named: list[str], model: nn.Module, loss_fn: DistillLoss
+) -> tuple[list[str], bool]:
+    """The layers to tap and whether to take their inputs: the spec's layers (their
+    outputs); else the classifier's input for embedding methods (CRD), else the
+    model's own feature layers."""
+    if named:
+        return named, False
+    if loss_fn.feature_kind == "embedding":
+        head = classifier_name(model)
+        return ([head], True) if head else ([], False)
+    return default_feature_layers(model), False
+
+
 def _feature_taps(
     spec: JobSpec, student: nn.Module, teacher: nn.Module, loss_fn: DistillLoss, example: Tensor
 ) -> tuple[FeatureTap, FeatureTap]:
     d = spec.distillation
-    s_layers = d.student_layers or default_feature_layers(student)
-    t_layers = d.teacher_layers or default_feature_layers(teacher)
+    s_layers, s_inputs = _tapped_layers(d.student_layers, student, loss_fn)
+    t_layers, t_inputs = _tapped_layers(d.teacher_layers, teacher, loss_fn)
     if not s_layers or not t_layers:
         raise SpecError(
             [
@@ -200,8 +214,8 @@ def _feature_taps(
                 )
             ]
         )
-    s_tap = FeatureTap(student, s_layers, "student")
-    t_tap = FeatureTap(teacher, t_layers, "teacher")
+    s_tap = FeatureTap(student, s_layers, "student", inputs=s_inputs)
+    t_tap = FeatureTap(teacher, t_layers, "teacher", inputs=t_inputs)
     with torch.no_grad():  # probe shapes in eval mode so no BatchNorm statistic moves
         was = student.training
         student.eval()
@@ -314,6 +328,7 @@ def _setup(
         if loss_fn.needs_features:
             s_tap, t_tap = _feature_taps(spec, student, teacher, loss_fn, train.x[:2].to(device))
             loss_fn.to(device)
+        loss_fn.bind_train_labels(train.y)
         teacher_out = _Teacher(teacher, loss_fn, spec, train, device, t_tap)
     trainable = list(student.parameters()) + (list(loss_fn.parameters()) if loss_fn else [])
     optimizer = build_optimizer(trainable, tr, fused=device.type == "cuda")
@@ -438,6 +453,10 @@ def _train_step(run: _Run, order: Tensor, i: int, step: int) -> tuple[dict[str, 
     with autocast_for(run.device, tr.precision):
         out = run.forward(x)
         if run.teacher_out is not None and run.loss_fn is not None:
+            if run.loss_fn.needs_indices:
+                run.loss_fn.set_batch(
+                    idx, torch.Generator().manual_seed(tr.seed * 9_999_991 + step)
+                )
             t_logits, t_feats = run.teacher_out(x, idx)
             s_feats = run.s_tap.collect() if run.s_tap else []
             terms = run.loss_fn(out, t_logits, y, s_feats, t_feats)
@@ -462,6 +481,8 @@ def _train_epoch(
     ).to(run.train.x.device)
     images, loss_reads = 0, 0
     loss_sums: dict[str, float] = {}
+    if run.loss_fn is not None:
+        run.loss_fn.set_epoch(epoch + 1)  # the warmup ramp counts epochs from 1
     for i in range(step % run.steps_per_epoch, run.steps_per_epoch):
         if _stop_everywhere(run.cb, run.world, step, run.log_every, run.device):
             result.train_time_s += time.perf_counter() - clock.start

@@ -39,21 +39,15 @@ def parse_spec(data: Any) -> JobSpec:
 def validate_names(spec: JobSpec) -> list[tuple[str, str]]:
     """Check registry names and method/task fit. Returns (pointer, message) pairs."""
     problems: list[tuple[str, str]] = []
-    for role in ("teacher", "student"):
-        model = getattr(spec, role)
-        if model is not None and model.arch not in MODELS:
-            problems.append((f"/{role}/arch", str(MODELS.unknown(model.arch))))
+    for pointer, model in spec.model_roles():
+        if model.arch not in MODELS:
+            problems.append((f"{pointer}/arch", str(MODELS.unknown(model.arch))))
     if spec.dataset.name not in DATASETS:
         problems.append(("/dataset/name", str(DATASETS.unknown(spec.dataset.name))))
     elif needs_path(spec.dataset.name) and not spec.dataset.path:
         problems.append(("/dataset/path", f"dataset {spec.dataset.name!r} needs a path"))
     if spec.kind == "distill":
-        method = spec.distillation.method
-        if method not in LOSSES:
-            problems.append(("/distillation/method", str(LOSSES.unknown(method))))
-        elif (method == "mse") != (spec.task == "regression"):
-            want = "'mse'" if spec.task == "regression" else "one of kd, dkd, fitnet, at"
-            problems.append(("/distillation/method", f"task {spec.task} needs method {want}"))
+        problems += _method_problems(spec)
         if spec.distillation.cache_teacher is True and spec.augment.enabled:
             problems.append(
                 (
@@ -67,4 +61,34 @@ def validate_names(spec: JobSpec) -> list[tuple[str, str]]:
         and not spec.dataset.regression
     ):
         problems.append(("/dataset/regression", "task regression needs dataset.regression: true"))
+    return problems
+
+
+def _method_problems(spec: JobSpec) -> list[tuple[str, str]]:
+    """Does the method exist, fit the task, the teachers and the process count?"""
+    method = spec.distillation.method
+    if method not in LOSSES:
+        return [("/distillation/method", str(LOSSES.unknown(method)))]
+    if (method == "mse") != (spec.task == "regression"):
+        others = ", ".join(n for n in LOSSES.names() if n != "mse")
+        want = "'mse'" if spec.task == "regression" else f"one of {others}"
+        return [("/distillation/method", f"task {spec.task} needs method {want}")]
+    loss_cls = LOSSES.get(method)
+    problems = []
+    if spec.teachers is not None and getattr(loss_cls, "needs_features", False):
+        problems.append(
+            (
+                "/teachers",
+                f"method {method} compares the features of one teacher; use teacher, or a "
+                "logit method (kd, dkd, dist) with several teachers",
+            )
+        )
+    if getattr(loss_cls, "needs_indices", False) and spec.resources.gpus > 1:
+        problems.append(
+            (
+                "/resources/gpus",
+                f"method {method} keeps a memory bank per sample that one process updates; "
+                "run it with gpus: 1",
+            )
+        )
     return problems

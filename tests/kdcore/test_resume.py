@@ -26,12 +26,15 @@ class StopBeforeStep(Callbacks):
         return self.asked > self.n
 
 
-@pytest.mark.parametrize("method,precision", [("kd", "fp32"), ("fitnet", "auto")])
+@pytest.mark.parametrize(
+    "method,precision", [("kd", "fp32"), ("fitnet", "auto"), ("crd", "fp32"), ("dkd", "fp32")]
+)
 def test_resume_in_a_fresh_process_is_bit_exact(tmp_path, method, precision):
+    """crd: its memory banks, Z and negative draws; dkd: its warmup ramp (3 epochs)."""
     spec = tiny_spec(
         student={"arch": "small_cnn"},
         augment={"crop_padding": 1, "hflip": True},
-        distillation={"method": method, "kd_weight": 0.5},
+        distillation={"method": method, "kd_weight": 0.5, "crd_negatives": 64, "warmup_epochs": 3},
         training={"epochs": 3, "precision": precision, "optimizer": "sgd", "nesterov": True},
     )
     spec_path = tmp_path / "spec.json"

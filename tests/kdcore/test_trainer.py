@@ -24,10 +24,13 @@ def _setup(spec_dict):
     return spec, data, teacher, student
 
 
-@pytest.mark.parametrize("method", ["kd", "dkd", "fitnet", "at"])
+@pytest.mark.parametrize("method", ["kd", "dkd", "dist", "fitnet", "at", "crd"])
 def test_teacher_weights_and_batchnorm_buffers_are_bit_identical_after_distillation(method):
-    overrides = {"distillation": {"method": method}, "augment": {"crop_padding": 1}}
-    if method in ("fitnet", "at"):
+    overrides = {
+        "distillation": {"method": method, "crd_negatives": 64},
+        "augment": {"crop_padding": 1},
+    }
+    if method in ("fitnet", "at", "crd"):
         overrides["student"] = {"arch": "small_cnn"}
     spec, data, teacher, student = _setup(tiny_spec(**overrides))
     teacher.train()  # even a teacher handed over in train mode must not change
