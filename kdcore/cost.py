@@ -127,25 +127,22 @@ def check_limits(spec: JobSpec, limits: Limits) -> list[tuple[str, str]]:
         )
     batch = spec.training.batch_size
     total_values = 0
-    for role in ("teacher", "student"):
-        model = getattr(spec, role)
-        if model is None:
-            continue
+    for pointer, model in spec.model_roles():
         try:
             params, values = model_cost(model, max(data.classes, 1), data.input_shape)
         except (ValueError, RuntimeError, TypeError) as exc:
-            problems.append((f"/{role}/arch", f"{model.arch} cannot take this input: {exc}"))
+            problems.append((f"{pointer}/arch", f"{model.arch} cannot take this input: {exc}"))
             continue
         if params > limits.max_model_params:
             problems.append(
                 (
-                    f"/{role}",
+                    pointer,
                     f"{model.arch} has {params:,} parameters here, over the limit of "
                     f"{limits.max_model_params:,} (num_classes and image_size drive it)",
                 )
             )
         total_values += max(values, 0)
-    activation_bytes = total_values * batch * BYTES_PER_VALUE
+    activation_bytes = total_values * batch * BYTES_PER_VALUE + _method_bytes(spec, data)
     if activation_bytes > limits.max_activation_bytes:
         problems.append(
             (
@@ -156,3 +153,14 @@ def check_limits(spec: JobSpec, limits: Limits) -> list[tuple[str, str]]:
             )
         )
     return problems
+
+
+def _method_bytes(spec: JobSpec, data: DatasetSize) -> int:
+    """Memory a method itself needs per step: CRD gathers (negatives + 1) bank rows per
+    sample from each of its two banks, and keeps two banks of one row per sample."""
+    d = spec.distillation
+    if spec.kind != "distill" or d.method != "crd":
+        return 0
+    gathered = 2 * spec.training.batch_size * (d.crd_negatives + 1) * d.crd_feature_dim
+    banks = 2 * data.samples * d.crd_feature_dim
+    return (gathered + banks) * 4  # float32, kept for the backward of the scores

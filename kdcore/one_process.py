@@ -26,7 +26,7 @@ from kdcore.export import model_config, onnx_max_abs_error, save_student
 from kdcore.models import build_model
 from kdcore.plots import plot_curves
 from kdcore.report import build_report, held_out_metrics
-from kdcore.spec import JobSpec, ModelSpec
+from kdcore.spec import JobSpec, ModelSpec, model_entries
 from kdcore.teachers import TeacherEnsemble
 from kdcore.trainer import fit, freeze_teacher, pick_device
 
@@ -102,10 +102,8 @@ def _training_identity(spec: Any) -> Any:
     if not isinstance(spec, dict):
         return spec
     spec = json.loads(json.dumps(spec))
-    models = [spec.get("teacher"), spec.get("student"), *(spec.get("teachers") or [])]
-    for model in models:
-        if isinstance(model, dict):
-            model.pop("checkpoint", None)
+    for _, model in model_entries(spec):
+        model.pop("checkpoint", None)
     if isinstance(spec.get("dataset"), dict):
         spec["dataset"].pop("path", None)
     return spec

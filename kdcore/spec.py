@@ -332,3 +332,14 @@ class JobSpec(_Strict):
         if "safetensors" not in self.export:
             self.export = ["safetensors", *self.export]
         return self
+
+
+def model_entries(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(JSON pointer, model dict) of every model named in a spec *dict* (stored or
+    about to be sent; not parsed): the dicts themselves, so callers may rewrite
+    their checkpoints in place."""
+    entries = [(f"/{r}", spec[r]) for r in ("teacher", "student") if isinstance(spec.get(r), dict)]
+    teachers = spec.get("teachers")
+    if isinstance(teachers, list):
+        entries += [(f"/teachers/{i}", t) for i, t in enumerate(teachers) if isinstance(t, dict)]
+    return entries

@@ -16,6 +16,7 @@ from app.db.repository import get_owned, page_newest_first
 from app.errors import Conflict, Invalid, NotFound
 from app.services import quotas
 from app.settings import Settings
+from kdcore.spec import model_entries
 
 PURPOSES = ("checkpoint", "dataset")
 
@@ -100,7 +101,7 @@ def delete_file(session: Session, settings: Settings, tenant_id: str, file_id: s
 
 
 def _references(spec: dict) -> set[str]:
-    refs = {(spec.get(role) or {}).get("checkpoint") for role in ("teacher", "student")}
+    refs = {model.get("checkpoint") for _, model in model_entries(spec)}
     refs.add((spec.get("dataset") or {}).get("path"))
     return {r for r in refs if r}
 

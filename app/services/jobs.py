@@ -31,6 +31,7 @@ from app.services.egress import AllowList, EgressRefused, resolve
 from app.services.files import describe_reference, resolve_reference
 from app.services.lifecycle import AfterCommit
 from app.settings import Settings
+from kdcore.spec import model_entries
 
 
 def validate_spec(
@@ -58,12 +59,11 @@ def _file_errors(session: Session, tenant_id: str, spec: Any) -> list[tuple[str,
     from kdcore.data import needs_path
 
     errors = []
-    for role in ("teacher", "student"):
-        model = getattr(spec, role)
-        ref = model.checkpoint if model is not None else None
+    for pointer, model in spec.model_roles():
+        ref = model.checkpoint
         if ref is not None and resolve_reference(session, tenant_id, ref, "checkpoint") is None:
             errors.append(
-                (f"/{role}/checkpoint", describe_reference(session, tenant_id, ref, "checkpoint"))
+                (f"{pointer}/checkpoint", describe_reference(session, tenant_id, ref, "checkpoint"))
             )
     ds = spec.dataset
     if ds.path is not None and not needs_path(ds.name):
@@ -102,8 +102,9 @@ def _warnings(spec: Any) -> list[str]:
         and spec.distillation.cache_teacher == "auto"
     ):
         warnings.append("augment is on, so teacher outputs are computed every step (no cache)")
-    if spec.kind == "distill" and spec.teacher is not None and spec.teacher.checkpoint is None:
-        warnings.append("the teacher has no checkpoint: it will be randomly initialised")
+    for pointer, model in spec.teacher_models():
+        if model.checkpoint is None:
+            warnings.append(f"{pointer} has no checkpoint: it will be randomly initialised")
     return warnings
 
 
@@ -151,9 +152,8 @@ def _check_weights_fit(
         return []
     input_shape, classes, _ = shape
     errors = []
-    for role in ("teacher", "student"):
-        model = getattr(spec, role)
-        if model is None or model.checkpoint is None:
+    for pointer, model in spec.model_roles():
+        if model.checkpoint is None:
             continue
         path = resolve_reference(session, tenant_id, model.checkpoint, "checkpoint")
         if path is None:  # validate_spec reported it already
@@ -163,7 +163,7 @@ def _check_weights_fit(
                 net = build_model(model.arch, model.num_classes or classes, input_shape)
             check_fit(net, storage.local_copy(settings, path))
         except (KDError, ValueError, RuntimeError) as exc:
-            errors.append((f"/{role}/checkpoint", str(exc)))
+            errors.append((f"{pointer}/checkpoint", str(exc)))
     return errors
 
 
@@ -422,12 +422,11 @@ def resolved_spec(session: Session, settings: Settings, job: Job) -> dict[str, A
     """The spec kdcore runs: file and artifact ids replaced by paths on this host
     (objects in S3 are fetched into the local cache first)."""
     spec = json.loads(json.dumps(job.spec))
-    for role in ("teacher", "student"):
-        model = spec.get(role)
-        if model and model.get("checkpoint"):
+    for pointer, model in model_entries(spec):
+        if model.get("checkpoint"):
             path = resolve_reference(session, job.tenant_id, model["checkpoint"], "checkpoint")
             if path is None:
-                raise FileNotFoundError(f"{role} checkpoint {model['checkpoint']} was deleted")
+                raise FileNotFoundError(f"{pointer} checkpoint {model['checkpoint']} was deleted")
             model["checkpoint"] = str(storage.local_copy(settings, path))
     ds = spec["dataset"]
     if ds.get("path"):

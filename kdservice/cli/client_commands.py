@@ -71,6 +71,7 @@ def login(
 
 def _upload_local_references(client: Client, spec: dict[str, Any], spec_dir: Path) -> None:
     """A spec written for `kdcore` names local files; upload them and use their ids."""
+    from kdcore.spec import model_entries  # pydantic only; kept out of `kd --help`
 
     def local(value: Any) -> Path | None:
         if not isinstance(value, str) or value.startswith(("file_", "art_")):
@@ -80,10 +81,7 @@ def _upload_local_references(client: Client, spec: dict[str, Any], spec_dir: Pat
                 return candidate
         return None
 
-    for role in ("teacher", "student"):
-        model = spec.get(role)
-        if not isinstance(model, dict):
-            continue
+    for _, model in model_entries(spec):
         path = local(model.get("checkpoint"))
         if path is not None:
             info = client.upload(path, "checkpoint")

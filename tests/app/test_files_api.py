@@ -59,6 +59,44 @@ def test_uploaded_teacher_is_usable_in_a_job_and_protected_while_queued(api):
     assert r.status_code == 422 and "fc.weight" in r.json()["errors"][0]["msg"]
 
 
+def test_every_teacher_of_several_is_checked_and_protected(api):
+    """`teachers`: each checkpoint is resolved, purpose-checked, fitted to its model and
+    kept from deletion while the job is active, like `teacher`'s."""
+    good = _upload(api, _weights()).json()
+    data = _upload(api, np_bytes(), name="d.npz", purpose="dataset").json()
+    dataset = {"builtin": "synthetic", "num_samples": 100, "num_classes": 3, "shape": [1, 6, 6]}
+    spec = {
+        "kind": "distill",
+        "teachers": [
+            {"arch": "mlp_small", "checkpoint": good["id"], "weight": 2},
+            {"arch": "mlp_small", "checkpoint": data["id"]},
+        ],
+        "student": {"arch": "mlp_small"},
+        "dataset": dataset,
+    }
+    r = api.post("/v1/jobs", json=spec)
+    assert r.status_code == 422, r.text
+    assert [e["loc"] for e in r.json()["errors"]] == ["/teachers/1/checkpoint"]
+    misfit = {"arch": "mlp_small", "num_classes": 7, "checkpoint": good["id"]}
+    r = api.post("/v1/jobs", json=dict(spec, teachers=[spec["teachers"][0], misfit]))
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == "/teachers/1/checkpoint"
+    assert "fc.weight" in r.json()["errors"][0]["msg"]
+    ok = dict(spec, teachers=[spec["teachers"][0], {"arch": "mlp"}])
+    checked = api.post("/v1/jobs/validate", json=ok).json()
+    assert checked["valid"] and any(
+        "/teachers/1 has no checkpoint" in w for w in checked["warnings"]
+    )
+    r = api.post("/v1/jobs", json=ok)
+    assert r.status_code == 201, r.text
+    assert api.delete(f"/v1/files/{good['id']}").status_code == 409
+
+
+def np_bytes() -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, x=np.zeros((20, 1, 6, 6), np.float32), y=np.arange(20) % 3)
+    return buf.getvalue()
+
+
 def test_a_dataset_of_another_tenant_is_rejected(api):
     buf = io.BytesIO()
     np.savez(buf, x=np.zeros((20, 4), dtype=np.float32), y=np.arange(20) % 2)

@@ -125,6 +125,10 @@ def test_capabilities_lists_the_registries(api):
     caps = api.get("/v1/capabilities").json()
     assert "cifar_resnet56" in caps["architectures"] and "kd" in caps["methods"]
     assert caps["executor"] == "local" and caps["limits"]["max_upload_bytes"] > 0
+    defaults = caps["method_defaults"]
+    assert set(defaults) == set(caps["methods"])
+    assert defaults["at"] == {"ce_weight": 1.0, "kd_weight": 0.0, "feature_weight": 1000.0}
+    assert defaults["fitnet"]["feature_weight"] == 100.0 and defaults["dkd"]["ce_weight"] == 1.0
     assert api.get("/v1/tenant").json()["webhook_secret"]
 
 

@@ -130,6 +130,29 @@ def test_a_train_jobs_artifact_is_a_distill_teacher_and_retry_resumes(finished):
     assert not [e for e in events if e["type"] == "epoch"]  # nothing left to train
 
 
+def test_a_job_with_several_teachers_runs_in_the_service(finished):
+    """Each teacher's artifact id is resolved to a local path in the worker."""
+    api, job_id = finished
+    arts = {a["name"]: a for a in api.get(f"/v1/jobs/{job_id}/artifacts").json()}
+    weights = arts["student.safetensors"]["id"]
+    spec = tiny_job(
+        kind="distill",
+        teachers=[
+            {"arch": "mlp_small", "checkpoint": weights, "weight": 3},
+            {"arch": "mlp_small", "checkpoint": weights},
+        ],
+        distillation={"method": "dist"},
+    )
+    job = api.post("/v1/jobs", json=spec)
+    assert job.status_code == 201, job.text
+    assert claim_and_run(api.settings, job.json()["id"]) == "succeeded"
+    report = api.get(f"/v1/jobs/{job.json()['id']}").json()["report"]
+    first = api.get(f"/v1/jobs/{job_id}").json()["report"]["student"]["accuracy"]
+    assert [t["weight"] for t in report["teachers"]] == [3, 1]
+    assert all(t["accuracy"] == pytest.approx(first) for t in report["teachers"])
+    assert report["teacher"]["arch"] == "mlp_small + mlp_small"
+
+
 def test_a_second_claim_of_the_same_job_returns_at_once(api):
     job = api.post("/v1/jobs", json=tiny_job()).json()
     with session_scope(api.settings.db_url) as session:

@@ -21,6 +21,15 @@ def test_list_shows_every_registry():
     assert "fashion_mnist" in out and "dkd" in out
 
 
+def test_list_methods_shows_each_methods_defaults():
+    lines = kdcore_cli("list", "methods").stdout.splitlines()
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert {"kd", "dkd", "dist", "at", "fitnet", "crd", "mse"} <= rows.keys()
+    assert "feature_weight=1000.0" in rows["at"] and "ce_weight=1.0" in rows["at"]
+    assert "feature_weight=100.0" in rows["fitnet"] and "regressor=convreg" in rows["fitnet"]
+    assert "crd_negatives=16384" in rows["crd"] and "ce_weight=0.1" in rows["kd"]
+
+
 def test_train_distill_export_round_trip(tmp_path):
     (tmp_path / "t.json").write_text(json.dumps(tiny_spec(kind="train", teacher=None)))
     run = kdcore_cli("train", tmp_path / "t.json", "--out", tmp_path / "t")

@@ -22,7 +22,7 @@ def _pointers(spec):
         ({"student": {"arch": "resnet9000"}}, "/student/arch"),
         ({"student": {"arch": "mlp", "num_classes": 10**6}}, "/student/num_classes"),
         ({"dataset": {"builtin": "cifar1000"}}, "/dataset/name"),
-        ({"distillation": {"method": "crd"}}, "/distillation/method"),
+        ({"distillation": {"method": "rkd"}}, "/distillation/method"),
         ({"distillation": {"temperature": -1}}, "/distillation/temperature"),
         ({"surprise": 1}, "/surprise"),
     ],

@@ -117,7 +117,12 @@ def test_submit_through_the_form_and_watch_it_finish(
     set_value(browser, "name", "browser-kd")
     Select(browser.find_element(By.ID, "teacher_arch")).select_by_value("small_cnn")
     Select(browser.find_element(By.ID, "student_arch")).select_by_value("mlp_small")
+    # each method shows its own defaults (GET /v1/capabilities: method_defaults)
+    Select(browser.find_element(By.ID, "method")).select_by_value("at")
+    assert browser.find_element(By.ID, "ce_weight").get_attribute("value") == "1"
+    assert browser.find_element(By.ID, "kd_weight").get_attribute("value") == "0"
     Select(browser.find_element(By.ID, "method")).select_by_value("kd")
+    assert browser.find_element(By.ID, "kd_weight").get_attribute("value") == "0.9"
     browser.find_element(By.ID, "teacher_file").send_keys(str(teacher))
     WebDriverWait(browser, 30).until(
         lambda d: "uploaded as file_" in d.find_element(By.ID, "teacher-file-id").text

@@ -49,12 +49,22 @@ def capabilities(settings: SettingsDep, tenant: TenantDep) -> dict[str, Any]:
     from kdcore.data import DATASETS
     from kdcore.losses import LOSSES
     from kdcore.models import MODELS
-    from kdcore.spec import EXPORT_FORMATS, KINDS, MAX_BATCH, MAX_CLASSES, MAX_EPOCHS, TASKS
+    from kdcore.spec import (
+        EXPORT_FORMATS,
+        KINDS,
+        MAX_BATCH,
+        MAX_CLASSES,
+        MAX_EPOCHS,
+        METHOD_DEFAULTS,
+        TASKS,
+    )
 
     return {
         "kinds": list(KINDS),
         "tasks": list(TASKS),
         "methods": LOSSES.names(),
+        # what a spec that names only the method gets (docs/kdcore.md, "Methods")
+        "method_defaults": {m: METHOD_DEFAULTS.get(m, {}) for m in LOSSES.names()},
         "architectures": MODELS.names(),
         "datasets": DATASETS.names(),
         "export_formats": list(EXPORT_FORMATS),

@@ -415,7 +415,9 @@ function buildSpec(form, teacherFile) {
   if (spec.kind === "distill") {
     spec.teacher = { arch: v("teacher_arch") };
     if (teacherFile) spec.teacher.checkpoint = teacherFile;
-    spec.distillation = { method: v("method"), temperature: Number(v("temperature")), ce_weight: Number(v("ce_weight")), kd_weight: Number(v("kd_weight")) };
+    spec.distillation = { method: v("method") };
+    // a blank weight is left to the method's own default (GET /v1/capabilities: method_defaults)
+    for (const n of ["temperature", "ce_weight", "kd_weight"]) if (v(n) !== "") spec.distillation[n] = Number(v(n));
   } else {
     spec.baseline = false;
   }
@@ -441,11 +443,11 @@ async function renderNewJob(view) {
     field("Teacher architecture", "teacher_arch", h("select", { id: "teacher_arch", name: "teacher_arch" }, options(caps.architectures, "cifar_resnet20"))),
     field("Teacher checkpoint (safetensors or weights-only .pt)", "teacher_file", h("span", {}, teacherInput, teacherInfo)),
     field("Student architecture", "student_arch", h("select", { id: "student_arch", name: "student_arch" }, options(caps.architectures, "small_cnn"))),
-    field("Method", "method", h("select", { id: "method", name: "method" }, options(caps.methods, "kd"))),
+    field("Method", "method", h("select", { id: "method", name: "method", onchange: (e) => showMethodDefaults(e.target.value) }, options(caps.methods, "kd"))),
     field("Temperature", "temperature", input("temperature", "4", "number")),
     field("Image size (blank: native)", "image_size", input("image_size", "", "number")),
-    field("CE weight", "ce_weight", input("ce_weight", "0.5", "number")),
-    field("KD weight", "kd_weight", input("kd_weight", "0.5", "number")),
+    field("CE weight", "ce_weight", input("ce_weight", "0.1", "number")),
+    field("KD weight", "kd_weight", input("kd_weight", "0.9", "number")),
     field("Optimizer", "optimizer", h("select", { id: "optimizer", name: "optimizer" }, options(["sgd", "adamw"], "sgd"))),
     field("Epochs", "epochs", input("epochs", "5", "number")),
     field("Batch size", "batch_size", input("batch_size", "64", "number")),
@@ -454,6 +456,14 @@ async function renderNewJob(view) {
     h("div", { class: "wide" }, messages),
     h("div", { class: "wide" }, h("button", { type: "button", id: "validate" }, "Validate"), " ",
       h("button", { type: "submit", class: "primary", id: "submit" }, "Submit job")));
+
+  function showMethodDefaults(method) {
+    // each method has its own tuned weights; show them, blank where it has none
+    const defaults = (caps.method_defaults || {})[method] || {};
+    for (const n of ["temperature", "ce_weight", "kd_weight"]) {
+      form.elements[n].value = defaults[n] === undefined ? "" : String(defaults[n]);
+    }
+  }
 
   function showValidation(result) {
     form.querySelectorAll(".field-error").forEach((el) => { el.textContent = ""; });
