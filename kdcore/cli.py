@@ -106,14 +106,13 @@ def _list(args: argparse.Namespace) -> int:
     from kdcore.losses import LOSSES
     from kdcore.models import MODELS
     from kdcore.registry import Registry
-
     from kdcore.spec import METHOD_DEFAULTS
 
     families: dict[str, Registry[Any]] = {"models": MODELS, "datasets": DATASETS, "methods": LOSSES}
     for name, registry in families.items():
         if args.family in (None, name):
             print(f"{name}: {' '.join(registry.names())}")
-    if args.family in (None, "methods"):  # each method's defaults: what a spec leaving them unset gets
+    if args.family in (None, "methods"):  # what a spec that leaves them unset gets
         for method in LOSSES.names():
             defaults = METHOD_DEFAULTS.get(method, {})
             print(f"  {method:<7} " + " ".join(f"{k}={v}" for k, v in defaults.items()))
