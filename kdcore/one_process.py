@@ -184,7 +184,7 @@ def _baseline(
 ) -> tuple[dict, float]:
     """Train the same student from scratch with the same data, budget and seed."""
     torch.manual_seed(spec.training.seed)
-    scratch_spec = spec.model_copy(update={"kind": "train", "teacher": None})
+    scratch_spec = spec.model_copy(update={"kind": "train", "teacher": None, "teachers": None})
     student, _ = build_role(spec.student, "student", data)
     result = fit(scratch_spec, data, student, None, device, None, callbacks, phase="baseline")
     metrics, _ = held_out_metrics(student, data.test, spec.task == "regression", device)
