@@ -38,6 +38,21 @@ def _is_torchscript(path: Path) -> bool:
     return any("/code/" in n or n.endswith(("constants.pkl", ".debug_pkl")) for n in names)
 
 
+def _is_export_archive(path: Path) -> bool:
+    """A torch.export archive (.pt2): a zip with `archive_format` and a serialized
+    program (`models/*.json`, or `serialized_exported_program.json` in older ones)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    return any(
+        n.endswith(("archive_format", "serialized_exported_program.json"))
+        or ("/models/" in n and n.endswith(".json"))
+        for n in names
+    )
+
+
 def _looks_like_safetensors(head: bytes) -> bool:
     header_len = int.from_bytes(head[:8], "little")
     return head[8:9] == b"{" and 0 < header_len < MAX_SAFETENSORS_HEADER
@@ -63,6 +78,20 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError, RuntimeError):
             raise CheckpointError(f"{path.name} is not a valid safetensors file") from None
+    if head[:1] == b"\x08":
+        from kdcore.onnx_teacher import is_onnx
+
+        if is_onnx(path):
+            raise CheckpointError(
+                f"{path.name} is an ONNX graph, not weights: give it as a teacher's checkpoint "
+                "with no arch, and it runs in onnxruntime"
+            )
+    if _is_export_archive(path):
+        raise CheckpointError(
+            f"{path.name} is a torch.export archive (.pt2), which is refused: loading one "
+            "rebuilds Python code from the file. Export the model to ONNX instead "
+            "(torch.onnx.export) and upload the .onnx as a teacher's checkpoint"
+        )
     if _is_torchscript(path):
         raise CheckpointError(
             f"{path.name} is a TorchScript archive, which is refused: loading one runs the "

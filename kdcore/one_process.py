@@ -65,6 +65,8 @@ def build_role(spec: ModelSpec, role: str, data: DataSplits) -> tuple[nn.Module,
                 )
             ]
         )
+    if spec.arch is None:
+        return _onnx_teacher(spec, role, data, num_classes), num_classes
     try:
         model = build_model(spec.arch, num_classes, data.input_shape)
     except (ValueError, RuntimeError, TypeError) as exc:
@@ -72,6 +74,24 @@ def build_role(spec: ModelSpec, role: str, data: DataSplits) -> tuple[nn.Module,
     if spec.checkpoint:
         load_weights(model, spec.checkpoint)
     return model, num_classes
+
+
+def _onnx_teacher(spec: ModelSpec, role: str, data: DataSplits, outputs: int) -> nn.Module:
+    """A teacher given only as an ONNX graph: checked, fitted to the data, then run by
+    onnxruntime (kdcore.onnx_teacher)."""
+    from kdcore.onnx_teacher import OnnxTeacher, fit_problem, inspect_onnx, is_onnx
+
+    pointer = f"/{role}/checkpoint"
+    if not spec.checkpoint or not is_onnx(spec.checkpoint):
+        raise SpecError([(pointer, "a teacher without arch must be an ONNX graph")])
+    try:
+        sig = inspect_onnx(spec.checkpoint)
+    except CheckpointError as exc:
+        raise SpecError([(pointer, str(exc))]) from None
+    problem = fit_problem(sig, data.input_shape, outputs)
+    if problem:
+        raise SpecError([(pointer, problem)])
+    return OnnxTeacher(spec.checkpoint, sig)
 
 
 def build_teachers(
@@ -132,7 +152,7 @@ def run_local(
         return {}
     files = save_student(
         student,
-        model_config(spec.student.arch, num_classes, data, spec.task),
+        model_config(spec.student_arch, num_classes, data, spec.task),
         out_dir,
         list(spec.export),
     )

@@ -40,7 +40,7 @@ def validate_names(spec: JobSpec) -> list[tuple[str, str]]:
     """Check registry names and method/task fit. Returns (pointer, message) pairs."""
     problems: list[tuple[str, str]] = []
     for pointer, model in spec.model_roles():
-        if model.arch not in MODELS:
+        if model.arch is not None and model.arch not in MODELS:
             problems.append((f"{pointer}/arch", str(MODELS.unknown(model.arch))))
     if spec.dataset.name not in DATASETS:
         problems.append(("/dataset/name", str(DATASETS.unknown(spec.dataset.name))))
@@ -75,6 +75,16 @@ def _method_problems(spec: JobSpec) -> list[tuple[str, str]]:
         return [("/distillation/method", f"task {spec.task} needs method {want}")]
     loss_cls = LOSSES.get(method)
     problems = []
+    graphs = [p for p, m in spec.teacher_models() if m.arch is None]
+    if graphs and getattr(loss_cls, "needs_features", False):
+        problems.append(
+            (
+                graphs[0],
+                f"method {method} reads the teacher's intermediate features, and an ONNX "
+                "teacher gives only its output; use a logit method (kd, dkd, dist) or name "
+                "the teacher's arch",
+            )
+        )
     if spec.teachers is not None and getattr(loss_cls, "needs_features", False):
         problems.append(
             (

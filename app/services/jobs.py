@@ -159,12 +159,33 @@ def _check_weights_fit(
         if path is None:  # validate_spec reported it already
             continue
         try:
+            local = storage.local_copy(settings, path)
+            if model.arch is None:  # an ONNX teacher: its graph against the data
+                problem = _graph_problem(settings, local, input_shape, model.num_classes or classes)
+                if problem:
+                    errors.append((f"{pointer}/checkpoint", problem))
+                continue
             with torch.device("meta"):
                 net = build_model(model.arch, model.num_classes or classes, input_shape)
-            check_fit(net, storage.local_copy(settings, path))
+            check_fit(net, local)
         except (KDError, ValueError, RuntimeError) as exc:
             errors.append((f"{pointer}/checkpoint", str(exc)))
     return errors
+
+
+def _graph_problem(settings: Settings, path: Any, input_shape: Any, outputs: int) -> str | None:
+    """Why an ONNX teacher cannot serve this job (not a graph, wrong shapes, too big)."""
+    from kdcore.onnx_teacher import fit_problem, inspect_onnx, is_onnx
+
+    if not is_onnx(path):
+        return "a teacher without arch must be an ONNX graph"
+    sig = inspect_onnx(path)
+    if sig.parameters > settings.max_model_params:
+        return (
+            f"the ONNX teacher has {sig.parameters:,} weights, over the limit of "
+            f"{settings.max_model_params:,}"
+        )
+    return fit_problem(sig, tuple(input_shape), outputs)
 
 
 def _insert_job(

@@ -101,4 +101,6 @@ def default_feature_layers(model: nn.Module) -> list[str]:
 
 
 def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """torch parameters, plus the weights of any ONNX graph inside (kdcore.onnx_teacher)."""
+    graphs = sum(getattr(m, "onnx_parameters", 0) for m in model.modules())
+    return sum(p.numel() for p in model.parameters()) + graphs
