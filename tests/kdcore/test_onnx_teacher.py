@@ -1,7 +1,6 @@
 """Teachers given only as an ONNX graph: run by onnxruntime, never as Python; hostile
 graphs refused before anything runs; .pt2 archives refused."""
 
-
 import numpy as np
 import pytest
 import torch
