@@ -1,0 +1,87 @@
+"""Models from outside the registries, through the service: uploads are checked,
+jobs are validated against the data, and they run in a real training process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.app.conftest import build_api, make_settings
+from tests.support import graphs
+from worker.supervisor import claim_and_run
+
+pytestmark = pytest.mark.integration  # real training processes
+
+DIGITS = {"builtin": "digits", "max_samples": 400}
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    gen = build_api(make_settings(tmp_path_factory.mktemp("byo")))
+    yield next(gen)
+    gen.close()
+
+
+def _upload(api, path: Path, purpose: str = "checkpoint"):
+    with open(path, "rb") as fh:
+        return api.post(
+            "/v1/files", files={"file": (path.name, fh.read())}, data={"purpose": purpose}
+        )
+
+
+def test_an_onnx_teacher_from_a_custom_module_distils_into_a_registry_student(api, tmp_path):
+    torch.manual_seed(0)
+    path = graphs.export_graph(graphs.CustomNet(1, 10), tmp_path / "custom.onnx", (1, 8, 8))
+    up = _upload(api, path)
+    assert up.status_code == 201, up.text
+    spec = {
+        "name": "onnx-teacher",
+        "kind": "distill",
+        "teacher": {"checkpoint": up.json()["id"]},
+        "student": {"arch": "small_cnn"},
+        "dataset": DIGITS,
+        "distillation": {"method": "kd"},
+        "training": {"epochs": 1, "batch_size": 32, "precision": "fp32"},
+    }
+    misfit = {**spec, "dataset": {**DIGITS, "image_size": 12}}
+    r = api.post("/v1/jobs", json=misfit)
+    assert r.status_code == 422, r.text
+    error = r.json()["errors"][0]
+    assert error["loc"] == "/teacher/checkpoint" and "(N, 1, 8, 8)" in error["msg"]
+    r = api.post("/v1/jobs", json={**spec, "distillation": {"method": "at"}})
+    assert r.status_code == 422 and "only its output" in r.json()["errors"][0]["msg"]
+    job = api.post("/v1/jobs", json=spec)
+    assert job.status_code == 201, job.text
+    assert claim_and_run(api.settings, job.json()["id"]) == "succeeded"
+    report = api.get(f"/v1/jobs/{job.json()['id']}").json()["report"]
+    assert report["teacher"]["arch"] == "onnx" and report["student"]["arch"] == "small_cnn"
+
+
+@pytest.mark.parametrize(
+    ("craft", "reason"),
+    [
+        (graphs.custom_op, "evil.ops"),
+        (graphs.external_data, "external data"),
+        (graphs.huge_input, "declares an input"),
+        (graphs.huge_initializer, "declares a tensor"),
+    ],
+)
+def test_hostile_onnx_uploads_are_refused_and_not_kept(api, tmp_path, craft, reason):
+    before = api.get("/v1/files").json()["data"]
+    r = _upload(api, craft(tmp_path / "x.onnx"))
+    assert r.status_code == 422, r.text
+    assert reason in r.json()["detail"]
+    assert api.get("/v1/files").json()["data"] == before
+
+
+def test_a_torch_export_archive_upload_is_refused_with_the_way_out(api, tmp_path):
+    program = torch.export.export(
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)),
+        (torch.randn(2, 1, 8, 8),),
+    )
+    path = tmp_path / "model.pt2"
+    torch.export.save(program, str(path))
+    r = _upload(api, path)
+    assert r.status_code == 422 and "ONNX instead" in r.json()["detail"]
