@@ -178,20 +178,29 @@ def _fit_problems(
         raise CheckpointError(f"{name} does not fit the model: {' | '.join(lines)}{hint}")
 
 
-def check_fit(model: nn.Module, path: str | Path) -> None:
+def _outside(head: str | None, names: dict[str, V]) -> dict[str, V]:
+    """`names` without the tensors of module `head` (a classifier being reset)."""
+    if head is None:
+        return names
+    return {k: v for k, v in names.items() if not k.startswith(head + ".")}
+
+
+def check_fit(model: nn.Module, path: str | Path, reset: str | None = None) -> None:
     """Raise CheckpointError naming every layer of the file that does not fit `model`
-    (which may live on the meta device: only shapes are compared)."""
-    shapes = _strip_prefixes(read_shapes(path))
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    (which may live on the meta device: only shapes are compared). With `reset`, the
+    tensors of that module (the classifier head) are left out on both sides."""
+    shapes = _outside(reset, _strip_prefixes(read_shapes(path)))
+    expected = _outside(reset, {k: tuple(v.shape) for k, v in model.state_dict().items()})
     _fit_problems(shapes, expected, Path(path).name)
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load weights into `model`, naming every layer that does not fit."""
-    state = _strip_prefixes(read_state_dict(path))
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+def load_weights(model: nn.Module, path: str | Path, reset: str | None = None) -> None:
+    """Load weights into `model`, naming every layer that does not fit. With `reset`,
+    that module (the classifier head) keeps its fresh initialisation."""
+    state = _outside(reset, _strip_prefixes(read_state_dict(path)))
+    expected = _outside(reset, {k: tuple(v.shape) for k, v in model.state_dict().items()})
     _fit_problems({k: tuple(v.shape) for k, v in state.items()}, expected, Path(path).name)
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=reset is None)
 
 
 def atomic_write(path: Path, write: Any) -> None:

@@ -23,6 +23,7 @@ from kdcore.checkpoints import CheckpointError, atomic_write, load_checkpoint, l
 from kdcore.data import DataSplits, load_dataset
 from kdcore.errors import SpecError
 from kdcore.export import model_config, onnx_max_abs_error, save_student
+from kdcore.features import classifier_name
 from kdcore.models import build_model
 from kdcore.plots import plot_curves
 from kdcore.report import build_report, held_out_metrics
@@ -72,8 +73,17 @@ def build_role(spec: ModelSpec, role: str, data: DataSplits) -> tuple[nn.Module,
     except (ValueError, RuntimeError, TypeError) as exc:
         raise SpecError([(f"/{role}/arch", f"cannot build {spec.arch}: {exc}")]) from None
     if spec.checkpoint:
-        load_weights(model, spec.checkpoint)
+        load_weights(model, spec.checkpoint, _head_to_reset(spec, role, model))
     return model, num_classes
+
+
+def _head_to_reset(spec: ModelSpec, role: str, model: nn.Module) -> str | None:
+    if not spec.reset_head:
+        return None
+    head = classifier_name(model)
+    if head is None:
+        raise SpecError([(f"/{role}/reset_head", f"{spec.arch} has no Linear classifier head")])
+    return head
 
 
 def _onnx_teacher(spec: ModelSpec, role: str, data: DataSplits, outputs: int) -> nn.Module:

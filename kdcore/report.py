@@ -107,6 +107,9 @@ def build_report(
         **model_summary(student, data.input_shape),
         "bytes_on_disk": weights.stat().st_size,
     }
+    if spec.student.checkpoint:  # a warm start: say so, and whether the head was fresh
+        s["initialised_from_checkpoint"] = True
+        s["reset_head"] = spec.student.reset_head
     if teacher is None or not members:
         return report
     t_metrics, t_out = held_out_metrics(teacher, data.test, regression, device)

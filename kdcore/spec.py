@@ -48,6 +48,12 @@ class ModelSpec(_Strict):
         "loading it runs code); for a teacher without arch, an ONNX graph.",
     )
 
+    reset_head: bool = Field(
+        default=False,
+        description="student: load `checkpoint` except the classifier head (the last "
+        "Linear), which starts fresh, e.g. for ImageNet weights on another class count",
+    )
+
     @property
     def label(self) -> str:
         """What reports call the model: its arch, or "onnx" for a graph teacher."""
@@ -332,6 +338,8 @@ class JobSpec(_Strict):
     def _student_names_an_arch(cls, student: ModelSpec) -> ModelSpec:
         if student.arch is None:
             raise ValueError("the student needs an arch (only a teacher may be an ONNX graph)")
+        if student.reset_head and student.checkpoint is None:
+            raise ValueError("reset_head needs a checkpoint to start from")
         return student
 
     @field_validator("teacher", "teachers")
@@ -340,6 +348,8 @@ class JobSpec(_Strict):
         for teacher in value if isinstance(value, list) else [value]:
             if teacher is not None and teacher.arch is None and teacher.checkpoint is None:
                 raise ValueError("a teacher needs an arch, or an ONNX graph as its checkpoint")
+            if teacher is not None and teacher.reset_head:
+                raise ValueError("reset_head is for the student: a teacher is used as trained")
         return value
 
     @field_validator("name")

@@ -145,6 +145,7 @@ def _check_weights_fit(
     from kdcore.checkpoints import check_fit
     from kdcore.data import describe
     from kdcore.errors import KDError
+    from kdcore.features import classifier_name
     from kdcore.models import build_model
 
     shape = describe(spec.dataset)
@@ -167,7 +168,7 @@ def _check_weights_fit(
                 continue
             with torch.device("meta"):
                 net = build_model(model.arch, model.num_classes or classes, input_shape)
-            check_fit(net, local)
+            check_fit(net, local, classifier_name(net) if model.reset_head else None)
         except (KDError, ValueError, RuntimeError) as exc:
             errors.append((f"{pointer}/checkpoint", str(exc)))
     return errors

@@ -85,3 +85,31 @@ def test_a_torch_export_archive_upload_is_refused_with_the_way_out(api, tmp_path
     torch.export.save(program, str(path))
     r = _upload(api, path)
     assert r.status_code == 422 and "ONNX instead" in r.json()["detail"]
+
+
+def test_a_student_initialised_from_a_checkpoint_with_its_head_reset(api, tmp_path):
+    from safetensors.torch import save_file
+
+    from kdcore.models import build_model
+
+    torch.manual_seed(2)
+    path = tmp_path / "imagenet-like.safetensors"  # pretrained elsewhere for 7 classes
+    save_file(build_model("small_cnn", 7, (1, 8, 8)).state_dict(), str(path))
+    up = _upload(api, path)
+    assert up.status_code == 201, up.text
+    spec = {
+        "name": "warm-student",
+        "kind": "distill",
+        "teacher": {"arch": "small_cnn_wide"},
+        "student": {"arch": "small_cnn", "checkpoint": up.json()["id"]},
+        "dataset": DIGITS,
+        "training": {"epochs": 1, "batch_size": 32, "precision": "fp32"},
+    }
+    r = api.post("/v1/jobs", json=spec)
+    assert r.status_code == 422 and "fc.weight" in r.json()["errors"][0]["msg"], r.text
+    spec["student"]["reset_head"] = True
+    job = api.post("/v1/jobs", json=spec)
+    assert job.status_code == 201, job.text
+    assert claim_and_run(api.settings, job.json()["id"]) == "succeeded"
+    student = api.get(f"/v1/jobs/{job.json()['id']}").json()["report"]["student"]
+    assert student["initialised_from_checkpoint"] is True and student["reset_head"] is True
