@@ -18,8 +18,14 @@ from kdcore.models import build_model
 CONFIG_VERSION = 1
 
 
-def model_config(arch: str, num_classes: int, data: DataSplits, task: str) -> dict[str, Any]:
+def model_config(
+    arch: str, num_classes: int, data: DataSplits, task: str, model: nn.Module | None = None
+) -> dict[str, Any]:
+    """student.json: everything `load_student` needs to rebuild the model."""
+    hf_config = getattr(model, "hf_config", None)
+    extra = {"hf_config": hf_config} if hf_config is not None else {}
     return {
+        **extra,
         "format_version": CONFIG_VERSION,
         "arch": arch,
         "num_classes": num_classes,
@@ -96,6 +102,11 @@ def load_student(out_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a student from `student.json` + `student.safetensors` in `out_dir`."""
     out_dir = Path(out_dir)
     config = json.loads((out_dir / "student.json").read_text())
-    model = build_model(config["arch"], config["num_classes"], tuple(config["input_shape"]))
+    model = build_model(
+        config["arch"],
+        config["num_classes"],
+        tuple(config["input_shape"]),
+        config.get("hf_config"),
+    )
     load_weights(model, out_dir / "student.safetensors")
     return model.eval(), config

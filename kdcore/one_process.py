@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from kdcore.archives import MAX_UNPACKED_BYTES, is_archive
 from kdcore.callbacks import Callbacks
 from kdcore.checkpoints import CheckpointError, atomic_write, load_checkpoint, load_weights
 from kdcore.data import DataSplits, load_dataset
@@ -25,6 +27,7 @@ from kdcore.errors import SpecError
 from kdcore.export import model_config, onnx_max_abs_error, save_student
 from kdcore.features import classifier_name
 from kdcore.models import build_model
+from kdcore.models.ecosystems import HF, read_hf_folder
 from kdcore.plots import plot_curves
 from kdcore.report import build_report, held_out_metrics
 from kdcore.spec import JobSpec, ModelSpec, model_entries
@@ -68,12 +71,21 @@ def build_role(spec: ModelSpec, role: str, data: DataSplits) -> tuple[nn.Module,
         )
     if spec.arch is None:
         return _onnx_teacher(spec, role, data, num_classes), num_classes
+    config, weights = spec.config, spec.checkpoint
+    folder = None
+    if spec.arch.startswith(HF) and weights and is_archive(weights):  # a model folder
+        config, local = read_hf_folder(Path(weights), MAX_UNPACKED_BYTES)
+        config, weights, folder = spec.config or config, str(local), local.parent
     try:
-        model = build_model(spec.arch, num_classes, data.input_shape)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise SpecError([(f"/{role}/arch", f"cannot build {spec.arch}: {exc}")]) from None
-    if spec.checkpoint:
-        load_weights(model, spec.checkpoint, _head_to_reset(spec, role, model))
+        try:
+            model = build_model(spec.arch, num_classes, data.input_shape, config)
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise SpecError([(f"/{role}/arch", f"cannot build {spec.arch}: {exc}")]) from None
+        if weights:
+            load_weights(model, weights, _head_to_reset(spec, role, model))
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
     return model, num_classes
 
 
@@ -162,7 +174,7 @@ def run_local(
         return {}
     files = save_student(
         student,
-        model_config(spec.student_arch, num_classes, data, spec.task),
+        model_config(spec.student_arch, num_classes, data, spec.task, student),
         out_dir,
         list(spec.export),
     )

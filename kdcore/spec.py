@@ -48,6 +48,11 @@ class ModelSpec(_Strict):
         "loading it runs code); for a teacher without arch, an ONNX graph.",
     )
 
+    config: dict[str, Any] | None = Field(
+        default=None,
+        description="hf:<Class> only: the transformers config (a JSON object, e.g. a small "
+        "ViT); an uploaded model folder brings its own config.json",
+    )
     reset_head: bool = Field(
         default=False,
         description="student: load `checkpoint` except the classifier head (the last "

@@ -140,13 +140,8 @@ def _check_weights_fit(
 ) -> list[tuple[str, str]]:
     """Compare each checkpoint's tensor shapes with its model, built on the meta device
     (no memory), for built-in datasets, whose shapes we know."""
-    import torch
-
-    from kdcore.checkpoints import check_fit
     from kdcore.data import describe
     from kdcore.errors import KDError
-    from kdcore.features import classifier_name
-    from kdcore.models import build_model
 
     shape = describe(spec.dataset)
     if shape is None:
@@ -159,19 +154,50 @@ def _check_weights_fit(
         path = resolve_reference(session, tenant_id, model.checkpoint, "checkpoint")
         if path is None:  # validate_spec reported it already
             continue
+        outputs = model.num_classes or classes
         try:
             local = storage.local_copy(settings, path)
             if model.arch is None:  # an ONNX teacher: its graph against the data
-                problem = _graph_problem(settings, local, input_shape, model.num_classes or classes)
-                if problem:
-                    errors.append((f"{pointer}/checkpoint", problem))
-                continue
-            with torch.device("meta"):
-                net = build_model(model.arch, model.num_classes or classes, input_shape)
-            check_fit(net, local, classifier_name(net) if model.reset_head else None)
+                problem = _graph_problem(settings, local, input_shape, outputs)
+            else:
+                problem = _weights_problem(settings, model, local, input_shape, outputs)
         except (KDError, ValueError, RuntimeError) as exc:
-            errors.append((f"{pointer}/checkpoint", str(exc)))
+            problem = str(exc)
+        if problem:
+            errors.append((f"{pointer}/checkpoint", problem))
     return errors
+
+
+def _weights_problem(
+    settings: Settings, model: Any, local: Any, input_shape: Any, outputs: int
+) -> str | None:
+    """Do the weights (or an hf model folder's) fit the model, built on the meta device?"""
+    import shutil
+
+    import torch
+
+    from kdcore.archives import is_archive
+    from kdcore.checkpoints import check_fit
+    from kdcore.features import classifier_name
+    from kdcore.models import build_model
+    from kdcore.models.ecosystems import HF, read_hf_folder
+
+    config, weights, folder = model.config, local, None
+    if model.arch.startswith(HF) and is_archive(local):
+        folder_config, weights = read_hf_folder(local, settings.max_archive_unpacked_bytes)
+        config, folder = model.config or folder_config, weights.parent
+    try:
+        with torch.device("meta"):
+            net = build_model(model.arch, outputs, input_shape, config)
+        params = sum(p.numel() for p in net.parameters())
+        if params > settings.max_model_params:
+            limit = settings.max_model_params
+            return f"{model.arch} has {params:,} parameters, over the limit of {limit:,}"
+        check_fit(net, weights, classifier_name(net) if model.reset_head else None)
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+    return None
 
 
 def _graph_problem(settings: Settings, path: Any, input_shape: Any, outputs: int) -> str | None:

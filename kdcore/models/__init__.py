@@ -11,6 +11,7 @@ from typing import Any
 import torchvision
 from torch import nn
 
+from kdcore.models import ecosystems
 from kdcore.models.cifar_resnet import CIFAR_RESNETS, CifarResNet
 from kdcore.models.small import MLP, SmallCNN
 from kdcore.models.wrn import WIDE_RESNETS, WideResNet
@@ -84,8 +85,33 @@ for _name in torchvision.models.list_models(module=torchvision.models):
     MODELS.add(_name, partial(_torchvision, _name))
 
 
-def build_model(arch: str, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+def build_model(
+    arch: str,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    config: dict[str, Any] | None = None,
+) -> nn.Module:
+    """A fresh model: a registry name, `timm:<name>` or `hf:<Class>` (with its config)."""
+    if arch.startswith(ecosystems.TIMM):
+        return ecosystems.build_timm(arch, num_classes, tuple(input_shape))
+    if arch.startswith(ecosystems.HF):
+        return ecosystems.build_hf(arch, num_classes, tuple(input_shape), config)
     return MODELS.get(arch)(num_classes, tuple(input_shape))
+
+
+def is_known(arch: str) -> bool:
+    return ecosystems.known(arch) if ecosystems.is_prefixed(arch) else arch in MODELS
+
+
+def unknown_arch(arch: str) -> str:
+    if arch.startswith(ecosystems.TIMM):
+        return f"unknown timm model {arch.removeprefix(ecosystems.TIMM)!r} (kdcore list models)"
+    if arch.startswith(ecosystems.HF):
+        return (
+            f"{arch.removeprefix(ecosystems.HF)!r} is not a transformers image classification "
+            "class (kdcore list models)"
+        )
+    return str(MODELS.unknown(arch))
 
 
 def default_feature_layers(model: nn.Module) -> list[str]:

@@ -106,3 +106,30 @@ def two_inputs(path: Path) -> Path:
     flat = helper.make_node("Flatten", ["s"], ["y"])
     onnx.save(_model([node, flat], [_image(), _image("z")], [_logits()]), str(path))
     return path
+
+
+def hf_folder(path: Path, arch: str, config: dict, classes: int, input_shape) -> Path:
+    """A Hugging Face model folder (config.json + model.safetensors) zipped, as a user
+    packages one: `model.save_pretrained(dir)` then `zip -r`. Random weights."""
+    import json
+    import zipfile
+
+    from safetensors.torch import save
+
+    from kdcore.models import build_model
+
+    model = build_model(arch, classes, tuple(input_shape), config)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("my-model/config.json", json.dumps(model.hf_config))
+        zf.writestr("my-model/model.safetensors", save(model.state_dict()))
+    return path
+
+
+TINY_VIT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "patch_size": 4,
+}
+TINY_HF_RESNET = {"embedding_size": 16, "hidden_sizes": [16, 32], "depths": [1, 1]}
