@@ -176,15 +176,6 @@ def _iter_tar(
             yield _check_name(m.name), _read_member(member, m.size, m.name, keep)
 
 
-def is_archive(path: str | Path) -> bool:
-    """A zip, or a tar (plain, gz, bz2 or xz): recognised from the content."""
-    path = Path(path)
-    try:
-        return zipfile.is_zipfile(path) or tarfile.is_tarfile(path)
-    except OSError:
-        return False
-
-
 def check_archive(
     archive: Path,
     max_files: int = MAX_FILES,

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdcore.archives import MAX_UNPACKED_BYTES, is_archive
+from kdcore.archives import MAX_UNPACKED_BYTES
 from kdcore.callbacks import Callbacks
 from kdcore.checkpoints import CheckpointError, atomic_write, load_checkpoint, load_weights
 from kdcore.data import DataSplits, load_dataset
@@ -27,7 +27,7 @@ from kdcore.errors import SpecError
 from kdcore.export import model_config, onnx_max_abs_error, save_student
 from kdcore.features import classifier_name
 from kdcore.models import build_model
-from kdcore.models.ecosystems import HF, read_hf_folder
+from kdcore.models.ecosystems import HF, is_model_folder, read_hf_folder
 from kdcore.plots import plot_curves
 from kdcore.report import build_report, held_out_metrics
 from kdcore.spec import JobSpec, ModelSpec, model_entries
@@ -73,7 +73,7 @@ def build_role(spec: ModelSpec, role: str, data: DataSplits) -> tuple[nn.Module,
         return _onnx_teacher(spec, role, data, num_classes), num_classes
     config, weights = spec.config, spec.checkpoint
     folder = None
-    if spec.arch.startswith(HF) and weights and is_archive(weights):  # a model folder
+    if spec.arch.startswith(HF) and weights and is_model_folder(weights):
         config, local = read_hf_folder(Path(weights), MAX_UNPACKED_BYTES)
         config, weights, folder = spec.config or config, str(local), local.parent
     try:

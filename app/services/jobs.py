@@ -176,14 +176,13 @@ def _weights_problem(
 
     import torch
 
-    from kdcore.archives import is_archive
     from kdcore.checkpoints import check_fit
     from kdcore.features import classifier_name
     from kdcore.models import build_model
-    from kdcore.models.ecosystems import HF, read_hf_folder
+    from kdcore.models.ecosystems import HF, is_model_folder, read_hf_folder
 
     config, weights, folder = model.config, local, None
-    if model.arch.startswith(HF) and is_archive(local):
+    if model.arch.startswith(HF) and is_model_folder(local):
         folder_config, weights = read_hf_folder(local, settings.max_archive_unpacked_bytes)
         config, folder = model.config or folder_config, weights.parent
     try:

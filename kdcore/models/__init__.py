@@ -130,3 +130,21 @@ def count_parameters(model: nn.Module) -> int:
     """torch parameters, plus the weights of any ONNX graph inside (kdcore.onnx_teacher)."""
     graphs = sum(getattr(m, "onnx_parameters", 0) for m in model.modules())
     return sum(p.numel() for p in model.parameters()) + graphs
+
+
+def architecture_names() -> list[str]:
+    """The registry's names, then every timm:<name> and hf:<Class>."""
+    return [*MODELS.names(), *ecosystems.timm_names(), *ecosystems.hf_names()]
+
+
+def parameter_count(arch: str, num_classes: int, input_shape: tuple[int, ...]) -> int | None:
+    """Parameters of `arch` at this shape, built on the meta device (no memory); None
+    where it cannot be built so (an hf class needs its config, a model may refuse the
+    shape)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return count_parameters(build_model(arch, num_classes, input_shape))
+    except (ValueError, RuntimeError, TypeError, AssertionError, NotImplementedError):
+        return None

@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from torch import nn
+
+# nothing is ever downloaded: models are built from configs with random weights
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TIMM, HF = "timm:", "hf:"
 HF_SUFFIX = "ForImageClassification"
@@ -123,6 +127,33 @@ def build_hf(
     skip = ("id2label", "label2id", "transformers_version")
     model.hf_config = {k: v for k, v in cfg.to_diff_dict().items() if k not in skip}
     return model
+
+
+def is_model_folder(path: str | Path, max_members: int = 1000) -> bool:
+    """A zip or tar with a config.json at its root or in one top folder (a torch.save
+    zip or a .pt2 archive has none). Only the member names are read."""
+    import tarfile
+    import zipfile
+
+    def has_config(names: Any) -> bool:
+        for i, name in enumerate(names):
+            parts = PurePosixPath(name).parts
+            if parts and parts[-1] == "config.json" and len(parts) <= 2:
+                return True
+            if i >= max_members:
+                return False
+        return False
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                return has_config(zf.namelist())
+        if tarfile.is_tarfile(path):
+            with tarfile.open(path) as tf:
+                return has_config(member.name for member in tf)
+    except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError, ValueError):
+        return False
+    return False
 
 
 def check_hf_folder(archive: Path, max_bytes: int) -> dict[str, Any]:
