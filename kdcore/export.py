@@ -37,9 +37,15 @@ def model_config(
 
 
 def save_student(
-    model: nn.Module, config: dict[str, Any], out_dir: Path, formats: list[str]
+    model: nn.Module,
+    config: dict[str, Any],
+    out_dir: Path,
+    formats: list[str],
+    skipped: dict[str, str] | None = None,
 ) -> dict[str, Path]:
-    """Write every requested format; returns {format: path}."""
+    """Write every requested format; returns {format: path}. TorchScript is written
+    where the model traces; where it does not (some timm and hf models), the reason goes
+    into `skipped` and the other formats are still written."""
     from safetensors.torch import save as safetensors_bytes
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -56,10 +62,15 @@ def save_student(
     example = torch.zeros(1, *config["input_shape"])
     if "torchscript" in formats:
         path = out_dir / "student.torchscript.pt"
-        with torch.no_grad():
-            scripted = torch.jit.trace(model, example)
-        atomic_write(path, lambda fh: torch.jit.save(scripted, fh))
-        paths["torchscript"] = path
+        try:
+            with torch.no_grad():
+                scripted = torch.jit.trace(model, example)
+            atomic_write(path, lambda fh: torch.jit.save(scripted, fh))
+            paths["torchscript"] = path
+        except Exception as exc:  # tracing fails in many model-specific ways
+            if skipped is None:
+                raise
+            skipped["torchscript"] = f"{type(exc).__name__}: {str(exc)[:300]}"
     if "onnx" in formats:
         path = out_dir / "student.onnx"
         export_onnx(model, example, path)

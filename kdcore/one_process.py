@@ -172,15 +172,19 @@ def run_local(
         if spec.baseline and teacher is not None:  # a collective run: every rank trains it
             _baseline(spec, data, device, {"accuracy": 0.0, "mse": 0.0}, None)
         return {}
+    skipped: dict[str, str] = {}
     files = save_student(
         student,
         model_config(spec.student_arch, num_classes, data, spec.task, student),
         out_dir,
         list(spec.export),
+        skipped,
     )
     report = build_report(
         spec, device, data, result, student, teacher, files["safetensors"], members
     )
+    if skipped:
+        report["exports_skipped"] = skipped
     if "onnx" in files:
         report["onnx_max_abs_error"] = onnx_max_abs_error(
             student.cpu(), files["onnx"], torch.randn(4, *data.input_shape)

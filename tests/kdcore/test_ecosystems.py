@@ -130,3 +130,80 @@ def test_an_inline_config_cannot_ask_for_remote_code():
     assert info.value.errors[0][0] == "/student/config"
     with pytest.raises(SpecError, match="config is for hf"):
         parse_spec(tiny_spec(student={"arch": "mlp", "config": {"a": 1}}))
+
+
+def test_a_model_that_does_not_trace_still_gets_its_other_formats(tmp_path):
+    from kdcore.export import save_student
+
+    class Untraceable(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            if torch.jit.is_tracing():
+                raise RuntimeError("data-dependent control flow")
+            return self.fc(x)
+
+    skipped: dict[str, str] = {}
+    config = {"arch": "x", "num_classes": 2, "input_shape": [4]}
+    paths = save_student(Untraceable(), config, tmp_path, ["safetensors", "torchscript"], skipped)
+    assert "safetensors" in paths and "torchscript" not in paths
+    assert "data-dependent control flow" in skipped["torchscript"]
+
+
+def test_kdcore_layers_and_list_params(tmp_path):
+    import contextlib
+    import io
+
+    from kdcore.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["layers", "timm:resnet10t", "--input-shape", "1", "28", "28"]) == 0
+    assert any(
+        line.split()[0] == "layer2" and "(N, 128, 4, 4)" in line
+        for line in out.getvalue().splitlines()[1:]
+    )
+    config = tmp_path / "vit.json"
+    config.write_text(json.dumps(graphs.TINY_VIT))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert (
+            main(
+                [
+                    "layers",
+                    "hf:ViTForImageClassification",
+                    "--input-shape",
+                    "1",
+                    "8",
+                    "8",
+                    "--config",
+                    str(config),
+                ]
+            )
+            == 0
+        )
+    assert "vit.embeddings" in out.getvalue()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert (
+            main(
+                [
+                    "list",
+                    "models",
+                    "--match",
+                    "timm:resnet18",
+                    "--params",
+                    "--input-shape",
+                    "1",
+                    "28",
+                    "28",
+                ]
+            )
+            == 0
+        )
+    name, count = out.getvalue().split()
+    assert name == "timm:resnet18" and int(count) == sum(
+        p.numel() for p in build_model("timm:resnet18", 10, (1, 28, 28)).parameters()
+    )
