@@ -207,3 +207,71 @@ def test_kdcore_layers_and_list_params(tmp_path):
     assert name == "timm:resnet18" and int(count) == sum(
         p.numel() for p in build_model("timm:resnet18", 10, (1, 28, 28)).parameters()
     )
+
+
+HF_FAMILIES = {
+    "ViTForImageClassification": graphs.TINY_VIT,
+    "DeiTForImageClassification": {**graphs.TINY_VIT, "num_hidden_layers": 1},
+    "ConvNextForImageClassification": {
+        "hidden_sizes": [8, 16],
+        "depths": [1, 1],
+        "num_stages": 2,
+        "patch_size": 2,
+    },
+    "SwinForImageClassification": {
+        "embed_dim": 16,
+        "depths": [1, 1],
+        "num_heads": [1, 2],
+        "window_size": 2,
+        "patch_size": 2,
+    },
+    "ResNetForImageClassification": graphs.TINY_HF_RESNET,
+    "MobileViTForImageClassification": {
+        "hidden_sizes": [16, 24, 32],
+        "neck_hidden_sizes": [8, 8, 16, 16, 24, 32, 64],
+        "num_attention_heads": 2,
+    },
+    "EfficientNetForImageClassification": {
+        "width_coefficient": 0.1,
+        "depth_coefficient": 0.1,
+        "hidden_dim": 128,
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(HF_FAMILIES))
+def test_each_hf_family_builds_offline_for_the_datasets_shape(name):
+    model = build_model(f"hf:{name}", 6, (1, 32, 32), HF_FAMILIES[name])
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, 32, 32))
+    assert out.shape == (2, 6)  # the logits tensor, not transformers' output object
+
+
+def test_an_hf_student_resumes_exactly(tmp_path):
+    """Interrupted mid-run and resumed: the same weights as a run straight through."""
+    from safetensors.torch import load_file
+
+    from kdcore.callbacks import Callbacks
+    from kdcore.errors import Cancelled
+
+    class StopAfter(Callbacks):
+        def __init__(self, n):
+            self.n, self.asked = n, 0
+
+        def should_stop(self):
+            self.asked += 1
+            return self.asked > self.n
+
+    spec = spec16(
+        teacher={"arch": "timm:resnet10t"},
+        student={"arch": "hf:ViTForImageClassification", "config": graphs.TINY_VIT},
+    )
+    spec["training"]["epochs"] = 2  # 5 steps each
+    kdcore.distill(spec, tmp_path / "straight")
+    with pytest.raises(Cancelled):
+        kdcore.distill(spec, tmp_path / "resumed", callbacks=StopAfter(7))
+    ckpt = tmp_path / "resumed" / "checkpoints" / "interrupted-step7.pt"
+    kdcore.distill(spec, tmp_path / "resumed", resume_from=ckpt)
+    a = load_file(tmp_path / "straight" / "student.safetensors")
+    b = load_file(tmp_path / "resumed" / "student.safetensors")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
