@@ -19,15 +19,11 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from torch import nn
-
-# nothing is ever downloaded: models are built from configs with random weights
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TIMM, HF = "timm:", "hf:"
 HF_SUFFIX = "ForImageClassification"

@@ -49,7 +49,7 @@ class LayersIn(BaseModel):
     num_classes: int = Field(default=10, ge=1, le=100_000)
 
 
-@router.post("/v1/architectures/layers", responses=problem_responses(401, 422))
+@router.post("/v1/architectures/layers", responses=problem_responses(400, 401, 413, 422))
 def architecture_layers(
     body: LayersIn, settings: SettingsDep, tenant: TenantDep
 ) -> list[dict[str, Any]]:
