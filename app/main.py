@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from app.api import problems
 from app.api.guards import BodyLimit, SecurityHeaders
 from app.api.observability import Metrics, RequestContext
-from app.api.routes import artifacts, files, jobs, meta, metrics
+from app.api.routes import architectures, artifacts, files, jobs, meta, metrics
 from app.api.sse import EventHub
 from app.db.migrate import upgrade
 from app.db.session import session_scope
@@ -95,7 +95,7 @@ def create_app(
     )
     app.add_middleware(SecurityHeaders)
     problems.install(app)
-    for module in (meta, metrics, files, jobs, artifacts):
+    for module in (meta, metrics, files, jobs, artifacts, architectures):
         app.include_router(module.router)
     mount_dashboard(app)
     return app

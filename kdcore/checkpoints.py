@@ -38,6 +38,21 @@ def _is_torchscript(path: Path) -> bool:
     return any("/code/" in n or n.endswith(("constants.pkl", ".debug_pkl")) for n in names)
 
 
+def _is_export_archive(path: Path) -> bool:
+    """A torch.export archive (.pt2): a zip with `archive_format` and a serialized
+    program (`models/*.json`, or `serialized_exported_program.json` in older ones)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    return any(
+        n.endswith(("archive_format", "serialized_exported_program.json"))
+        or ("/models/" in n and n.endswith(".json"))
+        for n in names
+    )
+
+
 def _looks_like_safetensors(head: bytes) -> bool:
     header_len = int.from_bytes(head[:8], "little")
     return head[8:9] == b"{" and 0 < header_len < MAX_SAFETENSORS_HEADER
@@ -63,6 +78,20 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError, RuntimeError):
             raise CheckpointError(f"{path.name} is not a valid safetensors file") from None
+    if head[:1] == b"\x08":
+        from kdcore.onnx_teacher import is_onnx
+
+        if is_onnx(path):
+            raise CheckpointError(
+                f"{path.name} is an ONNX graph, not weights: give it as a teacher's checkpoint "
+                "with no arch, and it runs in onnxruntime"
+            )
+    if _is_export_archive(path):
+        raise CheckpointError(
+            f"{path.name} is a torch.export archive (.pt2), which is refused: loading one "
+            "rebuilds Python code from the file. Export the model to ONNX instead "
+            "(torch.onnx.export) and upload the .onnx as a teacher's checkpoint"
+        )
     if _is_torchscript(path):
         raise CheckpointError(
             f"{path.name} is a TorchScript archive, which is refused: loading one runs the "
@@ -149,20 +178,29 @@ def _fit_problems(
         raise CheckpointError(f"{name} does not fit the model: {' | '.join(lines)}{hint}")
 
 
-def check_fit(model: nn.Module, path: str | Path) -> None:
+def _outside(head: str | None, names: dict[str, V]) -> dict[str, V]:
+    """`names` without the tensors of module `head` (a classifier being reset)."""
+    if head is None:
+        return names
+    return {k: v for k, v in names.items() if not k.startswith(head + ".")}
+
+
+def check_fit(model: nn.Module, path: str | Path, reset: str | None = None) -> None:
     """Raise CheckpointError naming every layer of the file that does not fit `model`
-    (which may live on the meta device: only shapes are compared)."""
-    shapes = _strip_prefixes(read_shapes(path))
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    (which may live on the meta device: only shapes are compared). With `reset`, the
+    tensors of that module (the classifier head) are left out on both sides."""
+    shapes = _outside(reset, _strip_prefixes(read_shapes(path)))
+    expected = _outside(reset, {k: tuple(v.shape) for k, v in model.state_dict().items()})
     _fit_problems(shapes, expected, Path(path).name)
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load weights into `model`, naming every layer that does not fit."""
-    state = _strip_prefixes(read_state_dict(path))
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+def load_weights(model: nn.Module, path: str | Path, reset: str | None = None) -> None:
+    """Load weights into `model`, naming every layer that does not fit. With `reset`,
+    that module (the classifier head) keeps its fresh initialisation."""
+    state = _outside(reset, _strip_prefixes(read_state_dict(path)))
+    expected = _outside(reset, {k: tuple(v.shape) for k, v in model.state_dict().items()})
     _fit_problems({k: tuple(v.shape) for k, v in state.items()}, expected, Path(path).name)
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=reset is None)
 
 
 def atomic_write(path: Path, write: Any) -> None:

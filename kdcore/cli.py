@@ -6,6 +6,7 @@ Exit codes: 0 done, 1 the run failed, 2 bad input (spec, files), 130 interrupted
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import sys
 import time
@@ -104,19 +105,76 @@ def _export(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from kdcore.data import DATASETS
     from kdcore.losses import LOSSES
-    from kdcore.models import MODELS
+    from kdcore.models import MODELS, architecture_names, parameter_count
     from kdcore.registry import Registry
     from kdcore.spec import METHOD_DEFAULTS
 
     families: dict[str, Registry[Any]] = {"models": MODELS, "datasets": DATASETS, "methods": LOSSES}
     for name, registry in families.items():
-        if args.family in (None, name):
-            print(f"{name}: {' '.join(registry.names())}")
+        if args.family not in (None, name):
+            continue
+        names = architecture_names() if name == "models" else registry.names()
+        names = fnmatch.filter(names, args.match) if args.match else names
+        if name == "models" and args.params:  # one per line, sized at this shape
+            shape = tuple(args.input_shape)
+            for arch in names:
+                count = parameter_count(arch, args.classes, shape)
+                print(f"{arch}\t{count if count is not None else '-'}")
+        else:
+            print(f"{name}: {' '.join(names)}")
     if args.family in (None, "methods"):  # what a spec that leaves them unset gets
         for method in LOSSES.names():
             defaults = METHOD_DEFAULTS.get(method, {})
             print(f"  {method:<7} " + " ".join(f"{k}={v}" for k, v in defaults.items()))
     return 0
+
+
+def _shape_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--input-shape",
+        type=int,
+        nargs="+",
+        default=[3, 32, 32],
+        metavar="N",
+        help="the dataset's input shape: C H W (images) or D (vectors); default 3 32 32",
+    )
+    p.add_argument("--classes", type=int, default=10, help="outputs (default 10)")
+
+
+def _layers(args: argparse.Namespace) -> int:
+    """Every layer's name, type and output shape: the names student_layers and
+    teacher_layers take."""
+    import torch
+
+    from kdcore.features import layer_shapes
+    from kdcore.models import build_model
+
+    config = _hf_config(Path(args.config)) if args.config else None
+    shape = tuple(args.input_shape)
+    try:
+        model = build_model(args.arch, args.classes, shape, config)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise SpecError([("arch", f"cannot build {args.arch}: {exc}")]) from None
+    print(f"{args.arch} at input {list(shape)}, {args.classes} outputs:")
+    for name, kind, out in layer_shapes(model, torch.zeros(2, *shape)):
+        print(f"  {name:<48} {kind:<24} (N, {', '.join(map(str, out[1:]))})")
+    return 0
+
+
+def _hf_config(path: Path) -> Any:
+    """A config.json, or the one inside a zipped/tarred model folder."""
+    from kdcore.archives import MAX_UNPACKED_BYTES
+    from kdcore.models.ecosystems import is_model_folder
+
+    if not is_model_folder(path):
+        return _load_spec_file(str(path))
+    import shutil
+
+    from kdcore.models.ecosystems import read_hf_folder
+
+    config, weights = read_hf_folder(path, MAX_UNPACKED_BYTES)
+    shutil.rmtree(weights.parent, ignore_errors=True)
+    return config
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -148,7 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_export)
     p = sub.add_parser("list", help="list architectures, datasets and methods")
     p.add_argument("family", nargs="?", choices=["models", "datasets", "methods"])
+    p.add_argument("--match", help="only names matching this glob, e.g. 'timm:resnet*'")
+    p.add_argument("--params", action="store_true", help="models: parameter counts")
+    _shape_arguments(p)
     p.set_defaults(func=_list)
+    p = sub.add_parser("layers", help="the layers of an architecture, with output shapes")
+    p.add_argument("arch", help="a registry name, timm:<name> or hf:<Class>")
+    p.add_argument("--config", help="hf:<Class>: its config.json (or a model folder's)")
+    _shape_arguments(p)
+    p.set_defaults(func=_layers)
     p = sub.add_parser("validate", help="check a spec without running it")
     p.add_argument("spec")
     p.set_defaults(func=_validate)

@@ -81,8 +81,10 @@ def model_cost(model: ModelSpec, classes: int, input_shape: tuple[int, ...]) -> 
 
     from kdcore.models import build_model
 
+    if model.arch is None:
+        raise ValueError("an ONNX teacher is sized by kdcore.onnx_teacher.inspect_onnx")
     with torch.device("meta"):
-        net = build_model(model.arch, model.num_classes or classes, input_shape)
+        net = build_model(model.arch, model.num_classes or classes, input_shape, model.config)
     params = sum(p.numel() for p in net.parameters())
     values = 0
 
@@ -128,6 +130,8 @@ def check_limits(spec: JobSpec, limits: Limits) -> list[tuple[str, str]]:
     batch = spec.training.batch_size
     total_values = 0
     for pointer, model in spec.model_roles():
+        if model.arch is None or (model.arch.startswith("hf:") and model.config is None):
+            continue  # an ONNX graph or an hf folder: sized from the file (the service)
         try:
             params, values = model_cost(model, max(data.classes, 1), data.input_shape)
         except (ValueError, RuntimeError, TypeError) as exc:

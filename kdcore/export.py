@@ -18,8 +18,14 @@ from kdcore.models import build_model
 CONFIG_VERSION = 1
 
 
-def model_config(arch: str, num_classes: int, data: DataSplits, task: str) -> dict[str, Any]:
+def model_config(
+    arch: str, num_classes: int, data: DataSplits, task: str, model: nn.Module | None = None
+) -> dict[str, Any]:
+    """student.json: everything `load_student` needs to rebuild the model."""
+    hf_config = getattr(model, "hf_config", None)
+    extra = {"hf_config": hf_config} if hf_config is not None else {}
     return {
+        **extra,
         "format_version": CONFIG_VERSION,
         "arch": arch,
         "num_classes": num_classes,
@@ -31,9 +37,15 @@ def model_config(arch: str, num_classes: int, data: DataSplits, task: str) -> di
 
 
 def save_student(
-    model: nn.Module, config: dict[str, Any], out_dir: Path, formats: list[str]
+    model: nn.Module,
+    config: dict[str, Any],
+    out_dir: Path,
+    formats: list[str],
+    skipped: dict[str, str] | None = None,
 ) -> dict[str, Path]:
-    """Write every requested format; returns {format: path}."""
+    """Write every requested format; returns {format: path}. TorchScript is written
+    where the model traces; where it does not (some timm and hf models), the reason goes
+    into `skipped` and the other formats are still written."""
     from safetensors.torch import save as safetensors_bytes
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -50,10 +62,15 @@ def save_student(
     example = torch.zeros(1, *config["input_shape"])
     if "torchscript" in formats:
         path = out_dir / "student.torchscript.pt"
-        with torch.no_grad():
-            scripted = torch.jit.trace(model, example)
-        atomic_write(path, lambda fh: torch.jit.save(scripted, fh))
-        paths["torchscript"] = path
+        try:
+            with torch.no_grad():
+                scripted = torch.jit.trace(model, example)
+            atomic_write(path, lambda fh: torch.jit.save(scripted, fh))
+            paths["torchscript"] = path
+        except Exception as exc:  # tracing fails in many model-specific ways
+            if skipped is None:
+                raise
+            skipped["torchscript"] = f"{type(exc).__name__}: {str(exc)[:300]}"
     if "onnx" in formats:
         path = out_dir / "student.onnx"
         export_onnx(model, example, path)
@@ -96,6 +113,11 @@ def load_student(out_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a student from `student.json` + `student.safetensors` in `out_dir`."""
     out_dir = Path(out_dir)
     config = json.loads((out_dir / "student.json").read_text())
-    model = build_model(config["arch"], config["num_classes"], tuple(config["input_shape"]))
+    model = build_model(
+        config["arch"],
+        config["num_classes"],
+        tuple(config["input_shape"]),
+        config.get("hf_config"),
+    )
     load_weights(model, out_dir / "student.safetensors")
     return model.eval(), config

@@ -45,3 +45,32 @@ def classifier_name(model: nn.Module) -> str | None:
     """The last nn.Linear in the model (its classifier head), or None."""
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name]
     return linears[-1] if linears else None
+
+
+def layer_shapes(model: nn.Module, example: Tensor) -> list[tuple[str, str, list[int]]]:
+    """(name, module type, output shape) of every named module that returns a tensor,
+    in the order they run on `example`: what `student_layers` / `teacher_layers` and
+    `kdcore layers` offer."""
+    import torch
+
+    seen: list[tuple[str, str, list[int]]] = []
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def record(m: nn.Module, _inputs: object, output: object, name: str = name) -> None:
+            if isinstance(output, Tensor):
+                seen.append((name, type(m).__name__, list(output.shape)))
+
+        handles.append(module.register_forward_hook(record))
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    return seen

@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from kdcore.archives import MAX_UNPACKED_BYTES
 from kdcore.callbacks import Callbacks
 from kdcore.checkpoints import CheckpointError, atomic_write, load_checkpoint, load_weights
 from kdcore.data import DataSplits, load_dataset
 from kdcore.errors import SpecError
 from kdcore.export import model_config, onnx_max_abs_error, save_student
+from kdcore.features import classifier_name
 from kdcore.models import build_model
+from kdcore.models.ecosystems import HF, is_model_folder, read_hf_folder
 from kdcore.plots import plot_curves
 from kdcore.report import build_report, held_out_metrics
 from kdcore.spec import JobSpec, ModelSpec, model_entries
@@ -65,13 +69,51 @@ def build_role(spec: ModelSpec, role: str, data: DataSplits) -> tuple[nn.Module,
                 )
             ]
         )
+    if spec.arch is None:
+        return _onnx_teacher(spec, role, data, num_classes), num_classes
+    config, weights = spec.config, spec.checkpoint
+    folder = None
+    if spec.arch.startswith(HF) and weights and is_model_folder(weights):
+        config, local = read_hf_folder(Path(weights), MAX_UNPACKED_BYTES)
+        config, weights, folder = spec.config or config, str(local), local.parent
     try:
-        model = build_model(spec.arch, num_classes, data.input_shape)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise SpecError([(f"/{role}/arch", f"cannot build {spec.arch}: {exc}")]) from None
-    if spec.checkpoint:
-        load_weights(model, spec.checkpoint)
+        try:
+            model = build_model(spec.arch, num_classes, data.input_shape, config)
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise SpecError([(f"/{role}/arch", f"cannot build {spec.arch}: {exc}")]) from None
+        if weights:
+            load_weights(model, weights, _head_to_reset(spec, role, model))
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
     return model, num_classes
+
+
+def _head_to_reset(spec: ModelSpec, role: str, model: nn.Module) -> str | None:
+    if not spec.reset_head:
+        return None
+    head = classifier_name(model)
+    if head is None:
+        raise SpecError([(f"/{role}/reset_head", f"{spec.arch} has no Linear classifier head")])
+    return head
+
+
+def _onnx_teacher(spec: ModelSpec, role: str, data: DataSplits, outputs: int) -> nn.Module:
+    """A teacher given only as an ONNX graph: checked, fitted to the data, then run by
+    onnxruntime (kdcore.onnx_teacher)."""
+    from kdcore.onnx_teacher import OnnxTeacher, fit_problem, inspect_onnx, is_onnx
+
+    pointer = f"/{role}/checkpoint"
+    if not spec.checkpoint or not is_onnx(spec.checkpoint):
+        raise SpecError([(pointer, "a teacher without arch must be an ONNX graph")])
+    try:
+        sig = inspect_onnx(spec.checkpoint)
+    except CheckpointError as exc:
+        raise SpecError([(pointer, str(exc))]) from None
+    problem = fit_problem(sig, data.input_shape, outputs)
+    if problem:
+        raise SpecError([(pointer, problem)])
+    return OnnxTeacher(spec.checkpoint, sig)
 
 
 def build_teachers(
@@ -130,15 +172,19 @@ def run_local(
         if spec.baseline and teacher is not None:  # a collective run: every rank trains it
             _baseline(spec, data, device, {"accuracy": 0.0, "mse": 0.0}, None)
         return {}
+    skipped: dict[str, str] = {}
     files = save_student(
         student,
-        model_config(spec.student.arch, num_classes, data, spec.task),
+        model_config(spec.student_arch, num_classes, data, spec.task, student),
         out_dir,
         list(spec.export),
+        skipped,
     )
     report = build_report(
         spec, device, data, result, student, teacher, files["safetensors"], members
     )
+    if skipped:
+        report["exports_skipped"] = skipped
     if "onnx" in files:
         report["onnx_max_abs_error"] = onnx_max_abs_error(
             student.cpu(), files["onnx"], torch.randn(4, *data.input_shape)

@@ -60,7 +60,9 @@ def agreement(student_out: torch.Tensor, teacher_out: torch.Tensor) -> float:
 def _state_bytes(model: nn.Module) -> int:
     from safetensors.torch import save
 
-    return len(save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
+    graphs = sum(getattr(m, "onnx_bytes", 0) for m in model.modules())  # ONNX teachers
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return graphs + (len(save(state)) if state else 0)
 
 
 def build_report(
@@ -100,18 +102,21 @@ def build_report(
     }
     s_metrics, s_out = held_out_metrics(student, data.test, regression, device)
     s = report["student"] = {
-        "arch": spec.student.arch,
+        "arch": spec.student_arch,
         **s_metrics,
         **model_summary(student, data.input_shape),
         "bytes_on_disk": weights.stat().st_size,
     }
+    if spec.student.checkpoint:  # a warm start: say so, and whether the head was fresh
+        s["initialised_from_checkpoint"] = True
+        s["reset_head"] = spec.student.reset_head
     if teacher is None or not members:
         return report
     t_metrics, t_out = held_out_metrics(teacher, data.test, regression, device)
     if spec.teachers is not None:
         report["teachers"] = [
             {
-                "arch": m_spec.arch,
+                "arch": m_spec.label,
                 "weight": getattr(m_spec, "weight", 1.0),
                 **held_out_metrics(model, data.test, regression, device)[0],
                 "parameters": count_parameters(model),
@@ -119,7 +124,7 @@ def build_report(
             for m_spec, model in members
         ]
     t = report["teacher"] = {
-        "arch": " + ".join(m_spec.arch for m_spec, _ in members),
+        "arch": " + ".join(m_spec.label for m_spec, _ in members),
         **t_metrics,
         **model_summary(teacher, data.input_shape),
         "bytes_on_disk": _state_bytes(teacher),

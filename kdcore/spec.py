@@ -31,7 +31,13 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    arch: str = Field(min_length=1, max_length=100)
+    arch: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="A registry name (kdcore list models). None: a teacher whose checkpoint "
+        "is an ONNX graph (students always name an arch).",
+    )
     num_classes: int | None = Field(default=None, ge=1, le=MAX_CLASSES)
     in_channels: int | None = Field(default=None, ge=1, le=64)
     checkpoint: str | None = Field(
@@ -39,8 +45,24 @@ class ModelSpec(_Strict):
         max_length=4096,
         description="Weights: a path (CLI) or an uploaded file / artifact id (service). "
         "safetensors or a weights-only torch state dict (TorchScript is refused: "
-        "loading it runs code).",
+        "loading it runs code); for a teacher without arch, an ONNX graph.",
     )
+
+    config: dict[str, Any] | None = Field(
+        default=None,
+        description="hf:<Class> only: the transformers config (a JSON object, e.g. a small "
+        "ViT); an uploaded model folder brings its own config.json",
+    )
+    reset_head: bool = Field(
+        default=False,
+        description="student: load `checkpoint` except the classifier head (the last "
+        "Linear), which starts fresh, e.g. for ImageNet weights on another class count",
+    )
+
+    @property
+    def label(self) -> str:
+        """What reports call the model: its arch, or "onnx" for a graph teacher."""
+        return self.arch or "onnx"
 
 
 class TeacherSpec(ModelSpec):
@@ -311,6 +333,29 @@ class JobSpec(_Strict):
     def model_roles(self) -> list[tuple[str, ModelSpec]]:
         """(JSON pointer, spec) of every model the job builds: teachers, then the student."""
         return [*self.teacher_models(), ("/student", self.student)]
+
+    @property
+    def student_arch(self) -> str:
+        return self.student.arch or ""  # never empty: _student_names_an_arch
+
+    @field_validator("student")
+    @classmethod
+    def _student_names_an_arch(cls, student: ModelSpec) -> ModelSpec:
+        if student.arch is None:
+            raise ValueError("the student needs an arch (only a teacher may be an ONNX graph)")
+        if student.reset_head and student.checkpoint is None:
+            raise ValueError("reset_head needs a checkpoint to start from")
+        return student
+
+    @field_validator("teacher", "teachers")
+    @classmethod
+    def _teachers_name_something(cls, value: Any) -> Any:
+        for teacher in value if isinstance(value, list) else [value]:
+            if teacher is not None and teacher.arch is None and teacher.checkpoint is None:
+                raise ValueError("a teacher needs an arch, or an ONNX graph as its checkpoint")
+            if teacher is not None and teacher.reset_head:
+                raise ValueError("reset_head is for the student: a teacher is used as trained")
+        return value
 
     @field_validator("name")
     @classmethod

@@ -11,8 +11,9 @@ from pydantic import ValidationError
 from kdcore.data import DATASETS, needs_path
 from kdcore.errors import SpecError
 from kdcore.losses import LOSSES
-from kdcore.models import MODELS
-from kdcore.spec import JobSpec
+from kdcore.models import is_known, unknown_arch
+from kdcore.models.ecosystems import HF, check_hf_config
+from kdcore.spec import JobSpec, ModelSpec
 
 
 def _pointer(loc: tuple[Any, ...]) -> str:
@@ -40,8 +41,9 @@ def validate_names(spec: JobSpec) -> list[tuple[str, str]]:
     """Check registry names and method/task fit. Returns (pointer, message) pairs."""
     problems: list[tuple[str, str]] = []
     for pointer, model in spec.model_roles():
-        if model.arch not in MODELS:
-            problems.append((f"{pointer}/arch", str(MODELS.unknown(model.arch))))
+        if model.arch is not None and not is_known(model.arch):
+            problems.append((f"{pointer}/arch", unknown_arch(model.arch)))
+        problems += _config_problems(pointer, model)
     if spec.dataset.name not in DATASETS:
         problems.append(("/dataset/name", str(DATASETS.unknown(spec.dataset.name))))
     elif needs_path(spec.dataset.name) and not spec.dataset.path:
@@ -64,6 +66,20 @@ def validate_names(spec: JobSpec) -> list[tuple[str, str]]:
     return problems
 
 
+def _config_problems(pointer: str, model: ModelSpec) -> list[tuple[str, str]]:
+    is_hf = model.arch is not None and model.arch.startswith(HF)
+    if model.config is not None and not is_hf:
+        return [(f"{pointer}/config", "config is for hf:<Class> models only")]
+    if is_hf and model.config is None and model.checkpoint is None:
+        return [(f"{pointer}/config", f"{model.arch} needs a config or a model folder")]
+    if model.config is not None:
+        try:
+            check_hf_config(model.config)
+        except ValueError as exc:
+            return [(f"{pointer}/config", str(exc))]
+    return []
+
+
 def _method_problems(spec: JobSpec) -> list[tuple[str, str]]:
     """Does the method exist, fit the task, the teachers and the process count?"""
     method = spec.distillation.method
@@ -75,6 +91,16 @@ def _method_problems(spec: JobSpec) -> list[tuple[str, str]]:
         return [("/distillation/method", f"task {spec.task} needs method {want}")]
     loss_cls = LOSSES.get(method)
     problems = []
+    graphs = [p for p, m in spec.teacher_models() if m.arch is None]
+    if graphs and getattr(loss_cls, "needs_features", False):
+        problems.append(
+            (
+                graphs[0],
+                f"method {method} reads the teacher's intermediate features, and an ONNX "
+                "teacher gives only its output; use a logit method (kd, dkd, dist) or name "
+                "the teacher's arch",
+            )
+        )
     if spec.teachers is not None and getattr(loss_cls, "needs_features", False):
         problems.append(
             (

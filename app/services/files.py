@@ -28,9 +28,15 @@ def check_content(path: Path, filename: str, purpose: str, settings: Settings) -
     from kdcore.checkpoints import read_state_dict
     from kdcore.data import check_npz_arrays
     from kdcore.errors import KDError
+    from kdcore.models.ecosystems import check_hf_folder, is_model_folder
+    from kdcore.onnx_teacher import inspect_onnx, is_onnx
 
     try:
-        if purpose == "checkpoint":
+        if purpose == "checkpoint" and is_onnx(path):
+            inspect_onnx(path)  # a graph teacher: plain, standard operators, caps
+        elif purpose == "checkpoint" and is_model_folder(path):
+            check_hf_folder(path, settings.max_archive_unpacked_bytes)  # a model folder
+        elif purpose == "checkpoint":
             read_state_dict(path)
         elif filename.endswith(".npz"):
             check_npz_arrays(inspect_npz(path, settings.max_archive_unpacked_bytes))

@@ -140,12 +140,8 @@ def _check_weights_fit(
 ) -> list[tuple[str, str]]:
     """Compare each checkpoint's tensor shapes with its model, built on the meta device
     (no memory), for built-in datasets, whose shapes we know."""
-    import torch
-
-    from kdcore.checkpoints import check_fit
     from kdcore.data import describe
     from kdcore.errors import KDError
-    from kdcore.models import build_model
 
     shape = describe(spec.dataset)
     if shape is None:
@@ -158,13 +154,64 @@ def _check_weights_fit(
         path = resolve_reference(session, tenant_id, model.checkpoint, "checkpoint")
         if path is None:  # validate_spec reported it already
             continue
+        outputs = model.num_classes or classes
         try:
-            with torch.device("meta"):
-                net = build_model(model.arch, model.num_classes or classes, input_shape)
-            check_fit(net, storage.local_copy(settings, path))
+            local = storage.local_copy(settings, path)
+            if model.arch is None:  # an ONNX teacher: its graph against the data
+                problem = _graph_problem(settings, local, input_shape, outputs)
+            else:
+                problem = _weights_problem(settings, model, local, input_shape, outputs)
         except (KDError, ValueError, RuntimeError) as exc:
-            errors.append((f"{pointer}/checkpoint", str(exc)))
+            problem = str(exc)
+        if problem:
+            errors.append((f"{pointer}/checkpoint", problem))
     return errors
+
+
+def _weights_problem(
+    settings: Settings, model: Any, local: Any, input_shape: Any, outputs: int
+) -> str | None:
+    """Do the weights (or an hf model folder's) fit the model, built on the meta device?"""
+    import shutil
+
+    import torch
+
+    from kdcore.checkpoints import check_fit
+    from kdcore.features import classifier_name
+    from kdcore.models import build_model
+    from kdcore.models.ecosystems import HF, is_model_folder, read_hf_folder
+
+    config, weights, folder = model.config, local, None
+    if model.arch.startswith(HF) and is_model_folder(local):
+        folder_config, weights = read_hf_folder(local, settings.max_archive_unpacked_bytes)
+        config, folder = model.config or folder_config, weights.parent
+    try:
+        with torch.device("meta"):
+            net = build_model(model.arch, outputs, input_shape, config)
+        params = sum(p.numel() for p in net.parameters())
+        if params > settings.max_model_params:
+            limit = settings.max_model_params
+            return f"{model.arch} has {params:,} parameters, over the limit of {limit:,}"
+        check_fit(net, weights, classifier_name(net) if model.reset_head else None)
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
+def _graph_problem(settings: Settings, path: Any, input_shape: Any, outputs: int) -> str | None:
+    """Why an ONNX teacher cannot serve this job (not a graph, wrong shapes, too big)."""
+    from kdcore.onnx_teacher import fit_problem, inspect_onnx, is_onnx
+
+    if not is_onnx(path):
+        return "a teacher without arch must be an ONNX graph"
+    sig = inspect_onnx(path)
+    if sig.parameters > settings.max_model_params:
+        return (
+            f"the ONNX teacher has {sig.parameters:,} weights, over the limit of "
+            f"{settings.max_model_params:,}"
+        )
+    return fit_problem(sig, tuple(input_shape), outputs)
 
 
 def _insert_job(

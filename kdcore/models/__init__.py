@@ -11,6 +11,7 @@ from typing import Any
 import torchvision
 from torch import nn
 
+from kdcore.models import ecosystems
 from kdcore.models.cifar_resnet import CIFAR_RESNETS, CifarResNet
 from kdcore.models.small import MLP, SmallCNN
 from kdcore.models.wrn import WIDE_RESNETS, WideResNet
@@ -84,8 +85,33 @@ for _name in torchvision.models.list_models(module=torchvision.models):
     MODELS.add(_name, partial(_torchvision, _name))
 
 
-def build_model(arch: str, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+def build_model(
+    arch: str,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    config: dict[str, Any] | None = None,
+) -> nn.Module:
+    """A fresh model: a registry name, `timm:<name>` or `hf:<Class>` (with its config)."""
+    if arch.startswith(ecosystems.TIMM):
+        return ecosystems.build_timm(arch, num_classes, tuple(input_shape))
+    if arch.startswith(ecosystems.HF):
+        return ecosystems.build_hf(arch, num_classes, tuple(input_shape), config)
     return MODELS.get(arch)(num_classes, tuple(input_shape))
+
+
+def is_known(arch: str) -> bool:
+    return ecosystems.known(arch) if ecosystems.is_prefixed(arch) else arch in MODELS
+
+
+def unknown_arch(arch: str) -> str:
+    if arch.startswith(ecosystems.TIMM):
+        return f"unknown timm model {arch.removeprefix(ecosystems.TIMM)!r} (kdcore list models)"
+    if arch.startswith(ecosystems.HF):
+        return (
+            f"{arch.removeprefix(ecosystems.HF)!r} is not a transformers image classification "
+            "class (kdcore list models)"
+        )
+    return str(MODELS.unknown(arch))
 
 
 def default_feature_layers(model: nn.Module) -> list[str]:
@@ -101,4 +127,24 @@ def default_feature_layers(model: nn.Module) -> list[str]:
 
 
 def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """torch parameters, plus the weights of any ONNX graph inside (kdcore.onnx_teacher)."""
+    graphs = sum(getattr(m, "onnx_parameters", 0) for m in model.modules())
+    return sum(p.numel() for p in model.parameters()) + graphs
+
+
+def architecture_names() -> list[str]:
+    """The registry's names, then every timm:<name> and hf:<Class>."""
+    return [*MODELS.names(), *ecosystems.timm_names(), *ecosystems.hf_names()]
+
+
+def parameter_count(arch: str, num_classes: int, input_shape: tuple[int, ...]) -> int | None:
+    """Parameters of `arch` at this shape, built on the meta device (no memory); None
+    where it cannot be built so (an hf class needs its config, a model may refuse the
+    shape)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return count_parameters(build_model(arch, num_classes, input_shape))
+    except (ValueError, RuntimeError, TypeError, AssertionError, NotImplementedError):
+        return None

@@ -48,7 +48,7 @@ def readyz(session: SessionDep, settings: SettingsDep) -> JSONResponse:
 def capabilities(settings: SettingsDep, tenant: TenantDep) -> dict[str, Any]:
     from kdcore.data import DATASETS
     from kdcore.losses import LOSSES
-    from kdcore.models import MODELS
+    from kdcore.models import architecture_names
     from kdcore.spec import (
         EXPORT_FORMATS,
         KINDS,
@@ -65,7 +65,9 @@ def capabilities(settings: SettingsDep, tenant: TenantDep) -> dict[str, Any]:
         "methods": LOSSES.names(),
         # what a spec that names only the method gets (docs/kdcore.md, "Methods")
         "method_defaults": {m: METHOD_DEFAULTS.get(m, {}) for m in LOSSES.names()},
-        "architectures": MODELS.names(),
+        # the registry, then timm:<name> and hf:<Class>; GET /v1/architectures filters and
+        # sizes them, POST /v1/architectures/layers lists one's layers
+        "architectures": architecture_names(),
         "datasets": DATASETS.names(),
         "export_formats": list(EXPORT_FORMATS),
         "executor": "celery" if settings.broker_url else "local",

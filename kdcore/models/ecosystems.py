@@ -1,0 +1,197 @@
+"""Architectures from the ecosystems users already work in, named with a prefix:
+
+  timm:<model name>         any timm model, built with `num_classes` and `in_chans`
+                            from the dataset (and `img_size` where the model takes one);
+                            random initialisation, never a download
+  hf:<ModelClass>           a Hugging Face transformers image classifier (ViT, DeiT,
+                            ConvNext, Swin, ResNet, MobileViT, EfficientNet...), built
+                            from a config dict: the spec's inline `config`, or the
+                            config.json of an uploaded model folder
+
+An hf config is data: it is read by the config class's `from_dict`, never through the
+Auto* classes, so `auto_map` and remote code cannot take part (such keys are refused).
+A forward hook turns the model's output object into its logits tensor, so the
+trainer, the feature taps and the exports see a plain classifier with the model's own
+layer names and state-dict keys.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from torch import nn
+
+TIMM, HF = "timm:", "hf:"
+HF_SUFFIX = "ForImageClassification"
+# keys that would make transformers look for code or remote files
+HF_REFUSED_KEYS = frozenset({"auto_map", "custom_pipelines", "trust_remote_code"})
+MAX_CONFIG_BYTES = 256 * 1024
+
+
+def is_prefixed(arch: str) -> bool:
+    return arch.startswith((TIMM, HF))
+
+
+@functools.cache
+def timm_names() -> tuple[str, ...]:
+    import timm
+
+    return tuple(TIMM + n for n in timm.list_models())
+
+
+@functools.cache
+def hf_names() -> tuple[str, ...]:
+    import transformers
+
+    # not the Auto* classes (they resolve classes from the config, remote code included)
+    # nor TimmWrapper (it builds from timm's hub names); TF/Flax classes are not torch
+    skip = ("Auto", "TimmWrapper", "TF", "Flax")
+    return tuple(
+        HF + n for n in dir(transformers) if n.endswith(HF_SUFFIX) and not n.startswith(skip)
+    )
+
+
+def known(arch: str) -> bool:
+    if arch.startswith(TIMM):
+        return arch in timm_names()
+    return arch in hf_names()
+
+
+def _image(input_shape: tuple[int, ...], arch: str) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise ValueError(f"{arch} needs image input (C, H, W); got shape {list(input_shape)}")
+    c, h, w = input_shape
+    return c, h, w
+
+
+def build_timm(arch: str, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    import timm
+
+    c, h, w = _image(input_shape, arch)
+    kwargs: dict[str, Any] = {"pretrained": False, "num_classes": num_classes, "in_chans": c}
+    try:  # transformers-style models size their position embeddings from img_size
+        return timm.create_model(arch.removeprefix(TIMM), img_size=(h, w), **kwargs)
+    except TypeError:  # convolutional models take no img_size
+        return timm.create_model(arch.removeprefix(TIMM), **kwargs)
+
+
+def check_hf_config(config: Any) -> dict[str, Any]:
+    if not isinstance(config, dict):
+        raise ValueError("an hf config is a JSON object")
+    refused = HF_REFUSED_KEYS & set(config)
+    if refused:
+        raise ValueError(f"hf config keys {sorted(refused)} are refused: no remote code runs")
+    if len(json.dumps(config)) > MAX_CONFIG_BYTES:
+        raise ValueError(f"the hf config is over {MAX_CONFIG_BYTES // 1024} KiB")
+    return config
+
+
+def _logits(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+    return output.logits
+
+
+def build_hf(
+    arch: str, num_classes: int, input_shape: tuple[int, ...], config: dict[str, Any] | None
+) -> nn.Module:
+    """The class `arch` names, from `config` with the dataset's class count, channels and
+    image size put in (so one config serves any dataset; weights that then do not fit
+    are named by the checkpoint check)."""
+    import transformers
+
+    name = arch.removeprefix(HF)
+    if HF + name not in hf_names():
+        raise ValueError(f"{name} is not a transformers image classification class")
+    if config is None:
+        raise ValueError(f"{arch} needs a config: student.config, or an uploaded model folder")
+    c, h, _ = _image(input_shape, arch)
+    cls = getattr(transformers, name)
+    values = {k: v for k, v in check_hf_config(config).items() if k not in ("architectures",)}
+    cfg = cls.config_class.from_dict(values)
+    cfg.num_labels = num_classes
+    cfg.return_dict = True
+    if hasattr(cfg, "num_channels"):
+        cfg.num_channels = c
+    if hasattr(cfg, "image_size"):
+        cfg.image_size = h
+    model = cls(cfg)
+    model.register_forward_hook(_logits)
+    # what student.json records to rebuild it (labels are the dataset's, versions vary)
+    skip = ("id2label", "label2id", "transformers_version")
+    model.hf_config = {k: v for k, v in cfg.to_diff_dict().items() if k not in skip}
+    return model
+
+
+def is_model_folder(path: str | Path, max_members: int = 1000) -> bool:
+    """A zip or tar with a config.json at its root or in one top folder (a torch.save
+    zip or a .pt2 archive has none). Only the member names are read."""
+    import tarfile
+    import zipfile
+
+    def has_config(names: Any) -> bool:
+        for i, name in enumerate(names):
+            parts = PurePosixPath(name).parts
+            if parts and parts[-1] == "config.json" and len(parts) <= 2:
+                return True
+            if i >= max_members:
+                return False
+        return False
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                return has_config(zf.namelist())
+        if tarfile.is_tarfile(path):
+            with tarfile.open(path) as tf:
+                return has_config(member.name for member in tf)
+    except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError, ValueError):
+        return False
+    return False
+
+
+def check_hf_folder(archive: Path, max_bytes: int) -> dict[str, Any]:
+    """Check an uploaded model folder without keeping it: caps, config.json, and
+    model.safetensors readable as weights. Returns the config."""
+    import shutil
+
+    from kdcore.checkpoints import read_shapes
+
+    config, weights = read_hf_folder(archive, max_bytes)
+    try:
+        read_shapes(weights)
+    finally:
+        shutil.rmtree(weights.parent, ignore_errors=True)
+    return config
+
+
+def read_hf_folder(archive: Path, max_bytes: int) -> tuple[dict[str, Any], Path]:
+    """config.json and model.safetensors from an uploaded zip/tar of a model folder
+    (at its root or in one top folder), read with the archive caps. Returns the config
+    and the weights written to a temporary file (the caller deletes its folder)."""
+    from kdcore.archives import iter_archive_files
+    from kdcore.errors import CheckpointError, DataError
+
+    wanted = {"config.json": b"", "model.safetensors": b""}
+    try:
+        for rel, content in iter_archive_files(archive, max_files=1000, max_bytes=max_bytes):
+            name = PurePosixPath(rel).name
+            if name in wanted and len(PurePosixPath(rel).parts) <= 2:
+                wanted[name] = content
+    except DataError as exc:
+        raise CheckpointError(str(exc)) from None
+    missing = [n for n, blob in wanted.items() if not blob]
+    if missing:
+        raise CheckpointError(
+            f"{archive.name} is not a Hugging Face model folder: it lacks {', '.join(missing)}"
+        )
+    try:
+        config = check_hf_config(json.loads(wanted["config.json"]))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{archive.name}: config.json: {exc}") from None
+    folder = Path(tempfile.mkdtemp(prefix="kd_hf_"))
+    weights = folder / "model.safetensors"
+    weights.write_bytes(wanted["model.safetensors"])
+    return config, weights

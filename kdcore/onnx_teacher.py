@@ -1,0 +1,204 @@
+"""Teachers that exist only as an ONNX graph (`"teacher": {"checkpoint": ...}`, no
+`arch`).
+
+An uploaded graph is untrusted. `inspect_onnx` reads it as a protobuf message (parsing
+runs no code) and refuses it unless it is plain: the ONNX checker passes, every opset
+and node is of the standard domain (no custom operators, so no native library would be
+asked for), nothing lives in external data files (a path such as ../../etc/passwd is
+never opened), every declared shape is within caps, and there is one image input
+(N, C, H, W) and one output (N, classes). `OnnxTeacher` then runs it forward-only in
+onnxruntime, which executes the graph's operators and nothing else: no Python from
+the file ever runs. We chose onnxruntime over converting the graph to torch modules
+(onnx2torch): a converter must trust the graph's structure to build code-shaped
+modules, while onnxruntime is the reference executor, covers every standard operator
+and is what the graph's author tested against.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from kdcore.errors import CheckpointError
+
+STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
+MAX_IMAGE_SIDE = 4096
+MAX_CHANNELS = 64
+MAX_OUTPUTS = 100_000
+MAX_TENSOR_ELEMENTS = 2_000_000_000  # a declared initializer or constant larger than this
+
+
+@dataclass(frozen=True)
+class OnnxSignature:
+    input_name: str
+    input_shape: tuple[int | None, ...]  # (C, H, W); None where the graph leaves it free
+    outputs: int | None  # classes (or regression targets); None if free
+    parameters: int  # elements in the graph's initializers
+
+
+def is_onnx(path: str | Path) -> bool:
+    """Recognised from the content: an ONNX model is a protobuf message whose first
+    field is its ir_version (tag 0x08), and it parses as a ModelProto."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(1) != b"\x08":
+                return False
+        _load(Path(path))
+    except (OSError, CheckpointError):
+        return False
+    return True
+
+
+def _load(path: Path) -> Any:
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError):
+        raise CheckpointError(f"{path.name} is not a valid ONNX model") from None
+
+
+def _graphs(graph: Any) -> Any:
+    """The graph and every subgraph (If/Loop/Scan bodies), depth first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _graphs(attr.g)
+            for sub in attr.graphs:
+                yield from _graphs(sub)
+
+
+def _tensors(graph: Any) -> Any:
+    """Every tensor stored in a graph: initializers, sparse ones, node attributes."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+
+
+def _check_plain(model: Any, name: str) -> int:
+    """Refuse custom domains and external data; returns the initializers' element count."""
+    for opset in model.opset_import:
+        if opset.domain not in STANDARD_DOMAINS:
+            raise CheckpointError(
+                f"{name} uses the operator set {opset.domain!r}; only standard ONNX operators "
+                "are accepted (custom operators would need native code)"
+            )
+    if len(model.functions):
+        raise CheckpointError(f"{name} defines its own functions; only standard operators run")
+    for graph in _graphs(model.graph):
+        for node in graph.node:
+            if node.domain not in STANDARD_DOMAINS:
+                raise CheckpointError(
+                    f"{name} has a node of the custom domain {node.domain!r}; only standard "
+                    "ONNX operators are accepted"
+                )
+        for tensor in _tensors(graph):
+            if tensor.data_location == 1 or len(tensor.external_data):  # EXTERNAL
+                raise CheckpointError(
+                    f"{name} keeps tensors in external data files, which are never opened: "
+                    "export with the weights inside the file (one .onnx under 2 GB)"
+                )
+            elements = math.prod(tensor.dims) if len(tensor.dims) else 1
+            if any(d < 0 for d in tensor.dims) or elements > MAX_TENSOR_ELEMENTS:
+                raise CheckpointError(f"{name} declares a tensor of shape {list(tensor.dims)}")
+    return sum(math.prod(t.dims) for t in model.graph.initializer)
+
+
+def _dims(value_info: Any) -> list[int | None]:
+    shape = value_info.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
+
+
+def inspect_onnx(path: str | Path) -> OnnxSignature:
+    """Check an untrusted ONNX file (see the module docstring) and describe its one
+    input and one output. Raises CheckpointError with a readable reason."""
+    import onnx
+
+    path = Path(path)
+    model = _load(path)
+    parameters = _check_plain(model, path.name)
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError, RuntimeError):
+        raise CheckpointError(f"{path.name} fails the ONNX checker") from None
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise CheckpointError(
+            f"{path.name} has {len(inputs)} inputs and {len(model.graph.output)} outputs; a "
+            "teacher needs one image input (N, C, H, W) and one output (N, classes)"
+        )
+    in_dims, out_dims = _dims(inputs[0]), _dims(model.graph.output[0])
+    if len(in_dims) != 4 or len(out_dims) != 2:
+        raise CheckpointError(
+            f"{path.name} takes a {len(in_dims)}-D input and gives a {len(out_dims)}-D output; "
+            "a teacher needs an image input (N, C, H, W) and an output (N, classes)"
+        )
+    caps = (MAX_CHANNELS, MAX_IMAGE_SIDE, MAX_IMAGE_SIDE)
+    for dim, cap in zip(in_dims[1:], caps, strict=True):
+        if dim is not None and not 1 <= dim <= cap:
+            raise CheckpointError(f"{path.name} declares an input of shape {in_dims}")
+    if out_dims[1] is not None and not 1 <= out_dims[1] <= MAX_OUTPUTS:
+        raise CheckpointError(f"{path.name} declares an output of shape {out_dims}")
+    elem = inputs[0].type.tensor_type.elem_type
+    if elem != onnx.TensorProto.FLOAT:
+        raise CheckpointError(
+            f"{path.name} takes {onnx.TensorProto.DataType.Name(elem)}; "
+            "a teacher takes float32 images"
+        )
+    return OnnxSignature(inputs[0].name, tuple(in_dims[1:]), out_dims[1], parameters)
+
+
+def fit_problem(sig: OnnxSignature, input_shape: tuple[int, ...], outputs: int) -> str | None:
+    """Why the dataset does not fit the graph (shapes in the message), or None."""
+    if len(input_shape) != 3:
+        return f"the ONNX teacher takes images (N, C, H, W); the dataset gives {list(input_shape)}"
+    for want, have in zip(sig.input_shape, input_shape, strict=True):
+        if want is not None and want != have:
+            wanted = ", ".join(str(d or "?") for d in sig.input_shape)
+            given = ", ".join(map(str, input_shape))
+            return (
+                f"the ONNX teacher takes input (N, {wanted}), the dataset gives (N, {given}); "
+                "set dataset.image_size or export the graph for this size"
+            )
+    if sig.outputs is not None and sig.outputs != outputs:
+        return f"the ONNX teacher gives {sig.outputs} outputs, the dataset has {outputs}"
+    return None
+
+
+class OnnxTeacher(nn.Module):
+    """An ONNX graph as a frozen teacher: forward-only in onnxruntime (CUDA when this
+    worker has onnxruntime's CUDA provider and a GPU, else the CPU). It has no torch
+    parameters; `onnx_parameters` counts the graph's weights for the report."""
+
+    def __init__(self, path: str | Path, sig: OnnxSignature):
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, torch.get_num_threads())
+        providers = ["CPUExecutionProvider"]
+        if torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.input_name = sig.input_name
+        self.onnx_parameters = sig.parameters
+        self.onnx_bytes = Path(path).stat().st_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        (out,) = self.session.run(None, {self.input_name: batch})
+        return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)
