@@ -30,6 +30,9 @@ HF_SUFFIX = "ForImageClassification"
 # keys that would make transformers look for code or remote files
 HF_REFUSED_KEYS = frozenset({"auto_map", "custom_pipelines", "trust_remote_code"})
 MAX_CONFIG_BYTES = 256 * 1024
+# building a model costs time per layer even on the meta device: cap what a config asks
+MAX_CONFIG_INT = 1_000_000
+MAX_CONFIG_LAYERS = 256
 
 
 def is_prefixed(arch: str) -> bool:
@@ -87,6 +90,13 @@ def check_hf_config(config: Any) -> dict[str, Any]:
         raise ValueError(f"hf config keys {sorted(refused)} are refused: no remote code runs")
     if len(json.dumps(config)) > MAX_CONFIG_BYTES:
         raise ValueError(f"the hf config is over {MAX_CONFIG_BYTES // 1024} KiB")
+    for key, value in config.items():
+        numbers = value if isinstance(value, list) else [value]
+        ints = [v for v in numbers if isinstance(v, int) and not isinstance(v, bool)]
+        if any(abs(v) > MAX_CONFIG_INT for v in ints):
+            raise ValueError(f"hf config {key!r} is over {MAX_CONFIG_INT:,}")
+        if ("layers" in key or "depth" in key) and sum(ints) > MAX_CONFIG_LAYERS:
+            raise ValueError(f"hf config {key!r} asks for over {MAX_CONFIG_LAYERS} layers")
     return config
 
 

@@ -128,6 +128,14 @@ def test_an_inline_config_cannot_ask_for_remote_code():
     with pytest.raises(SpecError) as info:
         parse_spec(spec)
     assert info.value.errors[0][0] == "/student/config"
+    for greedy, words in (
+        ({**graphs.TINY_VIT, "num_hidden_layers": 10_000_000}, "over 1,000,000"),
+        ({**graphs.TINY_VIT, "num_hidden_layers": 5000}, "over 256 layers"),
+        ({"depths": [200, 200], "hidden_sizes": [8, 8]}, "over 256 layers"),
+    ):
+        spec = tiny_spec(student={"arch": "hf:ViTForImageClassification", "config": greedy})
+        with pytest.raises(SpecError, match=words):
+            parse_spec(spec)
     with pytest.raises(SpecError, match="config is for hf"):
         parse_spec(tiny_spec(student={"arch": "mlp", "config": {"a": 1}}))
 
