@@ -101,19 +101,19 @@ def _head_to_reset(spec: ModelSpec, role: str, model: nn.Module) -> str | None:
 def _onnx_teacher(spec: ModelSpec, role: str, data: DataSplits, outputs: int) -> nn.Module:
     """A teacher given only as an ONNX graph: checked, fitted to the data, then run by
     onnxruntime (kdcore.onnx_teacher)."""
-    from kdcore.onnx_teacher import OnnxTeacher, fit_problem, inspect_onnx, is_onnx
+    from kdcore.onnx_teacher import OnnxTeacher, fit_problem, read_onnx
 
-    pointer = f"/{role}/checkpoint"
-    if not spec.checkpoint or not is_onnx(spec.checkpoint):
-        raise SpecError([(pointer, "a teacher without arch must be an ONNX graph")])
+    pointer, checkpoint = f"/{role}/checkpoint", spec.checkpoint or ""
     try:
-        sig = inspect_onnx(spec.checkpoint)
+        sig = read_onnx(checkpoint) if checkpoint else None
     except CheckpointError as exc:
         raise SpecError([(pointer, str(exc))]) from None
+    if sig is None:
+        raise SpecError([(pointer, "a teacher without arch must be an ONNX graph")])
     problem = fit_problem(sig, data.input_shape, outputs)
     if problem:
         raise SpecError([(pointer, problem)])
-    return OnnxTeacher(spec.checkpoint, sig)
+    return OnnxTeacher(checkpoint, sig)
 
 
 def build_teachers(

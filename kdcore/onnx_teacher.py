@@ -42,17 +42,27 @@ class OnnxSignature:
     parameters: int  # elements in the graph's initializers
 
 
-def is_onnx(path: str | Path) -> bool:
-    """Recognised from the content: an ONNX model is a protobuf message whose first
-    field is its ir_version (tag 0x08), and it parses as a ModelProto."""
+def _parse_if_onnx(path: Path) -> Any | None:
+    """The ModelProto if the content is ONNX (a protobuf message whose first field is
+    its ir_version, tag 0x08, and that parses as a ModelProto), else None. One read."""
     try:
         with open(path, "rb") as fh:
             if fh.read(1) != b"\x08":
-                return False
-        _load(Path(path))
+                return None
+        return _load(path)
     except (OSError, CheckpointError):
-        return False
-    return True
+        return None
+
+
+def is_onnx(path: str | Path) -> bool:
+    return _parse_if_onnx(Path(path)) is not None
+
+
+def read_onnx(path: str | Path) -> OnnxSignature | None:
+    """None when the file is not ONNX; its signature when it is an acceptable graph;
+    CheckpointError when it is a graph we refuse. The file is parsed once."""
+    model = _parse_if_onnx(Path(path))
+    return None if model is None else _describe(model, Path(path).name)
 
 
 def _load(path: Path) -> Any:
@@ -125,39 +135,41 @@ def _dims(value_info: Any) -> list[int | None]:
 def inspect_onnx(path: str | Path) -> OnnxSignature:
     """Check an untrusted ONNX file (see the module docstring) and describe its one
     input and one output. Raises CheckpointError with a readable reason."""
+    path = Path(path)
+    return _describe(_load(path), path.name)
+
+
+def _describe(model: Any, name: str) -> OnnxSignature:
     import onnx
 
-    path = Path(path)
-    model = _load(path)
-    parameters = _check_plain(model, path.name)
+    parameters = _check_plain(model, name)
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError, RuntimeError):
-        raise CheckpointError(f"{path.name} fails the ONNX checker") from None
+        raise CheckpointError(f"{name} fails the ONNX checker") from None
     initializers = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1 or len(model.graph.output) != 1:
         raise CheckpointError(
-            f"{path.name} has {len(inputs)} inputs and {len(model.graph.output)} outputs; a "
+            f"{name} has {len(inputs)} inputs and {len(model.graph.output)} outputs; a "
             "teacher needs one image input (N, C, H, W) and one output (N, classes)"
         )
     in_dims, out_dims = _dims(inputs[0]), _dims(model.graph.output[0])
     if len(in_dims) != 4 or len(out_dims) != 2:
         raise CheckpointError(
-            f"{path.name} takes a {len(in_dims)}-D input and gives a {len(out_dims)}-D output; "
+            f"{name} takes a {len(in_dims)}-D input and gives a {len(out_dims)}-D output; "
             "a teacher needs an image input (N, C, H, W) and an output (N, classes)"
         )
     caps = (MAX_CHANNELS, MAX_IMAGE_SIDE, MAX_IMAGE_SIDE)
     for dim, cap in zip(in_dims[1:], caps, strict=True):
         if dim is not None and not 1 <= dim <= cap:
-            raise CheckpointError(f"{path.name} declares an input of shape {in_dims}")
+            raise CheckpointError(f"{name} declares an input of shape {in_dims}")
     if out_dims[1] is not None and not 1 <= out_dims[1] <= MAX_OUTPUTS:
-        raise CheckpointError(f"{path.name} declares an output of shape {out_dims}")
+        raise CheckpointError(f"{name} declares an output of shape {out_dims}")
     elem = inputs[0].type.tensor_type.elem_type
     if elem != onnx.TensorProto.FLOAT:
         raise CheckpointError(
-            f"{path.name} takes {onnx.TensorProto.DataType.Name(elem)}; "
-            "a teacher takes float32 images"
+            f"{name} takes {onnx.TensorProto.DataType.Name(elem)}; a teacher takes float32 images"
         )
     return OnnxSignature(inputs[0].name, tuple(in_dims[1:]), out_dims[1], parameters)
 

@@ -25,19 +25,12 @@ def check_content(path: Path, filename: str, purpose: str, settings: Settings) -
     """Refuse files kdcore could not use safely, with the reason. Nothing is unpickled,
     nothing is inflated into memory, and no message quotes the file's bytes."""
     from kdcore.archives import check_archive, inspect_npz
-    from kdcore.checkpoints import read_state_dict
     from kdcore.data import check_npz_arrays
     from kdcore.errors import KDError
-    from kdcore.models.ecosystems import check_hf_folder, is_model_folder
-    from kdcore.onnx_teacher import inspect_onnx, is_onnx
 
     try:
-        if purpose == "checkpoint" and is_onnx(path):
-            inspect_onnx(path)  # a graph teacher: plain, standard operators, caps
-        elif purpose == "checkpoint" and is_model_folder(path):
-            check_hf_folder(path, settings.max_archive_unpacked_bytes)  # a model folder
-        elif purpose == "checkpoint":
-            read_state_dict(path)
+        if purpose == "checkpoint":
+            _check_checkpoint(path, settings)
         elif filename.endswith(".npz"):
             check_npz_arrays(inspect_npz(path, settings.max_archive_unpacked_bytes))
         else:
@@ -45,6 +38,21 @@ def check_content(path: Path, filename: str, purpose: str, settings: Settings) -
     except KDError as exc:
         message = str(exc).replace(path.name, filename)  # never show our temp file's name
         raise Invalid([("/file", message)], message) from None
+
+
+def _check_checkpoint(path: Path, settings: Settings) -> None:
+    """A checkpoint upload is a teacher graph (ONNX), a model folder (Hugging Face) or
+    weights; each is checked the way kdcore will read it."""
+    from kdcore.checkpoints import read_state_dict
+    from kdcore.models.ecosystems import check_hf_folder, is_model_folder
+    from kdcore.onnx_teacher import read_onnx
+
+    if read_onnx(path) is not None:  # parsed once: standard operators, no external data, caps
+        return
+    if is_model_folder(path):
+        check_hf_folder(path, settings.max_archive_unpacked_bytes)
+        return
+    read_state_dict(path)
 
 
 def store_upload(

@@ -201,11 +201,11 @@ def _weights_problem(
 
 def _graph_problem(settings: Settings, path: Any, input_shape: Any, outputs: int) -> str | None:
     """Why an ONNX teacher cannot serve this job (not a graph, wrong shapes, too big)."""
-    from kdcore.onnx_teacher import fit_problem, inspect_onnx, is_onnx
+    from kdcore.onnx_teacher import fit_problem, read_onnx
 
-    if not is_onnx(path):
+    sig = read_onnx(path)
+    if sig is None:
         return "a teacher without arch must be an ONNX graph"
-    sig = inspect_onnx(path)
     if sig.parameters > settings.max_model_params:
         return (
             f"the ONNX teacher has {sig.parameters:,} weights, over the limit of "

@@ -59,15 +59,7 @@ def test_an_onnx_teacher_from_a_custom_module_distils_into_a_registry_student(ap
     assert report["teacher"]["arch"] == "onnx" and report["student"]["arch"] == "small_cnn"
 
 
-@pytest.mark.parametrize(
-    ("craft", "reason"),
-    [
-        (graphs.custom_op, "evil.ops"),
-        (graphs.external_data, "external data"),
-        (graphs.huge_input, "declares an input"),
-        (graphs.huge_initializer, "declares a tensor"),
-    ],
-)
+@pytest.mark.parametrize(("craft", "reason"), graphs.HOSTILE)
 def test_hostile_onnx_uploads_are_refused_and_not_kept(api, tmp_path, craft, reason):
     before = api.get("/v1/files").json()["data"]
     r = _upload(api, craft(tmp_path / "x.onnx"))
@@ -202,8 +194,20 @@ def test_architectures_are_listed_sized_and_their_layers_shown(api):
         },
     )
     assert r.status_code == 200 and any(row["name"] == "vit.embeddings" for row in r.json())
+    for query in (
+        {"input_shape": "0,28,28"},
+        {"input_shape": "1,28,28,28"},
+        {"input_shape": "a,b"},
+        {"input_shape": "1,99999,99999"},
+        {"match": "x" * 101},
+        {"limit": 0},
+    ):
+        r = api.get("/v1/architectures", params=query)
+        assert r.status_code == 422, (query, r.text)
     for bad in (
         {"arch": "timm:nope", "input_shape": [1, 8, 8]},
+        {"arch": "timm:resnet10t", "input_shape": [1, 0, 8]},
+        {"arch": "timm:resnet10t", "input_shape": [1, 2, 3, 4]},
         {"arch": "timm:vit_huge_patch14_224", "input_shape": [3, 1024, 1024]},
         {
             "arch": "hf:ViTForImageClassification",

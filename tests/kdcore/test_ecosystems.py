@@ -259,16 +259,8 @@ def test_an_hf_student_resumes_exactly(tmp_path):
     """Interrupted mid-run and resumed: the same weights as a run straight through."""
     from safetensors.torch import load_file
 
-    from kdcore.callbacks import Callbacks
     from kdcore.errors import Cancelled
-
-    class StopAfter(Callbacks):
-        def __init__(self, n):
-            self.n, self.asked = n, 0
-
-        def should_stop(self):
-            self.asked += 1
-            return self.asked > self.n
+    from tests.support.stops import StopBeforeStep
 
     spec = spec16(
         teacher={"arch": "timm:resnet10t"},
@@ -277,7 +269,7 @@ def test_an_hf_student_resumes_exactly(tmp_path):
     spec["training"]["epochs"] = 2  # 5 steps each
     kdcore.distill(spec, tmp_path / "straight")
     with pytest.raises(Cancelled):
-        kdcore.distill(spec, tmp_path / "resumed", callbacks=StopAfter(7))
+        kdcore.distill(spec, tmp_path / "resumed", callbacks=StopBeforeStep(7))
     ckpt = tmp_path / "resumed" / "checkpoints" / "interrupted-step7.pt"
     kdcore.distill(spec, tmp_path / "resumed", resume_from=ckpt)
     a = load_file(tmp_path / "straight" / "student.safetensors")

@@ -107,16 +107,7 @@ def test_a_graph_where_weights_are_expected_says_what_to_do(custom):
         read_state_dict(path)
 
 
-@pytest.mark.parametrize(
-    ("craft", "reason"),
-    [
-        (graphs.custom_op, "operator set 'evil.ops'"),
-        (graphs.external_data, "external data files"),
-        (graphs.huge_input, "declares an input of shape"),
-        (graphs.huge_initializer, "declares a tensor of shape"),
-        (graphs.two_inputs, "2 inputs"),
-    ],
-)
+@pytest.mark.parametrize(("craft", "reason"), graphs.HOSTILE)
 def test_hostile_graphs_are_refused_before_anything_runs(tmp_path, monkeypatch, craft, reason):
     import onnxruntime
 

@@ -8,22 +8,11 @@ import pytest
 from safetensors.torch import load_file
 
 import kdcore
-from kdcore.callbacks import Callbacks
 from kdcore.errors import Cancelled
 from tests.support.specs import tiny_spec
+from tests.support.stops import StopBeforeStep
 
 pytestmark = pytest.mark.integration  # a fresh process resumes
-
-
-class StopBeforeStep(Callbacks):
-    """should_stop is asked once before every step: answer True before step `n` runs."""
-
-    def __init__(self, n):
-        self.n, self.asked = n, 0
-
-    def should_stop(self):
-        self.asked += 1
-        return self.asked > self.n
 
 
 @pytest.mark.parametrize(

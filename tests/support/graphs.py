@@ -108,6 +108,16 @@ def two_inputs(path: Path) -> Path:
     return path
 
 
+# each crafted graph and the words its refusal must contain
+HOSTILE = [
+    (custom_op, "operator set 'evil.ops'"),
+    (external_data, "external data files"),
+    (huge_input, "declares an input of shape"),
+    (huge_initializer, "declares a tensor of shape"),
+    (two_inputs, "2 inputs"),
+]
+
+
 def hf_folder(path: Path, arch: str, config: dict, classes: int, input_shape) -> Path:
     """A Hugging Face model folder (config.json + model.safetensors) zipped, as a user
     packages one: `model.save_pretrained(dir)` then `zip -r`. Random weights."""
