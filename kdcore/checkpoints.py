@@ -189,9 +189,31 @@ def check_fit(model: nn.Module, path: str | Path, reset: str | None = None) -> N
     """Raise CheckpointError naming every layer of the file that does not fit `model`
     (which may live on the meta device: only shapes are compared). With `reset`, the
     tensors of that module (the classifier head) are left out on both sides."""
-    shapes = _outside(reset, _strip_prefixes(read_shapes(path)))
+    fit_shapes(model, read_shapes(path), Path(path).name, reset)
+
+
+def fit_shapes(
+    model: nn.Module, shapes: dict[str, tuple[int, ...]], name: str, reset: str | None = None
+) -> None:
+    """check_fit for shapes already read (e.g. a safetensors header inside an archive)."""
     expected = _outside(reset, {k: tuple(v.shape) for k, v in model.state_dict().items()})
-    _fit_problems(shapes, expected, Path(path).name)
+    _fit_problems(_outside(reset, _strip_prefixes(shapes)), expected, name)
+
+
+def safetensors_header_shapes(fh: Any, name: str) -> dict[str, tuple[int, ...]]:
+    """{tensor: shape} from the header at the start of a safetensors stream; only the
+    header is read (capped), never the tensors."""
+    import json
+
+    head = fh.read(8)
+    length = int.from_bytes(head, "little") if len(head) == 8 else 0
+    if not 0 < length < MAX_SAFETENSORS_HEADER:
+        raise CheckpointError(f"{name} is not a valid safetensors file")
+    try:
+        header = json.loads(fh.read(length))
+        return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise CheckpointError(f"{name} is not a valid safetensors file") from None
 
 
 def load_weights(model: nn.Module, path: str | Path, reset: str | None = None) -> None:

@@ -172,30 +172,30 @@ def _weights_problem(
     settings: Settings, model: Any, local: Any, input_shape: Any, outputs: int
 ) -> str | None:
     """Do the weights (or an hf model folder's) fit the model, built on the meta device?"""
-    import shutil
 
     import torch
 
-    from kdcore.checkpoints import check_fit
+    from kdcore.checkpoints import check_fit, fit_shapes
     from kdcore.features import classifier_name
     from kdcore.models import build_model
-    from kdcore.models.ecosystems import HF, is_model_folder, read_hf_folder
+    from kdcore.models.ecosystems import HF, is_model_folder, read_hf_folder_shapes
 
-    config, weights, folder = model.config, local, None
+    config, shapes = model.config, None
     if model.arch.startswith(HF) and is_model_folder(local):
-        folder_config, weights = read_hf_folder(local, settings.max_archive_unpacked_bytes)
-        config, folder = model.config or folder_config, weights.parent
-    try:
-        with torch.device("meta"):
-            net = build_model(model.arch, outputs, input_shape, config)
-        params = sum(p.numel() for p in net.parameters())
-        if params > settings.max_model_params:
-            limit = settings.max_model_params
-            return f"{model.arch} has {params:,} parameters, over the limit of {limit:,}"
-        check_fit(net, weights, classifier_name(net) if model.reset_head else None)
-    finally:
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+        # checked in full at upload: here only its config and its weights' header
+        folder_config, shapes = read_hf_folder_shapes(local)
+        config = model.config or folder_config
+    with torch.device("meta"):
+        net = build_model(model.arch, outputs, input_shape, config)
+    params = sum(p.numel() for p in net.parameters())
+    if params > settings.max_model_params:
+        limit = settings.max_model_params
+        return f"{model.arch} has {params:,} parameters, over the limit of {limit:,}"
+    reset = classifier_name(net) if model.reset_head else None
+    if shapes is None:
+        check_fit(net, local, reset)
+    else:
+        fit_shapes(net, shapes, local.name, reset)
     return None
 
 

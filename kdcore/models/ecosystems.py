@@ -177,6 +177,49 @@ def check_hf_folder(archive: Path, max_bytes: int) -> dict[str, Any]:
     return config
 
 
+def read_hf_folder_shapes(archive: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """config.json and the tensor shapes of model.safetensors, read from an already
+    checked model folder without inflating the weights (a submission's fit check)."""
+    import tarfile
+    import zipfile
+
+    from kdcore.errors import CheckpointError
+
+    def wanted(name: str) -> str | None:
+        parts = PurePosixPath(name).parts
+        ok = parts and len(parts) <= 2 and parts[-1] in ("config.json", "model.safetensors")
+        return parts[-1] if ok else None
+
+    found: dict[str, Any] = {}
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    if (key := wanted(info.filename)) and key not in found:
+                        with zf.open(info) as fh:
+                            found[key] = _member_summary(key, fh, archive.name)
+        else:
+            with tarfile.open(archive) as tf:
+                for member in tf:
+                    key = wanted(member.name)
+                    stream = tf.extractfile(member) if key and member.isfile() else None
+                    if key and stream is not None and key not in found:
+                        found[key] = _member_summary(key, stream, archive.name)
+    except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{archive.name} cannot be read as a model folder: {exc}") from None
+    if set(found) != {"config.json", "model.safetensors"}:
+        raise CheckpointError(f"{archive.name} is not a Hugging Face model folder")
+    return found["config.json"], found["model.safetensors"]
+
+
+def _member_summary(key: str, fh: Any, name: str) -> Any:
+    from kdcore.checkpoints import safetensors_header_shapes
+
+    if key == "model.safetensors":
+        return safetensors_header_shapes(fh, name)
+    return check_hf_config(json.loads(fh.read(MAX_CONFIG_BYTES + 1)))
+
+
 def read_hf_folder(archive: Path, max_bytes: int) -> tuple[dict[str, Any], Path]:
     """config.json and model.safetensors from an uploaded zip/tar of a model folder
     (at its root or in one top folder), read with the archive caps. Returns the config

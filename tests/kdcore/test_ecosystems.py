@@ -275,3 +275,42 @@ def test_an_hf_student_resumes_exactly(tmp_path):
     a = load_file(tmp_path / "straight" / "student.safetensors")
     b = load_file(tmp_path / "resumed" / "student.safetensors")
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+def test_a_folders_fit_is_checked_from_its_header_alone(tmp_path):
+    """At submission the service reads config.json and the safetensors header only:
+    a folder whose weights stop right after the header still gives every shape."""
+    import io
+    import tarfile
+
+    from kdcore.models.ecosystems import read_hf_folder_shapes
+
+    full = graphs.hf_folder(
+        tmp_path / "t.zip", "hf:ViTForImageClassification", graphs.TINY_VIT, 4, SHAPE
+    )
+    with zipfile.ZipFile(full) as zf:
+        config = json.loads(zf.read("my-model/config.json"))
+        blob = zf.read("my-model/model.safetensors")
+    header_end = 8 + int.from_bytes(blob[:8], "little")
+    cut = tmp_path / "cut.tar.gz"
+    with tarfile.open(cut, "w:gz") as tf:
+        for name, data in (
+            ("config.json", json.dumps(config).encode()),
+            ("model.safetensors", blob[:header_end]),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    got_config, shapes = read_hf_folder_shapes(cut)
+    model = build_model("hf:ViTForImageClassification", 4, SHAPE, config)
+    assert got_config == config
+    assert shapes == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match="not a Hugging Face model folder"):
+        read_hf_folder_shapes(_zip(tmp_path / "half.zip", {"config.json": "{}"}))
+    with pytest.raises(CheckpointError, match="refused"):
+        read_hf_folder_shapes(
+            _zip(
+                tmp_path / "evil.zip",
+                {"config.json": json.dumps({"auto_map": {}}), "model.safetensors": blob},
+            )
+        )
