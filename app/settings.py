@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(default=2.0, gt=0, description="lease renewal + event flush")
     max_attempts: int = Field(default=3, ge=1)
     cancel_grace_s: float = Field(default=20.0, ge=0)
+    keep_checkpoints: int = Field(
+        default=2, ge=1, description="a job keeps its newest N checkpoints (+ the resumed one)"
+    )
     sweep_interval_s: float = 10.0
     republish_after_s: float = Field(default=30.0, description="queued this long: publish again")
     auth_cache_s: float = Field(

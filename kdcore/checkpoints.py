@@ -249,6 +249,30 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
     atomic_write(path, lambda fh: torch.save(checkpoint, fh))
 
 
+def checkpoint_epoch(path: Path) -> int | None:
+    """N of a training checkpoint named `epochN.pt`, else None."""
+    stem = path.name.removesuffix(".pt")
+    if path.suffix != ".pt" or not stem.startswith("epoch") or not stem[5:].isdigit():
+        return None
+    return int(stem[5:])
+
+
+def prune_checkpoints(folder: Path, keep: int, protect: frozenset[int] = frozenset()) -> list[Path]:
+    """Delete the `epochN.pt` files of `folder` but the newest `keep` and the epochs in
+    `protect` (the one a run resumed from); returns what was deleted. Called only after
+    the newest file was renamed into place, so a crash anywhere leaves at least `keep`
+    whole checkpoints (one more, at worst, until the next save prunes again)."""
+    found = sorted(
+        (epoch, path)
+        for path in folder.glob("epoch*.pt")
+        if (epoch := checkpoint_epoch(path)) is not None
+    )
+    doomed = [path for epoch, path in found[: max(0, len(found) - keep)] if epoch not in protect]
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return doomed
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a training checkpoint written by `save_checkpoint` (weights-only unpickling)."""
     try:

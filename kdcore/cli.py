@@ -62,6 +62,13 @@ def _load_spec_file(path: str) -> Any:
         raise KDError(f"spec file {path} is not valid JSON: {exc}") from None
 
 
+def _count(text: str) -> int:
+    """A whole number >= 0 (argparse type)."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return int(text)
+
+
 def _run(args: argparse.Namespace, kind: str) -> int:
     from kdcore.run import run
     from kdcore.validate import parse_spec
@@ -72,7 +79,8 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     spec = parse_spec(data)
     if spec.kind != kind:
         raise SpecError([("/kind", f"this spec is a {spec.kind!r} job; run `kdcore {spec.kind}`")])
-    report = run(spec, args.out, ProgressPrinter(), resume_from=args.resume)
+    keep = args.keep_checkpoints or None  # 0: keep every epoch's checkpoint
+    report = run(spec, args.out, ProgressPrinter(), args.resume, keep)
     summary = {
         k: report[k]
         for k in (
@@ -193,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("spec", help="job spec JSON (the service's schema)")
         p.add_argument("--out", required=True, help="output folder")
         p.add_argument("--resume", help="training checkpoint to resume from")
+        p.add_argument(
+            "--keep-checkpoints",
+            type=_count,
+            default=2,
+            metavar="N",
+            help="keep the newest N of OUT/checkpoints/epochN.pt, plus the one resumed "
+            "from (default 2; 0 keeps all)",
+        )
         p.set_defaults(func=lambda a, k=kind: _run(a, k))
     p = sub.add_parser("export", help="write TorchScript/ONNX from a student folder")
     p.add_argument("dir", help="folder with student.json and student.safetensors")

@@ -59,6 +59,7 @@ def run_parallel(
     out_dir: Path,
     callbacks: Callbacks | None,
     resume_from: str | Path | None,
+    keep_checkpoints: int | None = None,
 ) -> dict[str, Any]:
     world = spec.resources.gpus
     on_gpu = spec.training.device != "cpu" and torch.cuda.is_available()
@@ -82,7 +83,7 @@ def run_parallel(
         p.start()
     _join(0, world, port, spec.training.device)
     try:
-        report = run_local(spec, out_dir, callbacks, resume_from)
+        report = run_local(spec, out_dir, callbacks, resume_from, keep_checkpoints)
     finally:
         dist.destroy_process_group()
         for p in others:

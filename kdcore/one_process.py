@@ -156,6 +156,7 @@ def run_local(
     out_dir: Path,
     callbacks: Callbacks | None,
     resume_from: str | Path | None,
+    keep_checkpoints: int | None = None,
 ) -> dict[str, Any]:
     """This process's part of a run: all of it, or one rank of a data-parallel run
     (the other ranks train and stop; rank 0 also writes the outputs)."""
@@ -166,7 +167,15 @@ def run_local(
     teacher, members = build_teachers(spec, data)
     resume = _resume_state(spec, resume_from)
     result = fit(
-        spec, data, student, teacher, device, out_dir / "checkpoints", callbacks, resume=resume
+        spec,
+        data,
+        student,
+        teacher,
+        device,
+        out_dir / "checkpoints",
+        callbacks,
+        resume=resume,
+        keep_checkpoints=keep_checkpoints,
     )
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         if spec.baseline and teacher is not None:  # a collective run: every rank trains it

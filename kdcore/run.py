@@ -25,13 +25,16 @@ def run(
     out_dir: str | Path,
     callbacks: Callbacks | None = None,
     resume_from: str | Path | None = None,
+    keep_checkpoints: int | None = None,
 ) -> dict[str, Any]:
     """Run a `distill` or `train` job; returns the report (also written to report.json).
-    With `resources.gpus` > 1 the training is data parallel (kdcore.distributed)."""
+    With `resources.gpus` > 1 the training is data parallel (kdcore.distributed).
+    `keep_checkpoints` N keeps the newest N of out_dir/checkpoints/epochN.pt (and the
+    one resumed from); None keeps them all."""
     spec = spec if isinstance(spec, JobSpec) else parse_spec(spec)
     if spec.resources.gpus > 1 and not torch.distributed.is_initialized():
-        return run_parallel(spec, Path(out_dir), callbacks, resume_from)
-    return run_local(spec, Path(out_dir), callbacks, resume_from)
+        return run_parallel(spec, Path(out_dir), callbacks, resume_from, keep_checkpoints)
+    return run_local(spec, Path(out_dir), callbacks, resume_from, keep_checkpoints)
 
 
 def _run_kind(
@@ -40,11 +43,12 @@ def _run_kind(
     out_dir: str | Path,
     callbacks: Callbacks | None,
     resume_from: str | Path | None,
+    keep_checkpoints: int | None,
 ) -> dict[str, Any]:
     spec = spec if isinstance(spec, JobSpec) else parse_spec(spec)
     if spec.kind != kind:
         raise SpecError([("/kind", f"{kind}() needs kind {kind!r}, the spec says {spec.kind!r}")])
-    return run(spec, out_dir, callbacks, resume_from)
+    return run(spec, out_dir, callbacks, resume_from, keep_checkpoints)
 
 
 def distill(
@@ -52,9 +56,10 @@ def distill(
     out_dir: str | Path,
     callbacks: Callbacks | None = None,
     resume_from: str | Path | None = None,
+    keep_checkpoints: int | None = None,
 ) -> dict[str, Any]:
     """Distil `spec.teacher` into `spec.student`; see `run`."""
-    return _run_kind("distill", spec, out_dir, callbacks, resume_from)
+    return _run_kind("distill", spec, out_dir, callbacks, resume_from, keep_checkpoints)
 
 
 def train(
@@ -62,6 +67,7 @@ def train(
     out_dir: str | Path,
     callbacks: Callbacks | None = None,
     resume_from: str | Path | None = None,
+    keep_checkpoints: int | None = None,
 ) -> dict[str, Any]:
     """Train `spec.student` alone (teachers, baselines); see `run`."""
-    return _run_kind("train", spec, out_dir, callbacks, resume_from)
+    return _run_kind("train", spec, out_dir, callbacks, resume_from, keep_checkpoints)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdcore.callbacks import Callbacks, Progress
-from kdcore.checkpoints import save_checkpoint
+from kdcore.checkpoints import prune_checkpoints, save_checkpoint
 from kdcore.data import DataSplits, Split
 from kdcore.errors import Cancelled, SpecError
 from kdcore.features import FeatureTap, classifier_name
@@ -276,6 +276,8 @@ class _Run:
     checkpoint_dir: Path | None
     cb: Callbacks
     log_every: int
+    keep_checkpoints: int | None = None  # None: keep every epochN.pt
+    resumed_epoch: int | None = None  # its checkpoint outlives the pruning
 
 
 @dataclass
@@ -435,6 +437,9 @@ def _save(run: _Run, result: FitResult, clock: _Clock, name: str, epoch: int, st
     path = run.checkpoint_dir / name
     save_checkpoint(path, _checkpoint_state(run, result, epoch, step))
     run.cb.on_checkpoint(path, _progress(run, result, clock, epoch, step))
+    if run.keep_checkpoints is not None:
+        protect = frozenset({run.resumed_epoch} if run.resumed_epoch is not None else ())
+        prune_checkpoints(run.checkpoint_dir, run.keep_checkpoints, protect)
 
 
 def _train_step(run: _Run, order: Tensor, i: int, step: int) -> tuple[dict[str, Tensor], int]:
@@ -517,13 +522,17 @@ def fit(
     phase: str = "train",
     resume: dict[str, Any] | None = None,
     log_every: int = 10,
+    keep_checkpoints: int | None = None,
 ) -> FitResult:
     """Train `student` (distilling `teacher` when given) for `spec.training.epochs`,
     from `resume` (a checkpoint dict) if given: setup, restore, then per epoch train,
-    evaluate, report and checkpoint."""
+    evaluate, report and checkpoint. With `keep_checkpoints` N, each save deletes all
+    but the newest N `epochN.pt` (and the one resumed from)."""
     tr = spec.training
     cb = callbacks or Callbacks()
     run = _setup(spec, data, student, teacher, device, checkpoint_dir, cb, phase, log_every)
+    run.keep_checkpoints = keep_checkpoints
+    run.resumed_epoch = int(resume["epoch"]) if resume and "epoch" in resume else None
     step = _restore(run, resume) if resume is not None else 0
     result = FitResult(
         student,

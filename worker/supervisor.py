@@ -33,7 +33,7 @@ from app.db.models import Artifact, Checkpoint, Job, JobStatus, new_id
 from app.db.session import session_scope
 from app.nudge import nudge
 from app.services import lifecycle
-from app.services.jobs import resolved_spec
+from app.services.jobs import prune_checkpoints, resolved_spec
 from app.services.lifecycle import AfterCommit
 from app.settings import Settings
 
@@ -59,6 +59,7 @@ class _Start:
     attempt: int
     spec: dict[str, Any]
     resume_from: str | None
+    resume_step: int | None
 
 
 def claim_and_run(settings: Settings, job_id: str, wid: str | None = None) -> str | None:
@@ -80,7 +81,7 @@ def claim_and_run(settings: Settings, job_id: str, wid: str | None = None) -> st
     try:
         log.info("job started", extra={"attempt": start.attempt, "worker": wid})
         status = Supervisor(
-            settings, job_id, wid, start.attempt, start.spec, start.resume_from
+            settings, job_id, wid, start.attempt, start.spec, start.resume_from, start.resume_step
         ).run()
         log.info("job ended", extra={"status": status, "attempt": start.attempt})
         return status
@@ -128,7 +129,7 @@ def _claim(
         "attempt",
         {"attempt": job.attempt, "worker": wid, "resume_from_step": resume[1] if resume else None},
     )
-    return _Start(job.attempt, spec, resume[0] if resume else None)
+    return _Start(job.attempt, spec, *(resume or (None, None)))
 
 
 def _over_limits(settings: Settings, spec: dict[str, Any]) -> str | None:
@@ -178,9 +179,11 @@ class Supervisor:
         attempt: int,
         spec: dict[str, Any],
         resume_from: str | None,
+        resume_step: int | None = None,
     ):
         self.settings, self.job_id, self.worker, self.attempt = settings, job_id, wid, attempt
         self.spec, self.resume_from = spec, resume_from
+        self.resume_step = resume_step  # its checkpoint outlives the pruning
         self.out_dir = settings.jobs_dir / job_id
         self.messages: queue.Queue[dict[str, Any] | None] = queue.Queue()  # None: output ended
         self.pending: list[tuple[str, dict[str, Any]]] = []
@@ -352,13 +355,32 @@ class Supervisor:
                             bytes=size,
                         )
                     )
+                doomed = self._prune(session) if stored else []
         except SQLAlchemyError as exc:
             log.warning("job %s: database write failed, will retry: %s", self.job_id, exc)
             return None
+        self._delete_checkpoints(doomed)
         if self.pending:
             nudge(self.settings.broker_url, self.job_id)
         self.pending, self.checkpoints = [], []
         return status
+
+    def _prune(self, session: Session) -> list[str]:
+        """Retention (KD_KEEP_CHECKPOINTS): the rows of all but the newest checkpoints go
+        in the transaction that records the new one; their files once it commits."""
+        session.flush()
+        protect = {self.resume_step} if self.resume_step is not None else set()
+        return prune_checkpoints(session, self.job_id, self.settings.keep_checkpoints, protect)
+
+    def _delete_checkpoints(self, locations: list[str]) -> None:
+        """Delete the pruned checkpoints' files (and, with remote storage, this worker's
+        local copy); one left behind by a crash here goes with the job's folder."""
+        for location in locations:
+            try:
+                storage.delete(self.settings, location)
+                (self.out_dir / "checkpoints" / Path(location).name).unlink(missing_ok=True)
+            except Exception as exc:  # noqa: BLE001 (S3 unreachable...): only space is lost
+                log.warning("job %s: pruned checkpoint %s not deleted: %s", self.job_id, location, exc)
 
     def _store_checkpoints(self) -> list[tuple[dict[str, Any], str, int]]:
         """Put new checkpoints in the artifact store (a no-op for local storage) before
