@@ -380,7 +380,9 @@ class Supervisor:
                 storage.delete(self.settings, location)
                 (self.out_dir / "checkpoints" / Path(location).name).unlink(missing_ok=True)
             except Exception as exc:  # noqa: BLE001 (S3 unreachable...): only space is lost
-                log.warning("job %s: pruned checkpoint %s not deleted: %s", self.job_id, location, exc)
+                log.warning(
+                    "job %s: pruned checkpoint %s not deleted: %s", self.job_id, location, exc
+                )
 
     def _store_checkpoints(self) -> list[tuple[dict[str, Any], str, int]]:
         """Put new checkpoints in the artifact store (a no-op for local storage) before
