@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import sys
 import time
 from contextvars import ContextVar
 from typing import Any
@@ -44,14 +45,40 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def dict_config(settings: Settings) -> dict[str, Any]:
+class TextFormatter(logging.Formatter):
+    """One readable line for a person at a terminal: time, level, message, and the job or
+    request it is about."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = (
+            f"{time.strftime('%H:%M:%S', time.localtime(record.created))} "
+            f"{record.levelname:<7} {record.getMessage()}"
+        )
+        scope = [
+            f"{key}={value}"
+            for key, var in (("job", job_id), ("request", request_id))
+            if (value := getattr(record, f"{key}_id", None) or var.get())
+        ]
+        if scope:
+            line += f"  [{' '.join(scope)}]"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def log_format(settings: Settings, stream: Any = None) -> str:
+    """KD_LOG_FORMAT, with `auto` resolved: text when stderr is a terminal, else JSON."""
+    if settings.log_format != "auto":
+        return settings.log_format
+    stream = stream if stream is not None else sys.stderr
+    return "text" if hasattr(stream, "isatty") and stream.isatty() else "json"
+
+
+def dict_config(settings: Settings, stream: Any = None) -> dict[str, Any]:
     """Root logging for `kd serve` and `kd worker` (KD_LOG_FORMAT, KD_LOG_LEVEL), as a
     logging.config dict: uvicorn applies it in each of its worker processes too."""
-    formatter: dict[str, Any] = (
-        {"()": "app.logs.JsonFormatter"}
-        if settings.log_format == "json"
-        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
-    )
+    name = "JsonFormatter" if log_format(settings, stream) == "json" else "TextFormatter"
+    formatter: dict[str, Any] = {"()": f"app.logs.{name}"}
     handler = {"class": "logging.StreamHandler", "formatter": "kd", "stream": "ext://sys.stderr"}
     return {
         "version": 1,

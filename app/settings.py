@@ -76,7 +76,8 @@ class Settings(BaseSettings):
     )
     s3_endpoint_url: str = Field(default="", description="e.g. http://minio:9000; empty: AWS")
     s3_region: str = "us-east-1"
-    log_format: Literal["json", "text"] = "json"
+    # auto: readable lines on an interactive terminal, JSON lines to pipes and files
+    log_format: Literal["auto", "json", "text"] = "auto"
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
 
     @model_validator(mode="after")

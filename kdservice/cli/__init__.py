@@ -92,5 +92,8 @@ def _usage_error(exc: Exception) -> tuple[str, int] | None:
     if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
         return exc.format_message(), EXIT_USAGE
     if "sqlalchemy" in type(exc).__module__:
-        return f"database: {exc}", EXIT_UNREACHABLE
+        text = str(exc)
+        if "no such table" in text or ("relation" in text and "does not exist" in text):
+            return "the database has no tables yet: run `kd migrate` first", EXIT_USAGE
+        return f"database: {text.splitlines()[0]}", EXIT_UNREACHABLE
     return None

@@ -22,6 +22,17 @@ def get_settings() -> Settings:
 keys_app = typer.Typer(help="Manage API keys (run on the service's host).", no_args_is_help=True)
 
 
+def database_url(settings: Settings) -> str:
+    """The database a server command works on, made ready as `kd serve` makes it: the
+    embedded SQLite is created and upgraded here; PostgreSQL is migrated on purpose
+    (`kd migrate`), and a command that finds no tables says so in one line."""
+    if settings.is_sqlite:
+        from app.main import prepare
+
+        prepare(settings)
+    return settings.db_url
+
+
 def _key_file(settings: Settings) -> Path:
     return settings.data_dir / "api_key"
 
@@ -106,7 +117,7 @@ def serve(
         "host": settings.host,
         "port": settings.port,
         "log_level": "warning",
-        "log_config": dict_config(settings),  # JSON lines, in every worker process
+        "log_config": dict_config(settings),  # the same lines in every worker process
         "timeout_graceful_shutdown": 5,
         # longer than a load balancer's idle timeout (often 60 s), and long enough that a
         # client reusing a kept-alive connection never races the server closing it
@@ -173,7 +184,7 @@ def keys_create(tenant: Annotated[str, typer.Option(help="tenant name")]) -> Non
     from app.db.session import session_scope
     from app.services.keys import create_key
 
-    with session_scope(get_settings().db_url) as session:
+    with session_scope(database_url(get_settings())) as session:
         row, plain = create_key(session, tenant)
         print(f"{row.id} {plain}")
 
@@ -184,7 +195,7 @@ def keys_list() -> None:
     from app.db.session import session_scope
     from app.services.keys import list_keys
 
-    with session_scope(get_settings().db_url) as session:
+    with session_scope(database_url(get_settings())) as session:
         for key, tenant in list_keys(session):
             state = "revoked" if key.revoked_at else "active"
             print(f"{key.id}\t{tenant.name}\t{key.prefix}...\t{state}\t{key.created_at}")
@@ -196,7 +207,7 @@ def keys_revoke(key_id: str) -> None:
     from app.db.session import session_scope
     from app.services.keys import revoke_key
 
-    with session_scope(get_settings().db_url) as session:
+    with session_scope(database_url(get_settings())) as session:
         if not revoke_key(session, key_id):
             raise typer.BadParameter(f"no active key {key_id}")
 
@@ -224,7 +235,7 @@ def keys_limits(
         "max_stored_bytes": max_stored_bytes,
         "max_priority": max_priority,
     }
-    with session_scope(settings.db_url) as session:
+    with session_scope(database_url(settings)) as session:
         row = session.scalar(select(Tenant).where(Tenant.name == tenant))
         if row is None:
             raise typer.BadParameter(f"no tenant {tenant!r}")
