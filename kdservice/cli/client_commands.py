@@ -100,7 +100,7 @@ def _follow(client: Client, job_id: str) -> int:
         job = client.wait(job_id, on_event=watcher)
     console.print(render.job_details(job))
     if job.status != "succeeded":
-        raise CLIError(f"job {job.id} {job.status}: {job.error or 'no error message'}", 1)
+        raise CLIError(render.outcome(job), 1)  # exit 1: the job failed or was cancelled
     return 0
 
 

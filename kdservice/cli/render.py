@@ -141,6 +141,17 @@ def job_details(job: Job) -> Group:
     return Group(*parts)
 
 
+def outcome(job: Job) -> str:
+    """What happened to a job that did not succeed, in one line: who ended it, when, why."""
+    ended = next((t for t in reversed(job.status_transitions) if t.to_status == job.status), None)
+    at = f" at {ended.at[:19].replace('T', ' ')} UTC" if ended else ""
+    if job.status == "cancelled":
+        why = f" ({ended.reason})" if ended and ended.reason else ""
+        return f"job {job.id} was cancelled by request{at}{why}"
+    reason = job.error or (ended.reason if ended else "") or "no reason recorded"
+    return f"job {job.id} {job.status}{at}: {reason}"
+
+
 def progress_line(data: dict[str, Any]) -> str:
     """One line per epoch: epoch, loss terms, accuracy, images/s, ETA."""
     metrics = data.get("metrics") or {}

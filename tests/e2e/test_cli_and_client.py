@@ -155,7 +155,12 @@ def test_cli_cancel_watch_retry_files_login_and_errors(served: Served) -> None:
     r = served.kd("cancel", job_id)
     assert r.returncode == 0 and ("cancel" in r.stderr)
     r = served.kd("watch", job_id)
-    assert r.returncode == 1 and "cancelled" in r.stderr  # a job that did not succeed
+    # a job that did not succeed: exit 1, and what happened, when, why
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and last.startswith(
+        f"kd: error: job {job_id} was cancelled by request at "
+    )
+    assert "no error message" not in r.stderr
     r = served.kd("retry", job_id)
     assert r.returncode == 0 and r.stdout.strip().startswith("job_") and r.stdout.strip() != job_id
     served.kd("cancel", r.stdout.strip())
