@@ -188,6 +188,14 @@ class ArtifactOut(FromRow):
         return {**fields, "download_url": f"/v1/artifacts/{row.id}/content"}
 
 
+class TenantArtifactOut(ArtifactOut):
+    """An artifact with the job that made it: what the dashboard offers as a teacher."""
+
+    job_name: str
+    job_kind: str
+    arch: str | None = Field(description="the architecture of the job's student")
+
+
 class CheckpointOut(FromRow):
     id: str
     attempt: int

@@ -95,10 +95,12 @@ def get_file(session: Session, tenant_id: str, file_id: str) -> File:
 
 
 def list_files(
-    session: Session, tenant_id: str, limit: int, after: str | None
+    session: Session, tenant_id: str, limit: int, after: str | None, purpose: str | None = None
 ) -> tuple[list[File], bool]:
     cursor = get_file(session, tenant_id, after) if after else None
     stmt = select(File).where(File.tenant_id == tenant_id)
+    if purpose is not None:
+        stmt = stmt.where(File.purpose == purpose)
     return page_newest_first(session, stmt, File, cursor, limit)
 
 

@@ -464,6 +464,21 @@ def list_artifacts(session: Session, job_id: str) -> list[Artifact]:
     return list(session.scalars(stmt))
 
 
+def list_tenant_artifacts(
+    session: Session, tenant_id: str, name: str, limit: int
+) -> list[tuple[Artifact, Job]]:
+    """The tenant's artifacts called `name` (e.g. student.safetensors: the weights its
+    jobs trained, which can teach a new job), newest first, with their jobs."""
+    stmt = (
+        select(Artifact, Job)
+        .join(Job, Job.id == Artifact.job_id)
+        .where(Artifact.tenant_id == tenant_id, Artifact.name == name)
+        .order_by(Artifact.created_at.desc(), Artifact.id.desc())
+        .limit(limit)
+    )
+    return [(art, job) for art, job in session.execute(stmt)]
+
+
 def get_artifact(
     session: Session, settings: Settings, tenant_id: str, artifact_id: str
 ) -> Artifact:

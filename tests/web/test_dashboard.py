@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from safetensors.torch import save_file
 from selenium import webdriver
@@ -97,8 +98,12 @@ def test_submit_through_the_form_and_watch_it_finish(
     teacher = tmp_path / "teacher.safetensors"
     save_file(build_model("small_cnn", 10, (1, 8, 8)).state_dict(), str(teacher))
 
-    # log in: a wrong key is refused, the right one opens the job list
+    # log in: nothing of the logged-in header shows before; a wrong key is refused, the
+    # right one opens the job list
     browser.get(url + "/")
+    wait_for(browser, "#login-form")
+    assert not browser.find_element(By.ID, "logout").is_displayed()
+    assert not browser.find_element(By.ID, "nav-new").is_displayed()
     set_value(browser, "api-key", "kd_wrong")
     browser.find_element(By.ID, "login").click()
     WebDriverWait(browser, 10).until(
@@ -110,6 +115,7 @@ def test_submit_through_the_form_and_watch_it_finish(
     WebDriverWait(browser, 10).until(
         lambda d: "tenant: default" in d.find_element(By.ID, "tenant").text
     )
+    assert browser.find_element(By.ID, "logout").is_displayed()
 
     # the form: upload the teacher, choose data, student, method, hyperparameters
     browser.get(url + "/#/new")
@@ -176,3 +182,47 @@ def test_submit_through_the_form_and_watch_it_finish(
     assert badge.value_of_css_property("background-color") == "rgba(31, 157, 85, 1)"
     browser.save_screenshot(str(ARTIFACTS / "dashboard-jobs.png"))
     assert (ARTIFACTS / "dashboard-job.png").stat().st_size > 10_000
+
+    # a second job learns from the first one's student, chosen among the tenant's
+    # trained students and uploads, with augmentation, a schedule and exports
+    browser.get(url + "/#/new")
+    wait_for(browser, "#new-job-form")
+    source = Select(browser.find_element(By.ID, "teacher_source"))
+    labels = [o.text for o in source.options]
+    assert any(job_id in label and "browser-kd: mlp_small" in label for label in labels), labels
+    assert any("teacher.safetensors" in label for label in labels), labels
+    artifacts = httpx.get(
+        f"{url}/v1/jobs/{job_id}/artifacts", headers={"Authorization": f"Bearer {key}"}
+    ).json()
+    weights = next(a["id"] for a in artifacts if a["name"] == "student.safetensors")
+    source.select_by_value(weights)
+    # the job's student brings its architecture along
+    assert Select(browser.find_element(By.ID, "teacher_arch")).first_selected_option.text == (
+        "mlp_small"
+    )
+    set_value(browser, "name", "from-a-trained-student")
+    Select(browser.find_element(By.ID, "student_arch")).select_by_value("small_cnn")
+    set_value(browser, "image_size", "8")
+    set_value(browser, "epochs", "1")
+    Select(browser.find_element(By.ID, "schedule")).select_by_value("step")
+    set_value(browser, "crop_padding", "1")
+    browser.find_element(By.ID, "hflip").click()
+    browser.find_element(By.ID, "export_onnx").click()
+    assert not browser.find_element(By.ID, "export_safetensors").is_enabled()
+    browser.save_screenshot(str(ARTIFACTS / "dashboard-new-job.png"))
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 20).until(lambda d: "#/jobs/job_" in d.current_url)
+    second = httpx.get(
+        f"{url}/v1/jobs/{browser.current_url.rsplit('/', 1)[1]}",
+        headers={"Authorization": f"Bearer {key}"},
+    ).json()
+    spec = second["spec"]
+    assert spec["teacher"] == {**spec["teacher"], "arch": "mlp_small", "checkpoint": weights}
+    assert spec["augment"] == {"crop_padding": 1, "hflip": True}
+    assert spec["training"]["schedule"] == "step"
+    assert sorted(spec["export"]) == ["onnx", "safetensors"]
+
+    # log out: back to the login form, the header's links hidden again
+    browser.find_element(By.ID, "logout").click()
+    wait_for(browser, "#login-form")
+    assert not browser.find_element(By.ID, "logout").is_displayed()

@@ -1,18 +1,20 @@
-"""Artifact download: strong ETag (the sha256), single byte ranges, conditional GET."""
+"""Artifacts: the tenant's list by name, and download (strong ETag: the sha256; single byte
+ranges; conditional GET)."""
 
 from __future__ import annotations
 
 import base64
 import re
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from app import storage
 from app.api.deps import SessionDep, SettingsDep, TenantDep
-from app.api.schemas import problem_responses
+from app.api.schemas import ArtifactOut, TenantArtifactOut, problem_responses
 from app.errors import ProblemError
-from app.services.jobs import get_artifact
+from app.services.jobs import get_artifact, list_tenant_artifacts
 
 router = APIRouter(
     prefix="/v1/artifacts", tags=["artifacts"], responses=problem_responses(401, 404, 416, 422)
@@ -57,6 +59,26 @@ DOWNLOAD_RESPONSES: dict[int | str, dict] = {
     304: {"description": "not modified"},
     416: {"description": "range not satisfiable"},
 }
+
+
+@router.get("", response_model=list[TenantArtifactOut])
+def list_artifacts(
+    session: SessionDep,
+    tenant: TenantDep,
+    name: Annotated[str, Query(min_length=1, max_length=255)] = "student.safetensors",
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> list[TenantArtifactOut]:
+    """The tenant's artifacts of one name, newest first, with the job that made each
+    (by default its trained students' weights, which can teach a new job)."""
+    return [
+        TenantArtifactOut(
+            **ArtifactOut.model_validate(art).model_dump(),
+            job_name=job.name,
+            job_kind=job.kind,
+            arch=(job.spec.get("student") or {}).get("arch"),
+        )
+        for art, job in list_tenant_artifacts(session, tenant.id, name, limit)
+    ]
 
 
 @router.head(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -77,8 +77,9 @@ def list_files(
     tenant: TenantDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     after: Annotated[str | None, Query(max_length=64)] = None,
+    purpose: Annotated[Literal["checkpoint", "dataset"] | None, Query()] = None,
 ) -> FileList:
-    rows, has_more = service.list_files(session, tenant.id, limit, after)
+    rows, has_more = service.list_files(session, tenant.id, limit, after, purpose)
     return FileList(
         data=[FileOut.model_validate(f) for f in rows],
         has_more=has_more,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -57,6 +57,7 @@ def capabilities(settings: SettingsDep, tenant: TenantDep) -> dict[str, Any]:
         MAX_EPOCHS,
         METHOD_DEFAULTS,
         TASKS,
+        TrainingSpec,
     )
 
     return {
@@ -70,6 +71,7 @@ def capabilities(settings: SettingsDep, tenant: TenantDep) -> dict[str, Any]:
         "architectures": architecture_names(),
         "datasets": DATASETS.names(),
         "export_formats": list(EXPORT_FORMATS),
+        "schedules": list(get_args(TrainingSpec.model_fields["schedule"].annotation)),
         "executor": "celery" if settings.broker_url else "local",
         "limits": {
             "max_upload_bytes": settings.max_upload_bytes,

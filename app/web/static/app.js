@@ -401,20 +401,23 @@ const FIELDS = {
   ce_weight: ["/distillation/ce_weight", Number], kd_weight: ["/distillation/kd_weight", Number],
   epochs: ["/training/epochs", Number], batch_size: ["/training/batch_size", Number],
   lr: ["/training/lr", Number], optimizer: ["/training/optimizer", String],
+  schedule: ["/training/schedule", String], crop_padding: ["/augment/crop_padding", Number],
 };
 
-function buildSpec(form, teacherFile) {
+function buildSpec(form, teacherCheckpoint) {
   const v = (n) => form.elements[n].value.trim();
   const spec = {
     name: v("name"), kind: v("kind"), student: { arch: v("student_arch") },
     dataset: { name: v("dataset") },
-    training: { epochs: Number(v("epochs")), batch_size: Number(v("batch_size")), lr: Number(v("lr")), optimizer: v("optimizer") },
+    training: { epochs: Number(v("epochs")), batch_size: Number(v("batch_size")), lr: Number(v("lr")), optimizer: v("optimizer"), schedule: v("schedule") },
+    augment: { crop_padding: Number(v("crop_padding") || 0), hflip: form.elements.hflip.checked },
+    export: [...form.querySelectorAll("input[name=export]:checked")].map((box) => box.value),
     baseline: form.elements.baseline.checked,
   };
   if (v("image_size")) spec.dataset.image_size = Number(v("image_size"));
   if (spec.kind === "distill") {
     spec.teacher = { arch: v("teacher_arch") };
-    if (teacherFile) spec.teacher.checkpoint = teacherFile;
+    if (teacherCheckpoint) spec.teacher.checkpoint = teacherCheckpoint;
     spec.distillation = { method: v("method") };
     // a blank weight is left to the method's own default (GET /v1/capabilities: method_defaults)
     for (const n of ["temperature", "ce_weight", "kd_weight"]) if (v(n) !== "") spec.distillation[n] = Number(v(n));
@@ -424,24 +427,46 @@ function buildSpec(form, teacherFile) {
   return spec;
 }
 
+// The teacher's weights: one of the tenant's trained students (a job's
+// student.safetensors artifact) or uploaded checkpoints, or a new upload.
+async function teacherChoices() {
+  const [artifacts, files] = await Promise.all([
+    api("/v1/artifacts?name=student.safetensors&limit=100"),
+    api("/v1/files?purpose=checkpoint&limit=100"),
+  ]);
+  const trained = artifacts.map((a) => h("option", { value: a.id, "data-arch": a.arch || "" },
+    `${a.job_name}: ${a.arch || "?"} (${a.job_kind} job ${a.job_id})`));
+  const uploaded = files.data.map((f) => h("option", { value: f.id }, `${f.filename} (${f.id}, ${bytes(f.bytes)})`));
+  return [
+    h("option", { value: "" }, "none: upload a file below (or leave the teacher untrained)"),
+    h("optgroup", { label: "trained in this service", id: "teacher-trained" }, ...trained),
+    h("optgroup", { label: "uploaded checkpoints", id: "teacher-uploaded" }, ...uploaded),
+  ];
+}
+
 async function renderNewJob(view) {
   loadTenant();
-  let caps;
-  try { caps = await api("/v1/capabilities"); } catch (err) { return showError(view, err); }
+  let caps, choices;
+  try {
+    [caps, choices] = await Promise.all([api("/v1/capabilities"), teacherChoices()]);
+  } catch (err) { return showError(view, err); }
   const options = (list, chosen) => list.map((x) => h("option", { value: x, selected: x === chosen }, x));
   const field = (label, name, control) => h("label", { for: name }, label, control, h("span", { class: "field-error", "data-error-for": name }));
   const input = (name, value, type = "text") => h("input", { id: name, name, value, type, step: type === "number" ? "any" : undefined });
-  const teacherInput = h("input", { id: "teacher_file", name: "teacher_file", type: "file", accept: ".safetensors,.pt,.pth,.bin" });
+  const teacherSource = h("select", { id: "teacher_source", name: "teacher_source" }, ...choices);
+  const teacherInput = h("input", { id: "teacher_file", name: "teacher_file", type: "file", accept: ".safetensors,.pt,.pth,.bin,.onnx" });
   const teacherInfo = h("span", { class: "muted", id: "teacher-file-id" });
   const messages = h("ul", { class: "messages", id: "validation-messages" });
-  let teacherFile = null;
+  const exports = caps.export_formats.map((f) => h("label", { class: "inline" },
+    h("input", { type: "checkbox", name: "export", value: f, id: `export_${f}`, checked: f === "safetensors", disabled: f === "safetensors" }), ` ${f}`));
 
   const form = h("form", { class: "spec card", id: "new-job-form", novalidate: true },
     field("Name", "name", input("name", "digits-kd")),
     field("Kind", "kind", h("select", { id: "kind", name: "kind" }, options(caps.kinds, "distill"))),
     field("Dataset", "dataset", h("select", { id: "dataset", name: "dataset" }, options(["digits", "fashion_mnist", "synthetic"], "digits"))),
     field("Teacher architecture", "teacher_arch", h("select", { id: "teacher_arch", name: "teacher_arch" }, options(caps.architectures, "cifar_resnet20"))),
-    field("Teacher checkpoint (safetensors or weights-only .pt)", "teacher_file", h("span", {}, teacherInput, teacherInfo)),
+    field("Teacher weights: a job's trained student, or an uploaded checkpoint", "teacher_source", teacherSource),
+    field("… or upload a checkpoint (safetensors, weights-only .pt, ONNX)", "teacher_file", h("span", {}, teacherInput, teacherInfo)),
     field("Student architecture", "student_arch", h("select", { id: "student_arch", name: "student_arch" }, options(caps.architectures, "small_cnn"))),
     field("Method", "method", h("select", { id: "method", name: "method", onchange: (e) => showMethodDefaults(e.target.value) }, options(caps.methods, "kd"))),
     field("Temperature", "temperature", input("temperature", "4", "number")),
@@ -449,9 +474,13 @@ async function renderNewJob(view) {
     field("CE weight", "ce_weight", input("ce_weight", "0.1", "number")),
     field("KD weight", "kd_weight", input("kd_weight", "0.9", "number")),
     field("Optimizer", "optimizer", h("select", { id: "optimizer", name: "optimizer" }, options(["sgd", "adamw"], "sgd"))),
+    field("Learning-rate schedule", "schedule", h("select", { id: "schedule", name: "schedule" }, options(caps.schedules, "cosine"))),
     field("Epochs", "epochs", input("epochs", "5", "number")),
     field("Batch size", "batch_size", input("batch_size", "64", "number")),
     field("Learning rate", "lr", input("lr", "0.05", "number")),
+    field("Augmentation: random-crop padding in pixels (0: none)", "crop_padding", input("crop_padding", "0", "number")),
+    h("label", { for: "hflip" }, "Augmentation: flips", h("span", {}, h("input", { type: "checkbox", name: "hflip", id: "hflip" }), " random horizontal flips")),
+    h("div", { class: "wide", id: "exports" }, h("span", { class: "muted" }, "Exports (safetensors always): "), ...exports, h("span", { class: "field-error", "data-error-for": "export" })),
     h("label", { class: "wide" }, h("span", {}, h("input", { type: "checkbox", name: "baseline", id: "baseline" }), " also train the student from scratch (baseline, reports the KD gain)")),
     h("div", { class: "wide" }, messages),
     h("div", { class: "wide" }, h("button", { type: "button", id: "validate" }, "Validate"), " ",
@@ -469,7 +498,8 @@ async function renderNewJob(view) {
     form.querySelectorAll(".field-error").forEach((el) => { el.textContent = ""; });
     fill(messages);
     const byPointer = Object.fromEntries(Object.entries(FIELDS).map(([n, [p]]) => [p, n]));
-    byPointer["/teacher/checkpoint"] = "teacher_file";
+    byPointer["/teacher/checkpoint"] = "teacher_source";
+    byPointer["/export"] = "export";
     for (const e of result.errors || []) {
       const name = byPointer[e.loc] || Object.entries(byPointer).find(([p]) => e.loc.startsWith(p))?.[1];
       const slot = name && form.querySelector(`[data-error-for="${name}"]`);
@@ -481,11 +511,16 @@ async function renderNewJob(view) {
   }
 
   async function validate() {
-    const result = await api("/v1/jobs/validate", { method: "POST", json: buildSpec(form, teacherFile) });
+    const result = await api("/v1/jobs/validate", { method: "POST", json: buildSpec(form, teacherSource.value) });
     showValidation(result);
     return result.valid;
   }
 
+  teacherSource.addEventListener("change", () => {
+    // a job's student brings its architecture along
+    const arch = teacherSource.selectedOptions[0]?.dataset.arch;
+    if (arch && caps.architectures.includes(arch)) form.elements.teacher_arch.value = arch;
+  });
   teacherInput.addEventListener("change", async () => {
     if (!teacherInput.files.length) return;
     const body = new FormData();
@@ -494,7 +529,8 @@ async function renderNewJob(view) {
     teacherInfo.textContent = "uploading…";
     try {
       const f = await api("/v1/files", { method: "POST", body });
-      teacherFile = f.id;
+      form.querySelector("#teacher-uploaded").prepend(h("option", { value: f.id }, `${f.filename} (${f.id}, ${bytes(f.bytes)})`));
+      teacherSource.value = f.id;
       teacherInfo.textContent = `uploaded as ${f.id}`;
       teacherInfo.dataset.fileId = f.id;
     } catch (err) {
@@ -503,7 +539,7 @@ async function renderNewJob(view) {
   });
   form.elements.kind.addEventListener("change", () => {
     const distill = form.elements.kind.value === "distill";
-    for (const n of ["teacher_arch", "teacher_file", "method", "temperature", "ce_weight", "kd_weight"]) {
+    for (const n of ["teacher_arch", "teacher_source", "teacher_file", "method", "temperature", "ce_weight", "kd_weight"]) {
       form.querySelector(`label[for="${n}"]`).hidden = !distill;
     }
   });
@@ -512,7 +548,7 @@ async function renderNewJob(view) {
     e.preventDefault();
     try {
       if (!(await validate())) return;
-      const job = await api("/v1/jobs", { method: "POST", json: buildSpec(form, teacherFile), headers: { "Idempotency-Key": crypto.randomUUID ? crypto.randomUUID() : `web-${Date.now()}-${Math.random()}` } });
+      const job = await api("/v1/jobs", { method: "POST", json: buildSpec(form, teacherSource.value), headers: { "Idempotency-Key": crypto.randomUUID ? crypto.randomUUID() : `web-${Date.now()}-${Math.random()}` } });
       location.hash = `#/jobs/${job.id}`;
     } catch (err) {
       if (err.problem?.errors) showValidation({ errors: err.problem.errors, warnings: [] });
