@@ -148,6 +148,9 @@ class Cluster:
     def checkpoint_steps(self, job_id: str) -> list[int]:
         return [c["step"] for c in self.client.get(f"/v1/jobs/{job_id}/checkpoints").json()]
 
+    def checkpoint_epochs(self, job_id: str) -> list[int]:
+        return [c["epoch"] for c in self.client.get(f"/v1/jobs/{job_id}/checkpoints").json()]
+
     def events(self, job_id: str) -> list[tuple[int, str, dict]]:
         with session_scope(self.db_url) as s:
             rows = s.scalars(

@@ -31,11 +31,14 @@ def cluster(tmp_path):
 def test_sigkill_worker_mid_epoch_resumes_from_checkpoint(cluster):
     cluster.start_api()
     rows = []
-    for kill_after in (1, 2, 3):  # kill once 1, 2, 3 checkpoints are recorded
+    for kill_after in (1, 2, 3):  # kill once epoch 1, 2, 3's checkpoint is recorded
         worker = cluster.start_worker()
         job_id = cluster.submit(training_spec(f"kill-worker-{kill_after}"))
+        # (the newest epoch, not a count: older checkpoints are pruned, KD_KEEP_CHECKPOINTS)
         wait_until(
-            lambda j=job_id, k=kill_after: len(cluster.checkpoint_steps(j)) >= k, 180, "checkpoints"
+            lambda j=job_id, k=kill_after: max(cluster.checkpoint_epochs(j), default=0) >= k,
+            180,
+            "checkpoints",
         )
         time.sleep(0.25 * kill_after)  # at different points of the next epoch
         cluster.kill_worker(worker)
