@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _sqlite_url(data_dir: Path) -> str:
+    # resolving the path costs system calls, and every request asks for the URL: resolved
+    # once per (folder, working directory for a relative folder)
+    return _resolved_sqlite_url(data_dir, "" if data_dir.is_absolute() else os.getcwd())
+
+
+@lru_cache(maxsize=16)
+def _resolved_sqlite_url(data_dir: Path, cwd: str) -> str:
+    return f"sqlite:///{(Path(cwd) / data_dir / 'kdservice.db').resolve()}"
 
 
 class Settings(BaseSettings):
@@ -57,6 +69,15 @@ class Settings(BaseSettings):
     auth_cache_s: float = Field(
         default=5.0, ge=0, description="reuse a key's lookup this long (0: every request)"
     )
+    job_cache_bytes: int = Field(
+        default=64 << 20, ge=0, description="rendered finished jobs kept per API process"
+    )
+    job_cache_s: float = Field(
+        default=5.0, ge=0, description="a cached finished job is checked in the database after"
+    )
+    read_threads: int = Field(
+        default=2, ge=1, le=64, description="threads for job reads' queries, per API process"
+    )
     bootstrap_api_key: str = Field(default="", description="create this key at start (tests)")
     webhook_timeout_s: float = Field(default=5.0, gt=0, description="per attempt")
     webhook_attempts: int = Field(default=4, ge=1)
@@ -91,7 +112,7 @@ class Settings(BaseSettings):
 
     @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'kdservice.db').resolve()}"
+        return self.database_url or _sqlite_url(self.data_dir)
 
     @property
     def is_sqlite(self) -> bool:

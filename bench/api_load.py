@@ -1,14 +1,21 @@
-"""API capacity on this machine, with PostgreSQL, Redis and `kd serve --workers N` as real
-processes and a separate load generator (wrk for request rates, a Python asyncio client
-for SSE and end-to-end latency). Prints requests/s and p50/p99 for
+"""API capacity on this machine: `kd serve` as a real process on each database, and a
+separate load generator (wrk for request rates, a Python asyncio client for SSE and
+end-to-end latency). For each database (the embedded default: SQLite + the local
+executor; and PostgreSQL + Redis), in the same run, wrk measures requests/s and p50/p99
+of
 
-  GET /v1/jobs/{id}, GET /v1/jobs?limit=50, POST /v1/jobs     (wrk, --duration s each)
-  500 SSE watchers: server memory per watcher, event delivery delay p50/p99
-  POST -> the job's `running` event with an idle `kd worker` (p50/p99)
+  GET /healthz (the empty route: the ceiling), GET /v1/jobs/{id} of a finished job,
+  the same with If-None-Match (304), GET /v1/jobs?limit=50, POST /v1/jobs
 
-    python bench/api_load.py [--workers 2] [--duration 30] [--jobs 2000] [--watchers 500]
+and prints each rate as a ratio to /healthz's, and /healthz's p99/p50 (event-loop
+stalls). On PostgreSQL it then measures 500 SSE watchers (server memory per watcher,
+delivery delay) and POST -> `running` with an idle `kd worker`.
 
-It creates a throwaway PostgreSQL database and uses Redis db 7; both are removed after.
+    python bench/api_load.py [--db both|sqlite|postgresql] [--workers 1] [--duration 10]
+                             [--connections 32] [--jobs 2000] [--watchers 500]
+
+PostgreSQL runs in a throwaway database and Redis db 7, both removed after; SQLite in a
+temporary data folder.
 """
 
 from __future__ import annotations
@@ -238,16 +245,126 @@ def stop(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def wait_ready(base: str) -> None:
+    for _ in range(240):
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{base} did not become ready")
+
+
+def rates(base: str, ids: list[str], args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """wrk on each request type, the same duration and connections; `--repeats` rounds
+    over all of them (so a slow moment of the machine falls on every route alike), each
+    figure the median of its rounds. A short warm-up first fills the caches."""
+    finished = f"{base}/v1/jobs/{ids[len(ids) // 2]}"
+    etag = httpx.get(finished, headers={"Authorization": f"Bearer {KEY}"}).headers.get("etag")
+    inm, post, pages = tmp / "inm.lua", tmp / "post.lua", tmp / "pages.lua"
+    # every request a different page (after= a different job): no two in flight alike,
+    # so coalescing of identical requests does not help
+    cursors = ",".join(json.dumps(i) for i in ids[50 : len(ids) : 7][:256])
+    pages.write_text(
+        f"local cursors = {{{cursors}}}\nlocal n = 0\n"
+        "request = function()\n  n = n + 1\n"
+        '  return wrk.format("GET", "/v1/jobs?limit=50&after=" .. cursors[(n % #cursors) + 1])\n'
+        "end\n"
+    )
+    inm.write_text(f'wrk.headers["If-None-Match"] = {json.dumps(etag or "")}\n')
+    post.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(json.dumps(TINY))}\n"
+    )
+    routes: dict[str, tuple[str, Path | None]] = {
+        "GET /healthz": (f"{base}/healthz", None),
+        "GET /v1/jobs/{id}": (finished, None),
+        "GET /v1/jobs/{id} 304": (finished, inm),
+        "GET /v1/jobs?limit=50": (f"{base}/v1/jobs?limit=50", None),
+        "  ... distinct pages": (f"{base}/v1/jobs", pages),
+    }
+    for url, script in routes.values():
+        wrk(url, 1, args.connections, script)
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in routes}
+    for _ in range(args.repeats):
+        for name, (url, script) in routes.items():
+            rounds[name].append(wrk(url, args.duration, args.connections, script))
+    results = {
+        name: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        for name, runs in rounds.items()
+    }
+    # last: it adds jobs (and, on the embedded default, work for the local executor)
+    results["POST /v1/jobs"] = wrk(f"{base}/v1/jobs", args.duration, args.connections, post)
+    return results
+
+
+def print_rates(title: str, results: dict[str, Any]) -> None:
+    ceiling = results["GET /healthz"]
+    print(f"\n{title} (medians of the rounds; POST: one run, non-2xx are 429s of the quota)")
+    print(f"{'request':<26}{'req/s':>9}{'x healthz':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+    for name, r in results.items():
+        print(
+            f"{name:<26}{r['rps']:>9.1f}{r['rps'] / ceiling['rps']:>10.2f}"
+            f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>9.0f}"
+        )
+    print(f"/healthz p99/p50: {ceiling['p99_ms'] / max(ceiling['p50_ms'], 1e-3):.1f}")
+
+
+def run_sqlite(args: argparse.Namespace) -> None:
+    """The embedded default: `kd serve` with SQLite and the local executor (idle)."""
+    tmp = Path(tempfile.mkdtemp(prefix="kd_api_load_sqlite_"))
+    port = 18000 + secrets.randbelow(1000)
+    env = {
+        "KD_DATABASE_URL": "",
+        "KD_BROKER_URL": "",
+        "KD_DATA_DIR": str(tmp / "data"),
+        "KD_BOOTSTRAP_API_KEY": KEY,
+        "KD_LOG_LEVEL": "warning",
+        "KD_PORT": str(port),
+    }
+    base = f"http://127.0.0.1:{port}"
+    server = start(["serve"], env, tmp / "serve.log")
+    try:
+        wait_ready(base)
+        db_url = f"sqlite:///{tmp / 'data' / 'kdservice.db'}"
+        ids = seed(db_url, args.jobs)
+        print(
+            f"\nkd serve: embedded default (SQLite + local executor, 1 process); {len(ids)} "
+            f"jobs; wrk -t1 -c{args.connections} -d{args.duration}s x {args.repeats}; "
+            f"{os.cpu_count()} cores"
+        )
+        print_rates("SQLite", rates(base, ids, args, tmp))
+    finally:
+        stop(server)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--workers", type=int, default=2, help="kd serve processes")
-    parser.add_argument("--duration", type=int, default=30)
+    parser.add_argument("--db", choices=["both", "sqlite", "postgresql"], default="both")
+    parser.add_argument("--workers", type=int, default=1, help="kd serve processes (PostgreSQL)")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; medians are printed")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--jobs", type=int, default=2000)
-    parser.add_argument("--watchers", type=int, default=500)
-    parser.add_argument("--runs", type=int, default=8, help="POST -> running samples")
+    parser.add_argument("--watchers", type=int, default=500, help="0: skip the SSE test")
+    parser.add_argument("--runs", type=int, default=8, help="POST -> running samples (0: skip)")
     args = parser.parse_args()
+    print(time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cpu_model())
+    if args.db in ("both", "sqlite"):
+        run_sqlite(args)
+    if args.db in ("both", "postgresql"):
+        run_postgresql(args)
 
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def run_postgresql(args: argparse.Namespace) -> None:
     db = f"kd_bench_{secrets.token_hex(4)}"
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{db}"')
@@ -276,65 +393,48 @@ def main() -> None:
     server = start(["serve", "--workers", str(args.workers)], env, tmp / "serve.log")
     worker = None
     try:
-        for _ in range(120):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_ready(base)
         from app.db.session import session_scope
         from app.services.keys import ensure_key
 
         with session_scope(db_url) as session:
             ensure_key(session, "default", KEY)
         ids = seed(db_url, args.jobs)
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{db}", autocommit=True) as c:
+            c.execute("VACUUM ANALYZE")  # steady state: not autovacuum after the seeding
         print(
-            f"kd serve: {args.workers} process(es); PostgreSQL {db}; {len(ids)} jobs in the "
-            f"database; wrk -t1 -c{args.connections} -d{args.duration}s; {os.cpu_count()} cores"
+            f"\nkd serve: PostgreSQL + Redis, {args.workers} process(es); {len(ids)} jobs; "
+            f"wrk -t1 -c{args.connections} -d{args.duration}s x {args.repeats}; "
+            f"{os.cpu_count()} cores"
         )
-        results: dict[str, Any] = {}
-        results["GET /v1/jobs/{id}"] = wrk(
-            f"{base}/v1/jobs/{ids[len(ids) // 2]}", args.duration, args.connections
-        )
-        results["GET /v1/jobs?limit=50"] = wrk(
-            f"{base}/v1/jobs?limit=50", args.duration, args.connections
-        )
-        post = tmp / "post.lua"
-        post.write_text(
-            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-            f"wrk.body = {json.dumps(json.dumps(TINY))}\n"
-        )
-        results["POST /v1/jobs"] = wrk(f"{base}/v1/jobs", args.duration, args.connections, post)
-        print(f"\n{'request':<24}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
-        for name, r in results.items():
-            print(
-                f"{name:<24}{r['rps']:>9.1f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>9.0f}"
+        print_rates("PostgreSQL", rates(base, ids, args, tmp))
+        if args.watchers:
+            # SSE: a job that is "running" (no worker yet), `--watchers` watchers
+            watched = ids[0]
+            with session_scope(db_url) as session:
+                session.execute(
+                    text("UPDATE jobs SET status='running' WHERE id=:i"), {"i": watched}
+                )
+            sse = asyncio.run(
+                sse_watchers(base, db_url, broker, watched, args.watchers, children(server.pid))
             )
-
-        # SSE: a job that is "running" (no worker yet), 500 watchers
-        watched = ids[0]
-        with session_scope(db_url) as session:
-            session.execute(text("UPDATE jobs SET status='running' WHERE id=:i"), {"i": watched})
-        sse = asyncio.run(
-            sse_watchers(base, db_url, broker, watched, args.watchers, children(server.pid))
-        )
-        print(
-            f"\nSSE: {sse['watchers']} watchers, {sse['events_received']} events received, "
-            f"{sse['kib_per_watcher']:.1f} KiB of server memory per watcher, delivery delay "
-            f"p50 {sse['delay_p50_ms']:.1f} ms, p99 {sse['delay_p99_ms']:.1f} ms"
-        )
-        # POST -> running with an idle worker; drain the jobs the POST test queued first
-        with session_scope(db_url) as session:
-            session.execute(text("UPDATE jobs SET status='cancelled' WHERE status='queued'"))
-        redis.Redis.from_url(broker).flushdb()  # and their messages: the worker starts idle
-        worker = start(["worker"], env, tmp / "worker.log")
-        time.sleep(8)  # the worker connects and idles
-        e2e = post_to_running(base, args.runs)
-        print(
-            f"POST -> running (idle worker, {e2e['runs']} jobs one at a time): "
-            f"p50 {e2e['p50_ms']:.0f} ms, p99 {e2e['p99_ms']:.0f} ms"
-        )
+            print(
+                f"\nSSE: {sse['watchers']} watchers, {sse['events_received']} events received, "
+                f"{sse['kib_per_watcher']:.1f} KiB of server memory per watcher, delivery "
+                f"delay p50 {sse['delay_p50_ms']:.1f} ms, p99 {sse['delay_p99_ms']:.1f} ms"
+            )
+        if args.runs:
+            # POST -> running with an idle worker; drain the jobs the POST test queued
+            with session_scope(db_url) as session:
+                session.execute(text("UPDATE jobs SET status='cancelled' WHERE status='queued'"))
+            redis.Redis.from_url(broker).flushdb()  # and their messages: the worker idles
+            worker = start(["worker"], env, tmp / "worker.log")
+            time.sleep(8)  # the worker connects and idles
+            e2e = post_to_running(base, args.runs)
+            print(
+                f"POST -> running (idle worker, {e2e['runs']} jobs one at a time): "
+                f"p50 {e2e['p50_ms']:.0f} ms, p99 {e2e['p99_ms']:.0f} ms"
+            )
     finally:
         if worker is not None:
             stop(worker)

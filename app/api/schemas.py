@@ -78,6 +78,14 @@ class ProgressOut(BaseModel):
     eta_s: float | None = None
 
 
+# how long a poller may wait before asking again, by status (none once the job ended)
+POLL_AFTER_S: dict[str, float] = {
+    JobStatus.QUEUED: 5.0,
+    JobStatus.RUNNING: 2.0,
+    JobStatus.CANCELLING: 2.0,
+}
+
+
 class JobOut(FromRow):
     id: str
     name: str
@@ -99,6 +107,11 @@ class JobOut(FromRow):
     resume_checkpoint_id: str | None
     spec: dict[str, Any]
     report: dict[str, Any] | None
+    poll_after_s: float | None = Field(
+        default=None,
+        description="when a poller should ask again (a queued job waits for a worker, a "
+        "running one stores progress every heartbeat); null once the job has ended",
+    )
 
     @classmethod
     def from_view(cls, view: JobView) -> JobOut:
@@ -115,6 +128,7 @@ class JobOut(FromRow):
             "progress": progress,
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
             "status_transitions": [Transition.model_validate(t) for t in view.transitions],
+            "poll_after_s": POLL_AFTER_S.get(job.status),
         }
         row = {name: getattr(job, name) for name in cls.model_fields if name not in derived}
         return cls.model_validate({**row, **derived})
@@ -209,10 +223,6 @@ class TenantOut(BaseModel):
     id: str
     name: str
     webhook_secret: str = Field(description="HMAC-SHA256 key of this tenant's webhooks")
-
-
-def job_outs(views: list[JobView]) -> list[JobOut]:
-    return [JobOut.from_view(v) for v in views]
 
 
 def render_job(view: JobView) -> dict[str, Any]:

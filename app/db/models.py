@@ -112,6 +112,8 @@ class Job(Base):
     # routing: the Celery queue (worker pool) and the priority inside it, from the spec
     queue: Mapped[str] = mapped_column(String(100), default="kd", server_default="kd")
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # bumped by every change a client can see (status, progress, report...): the ETag
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class JobTransition(Base):

@@ -2,7 +2,8 @@
 
 State changes are conditional UPDATEs (`... WHERE status IN (...)`), so two processes
 racing for the same job cannot both win; each successful change records a transition
-and a numbered `status` event in the same transaction.
+and a numbered `status` event in the same transaction. Every UPDATE of what the API
+shows of a job bumps `jobs.version` (its ETag, and the key of the rendered-job cache).
 """
 
 from __future__ import annotations
@@ -74,7 +75,9 @@ def change_status(  # only app.services.lifecycle calls this: it adds the side e
         values.setdefault("finished_at", utcnow())
         values.setdefault("lease_expires_at", None)
     previous = job.status
-    result = cast(CursorResult, session.execute(stmt.values(status=to, **values)))
+    result = cast(
+        CursorResult, session.execute(stmt.values(status=to, version=Job.version + 1, **values))
+    )
     if result.rowcount != 1:
         return False
     _record(session, job_id, previous, to, reason, attempt if attempt is not None else job.attempt)
@@ -103,6 +106,7 @@ def claim(session: Session, job_id: str, worker_id: str, lease_s: float) -> Job 
             lease_expires_at=now + timedelta(seconds=lease_s),
             started_at=func.coalesce(Job.started_at, now),
             error=None,
+            version=Job.version + 1,
         )
         .returning(Job.attempt)
     ).first()
@@ -130,8 +134,9 @@ def heartbeat(
         "heartbeat_at": now,
         "lease_expires_at": now + timedelta(seconds=lease_s),
     }
-    if progress is not None:
+    if progress is not None:  # the lease alone is not shown: no new version for it
         values["progress"] = progress
+        values["version"] = Job.version + 1
     row = session.execute(
         update(Job)
         .where(

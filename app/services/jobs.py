@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -318,23 +318,60 @@ def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
     return job
 
 
-def list_jobs(
-    session: Session,
-    tenant_id: str,
-    limit: int,
-    after: str | None,
-    status: str | None,
-    name: str | None,
-) -> tuple[list[Job], bool]:
-    cursor = get_job(session, tenant_id, after) if after else None
-    stmt = select(Job).where(Job.tenant_id == tenant_id)
-    if status:
-        stmt = stmt.where(Job.status == status)
-    if name:
+@dataclass(frozen=True)
+class JobQuery:
+    """A page of the job list: at most `limit` jobs after the job `after` (newest
+    first), of one `status` and with `name` in their name, when given."""
+
+    limit: int = 50
+    after: str | None = None
+    status: str | None = None
+    name: str | None = None
+
+
+def list_job_versions(
+    conn: Connection, tenant_id: str, query: JobQuery
+) -> tuple[list[tuple[str, int]], bool]:
+    """The page as (id, version) only, in Core on a plain connection (no ORM session, no
+    row objects): what decides whether a cached rendering of each job is still right,
+    without loading specs and reports."""
+    stmt = select(Job.id, Job.version).where(Job.tenant_id == tenant_id)
+    cursor = select(Job.created_at).where(Job.id == query.after, Job.tenant_id == tenant_id)
+    if query.after:  # the cursor job's time in the same query: one round trip a page
+        at = cursor.scalar_subquery()
+        stmt = stmt.where((Job.created_at < at) | ((Job.created_at == at) & (Job.id < query.after)))
+    if query.status:
+        stmt = stmt.where(Job.status == query.status)
+    if query.name:
         # the name is matched literally: % and _ are not wildcards here
-        literal = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        literal = query.name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         stmt = stmt.where(Job.name.ilike(f"%{literal}%", escape="\\"))
-    return repo.page_newest_first(session, stmt, Job, cursor, limit)
+    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(query.limit + 1)
+    rows = [(str(i), int(v)) for i, v in conn.execute(stmt)]
+    if not rows and query.after and conn.execute(cursor).first() is None:
+        raise NotFound("job", query.after)  # an unknown cursor, not an empty page
+    return rows[: query.limit], len(rows) > query.limit
+
+
+def jobs_by_id(session: Session, tenant_id: str, job_ids: list[str]) -> list[Job]:
+    """The tenant's jobs of `job_ids`, in that order (missing ones left out)."""
+    if not job_ids:
+        return []
+    found = {
+        job.id: job
+        for job in session.scalars(
+            select(Job).where(Job.tenant_id == tenant_id, Job.id.in_(job_ids))
+        )
+    }
+    return [found[i] for i in job_ids if i in found]
+
+
+def job_version(session: Session, tenant_id: str, job_id: str) -> int | None:
+    """The version of the tenant's job, None if there is no such job: one indexed row."""
+    version = session.scalar(
+        select(Job.version).where(Job.id == job_id, Job.tenant_id == tenant_id)
+    )
+    return None if version is None else int(version)
 
 
 def transitions_of(session: Session, job_ids: list[str]) -> dict[str, list[JobTransition]]:

@@ -58,17 +58,25 @@ class Caller:
 _CALLERS: dict[tuple[str, str], tuple[float, Caller]] = {}
 
 
+def cached_caller(key: str, cache_key: str, ttl_s: float) -> Caller | None:
+    """The caller of `key` if this process looked it up less than `ttl_s` ago: no I/O."""
+    if ttl_s <= 0:
+        return None
+    hit = _CALLERS.get((cache_key, hash_key(key)))
+    return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
+
 def tenant_for_key(
     session: Session, key: str, cache_key: str = "", ttl_s: float = 0.0
 ) -> Caller | None:
     """The caller of an active key, in one query; with `ttl_s` > 0 the answer is reused
     for that long (a key revoked by another process stops working within `ttl_s`; one
     revoked in this process at once)."""
+    hit = cached_caller(key, cache_key, ttl_s)
+    if hit is not None:
+        return hit
     digest = hash_key(key)
     now = time.monotonic()
-    hit = _CALLERS.get((cache_key, digest)) if ttl_s > 0 else None
-    if hit is not None and hit[0] > now:
-        return hit[1]
     row = session.execute(
         select(Tenant.id, Tenant.name, Tenant.webhook_secret)
         .join(ApiKey, ApiKey.tenant_id == Tenant.id)

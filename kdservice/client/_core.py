@@ -1,5 +1,6 @@
 """What the sync and async clients share: retry policy, spec loading, the SSE parser,
-and the bookkeeping of a resumable, digest-checked download."""
+the conditional reads of jobs, and the bookkeeping of a resumable, digest-checked
+download."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import httpx
 
 from kdservice.client.errors import ApiError, DigestMismatch, WaitTimeout
-from kdservice.client.models import Artifact, Event
+from kdservice.client.models import Artifact, Event, Job
 
 RETRY_STATUSES = frozenset({429, 503})
 STREAM_TIMEOUT = httpx.Timeout(10.0, read=60.0)  # the server sends a heartbeat every 15 s
@@ -103,6 +104,31 @@ def select_artifacts(
 
 def new_idempotency_key() -> str:
     return f"kdclient-{uuid.uuid4()}"
+
+
+class KnownJobs:
+    """The jobs this client read last, with their ETags: a repeated `get` sends
+    `If-None-Match`, and a 304 (the job has not changed) costs the server no rendering
+    and the client no parsing."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._jobs: dict[str, tuple[str, Job]] = {}
+
+    def headers(self, job_id: str) -> dict[str, str]:
+        known = self._jobs.get(job_id)
+        return {"If-None-Match": known[0]} if known else {}
+
+    def read(self, job_id: str, response: httpx.Response) -> Job:
+        if response.status_code == 304 and job_id in self._jobs:
+            return self._jobs[job_id][1]
+        job = Job.model_validate(response.json())
+        etag = response.headers.get("etag")
+        if etag:
+            if len(self._jobs) >= self.size:
+                self._jobs.pop(next(iter(self._jobs)))  # the oldest entry
+            self._jobs[job_id] = (etag, job)
+        return job
 
 
 class SSEParser:

@@ -20,6 +20,7 @@ from kdservice.client._core import (
     RETRY_STATUSES,
     STREAM_TIMEOUT,
     Download,
+    KnownJobs,
     SSEParser,
     default_headers,
     load_spec,
@@ -70,6 +71,7 @@ class AsyncClient:
             timeout=timeout,
             transport=transport,
         )
+        self._known = KnownJobs()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -120,7 +122,10 @@ class AsyncClient:
         return Job.model_validate(body)
 
     async def get(self, job_id: str) -> Job:
-        return Job.model_validate(await self._json("GET", f"/v1/jobs/{job_id}"))
+        """As Client.get: conditional, a 304 returns the copy from the last read."""
+        headers = self._known.headers(job_id)
+        response = await self.request("GET", f"/v1/jobs/{job_id}", headers=headers)
+        return self._known.read(job_id, response)
 
     async def list_jobs(
         self,

@@ -57,6 +57,7 @@ class Job(_Model):
     resume_checkpoint_id: str | None
     spec: dict[str, Any]
     report: dict[str, Any] | None
+    poll_after_s: float | None = None  # when to ask again; None once the job ended
 
     @property
     def done(self) -> bool:

@@ -31,6 +31,7 @@ from kdservice.client._core import (
     STREAM_TIMEOUT,
     Deadline,
     Download,
+    KnownJobs,
     SSEParser,
     check,
     default_headers,
@@ -74,6 +75,7 @@ class Client:
             timeout=timeout,
             transport=transport,
         )
+        self._known = KnownJobs()
 
     def __enter__(self) -> Client:
         return self
@@ -128,7 +130,12 @@ class Client:
         return Job.model_validate(body)
 
     def get(self, job_id: str) -> Job:
-        return Job.model_validate(self._json("GET", f"/v1/jobs/{job_id}"))
+        """The job; asked again, with its ETag: unchanged, it comes back as 304 and the
+        copy from the last read is returned. `job.poll_after_s` says when to ask again."""
+        path = f"/v1/jobs/{job_id}"
+        return self._known.read(
+            job_id, self.request("GET", path, headers=self._known.headers(job_id))
+        )
 
     def list_jobs(
         self,

@@ -267,3 +267,36 @@ def test_the_sync_and_async_clients_offer_the_same_calls() -> None:
         return {n for n in dir(cls) if not n.startswith("_")}
 
     assert public(Client) - {"close"} == public(AsyncClient) - {"aclose"}
+
+
+def test_get_sends_the_last_etag_and_keeps_its_copy_on_304() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.headers.get("If-None-Match") == '"r.7"':
+            return httpx.Response(304, headers={"ETag": '"r.7"'})
+        return httpx.Response(200, json={**JOB, "poll_after_s": 5.0}, headers={"ETag": '"r.7"'})
+
+    client = client_for(handler)
+    first = client.get("job_1")
+    again = client.get("job_1")
+    assert "If-None-Match" not in seen[0].headers
+    assert seen[1].headers["If-None-Match"] == '"r.7"'
+    assert again == first and again.poll_after_s == 5.0
+    # another job has no ETag yet
+    client.get("job_2")
+    assert "If-None-Match" not in seen[2].headers
+
+
+def test_a_changed_job_replaces_the_kept_copy() -> None:
+    versions = iter([("queued", '"r.1"'), ("running", '"r.2"'), ("running", '"r.2"')])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status, etag = next(versions)
+        if request.headers.get("If-None-Match") == etag:
+            return httpx.Response(304, headers={"ETag": etag})
+        return httpx.Response(200, json={**JOB, "status": status}, headers={"ETag": etag})
+
+    client = client_for(handler)
+    assert [client.get("job_1").status for _ in range(3)] == ["queued", "running", "running"]

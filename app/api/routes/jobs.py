@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.api.deps import OwnedJob, SessionDep, SettingsDep, TenantDep
+from app.api.deps import JobReadsDep, OwnedJob, SessionDep, SettingsDep, TenantDep
 from app.api.schemas import (
     ArtifactOut,
     CheckpointOut,
@@ -18,7 +18,6 @@ from app.api.schemas import (
     MetricsOut,
     ValidateOut,
     ValidationItem,
-    job_outs,
     problem_responses,
     render_job,
 )
@@ -83,14 +82,14 @@ def validate_job(
 
 
 @router.get("", response_model=JobList)
-def list_jobs(
-    session: SessionDep,
+async def list_jobs(
+    reads: JobReadsDep,
     tenant: TenantDep,
     limit: Limit = 50,
     after: Annotated[str | None, Query(max_length=64)] = None,
     status: Annotated[str | None, Query(max_length=20)] = None,
     name: Annotated[str | None, Query(max_length=200)] = None,
-) -> JobList:
+) -> Response:
     if status is not None and status not in STATUSES:
         raise ProblemError(
             422,
@@ -98,18 +97,24 @@ def list_jobs(
             f"status must be one of {STATUSES}",
             errors=[{"loc": "/query/status", "msg": f"one of {list(STATUSES)}"}],
         )
-    rows, has_more = service.list_jobs(session, tenant.id, limit, after, status, name)
-    return JobList(
-        data=job_outs(service.job_views(session, rows)),
-        has_more=has_more,
-        next_after=rows[-1].id if has_more else None,
-    )
+    query = service.JobQuery(limit, after, status, name)
+    return await reads.page(tenant.id, query)
 
 
-@router.get("/{job_id}", response_model=JobOut)
-def get_job(job: OwnedJob, session: SessionDep) -> JobOut:
-    # the model itself, not a dict: FastAPI then serialises it without validating again
-    return JobOut.from_view(service.job_view(session, job))
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    responses={304: {"description": "not modified: the If-None-Match ETag is current"}},
+)
+async def get_job(
+    job_id: str,
+    reads: JobReadsDep,
+    tenant: TenantDep,
+    if_none_match: Annotated[str | None, Header(max_length=1024)] = None,
+) -> Response:
+    """The job, with a strong ETag (its version); `If-None-Match` with the current one is
+    answered 304. `poll_after_s` says when polling again is worth it."""
+    return await reads.job(tenant.id, job_id, if_none_match)
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
@@ -140,10 +145,15 @@ def retry_job(
 
 @router.delete("/{job_id}", status_code=204)
 def delete_job(
-    job_id: str, session: SessionDep, settings: SettingsDep, tenant: TenantDep
+    job_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    reads: JobReadsDep,
+    tenant: TenantDep,
 ) -> Response:
     service.delete_job(session, settings, tenant.id, job_id)
     session.commit()
+    reads.forget(job_id)  # this process at once; the others within KD_JOB_CACHE_S
     return Response(status_code=204)
 
 
