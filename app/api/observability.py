@@ -37,12 +37,12 @@ WAIT_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 14400)
 
 # request ids: a random per-process prefix and a counter (uuid4 per request cost a
 # getrandom() system call on the hot path of every request; bench/api_load.py)
-_PROCESS_PREFIX = uuid.uuid4().hex[:12]
+_PROCESS_PREFIX = uuid.uuid4().hex[:16]
 _REQUEST_COUNTER = itertools.count(1)
 
 
 def new_request_id() -> str:
-    return f"{_PROCESS_PREFIX}{next(_REQUEST_COUNTER):08x}"
+    return f"{_PROCESS_PREFIX}{next(_REQUEST_COUNTER):016x}"  # 32 hex digits, as a uuid4
 
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

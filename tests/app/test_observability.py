@@ -108,9 +108,11 @@ def test_request_id_is_echoed_and_logged(observed: tuple[Api, str, list[dict]]) 
     with Capture("kd.http") as capture:
         r = api.get(f"/v1/jobs/{job_id}", headers={"X-Request-ID": "req-42"})
         fresh = api.get(f"/v1/jobs/{job_id}")
+        other = api.get(f"/v1/jobs/{job_id}")
         bad = api.get(f"/v1/jobs/{job_id}", headers={"X-Request-ID": "no spaces allowed"})
     assert r.headers["X-Request-ID"] == "req-42"
     assert len(fresh.headers["X-Request-ID"]) == 32  # made up when not given
+    assert fresh.headers["X-Request-ID"] != other.headers["X-Request-ID"]
     assert bad.headers["X-Request-ID"] != "no spaces allowed"
     lines = capture.lines()
     first = next(line for line in lines if line.get("request_id") == "req-42")
