@@ -79,6 +79,7 @@ test: $(STAMP) services browser datasets lint
 ## bench: throughput and quality benchmarks (prints medians and ratios; not a test)
 bench: $(STAMP) datasets
 	$(BIN)/python bench/kd_throughput.py
+	$(BIN)/python bench/peer_compare.py
 	$(BIN)/python bench/kd_methods.py
 
 clean:

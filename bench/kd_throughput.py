@@ -7,8 +7,8 @@ median images/s over epochs (evaluation excluded) for:
   (c) KD with the cached teacher (teacher outputs computed once),
 
 each in fp32 and in the default precision (`auto`: bf16 autocast where the CPU has
-native bf16), side by side, with ratios. Reference: torchdistill 1.1.5 does about 130
-images/s on this configuration on these 2-core machines (measured by the issue's author).
+native bf16), side by side, with ratios. The comparison with a peer framework, measured
+beside ours in the same run, is bench/peer_compare.py.
 
     python bench/kd_throughput.py [--epochs 4]
 """
@@ -24,8 +24,6 @@ from kdcore.data import load_dataset
 from kdcore.models import build_model
 from kdcore.trainer import fit, uses_bf16
 from kdcore.validate import parse_spec
-
-TORCHDISTILL_REFERENCE = 130.0
 
 
 def spec(kind: str, precision: str, cache: bool, epochs: int):
@@ -75,19 +73,12 @@ def main() -> None:
     for precision in ("fp32", "auto"):
         for label, kind, cache in rows:
             results[(label, precision)] = measure(kind, precision, cache, args.epochs)
-    print(
-        f"\n{'configuration':<26}{'fp32 img/s':>12}{'auto img/s':>12}"
-        f"{'auto/fp32':>11}{'vs torchdistill':>17}"
-    )
+    print(f"\n{'configuration':<26}{'fp32 img/s':>12}{'auto img/s':>12}{'auto/fp32':>11}")
     for label, _, _ in rows:
         fp32, best = results[(label, "fp32")], results[(label, "auto")]
-        print(
-            f"{label:<26}{fp32:>12.1f}{best:>12.1f}{best / fp32:>11.2f}"
-            f"{best / TORCHDISTILL_REFERENCE:>16.2f}x"
-        )
+        print(f"{label:<26}{fp32:>12.1f}{best:>12.1f}{best / fp32:>11.2f}")
     a, b, c = (results[(label, "auto")] for label, _, _ in rows)
     print(f"\nKD step / student alone: {a / b:.2f}   cached KD / KD step: {c / a:.2f}")
-    print(f"fp32 KD step vs torchdistill (130 img/s): {results[(rows[0][0], 'fp32')] / 130:.2f}x")
 
 
 if __name__ == "__main__":
