@@ -6,7 +6,7 @@ the same number of epochs; prints the median training images/s of each and the r
 
 Setup: `cifar_resnet56 -> cifar_resnet20` (kdcore's modules on both sides, so the
 frameworks are what differ), scikit-learn's digits written once as a folder of 32x32
-PNGs (torchvision's ImageFolder reads the folder; kdcore reads the same files as a tar),
+PNG files (torchvision's ImageFolder reads the folder; kdcore reads the same files as a tar),
 batch 64, SGD (lr 0.05, momentum 0.9, weight decay 5e-4, cosine), KD with T=4 and
 0.1 CE + 0.9 KD. With augmentation: random 32x32 crops of the image padded by 2 (so no
 teacher cache on either side); without: none (kdcore then caches the teacher's outputs,
