@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-
-def _sqlite_url(data_dir: Path) -> str:
-    # resolving the path costs system calls, and every request asks for the URL: resolved
-    # once per (folder, working directory for a relative folder)
-    return _resolved_sqlite_url(data_dir, "" if data_dir.is_absolute() else os.getcwd())
-
-
-@lru_cache(maxsize=16)
-def _resolved_sqlite_url(data_dir: Path, cwd: str) -> str:
-    return f"sqlite:///{(Path(cwd) / data_dir / 'kdservice.db').resolve()}"
 
 
 class Settings(BaseSettings):
@@ -101,6 +89,12 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
 
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, data_dir: Path) -> Path:
+        # once, here: every request asks for db_url, which must not cost a system call
+        return data_dir.expanduser().absolute()
+
     @model_validator(mode="after")
     def _production_is_explicit(self) -> Settings:
         if self.environment == "production":
@@ -112,7 +106,7 @@ class Settings(BaseSettings):
 
     @property
     def db_url(self) -> str:
-        return self.database_url or _sqlite_url(self.data_dir)
+        return self.database_url or f"sqlite:///{self.data_dir.absolute() / 'kdservice.db'}"
 
     @property
     def is_sqlite(self) -> bool:

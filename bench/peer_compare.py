@@ -54,11 +54,14 @@ SETTINGS = {
 
 def peer_python() -> Path:
     """The peer's virtualenv, made on first use: torchdistill without its dependencies
-    (torch, torchvision, numpy, scipy, yaml come from this environment)."""
+    (torch, torchvision, numpy, scipy, yaml come from this environment), installed by
+    this environment's pip, so the virtualenv holds no pip or setuptools of its own."""
     python = PEER / "bin" / "python"
     if (PEER / ".ready").exists():
         return python
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(PEER)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--clear", "--without-pip", str(PEER)], check=True
+    )
     ours = sysconfig.get_paths()["purelib"]
     theirs = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -67,9 +70,8 @@ def peer_python() -> Path:
         check=True,
     ).stdout.strip()
     Path(theirs, "kdservice_env.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--no-deps", "torchdistill"], check=True
-    )
+    pip = [sys.executable, "-m", "pip", "--python", str(python)]
+    subprocess.run([*pip, "install", "-q", "--no-deps", "torchdistill"], check=True)
     (PEER / ".ready").write_text("")
     return python
 

@@ -368,7 +368,6 @@ class Supervisor:
     def _prune(self, session: Session) -> list[str]:
         """Retention (KD_KEEP_CHECKPOINTS): the rows of all but the newest checkpoints go
         in the transaction that records the new one; their files once it commits."""
-        session.flush()
         protect = {self.resume_step} if self.resume_step is not None else set()
         return prune_checkpoints(session, self.job_id, self.settings.keep_checkpoints, protect)
 

@@ -10,9 +10,10 @@ Polling a job is the most common integration, so a read avoids every cost it can
   hop. An entry older than `KD_JOB_CACHE_S` is checked against the database (one indexed
   row), so a job deleted through another API process disappears within that time; one
   deleted through this process at once.
-- A miss costs one thread hop and at most three queries (the job, its transitions, its
-  queue position while queued), serialised by pydantic straight to bytes: no dict, no
-  second validation, no `json.dumps`.
+- A miss costs one thread hop and at most three queries (the job, its queue position
+  while queued, its transitions), serialised by pydantic straight to bytes: no dict, no
+  second validation, no `json.dumps`; when the caller's ETag is still current, the
+  transitions are not loaded and nothing is rendered.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class RenderedJobs:
         return time.monotonic() - entry.checked_at < self.recheck_s
 
     def put(self, entry: Rendered) -> None:
-        if entry.status not in TERMINAL or len(entry.body) > self.max_bytes:
+        if entry.status not in TERMINAL or not entry.body or len(entry.body) > self.max_bytes:
             return
         with self._lock:
             old = self._entries.pop(entry.job_id, None)
@@ -123,10 +124,17 @@ def _render(view: service.JobView) -> Rendered:
     )
 
 
-def _load(settings: Settings, tenant_id: str, job_id: str) -> Rendered:
+def _load(settings: Settings, tenant_id: str, job_id: str, if_none_match: str | None) -> Rendered:
+    """The job rendered; or, when the caller's ETag is current, only its ETag (empty body:
+    a 304 renders nothing and loads no transitions)."""
     with session_scope(settings.db_url) as session:
         job = service.get_job(session, tenant_id, job_id)
-        return _render(service.job_view(session, job))
+        position = service.queue_position(session, job)
+        etag = etag_of(job.version, position)
+        if matches(if_none_match, etag):
+            return Rendered(job.id, job.tenant_id, job.version, job.status, etag, b"", 0.0)
+        transitions = service.transitions_of(session, [job.id]).get(job.id, [])
+        return _render(service.JobView(job, transitions, position))
 
 
 def _recheck(settings: Settings, entry: Rendered) -> Rendered | None:
@@ -206,8 +214,8 @@ class JobReads:
                 cache.put(rechecked)
                 return _response(rechecked, if_none_match)
             cache.forget(job_id)
-        key = ("load", tenant_id, job_id)
-        entry = await self.flights.run(key, _load, settings, tenant_id, job_id)
+        key = ("load", tenant_id, job_id, if_none_match)
+        entry = await self.flights.run(key, _load, settings, tenant_id, job_id, if_none_match)
         cache.put(entry)
         return _response(entry, if_none_match)
 

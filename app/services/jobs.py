@@ -410,6 +410,11 @@ def job_view(session: Session, job: Job) -> JobView:
     return job_views(session, [job])[0]
 
 
+def queue_position(session: Session, job: Job) -> int | None:
+    """The job's 1-based place in its queue while it is queued (one indexed count)."""
+    return repo.queue_positions(session, [job]).get(job.id)
+
+
 def cancel_job(session: Session, tenant_id: str, job_id: str) -> tuple[Job, AfterCommit | None]:
     """Cancel (see lifecycle.cancel). Returns the job and what to run after commit."""
     job = get_job(session, tenant_id, job_id)

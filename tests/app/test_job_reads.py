@@ -215,3 +215,26 @@ def test_a_cursor_of_another_tenant_is_unknown(api):
         "has_more": False,
         "next_after": None,
     }
+
+
+def test_a_current_etag_of_a_running_job_is_answered_without_rendering(api, monkeypatch):
+    from app.api import job_reads
+
+    job_id = api.post("/v1/jobs", json=tiny_job()).json()["id"]
+    with session_scope(api.settings.db_url) as session:
+        repo.claim(session, job_id, "w-1", 30)
+    etag = api.get(f"/v1/jobs/{job_id}").headers["etag"]
+
+    def no_rendering(view):  # type: ignore[no-untyped-def]
+        raise AssertionError("a 304 must not render the job")
+
+    monkeypatch.setattr(job_reads, "_render", no_rendering)
+    for sent in (etag, f"W/{etag}", f'"stale", {etag}', "*"):
+        r = api.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": sent})
+        assert r.status_code == 304 and r.content == b"" and r.headers["etag"] == etag, sent
+    monkeypatch.undo()
+    for sent in ('"stale"', "garbage without quotes", ",,,", etag.strip('"')):
+        r = api.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": sent})
+        assert r.status_code == 200 and r.json()["id"] == job_id, sent
+    with session_scope(api.settings.db_url) as session:  # nothing left running
+        assert repo.change_status(session, job_id, ("running",), "failed", "done")
