@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     pools: str = ""
     local_max_gpus: int = Field(default=1, ge=1, le=16, description="local executor: gpus <= this")
     local_workers: int = Field(default=1, ge=0, le=64, description="local executor threads")
+    job_threads: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="CPU threads per training process; 0: the usable cores divided by the "
+        "jobs one executor process runs at once (worker.supervisor.threads_per_job)",
+    )
     poll_interval_s: float = 0.5
 
     lease_s: float = Field(default=60.0, gt=0, description="a worker's claim lasts this long")

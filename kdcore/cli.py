@@ -80,6 +80,10 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     if spec.kind != kind:
         raise SpecError([("/kind", f"this spec is a {spec.kind!r} job; run `kdcore {spec.kind}`")])
     keep = args.keep_checkpoints or None  # 0: keep every epoch's checkpoint
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     report = run(spec, args.out, ProgressPrinter(), args.resume, keep)
     summary = {
         k: report[k]
@@ -208,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="N",
             help="keep the newest N of OUT/checkpoints/epochN.pt, plus the one resumed "
             "from (default 2; 0 keeps all)",
+        )
+        p.add_argument(
+            "--threads",
+            type=_count,
+            default=0,
+            metavar="N",
+            help="CPU threads for this job (default 0: PyTorch's choice, one per core); "
+            "jobs sharing a host should split its cores",
         )
         p.set_defaults(func=lambda a, k=kind: _run(a, k))
     p = sub.add_parser("export", help="write TorchScript/ONNX from a student folder")

@@ -8,7 +8,6 @@ outputs. Backend: NCCL with one GPU per rank, gloo on the CPU.
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _join(rank: int, world: int, port: int, device: str) -> None:
+def _join(rank: int, world: int, port: int, device: str, threads: int) -> None:
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(rank % torch.cuda.device_count())
     else:
-        # N processes on the same cores: split the threads instead of oversubscribing
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        # N processes on the job's cores: split its threads instead of oversubscribing
+        torch.set_num_threads(threads)
     # the rendezvous address is explicit: kdcore reads no environment variables
     dist.init_process_group(
         "nccl" if use_cuda else "gloo",
@@ -45,9 +44,15 @@ def _join(rank: int, world: int, port: int, device: str) -> None:
 
 
 def _rank_main(
-    rank: int, world: int, port: int, spec: dict[str, Any], out_dir: str, resume: str | None
+    rank: int,
+    world: int,
+    port: int,
+    spec: dict[str, Any],
+    out_dir: str,
+    resume: str | None,
+    threads: int,
 ) -> None:
-    _join(rank, world, port, spec["training"]["device"])
+    _join(rank, world, port, spec["training"]["device"], threads)
     try:
         run_local(JobSpec.model_validate(spec), Path(out_dir), None, resume)
     finally:
@@ -70,18 +75,19 @@ def run_parallel(
         raise SpecError([("/resources/gpus", f"{world} GPUs asked, {have} here")])
     port = _free_port()
     resume = str(resume_from) if resume_from is not None else None
+    threads = max(1, torch.get_num_threads() // world)  # the job's budget, split
     ctx = mp.get_context("spawn")
     others = [
         ctx.Process(
             target=_rank_main,
-            args=(rank, world, port, spec.model_dump(mode="json"), str(out_dir), resume),
+            args=(rank, world, port, spec.model_dump(mode="json"), str(out_dir), resume, threads),
             daemon=True,  # they die with rank 0
         )
         for rank in range(1, world)
     ]
     for p in others:
         p.start()
-    _join(0, world, port, spec.training.device)
+    _join(0, world, port, spec.training.device, threads)
     try:
         report = run_local(spec, out_dir, callbacks, resume_from, keep_checkpoints)
     finally:

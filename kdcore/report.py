@@ -85,6 +85,7 @@ def build_report(
         "task": spec.task,
         "device": device.type,
         "processes": spec.resources.gpus,  # data-parallel ranks
+        "threads": torch.get_num_threads(),  # per process (the job's CPU budget)
         "precision": "bf16" if uses_bf16(device, spec.training.precision) else "fp32",
         "dataset": {
             "name": spec.dataset.name,
@@ -98,6 +99,7 @@ def build_report(
         "training_time_s": round(result.train_time_s, 3),
         "train_images_per_s": round(result.images_per_s, 2),
         "teacher_cache": result.used_teacher_cache,
+        "teacher_forward": result.teacher_forward.to_dict() if result.teacher_forward else None,
         "history": result.history,
     }
     s_metrics, s_out = held_out_metrics(student, data.test, regression, device)

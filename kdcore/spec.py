@@ -203,6 +203,12 @@ class DistillationSpec(_Strict):
         default="auto",
         description="Precompute teacher outputs once. Needs deterministic inputs (no augment).",
     )
+    teacher_precision: Literal["auto", "fp32", "int8"] = Field(
+        default="auto",
+        description="How the teacher runs each step when it is not cached (kdcore.fast_teacher): "
+        "auto: int8 on a CPU if its soft targets pass the fidelity check, else fp32; "
+        "fp32: fp32 with BatchNorm folded into the convolutions; int8: int8 regardless",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -239,6 +245,11 @@ class TrainingSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     eval_batch_size: int = Field(default=512, ge=1, le=MAX_BATCH)
+    channels_last: bool | Literal["auto"] = Field(
+        default="auto",
+        description="NHWC tensors for the models and batches; auto: on for image inputs "
+        "(oneDNN and cuDNN convolutions run faster in it, fp32 included)",
+    )
     compile: bool = Field(
         default=False,
         description="torch.compile the student's training forward (off: it pays only on "

@@ -25,6 +25,7 @@ from kdcore.callbacks import Callbacks, Progress
 from kdcore.checkpoints import prune_checkpoints, save_checkpoint
 from kdcore.data import DataSplits, Split
 from kdcore.errors import Cancelled, SpecError
+from kdcore.fast_teacher import TeacherForward, faster_teacher
 from kdcore.features import FeatureTap, classifier_name
 from kdcore.losses import DistillLoss, build_loss, task_loss
 from kdcore.models import default_feature_layers
@@ -43,6 +44,7 @@ class FitResult:
     images_seen: int = 0
     steps: int = 0
     used_teacher_cache: bool = False
+    teacher_forward: TeacherForward | None = None  # how the uncached teacher ran
 
     @property
     def images_per_s(self) -> float:
@@ -141,9 +143,35 @@ def evaluate(
     }
 
 
+def _sample_batches(
+    train: Split, spec: JobSpec, channels_last: bool, device: torch.device
+) -> Callable[[int, int], list[Tensor]]:
+    """Augmented training batches for calibrating and checking a faster teacher: batch
+    `offset + i` of a fixed seeded order, augmented by its own seeded generator, so the
+    same arguments give the same batches (and a resumed job the same int8 teacher).
+    The global RNG is not touched."""
+    size = max(2, min(spec.training.batch_size, 64, len(train)))
+    order = torch.randperm(
+        len(train), generator=torch.Generator().manual_seed(spec.training.seed * 5_003 + 17)
+    )
+
+    def sample(count: int, offset: int) -> list[Tensor]:
+        batches = []
+        for i in range(offset, offset + count):
+            start = (i * size) % max(1, len(train) - size + 1)
+            x = train.x[order[start : start + size].to(train.x.device)].to(device)
+            if spec.augment.enabled and x.ndim == 4:
+                x = augment_batch(x, spec.augment, torch.Generator().manual_seed(1_000 + i))
+            batches.append(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+        return batches
+
+    return sample
+
+
 class _Teacher:
     """Teacher outputs for a batch: from a precomputed cache when inputs are
-    deterministic, else a forward pass under inference_mode."""
+    deterministic, else a forward pass under inference_mode, of the folded or int8
+    teacher where that passes (kdcore.fast_teacher)."""
 
     def __init__(
         self,
@@ -153,8 +181,10 @@ class _Teacher:
         train: Split,
         device: torch.device,
         tap: FeatureTap | None,
+        channels_last: bool,
     ):
         self.model, self.tap, self.device = teacher, tap, device
+        self.forward: TeacherForward | None = None
         want = spec.distillation.cache_teacher
         can = not spec.augment.enabled and not loss_fn.needs_features
         if want is True and not can:
@@ -165,12 +195,26 @@ class _Teacher:
             self.cache = predict(
                 teacher, train.x, spec.training.eval_batch_size, device, spec.training.precision
             )
+        elif tap is None:  # run every step; taps need the original modules
+            self.model, self.forward = faster_teacher(
+                teacher,
+                spec.distillation.teacher_precision,
+                device,
+                spec.distillation.temperature,
+                spec.task == "classification",
+                _sample_batches(train, spec, channels_last, device),
+            )
+            if channels_last and self.forward.precision == "fp32":
+                self.model.to(memory_format=torch.channels_last)  # folding made new weights
 
     def __call__(self, x: Tensor, idx: Tensor) -> tuple[Tensor, list[Tensor]]:
         if self.cache is not None:
             return self.cache[idx], []
-        with torch.inference_mode():
-            out = self.model(x)
+        int8 = self.forward is not None and self.forward.precision == "int8"
+        # quantised kernels take fp32 in and give fp32 out: no autocast around them
+        no_autocast = torch.autocast(x.device.type, enabled=False) if int8 else None
+        with torch.inference_mode(), no_autocast or contextlib.nullcontext():
+            out = self.model(x.float() if int8 else x)
             feats = self.tap.collect() if self.tap else []
         # inference tensors cannot be saved for backward; clone them into normal tensors
         return out.clone(), [f.clone() for f in feats]
@@ -312,10 +356,8 @@ def _setup(
     log_every: int,
 ) -> _Run:
     tr = spec.training
-    # channels_last suits cuDNN and oneDNN's bf16 kernels; fp32 on CPU gains little from it
-    channels_last = data.train.x.ndim == 4 and (
-        device.type == "cuda" or uses_bf16(device, tr.precision)
-    )
+    # NHWC suits cuDNN and oneDNN alike: on a CPU at fp32 too (docs/benchmarks.md)
+    channels_last = data.train.x.ndim == 4 and tr.channels_last is not False
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     student.to(device).to(memory_format=memory_format)
     train = data.train
@@ -331,7 +373,7 @@ def _setup(
             s_tap, t_tap = _feature_taps(spec, student, teacher, loss_fn, train.x[:2].to(device))
             loss_fn.to(device)
         loss_fn.bind_train_labels(train.y)
-        teacher_out = _Teacher(teacher, loss_fn, spec, train, device, t_tap)
+        teacher_out = _Teacher(teacher, loss_fn, spec, train, device, t_tap, channels_last)
     trainable = list(student.parameters()) + (list(loss_fn.parameters()) if loss_fn else [])
     optimizer = build_optimizer(trainable, tr, fused=device.type == "cuda")
     # data parallel (kdcore.distributed started the process group): every rank holds the
@@ -538,6 +580,7 @@ def fit(
         student,
         history=list(resume.get("history", [])) if resume else [],
         used_teacher_cache=bool(run.teacher_out and run.teacher_out.cache is not None),
+        teacher_forward=run.teacher_out.forward if run.teacher_out else None,
     )
     clock = _Clock(resumed_step=step)
     held_out = data.val if len(data.val) else data.test

@@ -147,6 +147,17 @@ def _over_limits(settings: Settings, spec: dict[str, Any]) -> str | None:
     return "; ".join(f"{loc}: {msg}" for loc, msg in problems) or None
 
 
+def threads_per_job(settings: Settings) -> int:
+    """CPU threads for one training process: `KD_JOB_THREADS`, else this host's usable
+    cores split between the jobs this process runs at once (the local executor's
+    threads; a Celery worker runs one), so concurrent jobs do not oversubscribe."""
+    if settings.job_threads:
+        return settings.job_threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    slots = 1 if settings.broker_url else max(1, settings.local_workers)
+    return max(1, (cores or 1) // slots)
+
+
 def run_next(settings: Settings, pools: set[str] | None, candidates: int = 3) -> bool:
     """Claim and run the next job of `pools` in fair order (repository.queued_job_ids);
     returns whether one ran. Both executors start jobs through here."""
@@ -201,8 +212,11 @@ class Supervisor:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.out_dir / f"attempt{self.attempt}.log"
         with open(log_path, "ab") as log_file:
+            threads = threads_per_job(self.settings)
             proc = subprocess.Popen(
                 [sys.executable, "-m", "worker.training_process"],
+                # OpenMP sizes its pool from this at start: no oversubscribed first op
+                env={**os.environ, "OMP_NUM_THREADS": str(threads)},
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log_file,
@@ -215,6 +229,7 @@ class Supervisor:
                         "spec": self.spec,
                         "out_dir": str(self.out_dir),
                         "resume_from": self.resume_from,
+                        "threads": threads,
                     }
                 ).encode()
             )

@@ -59,6 +59,9 @@ def main() -> int:
     def send(message: dict[str, Any]) -> None:
         channel.write(json.dumps(message, default=str) + "\n")
 
+    import torch
+
+    torch.set_num_threads(payload["threads"])  # the job's share of the host's cores
     import kdcore
     from kdcore.callbacks import Callbacks, Progress
 
