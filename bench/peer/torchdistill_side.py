@@ -2,7 +2,8 @@
 
 Reads the run's settings (JSON) from argv[1], trains the teacher -> student pair with
 torchdistill's DistillationBox (its data loader, forward hooks, KDLoss and loop) and
-prints one JSON line: the training images/s of each epoch. The models are kdcore's
+prints one JSON line: the training images/s of each epoch. The teacher's weights are the
+trained ones kdcore's side loads. The models are kdcore's
 modules (the same on both sides), so the frameworks are what differ."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import time
 
 import torch
+from safetensors.torch import load_file
 from torchdistill.core.distillation import DistillationBox
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
@@ -29,6 +31,7 @@ def main(cfg: dict) -> dict:
     train = ImageFolder(cfg["folder"], transform=transforms.Compose(steps))
     shape = (1, cfg["image_size"], cfg["image_size"])
     teacher = build_model(cfg["teacher"], len(train.classes), shape)
+    teacher.load_state_dict(load_file(cfg["teacher_weights"]))
     student = build_model(cfg["student"], len(train.classes), shape)
     epochs = cfg["epochs"]
     config = {
@@ -72,7 +75,7 @@ def main(cfg: dict) -> dict:
             },
         },
     }
-    device = torch.device("cpu")
+    device = torch.device(cfg["device"])
     box = DistillationBox(teacher, student, {"train": train}, config, device, None, False, 1)
     rates = []
     for epoch in range(epochs):
