@@ -2,9 +2,17 @@
 # GPU throughput of the KD training loop (see bench/gpu_throughput.py).
 #   bench/gpu.sh            on a CUDA machine (an H200 run takes under 5 minutes)
 #   bench/gpu.sh --smoke    a few steps on the CPU (the test suite runs this)
+# On a CUDA machine it then runs bench/peer_compare.py --device cuda: kdcore beside
+# torchdistill on the GPU. The peer's virtualenv (.bench/torchdistill) is made from PyPI
+# on first use; a machine without an index needs it carried over (it is small: it uses
+# this environment's torch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=python3
 if [ -x .venv/bin/python ]; then PY=.venv/bin/python; fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)"
-exec "$PY" bench/gpu_throughput.py "$@"
+"$PY" bench/gpu_throughput.py "$@"
+case " $* " in
+  *" --smoke "*) ;;
+  *) "$PY" bench/peer_compare.py --device cuda --no-levers ;;
+esac

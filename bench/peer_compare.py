@@ -3,7 +3,7 @@ into the same student, on the same data, with the same optimizer and augmentatio
 the same number of epochs; prints the median training images/s of each and the ratios.
 
     python bench/peer_compare.py [--epochs 3] [--rounds 2] [--workers 0] [--device cpu]
-
+                                 [--no-levers | --levers-only]
 
 Setup: `cifar_resnet56 -> cifar_resnet20` (kdcore's modules on both sides, so the
 frameworks are what differ), scikit-learn's digits written once as a folder of 32x32
@@ -311,10 +311,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="torchdistill's DataLoader")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--no-levers", action="store_true", help="skip the per-lever table")
+    parser.add_argument("--levers-only", action="store_true", help="only the per-lever table")
     args = parser.parse_args()
     peer_python()
     folder, tar, mean, std = digits_folder()
     trained_teacher(tar)
+    if args.levers_only:
+        levers(tar)
+        return
     device = torch.device(args.device)
     native = uses_bf16(device, "auto")
     where = torch.cuda.get_device_name() if args.device == "cuda" else cpu_model()

@@ -2,6 +2,7 @@
 runs kdcore; the tests read the results back through the API."""
 
 import hashlib
+import os
 import json
 import threading
 import time
@@ -15,10 +16,11 @@ from app.db import repository as repo
 from app.db.models import Job, utcnow
 from app.db.session import session_scope
 from app.services import lifecycle
+from app.settings import Settings
 from tests.app.conftest import build_api, make_settings, tiny_job
 from tests.support.audit import assert_ended_once
 from worker.maintenance import reap_once
-from worker.supervisor import claim_and_run
+from worker.supervisor import claim_and_run, threads_per_job
 
 pytestmark = pytest.mark.integration  # real training processes
 
@@ -28,7 +30,8 @@ HOOK = "http://127.0.0.1:9/hook"  # never contacted: these tests check the outbo
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """One job run to completion, shared by the read-only tests below."""
-    settings = make_settings(tmp_path_factory.mktemp("run"))
+    # two executor slots: each job gets half the cores (threads_per_job)
+    settings = make_settings(tmp_path_factory.mktemp("run"), local_workers=2)
     gen = build_api(settings)
     api = next(gen)
     job = api.post("/v1/jobs", json=tiny_job(export=["safetensors", "onnx"])).json()
@@ -45,6 +48,8 @@ def test_run_records_status_progress_report_and_contiguous_events(finished):
     assert job["progress"]["fraction"] == 1.0 and job["progress"]["epochs"] == 2
     assert 0 <= job["metrics"]["accuracy"] <= 1
     assert job["report"]["student"]["arch"] == "mlp_small"
+    cores = len(os.sched_getaffinity(0))
+    assert job["report"]["threads"] == threads_per_job(api.settings) == max(1, cores // 2)
     events = api.get(f"/v1/jobs/{job_id}/events", params={"limit": 200}).json()["data"]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     types = [e["type"] for e in events]
@@ -324,3 +329,13 @@ def test_a_cancel_that_arrives_while_finalizing_wins_once(api):
     to = [t["to_status"] for t in job["status_transitions"]]
     assert to.count("cancelled") == 1
     assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
+
+
+def test_each_job_gets_its_share_of_the_cores(tmp_path):
+    cores = len(os.sched_getaffinity(0))
+    assert threads_per_job(make_settings(tmp_path)) == cores  # one slot: every core
+    assert threads_per_job(make_settings(tmp_path, local_workers=4)) == max(1, cores // 4)
+    assert threads_per_job(make_settings(tmp_path, local_workers=0)) == cores
+    assert threads_per_job(make_settings(tmp_path, job_threads=3)) == 3  # the operator's say
+    celery = Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:6379/0", local_workers=8)
+    assert threads_per_job(celery) == cores  # a Celery worker runs one job at a time
