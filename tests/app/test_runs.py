@@ -2,8 +2,8 @@
 runs kdcore; the tests read the results back through the API."""
 
 import hashlib
-import os
 import json
+import os
 import threading
 import time
 from datetime import timedelta
