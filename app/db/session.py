@@ -20,12 +20,21 @@ def _forget_inherited_connections() -> None:
     """In a forked child (Celery's prefork pool), the pooled connections are the parent's
     sockets: using them from both processes corrupts the protocol. Drop them from the
     child's pools without closing them, so the parent keeps working (SQLAlchemy's
-    recipe for multiprocessing)."""
+    recipe for multiprocessing). The engines' lock starts afresh: the parent held it
+    across the fork (below), and in the child no thread would ever release it."""
+    global _ENGINES_LOCK
+    _ENGINES_LOCK = threading.Lock()
     for engine in _ENGINES.values():
         engine.dispose(close=False)
 
 
-os.register_at_fork(after_in_child=_forget_inherited_connections)
+# the parent's other threads (maintenance, webhooks) open engines too: fork only between
+# their uses of the lock, never while one holds it (a child would wait on it forever)
+os.register_at_fork(
+    before=lambda: _ENGINES_LOCK.acquire(),
+    after_in_parent=lambda: _ENGINES_LOCK.release(),
+    after_in_child=_forget_inherited_connections,
+)
 
 
 def get_engine(url: str) -> Engine:
