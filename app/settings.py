@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     pools: str = ""
     local_max_gpus: int = Field(default=1, ge=1, le=16, description="local executor: gpus <= this")
     local_workers: int = Field(default=1, ge=0, le=64, description="local executor threads")
+    teacher_cache_bytes: int = Field(
+        default=20 * 1024**3,
+        ge=0,
+        description="bound of the on-disk teacher cache of this host's jobs (kdcore."
+        "teacher_cache), least recently used keys deleted first; 0: no cache",
+    )
     job_threads: int = Field(
         default=0,
         ge=0,
@@ -135,6 +141,11 @@ class Settings(BaseSettings):
     @property
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"
+
+    @property
+    def teacher_cache_dir(self) -> Path:
+        """One folder per tenant: a tenant's jobs reuse only its own teachers' outputs."""
+        return self.data_dir / "teacher-cache"
 
 
 @lru_cache

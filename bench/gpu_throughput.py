@@ -24,7 +24,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from kdcore.data import load_dataset
 from kdcore.losses import build_loss
 from kdcore.models import build_model, count_parameters
-from kdcore.trainer import autocast_for, fit
+from kdcore.precision import autocast_for
+from kdcore.trainer import fit
 from kdcore.validate import parse_spec
 
 PAIRS = [("cifar_resnet56", "cifar_resnet20"), ("cifar_resnet32x4", "cifar_resnet8x4")]

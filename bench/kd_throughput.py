@@ -22,7 +22,8 @@ import torch
 
 from kdcore.data import load_dataset
 from kdcore.models import build_model
-from kdcore.trainer import fit, uses_bf16
+from kdcore.precision import uses_bf16
+from kdcore.trainer import fit
 from kdcore.validate import parse_spec
 
 

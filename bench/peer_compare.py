@@ -235,9 +235,9 @@ def levers(tar: Path) -> None:
     from safetensors.torch import load_file
 
     from kdcore import fast_teacher
+    from kdcore.augment import augment_batch
     from kdcore.data import load_dataset
     from kdcore.models import build_model
-    from kdcore.trainer import augment_batch
 
     spec = _spec(tar, True, "fp32", 1, "cpu")
     data = load_dataset(spec.dataset, 0)
@@ -303,7 +303,7 @@ def cpu_model() -> str:
 
 
 def main() -> None:
-    from kdcore.trainer import uses_bf16
+    from kdcore.precision import uses_bf16
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=3)

@@ -84,7 +84,7 @@ def _run(args: argparse.Namespace, kind: str) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    report = run(spec, args.out, ProgressPrinter(), args.resume, keep)
+    report = run(spec, args.out, ProgressPrinter(), args.resume, keep, args.teacher_cache)
     summary = {
         k: report[k]
         for k in (
@@ -212,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="N",
             help="keep the newest N of OUT/checkpoints/epochN.pt, plus the one resumed "
             "from (default 2; 0 keeps all)",
+        )
+        p.add_argument(
+            "--teacher-cache",
+            metavar="DIR",
+            help="keep the teacher's outputs in DIR and reuse them: the whole split's "
+            "without augmentation, each crop's soft labels with it (a later job with the "
+            "same teacher, data and seed skips the teacher); default: none kept",
         )
         p.add_argument(
             "--threads",

@@ -51,10 +51,12 @@ def _rank_main(
     out_dir: str,
     resume: str | None,
     threads: int,
+    teacher_cache: str | None,
 ) -> None:
     _join(rank, world, port, spec["training"]["device"], threads)
+    cache = Path(teacher_cache) if teacher_cache else None
     try:
-        run_local(JobSpec.model_validate(spec), Path(out_dir), None, resume)
+        run_local(JobSpec.model_validate(spec), Path(out_dir), None, resume, None, cache)
     finally:
         dist.destroy_process_group()
 
@@ -65,6 +67,7 @@ def run_parallel(
     callbacks: Callbacks | None,
     resume_from: str | Path | None,
     keep_checkpoints: int | None = None,
+    teacher_cache: Path | None = None,
 ) -> dict[str, Any]:
     world = spec.resources.gpus
     on_gpu = spec.training.device != "cpu" and torch.cuda.is_available()
@@ -80,7 +83,16 @@ def run_parallel(
     others = [
         ctx.Process(
             target=_rank_main,
-            args=(rank, world, port, spec.model_dump(mode="json"), str(out_dir), resume, threads),
+            args=(
+                rank,
+                world,
+                port,
+                spec.model_dump(mode="json"),
+                str(out_dir),
+                resume,
+                threads,
+                str(teacher_cache) if teacher_cache else None,
+            ),
             daemon=True,  # they die with rank 0
         )
         for rank in range(1, world)
@@ -89,7 +101,7 @@ def run_parallel(
         p.start()
     _join(0, world, port, spec.training.device, threads)
     try:
-        report = run_local(spec, out_dir, callbacks, resume_from, keep_checkpoints)
+        report = run_local(spec, out_dir, callbacks, resume_from, keep_checkpoints, teacher_cache)
     finally:
         dist.destroy_process_group()
         for p in others:

@@ -157,6 +157,7 @@ def run_local(
     callbacks: Callbacks | None,
     resume_from: str | Path | None,
     keep_checkpoints: int | None = None,
+    teacher_cache: Path | None = None,
 ) -> dict[str, Any]:
     """This process's part of a run: all of it, or one rank of a data-parallel run
     (the other ranks train and stop; rank 0 also writes the outputs)."""
@@ -176,6 +177,7 @@ def run_local(
         callbacks,
         resume=resume,
         keep_checkpoints=keep_checkpoints,
+        teacher_cache=teacher_cache,
     )
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         if spec.baseline and teacher is not None:  # a collective run: every rank trains it

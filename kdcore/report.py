@@ -13,8 +13,9 @@ from torch import nn
 
 from kdcore.data import DataSplits, Split
 from kdcore.models import count_parameters
+from kdcore.precision import predict, uses_bf16
 from kdcore.spec import JobSpec, ModelSpec
-from kdcore.trainer import FitResult, predict, uses_bf16
+from kdcore.trainer import FitResult
 
 
 def cpu_latency_ms(
@@ -100,6 +101,7 @@ def build_report(
         "train_images_per_s": round(result.images_per_s, 2),
         "teacher_cache": result.used_teacher_cache,
         "teacher_forward": result.teacher_forward.to_dict() if result.teacher_forward else None,
+        "teacher_store": result.teacher_store,  # the on-disk teacher cache: hits, writes
         "history": result.history,
     }
     s_metrics, s_out = held_out_metrics(student, data.test, regression, device)

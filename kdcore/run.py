@@ -26,15 +26,18 @@ def run(
     callbacks: Callbacks | None = None,
     resume_from: str | Path | None = None,
     keep_checkpoints: int | None = None,
+    teacher_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run a `distill` or `train` job; returns the report (also written to report.json).
     With `resources.gpus` > 1 the training is data parallel (kdcore.distributed).
     `keep_checkpoints` N keeps the newest N of out_dir/checkpoints/epochN.pt (and the
-    one resumed from); None keeps them all."""
+    one resumed from); None keeps them all. `teacher_cache`: a folder where the
+    teacher's outputs are kept for later jobs (kdcore.teacher_cache); None: none kept."""
     spec = spec if isinstance(spec, JobSpec) else parse_spec(spec)
+    cache = Path(teacher_cache) if teacher_cache is not None else None
     if spec.resources.gpus > 1 and not torch.distributed.is_initialized():
-        return run_parallel(spec, Path(out_dir), callbacks, resume_from, keep_checkpoints)
-    return run_local(spec, Path(out_dir), callbacks, resume_from, keep_checkpoints)
+        return run_parallel(spec, Path(out_dir), callbacks, resume_from, keep_checkpoints, cache)
+    return run_local(spec, Path(out_dir), callbacks, resume_from, keep_checkpoints, cache)
 
 
 def _run_kind(
@@ -44,11 +47,12 @@ def _run_kind(
     callbacks: Callbacks | None,
     resume_from: str | Path | None,
     keep_checkpoints: int | None,
+    teacher_cache: str | Path | None,
 ) -> dict[str, Any]:
     spec = spec if isinstance(spec, JobSpec) else parse_spec(spec)
     if spec.kind != kind:
         raise SpecError([("/kind", f"{kind}() needs kind {kind!r}, the spec says {spec.kind!r}")])
-    return run(spec, out_dir, callbacks, resume_from, keep_checkpoints)
+    return run(spec, out_dir, callbacks, resume_from, keep_checkpoints, teacher_cache)
 
 
 def distill(
@@ -57,9 +61,12 @@ def distill(
     callbacks: Callbacks | None = None,
     resume_from: str | Path | None = None,
     keep_checkpoints: int | None = None,
+    teacher_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Distil `spec.teacher` into `spec.student`; see `run`."""
-    return _run_kind("distill", spec, out_dir, callbacks, resume_from, keep_checkpoints)
+    return _run_kind(
+        "distill", spec, out_dir, callbacks, resume_from, keep_checkpoints, teacher_cache
+    )
 
 
 def train(
@@ -70,4 +77,4 @@ def train(
     keep_checkpoints: int | None = None,
 ) -> dict[str, Any]:
     """Train `spec.student` alone (teachers, baselines); see `run`."""
-    return _run_kind("train", spec, out_dir, callbacks, resume_from, keep_checkpoints)
+    return _run_kind("train", spec, out_dir, callbacks, resume_from, keep_checkpoints, None)

@@ -203,6 +203,14 @@ class DistillationSpec(_Strict):
         default="auto",
         description="Precompute teacher outputs once. Needs deterministic inputs (no augment).",
     )
+    teacher_topk: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="With a teacher cache folder: keep each sample's k largest teacher "
+        "logits and one value for the rest (kdcore.teacher_cache); default: every class "
+        "up to 128 classes, else 32",
+    )
     teacher_precision: Literal["auto", "fp32", "int8"] = Field(
         default="auto",
         description="How the teacher runs each step when it is not cached (kdcore.fast_teacher): "

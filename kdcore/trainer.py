@@ -9,7 +9,6 @@ is saved in each checkpoint. That is what makes resume bit-exact.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -21,16 +20,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdcore.augment import augment_batch
 from kdcore.callbacks import Callbacks, Progress
 from kdcore.checkpoints import prune_checkpoints, save_checkpoint
 from kdcore.data import DataSplits, Split
 from kdcore.errors import Cancelled, SpecError
-from kdcore.fast_teacher import TeacherForward, faster_teacher
+from kdcore.fast_teacher import TeacherForward
 from kdcore.features import FeatureTap, classifier_name
 from kdcore.losses import DistillLoss, build_loss, task_loss
 from kdcore.models import default_feature_layers
 from kdcore.optim import build_optimizer, lr_at, set_lr
-from kdcore.spec import AugmentSpec, JobSpec
+from kdcore.precision import autocast_for, predict
+from kdcore.spec import JobSpec
+from kdcore.teacher_outputs import Batching, TeacherOutputs
 
 CHECKPOINT_VERSION = 1
 ON_DEVICE_LIMIT_BYTES = 4 * 1024**3  # datasets smaller than this live on the device
@@ -45,6 +47,7 @@ class FitResult:
     steps: int = 0
     used_teacher_cache: bool = False
     teacher_forward: TeacherForward | None = None  # how the uncached teacher ran
+    teacher_store: dict[str, Any] | None = None  # the on-disk teacher cache's use
 
     @property
     def images_per_s(self) -> float:
@@ -60,69 +63,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 / AMX: there bf16 convolutions are much faster than fp32 ones;
-    elsewhere oneDNN emulates bf16 and it is slower."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def uses_bf16(device: torch.device, precision: str) -> bool:
-    """`auto` means bf16 autocast (fp32 master weights) on CUDA and on CPUs with native
-    bf16; `fp32` never autocasts; `bf16` always does."""
-    if precision == "auto":
-        return device.type == "cuda" or cpu_has_native_bf16()
-    return precision == "bf16"
-
-
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if uses_bf16(device, precision):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def freeze_teacher(teacher: nn.Module) -> nn.Module:
     """The teacher never trains: eval mode (BatchNorm uses its running statistics and
     never updates them), no gradients."""
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher
-
-
-def augment_batch(x: Tensor, spec: AugmentSpec, gen: torch.Generator) -> Tensor:
-    """Random crop with zero padding and horizontal flip, vectorised over the batch.
-    Random numbers come from `gen` on the CPU so they are identical on every device."""
-    n, _, h, w = x.shape
-    if spec.crop_padding:
-        p = spec.crop_padding
-        padded = F.pad(x, (p, p, p, p))
-        dy = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
-        dx = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
-        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-        batch = torch.arange(n, device=x.device)[:, None, None, None]
-        chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-        x = padded[batch, chans, rows, cols]
-    if spec.hflip:
-        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    return x
-
-
-@torch.inference_mode()
-def predict(
-    model: nn.Module, x: Tensor, batch_size: int, device: torch.device, precision: str = "fp32"
-) -> Tensor:
-    was_training = model.training
-    model.eval()
-    outs = []
-    with autocast_for(device, precision):
-        for chunk in x.split(batch_size):
-            outs.append(model(chunk.to(device)).float())
-    model.train(was_training)
-    return torch.cat(outs)
 
 
 def evaluate(
@@ -141,83 +87,6 @@ def evaluate(
         "accuracy": (out.argmax(1) == y).float().mean().item(),
         "loss": F.cross_entropy(out, y).item(),
     }
-
-
-def _sample_batches(
-    train: Split, spec: JobSpec, channels_last: bool, device: torch.device
-) -> Callable[[int, int], list[Tensor]]:
-    """Augmented training batches for calibrating and checking a faster teacher: batch
-    `offset + i` of a fixed seeded order, augmented by its own seeded generator, so the
-    same arguments give the same batches (and a resumed job the same int8 teacher).
-    The global RNG is not touched."""
-    size = max(2, min(spec.training.batch_size, 64, len(train)))
-    order = torch.randperm(
-        len(train), generator=torch.Generator().manual_seed(spec.training.seed * 5_003 + 17)
-    )
-
-    def sample(count: int, offset: int) -> list[Tensor]:
-        batches = []
-        for i in range(offset, offset + count):
-            start = (i * size) % max(1, len(train) - size + 1)
-            x = train.x[order[start : start + size].to(train.x.device)].to(device)
-            if spec.augment.enabled and x.ndim == 4:
-                x = augment_batch(x, spec.augment, torch.Generator().manual_seed(1_000 + i))
-            batches.append(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
-        return batches
-
-    return sample
-
-
-class _Teacher:
-    """Teacher outputs for a batch: from a precomputed cache when inputs are
-    deterministic, else a forward pass under inference_mode, of the folded or int8
-    teacher where that passes (kdcore.fast_teacher)."""
-
-    def __init__(
-        self,
-        teacher: nn.Module,
-        loss_fn: DistillLoss,
-        spec: JobSpec,
-        train: Split,
-        device: torch.device,
-        tap: FeatureTap | None,
-        channels_last: bool,
-    ):
-        self.model, self.tap, self.device = teacher, tap, device
-        self.forward: TeacherForward | None = None
-        want = spec.distillation.cache_teacher
-        can = not spec.augment.enabled and not loss_fn.needs_features
-        if want is True and not can:
-            why = "augment is on" if spec.augment.enabled else "the method needs teacher features"
-            raise SpecError([("/distillation/cache_teacher", f"cannot cache the teacher: {why}")])
-        self.cache: Tensor | None = None
-        if want is not False and can:
-            self.cache = predict(
-                teacher, train.x, spec.training.eval_batch_size, device, spec.training.precision
-            )
-        elif tap is None:  # run every step; taps need the original modules
-            self.model, self.forward = faster_teacher(
-                teacher,
-                spec.distillation.teacher_precision,
-                device,
-                spec.distillation.temperature,
-                spec.task == "classification",
-                _sample_batches(train, spec, channels_last, device),
-            )
-            if channels_last and self.forward.precision == "fp32":
-                self.model.to(memory_format=torch.channels_last)  # folding made new weights
-
-    def __call__(self, x: Tensor, idx: Tensor) -> tuple[Tensor, list[Tensor]]:
-        if self.cache is not None:
-            return self.cache[idx], []
-        int8 = self.forward is not None and self.forward.precision == "int8"
-        # quantised kernels take fp32 in and give fp32 out: no autocast around them
-        no_autocast = torch.autocast(x.device.type, enabled=False) if int8 else None
-        with torch.inference_mode(), no_autocast or contextlib.nullcontext():
-            out = self.model(x.float() if int8 else x)
-            feats = self.tap.collect() if self.tap else []
-        # inference tensors cannot be saved for backward; clone them into normal tensors
-        return out.clone(), [f.clone() for f in feats]
 
 
 def _tapped_layers(
@@ -308,7 +177,7 @@ class _Run:
     channels_last: bool
     optimizer: torch.optim.Optimizer
     loss_fn: DistillLoss | None
-    teacher_out: _Teacher | None
+    teacher_out: TeacherOutputs | None
     s_tap: FeatureTap | None
     t_tap: FeatureTap | None
     world: int
@@ -354,6 +223,7 @@ def _setup(
     cb: Callbacks,
     phase: str,
     log_every: int,
+    teacher_cache: Path | None = None,
 ) -> _Run:
     tr = spec.training
     # NHWC suits cuDNN and oneDNN alike: on a CPU at fp32 too (docs/benchmarks.md)
@@ -363,9 +233,18 @@ def _setup(
     train = data.train
     if train.x.element_size() * train.x.nelement() < ON_DEVICE_LIMIT_BYTES:
         train = train.to(device)
+    # data parallel (kdcore.distributed started the process group): every rank holds the
+    # whole model, takes its slice of each global batch, and DDP averages the gradients
+    world, rank = 1, 0
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    n = len(train)
+    batch_size = min(tr.batch_size, n // world)
+    # drop the ragged last batch (BatchNorm needs >1); a step is one batch on every rank
+    steps_per_epoch = max(1, n // (batch_size * world))
     loss_fn: DistillLoss | None = None
     s_tap = t_tap = None
-    teacher_out: _Teacher | None = None
+    teacher_out: TeacherOutputs | None = None
     if teacher is not None:
         freeze_teacher(teacher).to(device).to(memory_format=memory_format)
         loss_fn = build_loss(spec.distillation).to(device)
@@ -373,22 +252,24 @@ def _setup(
             s_tap, t_tap = _feature_taps(spec, student, teacher, loss_fn, train.x[:2].to(device))
             loss_fn.to(device)
         loss_fn.bind_train_labels(train.y)
-        teacher_out = _Teacher(teacher, loss_fn, spec, train, device, t_tap, channels_last)
+        teacher_out = TeacherOutputs(
+            teacher,
+            loss_fn,
+            spec,
+            train,
+            device,
+            t_tap,
+            channels_last,
+            Batching(batch_size, steps_per_epoch, world, rank, data.num_classes),
+            teacher_cache,
+        )
     trainable = list(student.parameters()) + (list(loss_fn.parameters()) if loss_fn else [])
     optimizer = build_optimizer(trainable, tr, fused=device.type == "cuda")
-    # data parallel (kdcore.distributed started the process group): every rank holds the
-    # whole model, takes its slice of each global batch, and DDP averages the gradients
-    world, rank = 1, 0
     module: nn.Module = student
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    if world > 1:
         module = torch.nn.parallel.DistributedDataParallel(
             student, device_ids=[device.index] if device.type == "cuda" else None
         )
-    n = len(train)
-    batch_size = min(tr.batch_size, n // world)
-    # drop the ragged last batch (BatchNorm needs >1); a step is one batch on every rank
-    steps_per_epoch = max(1, n // (batch_size * world))
     return _Run(
         spec=spec,
         data=data,
@@ -504,7 +385,7 @@ def _train_step(run: _Run, order: Tensor, i: int, step: int) -> tuple[dict[str, 
                 run.loss_fn.set_batch(
                     idx, torch.Generator().manual_seed(tr.seed * 9_999_991 + step)
                 )
-            t_logits, t_feats = run.teacher_out(x, idx)
+            t_logits, t_feats = run.teacher_out(x, idx, step // run.steps_per_epoch, i)
             s_feats = run.s_tap.collect() if run.s_tap else []
             terms = run.loss_fn(out, t_logits, y, s_feats, t_feats)
         else:
@@ -550,6 +431,8 @@ def _train_epoch(
                 loss_sums[k] = loss_sums.get(k, 0.0) + v
             loss_reads += 1
             clock.new_window()
+    if run.teacher_out is not None:
+        run.teacher_out.end_epoch()  # a whole epoch's crop soft labels go to the store
     return step, images, {k: v / max(1, loss_reads) for k, v in loss_sums.items()}
 
 
@@ -565,14 +448,18 @@ def fit(
     resume: dict[str, Any] | None = None,
     log_every: int = 10,
     keep_checkpoints: int | None = None,
+    teacher_cache: Path | None = None,
 ) -> FitResult:
     """Train `student` (distilling `teacher` when given) for `spec.training.epochs`,
     from `resume` (a checkpoint dict) if given: setup, restore, then per epoch train,
     evaluate, report and checkpoint. With `keep_checkpoints` N, each save deletes all
-    but the newest N `epochN.pt` (and the one resumed from)."""
+    but the newest N `epochN.pt` (and the one resumed from). With `teacher_cache` (a
+    folder), the teacher's outputs are kept there for later jobs (kdcore.teacher_cache)."""
     tr = spec.training
     cb = callbacks or Callbacks()
-    run = _setup(spec, data, student, teacher, device, checkpoint_dir, cb, phase, log_every)
+    run = _setup(
+        spec, data, student, teacher, device, checkpoint_dir, cb, phase, log_every, teacher_cache
+    )
     run.keep_checkpoints = keep_checkpoints
     run.resumed_epoch = int(resume["epoch"]) if resume and "epoch" in resume else None
     step = _restore(run, resume) if resume is not None else 0
@@ -603,6 +490,8 @@ def fit(
             _save(run, result, clock, f"epoch{epoch + 1}.pt", epoch + 1, step)
     result.train_time_s += time.perf_counter() - clock.start
     result.steps = step
+    if run.teacher_out is not None and run.teacher_out.store is not None:
+        result.teacher_store = run.teacher_out.store.report()
     for tap in (run.s_tap, run.t_tap):
         if tap:
             tap.remove()

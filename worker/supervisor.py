@@ -60,6 +60,7 @@ class _Start:
     spec: dict[str, Any]
     resume_from: str | None
     resume_step: int | None
+    tenant_id: str = ""
 
 
 def claim_and_run(settings: Settings, job_id: str, wid: str | None = None) -> str | None:
@@ -82,7 +83,7 @@ def claim_and_run(settings: Settings, job_id: str, wid: str | None = None) -> st
         log.info("job started", extra={"attempt": start.attempt, "worker": wid})
         status = Supervisor(
             settings, job_id, wid, start.attempt, start.spec, start.resume_from, start.resume_step
-        ).run()
+        ).run(teacher_cache(settings, start.tenant_id))
         log.info("job ended", extra={"status": status, "attempt": start.attempt})
         return status
     finally:
@@ -129,7 +130,8 @@ def _claim(
         "attempt",
         {"attempt": job.attempt, "worker": wid, "resume_from_step": resume[1] if resume else None},
     )
-    return _Start(job.attempt, spec, *(resume or (None, None)))
+    resume_from, resume_step = resume or (None, None)
+    return _Start(job.attempt, spec, resume_from, resume_step, job.tenant_id)
 
 
 def _over_limits(settings: Settings, spec: dict[str, Any]) -> str | None:
@@ -156,6 +158,21 @@ def threads_per_job(settings: Settings) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     slots = 1 if settings.broker_url else max(1, settings.local_workers)
     return max(1, (cores or 1) // slots)
+
+
+def teacher_cache(settings: Settings, tenant_id: str) -> Path | None:
+    """The tenant's teacher-cache folder for a job about to start, after trimming this
+    host's cache to its bound (least recently used keys first); None when off."""
+    if not settings.teacher_cache_bytes or not tenant_id:
+        return None
+    from kdcore.teacher_cache import prune
+
+    root = settings.teacher_cache_dir
+    tenants = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    removed = prune(tenants, settings.teacher_cache_bytes)
+    if removed:
+        log.info("teacher cache trimmed", extra={"removed": len(removed)})
+    return root / tenant_id
 
 
 def run_next(settings: Settings, pools: set[str] | None, candidates: int = 3) -> bool:
@@ -208,7 +225,7 @@ class Supervisor:
         self.grace_s = settings.cancel_grace_s
         self.last_progress_event = 0.0
 
-    def run(self) -> str:
+    def run(self, teacher_cache: Path | None = None) -> str:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.out_dir / f"attempt{self.attempt}.log"
         with open(log_path, "ab") as log_file:
@@ -230,6 +247,7 @@ class Supervisor:
                         "out_dir": str(self.out_dir),
                         "resume_from": self.resume_from,
                         "threads": threads,
+                        "teacher_cache": str(teacher_cache) if teacher_cache else None,
                     }
                 ).encode()
             )

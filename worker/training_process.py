@@ -88,7 +88,11 @@ def main() -> int:
 
     try:
         report = kdcore.run(
-            payload["spec"], payload["out_dir"], Reporter(), resume_from=payload.get("resume_from")
+            payload["spec"],
+            payload["out_dir"],
+            Reporter(),
+            resume_from=payload.get("resume_from"),
+            teacher_cache=payload.get("teacher_cache"),
         )
     except kdcore.Cancelled:
         send({"type": "cancelled"})

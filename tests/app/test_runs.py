@@ -20,7 +20,7 @@ from app.settings import Settings
 from tests.app.conftest import build_api, make_settings, tiny_job
 from tests.support.audit import assert_ended_once
 from worker.maintenance import reap_once
-from worker.supervisor import claim_and_run, threads_per_job
+from worker.supervisor import claim_and_run, teacher_cache, threads_per_job
 
 pytestmark = pytest.mark.integration  # real training processes
 
@@ -339,3 +339,54 @@ def test_each_job_gets_its_share_of_the_cores(tmp_path):
     assert threads_per_job(make_settings(tmp_path, job_threads=3)) == 3  # the operator's say
     celery = Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:6379/0", local_workers=8)
     assert threads_per_job(celery) == cores  # a Celery worker runs one job at a time
+
+
+def test_a_tenants_later_job_reads_its_own_teacher_cache_only(api):
+    """Two identical distillations with crops by tenant a: the second skips the teacher.
+    The same spec by tenant b computes its own: tenants share no cache folder."""
+    spec = tiny_job(
+        kind="distill",
+        teacher={"arch": "small_cnn"},  # the same seeded weights for every job
+        augment={"crop_padding": 1, "hflip": True},
+    )
+
+    def run(tenant: str) -> dict:
+        job = api.post("/v1/jobs", json=spec, tenant=tenant).json()
+        assert claim_and_run(api.settings, job["id"]) == "succeeded"
+        return api.get(f"/v1/jobs/{job['id']}", tenant=tenant).json()["report"]
+
+    first, second, other = run("a"), run("a"), run("b")
+    steps = first["steps"]
+    assert first["teacher_store"]["computed"] == steps
+    assert first["teacher_store"]["written"] == ["epoch0001", "epoch0002"]
+    assert second["teacher_store"]["from_disk"] == steps
+    assert second["teacher_store"]["computed"] == 0
+    assert other["teacher_store"]["key"] == first["teacher_store"]["key"]
+    assert other["teacher_store"]["from_disk"] == 0  # b never reads a's folder
+    tenants = sorted(p for p in api.settings.teacher_cache_dir.iterdir())
+    assert len(tenants) == 2
+    assert all((t / first["teacher_store"]["key"]).is_dir() for t in tenants)
+
+
+def test_the_teacher_cache_can_be_turned_off(tmp_path):
+    gen = build_api(make_settings(tmp_path, teacher_cache_bytes=0))
+    api = next(gen)
+    spec = tiny_job(kind="distill", teacher={"arch": "small_cnn"}, augment={"crop_padding": 1})
+    job = api.post("/v1/jobs", json=spec).json()
+    assert claim_and_run(api.settings, job["id"]) == "succeeded"
+    assert api.get(f"/v1/jobs/{job['id']}").json()["report"]["teacher_store"] is None
+    assert not api.settings.teacher_cache_dir.exists()
+    gen.close()
+
+
+def test_starting_a_job_trims_the_teacher_cache_to_its_bound(tmp_path):
+    settings = make_settings(tmp_path, teacher_cache_bytes=1500)
+    for tenant, key, age in (("t1", "old", 300), ("t2", "new", 100)):
+        folder = settings.teacher_cache_dir / tenant / key
+        folder.mkdir(parents=True)
+        (folder / "full.values.npy").write_bytes(b"x" * 1000)
+        os.utime(folder, (time.time() - age, time.time() - age))
+    assert teacher_cache(settings, "t3") == settings.teacher_cache_dir / "t3"
+    assert not (settings.teacher_cache_dir / "t1" / "old").exists()  # least recently used
+    assert (settings.teacher_cache_dir / "t2" / "new").exists()
+    assert teacher_cache(make_settings(tmp_path, teacher_cache_bytes=0), "t3") is None

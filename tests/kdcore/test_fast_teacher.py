@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdcore import fast_teacher as ft
+from kdcore.augment import augment_batch
 from kdcore.data import load_dataset
 from kdcore.losses import build_loss
 from kdcore.models import build_model
-from kdcore.trainer import augment_batch, fit
+from kdcore.trainer import fit
 from kdcore.validate import parse_spec
 from tests.support.specs import tiny_spec
 

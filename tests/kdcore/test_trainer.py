@@ -4,13 +4,14 @@ import pytest
 import torch
 
 import kdcore
+from kdcore.augment import augment_batch
 from kdcore.callbacks import Callbacks
 from kdcore.data import load_dataset
 from kdcore.errors import Cancelled, SpecError
 from kdcore.models import build_model
 from kdcore.optim import lr_at
 from kdcore.spec import TrainingSpec
-from kdcore.trainer import augment_batch, fit, pick_device
+from kdcore.trainer import fit, pick_device
 from kdcore.validate import parse_spec
 from tests.support.specs import tiny_spec
 
