@@ -16,6 +16,7 @@ and is what the graph's author tested against.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,6 +210,8 @@ class OnnxTeacher(nn.Module):
         self.input_name = sig.input_name
         self.onnx_parameters = sig.parameters
         self.onnx_bytes = Path(path).stat().st_size
+        # its weights are in the graph, not in a state dict: what identifies this teacher
+        self.graph_sha256 = hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
     def forward(self, x: Tensor) -> Tensor:
         batch = np.ascontiguousarray(x.detach().float().cpu().numpy())

@@ -88,7 +88,13 @@ def tensor_digest(t: Tensor) -> str:
 
 
 def model_digest(model: nn.Module) -> str:
-    h = hashlib.sha256(type(model).__qualname__.encode())
+    """Its state dict's names and tensors, its modules' types, and the graph of any
+    module whose weights live outside torch (ONNX teachers: `graph_sha256`)."""
+    h = hashlib.sha256()
+    for name, module in model.named_modules():
+        h.update(
+            f"{name}:{type(module).__qualname__}:{getattr(module, 'graph_sha256', '')}".encode()
+        )
     for name, value in model.state_dict().items():
         h.update(name.encode())
         if isinstance(value, Tensor):

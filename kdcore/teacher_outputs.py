@@ -139,6 +139,11 @@ class TeacherOutputs:
         parts: dict[str, Any] = {
             "form": form,
             "teacher": model_digest(teacher),
+            # what is no tensor: an ensemble's weights, each member's arch (not its path)
+            "teachers": [
+                {k: v for k, v in m.model_dump(mode="json").items() if k != "checkpoint"}
+                for _, m in spec.teacher_models()
+            ],
             "forward": self.forward.to_dict() if self.forward else None,
             "x": tensor_digest(train.x),
             "classes": classes,

@@ -210,3 +210,15 @@ def test_the_report_says_how_the_teacher_ran(tmp_path):
     report = json.loads((tmp_path / "cached" / "report.json").read_text())
     assert report["teacher_cache"] is True and report["teacher_forward"] is None
     assert report["threads"] == torch.get_num_threads()
+
+
+def test_the_job_s_thread_count_changes_the_losses_only_by_float_rounding():
+    """Per-job threads (KD_JOB_THREADS, kdcore --threads) split reductions differently."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one, _ = _fit_losses(channels_last=True)
+    finally:
+        torch.set_num_threads(before)
+    many, _ = _fit_losses(channels_last=True)
+    assert one == pytest.approx(many, rel=1e-4)

@@ -150,3 +150,26 @@ def test_prune_keeps_the_most_recently_used_keys_within_the_bound(tmp_path):
     assert removed == ["key0"]
     assert sorted(p.name for p in (tmp_path / "tenant").iterdir()) == ["key1", "key2"]
     assert prune([tmp_path / "tenant"], max_bytes=0) == ["key1", "key2"]
+
+
+def test_what_no_state_dict_holds_is_in_the_key(tmp_path):
+    """An ONNX teacher's weights are in its graph; an ensemble's weights are numbers in
+    the spec: either changing must change the key, or a job would read another
+    teacher's outputs."""
+    from torch import nn
+
+    from kdcore.teacher_cache import model_digest
+
+    a, b = nn.Module(), nn.Module()
+    a.graph_sha256, b.graph_sha256 = "1" * 64, "2" * 64
+    assert model_digest(a) != model_digest(b)
+
+    def key(weights):
+        teachers = [{"arch": "small_cnn", "weight": w} for w in weights]
+        spec = tiny_spec(teachers=teachers, augment=CROPS, training={"epochs": 1})
+        spec.pop("teacher")
+        out = tmp_path / "-".join(map(str, weights))
+        kdcore.distill(spec, out, teacher_cache=tmp_path / "cache")
+        return _report(out)["teacher_store"]["key"]
+
+    assert key([3, 1]) != key([1, 1])
