@@ -176,8 +176,9 @@ class EpochLabels:
         self.cached = store.read(self.name)
         if self.cached is not None and self.cached[0].shape[:2] != (steps, batch):
             self.cached = None
-        self.values = np.zeros((steps, batch, store.k + 1), np.float16)
-        self.indices = np.zeros((steps, batch, store.k), np.int32)
+        self.shape = (steps, batch)
+        self.values: np.ndarray | None = None  # allocated when the teacher first runs
+        self.indices: np.ndarray | None = None
         self.recorded: set[int] = set()
 
     def get(self, i: int) -> Tensor | None:
@@ -188,6 +189,9 @@ class EpochLabels:
 
     def put(self, i: int, logits: Tensor) -> Tensor:
         values, indices = compress(logits, self.store.k, self.store.temperature)
+        if self.values is None or self.indices is None:
+            self.values = np.zeros((*self.shape, self.store.k + 1), np.float16)
+            self.indices = np.zeros((*self.shape, self.store.k), indices.dtype)
         self.values[i], self.indices[i] = values, indices
         self.recorded.add(i)
         self.store.computed += 1
@@ -196,9 +200,9 @@ class EpochLabels:
     def finish(self) -> None:
         """Write the epoch if this process computed every step of it (a run resumed
         mid-epoch did not, and leaves it to a later job)."""
-        if self.cached is None and len(self.recorded) == self.steps:
-            dtype = np.int16 if self.store.classes <= np.iinfo(np.int16).max else np.int32
-            self.store.write(self.name, self.values, self.indices.astype(dtype))
+        whole = len(self.recorded) == self.steps
+        if self.cached is None and whole and self.values is not None and self.indices is not None:
+            self.store.write(self.name, self.values, self.indices)
 
 
 def prune(roots: list[Path], max_bytes: int) -> list[str]:

@@ -94,7 +94,8 @@ class TeacherOutputs:
         self.store: TeacherStore | None = None
         self.batches = batches
         self.epoch: EpochLabels | None = None
-        keep = store_root is not None and spec.task == "classification" and tap is None
+        # kept on disk: classification logits (features and regression outputs are not)
+        root = store_root if spec.task == "classification" and tap is None else None
         want = spec.distillation.cache_teacher
         can = not spec.augment.enabled and not loss_fn.needs_features
         if want is True and not can:
@@ -102,8 +103,8 @@ class TeacherOutputs:
             raise SpecError([("/distillation/cache_teacher", f"cannot cache the teacher: {why}")])
         self.cache: Tensor | None = None
         if want is not False and can:
-            if keep and store_root is not None:
-                self.store = self._open(store_root, teacher, spec, train, "full", channels_last)
+            if root is not None:
+                self.store = self._open(root, teacher, spec, train, "full", channels_last)
                 self.cache = self._whole_split(teacher, spec, train).to(device)
             else:
                 self.cache = predict(
@@ -120,8 +121,8 @@ class TeacherOutputs:
             )
             if channels_last and self.forward.precision == "fp32":
                 self.model.to(memory_format=torch.channels_last)  # folding made new weights
-            if keep and store_root is not None:
-                self.store = self._open(store_root, teacher, spec, train, "crops", channels_last)
+            if root is not None:
+                self.store = self._open(root, teacher, spec, train, "crops", channels_last)
 
     def _open(
         self,
