@@ -10,6 +10,7 @@ out_dir/checkpoints/epochN.pt                 training checkpoints (exact resume
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -217,7 +218,10 @@ def _resume_state(spec: JobSpec, resume_from: str | Path | None) -> dict[str, An
     if resume_from is None:
         return None
     resume = load_checkpoint(resume_from)
-    if _training_identity(resume.get("spec")) != _training_identity(spec.model_dump(mode="json")):
+    stored = resume.get("spec")
+    with contextlib.suppress(ValueError):  # through today's schema: fields added since
+        stored = JobSpec.model_validate(stored).model_dump(mode="json")  # take defaults
+    if _training_identity(stored) != _training_identity(spec.model_dump(mode="json")):
         raise CheckpointError(f"{resume_from} was written by a different spec")
     return resume
 

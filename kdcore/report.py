@@ -99,6 +99,9 @@ def build_report(
         "steps": result.steps,
         "training_time_s": round(result.train_time_s, 3),
         "train_images_per_s": round(result.images_per_s, 2),
+        "selection": spec.training.select if spec.selects_best else "last",
+        "selected_epoch": result.selected_epoch,  # whose weights the student holds
+        "stopped_early_at_epoch": result.stopped_at_epoch,  # None: ran every epoch
         "teacher_cache": result.used_teacher_cache,
         "teacher_forward": result.teacher_forward.to_dict() if result.teacher_forward else None,
         "teacher_store": result.teacher_store,  # the on-disk teacher cache: hits, writes

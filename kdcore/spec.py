@@ -237,6 +237,19 @@ class DistillationSpec(_Strict):
         return self
 
 
+class EarlyStoppingSpec(_Strict):
+    patience: int = Field(
+        ge=1, le=MAX_EPOCHS, description="stop after this many epochs without improvement"
+    )
+    min_delta: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1e6,
+        description="an improvement is a validation metric better than the best by more than "
+        "this (accuracy: a fraction, 0.001 = 0.1 point; regression: MSE)",
+    )
+
+
 class TrainingSpec(_Strict):
     epochs: int = Field(default=10, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(default=64, ge=1, le=MAX_BATCH)
@@ -253,6 +266,17 @@ class TrainingSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     eval_batch_size: int = Field(default=512, ge=1, le=MAX_BATCH)
+    select: Literal["best", "last"] = Field(
+        default="best",
+        description="the weights a job keeps: those of the epoch with the best validation "
+        "metric (accuracy; MSE for regression), or the last epoch's. Default best: it costs "
+        "nothing and a late epoch that got worse is not what anyone wants to ship. Without "
+        "a validation split the default keeps the last (selecting on the test split "
+        "would leak it)",
+    )
+    early_stopping: EarlyStoppingSpec | None = Field(
+        default=None, description="stop when validation stops improving (needs a val split)"
+    )
     channels_last: bool | Literal["auto"] = Field(
         default="auto",
         description="NHWC tensors for the models and batches; auto: on for image inputs "
@@ -395,7 +419,17 @@ class JobSpec(_Strict):
             raise ValueError("a train job has no teacher; put the model under 'student'")
         if "safetensors" not in self.export:
             self.export = ["safetensors", *self.export]
+        if self.dataset.val_fraction == 0:  # the held-out metric would be the test split's
+            if "select" in self.training.model_fields_set and self.training.select == "best":
+                raise ValueError("training.select 'best' needs a validation split (val_fraction)")
+            if self.training.early_stopping is not None:
+                raise ValueError("training.early_stopping needs a validation split (val_fraction)")
         return self
+
+    @property
+    def selects_best(self) -> bool:
+        """Keep the best validation epoch's weights (a validation split exists)."""
+        return self.training.select == "best" and self.dataset.val_fraction > 0
 
 
 def model_entries(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

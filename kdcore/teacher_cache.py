@@ -215,9 +215,12 @@ def prune(roots: list[Path], max_bytes: int) -> list[str]:
         if not root.is_dir():
             continue
         for folder in root.iterdir():
-            if folder.is_dir():
-                size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
-                folders.append((folder.stat().st_mtime, size, folder))
+            try:  # another worker may be pruning the same folder right now
+                if folder.is_dir():
+                    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+                    folders.append((folder.stat().st_mtime, size, folder))
+            except OSError:
+                continue
     total = sum(size for _, size, _ in folders)
     removed = []
     for _, size, folder in sorted(folders, key=lambda f: f[0]):

@@ -31,6 +31,7 @@ from kdcore.losses import DistillLoss, build_loss, task_loss
 from kdcore.models import default_feature_layers
 from kdcore.optim import build_optimizer, lr_at, set_lr
 from kdcore.precision import autocast_for, predict
+from kdcore.selection import BestEpoch
 from kdcore.spec import JobSpec
 from kdcore.teacher_outputs import Batching, TeacherOutputs
 
@@ -46,6 +47,8 @@ class FitResult:
     images_seen: int = 0
     steps: int = 0
     used_teacher_cache: bool = False
+    selected_epoch: int | None = None  # whose weights the student holds at the end
+    stopped_at_epoch: int | None = None  # early stopping ended the run after this epoch
     teacher_forward: TeacherForward | None = None  # how the uncached teacher ran
     teacher_store: dict[str, Any] | None = None  # the on-disk teacher cache's use
 
@@ -190,6 +193,7 @@ class _Run:
     cb: Callbacks
     log_every: int
     keep_checkpoints: int | None = None  # None: keep every epochN.pt
+    best: BestEpoch | None = None  # the best validation epoch so far, and early stopping
     resumed_epoch: int | None = None  # its checkpoint outlives the pruning
 
 
@@ -325,6 +329,7 @@ def _checkpoint_state(run: _Run, result: FitResult, epoch: int, step: int) -> di
             "cuda": torch.cuda.get_rng_state() if run.device.type == "cuda" else None,
         },
         "history": result.history,
+        "best": run.best.to_checkpoint() if run.best else None,  # its weights too
         "spec": run.spec.model_dump(mode="json"),
     }
 
@@ -436,6 +441,51 @@ def _train_epoch(
     return step, images, {k: v / max(1, loss_reads) for k, v in loss_sums.items()}
 
 
+def _end_epoch(
+    run: _Run,
+    result: FitResult,
+    clock: _Clock,
+    epoch: int,
+    step: int,
+    took: float,
+    images: int,
+    train_losses: dict[str, float],
+) -> None:
+    """Evaluate on the held-out split (validation, else test), record and report the
+    epoch, note the best one, and checkpoint (on schedule, after the last epoch, and
+    when early stopping ends the run)."""
+    spec, tr = run.spec, run.spec.training
+    held_out = run.data.val if len(run.data.val) else run.data.test
+    regression = spec.task == "regression"
+    metrics = evaluate(
+        run.student, held_out, regression, tr.eval_batch_size, run.device, tr.precision
+    )
+    metrics["epoch_time_s"] = took
+    metrics["images_per_s"] = images / max(took, 1e-9)
+    result.history.append(
+        {"epoch": epoch + 1, "step": step, **metrics, "train_losses": train_losses}
+    )
+    run.cb.on_epoch_end(_progress(run, result, clock, epoch + 1, step, train_losses, metrics))
+    if run.best is not None:
+        run.best.update(epoch + 1, metrics, run.student)  # before the checkpoint holds it
+    stopping = run.best is not None and run.best.stopped_at is not None
+    if (epoch + 1) % spec.checkpoint_every_epochs == 0 or epoch + 1 == tr.epochs or stopping:
+        _save(run, result, clock, f"epoch{epoch + 1}.pt", epoch + 1, step)
+
+
+def _select(run: _Run, result: FitResult) -> None:
+    """The weights the job keeps: the best validation epoch's (`select: best`), or the
+    last's; and where early stopping ended the run."""
+    last = result.history[-1]["epoch"] if result.history else None
+    result.selected_epoch = last
+    if run.best is None:
+        return
+    result.stopped_at_epoch = run.best.stopped_at
+    if run.spec.selects_best and run.best.state is not None:
+        run.student.load_state_dict(run.best.state)
+        result.selected_epoch = run.best.epoch
+
+
 def fit(
     spec: JobSpec,
     data: DataSplits,
@@ -470,26 +520,24 @@ def fit(
         teacher_forward=run.teacher_out.forward if run.teacher_out else None,
     )
     clock = _Clock(resumed_step=step)
-    held_out = data.val if len(data.val) else data.test
+    # selection and early stopping read the validation split only (never the test's)
+    run.best = BestEpoch.for_spec(spec) if len(data.val) else None
+    if run.best is not None:
+        run.best.restore(resume.get("best") if resume else None)
     student.train()
     for epoch in range(step // run.steps_per_epoch, tr.epochs):
+        if run.best is not None and run.best.stopped_at is not None:
+            break  # resumed from the checkpoint that early stopping wrote
         epoch_start = time.perf_counter()
         step, images, train_losses = _train_epoch(run, result, clock, epoch, step)
-        epoch_time = time.perf_counter() - epoch_start
         result.images_seen += images
-        metrics = evaluate(
-            student, held_out, spec.task == "regression", tr.eval_batch_size, device, tr.precision
-        )
-        metrics["epoch_time_s"] = epoch_time
-        metrics["images_per_s"] = images / max(epoch_time, 1e-9)
-        result.history.append(
-            {"epoch": epoch + 1, "step": step, **metrics, "train_losses": train_losses}
-        )
-        cb.on_epoch_end(_progress(run, result, clock, epoch + 1, step, train_losses, metrics))
-        if (epoch + 1) % spec.checkpoint_every_epochs == 0 or epoch + 1 == tr.epochs:
-            _save(run, result, clock, f"epoch{epoch + 1}.pt", epoch + 1, step)
+        took = time.perf_counter() - epoch_start
+        _end_epoch(run, result, clock, epoch, step, took, images, train_losses)
+        if run.best is not None and run.best.stopped_at is not None:
+            break
     result.train_time_s += time.perf_counter() - clock.start
     result.steps = step
+    _select(run, result)
     if run.teacher_out is not None and run.teacher_out.store is not None:
         result.teacher_store = run.teacher_out.store.report()
     for tap in (run.s_tap, run.t_tap):

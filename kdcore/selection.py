@@ -1,0 +1,70 @@
+"""Which epoch's weights a job keeps, and when it stops: the best validation epoch
+(`training.select: best`) and early stopping (`training.early_stopping`).
+
+The metric is the validation split's accuracy (higher is better) or MSE for regression
+(lower is better). An epoch improves when it beats the best so far by more than
+`min_delta` (0 without early stopping: any improvement); its weights are copied then,
+so the best state is there at the end without re-reading a checkpoint, and it travels
+in every checkpoint so a resumed run remembers it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from kdcore.spec import JobSpec
+
+
+@dataclass
+class BestEpoch:
+    metric: str  # "accuracy" or "mse"
+    min_delta: float = 0.0
+    patience: int | None = None
+    epoch: int | None = None  # the best epoch so far (from 1)
+    value: float | None = None
+    state: dict[str, Tensor] | None = None
+    since: int = 0  # epochs since the last improvement
+    stopped_at: int | None = None  # the epoch after which early stopping ended the run
+
+    @classmethod
+    def for_spec(cls, spec: JobSpec) -> BestEpoch:
+        stopping = spec.training.early_stopping
+        return cls(
+            "mse" if spec.task == "regression" else "accuracy",
+            stopping.min_delta if stopping else 0.0,
+            stopping.patience if stopping else None,
+        )
+
+    def _better(self, value: float) -> bool:
+        if self.value is None:
+            return True
+        if self.metric == "mse":
+            return value < self.value - self.min_delta
+        return value > self.value + self.min_delta
+
+    def update(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> None:
+        value = metrics[self.metric]
+        if self._better(value):
+            self.epoch, self.value, self.since = epoch, value, 0
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.since += 1
+        if self.patience is not None and self.since >= self.patience:
+            self.stopped_at = epoch
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "value": self.value,
+            "state": self.state,
+            "since": self.since,
+            "stopped_at": self.stopped_at,
+        }
+
+    def restore(self, saved: dict[str, Any] | None) -> None:
+        if saved:
+            self.epoch, self.value, self.state = saved["epoch"], saved["value"], saved["state"]
+            self.since, self.stopped_at = saved["since"], saved["stopped_at"]
