@@ -217,6 +217,18 @@ class _Clock:
         return (total_steps - step) * (time.perf_counter() - self.start) / done
 
 
+def _batching(batch_size: int, n: int, classes: int) -> Batching:
+    """How each epoch is cut into steps. Data parallel (kdcore.distributed started the
+    process group): every rank holds the whole model, takes its slice of each global
+    batch, and DDP averages the gradients. The ragged last batch is dropped (BatchNorm
+    needs >1); a step is one batch on every rank."""
+    world, rank = 1, 0
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    per_rank = min(batch_size, n // world)
+    return Batching(per_rank, max(1, n // (per_rank * world)), world, rank, classes)
+
+
 def _setup(
     spec: JobSpec,
     data: DataSplits,
@@ -237,15 +249,9 @@ def _setup(
     train = data.train
     if train.x.element_size() * train.x.nelement() < ON_DEVICE_LIMIT_BYTES:
         train = train.to(device)
-    # data parallel (kdcore.distributed started the process group): every rank holds the
-    # whole model, takes its slice of each global batch, and DDP averages the gradients
-    world, rank = 1, 0
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
-    n = len(train)
-    batch_size = min(tr.batch_size, n // world)
-    # drop the ragged last batch (BatchNorm needs >1); a step is one batch on every rank
-    steps_per_epoch = max(1, n // (batch_size * world))
+    batching = _batching(tr.batch_size, len(train), data.num_classes)
+    world, rank = batching.world, batching.rank
+    batch_size, steps_per_epoch = batching.batch_size, batching.steps_per_epoch
     loss_fn: DistillLoss | None = None
     s_tap = t_tap = None
     teacher_out: TeacherOutputs | None = None
@@ -264,7 +270,7 @@ def _setup(
             device,
             t_tap,
             channels_last,
-            Batching(batch_size, steps_per_epoch, world, rank, data.num_classes),
+            batching,
             teacher_cache,
         )
     trainable = list(student.parameters()) + (list(loss_fn.parameters()) if loss_fn else [])
