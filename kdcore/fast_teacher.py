@@ -75,6 +75,19 @@ def fold_batchnorm(model: nn.Module) -> nn.Module | None:
     return _traced(lambda: fuse(copy.deepcopy(model).eval()))
 
 
+class _Int8Teacher(nn.Module):
+    """A quantised graph as the teacher: fp32 in, fp32 out, never under autocast (the
+    trainer's bf16 autocast would hand its quantised kernels bf16 inputs)."""
+
+    def __init__(self, graph: nn.Module):
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.graph(x.float())
+
+
 def int8_engine() -> str | None:
     supported = torch.backends.quantized.supported_engines
     return next((e for e in _ENGINES if e in supported), None)
@@ -96,7 +109,7 @@ def quantize_int8(model: nn.Module, calibration: list[Tensor]) -> nn.Module | No
         with torch.inference_mode():
             for batch in calibration:
                 prepared(batch)
-        return convert_fx(prepared)
+        return _Int8Teacher(convert_fx(prepared))
 
     return _traced(build)
 

@@ -56,15 +56,13 @@ class BestEpoch:
             self.stopped_at = epoch
 
     def to_checkpoint(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "value": self.value,
-            "state": self.state,
-            "since": self.since,
-            "stopped_at": self.stopped_at,
-        }
+        return {name: getattr(self, name) for name in _SAVED}
 
     def restore(self, saved: dict[str, Any] | None) -> None:
         if saved:
-            self.epoch, self.value, self.state = saved["epoch"], saved["value"], saved["state"]
-            self.since, self.stopped_at = saved["since"], saved["stopped_at"]
+            for name in _SAVED:
+                setattr(self, name, saved[name])
+
+
+# what a checkpoint carries (the metric and thresholds come from the spec)
+_SAVED = ("epoch", "value", "state", "since", "stopped_at")

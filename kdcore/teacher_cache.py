@@ -149,9 +149,12 @@ class TeacherStore:
             self.folder.mkdir(parents=True, exist_ok=True)
             for array, path in ((indices, indices_path), (values, values_path)):
                 tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                with open(tmp, "wb") as f:
-                    np.save(f, array, allow_pickle=False)
-                os.replace(tmp, path)
+                try:
+                    with open(tmp, "wb") as f:
+                        np.save(f, array, allow_pickle=False)
+                    os.replace(tmp, path)
+                finally:
+                    tmp.unlink(missing_ok=True)  # gone after the rename; else a leftover
         except OSError:
             return
         self.written.append(name)

@@ -5,7 +5,6 @@ job (kdcore.teacher_cache), or from a forward pass of the folded or int8 teacher
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,11 +196,8 @@ class TeacherOutputs:
             stored = labels.get(i)
             if stored is not None:  # this crop's soft labels from an earlier job
                 return stored.to(x.device), []
-        int8 = self.forward is not None and self.forward.precision == "int8"
-        # quantised kernels take fp32 in and give fp32 out: no autocast around them
-        no_autocast = torch.autocast(x.device.type, enabled=False) if int8 else None
-        with torch.inference_mode(), no_autocast or contextlib.nullcontext():
-            out = self.model(x.float() if int8 else x)
+        with torch.inference_mode():
+            out = self.model(x)
             feats = self.tap.collect() if self.tap else []
         if labels is not None:  # what a later job will read: use exactly that here too
             return labels.put(i, out).to(x.device), []

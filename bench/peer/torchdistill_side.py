@@ -3,7 +3,14 @@
 Reads the run's settings (JSON) from argv[1], trains the teacher -> student pair with
 torchdistill's DistillationBox (its data loader, forward hooks, KDLoss and loop) and
 prints one JSON line: the training images/s of each epoch. The teacher's weights are the
-trained ones kdcore's side loads. The models are kdcore's
+trained ones kdcore's side loads.
+
+Only this benchmark imports torchdistill, from its own virtualenv (.bench/, never the
+service's). Some of its helpers load files in ways that can run code (`torch.load(...,
+weights_only=False)` in main_util, `pickle.load` in file_util, `yaml.FullLoader` in
+yaml_util); this script calls none of them: its config is a dict built here, the
+teacher's weights come through safetensors, and the data is the digits folder that
+peer_compare.py wrote. No client bytes reach it. The models are kdcore's
 modules (the same on both sides), so the frameworks are what differ."""
 
 from __future__ import annotations

@@ -173,3 +173,20 @@ def test_what_no_state_dict_holds_is_in_the_key(tmp_path):
         return _report(out)["teacher_store"]["key"]
 
     assert key([3, 1]) != key([1, 1])
+
+
+def test_teacher_topk_is_bounded_and_never_above_the_classes(tmp_path):
+    from kdcore.errors import SpecError
+    from kdcore.teacher_cache import soft_label_k
+    from kdcore.validate import parse_spec
+
+    for k in (0, -1, 10**6, "all"):
+        with pytest.raises(SpecError):
+            parse_spec(tiny_spec(distillation={"teacher_topk": k}))
+    assert soft_label_k(4, 50) == 4 and soft_label_k(1000, None) == 32
+    spec = tiny_spec(augment=CROPS, distillation={"teacher_topk": 2}, training={"epochs": 1})
+    kdcore.distill(spec, tmp_path / "k2", teacher_cache=tmp_path / "cache")
+    store = _report(tmp_path / "k2")["teacher_store"]
+    assert store["k"] == 2 and store["classes"] == 4
+    values = np.load(next((tmp_path / "cache").glob("*/epoch0001.values.npy")))
+    assert values.shape[-1] == 3  # two logits and the rest's value
