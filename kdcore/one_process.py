@@ -29,7 +29,9 @@ from kdcore.export import model_config, onnx_max_abs_error, save_student
 from kdcore.features import classifier_name
 from kdcore.models import build_model
 from kdcore.models.ecosystems import HF, is_model_folder, read_hf_folder
+from kdcore.onnx_variants import measure_exports, write_variants
 from kdcore.plots import plot_curves
+from kdcore.readiness import evaluate_gate
 from kdcore.report import build_report, held_out_metrics
 from kdcore.spec import JobSpec, ModelSpec, model_entries
 from kdcore.teachers import TeacherEnsemble
@@ -192,11 +194,17 @@ def run_local(
         list(spec.export),
         skipped,
     )
+    if "onnx" in files:
+        write_variants(files, list(spec.export), data)
     report = build_report(
         spec, device, data, result, student, teacher, files["safetensors"], members
     )
+    if len(spec.export) > 1:  # more than the safetensors weights
+        report["exports"] = measure_exports(files, student, data)
     if skipped:
         report["exports_skipped"] = skipped
+    if spec.gate is not None:
+        report["gate"] = evaluate_gate(spec.gate, report)
     if "onnx" in files:
         report["onnx_max_abs_error"] = onnx_max_abs_error(
             student.cpu(), files["onnx"], torch.randn(4, *data.input_shape)

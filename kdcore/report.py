@@ -14,6 +14,7 @@ from torch import nn
 from kdcore.data import DataSplits, Split
 from kdcore.models import count_parameters
 from kdcore.precision import predict, uses_bf16
+from kdcore.readiness import readiness
 from kdcore.spec import JobSpec, ModelSpec
 from kdcore.trainer import FitResult
 
@@ -64,6 +65,10 @@ def _state_bytes(model: nn.Module) -> int:
     graphs = sum(getattr(m, "onnx_bytes", 0) for m in model.modules())  # ONNX teachers
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return graphs + (len(save(state)) if state else 0)
+
+
+def _class_names(data: DataSplits) -> list[str]:
+    return data.class_names or [str(c) for c in range(data.num_classes)]
 
 
 def build_report(
@@ -138,6 +143,7 @@ def build_report(
     }
     if not regression:
         report["agreement"] = agreement(s_out, t_out)
+        report["readiness"] = readiness(s_out, t_out, data.test.y, _class_names(data))
     report["compression_ratio"] = round(t["parameters"] / s["parameters"], 3)
     report["size_ratio"] = round(t["bytes_on_disk"] / s["bytes_on_disk"], 3)
     report["speedup_batch1"] = round(t["latency_ms_batch1"] / s["latency_ms_batch1"], 3)

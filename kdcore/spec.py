@@ -250,6 +250,29 @@ class EarlyStoppingSpec(_Strict):
     )
 
 
+class GateSpec(_Strict):
+    """Limits a student must meet to be called ready (kdcore.readiness). Each limit set
+    is checked on the test split; the job succeeds either way and reports the verdict."""
+
+    max_accuracy_drop: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="teacher accuracy - student accuracy"
+    )
+    max_class_drop: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="the largest per-class accuracy drop"
+    )
+    max_latency_ms_batch1: float | None = Field(
+        default=None, gt=0.0, le=1e6, description="the student's CPU latency at batch 1"
+    )
+    min_agreement: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="share of test samples where both agree"
+    )
+
+    def teacher_checks(self) -> list[str]:
+        """The limits that compare the student with a teacher's classes."""
+        names = ("max_accuracy_drop", "max_class_drop", "min_agreement")
+        return [n for n in names if getattr(self, n) is not None]
+
+
 class TrainingSpec(_Strict):
     epochs: int = Field(default=10, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(default=64, ge=1, le=MAX_BATCH)
@@ -298,7 +321,7 @@ class TrainingSpec(_Strict):
         return self
 
 
-ExportFormat = Literal["safetensors", "torchscript", "onnx"]
+ExportFormat = Literal["safetensors", "torchscript", "onnx", "onnx_fp16", "onnx_int8"]
 Kind = Literal["distill", "train"]
 Task = Literal["classification", "regression"]
 # the one list of each, for the CLI, /v1/capabilities and the dashboard
@@ -351,6 +374,11 @@ class JobSpec(_Strict):
         default=False, description="Also train the student from scratch and report the KD gain"
     )
     webhook_url: str | None = Field(default=None, max_length=2048)
+    gate: GateSpec | None = Field(
+        default=None,
+        description="Readiness limits checked on the test split; the report's gate says "
+        "passed true/false check by check (the job succeeds either way)",
+    )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     priority: int = Field(
         default=0,
@@ -417,8 +445,14 @@ class JobSpec(_Strict):
             raise ValueError("a distill job needs a teacher")
         if self.kind == "train" and has_teacher:
             raise ValueError("a train job has no teacher; put the model under 'student'")
+        teacher_checks = self.gate.teacher_checks() if self.gate is not None else []
+        if teacher_checks and (self.kind != "distill" or self.task != "classification"):
+            names = ", ".join(teacher_checks)
+            raise ValueError(f"gate {names}: a classification distillation's checks")
         if "safetensors" not in self.export:
             self.export = ["safetensors", *self.export]
+        if {"onnx_fp16", "onnx_int8"} & set(self.export) and "onnx" not in self.export:
+            self.export = [*self.export, "onnx"]  # the variants are derived from student.onnx
         if self.dataset.val_fraction == 0:  # the held-out metric would be the test split's
             if "select" in self.training.model_fields_set and self.training.select == "best":
                 raise ValueError("training.select 'best' needs a validation split (val_fraction)")

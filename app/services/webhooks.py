@@ -56,6 +56,8 @@ def payload(job: Job) -> dict[str, Any]:
             "status": job.status,
             "error": job.error,
             "finished_at": job.finished_at.isoformat() + "Z" if job.finished_at else None,
+            # the readiness verdict (spec `gate`), so a pipeline can ship or not on it
+            "gate": (job.report or {}).get("gate"),
         },
     }
 

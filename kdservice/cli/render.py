@@ -138,7 +138,22 @@ def job_details(job: Job) -> Group:
     parts: list[Any] = [head, Text(""), timeline]
     if job.report:
         parts += [Text(""), report_table(job.report), Text(report_summary(job.report))]
+        if job.report.get("gate"):
+            parts += [Text(""), gate_table(job.report["gate"])]
     return Group(*parts)
+
+
+def gate_table(gate: dict[str, Any]) -> Table:
+    """The readiness gate (spec `gate`): the verdict, then each check."""
+    verdict = Text("passed", style="green") if gate.get("passed") else Text("failed", style="red")
+    table = Table(title=Text.assemble("gate: ", verdict), show_edge=False, title_justify="left")
+    for column in ("check", "value", "limit", ""):
+        table.add_column(column, justify="left" if column == "check" else "right")
+    for name, check in (gate.get("checks") or {}).items():
+        label = f"{name} ({check['class']})" if check.get("class") else name
+        ok = Text("ok", style="green") if check.get("passed") else Text("FAIL", style="red")
+        table.add_row(label, _num(check.get("value")), _num(check.get("limit")), ok)
+    return table
 
 
 def outcome(job: Job) -> str:

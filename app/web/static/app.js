@@ -297,7 +297,28 @@ function renderJob(view, jobId) {
     fill(report, h("h2", {}, "Report: teacher vs student"),
       h("table", { class: "kv", id: "report-table" }, h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", {}, "teacher"), h("th", {}, "student"))), h("tbody", {}, rows)),
       h("p", { id: "report-summary" }, summary.join(" · ")),
-      h("p", { class: "muted" }, `${r.epochs} epochs, ${fmt(r.training_time_s, 1)} s, ${fmt(r.train_images_per_s, 0)} img/s on ${r.device} (${r.precision})`));
+      h("p", { class: "muted" }, `${r.epochs} epochs, ${fmt(r.training_time_s, 1)} s, ${fmt(r.train_images_per_s, 0)} img/s on ${r.device} (${r.precision})`),
+      ...gateView(r.gate), ...perClassView(r.readiness));
+  }
+
+  // the readiness verdict (spec `gate`), check by check
+  function gateView(gate) {
+    if (!gate) return [];
+    const rows = Object.entries(gate.checks || {}).map(([name, c]) => h("tr", { class: c.passed ? "pass" : "fail" },
+      h("td", {}, c.class ? `${name} (${c.class})` : name), h("td", {}, fmt(c.value, 4)), h("td", {}, fmt(c.limit, 4)), h("td", {}, c.passed ? "ok" : "FAIL")));
+    return [h("h3", { id: "gate-verdict", class: gate.passed ? "pass" : "fail" }, `Gate: ${gate.passed ? "passed" : "failed"}`),
+      h("table", { class: "kv", id: "gate-table" }, h("thead", {}, h("tr", {}, h("th", {}, "check"), h("th", {}, "value"), h("th", {}, "limit"), h("th", {}, ""))), h("tbody", {}, rows))];
+  }
+
+  // per-class accuracy of teacher and student, two bars a class
+  function perClassView(ready) {
+    if (!ready?.per_class) return [];
+    const bar = (v, cls) => h("div", { class: "bar" }, h("div", { class: cls, style: `width:${Math.round(100 * (v ?? 0))}%` }));
+    const rows = ready.per_class.map((c) => h("tr", {}, h("td", {}, c.class),
+      h("td", {}, bar(c.teacher, "teacher"), bar(c.student, "student")), h("td", {}, `${pct(c.teacher)} → ${pct(c.student)}`)));
+    return [h("h3", {}, "Per-class accuracy (teacher, student)"),
+      h("table", { class: "kv", id: "per-class" }, h("tbody", {}, rows)),
+      h("p", { class: "muted" }, `calibration error (ECE) teacher ${fmt(ready.ece?.teacher, 3)}, student ${fmt(ready.ece?.student, 3)}`)];
   }
 
   async function drawDownloads() {
