@@ -20,6 +20,7 @@ class Progress:
     images_per_s: float = 0.0
     eta_s: float | None = None
     elapsed_s: float = 0.0
+    trial: dict[str, Any] | None = None  # in a sweep: which trial (index, of, rung, params)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -36,6 +37,9 @@ class Callbacks:
         pass
 
     def on_checkpoint(self, path: Path, progress: Progress) -> None:
+        pass
+
+    def on_trial_end(self, trial: dict[str, Any]) -> None:  # a sweep's trial is recorded
         pass
 
     def should_stop(self) -> bool:

@@ -169,7 +169,7 @@ def run_local(
     torch.manual_seed(spec.training.seed)
     student, num_classes = build_role(spec.student, "student", data)
     teacher, members = build_teachers(spec, data)
-    resume = _resume_state(spec, resume_from)
+    resume = resume_state(spec, resume_from)
     result = fit(
         spec,
         data,
@@ -184,7 +184,7 @@ def run_local(
     )
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         if spec.baseline and teacher is not None:  # a collective run: every rank trains it
-            _baseline(spec, data, device, {"accuracy": 0.0, "mse": 0.0}, None)
+            train_baseline(spec, data, device, {"accuracy": 0.0, "mse": 0.0}, None)
         return {}
     skipped: dict[str, str] = {}
     files = save_student(
@@ -211,17 +211,19 @@ def run_local(
         )
     if spec.baseline and teacher is not None:
         s_metrics = {k: report["student"][k] for k in ("accuracy", "mse") if k in report["student"]}
-        report["baseline"], report["kd_gain"] = _baseline(spec, data, device, s_metrics, callbacks)
+        report["baseline"], report["kd_gain"] = train_baseline(
+            spec, data, device, s_metrics, callbacks
+        )
     key = "mse" if spec.task == "regression" else "accuracy"
     teacher_quality = report.get("teacher", {}).get(key)
     files["curves"] = plot_curves(
         result.history, out_dir / "curves.png", spec.name, key, teacher_quality
     )
-    _write_report(report, files, out_dir)
+    write_report(report, files, out_dir)
     return report
 
 
-def _resume_state(spec: JobSpec, resume_from: str | Path | None) -> dict[str, Any] | None:
+def resume_state(spec: JobSpec, resume_from: str | Path | None) -> dict[str, Any] | None:
     """The checkpoint to resume from, refused if another spec wrote it."""
     if resume_from is None:
         return None
@@ -234,7 +236,7 @@ def _resume_state(spec: JobSpec, resume_from: str | Path | None) -> dict[str, An
     return resume
 
 
-def _write_report(report: dict[str, Any], files: dict[str, Path], out_dir: Path) -> None:
+def write_report(report: dict[str, Any], files: dict[str, Path], out_dir: Path) -> None:
     """Every output's name, size and sha256 into the report, then report.json."""
     report["files"] = {
         fmt: {"name": p.name, "bytes": p.stat().st_size, "sha256": _sha256(p)}
@@ -244,7 +246,7 @@ def _write_report(report: dict[str, Any], files: dict[str, Path], out_dir: Path)
     atomic_write(out_dir / "report.json", lambda fh: fh.write(blob))
 
 
-def _baseline(
+def train_baseline(
     spec: JobSpec,
     data: DataSplits,
     device: torch.device,

@@ -52,6 +52,10 @@ def plot_curves(
     for ax in (ax_loss, ax_q):
         ax.grid(alpha=0.3)
     fig.suptitle(title)
+    return _save(plt, fig, path)
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
@@ -59,3 +63,56 @@ def plot_curves(
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def plot_pareto(
+    trials: list[dict[str, Any]],
+    front: list[int],
+    best: int | None,
+    metric: str,
+    max_latency_ms: float | None,
+    path: Path,
+    title: str,
+) -> Path:
+    """pareto.png: each trained trial's test quality against its batch-1 latency; the
+    Pareto front joined, the best trial starred, excluded trials as grey crosses and
+    the latency limit as a dashed line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=100)
+    trained = [t for t in trials if t.get(metric) is not None]
+    for group, style in (
+        ([t for t in trained if not t["excluded_by"]], {"color": "tab:blue", "marker": "o"}),
+        ([t for t in trained if t["excluded_by"]], {"color": "0.6", "marker": "x"}),
+    ):
+        ax.scatter([t["latency_ms_batch1"] for t in group], [t[metric] for t in group], **style)
+    for t in trained:
+        ax.annotate(str(t["trial"]), (t["latency_ms_batch1"], t[metric]), fontsize=7)
+    on_front = sorted(
+        (t for t in trained if t["trial"] in front), key=lambda t: t["latency_ms_batch1"]
+    )
+    ax.plot(
+        [t["latency_ms_batch1"] for t in on_front],
+        [t[metric] for t in on_front],
+        "--",
+        color="tab:blue",
+        label="Pareto front",
+    )
+    chosen = [t for t in trained if t["trial"] == best]
+    if chosen:
+        ax.scatter(
+            [chosen[0]["latency_ms_batch1"]],
+            [chosen[0][metric]],
+            marker="*",
+            s=250,
+            color="tab:orange",
+            label="selected",
+            zorder=3,
+        )
+    if max_latency_ms is not None:
+        ax.axvline(max_latency_ms, color="tab:red", linestyle=":", label="latency limit")
+    ax.set_xlabel("CPU latency, batch 1 (ms)")
+    ax.set_ylabel(f"test {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return _save(plt, fig, path)

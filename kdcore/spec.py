@@ -273,6 +273,66 @@ class GateSpec(_Strict):
         return [n for n in names if getattr(self, n) is not None]
 
 
+MAX_TRIALS = 64
+SWEEP_ROOTS = ("distillation", "training", "student", "augment")  # what a trial may vary
+SweepValue = str | int | float | bool
+
+
+class SweepConstraints(_Strict):
+    """A trial beyond a limit is reported and never selected."""
+
+    max_latency_ms_batch1: float | None = Field(
+        default=None, gt=0.0, le=1e6, description="the student's CPU latency at batch 1"
+    )
+    max_parameters: int | None = Field(default=None, ge=1, le=10**12)
+
+
+class SweepSpec(_Strict):
+    """Several full trainings of the job with some fields varied; the job's outputs are
+    the best trial's (kdcore.sweep)."""
+
+    parameters: dict[str, list[SweepValue]] = Field(
+        min_length=1,
+        max_length=8,
+        description="dotted spec fields under distillation, training, student or augment, "
+        "each with the values to try, e.g. {'distillation.temperature': [2, 4, 8]}",
+    )
+    strategy: Literal["grid", "random", "halving"] = Field(
+        default="grid",
+        description="grid: every combination; random: max_trials of them, drawn with "
+        "training.seed; halving: successive halving (a third go on, each rung with 3x "
+        "the epochs, the last with training.epochs)",
+    )
+    max_trials: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TRIALS,
+        description=f"grid: refused if it has more combinations; random/halving: how many "
+        f"configurations to start with (default: all, at most {MAX_TRIALS})",
+    )
+    metric: Literal["accuracy", "mse"] | None = Field(
+        default=None,
+        description="what ranks trials, on the validation split (the test split when "
+        "val_fraction is 0); default: accuracy, mse for regression",
+    )
+    constraints: SweepConstraints = Field(default_factory=SweepConstraints)
+
+    @field_validator("parameters")
+    @classmethod
+    def _fields_a_trial_may_vary(
+        cls, parameters: dict[str, list[SweepValue]]
+    ) -> dict[str, list[SweepValue]]:
+        for key, values in parameters.items():
+            parts = key.split(".")
+            if len(parts) < 2 or parts[0] not in SWEEP_ROOTS or not all(parts):
+                raise ValueError(f"{key!r}: a dotted field under {', '.join(SWEEP_ROOTS)}")
+            if parts[-1] in ("checkpoint", "path", "device"):
+                raise ValueError(f"{key!r}: files and devices are not swept")
+            if not 1 <= len(values) <= 32:
+                raise ValueError(f"{key!r}: between 1 and 32 values")
+        return parameters
+
+
 class TrainingSpec(_Strict):
     epochs: int = Field(default=10, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(default=64, ge=1, le=MAX_BATCH)
@@ -374,6 +434,11 @@ class JobSpec(_Strict):
         default=False, description="Also train the student from scratch and report the KD gain"
     )
     webhook_url: str | None = Field(default=None, max_length=2048)
+    sweep: SweepSpec | None = Field(
+        default=None,
+        description="Train several trials and keep the best (kdcore.sweep); the report's "
+        "sweep lists every trial, the best and the Pareto front of quality against latency",
+    )
     gate: GateSpec | None = Field(
         default=None,
         description="Readiness limits checked on the test split; the report's gate says "

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kdcore import sweep_plan
 from kdcore.data import DATASETS, needs_path
 from kdcore.errors import SpecError
 from kdcore.losses import LOSSES
@@ -63,7 +64,30 @@ def validate_names(spec: JobSpec) -> list[tuple[str, str]]:
         and not spec.dataset.regression
     ):
         problems.append(("/dataset/regression", "task regression needs dataset.regression: true"))
-    return problems
+    return problems + _sweep_problems(spec)
+
+
+def _sweep_problems(spec: JobSpec) -> list[tuple[str, str]]:
+    """A sweep is checked by parsing every trial it would train: a bad value is refused
+    before the job is queued, at the parameter that names it."""
+    if spec.sweep is None:
+        return []
+    found = sweep_plan.problems(spec)
+    if found:
+        return found
+    seen: set[str] = set()
+    for params in sweep_plan.configurations(spec):
+        try:
+            parse_spec(sweep_plan.trial_dict(spec, 0, params, spec.training.epochs))
+        except SpecError as exc:
+            for pointer, message in exc.errors:
+                key = pointer.strip("/").replace("/", ".")
+                at = f"/sweep/parameters/{key}" if key in params else "/sweep/parameters"
+                text = f"{message} (with {params})"
+                if at not in seen:  # one message per parameter, not one per combination
+                    seen.add(at)
+                    found.append((at, text))
+    return found
 
 
 def _config_problems(pointer: str, model: ModelSpec) -> list[tuple[str, str]]:

@@ -325,6 +325,9 @@ class Supervisor:
         if kind == "checkpoint":
             self.checkpoints.append(msg)
             return True
+        if kind == "trial":  # a sweep's trial recorded: an event of its own
+            self.pending.append(("trial", msg))
+            return True
         self.final = {"type": kind, **msg}  # done, cancelled or error: the last word
         return False
 
@@ -360,6 +363,7 @@ class Supervisor:
                     "images_per_s",
                     "eta_s",
                     "elapsed_s",
+                    "trial",
                 )
             }
         stored = self._store_checkpoints()
@@ -410,11 +414,18 @@ class Supervisor:
         for location in locations:
             try:
                 storage.delete(self.settings, location)
-                (self.out_dir / "checkpoints" / Path(location).name).unlink(missing_ok=True)
+                local = location.split(f"jobs/{self.job_id}/", 1)[-1]  # its path in out_dir
+                (self.out_dir / local).unlink(missing_ok=True)
             except Exception as exc:  # noqa: BLE001 (S3 unreachable...): only space is lost
                 log.warning(
                     "job %s: pruned checkpoint %s not deleted: %s", self.job_id, location, exc
                 )
+
+    def _checkpoint_key(self, path: Path) -> str:
+        """jobs/<id>/<path under the job's folder>: a sweep's trials each keep
+        trials/NNN/checkpoints/epochN.pt, which must not overwrite one another."""
+        rel = path.relative_to(self.out_dir) if path.is_relative_to(self.out_dir) else None
+        return f"jobs/{self.job_id}/{(rel or Path('checkpoints') / path.name).as_posix()}"
 
     def _store_checkpoints(self) -> list[tuple[dict[str, Any], str, int]]:
         """Put new checkpoints in the artifact store (a no-op for local storage) before
@@ -426,7 +437,7 @@ class Supervisor:
                 continue  # baseline checkpoints cannot resume the job
             path = Path(ck["path"])
             try:
-                key = f"jobs/{self.job_id}/checkpoints/{path.name}"
+                key = self._checkpoint_key(path)
                 stored.append((ck, storage.put(self.settings, path, key), path.stat().st_size))
             except Exception as exc:  # noqa: BLE001 (S3 unreachable, disk error...)
                 log.warning("job %s: checkpoint %s not stored: %s", self.job_id, path.name, exc)

@@ -5,6 +5,7 @@ and reads one JSON message per line from its stdout:
 
     {"type": "progress" | "epoch", ...}   kdcore.Progress fields
     {"type": "checkpoint", "path", "epoch", "step"}  after the atomic rename
+    {"type": "trial", ...}                a sweep's trial, recorded (kdcore.sweep)
     {"type": "done", "report"} | {"type": "cancelled"} | {"type": "error", "kind", "message"}
 
 SIGTERM asks it to stop: the training loop checks the flag between steps.
@@ -82,6 +83,9 @@ def main() -> int:
                     "phase": p.phase,
                 }
             )
+
+        def on_trial_end(self, trial: dict[str, Any]) -> None:
+            send({"type": "trial", **trial})
 
         def should_stop(self) -> bool:
             return stop.is_set()

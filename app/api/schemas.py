@@ -76,6 +76,7 @@ class ProgressOut(BaseModel):
     losses: dict[str, float] = Field(default_factory=dict)
     images_per_s: float | None = None
     eta_s: float | None = None
+    trial: dict[str, Any] | None = None  # a sweep's: index, of, rung, params
 
 
 # how long a poller may wait before asking again, by status (none once the job ended)

@@ -140,6 +140,8 @@ def job_details(job: Job) -> Group:
         parts += [Text(""), report_table(job.report), Text(report_summary(job.report))]
         if job.report.get("gate"):
             parts += [Text(""), gate_table(job.report["gate"])]
+        if job.report.get("sweep"):
+            parts += [Text(""), *sweep_lines(job.report["sweep"])]
     return Group(*parts)
 
 
@@ -185,6 +187,37 @@ def progress_line(data: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+TRIAL_HEADER = (
+    "trial rung  params                                   quality  latency b1  parameters  epochs"
+)
+
+
+def trial_line(trial: dict[str, Any]) -> str:
+    """One row of a sweep's trial table, as each trial is recorded."""
+    params = " ".join(f"{k.split('.')[-1]}={v}" for k, v in (trial.get("params") or {}).items())
+    quality = next((trial[k] for k in ("accuracy", "mse") if trial.get(k) is not None), None)
+    shown = _pct(quality) if "accuracy" in trial else _num(quality)
+    row = (
+        f"{trial.get('trial', '?'):>5} {trial.get('rung', 0):>4}  {params[:40]:<40} "
+        f"{shown:>8} {_num(trial.get('latency_ms_batch1')):>8} ms {trial.get('parameters', 0):>11,}"
+        f" {trial.get('epochs_run', 0):>4}/{trial.get('epochs', '?')}"
+    )
+    if trial.get("excluded_by"):
+        row += "  excluded: " + "; ".join(trial["excluded_by"])
+    return row
+
+
+def sweep_lines(sweep: dict[str, Any]) -> list[Text]:
+    """The whole trial table of a finished sweep, the selected trial and the front marked."""
+    lines = [Text(f"sweep ({sweep.get('strategy')}, by validation {sweep.get('metric')})")]
+    lines.append(Text(TRIAL_HEADER, style="bold"))
+    for trial in sweep.get("trials") or []:
+        mark = " <- selected" if trial.get("trial") == sweep.get("best") else ""
+        front = " (Pareto)" if trial.get("trial") in (sweep.get("pareto") or []) else ""
+        lines.append(Text(trial_line(trial) + front + mark))
+    return lines
+
+
 class Watcher:
     """Shows a job's events as they arrive: a live bar on a terminal, lines otherwise."""
 
@@ -195,6 +228,7 @@ class Watcher:
         self.task: TaskID | None = None
         self.last_losses: dict[str, float] = {}
         self.last_acc = ""
+        self.trials_shown = 0
 
     def __enter__(self) -> Watcher:
         if self.live:
@@ -224,6 +258,11 @@ class Watcher:
             )
         elif event.type == "attempt":
             self.console.print(f"attempt {data.get('attempt')} on {data.get('worker')}")
+        elif event.type == "trial":  # a sweep: the trial table fills in, row by row
+            if not self.trials_shown:
+                self.console.print(Text(TRIAL_HEADER, style="bold"), highlight=False)
+            self.trials_shown += 1
+            self.console.print(trial_line(data), highlight=False)
         elif event.type in ("progress", "epoch"):
             if data.get("losses"):
                 self.last_losses = data["losses"]
@@ -238,9 +277,11 @@ class Watcher:
                     data.get("epoch"),
                     data.get("epochs"),
                 )
+                trial = data.get("trial") or {}
+                where = f"trial {trial['index']}/{trial.get('of')} " if trial else ""
                 self.bar.update(
                     self.task,
-                    description=f"{phase} epoch {epoch}/{epochs}",
+                    description=f"{where}{phase} epoch {epoch}/{epochs}",
                     completed=data.get("step") or 0,
                     total=data.get("total_steps") or 1,
                     detail=f"{losses} {self.last_acc} {rate}".strip(),

@@ -34,6 +34,7 @@ class Progress(_Model):
     losses: dict[str, float] = Field(default_factory=dict)
     images_per_s: float | None = None
     eta_s: float | None = None
+    trial: dict[str, Any] | None = None  # a sweep's: index, of, rung, params
 
 
 class Job(_Model):

@@ -19,6 +19,7 @@ from app.services import lifecycle
 from app.settings import Settings
 from tests.app.conftest import build_api, make_settings, tiny_job
 from tests.support.audit import assert_ended_once
+from tests.support.procs import training_children
 from worker.maintenance import reap_once
 from worker.supervisor import claim_and_run, teacher_cache, threads_per_job
 
@@ -239,25 +240,6 @@ def test_report_json_artifact_matches_the_job_report(finished):
     assert report == api.get(f"/v1/jobs/{job_id}").json()["report"]
 
 
-def _training_children() -> list[int]:
-    """PIDs of `python -m worker.training_process` processes started by this test process."""
-    import os
-    from pathlib import Path
-
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if b"worker.training_process" in cmdline and ppid == os.getpid():
-            pids.append(int(proc.name))
-    return pids
-
-
 def test_a_killed_training_process_is_retried_from_its_last_checkpoint(api):
     import os
     import signal
@@ -276,7 +258,7 @@ def test_a_killed_training_process_is_retried_from_its_last_checkpoint(api):
     while time.monotonic() < deadline and not api.get(f"/v1/jobs/{job_id}/checkpoints").json():
         time.sleep(0.1)
     checkpoint = api.get(f"/v1/jobs/{job_id}/checkpoints").json()[-1]
-    (child,) = _training_children()
+    (child,) = training_children()
     os.kill(child, signal.SIGKILL)
     thread.join(30)
     assert result["status"] == "queued"
@@ -290,7 +272,7 @@ def test_a_killed_training_process_is_retried_from_its_last_checkpoint(api):
     epochs = [e["data"]["epoch"] for e in events if e["type"] == "epoch"]
     # it did not start over: epoch 1 ran once, at most the interrupted epoch ran twice
     assert epochs[-1] == 30 and epochs.count(1) == 1 and len(epochs) <= 31
-    assert _training_children() == []
+    assert training_children() == []
 
 
 def test_a_job_over_its_max_runtime_is_stopped_and_failed(api):
@@ -307,7 +289,7 @@ def test_a_job_over_its_max_runtime_is_stopped_and_failed(api):
     job = api.get(f"/v1/jobs/{job_id}").json()
     assert job["error"] == "exceeded max_runtime_s (8 s)" and job["attempt"] == 1
     assert job["progress"].get("step", 0) < job["progress"].get("total_steps", 1)
-    assert _training_children() == []
+    assert training_children() == []
     assert_ended_once(api.settings.db_url, job_id, "failed")
 
 

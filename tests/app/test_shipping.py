@@ -35,6 +35,17 @@ def _run(api, spec) -> dict:
     return api.get(f"/v1/jobs/{job.json()['id']}").json()
 
 
+def _events(api, job_id) -> list[dict]:
+    """Every event of the job, page by page."""
+    out, after = [], 0
+    while True:
+        page = api.get(f"/v1/jobs/{job_id}/events", params={"limit": 200, "after": after}).json()
+        out += page["data"]
+        if not page["has_more"]:
+            return out
+        after = page["next_after"]
+
+
 def _outbox_payload(api, job_id) -> dict:
     with session_scope(api.settings.db_url) as session:
         row = session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)).one()
@@ -89,3 +100,103 @@ def test_a_gate_on_teacher_checks_is_refused_for_a_train_job(teacher):
     response = api.post("/v1/jobs", json=tiny_job(gate={"min_agreement": 0.9}))
     assert response.status_code == 422
     assert "classification distillation" in response.text
+
+
+def _sweep_job(teacher_spec, **sweep) -> dict:
+    return tiny_job(
+        kind="distill",
+        teacher=teacher_spec,
+        dataset={
+            "builtin": "synthetic",
+            "num_samples": 300,
+            "num_classes": 3,
+            "shape": [1, 6, 6],
+            "val_fraction": 0.2,
+        },
+        training={"epochs": 3, "batch_size": 16, "precision": "fp32"},
+        sweep=sweep,
+    )
+
+
+def test_a_sweep_with_a_constraint_reports_every_trial_and_ships_the_best(teacher):
+    api, teacher_spec = teacher
+    spec = _sweep_job(
+        teacher_spec,
+        parameters={"distillation.temperature": [2, 4], "student.arch": ["mlp_small", "mlp"]},
+        constraints={"max_parameters": 5000},  # mlp (hidden 512) is far over
+    )
+    job = _run(api, spec)
+    sweep = job["report"]["sweep"]
+    trials = sweep["trials"]
+    assert len(trials) == 4
+    excluded = [t for t in trials if t["excluded_by"]]
+    assert {t["params"]["student.arch"] for t in excluded} == {"mlp"}
+    assert all(t["status"] == "excluded" for t in excluded)
+    assert sweep["best"] not in {t["trial"] for t in excluded}
+    assert set(sweep["pareto"]) <= {t["trial"] for t in trials if not t["excluded_by"]}
+    best = trials[sweep["best"]]
+    assert job["report"]["student"]["arch"] == "mlp_small"
+    assert job["report"]["student"]["accuracy"] == best["accuracy"]
+    arts = {a["name"] for a in api.get(f"/v1/jobs/{job['id']}/artifacts").json()}
+    assert {"pareto.png", "student.safetensors", "report.json"} <= arts
+    events = _events(api, job["id"])
+    assert [e["data"]["trial"] for e in events if e["type"] == "trial"] == [0, 1, 2, 3]
+    running = {e["data"]["trial"]["index"] for e in events if e["type"] == "epoch"}
+    assert running == {t["trial"] for t in trials if not t["excluded_by"]}
+
+
+def test_halving_through_the_service(teacher):
+    api, teacher_spec = teacher
+    spec = _sweep_job(
+        teacher_spec, parameters={"training.lr": [0.2, 0.1, 0.05]}, strategy="halving"
+    )
+    sweep = _run(api, spec)["report"]["sweep"]
+    assert [(t["rung"], t["epochs"]) for t in sweep["trials"]] == [(0, 1)] * 3 + [(1, 3)]
+    assert sweep["best"] == 3
+
+
+def test_a_sweep_whose_process_is_killed_resumes_at_its_trial(teacher):
+    import os
+    import signal
+    import threading
+    import time
+
+    from tests.support.procs import training_children
+
+    api, teacher_spec = teacher
+    spec = _sweep_job(teacher_spec, parameters={"training.lr": [0.1, 0.05, 0.02]})
+    spec["training"].update(epochs=20, batch_size=8)
+    job_id = api.post("/v1/jobs", json=spec).json()["id"]
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(s=claim_and_run(api.settings, job_id)))
+    thread.start()
+
+    def events():
+        return _events(api, job_id)
+
+    def in_trial_1_with_a_checkpoint():
+        ticks = [e["data"] for e in events() if e["type"] == "epoch"]
+        return any(t["trial"]["index"] == 1 and t["epoch"] >= 2 for t in ticks)
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not in_trial_1_with_a_checkpoint():
+        time.sleep(0.2)
+    (child,) = training_children()
+    os.kill(child, signal.SIGKILL)
+    thread.join(60)
+    assert result["s"] == "queued"
+    assert claim_and_run(api.settings, job_id) == "succeeded"
+    all_events = events()
+    attempts = [e["seq"] for e in all_events if e["type"] == "attempt"]
+    second = [e for e in all_events if e["seq"] > attempts[1]]
+    trained_again = {e["data"]["trial"]["index"] for e in second if e["type"] == "epoch"}
+    assert trained_again == {1, 2}  # trial 0 was finished and is not trained again
+    first_epoch_of_1 = min(
+        e["data"]["epoch"]
+        for e in second
+        if e["type"] == "epoch" and e["data"]["trial"]["index"] == 1
+    )
+    assert first_epoch_of_1 >= 2  # trial 1 resumed from its checkpoint, not from epoch 1
+    report = api.get(f"/v1/jobs/{job_id}").json()["report"]
+    assert [t["trial"] for t in report["sweep"]["trials"]] == [0, 1, 2]
+    assert [e["data"]["trial"] for e in all_events if e["type"] == "trial"] == [0, 1, 2]

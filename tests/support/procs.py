@@ -14,6 +14,22 @@ from pathlib import Path
 import httpx
 
 
+def training_children() -> list[int]:
+    """PIDs of `python -m worker.training_process` processes started by this process."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if b"worker.training_process" in cmdline and ppid == os.getpid():
+            pids.append(int(proc.name))
+    return pids
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,0 +1,319 @@
+"""A sweep: several full trainings of one job (spec `sweep`), one after another in
+this process; the job's outputs are the best trial's.
+
+    out_dir/trials/NNN/            each trial's own outputs and checkpoints
+    out_dir/sweep/state.json       the finished trials (what a resumed sweep skips)
+    out_dir/pareto.png             test quality against batch-1 latency, every trial
+    out_dir/student.*, report.json the best trial's outputs; the report's `sweep`
+
+A trial whose student breaks a constraint (parameters, CPU latency at batch 1, measured
+as the report measures it) is recorded and never selected: the architecture is checked
+before training (no time spent on it), the trained student again after. Trials share
+the teacher's outputs through the teacher cache (kdcore.teacher_cache), computed by the
+first trial that needs them. The best trial is chosen on the validation split (the test
+split only when there is none), so the test figures stay a fair estimate.
+
+Resume: state.json lists the finished trials; the trial in progress resumes from the
+checkpoint the caller gives (the service: the job's newest) when that checkpoint is the
+trial's, else from the newest in its own folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdcore.callbacks import Callbacks, Progress
+from kdcore.checkpoints import atomic_write
+from kdcore.data import DataSplits, load_dataset
+from kdcore.errors import CheckpointError, SpecError
+from kdcore.models import count_parameters
+from kdcore.one_process import (
+    build_role,
+    resume_state,
+    run_local,
+    train_baseline,
+    write_report,
+)
+from kdcore.plots import plot_pareto
+from kdcore.report import cpu_latency_ms
+from kdcore.spec import JobSpec, SweepValue
+from kdcore.sweep_plan import configurations, rungs, trial_dict
+from kdcore.trainer import pick_device
+from kdcore.validate import parse_spec
+
+STATE_FILE = Path("sweep") / "state.json"
+
+
+@dataclass
+class _Sweep:
+    spec: JobSpec
+    out_dir: Path
+    callbacks: Callbacks
+    resume_from: str | Path | None
+    keep_checkpoints: int | None
+    teacher_cache: Path
+    data: DataSplits  # for the constraint check before training
+    metric: str  # "accuracy" or "mse"
+    planned: int  # trials the plan holds (halving: if every rung is full)
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric == "accuracy"
+
+    def rank(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Eligible trained trials, best first."""
+        ok = [r for r in records if r["status"] == "trained" and not r["excluded_by"]]
+        sign = -1 if self.higher_is_better else 1
+        return sorted(ok, key=lambda r: (sign * r["score"], r["trial"]))
+
+
+class _TrialCallbacks(Callbacks):
+    """The caller's callbacks, told which trial runs; steps count over the whole sweep
+    (so a service's step-ordered checkpoints and progress stay monotonic)."""
+
+    def __init__(self, outer: Callbacks, info: dict[str, Any], offset: int, epochs_after: int):
+        self.outer, self.info, self.offset, self.epochs_after = outer, info, offset, epochs_after
+
+    def _sweepwide(self, p: Progress) -> Progress:
+        per_epoch = p.total_steps / max(1, p.epochs)
+        p.trial = self.info
+        p.step += self.offset
+        p.total_steps += self.offset + round(per_epoch * self.epochs_after)
+        return p
+
+    def on_step(self, progress: Progress) -> None:
+        self.outer.on_step(self._sweepwide(progress))
+
+    def on_epoch_end(self, progress: Progress) -> None:
+        self.outer.on_epoch_end(self._sweepwide(progress))
+
+    def on_checkpoint(self, path: Path, progress: Progress) -> None:
+        self.outer.on_checkpoint(path, self._sweepwide(progress))
+
+    def should_stop(self) -> bool:
+        return self.outer.should_stop()
+
+
+def run_sweep(
+    spec: JobSpec,
+    out_dir: Path,
+    callbacks: Callbacks | None,
+    resume_from: str | Path | None,
+    keep_checkpoints: int | None,
+    teacher_cache: Path | None,
+) -> dict[str, Any]:
+    assert spec.sweep is not None
+    configs = configurations(spec)
+    plan = rungs(spec, len(configs))
+    data = load_dataset(spec.dataset, spec.training.seed, regression=spec.task == "regression")
+    metric = spec.sweep.metric or ("mse" if spec.task == "regression" else "accuracy")
+    sweep = _Sweep(
+        spec,
+        out_dir,
+        callbacks or Callbacks(),
+        resume_from,
+        keep_checkpoints,
+        teacher_cache or out_dir / "sweep" / "teacher-cache",
+        data,
+        metric,
+        planned=sum(r.keep for r in plan),
+        records=_load_state(out_dir, spec),
+    )
+    survivors, index = list(range(len(configs))), 0
+    for r, rung in enumerate(plan):
+        if r > 0:  # successive halving: the best of the last rung go on
+            last = [rec for rec in sweep.records if rec["rung"] == r - 1]
+            survivors = [rec["config"] for rec in sweep.rank(last)[: rung.keep]]
+        epochs_later = sum(x.epochs * x.keep for x in plan[r + 1 :])
+        for n, c in enumerate(survivors):
+            if index >= len(sweep.records):  # not finished before a crash
+                after = rung.epochs * (len(survivors) - n - 1) + epochs_later
+                _run_trial(sweep, index, configs[c], c, r, rung.epochs, after)
+            index += 1
+    report = _finish(sweep)
+    if teacher_cache is None:
+        shutil.rmtree(sweep.teacher_cache, ignore_errors=True)
+    return report
+
+
+def _load_state(out_dir: Path, spec: JobSpec) -> list[dict[str, Any]]:
+    path = out_dir / STATE_FILE
+    if not path.is_file():
+        return []
+    state = json.loads(path.read_text())
+    if state.get("sweep_spec") != spec.model_dump(mode="json"):
+        return []  # another sweep's folder: start over
+    return list(state["trials"])
+
+
+def _save_state(sweep: _Sweep) -> None:
+    state = {"sweep_spec": sweep.spec.model_dump(mode="json"), "trials": sweep.records}
+    blob = json.dumps(state, indent=1).encode()
+    (sweep.out_dir / STATE_FILE).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(sweep.out_dir / STATE_FILE, lambda fh: fh.write(blob))
+
+
+def _violations(sweep: _Sweep, parameters: int, latency_ms: float) -> list[str]:
+    limits = sweep.spec.sweep.constraints  # type: ignore[union-attr]
+    out = []
+    if limits.max_parameters is not None and parameters > limits.max_parameters:
+        out.append(f"parameters {parameters} > {limits.max_parameters}")
+    if limits.max_latency_ms_batch1 is not None and latency_ms > limits.max_latency_ms_batch1:
+        out.append(f"latency_ms_batch1 {latency_ms:.4g} > {limits.max_latency_ms_batch1}")
+    return out
+
+
+def _trial_resume(sweep: _Sweep, trial: JobSpec, folder: Path) -> Path | None:
+    """The caller's checkpoint if this trial wrote it, else the trial's newest."""
+    candidates = [Path(sweep.resume_from)] if sweep.resume_from else []
+    candidates += sorted(
+        (folder / "checkpoints").glob("epoch*.pt"),
+        key=lambda p: int(p.stem.removeprefix("epoch") or 0),
+        reverse=True,
+    )
+    for path in candidates:
+        try:
+            resume_state(trial, path)
+            return path
+        except (CheckpointError, OSError, ValueError):
+            continue
+    return None
+
+
+def _run_trial(
+    sweep: _Sweep,
+    index: int,
+    params: dict[str, SweepValue],
+    config: int,
+    rung: int,
+    epochs: int,
+    epochs_after: int,
+) -> None:
+    trial = parse_spec(trial_dict(sweep.spec, index, params, epochs))
+    folder = sweep.out_dir / "trials" / f"{index:03d}"
+    record: dict[str, Any] = {
+        "trial": index,
+        "config": config,
+        "rung": rung,
+        "params": params,
+        "epochs": epochs,
+        "folder": folder.relative_to(sweep.out_dir).as_posix(),
+    }
+    student, _ = build_role(trial.student, "student", sweep.data)
+    parameters = count_parameters(student)
+    latency = round(cpu_latency_ms(student, sweep.data.input_shape, 1), 4)
+    excluded = _violations(sweep, parameters, latency)
+    if excluded:  # the architecture alone breaks a limit: not trained
+        record.update(status="excluded", excluded_by=excluded, score=None, epochs_run=0)
+        record.update({sweep.metric: None, "latency_ms_batch1": latency, "parameters": parameters})
+    else:
+        offset = sum(r.get("steps", 0) for r in sweep.records)
+        info = {"index": index, "of": sweep.planned, "rung": rung, "params": params}
+        callbacks = _TrialCallbacks(sweep.callbacks, info, offset, epochs_after)
+        resume = _trial_resume(sweep, trial, folder)
+        report = run_local(
+            trial, folder, callbacks, resume, sweep.keep_checkpoints, sweep.teacher_cache
+        )
+        student_report = report["student"]
+        parameters, latency = student_report["parameters"], student_report["latency_ms_batch1"]
+        record.update(
+            status="trained",
+            excluded_by=_violations(sweep, parameters, latency),
+            score=_validation_score(report, sweep.metric),
+            epochs_run=len(report["history"]),
+            steps=report["steps"],
+            selected_epoch=report.get("selected_epoch"),
+            latency_ms_batch1=latency,
+            parameters=parameters,
+        )
+        record[sweep.metric] = student_report.get(sweep.metric)
+    sweep.records.append(record)
+    _save_state(sweep)
+    sweep.callbacks.on_trial_end(record)
+
+
+def _validation_score(report: dict[str, Any], metric: str) -> float:
+    """The selected epoch's validation metric; the test metric without a validation split."""
+    history = report["history"]
+    epoch = report.get("selected_epoch") or len(history)
+    value = history[epoch - 1].get(metric) if history else None
+    return float(value if value is not None else report["student"][metric])
+
+
+def pareto_front(trials: list[dict[str, Any]], metric: str) -> list[int]:
+    """Trials no other beats on both test quality and batch-1 latency."""
+    better = (lambda a, b: a >= b) if metric == "accuracy" else (lambda a, b: a <= b)
+    done = [t for t in trials if t["status"] == "trained" and not t["excluded_by"]]
+    front = []
+    for t in done:
+        dominated = any(
+            o is not t
+            and better(o[metric], t[metric])
+            and o["latency_ms_batch1"] <= t["latency_ms_batch1"]
+            and (o[metric] != t[metric] or o["latency_ms_batch1"] != t["latency_ms_batch1"])
+            for o in done
+        )
+        if not dominated:
+            front.append(t["trial"])
+    return front
+
+
+def _finish(sweep: _Sweep) -> dict[str, Any]:
+    """The best trial's outputs become the job's, with the sweep section and plot."""
+    spec = sweep.spec
+    final_rung = max((r["rung"] for r in sweep.records), default=0)
+    ranked = sweep.rank([r for r in sweep.records if r["rung"] == final_rung])
+    if not ranked:
+        raise SpecError(
+            [("/sweep/constraints", "no trial met the constraints: " + _summary(sweep.records))]
+        )
+    best = ranked[0]
+    trial = parse_spec(trial_dict(spec, best["trial"], best["params"], best["epochs"]))
+    folder = sweep.out_dir / best["folder"]
+    if not (folder / "report.json").is_file():  # finished on another host: train it again
+        run_local(trial, folder, None, None, sweep.keep_checkpoints, sweep.teacher_cache)
+    report = json.loads((folder / "report.json").read_text())
+    files = {}
+    for fmt, entry in report.pop("files").items():
+        files[fmt] = sweep.out_dir / entry["name"]
+        shutil.copy2(folder / entry["name"], files[fmt])
+    report["name"] = spec.name
+    constraints = spec.sweep.constraints  # type: ignore[union-attr]
+    front = pareto_front(sweep.records, sweep.metric)
+    report["sweep"] = {
+        "strategy": spec.sweep.strategy,  # type: ignore[union-attr]
+        "metric": sweep.metric,
+        "selected_on": "validation" if spec.dataset.val_fraction > 0 else "test",
+        "constraints": constraints.model_dump(exclude_none=True),
+        "rungs": [vars(r) for r in rungs(spec, len(configurations(spec)))],
+        "trials": sweep.records,
+        "best": best["trial"],
+        "pareto": front,
+    }
+    files["pareto"] = plot_pareto(
+        sweep.records,
+        front,
+        best["trial"],
+        sweep.metric,
+        constraints.max_latency_ms_batch1,
+        sweep.out_dir / "pareto.png",
+        f"{spec.name}: {len(sweep.records)} trials",
+    )
+    if spec.baseline and spec.kind == "distill":
+        device = pick_device(spec.training.device)
+        kd = {sweep.metric: report["student"][sweep.metric]}
+        data = load_dataset(trial.dataset, trial.training.seed, trial.task == "regression")
+        report["baseline"], report["kd_gain"] = train_baseline(
+            trial, data, device, kd, sweep.callbacks
+        )
+    write_report(report, files, sweep.out_dir)
+    return report
+
+
+def _summary(records: list[dict[str, Any]]) -> str:
+    return "; ".join(f"trial {r['trial']}: {', '.join(r['excluded_by'])}" for r in records)

@@ -1,0 +1,106 @@
+"""What a sweep will train, without training anything: its configurations (grid or a
+seeded random draw), the rungs of successive halving, and each trial's spec dict.
+Pure functions of the spec, so a resumed sweep plans exactly what the first attempt
+did, and the service can check a sweep before queueing it (kdcore.validate).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from kdcore.spec import MAX_TRIALS, JobSpec, SweepValue
+
+ETA = 3  # successive halving: a third of a rung goes on, with 3x its epochs
+
+
+@dataclass(frozen=True)
+class Rung:
+    epochs: int  # each trial's training.epochs on this rung
+    keep: int  # how many configurations train on it
+
+
+def combinations(parameters: dict[str, list[SweepValue]]) -> list[dict[str, SweepValue]]:
+    keys = list(parameters)
+    return [
+        dict(zip(keys, values, strict=True)) for values in itertools.product(*parameters.values())
+    ]
+
+
+def configurations(spec: JobSpec) -> list[dict[str, SweepValue]]:
+    """The configurations a sweep starts with, in the order they are trained."""
+    sweep = spec.sweep
+    assert sweep is not None
+    grid = combinations(sweep.parameters)
+    if sweep.strategy == "grid":
+        return grid
+    n = min(sweep.max_trials or MAX_TRIALS, len(grid))
+    return random.Random(spec.training.seed).sample(grid, n)  # noqa: S311 (not secret)
+
+
+def rungs(spec: JobSpec, configs: int) -> list[Rung]:
+    """grid/random: one rung at the spec's epochs. halving: rung r of R keeps
+    ceil(n / 3^r) configurations with epochs / 3^(R - r) epochs (at least 1); the last
+    rung trains at training.epochs."""
+    sweep, epochs = spec.sweep, spec.training.epochs
+    assert sweep is not None
+    if sweep.strategy != "halving" or configs <= 1:
+        return [Rung(epochs, configs)]
+    last = math.ceil(math.log(configs, ETA) - 1e-9)
+    return [
+        Rung(max(1, round(epochs / ETA ** (last - r))), math.ceil(configs / ETA**r))
+        for r in range(last + 1)
+    ]
+
+
+def set_field(spec: dict[str, Any], dotted: str, value: SweepValue) -> None:
+    """spec["a"]["b"] = value for "a.b", creating the dicts on the way."""
+    *parents, leaf = dotted.split(".")
+    node = spec
+    for name in parents:
+        child = node.get(name)
+        if not isinstance(child, dict):
+            child = node[name] = {}
+        node = child
+    node[leaf] = value
+
+
+def trial_dict(spec: JobSpec, index: int, params: dict[str, SweepValue], epochs: int) -> dict:
+    """A trial's spec: the job's, without the sweep, with `params` set. Its baseline is
+    trained once, for the best trial (kdcore.sweep)."""
+    trial = spec.model_dump(mode="json", exclude={"sweep"}, exclude_none=True)
+    trial["name"] = f"{spec.name[:180]} / trial {index}"
+    trial["baseline"] = False
+    trial.setdefault("training", {})["epochs"] = epochs
+    for key, value in params.items():
+        set_field(trial, key, value)
+    return trial
+
+
+def problems(spec: JobSpec) -> list[tuple[str, str]]:
+    """(pointer, message) for a sweep that cannot run: too many trials, a metric that does
+    not fit the task. Each value's validity is checked by parsing the trial specs
+    (kdcore.validate)."""
+    sweep = spec.sweep
+    if sweep is None:
+        return []
+    out = []
+    size = math.prod(len(v) for v in sweep.parameters.values())
+    limit = sweep.max_trials or MAX_TRIALS
+    if sweep.strategy == "grid" and size > limit:
+        out.append(
+            (
+                "/sweep/parameters",
+                f"a grid of {size} trials, over max_trials {limit}: "
+                "raise max_trials (at most 64) or use strategy random or halving",
+            )
+        )
+    regression = spec.task == "regression"
+    if sweep.metric is not None and (sweep.metric == "mse") != regression:
+        out.append(("/sweep/metric", f"{sweep.metric} does not fit task {spec.task}"))
+    if spec.resources.gpus > 1:
+        out.append(("/sweep", "a sweep runs its trials in one process: resources.gpus 1"))
+    return out

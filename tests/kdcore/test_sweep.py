@@ -1,0 +1,168 @@
+"""Sweeps (kdcore.sweep, kdcore.sweep_plan): the plan, constraints, halving, the
+Pareto front and resume in the middle of a sweep, on small real trainings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kdcore.callbacks import Callbacks
+from kdcore.errors import Cancelled, SpecError
+from kdcore.run import run
+from kdcore.sweep import pareto_front
+from kdcore.sweep_plan import Rung, configurations, rungs, set_field
+from kdcore.validate import parse_spec
+
+
+def _job(**sweep) -> dict:
+    return {
+        "name": "sweep",
+        "kind": "train",
+        "student": {"arch": "mlp_small"},
+        "dataset": {
+            "builtin": "synthetic",
+            "num_samples": 240,
+            "num_classes": 3,
+            "shape": [1, 6, 6],
+            "val_fraction": 0.2,
+        },
+        "training": {"epochs": 3, "batch_size": 32, "precision": "fp32", "lr": 0.05},
+        "sweep": sweep,
+    }
+
+
+class Recorder(Callbacks):
+    def __init__(self, stop_in_trial: int | None = None, after_steps: int = 0):
+        self.trials: list[dict] = []
+        self.running: list[int] = []
+        self.steps: list[int] = []
+        self.stop_in_trial, self.after_steps, self.seen = stop_in_trial, after_steps, 0
+
+    def on_step(self, p):
+        self.running.append(p.trial["index"])
+        self.steps.append(p.step)
+
+    def on_epoch_end(self, p):
+        self.on_step(p)
+        if p.trial["index"] == self.stop_in_trial:
+            self.seen += 1
+
+    def on_trial_end(self, trial):
+        self.trials.append(trial)
+
+    def should_stop(self):
+        return self.stop_in_trial is not None and self.seen >= self.after_steps
+
+
+def test_plans_grid_random_and_halving_rungs():
+    grid = parse_spec(_job(parameters={"training.lr": [0.1, 0.05], "training.momentum": [0, 0.9]}))
+    assert len(configurations(grid)) == 4
+    assert rungs(grid, 4) == [Rung(3, 4)]
+    spec = _job(parameters={"training.lr": [0.1, 0.05, 0.02, 0.01, 0.005]}, strategy="random")
+    spec["sweep"]["max_trials"] = 3
+    drawn = configurations(parse_spec(spec))
+    assert len(drawn) == 3 and len({json.dumps(c) for c in drawn}) == 3
+    assert drawn == configurations(parse_spec(spec))  # seeded: a resume plans the same
+    halving = parse_spec(
+        {
+            **_job(parameters={"training.lr": [1, 2, 3, 4, 5, 6, 7, 8, 9]}, strategy="halving"),
+            "training": {"epochs": 9},
+        }
+    )
+    assert rungs(halving, 9) == [Rung(1, 9), Rung(3, 3), Rung(9, 1)]
+
+
+def test_set_field_creates_the_path():
+    spec: dict = {"training": {"lr": 0.1}}
+    set_field(spec, "training.lr", 0.5)
+    set_field(spec, "augment.flip", True)
+    assert spec == {"training": {"lr": 0.5}, "augment": {"flip": True}}
+
+
+@pytest.mark.parametrize(
+    ("sweep", "pointer", "words"),
+    [
+        ({"parameters": {"name": ["a"]}}, "/sweep/parameters", "dotted field"),
+        ({"parameters": {"student.checkpoint": ["/etc/passwd"]}}, "/sweep/parameters", "files"),
+        ({"parameters": {"training.lr": [-1.0]}}, "/sweep/parameters/training.lr", "greater"),
+        ({"parameters": {"student.arch": ["nope"]}}, "/sweep/parameters/student.arch", "unknown"),
+        (
+            {"parameters": {"training.lr": list(range(1, 33)), "training.momentum": [0, 0.5, 0.9]}},
+            "/sweep/parameters",
+            "max_trials",
+        ),
+        ({"parameters": {"training.lr": [0.1]}, "metric": "mse"}, "/sweep/metric", "does not fit"),
+        ({"parameters": {"training.lr": []}}, "/sweep/parameters", "between 1 and 32"),
+    ],
+)
+def test_a_bad_sweep_is_refused_at_its_parameter(sweep, pointer, words):
+    with pytest.raises(SpecError) as exc:
+        parse_spec(_job(**sweep))
+    assert any(p.startswith(pointer) and words in m for p, m in exc.value.errors), exc.value.errors
+
+
+def test_pareto_front_keeps_only_undominated_trials():
+    def t(i, acc, ms, excluded=()):
+        return {
+            "trial": i,
+            "status": "trained",
+            "excluded_by": list(excluded),
+            "accuracy": acc,
+            "latency_ms_batch1": ms,
+        }
+
+    trials = [t(0, 0.9, 2.0), t(1, 0.8, 1.0), t(2, 0.85, 2.5), t(3, 0.95, 0.5, ["latency"])]
+    assert pareto_front(trials, "accuracy") == [0, 1]
+
+
+def test_a_constraint_excludes_trials_which_are_never_selected(tmp_path):
+    spec = _job(
+        parameters={"student.arch": ["mlp_small", "mlp"]},
+        constraints={"max_parameters": 5000},
+    )
+    report = run(spec, tmp_path)
+    trials = report["sweep"]["trials"]
+    small, big = trials
+    assert small["status"] == "trained" and not small["excluded_by"]
+    assert big["status"] == "excluded" and big["excluded_by"][0].startswith("parameters")
+    assert big["parameters"] > 5000 and big["epochs_run"] == 0
+    assert report["sweep"]["best"] == 0 and report["student"]["arch"] == "mlp_small"
+    assert (tmp_path / "pareto.png").stat().st_size > 0
+    assert json.loads((tmp_path / "report.json").read_text())["files"]["pareto"]["bytes"] > 0
+
+
+def test_every_trial_excluded_is_a_clear_error(tmp_path):
+    spec = _job(parameters={"student.arch": ["mlp"]}, constraints={"max_parameters": 10})
+    with pytest.raises(SpecError, match="no trial met the constraints"):
+        run(spec, tmp_path)
+
+
+def test_halving_trains_a_third_further_with_more_epochs(tmp_path):
+    spec = _job(parameters={"training.lr": [0.2, 0.1, 0.05, 0.01]}, strategy="halving")
+    calls = Recorder()
+    report = run(spec, tmp_path, calls)
+    trials = report["sweep"]["trials"]
+    assert [(t["rung"], t["epochs"]) for t in trials] == [(0, 1)] * 4 + [(1, 1)] * 2 + [(2, 3)]
+    first = sorted(trials[:4], key=lambda t: -t["score"])
+    assert {t["config"] for t in trials[4:6]} == {t["config"] for t in first[:2]}
+    assert report["sweep"]["best"] == 6 and report["epochs"] == 3
+    assert [t["trial"] for t in calls.trials] == list(range(7))
+    assert calls.steps == sorted(calls.steps)  # counted over the whole sweep
+
+
+def test_a_sweep_stopped_mid_trial_resumes_at_that_trial_exactly(tmp_path):
+    spec = _job(parameters={"training.lr": [0.1, 0.05, 0.02]})
+    whole = run(spec, tmp_path / "whole")
+    stopper = Recorder(stop_in_trial=1, after_steps=1)  # at its second epoch's first step
+    with pytest.raises(Cancelled):
+        run(spec, tmp_path / "cut", stopper)
+    assert [t["trial"] for t in stopper.trials] == [0]
+    again = Recorder()
+    resumed = run(spec, tmp_path / "cut", again)
+    assert 0 not in again.running and set(again.running) == {1, 2}  # trial 0 not re-run
+    assert [t["trial"] for t in again.trials] == [1, 2]
+    key = ("trial", "params", "score", "accuracy", "steps")
+    assert [{k: t[k] for k in key} for t in resumed["sweep"]["trials"]] == [
+        {k: t[k] for k in key} for t in whole["sweep"]["trials"]
+    ]
