@@ -57,6 +57,18 @@ class Settings(BaseSettings):
         "jobs one executor process runs at once (worker.supervisor.threads_per_job)",
     )
     poll_interval_s: float = 0.5
+    # experiment tracking (worker.tracking): each finished job logged as an MLflow run
+    mlflow_uri: str = Field(
+        default="",
+        max_length=2048,
+        description="MLflow tracking server (http://host:5000) or store URI the workers log "
+        "every finished job to (parameters, per-epoch metrics, outputs); empty: none. A job "
+        "opts out with tracking.mlflow: false",
+    )
+    mlflow_experiment: str = Field(default="kdservice", min_length=1, max_length=200)
+    mlflow_timeout_s: float = Field(
+        default=60.0, gt=0, description="per HTTP request to the tracking server"
+    )
 
     lease_s: float = Field(default=60.0, gt=0, description="a worker's claim lasts this long")
     heartbeat_s: float = Field(default=2.0, gt=0, description="lease renewal + event flush")

@@ -5,6 +5,7 @@ out_dir/student.safetensors, student.json     the student and how to rebuild it
 out_dir/student.torchscript.pt, student.onnx  optional exports
 out_dir/report.json                           quality, size, speed, training figures
 out_dir/curves.png                            loss terms and accuracy per epoch
+out_dir/events.out.tfevents.kdcore            the same curves for TensorBoard
 out_dir/checkpoints/epochN.pt                 training checkpoints (exact resume)
 """
 
@@ -34,6 +35,7 @@ from kdcore.plots import plot_curves
 from kdcore.readiness import evaluate_gate
 from kdcore.report import build_report, held_out_metrics
 from kdcore.spec import JobSpec, ModelSpec, model_entries
+from kdcore.tensorboard_events import write_events
 from kdcore.teachers import TeacherEnsemble
 from kdcore.trainer import fit, freeze_teacher, pick_device
 
@@ -219,6 +221,7 @@ def run_local(
     files["curves"] = plot_curves(
         result.history, out_dir / "curves.png", spec.name, key, teacher_quality
     )
+    files["tensorboard"] = write_events(report, out_dir)
     write_report(report, files, out_dir)
     return report
 

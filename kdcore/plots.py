@@ -80,23 +80,30 @@ def plot_pareto(
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=100)
     trained = [t for t in trials if t.get(metric) is not None]
-    for group, style in (
-        ([t for t in trained if not t["excluded_by"]], {"color": "tab:blue", "marker": "o"}),
-        ([t for t in trained if t["excluded_by"]], {"color": "0.6", "marker": "x"}),
-    ):
-        ax.scatter([t["latency_ms_batch1"] for t in group], [t[metric] for t in group], **style)
+    ax.scatter(
+        [t["latency_ms_batch1"] for t in trained],
+        [t[metric] for t in trained],
+        color="tab:blue",
+        label="trained trial",
+    )
     for t in trained:
         ax.annotate(str(t["trial"]), (t["latency_ms_batch1"], t[metric]), fontsize=7)
     on_front = sorted(
         (t for t in trained if t["trial"] in front), key=lambda t: t["latency_ms_batch1"]
     )
-    ax.plot(
-        [t["latency_ms_batch1"] for t in on_front],
-        [t[metric] for t in on_front],
-        "--",
-        color="tab:blue",
-        label="Pareto front",
-    )
+    xs, ys = [t["latency_ms_batch1"] for t in on_front], [t[metric] for t in on_front]
+    ax.plot(xs, ys, "--", color="tab:blue", alpha=0.6)
+    ax.scatter(xs, ys, s=160, facecolors="none", edgecolors="tab:blue", label="Pareto front")
+    excluded = [t for t in trials if t.get(metric) is None]
+    if excluded and trained:  # not trained: shown at their latency, on the floor
+        floor = min(t[metric] for t in trained)
+        ax.scatter(
+            [t["latency_ms_batch1"] for t in excluded],
+            [floor] * len(excluded),
+            marker="x",
+            color="0.55",
+            label="excluded by a constraint",
+        )
     chosen = [t for t in trained if t["trial"] == best]
     if chosen:
         ax.scatter(
@@ -105,7 +112,7 @@ def plot_pareto(
             marker="*",
             s=250,
             color="tab:orange",
-            label="selected",
+            label="selected (validation)",
             zorder=3,
         )
     if max_latency_ms is not None:

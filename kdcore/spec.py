@@ -333,6 +333,14 @@ class SweepSpec(_Strict):
         return parameters
 
 
+class TrackingSpec(_Strict):
+    mlflow: bool = Field(
+        default=True,
+        description="service only: log this job to the operator's MLflow server "
+        "(KD_MLFLOW_URI) when one is configured; false opts out",
+    )
+
+
 class TrainingSpec(_Strict):
     epochs: int = Field(default=10, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(default=64, ge=1, le=MAX_BATCH)
@@ -434,6 +442,7 @@ class JobSpec(_Strict):
         default=False, description="Also train the student from scratch and report the KD gain"
     )
     webhook_url: str | None = Field(default=None, max_length=2048)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     sweep: SweepSpec | None = Field(
         default=None,
         description="Train several trials and keep the best (kdcore.sweep); the report's "

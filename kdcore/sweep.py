@@ -7,8 +7,8 @@ this process; the job's outputs are the best trial's.
     out_dir/student.*, report.json the best trial's outputs; the report's `sweep`
 
 A trial whose student breaks a constraint (parameters, CPU latency at batch 1, measured
-as the report measures it) is recorded and never selected: the architecture is checked
-before training (no time spent on it), the trained student again after. Trials share
+as the report measures it, once per distinct student) is recorded and never selected;
+it is checked before training, so no time is spent on it. Trials share
 the teacher's outputs through the teacher cache (kdcore.teacher_cache), computed by the
 first trial that needs them. The best trial is chosen on the validation split (the test
 split only when there is none), so the test figures stay a fair estimate.
@@ -46,6 +46,7 @@ from kdcore.trainer import pick_device
 from kdcore.validate import parse_spec
 
 STATE_FILE = Path("sweep") / "state.json"
+LATENCY_REPEATS = 30  # the report's figure takes 10; a constraint deserves a steadier median
 
 
 @dataclass
@@ -60,6 +61,7 @@ class _Sweep:
     metric: str  # "accuracy" or "mse"
     planned: int  # trials the plan holds (halving: if every rung is full)
     records: list[dict[str, Any]] = field(default_factory=list)
+    measured: dict[str, tuple[int, float]] = field(default_factory=dict)  # per student
 
     @property
     def higher_is_better(self) -> bool:
@@ -168,6 +170,18 @@ def _violations(sweep: _Sweep, parameters: int, latency_ms: float) -> list[str]:
     return out
 
 
+def _measure_student(sweep: _Sweep, trial: JobSpec) -> tuple[int, float]:
+    """(parameters, CPU latency at batch 1) of the trial's student, measured once per
+    distinct student in the sweep: training does not change either, and one figure per
+    architecture keeps a noisy timer from excluding one trial and passing its twin."""
+    key = json.dumps(trial.student.model_dump(mode="json"), sort_keys=True)
+    if key not in sweep.measured:
+        student, _ = build_role(trial.student, "student", sweep.data)
+        latency = cpu_latency_ms(student, sweep.data.input_shape, 1, repeats=LATENCY_REPEATS)
+        sweep.measured[key] = (count_parameters(student), round(latency, 4))
+    return sweep.measured[key]
+
+
 def _trial_resume(sweep: _Sweep, trial: JobSpec, folder: Path) -> Path | None:
     """The caller's checkpoint if this trial wrote it, else the trial's newest."""
     candidates = [Path(sweep.resume_from)] if sweep.resume_from else []
@@ -204,13 +218,12 @@ def _run_trial(
         "epochs": epochs,
         "folder": folder.relative_to(sweep.out_dir).as_posix(),
     }
-    student, _ = build_role(trial.student, "student", sweep.data)
-    parameters = count_parameters(student)
-    latency = round(cpu_latency_ms(student, sweep.data.input_shape, 1), 4)
+    parameters, latency = _measure_student(sweep, trial)
     excluded = _violations(sweep, parameters, latency)
+    record.update(latency_ms_batch1=latency, parameters=parameters, excluded_by=excluded)
     if excluded:  # the architecture alone breaks a limit: not trained
-        record.update(status="excluded", excluded_by=excluded, score=None, epochs_run=0)
-        record.update({sweep.metric: None, "latency_ms_batch1": latency, "parameters": parameters})
+        record.update(status="excluded", score=None, epochs_run=0)
+        record[sweep.metric] = None
     else:
         offset = sum(r.get("steps", 0) for r in sweep.records)
         info = {"index": index, "of": sweep.planned, "rung": rung, "params": params}
@@ -219,19 +232,14 @@ def _run_trial(
         report = run_local(
             trial, folder, callbacks, resume, sweep.keep_checkpoints, sweep.teacher_cache
         )
-        student_report = report["student"]
-        parameters, latency = student_report["parameters"], student_report["latency_ms_batch1"]
         record.update(
             status="trained",
-            excluded_by=_violations(sweep, parameters, latency),
             score=_validation_score(report, sweep.metric),
             epochs_run=len(report["history"]),
             steps=report["steps"],
             selected_epoch=report.get("selected_epoch"),
-            latency_ms_batch1=latency,
-            parameters=parameters,
         )
-        record[sweep.metric] = student_report.get(sweep.metric)
+        record[sweep.metric] = report["student"].get(sweep.metric)
     sweep.records.append(record)
     _save_state(sweep)
     sweep.callbacks.on_trial_end(record)

@@ -23,6 +23,7 @@ PAIRS = [
     ("regression_teacher.json", "regression_distill.json", {}),
 ]
 QUICKSTART = ("quickstart_teacher.json", "quickstart_distill.json")  # run as written
+SHIP = "quickstart_ship.json"  # a sweep under constraints, a gate, smaller exports
 ROOT = EXAMPLES.parent
 
 
@@ -32,7 +33,7 @@ def load(name: str) -> dict:
 
 def test_every_example_parses_and_is_covered() -> None:
     names = sorted(p.name for p in EXAMPLES.glob("*.json"))
-    assert names == sorted([*QUICKSTART, *(n for pair in PAIRS for n in pair[:2])])
+    assert names == sorted([*QUICKSTART, SHIP, *(n for pair in PAIRS for n in pair[:2])])
     for name in names:
         spec = parse_spec(load(name))
         assert validate_names(spec) == [], name
@@ -92,3 +93,24 @@ def test_the_quickstart_runs_as_written_and_leads_the_readme(tmp_path: Path) -> 
     tour = readme[readme.index("## A short tour") :]
     first_submit = next(ln for ln in tour.splitlines() if "kd submit" in ln)
     assert "examples/quickstart_teacher.json" in first_submit
+
+
+def test_the_shipping_example_sweeps_gates_and_exports(tmp_path: Path) -> None:
+    dataset = {"max_samples": 400}
+    kdcore.train(shrink(load(QUICKSTART[0]), dataset, ROOT), tmp_path / "teacher")
+    ship = shrink(load(SHIP), dataset, ROOT)
+    ship["teacher"]["checkpoint"] = str(tmp_path / "teacher/student.safetensors")
+    report = kdcore.distill(ship, tmp_path / "ship")
+    sweep = report["sweep"]
+    assert len(sweep["trials"]) == 9
+    excluded = [t for t in sweep["trials"] if t["excluded_by"]]
+    assert {t["params"]["student.arch"] for t in excluded} >= {"cifar_resnet8"}  # 77,754 > 60,000
+    assert sweep["best"] not in {t["trial"] for t in excluded}
+    assert set(report["gate"]["checks"]) == {
+        "accuracy_drop",
+        "class_drop",
+        "latency_ms_batch1",
+        "agreement",
+    }
+    assert set(report["exports"]) == {"onnx", "onnx_fp16", "onnx_int8"}
+    assert (tmp_path / "ship/pareto.png").is_file()

@@ -36,6 +36,7 @@ from app.services import lifecycle
 from app.services.jobs import prune_checkpoints, resolved_spec
 from app.services.lifecycle import AfterCommit
 from app.settings import Settings
+from worker import tracking
 
 log = logging.getLogger("kd.worker")
 S = JobStatus
@@ -462,6 +463,8 @@ class Supervisor:
                 final["outputs"] = self._store_outputs(final["report"])
             except Exception as exc:  # noqa: BLE001 (storage unreachable): retried
                 final = {"type": "error", "kind": "crash", "message": f"storing outputs: {exc}"}
+        if final["type"] == "done" and tracking.wanted(self.settings, self.spec):
+            self._track(final["report"])
         for delay in (0, 1, 2, 4, 8, 16):
             time.sleep(delay)
             try:
@@ -475,6 +478,25 @@ class Supervisor:
         if after is not None:
             after.run(self.settings)
         return str(status)
+
+    def _track(self, report: dict[str, Any]) -> None:
+        """Log the job to MLflow (worker.tracking) while the lease is kept alive; the
+        outcome becomes the job's `tracking` event, before its final status."""
+        result: dict[str, Any] = {}
+        thread = threading.Thread(
+            target=lambda: result.update(
+                tracking.log_job(self.settings, self.job_id, self.spec, report, self.out_dir)
+            ),
+            daemon=True,
+        )
+        thread.start()
+        while thread.is_alive():
+            thread.join(self.settings.heartbeat_s)
+            self._flush()  # a heartbeat: the upload may outlast a lease
+        if result.get("mlflow") == "failed":
+            log.warning("job %s: MLflow logging failed: %s", self.job_id, result.get("error"))
+        self.pending.append(("tracking", result))
+        self._flush_until_done()
 
     def _decide_end(
         self, job: Job, final: dict[str, Any]

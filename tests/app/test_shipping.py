@@ -200,3 +200,115 @@ def test_a_sweep_whose_process_is_killed_resumes_at_its_trial(teacher):
     report = api.get(f"/v1/jobs/{job_id}").json()["report"]
     assert [t["trial"] for t in report["sweep"]["trials"]] == [0, 1, 2]
     assert [e["data"]["trial"] for e in all_events if e["type"] == "trial"] == [0, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server (SQLite store, artifacts served by it) on loopback."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.support.procs import free_port
+
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    mlflow_cli = str(__import__("pathlib").Path(sys.executable).with_name("mlflow"))
+    proc = subprocess.Popen(
+        [
+            mlflow_cli,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root}/mlflow.db",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=(root / "log").open("wb"),  # noqa: SIM115 (closed with the process)
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("mlflow server did not start: " + (root / "log").read_text()[-2000:])
+    yield url
+    proc.terminate()
+    proc.wait(30)
+
+
+def test_an_mlflow_run_records_the_job_and_a_job_can_opt_out(tmp_path, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    gen = build_api(make_settings(tmp_path, mlflow_uri=mlflow_server, mlflow_experiment="kd-test"))
+    api = next(gen)
+    try:
+        job = _run(api, tiny_job(export=["safetensors", "onnx"]))
+        events = _events(api, job["id"])
+        (tracked,) = [e["data"] for e in events if e["type"] == "tracking"]
+        assert tracked["mlflow"] == "logged", tracked
+        client = MlflowClient(tracking_uri=mlflow_server)
+        run = client.get_run(tracked["run_id"])
+        assert run.info.status == "FINISHED" and run.data.tags["kdservice.job_id"] == job["id"]
+        assert run.data.params["training.epochs"] == "2"
+        assert run.data.params["student.arch"] == "mlp_small"
+        curve = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert [m.step for m in curve] == [1, 2]
+        assert run.data.metrics["student_accuracy"] == job["report"]["student"]["accuracy"]
+        outputs = {a.path for a in client.list_artifacts(run.info.run_id, "outputs")}
+        assert {"outputs/student.safetensors", "outputs/student.onnx"} <= outputs
+        assert "outputs/events.out.tfevents.kdcore" in outputs
+
+        opted_out = _run(api, tiny_job(name="private", tracking={"mlflow": False}))
+        assert not [e for e in _events(api, opted_out["id"]) if e["type"] == "tracking"]
+        experiment = client.get_experiment_by_name("kd-test")
+        runs = client.search_runs([experiment.experiment_id])
+        assert [r.info.run_name for r in runs] == ["tiny"]  # the opted-out job is not there
+    finally:
+        gen.close()
+
+
+def test_a_tracking_server_that_is_down_costs_the_job_nothing(tmp_path):
+    from tests.support.procs import free_port
+
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    gen = build_api(make_settings(tmp_path, mlflow_uri=down, mlflow_timeout_s=5))
+    api = next(gen)
+    try:
+        job = _run(api, tiny_job())
+        (tracked,) = [e["data"] for e in _events(api, job["id"]) if e["type"] == "tracking"]
+        assert tracked["mlflow"] == "failed" and tracked["error"]
+        assert job["status"] == "succeeded" and job["report"]["student"]["accuracy"] >= 0
+    finally:
+        gen.close()
+
+
+def test_the_tensorboard_events_are_an_artifact_with_the_curves(teacher):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    api, teacher_spec = teacher
+    job = _run(api, tiny_job(kind="distill", teacher=teacher_spec))
+    arts = {a["name"]: a for a in api.get(f"/v1/jobs/{job['id']}/artifacts").json()}
+    blob = api.get(arts["events.out.tfevents.kdcore"]["download_url"]).content
+    folder = api.settings.data_dir / "tb-check"
+    folder.mkdir()
+    (folder / "events.out.tfevents.kdcore").write_bytes(blob)
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    accuracy = [(s.step, s.value) for s in events.Scalars("val/accuracy")]
+    history = job["report"]["history"]
+    assert accuracy == [(h["epoch"], pytest.approx(h["accuracy"])) for h in history]
+    assert {"train/kd", "train/ce", "test/agreement"} <= set(events.Tags()["scalars"])
