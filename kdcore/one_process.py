@@ -35,8 +35,8 @@ from kdcore.plots import plot_curves
 from kdcore.readiness import evaluate_gate
 from kdcore.report import build_report, held_out_metrics
 from kdcore.spec import JobSpec, ModelSpec, model_entries
-from kdcore.tensorboard_events import write_events
 from kdcore.teachers import TeacherEnsemble
+from kdcore.tensorboard_events import write_events
 from kdcore.trainer import fit, freeze_teacher, pick_device
 
 
