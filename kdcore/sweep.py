@@ -1,5 +1,6 @@
 """A sweep: several full trainings of one job (spec `sweep`), one after another in
-this process; the job's outputs are the best trial's.
+this process, or `resources.gpus` at once (kdcore.sweep_parallel); the job's outputs
+are the best trial's.
 
     out_dir/trials/NNN/            each trial's own outputs and checkpoints
     out_dir/sweep/state.json       the finished trials (what a resumed sweep skips)
@@ -41,6 +42,7 @@ from kdcore.one_process import (
 from kdcore.plots import plot_pareto
 from kdcore.report import cpu_latency_ms
 from kdcore.spec import JobSpec, SweepValue
+from kdcore.sweep_parallel import TrialRun, run_at_once
 from kdcore.sweep_plan import configurations, rungs, trial_dict
 from kdcore.trainer import pick_device
 from kdcore.validate import parse_spec
@@ -62,6 +64,12 @@ class _Sweep:
     planned: int  # trials the plan holds (halving: if every rung is full)
     records: list[dict[str, Any]] = field(default_factory=list)
     measured: dict[str, tuple[int, float]] = field(default_factory=dict)  # per student
+    live: dict[int, int] = field(default_factory=dict)  # running trial -> its step
+
+    @property
+    def slots(self) -> int:
+        """Trials at once: one per device (resources.gpus)."""
+        return self.spec.resources.gpus
 
     @property
     def higher_is_better(self) -> bool:
@@ -75,30 +83,35 @@ class _Sweep:
 
 
 class _TrialCallbacks(Callbacks):
-    """The caller's callbacks, told which trial runs; steps count over the whole sweep
-    (so a service's step-ordered checkpoints and progress stay monotonic)."""
+    """The caller's callbacks, told which trial runs. Steps count over the whole sweep
+    (finished trials' steps + every running trial's latest), so a service's
+    step-ordered checkpoints and progress stay monotonic, trials at once included."""
 
-    def __init__(self, outer: Callbacks, info: dict[str, Any], offset: int, epochs_after: int):
-        self.outer, self.info, self.offset, self.epochs_after = outer, info, offset, epochs_after
+    def __init__(self, sweep: _Sweep, info: dict[str, Any], epochs_after: int):
+        self.sweep, self.info, self.epochs_after = sweep, info, epochs_after
 
     def _sweepwide(self, p: Progress) -> Progress:
+        live = self.sweep.live
+        live[self.info["index"]] = p.step
         per_epoch = p.total_steps / max(1, p.epochs)
+        others = sum(r.get("steps", 0) for r in self.sweep.records) + sum(live.values())
         p.trial = self.info
-        p.step += self.offset
-        p.total_steps += self.offset + round(per_epoch * self.epochs_after)
+        p.step = others
+        p.total_steps = others - live[self.info["index"]] + p.total_steps
+        p.total_steps += round(per_epoch * self.epochs_after)
         return p
 
     def on_step(self, progress: Progress) -> None:
-        self.outer.on_step(self._sweepwide(progress))
+        self.sweep.callbacks.on_step(self._sweepwide(progress))
 
     def on_epoch_end(self, progress: Progress) -> None:
-        self.outer.on_epoch_end(self._sweepwide(progress))
+        self.sweep.callbacks.on_epoch_end(self._sweepwide(progress))
 
     def on_checkpoint(self, path: Path, progress: Progress) -> None:
-        self.outer.on_checkpoint(path, self._sweepwide(progress))
+        self.sweep.callbacks.on_checkpoint(path, self._sweepwide(progress))
 
     def should_stop(self) -> bool:
-        return self.outer.should_stop()
+        return self.sweep.callbacks.should_stop()
 
 
 def run_sweep(
@@ -132,11 +145,14 @@ def run_sweep(
             last = [rec for rec in sweep.records if rec["rung"] == r - 1]
             survivors = [rec["config"] for rec in sweep.rank(last)[: rung.keep]]
         epochs_later = sum(x.epochs * x.keep for x in plan[r + 1 :])
+        done = {rec["trial"] for rec in sweep.records}  # finished before a crash
+        todo = []
         for n, c in enumerate(survivors):
-            if index >= len(sweep.records):  # not finished before a crash
+            if index not in done:
                 after = rung.epochs * (len(survivors) - n - 1) + epochs_later
-                _run_trial(sweep, index, configs[c], c, r, rung.epochs, after)
+                todo.append((index, configs[c], c, r, rung.epochs, after))
             index += 1
+        _run_rung(sweep, todo)
     report = _finish(sweep)
     if teacher_cache is None:
         shutil.rmtree(sweep.teacher_cache, ignore_errors=True)
@@ -199,48 +215,87 @@ def _trial_resume(sweep: _Sweep, trial: JobSpec, folder: Path) -> Path | None:
     return None
 
 
-def _run_trial(
+def _run_rung(sweep: _Sweep, todo: list[tuple]) -> None:
+    """Train a rung's trials: one after another, or `slots` at once (sweep_parallel)."""
+    runs = []
+    for index, params, config, rung, epochs, epochs_after in todo:
+        trial = parse_spec(trial_dict(sweep.spec, index, params, epochs))
+        folder = sweep.out_dir / "trials" / f"{index:03d}"
+        record = _record(sweep, trial, index, params, config, rung, epochs, folder)
+        if record["excluded_by"]:  # the architecture alone breaks a limit: not trained
+            record.update(status="excluded", score=None, epochs_run=0)
+            record[sweep.metric] = None
+            _recorded(sweep, record)
+            continue
+        info = {"index": index, "of": sweep.planned, "rung": rung, "params": params}
+        callbacks = _TrialCallbacks(sweep, info, epochs_after)
+        resume = _trial_resume(sweep, trial, folder)
+        runs.append((TrialRun(index, trial, folder, resume, callbacks), record))
+    if sweep.slots == 1:
+        for run, record in runs:
+            run_local(
+                run.spec,
+                run.folder,
+                run.callbacks,
+                run.resume,
+                sweep.keep_checkpoints,
+                sweep.teacher_cache,
+            )
+            _trained(sweep, record)
+        return
+    records = {run.index: record for run, record in runs}
+    run_at_once(
+        [run for run, _ in runs],
+        sweep.slots,
+        sweep.keep_checkpoints,
+        sweep.teacher_cache,
+        sweep.callbacks.should_stop,
+        lambda run: _trained(sweep, records[run.index]),
+    )
+
+
+def _record(
     sweep: _Sweep,
+    trial: JobSpec,
     index: int,
     params: dict[str, SweepValue],
     config: int,
     rung: int,
     epochs: int,
-    epochs_after: int,
-) -> None:
-    trial = parse_spec(trial_dict(sweep.spec, index, params, epochs))
-    folder = sweep.out_dir / "trials" / f"{index:03d}"
-    record: dict[str, Any] = {
+    folder: Path,
+) -> dict[str, Any]:
+    parameters, latency = _measure_student(sweep, trial)
+    return {
         "trial": index,
         "config": config,
         "rung": rung,
         "params": params,
         "epochs": epochs,
         "folder": folder.relative_to(sweep.out_dir).as_posix(),
+        "latency_ms_batch1": latency,
+        "parameters": parameters,
+        "excluded_by": _violations(sweep, parameters, latency),
     }
-    parameters, latency = _measure_student(sweep, trial)
-    excluded = _violations(sweep, parameters, latency)
-    record.update(latency_ms_batch1=latency, parameters=parameters, excluded_by=excluded)
-    if excluded:  # the architecture alone breaks a limit: not trained
-        record.update(status="excluded", score=None, epochs_run=0)
-        record[sweep.metric] = None
-    else:
-        offset = sum(r.get("steps", 0) for r in sweep.records)
-        info = {"index": index, "of": sweep.planned, "rung": rung, "params": params}
-        callbacks = _TrialCallbacks(sweep.callbacks, info, offset, epochs_after)
-        resume = _trial_resume(sweep, trial, folder)
-        report = run_local(
-            trial, folder, callbacks, resume, sweep.keep_checkpoints, sweep.teacher_cache
-        )
-        record.update(
-            status="trained",
-            score=_validation_score(report, sweep.metric),
-            epochs_run=len(report["history"]),
-            steps=report["steps"],
-            selected_epoch=report.get("selected_epoch"),
-        )
-        record[sweep.metric] = report["student"].get(sweep.metric)
+
+
+def _trained(sweep: _Sweep, record: dict[str, Any]) -> None:
+    """A trial finished training: its figures from the report it wrote."""
+    report = json.loads((sweep.out_dir / record["folder"] / "report.json").read_text())
+    sweep.live.pop(record["trial"], None)
+    record.update(
+        status="trained",
+        score=_validation_score(report, sweep.metric),
+        epochs_run=len(report["history"]),
+        steps=report["steps"],
+        selected_epoch=report.get("selected_epoch"),
+    )
+    record[sweep.metric] = report["student"].get(sweep.metric)
+    _recorded(sweep, record)
+
+
+def _recorded(sweep: _Sweep, record: dict[str, Any]) -> None:
     sweep.records.append(record)
+    sweep.records.sort(key=lambda r: r["trial"])
     _save_state(sweep)
     sweep.callbacks.on_trial_end(record)
 

@@ -69,11 +69,13 @@ def set_field(spec: dict[str, Any], dotted: str, value: SweepValue) -> None:
 
 
 def trial_dict(spec: JobSpec, index: int, params: dict[str, SweepValue], epochs: int) -> dict:
-    """A trial's spec: the job's, without the sweep, with `params` set. Its baseline is
-    trained once, for the best trial (kdcore.sweep)."""
+    """A trial's spec: the job's, without the sweep, with `params` set, on one device
+    (resources.gpus N runs N trials at once). Its baseline is trained once, for the best
+    trial (kdcore.sweep)."""
     trial = spec.model_dump(mode="json", exclude={"sweep"}, exclude_none=True)
     trial["name"] = f"{spec.name[:180]} / trial {index}"
     trial["baseline"] = False
+    trial.setdefault("resources", {})["gpus"] = 1  # a trial runs on one device
     trial.setdefault("training", {})["epochs"] = epochs
     for key, value in params.items():
         set_field(trial, key, value)
@@ -101,6 +103,4 @@ def problems(spec: JobSpec) -> list[tuple[str, str]]:
     regression = spec.task == "regression"
     if sweep.metric is not None and (sweep.metric == "mse") != regression:
         out.append(("/sweep/metric", f"{sweep.metric} does not fit task {spec.task}"))
-    if spec.resources.gpus > 1:
-        out.append(("/sweep", "a sweep runs its trials in one process: resources.gpus 1"))
     return out

@@ -4,6 +4,7 @@ Pareto front and resume in the middle of a sweep, on small real trainings."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -35,6 +36,7 @@ def _job(**sweep) -> dict:
 class Recorder(Callbacks):
     def __init__(self, stop_in_trial: int | None = None, after_steps: int = 0):
         self.trials: list[dict] = []
+        self.times: dict[int, list[float]] = {}
         self.running: list[int] = []
         self.steps: list[int] = []
         self.stop_in_trial, self.after_steps, self.seen = stop_in_trial, after_steps, 0
@@ -42,6 +44,7 @@ class Recorder(Callbacks):
     def on_step(self, p):
         self.running.append(p.trial["index"])
         self.steps.append(p.step)
+        self.times.setdefault(p.trial["index"], []).append(time.monotonic())
 
     def on_epoch_end(self, p):
         self.on_step(p)
@@ -166,3 +169,38 @@ def test_a_sweep_stopped_mid_trial_resumes_at_that_trial_exactly(tmp_path):
     assert [{k: t[k] for k in key} for t in resumed["sweep"]["trials"]] == [
         {k: t[k] for k in key} for t in whole["sweep"]["trials"]
     ]
+
+
+def test_trials_run_several_at_once_with_several_devices(tmp_path):
+    """resources.gpus 2 on the CPU: two trials side by side (each a spawned process
+    with half the threads); the records match a one-at-a-time sweep's plan."""
+    spec = _job(parameters={"training.lr": [0.1, 0.05, 0.02]})
+    spec["resources"] = {"gpus": 2}
+    spec["dataset"]["num_samples"] = 1500  # trials long enough to be seen side by side
+    spec["training"].update(epochs=4, batch_size=8)
+    calls = Recorder()
+    report = run(spec, tmp_path, calls)
+    trials = report["sweep"]["trials"]
+    assert [t["trial"] for t in trials] == [0, 1, 2]
+    assert all(t["status"] == "trained" and t["epochs_run"] == 4 for t in trials)
+    # trials 0 and 1 ran at the same time: each reported while the other was running
+    (start0, end0), (start1, end1) = ((min(calls.times[i]), max(calls.times[i])) for i in (0, 1))
+    assert start1 < end0 and start0 < end1
+    assert min(calls.times[2]) > min(end0, end1)  # the third waited for a free slot
+    assert calls.steps == sorted(calls.steps)  # still one sweep-wide step count
+    assert report["sweep"]["best"] in {0, 1, 2} and (tmp_path / "student.safetensors").is_file()
+    assert sorted(t["trial"] for t in calls.trials) == [0, 1, 2]
+
+
+def test_trials_at_once_stop_together_and_resume(tmp_path):
+    spec = _job(parameters={"training.lr": [0.1, 0.05, 0.02]})
+    spec["resources"] = {"gpus": 2}
+    stopper = Recorder(stop_in_trial=1, after_steps=1)
+    with pytest.raises(Cancelled):
+        run(spec, tmp_path, stopper)
+    assert 2 not in stopper.running  # no trial starts once a stop was asked
+    again = Recorder()
+    resumed = run(spec, tmp_path, again)
+    assert [t["trial"] for t in resumed["sweep"]["trials"]] == [0, 1, 2]
+    finished_before = {t["trial"] for t in stopper.trials}
+    assert not finished_before & {t["trial"] for t in again.trials}  # not trained twice
