@@ -222,6 +222,24 @@ def test_submit_through_the_form_and_watch_it_finish(
     assert spec["training"]["schedule"] == "step"
     assert sorted(spec["export"]) == ["onnx", "safetensors"]
 
+    # a job with a readiness gate (set through the API): the page shows the verdict,
+    # each check, and teacher and student accuracy per class as bars
+    auth = {"Authorization": f"Bearer {key}"}
+    gated = httpx.get(f"{url}/v1/jobs/{job_id}", headers=auth).json()["spec"]
+    gated.update(name="gated", baseline=False)
+    gated["training"]["epochs"] = 1
+    gated["gate"] = {"max_latency_ms_batch1": 1e-9, "min_agreement": 0.0}  # one must fail
+    gated_id = httpx.post(f"{url}/v1/jobs", json=gated, headers=auth).json()["id"]
+    browser.get(f"{url}/#/jobs/{gated_id}")
+    WebDriverWait(browser, 240).until(lambda d: d.find_elements(By.ID, "gate-verdict"))
+    assert browser.find_element(By.ID, "gate-verdict").text == "Gate: failed"
+    checks = attribute(browser, "#gate-table", "innerText")
+    assert "latency_ms_batch1" in checks and "FAIL" in checks and "agreement" in checks
+    bars = browser.find_elements(By.CSS_SELECTOR, "#per-class tr")
+    assert len(bars) == 10  # digits: one row per class, teacher and student bars
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#per-class .bar > div.student")) == 10
+    browser.save_screenshot(str(ARTIFACTS / "dashboard-gate.png"))
+
     # log out: back to the login form, the header's links hidden again
     browser.find_element(By.ID, "logout").click()
     wait_for(browser, "#login-form")
