@@ -107,7 +107,22 @@ def model_cost(model: ModelSpec, classes: int, input_shape: tuple[int, ...]) -> 
 
 
 def check_limits(spec: JobSpec, limits: Limits) -> list[tuple[str, str]]:
-    """(pointer, message) for each limit the job would pass; empty if it fits."""
+    """(pointer, message) for each limit the job would pass; empty if it fits. A sweep
+    is checked trial by trial: a swept architecture or batch size must fit too."""
+    problems = _check_one(spec, limits)
+    if spec.sweep is None or problems:
+        return problems
+    from kdcore.sweep_plan import configurations, trial_dict
+
+    for params in configurations(spec):
+        trial = JobSpec.model_validate(trial_dict(spec, 0, params, spec.training.epochs))
+        found = _check_one(trial, limits)
+        if found:  # the first trial over a limit, at the sweep's parameters
+            return [("/sweep/parameters", f"{msg} (trial {params})") for _, msg in found]
+    return []
+
+
+def _check_one(spec: JobSpec, limits: Limits) -> list[tuple[str, str]]:
     from kdcore.errors import KDError
 
     try:

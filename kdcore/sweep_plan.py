@@ -6,9 +6,9 @@ did, and the service can check a sweep before queueing it (kdcore.validate).
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,22 +23,32 @@ class Rung:
     keep: int  # how many configurations train on it
 
 
-def combinations(parameters: dict[str, list[SweepValue]]) -> list[dict[str, SweepValue]]:
-    keys = list(parameters)
-    return [
-        dict(zip(keys, values, strict=True)) for values in itertools.product(*parameters.values())
-    ]
+def combination(parameters: dict[str, list[SweepValue]], i: int) -> dict[str, SweepValue]:
+    """The i-th combination of the grid (the last parameter varies fastest), computed
+    without listing the grid: 8 parameters of 32 values make 10^12 of them."""
+    out: dict[str, SweepValue] = {}
+    for key in reversed(parameters):
+        i, pick = divmod(i, len(parameters[key]))
+        out[key] = parameters[key][pick]
+    return {key: out[key] for key in parameters}
+
+
+def grid_size(parameters: dict[str, list[SweepValue]]) -> int:
+    return math.prod(len(v) for v in parameters.values())
 
 
 def configurations(spec: JobSpec) -> list[dict[str, SweepValue]]:
     """The configurations a sweep starts with, in the order they are trained."""
     sweep = spec.sweep
     assert sweep is not None
-    grid = combinations(sweep.parameters)
+    size, limit = grid_size(sweep.parameters), sweep.max_trials or MAX_TRIALS
     if sweep.strategy == "grid":
-        return grid
-    n = min(sweep.max_trials or MAX_TRIALS, len(grid))
-    return random.Random(spec.training.seed).sample(grid, n)  # noqa: S311 (not secret)
+        if size > limit:  # refused by `problems` before a job gets here
+            raise ValueError(f"a grid of {size} trials, over max_trials {limit}")
+        picks: Sequence[int] = range(size)
+    else:  # a seeded draw of indices: the same on every attempt
+        picks = random.Random(spec.training.seed).sample(range(size), min(limit, size))  # noqa: S311
+    return [combination(sweep.parameters, i) for i in picks]
 
 
 def rungs(spec: JobSpec, configs: int) -> list[Rung]:
@@ -90,8 +100,7 @@ def problems(spec: JobSpec) -> list[tuple[str, str]]:
     if sweep is None:
         return []
     out = []
-    size = math.prod(len(v) for v in sweep.parameters.values())
-    limit = sweep.max_trials or MAX_TRIALS
+    size, limit = grid_size(sweep.parameters), sweep.max_trials or MAX_TRIALS
     if sweep.strategy == "grid" and size > limit:
         out.append(
             (

@@ -312,3 +312,20 @@ def test_the_tensorboard_events_are_an_artifact_with_the_curves(teacher):
     history = job["report"]["history"]
     assert accuracy == [(h["epoch"], pytest.approx(h["accuracy"])) for h in history]
     assert {"train/kd", "train/ce", "test/agreement"} <= set(events.Tags()["scalars"])
+
+
+def test_a_swept_model_over_the_size_limit_is_refused_before_queueing(tmp_path):
+    """The base spec fits; one value of the sweep does not (mlp: 0.6 M parameters)."""
+    gen = build_api(make_settings(tmp_path, max_model_params=20_000))
+    api = next(gen)
+    try:
+        spec = tiny_job(sweep={"parameters": {"student.arch": ["mlp_small", "mlp"]}})
+        response = api.post("/v1/jobs", json=spec)
+        assert response.status_code == 422, response.text
+        problem = response.json()
+        assert any(e["loc"] == "/sweep/parameters" for e in problem["errors"]), problem
+        assert "mlp" in response.text and api.get("/v1/jobs").json()["data"] == []
+        huge = tiny_job(sweep={"parameters": {"training.batch_size": [32, 10**9]}})
+        assert api.post("/v1/jobs", json=huge).status_code == 422
+    finally:
+        gen.close()

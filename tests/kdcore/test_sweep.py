@@ -12,7 +12,7 @@ from kdcore.callbacks import Callbacks
 from kdcore.errors import Cancelled, SpecError
 from kdcore.run import run
 from kdcore.sweep import pareto_front
-from kdcore.sweep_plan import Rung, configurations, rungs, set_field
+from kdcore.sweep_plan import Rung, combination, configurations, rungs, set_field
 from kdcore.validate import parse_spec
 
 
@@ -74,6 +74,24 @@ def test_plans_grid_random_and_halving_rungs():
         }
     )
     assert rungs(halving, 9) == [Rung(1, 9), Rung(3, 3), Rung(9, 1)]
+
+
+def test_a_random_draw_from_a_huge_grid_lists_only_what_it_draws():
+    values = list(range(1, 33))
+    keys = [
+        "training.seed",
+        "training.batch_size",
+        "distillation.feature_weight",
+        "distillation.alpha",
+        "distillation.beta",
+        "distillation.temperature",
+        "distillation.ce_weight",
+        "distillation.kd_weight",
+    ]
+    spec = _job(parameters=dict.fromkeys(keys, values), strategy="random", max_trials=5)
+    drawn = configurations(parse_spec(spec))  # 32^8 = 10^12 combinations: not listed
+    assert len(drawn) == 5 and all(set(c) == set(keys) for c in drawn)
+    assert combination({"a": [1, 2], "b": [3, 4, 5]}, 4) == {"a": 2, "b": 4}
 
 
 def test_set_field_creates_the_path():
