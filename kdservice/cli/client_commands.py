@@ -255,7 +255,12 @@ def download(
     ctx: typer.Context,
     job_id: str,
     fmt: Annotated[
-        str, typer.Option("--format", "-f", help="an export format: safetensors, torchscript, onnx, onnx_fp16, onnx_int8")
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="an export format: safetensors, torchscript, onnx, onnx_fp16, onnx_int8",
+        ),
     ] = "safetensors",
     out: Annotated[Path, typer.Option("--out", "-o", help="folder to write to")] = Path("."),
     everything: Annotated[bool, typer.Option("--all", help="every artifact of the job")] = False,
