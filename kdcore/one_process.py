@@ -143,7 +143,7 @@ def build_teachers(
     return freeze_teacher(ensemble), members
 
 
-def _training_identity(spec: Any) -> Any:
+def training_identity(spec: Any) -> Any:
     """The spec minus where its files are: a resumed run may find the same teacher and
     data at other paths (another host's cache, a moved folder), never other settings."""
     if not isinstance(spec, dict):
@@ -234,7 +234,7 @@ def resume_state(spec: JobSpec, resume_from: str | Path | None) -> dict[str, Any
     stored = resume.get("spec")
     with contextlib.suppress(ValueError):  # through today's schema: fields added since
         stored = JobSpec.model_validate(stored).model_dump(mode="json")  # take defaults
-    if _training_identity(stored) != _training_identity(spec.model_dump(mode="json")):
+    if training_identity(stored) != training_identity(spec.model_dump(mode="json")):
         raise CheckpointError(f"{resume_from} was written by a different spec")
     return resume
 

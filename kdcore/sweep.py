@@ -37,6 +37,7 @@ from kdcore.one_process import (
     resume_state,
     run_local,
     train_baseline,
+    training_identity,
     write_report,
 )
 from kdcore.plots import plot_pareto
@@ -163,14 +164,18 @@ def _load_state(out_dir: Path, spec: JobSpec) -> list[dict[str, Any]]:
     path = out_dir / STATE_FILE
     if not path.is_file():
         return []
-    state = json.loads(path.read_text())
-    if state.get("sweep_spec") != spec.model_dump(mode="json"):
-        return []  # another sweep's folder: start over
-    return list(state["trials"])
+    try:
+        state = json.loads(path.read_text())
+        if state["sweep_spec"] != training_identity(spec.model_dump(mode="json")):
+            return []  # another sweep's folder: start over
+        return list(state["trials"])
+    except (ValueError, KeyError, TypeError):  # unreadable: the trials run again
+        return []
 
 
 def _save_state(sweep: _Sweep) -> None:
-    state = {"sweep_spec": sweep.spec.model_dump(mode="json"), "trials": sweep.records}
+    identity = training_identity(sweep.spec.model_dump(mode="json"))  # paths may move
+    state = {"sweep_spec": identity, "trials": sweep.records}
     blob = json.dumps(state, indent=1).encode()
     (sweep.out_dir / STATE_FILE).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(sweep.out_dir / STATE_FILE, lambda fh: fh.write(blob))

@@ -27,7 +27,8 @@ that reads the cache trains the same student, bit for bit, as the job that wrote
 
 **The key** is a sha256 of everything the outputs depend on: the teacher's weights and
 how it runs (fp32 or int8), the training split's tensors, the preprocessing and
-augmentation, the seed, batch size, ranks, steps per epoch, temperature and k, and the
+augmentation, the seed, batch size, ranks, steps per epoch, k, the temperature where it
+shapes the stored values (k below the classes, an ensemble), and the
 torch version (kernels differ between releases). Files are written whole under a
 temporary name and renamed, and read back memory-mapped with `numpy.load(...,
 allow_pickle=False)`: nothing in them can run.

@@ -144,11 +144,19 @@ class TeacherOutputs:
                 {k: v for k, v in m.model_dump(mode="json").items() if k != "checkpoint"}
                 for _, m in spec.teacher_models()
             ],
-            "forward": self.forward.to_dict() if self.forward else None,
+            # how it ran, not the check's figures (measured at T): the int8 plan is
+            # calibrated the same whatever T, so a sweep over T shares the outputs
+            "forward": (
+                {"precision": self.forward.precision, "folded": self.forward.folded_batchnorm}
+                if self.forward
+                else None
+            ),
             "x": tensor_digest(train.x),
             "classes": classes,
             "k": k,
-            "temperature": d.temperature,
+            # T shapes the stored values only through the rest's value (k < classes)
+            # and an ensemble's combined output
+            "temperature": (d.temperature if k < classes or spec.teachers is not None else None),
             "precision": uses_bf16(self.device, tr.precision),
             "device": self.device.type,
             "channels_last": channels_last,

@@ -222,3 +222,31 @@ def test_trials_at_once_stop_together_and_resume(tmp_path):
     assert [t["trial"] for t in resumed["sweep"]["trials"]] == [0, 1, 2]
     finished_before = {t["trial"] for t in stopper.trials}
     assert not finished_before & {t["trial"] for t in again.trials}  # not trained twice
+
+
+def test_trials_share_the_teachers_outputs_across_temperatures(tmp_path):
+    """The teacher runs for the first trial only: the others, at other temperatures,
+    read its stored logits (every class kept, so T does not change them)."""
+    spec = _job(parameters={"distillation.temperature": [2, 4, 8]})
+    spec.update(kind="distill", teacher={"arch": "mlp_small"})  # random, but a teacher
+    report = run(spec, tmp_path)
+    stores = [
+        json.loads((tmp_path / t["folder"] / "report.json").read_text())["teacher_store"]
+        for t in report["sweep"]["trials"]
+    ]
+    assert stores[0]["computed"] > 0 and stores[0]["from_disk"] == 0
+    assert all(s["computed"] == 0 and s["from_disk"] > 0 for s in stores[1:]), stores
+    assert len({s["key"] for s in stores}) == 1
+    assert not (tmp_path / "sweep" / "teacher-cache").exists()  # its own cache, removed
+
+
+@pytest.mark.parametrize(
+    "state", ["{not json", '{"trials": 3}', '{"sweep_spec": {}, "trials": []}']
+)
+def test_an_unreadable_or_foreign_state_file_means_every_trial_runs(tmp_path, state):
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "state.json").write_text(state)
+    calls = Recorder()
+    report = run(_job(parameters={"training.lr": [0.1, 0.05]}), tmp_path, calls)
+    assert [t["trial"] for t in calls.trials] == [0, 1]
+    assert len(report["sweep"]["trials"]) == 2
