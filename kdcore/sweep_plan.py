@@ -53,13 +53,15 @@ def configurations(spec: JobSpec) -> list[dict[str, SweepValue]]:
 
 def rungs(spec: JobSpec, configs: int) -> list[Rung]:
     """grid/random: one rung at the spec's epochs. halving: rung r of R keeps
-    ceil(n / 3^r) configurations with epochs / 3^(R - r) epochs (at least 1); the last
-    rung trains at training.epochs."""
+    ceil(n / 3^r) configurations with epochs / 3^(R - r) epochs; the last rung trains at
+    training.epochs. R = min(ceil(log3 n), floor(log3 epochs)): budgets grow 3x from
+    rung to rung, so no rung repeats the last one's training."""
     sweep, epochs = spec.sweep, spec.training.epochs
     assert sweep is not None
     if sweep.strategy != "halving" or configs <= 1:
         return [Rung(epochs, configs)]
-    last = math.ceil(math.log(configs, ETA) - 1e-9)
+    # no more rungs than the epochs allow: each rung's budget is 3x the last one's
+    last = min(math.ceil(math.log(configs, ETA) - 1e-9), math.floor(math.log(epochs, ETA) + 1e-9))
     return [
         Rung(max(1, round(epochs / ETA ** (last - r))), math.ceil(configs / ETA**r))
         for r in range(last + 1)

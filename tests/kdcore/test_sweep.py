@@ -62,6 +62,8 @@ def test_plans_grid_random_and_halving_rungs():
     grid = parse_spec(_job(parameters={"training.lr": [0.1, 0.05], "training.momentum": [0, 0.9]}))
     assert len(configurations(grid)) == 4
     assert rungs(grid, 4) == [Rung(3, 4)]
+    few_epochs = parse_spec(_job(parameters={"training.lr": [1, 2, 3, 4]}, strategy="halving"))
+    assert rungs(few_epochs, 4) == [Rung(1, 4), Rung(3, 2)]  # 3 epochs: two rungs at most
     spec = _job(parameters={"training.lr": [0.1, 0.05, 0.02, 0.01, 0.005]}, strategy="random")
     spec["sweep"]["max_trials"] = 3
     drawn = configurations(parse_spec(spec))
@@ -164,11 +166,13 @@ def test_halving_trains_a_third_further_with_more_epochs(tmp_path):
     calls = Recorder()
     report = run(spec, tmp_path, calls)
     trials = report["sweep"]["trials"]
-    assert [(t["rung"], t["epochs"]) for t in trials] == [(0, 1)] * 4 + [(1, 1)] * 2 + [(2, 3)]
-    first = sorted(trials[:4], key=lambda t: -t["score"])
+    # 4 configurations, 3 epochs: one rung of 1 epoch, the best third (2) on at 3 epochs
+    assert [(t["rung"], t["epochs"]) for t in trials] == [(0, 1)] * 4 + [(1, 3)] * 2
+    first = sorted(trials[:4], key=lambda t: (-t["score"], t["trial"]))
     assert {t["config"] for t in trials[4:6]} == {t["config"] for t in first[:2]}
-    assert report["sweep"]["best"] == 6 and report["epochs"] == 3
-    assert [t["trial"] for t in calls.trials] == list(range(7))
+    final = max(trials[4:6], key=lambda t: (t["score"], -t["trial"]))
+    assert report["sweep"]["best"] == final["trial"] and report["epochs"] == 3
+    assert [t["trial"] for t in calls.trials] == list(range(6))
     assert calls.steps == sorted(calls.steps)  # counted over the whole sweep
 
 
