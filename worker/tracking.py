@@ -21,6 +21,7 @@ from app.settings import Settings
 
 MAX_PARAMS = 500  # of the flattened spec; MLflow takes at most 100 per batch call
 MAX_PARAM_CHARS = 500
+PRIVATE_FIELDS = ("webhook_url",)  # may carry a receiver's token: not for MLflow's readers
 
 
 def wanted(settings: Settings, spec: dict[str, Any]) -> bool:
@@ -81,7 +82,8 @@ def log_job(
         tags = {"kdservice.job_id": job_id, "kdservice.kind": str(spec.get("kind"))}
         run = client.create_run(experiment_id, run_name=str(spec.get("name")), tags=tags)
         run_id = run.info.run_id
-        params = [Param(k, v) for k, v in list(flatten(spec).items())[:MAX_PARAMS]]
+        public = {k: v for k, v in spec.items() if k not in PRIVATE_FIELDS}
+        params = [Param(k, v) for k, v in list(flatten(public).items())[:MAX_PARAMS]]
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, step) for k, v, step in _metrics(report)]
         for i in range(0, max(len(params), len(metrics)), 100):  # the batch limits

@@ -256,7 +256,7 @@ def test_an_mlflow_run_records_the_job_and_a_job_can_opt_out(tmp_path, mlflow_se
     gen = build_api(make_settings(tmp_path, mlflow_uri=mlflow_server, mlflow_experiment="kd-test"))
     api = next(gen)
     try:
-        job = _run(api, tiny_job(export=["safetensors", "onnx"]))
+        job = _run(api, tiny_job(export=["safetensors", "onnx"], webhook_url=HOOK + "?token=s"))
         events = _events(api, job["id"])
         (tracked,) = [e["data"] for e in events if e["type"] == "tracking"]
         assert tracked["mlflow"] == "logged", tracked
@@ -265,6 +265,7 @@ def test_an_mlflow_run_records_the_job_and_a_job_can_opt_out(tmp_path, mlflow_se
         assert run.info.status == "FINISHED" and run.data.tags["kdservice.job_id"] == job["id"]
         assert run.data.params["training.epochs"] == "2"
         assert run.data.params["student.arch"] == "mlp_small"
+        assert not [k for k in run.data.params if "webhook" in k]  # its token stays private
         curve = client.get_metric_history(run.info.run_id, "val_accuracy")
         assert [m.step for m in curve] == [1, 2]
         assert run.data.metrics["student_accuracy"] == job["report"]["student"]["accuracy"]
