@@ -11,6 +11,7 @@ training process loads anything.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,8 +115,20 @@ def check_limits(spec: JobSpec, limits: Limits) -> list[tuple[str, str]]:
         return problems
     from kdcore.sweep_plan import configurations, trial_dict
 
+    seen: set[str] = set()
     for params in configurations(spec):
         trial = JobSpec.model_validate(trial_dict(spec, 0, params, spec.training.epochs))
+        d = trial.distillation
+        sized = trial.model_dump(mode="json", include={"student", "teacher", "teachers"})
+        sized.update(
+            method=d.method,
+            crd=[d.crd_feature_dim, d.crd_negatives],
+            batch=trial.training.batch_size,
+        )
+        key = json.dumps(sized, sort_keys=True)
+        if key in seen:  # what sizes a trial is the same as an earlier one's: checked
+            continue
+        seen.add(key)
         found = _check_one(trial, limits)
         if found:  # the first trial over a limit, at the sweep's parameters
             return [("/sweep/parameters", f"{msg} (trial {params})") for _, msg in found]
