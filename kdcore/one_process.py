@@ -32,6 +32,7 @@ from kdcore.models import build_model
 from kdcore.models.ecosystems import HF, is_model_folder, read_hf_folder
 from kdcore.onnx_variants import measure_exports, write_variants
 from kdcore.plots import plot_curves
+from kdcore.qat import quantization_aware
 from kdcore.readiness import evaluate_gate
 from kdcore.report import build_report, held_out_metrics
 from kdcore.spec import JobSpec, ModelSpec, model_entries
@@ -198,9 +199,14 @@ def run_local(
     )
     if "onnx" in files:
         write_variants(files, list(spec.export), data)
+    quantization = None
+    if spec.training.quantization == "int8":  # replaces the post-training student.int8.onnx
+        quantization = quantization_aware(spec, data, student, teacher, device, files, callbacks)
     report = build_report(
         spec, device, data, result, student, teacher, files["safetensors"], members
     )
+    if quantization is not None:
+        report["quantization"] = quantization
     if len(spec.export) > 1:  # more than the safetensors weights
         report["exports"] = measure_exports(files, student, data)
     if skipped:

@@ -126,8 +126,7 @@ def measure_exports(
     out: dict[str, dict[str, Any]] = {}
     for fmt in ("onnx", *ONNX_VARIANTS):
         if fmt in files:
-            forward = _onnx_forward(files[fmt], torch.get_num_threads())
-            out[fmt] = {"runtime": "onnxruntime", **_measure(forward, data)}
+            out[fmt] = measure_onnx(files[fmt], data)
     if "torchscript" in files:
         with torch.no_grad():
             traced = torch.jit.trace(student, torch.zeros(1, *data.input_shape))
@@ -136,7 +135,15 @@ def measure_exports(
             with torch.inference_mode():
                 return traced(x).float()
 
-        out["torchscript"] = {"runtime": "torch (traced)", **_measure(run_traced, data)}
-    for fmt, stats in out.items():
-        stats["bytes"] = files[fmt].stat().st_size
+        out["torchscript"] = {
+            "runtime": "torch (traced)",
+            **_measure(run_traced, data),
+            "bytes": files["torchscript"].stat().st_size,
+        }
     return out
+
+
+def measure_onnx(path: Path, data: DataSplits) -> dict[str, Any]:
+    """A graph's test quality, CPU latency (onnxruntime, the job's threads) and bytes."""
+    forward = _onnx_forward(path, torch.get_num_threads())
+    return {"runtime": "onnxruntime", **_measure(forward, data), "bytes": path.stat().st_size}

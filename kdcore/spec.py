@@ -368,6 +368,18 @@ class TrainingSpec(_Strict):
     early_stopping: EarlyStoppingSpec | None = Field(
         default=None, description="stop when validation stops improving (needs a val split)"
     )
+    quantization: Literal["none", "int8"] = Field(
+        default="none",
+        description="int8: after training, fine-tune with fake int8 quantisation under the "
+        "same distillation loss (kdcore.qat) and export that as student.int8.onnx; the "
+        "report's quantization compares it with post-training int8",
+    )
+    qat_epochs: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="epochs of the quantisation-aware fine-tune; default a fifth of epochs",
+    )
     channels_last: bool | Literal["auto"] = Field(
         default="auto",
         description="NHWC tensors for the models and batches; auto: on for image inputs "
@@ -525,6 +537,8 @@ class JobSpec(_Strict):
             raise ValueError(f"gate {names}: a classification distillation's checks")
         if "safetensors" not in self.export:
             self.export = ["safetensors", *self.export]
+        if self.training.quantization == "int8":
+            self._quantization_fits()
         if {"onnx_fp16", "onnx_int8"} & set(self.export) and "onnx" not in self.export:
             self.export = [*self.export, "onnx"]  # the variants are derived from student.onnx
         if self.dataset.val_fraction == 0:  # the held-out metric would be the test split's
@@ -533,6 +547,18 @@ class JobSpec(_Strict):
             if self.training.early_stopping is not None:
                 raise ValueError("training.early_stopping needs a validation split (val_fraction)")
         return self
+
+    def _quantization_fits(self) -> None:
+        if self.resources.gpus > 1:
+            raise ValueError("training.quantization int8 runs in one process: gpus 1")
+        logit_methods = (*LOGIT_STANDARDIZED_METHODS, "mse")
+        if self.kind == "distill" and self.distillation.method not in logit_methods:
+            raise ValueError(
+                "training.quantization int8 works with the logit methods "
+                f"({', '.join(logit_methods)}), not {self.distillation.method}"
+            )
+        if "onnx_int8" not in self.export:
+            self.export = [*self.export, "onnx_int8"]  # what the fine-tune is for
 
     @property
     def selects_best(self) -> bool:
