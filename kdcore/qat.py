@@ -9,10 +9,11 @@ The fine-tune uses a tenth of the learning rate, no warm-up, and keeps its last 
 (the observers settle as it goes). It is not checkpointed: a run stopped during it
 starts it again from the float student, which is.
 
-Export: the fake-quantised model goes to ONNX as QuantizeLinear/DequantizeLinear pairs
-(observers frozen, so the ranges are the trained ones), then onnxruntime's basic graph
-optimisation folds each weight's QuantizeLinear into an int8 initializer: the file holds
-int8 weights, as the post-training export does.
+Export: each BatchNorm is folded into its fake-quantised convolution (`fold_batchnorm`),
+the model goes to ONNX as QuantizeLinear/DequantizeLinear pairs (observers frozen, so
+the ranges are the trained ones), then onnxruntime's basic graph optimisation folds each
+weight's QuantizeLinear into an int8 initializer: the file holds int8 weights and runs
+on onnxruntime's int8 kernels, as the post-training export does.
 """
 
 from __future__ import annotations
@@ -71,6 +72,28 @@ def prepare(student: nn.Module, example: torch.Tensor) -> nn.Module:
         return prepare_qat_fx(copy.deepcopy(student).cpu().train(), mapping, (example,))
 
 
+def fold_batchnorm(model: nn.Module) -> None:
+    """Replace each fake-quantised Conv+BN(+ReLU) with a fake-quantised Conv(+ReLU) whose
+    weights and bias hold the BatchNorm (frozen, in eval). The weight's fake quantiser is
+    kept: it already measured the folded weight (torch.ao's ConvBn scales the weight by
+    gamma / running std before quantising it), so the function is unchanged, and the
+    exported graph has no BatchNorm between the int8 convolutions."""
+    import torch.ao.nn.intrinsic.qat as nniqat
+    import torch.ao.nn.qat as nnqat
+
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nniqat.ConvBn2d | nniqat.ConvBnReLU2d):
+            continue
+        folded = module.to_float()  # a float Conv2d (or ConvReLU2d) with the BN inside
+        for part in [folded, *(folded if isinstance(folded, nn.Sequential) else [])]:
+            part.qconfig = module.qconfig  # what from_float reads
+        cls = nniqat.ConvReLU2d if isinstance(module, nniqat.ConvBnReLU2d) else nnqat.Conv2d
+        replacement = cls.from_float(folded)
+        replacement.weight_fake_quant = module.weight_fake_quant  # the trained ranges
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, replacement)
+
+
 def export_int8(model: nn.Module, example: torch.Tensor, path: Path) -> float:
     """Write the QAT student as an int8 ONNX graph; returns its max abs difference from
     the fake-quantised PyTorch model on random inputs (a check, as for student.onnx)."""
@@ -79,6 +102,7 @@ def export_int8(model: nn.Module, example: torch.Tensor, path: Path) -> float:
 
     model = model.cpu().eval()
     model.apply(disable_observer)
+    fold_batchnorm(model)
     qdq = path.with_name(f".{path.name}.qdq")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

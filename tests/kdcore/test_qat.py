@@ -45,7 +45,9 @@ def test_qat_fine_tunes_exports_int8_and_compares_with_post_training(tmp_path):
     graph = onnx.load(str(tmp_path / "student.int8.onnx")).graph
     int8 = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert int8, "the weights are stored as int8"
-    assert {n.op_type for n in graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
+    ops = {n.op_type for n in graph.node}
+    assert ops >= {"QuantizeLinear", "DequantizeLinear"}
+    assert "BatchNormalization" not in ops  # folded into the int8 convolutions
     assert not (tmp_path / ".student.ptq.onnx").exists()  # the comparison's file is gone
 
 
@@ -67,3 +69,28 @@ def test_qat_is_refused_where_it_cannot_run(change, words):
 def test_qat_brings_its_export_along():
     spec = JobSpec.model_validate(_job(quantization="int8"))
     assert spec.export == ["safetensors", "onnx_int8", "onnx"]
+
+
+def test_folding_batchnorm_keeps_the_fake_quantised_function():
+    import torch
+
+    from kdcore.models import build_model
+    from kdcore.qat import fold_batchnorm, prepare
+
+    x = torch.randn(32, 1, 8, 8)
+    model = prepare(build_model("small_cnn", 10, (1, 8, 8)), x[:1])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(3):  # move weights, BN statistics and ranges away from their start
+        loss = model(x).logsumexp(1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    model.apply(torch.ao.quantization.disable_observer)
+    with torch.no_grad():
+        before = model(x)
+        fold_batchnorm(model)
+        after = model(x)
+    names = {type(m).__name__ for m in model.modules()}
+    assert "ConvBnReLU2d" not in names and "BatchNorm2d" not in names
+    assert torch.allclose(before, after, atol=1e-5)
