@@ -18,7 +18,7 @@ from app.api import problems
 from app.api.guards import BodyLimit, SecurityHeaders
 from app.api.job_reads import JobReads
 from app.api.observability import Metrics, RequestContext
-from app.api.routes import architectures, artifacts, files, jobs, meta, metrics
+from app.api.routes import architectures, artifacts, files, jobs, meta, metrics, uploads
 from app.api.sse import EventHub
 from app.db.migrate import upgrade
 from app.db.session import session_scope
@@ -107,11 +107,14 @@ def create_app(
     # reads a body (uploads have their own cap), the request context around the routes
     app.add_middleware(RequestContext, metrics=app.state.metrics)
     app.add_middleware(
-        BodyLimit, max_bytes=settings.max_json_body_bytes, exempt=(("POST", "/v1/files"),)
+        BodyLimit,
+        max_bytes=settings.max_json_body_bytes,
+        exempt=(("POST", "/v1/files"),),
+        exempt_prefixes=(("PUT", "/v1/uploads/"),),  # parts: capped at their exact size
     )
     app.add_middleware(SecurityHeaders)
     problems.install(app)
-    for module in (meta, metrics, files, jobs, artifacts, architectures):
+    for module in (meta, metrics, files, uploads, jobs, artifacts, architectures):
         app.include_router(module.router)
     mount_dashboard(app)
     return app

@@ -23,6 +23,17 @@ class Settings(BaseSettings):
     # sizes a client controls, each checked before the work is done (README: security)
     max_upload_bytes: int = 512 * 1024**2
     max_archive_unpacked_bytes: int = 2 * 1024**3
+    # uploads in parts (/v1/uploads): a file too large for one request
+    max_multipart_bytes: int = Field(
+        default=64 * 1024**3, ge=1, description="the declared size of an upload in parts"
+    )
+    upload_part_bytes: int = Field(
+        default=64 * 1024**2, ge=64 * 1024, le=5 * 1024**3, description="each part's size"
+    )
+    max_open_uploads: int = Field(default=8, ge=1, description="per tenant, not completed")
+    upload_expire_s: int = Field(
+        default=24 * 3600, ge=60, description="an upload not completed by then is deleted"
+    )
     max_json_body_bytes: int = Field(default=1024**2, ge=1024, description="413 above this")
     max_model_params: int = Field(default=200_000_000, ge=1, description="per model")
     max_activation_bytes: int = Field(
@@ -149,6 +160,11 @@ class Settings(BaseSettings):
     @property
     def files_dir(self) -> Path:
         return self.data_dir / "files"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Parts of uploads in progress (shared by every API process, as files are)."""
+        return self.data_dir / "uploads"
 
     @property
     def jobs_dir(self) -> Path:

@@ -49,6 +49,14 @@ def sweep_once(settings: Settings) -> list[str]:
     return published
 
 
+def expire_uploads(settings: Settings) -> list[str]:
+    """Uploads in parts not completed in time: rows and parts deleted."""
+    from app.services import uploads
+
+    with session_scope(settings.db_url) as session:
+        return uploads.expire(session, settings)
+
+
 class Maintenance:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -64,5 +72,6 @@ class Maintenance:
             try:
                 reap_once(self.settings)
                 sweep_once(self.settings)
+                expire_uploads(self.settings)
             except SQLAlchemyError as exc:
                 log.warning("maintenance skipped a round: %s", exc)

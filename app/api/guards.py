@@ -55,11 +55,25 @@ async def send_problem(send: Send, status: int, title: str, detail: str, path: s
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int, exempt: tuple[tuple[str, str], ...]):
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        exempt: tuple[tuple[str, str], ...],
+        exempt_prefixes: tuple[tuple[str, str], ...] = (),
+    ):
+        """`exempt`: (method, path) pairs, `exempt_prefixes`: (method, path prefix)
+        pairs of routes that cap their own bodies (uploads, upload parts)."""
         self.app, self.max_bytes, self.exempt = app, max_bytes, exempt
+        self.exempt_prefixes = exempt_prefixes
+
+    def _exempt(self, method: str, path: str) -> bool:
+        if (method, path) in self.exempt:
+            return True
+        return any(method == m and path.startswith(p) for m, p in self.exempt_prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["method"], scope["path"]) in self.exempt:
+        if scope["type"] != "http" or self._exempt(scope["method"], scope["path"]):
             await self.app(scope, receive, send)
             return
         too_large = f"request bodies are limited to {self.max_bytes} bytes"

@@ -179,6 +179,36 @@ class FileOut(FromRow):
     created_at: Timestamp
 
 
+class UploadCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    filename: str = Field(min_length=1, max_length=255)
+    purpose: str = Field(default="checkpoint", max_length=20)
+    bytes: int = Field(ge=1, description="the whole file's size")
+    sha256: str = Field(min_length=64, max_length=64, description="the whole file's, hex")
+
+
+class PartOut(BaseModel):
+    number: int
+    bytes: int
+    sha256: str
+
+
+class UploadOut(BaseModel):
+    id: str
+    filename: str
+    purpose: str
+    bytes: int
+    sha256: str
+    part_bytes: int
+    parts: int
+    received: list[PartOut]
+    missing: list[int] = Field(description="the first 1,000 parts not yet received")
+    bytes_received: int
+    created_at: Timestamp
+    expires_at: Timestamp
+
+
 class FileList(BaseModel):
     data: list[FileOut]
     has_more: bool

@@ -83,3 +83,37 @@ async def receive_upload(request: Request, settings: Settings) -> tuple[str, str
         return filename, str(purpose), tmp, size, digest.hexdigest()
     finally:
         await form.close()
+
+
+async def receive_part(request: Request, dest: Path, expected: int) -> tuple[int, str]:
+    """Stream one part's raw body (application/octet-stream) to `dest`, whole or not at
+    all (a temp name, renamed once complete); it must be exactly `expected` bytes.
+    Returns (size, sha256)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) != expected):
+        if declared.isdigit() and int(declared) > expected:
+            raise _too_large(expected)
+        raise ProblemError(
+            422,
+            "Unprocessable Content",
+            f"this part is {expected} bytes; Content-Length says {declared}",
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{new_id('tmp')}")
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open(tmp, "wb") as out:
+            async for chunk in _capped(request, expected):
+                digest.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if size != expected:
+            raise ProblemError(
+                422, "Unprocessable Content", f"this part is {expected} bytes; {size} arrived"
+            )
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return size, digest.hexdigest()

@@ -15,7 +15,7 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.db.models import ACTIVE, Artifact, File, Job, Tenant, utcnow
+from app.db.models import ACTIVE, Artifact, File, Job, Tenant, Upload, utcnow
 from app.errors import Invalid, LimitExceeded, NotFound
 from app.settings import Settings
 
@@ -43,7 +43,11 @@ def stored_bytes(session: Session, tenant_id: str) -> int:
     arts = session.scalar(
         select(func.coalesce(func.sum(Artifact.bytes), 0)).where(Artifact.tenant_id == tenant_id)
     )
-    return int(files or 0) + int(arts or 0)
+    # an upload in progress holds its declared size: open uploads cannot overfill a quota
+    pending = session.scalar(
+        select(func.coalesce(func.sum(Upload.bytes), 0)).where(Upload.tenant_id == tenant_id)
+    )
+    return int(files or 0) + int(arts or 0) + int(pending or 0)
 
 
 def _tenant(session: Session, tenant_id: str, lock: bool = False) -> Tenant:

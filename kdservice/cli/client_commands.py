@@ -13,7 +13,7 @@ from rich.console import Console
 
 from kdservice.cli import render
 from kdservice.client import Client, Job
-from kdservice.client._core import load_spec
+from kdservice.client._core import PARTS_ABOVE, load_spec
 from kdservice.client.config import resolve, write_config
 
 # a pipe or a file gets wide lines instead of a table squeezed to 80 columns
@@ -283,10 +283,25 @@ def files_upload(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
     purpose: Annotated[str, typer.Option(help="checkpoint or dataset")] = "checkpoint",
+    parts: Annotated[
+        bool, typer.Option("--parts", help="send in parts (resumable) whatever the size")
+    ] = False,
 ) -> None:
-    """Upload a teacher checkpoint (safetensors / weights-only .pt) or a dataset archive."""
+    """Upload a teacher checkpoint (safetensors / weights-only .pt) or a dataset archive.
+    Files over 64 MiB go in parts with a progress bar; run the same command again after
+    an interruption and it sends only the parts the service does not have."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
     with _client(ctx) as client:
-        info = client.upload(path, purpose)
+        if path.stat().st_size <= PARTS_ABOVE and not parts:
+            info = client.upload(path, purpose)
+        else:
+            columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn())
+            with Progress(*columns, console=err_console, transient=True) as bar:
+                task = bar.add_task("upload", total=path.stat().st_size)
+                info = client.upload_in_parts(
+                    path, purpose, lambda done, _: bar.update(task, completed=done)
+                )
     print(info.id)
     err_console.print(f"{info.filename}: {info.bytes:,} bytes, sha256 {info.sha256[:16]}...")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import time
 import uuid
@@ -194,3 +195,42 @@ class Download:
             )
         self.part.replace(self.dest)
         return self.dest
+
+
+PARTS_ABOVE = 64 * 1024**2  # `upload` sends larger files in parts (/v1/uploads)
+
+
+class UploadPlan:
+    """What resuming an upload in parts needs to know about a local file: its size,
+    its sha256, and the upload an earlier attempt started (a small JSON file named by
+    the sha256 in the state folder)."""
+
+    def __init__(self, path: Path, size: int, sha256: str, state: Path):
+        self.path, self.size, self.sha256, self.state = path, size, sha256, state
+
+    @classmethod
+    def for_file(cls, path: Path, state_dir: Path | None = None) -> UploadPlan:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        folder = (
+            state_dir
+            or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kd" / "uploads"
+        )
+        sha = digest.hexdigest()
+        return cls(path, path.stat().st_size, sha, folder / f"{sha}.json")
+
+    def known_upload(self) -> str | None:
+        try:
+            upload_id = json.loads(self.state.read_text()).get("id")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return upload_id if isinstance(upload_id, str) and upload_id.startswith("upl_") else None
+
+    def remember(self, upload_id: str) -> None:
+        self.state.parent.mkdir(parents=True, exist_ok=True)
+        self.state.write_text(json.dumps({"id": upload_id, "path": str(self.path)}))
+
+    def forget(self) -> None:
+        self.state.unlink(missing_ok=True)

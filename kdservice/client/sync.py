@@ -19,6 +19,7 @@ with Client() as kd:                       # URL and key as in kdservice.client.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,12 +28,14 @@ from typing import Any
 import httpx
 
 from kdservice.client._core import (
+    PARTS_ABOVE,
     RETRY_STATUSES,
     STREAM_TIMEOUT,
     Deadline,
     Download,
     KnownJobs,
     SSEParser,
+    UploadPlan,
     check,
     default_headers,
     load_spec,
@@ -42,7 +45,7 @@ from kdservice.client._core import (
     select_artifacts,
 )
 from kdservice.client.config import resolve
-from kdservice.client.errors import DigestMismatch
+from kdservice.client.errors import ApiError, DigestMismatch
 from kdservice.client.models import (
     Artifact,
     Event,
@@ -234,8 +237,17 @@ class Client:
 
     # -- files and artifacts --------------------------------------------------------
 
-    def upload(self, path: str | Path, purpose: str = "checkpoint") -> FileInfo:
+    def upload(
+        self,
+        path: str | Path,
+        purpose: str = "checkpoint",
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> FileInfo:
+        """Upload a file: in one request up to PARTS_ABOVE bytes, else in parts
+        (`upload_in_parts`: resumable)."""
         path = Path(path)
+        if path.stat().st_size > PARTS_ABOVE:
+            return self.upload_in_parts(path, purpose, on_progress)
         with open(path, "rb") as fh:
             body = self._json(
                 "POST",
@@ -244,6 +256,57 @@ class Client:
                 data={"purpose": purpose},
             )
         return FileInfo.model_validate(body)
+
+    def upload_in_parts(
+        self,
+        path: str | Path,
+        purpose: str = "checkpoint",
+        on_progress: Callable[[int, int], None] | None = None,
+        state_dir: str | Path | None = None,
+    ) -> FileInfo:
+        """Send a file in parts (/v1/uploads) and resume an earlier, interrupted attempt
+        at the same file: its upload id is kept in `state_dir` (default
+        ~/.cache/kd/uploads) under the file's sha256, and the parts the service already
+        holds with the right sha256 are not sent again. The service checks the whole
+        file's sha256 before it becomes a file. `on_progress(bytes_done, bytes_total)`
+        after each part (and once at the start, with what is already there)."""
+        path = Path(path)
+        plan = UploadPlan.for_file(path, Path(state_dir) if state_dir else None)
+        upload = self._resumable(plan, purpose)
+        upload_id, part = upload["id"], upload["part_bytes"]
+        held = {p["number"]: p["sha256"] for p in upload["received"]}
+        done = 0
+        with open(path, "rb") as fh:
+            for number in range(1, upload["parts"] + 1):
+                fh.seek((number - 1) * part)
+                chunk = fh.read(part)
+                if held.get(number) != hashlib.sha256(chunk).hexdigest():
+                    self.request(
+                        "PUT",
+                        f"/v1/uploads/{upload_id}/parts/{number}",
+                        content=chunk,
+                        headers={"Content-Type": "application/octet-stream"},
+                    )
+                done += len(chunk)
+                if on_progress is not None:
+                    on_progress(done, plan.size)
+        info = FileInfo.model_validate(self._json("POST", f"/v1/uploads/{upload_id}/complete"))
+        plan.forget()
+        return info
+
+    def _resumable(self, plan: UploadPlan, purpose: str) -> dict[str, Any]:
+        """The upload an earlier attempt left for this file, else a new one."""
+        known = plan.known_upload()
+        if known is not None:
+            try:
+                return dict(self._json("GET", f"/v1/uploads/{known}"))
+            except ApiError as exc:
+                if exc.status != 404:  # expired or completed: start again
+                    raise
+        body = {"filename": plan.path.name, "purpose": purpose, "bytes": plan.size}
+        upload = dict(self._json("POST", "/v1/uploads", json={**body, "sha256": plan.sha256}))
+        plan.remember(upload["id"])
+        return upload
 
     def files(self, limit: int = 50) -> list[FileInfo]:
         body = self._json("GET", "/v1/files", params={"limit": limit})
