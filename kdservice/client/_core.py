@@ -10,6 +10,7 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +221,25 @@ class UploadPlan:
         )
         sha = digest.hexdigest()
         return cls(path, path.stat().st_size, sha, folder / f"{sha}.json")
+
+    def declaration(self, purpose: str) -> dict[str, Any]:
+        """POST /v1/uploads's body."""
+        name, size, sha = self.path.name, self.size, self.sha256
+        return {"filename": name, "purpose": purpose, "bytes": size, "sha256": sha}
+
+    def parts(self, upload: dict[str, Any]) -> Iterator[tuple[int, bytes | None, int]]:
+        """(number, its bytes, or None where the service holds them already with the
+        same sha256, bytes done once it is sent) for each part of `upload`, in order."""
+        part = upload["part_bytes"]
+        held = {p["number"]: p["sha256"] for p in upload["received"]}
+        done = 0
+        with open(self.path, "rb") as fh:
+            for number in range(1, upload["parts"] + 1):
+                fh.seek((number - 1) * part)
+                chunk = fh.read(part)
+                done += len(chunk)
+                same = held.get(number) == hashlib.sha256(chunk).hexdigest()
+                yield number, None if same else chunk, done
 
     def known_upload(self) -> str | None:
         try:

@@ -17,11 +17,13 @@ from typing import Any
 import httpx
 
 from kdservice.client._core import (
+    PARTS_ABOVE,
     RETRY_STATUSES,
     STREAM_TIMEOUT,
     Download,
     KnownJobs,
     SSEParser,
+    UploadPlan,
     default_headers,
     load_spec,
     may_retry,
@@ -214,8 +216,17 @@ class AsyncClient:
         except TimeoutError:
             raise WaitTimeout(f"job {job_id} did not end within {timeout_s} s") from None
 
-    async def upload(self, path: str | Path, purpose: str = "checkpoint") -> FileInfo:
+    async def upload(
+        self,
+        path: str | Path,
+        purpose: str = "checkpoint",
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> FileInfo:
+        """Upload a file: in one request up to PARTS_ABOVE bytes, else in parts
+        (`upload_in_parts`: resumable)."""
         path = Path(path)
+        if path.stat().st_size > PARTS_ABOVE:
+            return await self.upload_in_parts(path, purpose, on_progress)
         content = await asyncio.to_thread(path.read_bytes)
         body = await self._json(
             "POST",
@@ -224,6 +235,45 @@ class AsyncClient:
             data={"purpose": purpose},
         )
         return FileInfo.model_validate(body)
+
+    async def upload_in_parts(
+        self,
+        path: str | Path,
+        purpose: str = "checkpoint",
+        on_progress: Callable[[int, int], None] | None = None,
+        state_dir: str | Path | None = None,
+    ) -> FileInfo:
+        """As Client.upload_in_parts: resumes an interrupted upload of the same file."""
+        folder = Path(state_dir) if state_dir else None
+        plan = await asyncio.to_thread(UploadPlan.for_file, Path(path), folder)
+        upload = await self._resumable(plan, purpose)
+        parts = plan.parts(upload)
+        while (item := await asyncio.to_thread(next, parts, None)) is not None:
+            number, chunk, done = item
+            if chunk is not None:
+                await self.request(
+                    "PUT",
+                    f"/v1/uploads/{upload['id']}/parts/{number}",
+                    content=chunk,
+                    headers={"Content-Type": "application/octet-stream"},
+                )
+            if on_progress is not None:
+                on_progress(done, plan.size)
+        info = await self._json("POST", f"/v1/uploads/{upload['id']}/complete")
+        plan.forget()
+        return FileInfo.model_validate(info)
+
+    async def _resumable(self, plan: UploadPlan, purpose: str) -> dict[str, Any]:
+        known = plan.known_upload()
+        if known is not None:
+            try:
+                return dict(await self._json("GET", f"/v1/uploads/{known}"))
+            except ApiError as exc:
+                if exc.status != 404:  # 404: expired or completed; start again
+                    raise
+        upload = dict(await self._json("POST", "/v1/uploads", json=plan.declaration(purpose)))
+        plan.remember(upload["id"])
+        return upload
 
     async def files(self, limit: int = 50) -> list[FileInfo]:
         body = await self._json("GET", "/v1/files", params={"limit": limit})

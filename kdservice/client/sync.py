@@ -19,7 +19,6 @@ with Client() as kd:                       # URL and key as in kdservice.client.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -269,30 +268,22 @@ class Client:
         ~/.cache/kd/uploads) under the file's sha256, and the parts the service already
         holds with the right sha256 are not sent again. The service checks the whole
         file's sha256 before it becomes a file. `on_progress(bytes_done, bytes_total)`
-        after each part (and once at the start, with what is already there)."""
-        path = Path(path)
-        plan = UploadPlan.for_file(path, Path(state_dir) if state_dir else None)
+        after each part."""
+        plan = UploadPlan.for_file(Path(path), Path(state_dir) if state_dir else None)
         upload = self._resumable(plan, purpose)
-        upload_id, part = upload["id"], upload["part_bytes"]
-        held = {p["number"]: p["sha256"] for p in upload["received"]}
-        done = 0
-        with open(path, "rb") as fh:
-            for number in range(1, upload["parts"] + 1):
-                fh.seek((number - 1) * part)
-                chunk = fh.read(part)
-                if held.get(number) != hashlib.sha256(chunk).hexdigest():
-                    self.request(
-                        "PUT",
-                        f"/v1/uploads/{upload_id}/parts/{number}",
-                        content=chunk,
-                        headers={"Content-Type": "application/octet-stream"},
-                    )
-                done += len(chunk)
-                if on_progress is not None:
-                    on_progress(done, plan.size)
-        info = FileInfo.model_validate(self._json("POST", f"/v1/uploads/{upload_id}/complete"))
+        for number, chunk, done in plan.parts(upload):
+            if chunk is not None:
+                self.request(
+                    "PUT",
+                    f"/v1/uploads/{upload['id']}/parts/{number}",
+                    content=chunk,
+                    headers={"Content-Type": "application/octet-stream"},
+                )
+            if on_progress is not None:
+                on_progress(done, plan.size)
+        info = self._json("POST", f"/v1/uploads/{upload['id']}/complete")
         plan.forget()
-        return info
+        return FileInfo.model_validate(info)
 
     def _resumable(self, plan: UploadPlan, purpose: str) -> dict[str, Any]:
         """The upload an earlier attempt left for this file, else a new one."""
@@ -301,10 +292,9 @@ class Client:
             try:
                 return dict(self._json("GET", f"/v1/uploads/{known}"))
             except ApiError as exc:
-                if exc.status != 404:  # expired or completed: start again
+                if exc.status != 404:  # 404: expired or completed; start again
                     raise
-        body = {"filename": plan.path.name, "purpose": purpose, "bytes": plan.size}
-        upload = dict(self._json("POST", "/v1/uploads", json={**body, "sha256": plan.sha256}))
+        upload = dict(self._json("POST", "/v1/uploads", json=plan.declaration(purpose)))
         plan.remember(upload["id"])
         return upload
 

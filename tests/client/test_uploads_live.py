@@ -124,3 +124,25 @@ def test_kd_files_upload_resumes_an_interrupted_upload(server, tmp_path):
         stored = client.request("GET", f"/v1/files/{file_id}").json()
     assert stored["sha256"] == hashlib.sha256(local.read_bytes()).hexdigest()
     assert list((cache / "kd/uploads").iterdir()) == []
+
+
+def test_the_async_client_resumes_too(server, tmp_path):
+    import asyncio
+
+    from kdservice.client import AsyncClient
+
+    url, key = server
+    local = _archive(tmp_path / "async-pets.zip", 2)
+    state = tmp_path / "state"
+
+    async def go() -> tuple[int, object]:
+        async with AsyncClient(url, key) as client:
+            with pytest.raises(KeyboardInterrupt):
+                await client.upload_in_parts(local, "dataset", _cut_after(1), state_dir=state)
+            with Client(url, key) as sync_client:
+                held = _held_parts(sync_client, state)
+            return held, await client.upload_in_parts(local, "dataset", state_dir=state)
+
+    held, info = asyncio.run(go())
+    assert held == 1
+    assert info.sha256 == hashlib.sha256(local.read_bytes()).hexdigest()  # type: ignore[attr-defined]
