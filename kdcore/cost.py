@@ -47,6 +47,7 @@ def dataset_size(spec: DatasetSpec, max_archive_bytes: int) -> DatasetSize | Non
     """Samples and input shape after resizing, from metadata only; None if unknown.
     max_samples does not shrink it: the whole dataset is decoded before sampling."""
     from kdcore.archives import check_archive, inspect_npz
+    from kdcore.image_sources import count_images
 
     side = spec.image_size
     shape: tuple[int, ...]
@@ -67,8 +68,11 @@ def dataset_size(spec: DatasetSpec, max_archive_bytes: int) -> DatasetSize | Non
         if side and len(rest) == 3:
             rest = (rest[0], side, side)
         shape, classes = rest or (1,), 0
-    elif spec.name == "imagefolder" and spec.path:
+    elif spec.name == "imagefolder" and spec.path and not Path(spec.path).is_dir():
         n = check_archive(Path(spec.path), max_bytes=max_archive_bytes, verify=False)
+        shape, classes = (IMAGEFOLDER_CHANNELS, side or 32, side or 32), 0
+    elif spec.name in ("imagefolder", "webdataset") and spec.path:
+        n = count_images(Path(spec.path), webdataset=spec.name == "webdataset")
         shape, classes = (IMAGEFOLDER_CHANNELS, side or 32, side or 32), 0
     else:
         return None

@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdcore.archives import inspect_npz, iter_archive_files
+from kdcore.archives import inspect_npz
 from kdcore.errors import DataError
+from kdcore.image_sources import iter_image_folder, iter_webdataset
 from kdcore.registry import Registry
 from kdcore.spec import DatasetSpec
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 @dataclass
@@ -68,7 +68,7 @@ Loader = Callable[[DatasetSpec, int], RawData]
 DATASETS: Registry[Loader] = Registry("dataset")
 # datasets read from a file the user gives (dataset.path; an uploaded file id in the
 # service); the others are built in and take no file in the service
-FILE_DATASETS = frozenset({"imagefolder", "npz"})
+FILE_DATASETS = frozenset({"imagefolder", "npz", "webdataset"})
 
 
 def needs_path(name: str) -> bool:
@@ -170,31 +170,46 @@ def _decode_image(content: bytes, name: str) -> Tensor:
 
 @DATASETS.register("imagefolder")
 def load_imagefolder(spec: DatasetSpec, seed: int) -> RawData:
-    """A zip or tar archive of `<class>/<image>` (an optional single top folder is fine)."""
+    """`<class>/<image>` in a zip or tar archive, or in a folder (an optional single top
+    folder is fine)."""
     if not spec.path:
         raise DataError("imagefolder needs dataset.path")
-    samples: list[tuple[str, str, bytes]] = []
-    for rel, content in iter_archive_files(Path(spec.path)):
-        if rel.suffix.lower() in IMAGE_SUFFIXES and not rel.name.startswith("."):
-            if len(rel.parts) < 2:
-                raise DataError(f"image {rel} is not inside a class folder")
-            samples.append((rel.parts[-2], str(rel), content))
+    samples = list(iter_image_folder(Path(spec.path)))
     if not samples:
         raise DataError("the archive holds no images in class folders")
     classes = sorted({c for c, _, _ in samples})
     if len(classes) < 2:
         raise DataError("an imagefolder archive needs at least two class folders")
-    size = spec.image_size
-    images = []
-    for _, name, content in samples:
-        img = _decode_image(content, name)
-        side = size or 32
-        img = F.interpolate(img[None], size=(side, side), mode="bilinear", antialias=True)[0]
-        images.append(img)
-    channels = max(i.shape[0] for i in images)
-    x = torch.stack([i.expand(channels, -1, -1) for i in images])
+    x = _decoded([(name, content) for _, name, content in samples], spec.image_size)
     y = torch.tensor([classes.index(c) for c, _, _ in samples], dtype=torch.int64)
     return RawData(x, y, len(classes), class_names=classes)
+
+
+@DATASETS.register("webdataset")
+def load_webdataset(spec: DatasetSpec, seed: int) -> RawData:
+    """WebDataset shards: a .tar, or a folder of them, of `<key>.jpg|png` + `<key>.cls`."""
+    if not spec.path:
+        raise DataError("webdataset needs dataset.path")
+    samples = list(iter_webdataset(Path(spec.path)))
+    if not samples:
+        raise DataError("the shards hold no samples")
+    x = _decoded([(name, content) for _, name, content in samples], spec.image_size)
+    y = torch.tensor([label for label, _, _ in samples], dtype=torch.int64)
+    classes = int(y.max()) + 1
+    if classes < 2:
+        raise DataError("the shards need at least two classes")
+    return RawData(x, y, classes)
+
+
+def _decoded(images: list[tuple[str, bytes]], size: int | None) -> Tensor:
+    """Decode and resize to size x size (default 32), channels made equal."""
+    side = size or 32
+    out = []
+    for name, content in images:
+        img = _decode_image(content, name)
+        out.append(F.interpolate(img[None], size=(side, side), mode="bilinear", antialias=True)[0])
+    channels = max(i.shape[0] for i in out)
+    return torch.stack([i.expand(channels, -1, -1) for i in out])
 
 
 @DATASETS.register("npz")
