@@ -30,6 +30,24 @@ class Settings(BaseSettings):
     upload_part_bytes: int = Field(
         default=64 * 1024**2, ge=64 * 1024, le=5 * 1024**3, description="each part's size"
     )
+    # datasets by reference (app.services.dataset_refs)
+    dataset_buckets: str = Field(
+        default="",
+        max_length=4096,
+        description="comma-separated S3 buckets jobs may read datasets from "
+        "(s3://<bucket>/<tenant name>/...: each tenant its own prefix)",
+    )
+    dataset_roots: str = Field(
+        default="",
+        max_length=4096,
+        description="comma-separated name=/abs/folder local dataset roots "
+        "(local://<name>/<path>: each tenant its own subfolder <folder>/<tenant name>/)",
+    )
+    dataset_cache_bytes: int = Field(
+        default=200 * 1024**3,
+        ge=1,
+        description="bound of a worker's copy of S3 datasets (KD_DATA_DIR/dataset-cache)",
+    )
     max_open_uploads: int = Field(default=8, ge=1, description="per tenant, not completed")
     upload_expire_s: int = Field(
         default=24 * 3600, ge=60, description="an upload not completed by then is deleted"

@@ -33,7 +33,7 @@ from app.db.models import Artifact, Checkpoint, Job, JobStatus, new_id
 from app.db.session import session_scope
 from app.nudge import nudge
 from app.services import lifecycle
-from app.services.jobs import prune_checkpoints, resolved_spec
+from app.services.jobs import fetch_dataset, prune_checkpoints, resolved_spec, tenant_name
 from app.services.lifecycle import AfterCommit
 from app.settings import Settings
 from worker import tracking
@@ -103,6 +103,11 @@ def _prepare(settings: Settings, job_id: str) -> tuple[dict[str, Any], str | Non
             spec = resolved_spec(session, settings, job)
         except FileNotFoundError as exc:
             return {}, str(exc)
+        tenant = tenant_name(session, job.tenant_id)
+    try:  # a dataset by reference: an S3 prefix is copied here, holding no transaction
+        spec = fetch_dataset(settings, tenant, spec)
+    except FileNotFoundError as exc:
+        return {}, str(exc)
     return spec, _over_limits(settings, spec)
 
 

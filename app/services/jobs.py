@@ -23,10 +23,11 @@ from app.db.models import (
     JobEvent,
     JobStatus,
     JobTransition,
+    Tenant,
     new_id,
 )
 from app.errors import Conflict, Invalid, NotFound
-from app.services import lifecycle, quotas
+from app.services import dataset_refs, lifecycle, quotas
 from app.services.egress import AllowList, EgressRefused, resolve
 from app.services.files import describe_reference, resolve_reference
 from app.services.lifecycle import AfterCommit
@@ -46,7 +47,7 @@ def validate_spec(
         spec = parse_spec(data)
     except SpecError as exc:
         return None, exc.errors, []
-    errors = _file_errors(session, tenant_id, spec) + _service_errors(settings, spec)
+    errors = _file_errors(session, settings, tenant_id, spec) + _service_errors(settings, spec)
     if not errors:
         errors += check_cost(session, settings, tenant_id, spec)
     if not errors:
@@ -54,7 +55,9 @@ def validate_spec(
     return spec, errors, _warnings(spec)
 
 
-def _file_errors(session: Session, tenant_id: str, spec: Any) -> list[tuple[str, str]]:
+def _file_errors(
+    session: Session, settings: Settings, tenant_id: str, spec: Any
+) -> list[tuple[str, str]]:
     """Every file the spec names exists, is the caller's, and was uploaded for that use."""
     from kdcore.data import needs_path
 
@@ -68,6 +71,10 @@ def _file_errors(session: Session, tenant_id: str, spec: Any) -> list[tuple[str,
     ds = spec.dataset
     if ds.path is not None and not needs_path(ds.name):
         errors.append(("/dataset/path", "built-in datasets take no path"))
+    elif dataset_refs.is_reference(ds.path):  # s3:// or local://: checked where it lives
+        found = dataset_refs.problem(settings, tenant_name(session, tenant_id), ds.path)
+        if found:
+            errors.append(("/dataset/path", found))
     elif ds.path is not None and resolve_reference(session, tenant_id, ds.path, "dataset") is None:
         errors.append(("/dataset/path", describe_reference(session, tenant_id, ds.path, "dataset")))
     return errors
@@ -126,7 +133,19 @@ def check_cost(
     the configured limits. Nothing is allocated or decoded."""
     from kdcore.cost import check_limits
 
-    if spec.dataset.path is not None:
+    if dataset_refs.is_reference(spec.dataset.path):
+        if str(spec.dataset.path).startswith("s3://"):  # sized by the worker, once fetched
+            spec = spec.model_copy(
+                update={"dataset": spec.dataset.model_copy(update={"path": None})}
+            )
+        else:
+            folder = dataset_refs.local_path(
+                settings, tenant_name(session, tenant_id), spec.dataset.path
+            )
+            spec = spec.model_copy(
+                update={"dataset": spec.dataset.model_copy(update={"path": str(folder)})}
+            )
+    elif spec.dataset.path is not None:
         path = resolve_reference(session, tenant_id, spec.dataset.path, "dataset")
         if path is None:  # reported already
             return []
@@ -551,7 +570,8 @@ def metric_series(session: Session, job_id: str) -> list[dict[str, Any]]:
 
 def resolved_spec(session: Session, settings: Settings, job: Job) -> dict[str, Any]:
     """The spec kdcore runs: file and artifact ids replaced by paths on this host
-    (objects in S3 are fetched into the local cache first)."""
+    (objects in S3 are fetched into the local cache first). A dataset by reference
+    (s3://, local://) is left for `fetch_dataset`, outside any transaction."""
     spec = json.loads(json.dumps(job.spec))
     for pointer, model in model_entries(spec):
         if model.get("checkpoint"):
@@ -560,9 +580,26 @@ def resolved_spec(session: Session, settings: Settings, job: Job) -> dict[str, A
                 raise FileNotFoundError(f"{pointer} checkpoint {model['checkpoint']} was deleted")
             model["checkpoint"] = str(storage.local_copy(settings, path))
     ds = spec["dataset"]
-    if ds.get("path"):
+    if ds.get("path") and not dataset_refs.is_reference(ds["path"]):  # fetched by the worker
         path = resolve_reference(session, job.tenant_id, ds["path"], "dataset")
         if path is None:
             raise FileNotFoundError(f"dataset {ds['path']} was deleted")
         ds["path"] = str(storage.local_copy(settings, path))
+    return spec
+
+
+def tenant_name(session: Session, tenant_id: str) -> str:
+    tenant = session.get(Tenant, tenant_id)
+    return tenant.name if tenant is not None else ""
+
+
+def fetch_dataset(settings: Settings, tenant: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A dataset by reference made a path on this host (an S3 prefix copied into the
+    dataset cache: may take a while, so called holding no transaction)."""
+    ds = spec.get("dataset") or {}
+    if dataset_refs.is_reference(ds.get("path")):
+        try:
+            ds["path"] = str(dataset_refs.local_path(settings, tenant, ds["path"]))
+        except dataset_refs.DatasetRefError as exc:
+            raise FileNotFoundError(str(exc)) from None
     return spec

@@ -3,10 +3,16 @@ database), migrated with Alembic, and a TestClient over the real app."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 
+import boto3
+import httpx
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
@@ -16,6 +22,7 @@ from app.db.session import session_scope
 from app.main import create_app
 from app.services.keys import create_key
 from app.settings import Settings
+from tests.support.procs import free_port
 from tests.support.specs import tiny_job
 
 __all__ = ["Api", "build_api", "make_settings", "tiny_job"]
@@ -106,3 +113,38 @@ def api(tmp_path) -> Iterator[Api]:
 def any_db_api(request, tmp_path) -> Iterator[Api]:
     url = "" if request.param == "sqlite" else request.getfixturevalue("pg_url")
     yield from build_api(make_settings(tmp_path, url))
+
+
+BUCKET = "kd-artifacts"
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-compatible server (moto in server mode, its own process on 127.0.0.1)
+    with the bucket BUCKET."""
+    port = free_port()
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ.update({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -8,15 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
-import httpx
 import pytest
 from safetensors.torch import save
 
@@ -25,42 +19,10 @@ from app.db.models import Checkpoint, File
 from app.db.session import session_scope
 from app.settings import Settings
 from kdcore.models import build_model
-from tests.app.conftest import Api, build_api, make_settings, tiny_job
-from tests.support.procs import free_port
+from tests.app.conftest import BUCKET, Api, build_api, make_settings, tiny_job
 from worker.supervisor import claim_and_run
 
 pytestmark = pytest.mark.integration
-BUCKET = "kd-artifacts"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    os.environ.update({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                httpx.get(url, timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def s3_settings(tmp_path: Path, endpoint: str, host: str, db_url: str = "") -> Settings:
