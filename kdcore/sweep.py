@@ -221,7 +221,8 @@ def _trial_resume(sweep: _Sweep, trial: JobSpec, folder: Path) -> Path | None:
 
 
 def _run_rung(sweep: _Sweep, todo: list[tuple]) -> None:
-    """Train a rung's trials: one after another, or `slots` at once (sweep_parallel)."""
+    """Train a rung's trials in index order, one after another; or `slots` at once
+    (sweep_parallel), the excluded ones recorded first."""
     runs = []
     for index, params, config, rung, epochs, epochs_after in todo:
         trial = parse_spec(trial_dict(sweep.spec, index, params, epochs))
@@ -234,29 +235,24 @@ def _run_rung(sweep: _Sweep, todo: list[tuple]) -> None:
             continue
         info = {"index": index, "of": sweep.planned, "rung": rung, "params": params}
         callbacks = _TrialCallbacks(sweep, info, epochs_after)
-        resume = _trial_resume(sweep, trial, folder)
-        runs.append((TrialRun(index, trial, folder, resume, callbacks), record))
-    if sweep.slots == 1:
-        for run, record in runs:
-            run_local(
-                run.spec,
-                run.folder,
-                run.callbacks,
-                run.resume,
-                sweep.keep_checkpoints,
-                sweep.teacher_cache,
-            )
-            _trained(sweep, record)
-        return
-    records = {run.index: record for run, record in runs}
-    run_at_once(
-        [run for run, _ in runs],
-        sweep.slots,
-        sweep.keep_checkpoints,
-        sweep.teacher_cache,
-        sweep.callbacks.should_stop,
-        lambda run: _trained(sweep, records[run.index]),
-    )
+        run = TrialRun(index, trial, folder, _trial_resume(sweep, trial, folder), callbacks)
+        if sweep.slots > 1:
+            runs.append((run, record))
+            continue
+        run_local(
+            run.spec, run.folder, callbacks, run.resume, sweep.keep_checkpoints, sweep.teacher_cache
+        )
+        _trained(sweep, record)
+    if runs:
+        records = {run.index: record for run, record in runs}
+        run_at_once(
+            [run for run, _ in runs],
+            sweep.slots,
+            sweep.keep_checkpoints,
+            sweep.teacher_cache,
+            sweep.callbacks.should_stop,
+            lambda run: _trained(sweep, records[run.index]),
+        )
 
 
 def _record(
