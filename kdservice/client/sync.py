@@ -281,7 +281,8 @@ class Client:
                 )
             if on_progress is not None:
                 on_progress(done, plan.size)
-        info = self._json("POST", f"/v1/uploads/{upload['id']}/complete")
+        # assembling and checking gigabytes takes the service a while: no read timeout
+        info = self._json("POST", f"/v1/uploads/{upload['id']}/complete", timeout=None)
         plan.forget()
         return FileInfo.model_validate(info)
 
