@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdcore.spec import DatasetSpec, JobSpec, ModelSpec
+from kdcore.spec import DatasetSpec, JobSpec, ModelSpec, stored_side
 
 BYTES_PER_VALUE = 4  # float32
 IMAGEFOLDER_CHANNELS = 3  # the decoder makes RGB unless every image is grayscale
@@ -149,12 +149,16 @@ def _check_one(spec: JobSpec, limits: Limits) -> list[tuple[str, str]]:
     if data is None:
         return []
     problems = []
-    if data.bytes > limits.max_dataset_bytes:
+    kept = data  # the imagenet preset keeps training images larger, for its crops
+    if spec.augment.preset == "imagenet" and len(data.input_shape) == 3:
+        side = stored_side(data.input_shape[-1])
+        kept = DatasetSize(data.samples, (data.input_shape[0], side, side), data.classes)
+    if kept.bytes > limits.max_dataset_bytes:
         problems.append(
             (
                 "/dataset",
-                f"the dataset decodes to about {data.bytes / 1024**3:.2f} GiB "
-                f"({data.samples} x {list(data.input_shape)} float32), over the limit of "
+                f"the dataset decodes to about {kept.bytes / 1024**3:.2f} GiB "
+                f"({kept.samples} x {list(kept.input_shape)} float32), over the limit of "
                 f"{limits.max_dataset_bytes / 1024**3:.2f} GiB; use max_samples, a smaller "
                 "image_size or fewer samples",
             )

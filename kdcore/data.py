@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdcore.archives import inspect_npz
+from kdcore.augment import center_crop
 from kdcore.errors import DataError
 from kdcore.image_sources import iter_image_folder, iter_webdataset
 from kdcore.registry import Registry
-from kdcore.spec import DatasetSpec
+from kdcore.spec import AugmentSpec, DatasetSpec, stored_side
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -262,7 +263,16 @@ def _resize(x: Tensor, size: int | None) -> Tensor:
     return torch.cat(out)
 
 
-def load_dataset(spec: DatasetSpec, seed: int, regression: bool = False) -> DataSplits:
+def load_dataset(
+    spec: DatasetSpec, seed: int, regression: bool = False, augment: AugmentSpec | None = None
+) -> DataSplits:
+    """Decode, split (deterministic by seed), resize and normalise. With the imagenet
+    preset (augment.preset), training images are kept at image_size / 0.875 for the
+    trainer's random resized crops, and evaluation images resized so and center-cropped
+    to image_size."""
+    crop = spec.image_size if augment is not None and augment.preset == "imagenet" else None
+    if crop is not None:
+        spec = spec.model_copy(update={"image_size": stored_side(crop)})
     raw = DATASETS.get(spec.name)(spec, seed)
     if not torch.isfinite(raw.x).all():
         raise DataError("the inputs contain NaN or infinite values")
@@ -288,30 +298,51 @@ def load_dataset(spec: DatasetSpec, seed: int, regression: bool = False) -> Data
     if len(train_idx) < 2:
         raise DataError("too few samples left to train on")
     train_x = _resize(x[train_idx], spec.image_size)
-    # per-channel statistics of the training split only (no test leakage)
-    dims = [0, 2, 3] if train_x.ndim == 4 else [0]
-    mean = train_x.mean(dim=dims)
-    std = train_x.std(dim=dims).clamp_min(1e-6)
+    if crop is not None and train_x.ndim != 4:
+        raise DataError("augment.preset imagenet needs images")
+    mean, std = _statistics(spec, train_x)
     shape = (1, -1, 1, 1) if train_x.ndim == 4 else (1, -1)
 
-    def norm(t: Tensor) -> Tensor:
-        return ((_resize(t, spec.image_size) - mean.view(shape)) / std.view(shape)).contiguous()
+    def norm(t: Tensor, evaluation: bool = True) -> Tensor:
+        t = _resize(t, spec.image_size)
+        if crop is not None and evaluation:
+            t = center_crop(t, crop)
+        return ((t - mean.view(shape)) / std.view(shape)).contiguous()
 
     is_regression = y.dtype.is_floating_point
     if regression != is_regression:
         kind = "float targets" if is_regression else "integer class labels"
         raise DataError(f"dataset {spec.name!r} has {kind}, which does not fit the task")
     return DataSplits(
-        train=Split(norm(x[train_idx]), y[train_idx]),
+        train=Split(norm(x[train_idx], evaluation=False), y[train_idx]),
         val=Split(norm(x[val_idx]), y[val_idx]),
         test=Split(norm(test[0]), test[1]),
         num_classes=raw.num_classes,
-        input_shape=tuple(train_x.shape[1:]),
+        input_shape=(train_x.shape[1], crop, crop) if crop else tuple(train_x.shape[1:]),
         regression=is_regression,
         mean=mean.flatten().tolist() if mean.ndim else [float(mean)],
         std=std.flatten().tolist() if std.ndim else [float(std)],
         class_names=raw.class_names,
     )
+
+
+def _statistics(spec: DatasetSpec, train_x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and std: the ones given, else the training split's only (no
+    test leakage)."""
+    if spec.mean is not None and spec.std is not None:
+        channels = train_x.shape[1] if train_x.ndim == 4 else 1
+        if len(spec.mean) != channels:
+            raise DataError(f"dataset.mean has {len(spec.mean)} values for {channels} channels")
+        return torch.tensor(spec.mean), torch.tensor(spec.std)
+    dims = [0, 2, 3] if train_x.ndim == 4 else [0]
+    return train_x.mean(dim=dims), train_x.std(dim=dims).clamp_min(1e-6)
+
+
+def model_input(data: DataSplits, x: Tensor) -> Tensor:
+    """Training samples as the model takes them: the imagenet preset keeps them larger
+    than its input (for random crops), so they are center-cropped here."""
+    side = data.input_shape[-1]
+    return center_crop(x, side) if x.ndim == 4 and x.shape[-1] > side else x
 
 
 def describe(spec: DatasetSpec) -> tuple[tuple[int, ...], int, bool] | None:

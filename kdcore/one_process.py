@@ -168,7 +168,7 @@ def run_local(
     """This process's part of a run: all of it, or one rank of a data-parallel run
     (the other ranks train and stop; rank 0 also writes the outputs)."""
     device = pick_device(spec.training.device)
-    data = load_dataset(spec.dataset, spec.training.seed, regression=spec.task == "regression")
+    data = load_dataset(spec.dataset, spec.training.seed, spec.task == "regression", spec.augment)
     torch.manual_seed(spec.training.seed)
     student, num_classes = build_role(spec.student, "student", data)
     teacher, members = build_teachers(spec, data)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdcore.data import DataSplits
+from kdcore.data import DataSplits, model_input
 
 CALIBRATION_SAMPLES = 256  # a slice of the training split, enough for min/max ranges
 CALIBRATION_BATCH = 32
@@ -79,7 +79,8 @@ def write_variants(files: dict[str, Path], formats: list[str], data: DataSplits)
         write_fp16(source, files["onnx_fp16"])
     if "onnx_int8" in formats:
         files["onnx_int8"] = source.with_name(ONNX_VARIANTS["onnx_int8"])
-        write_int8(source, files["onnx_int8"], data.train.x[:CALIBRATION_SAMPLES])
+        calibration = model_input(data, data.train.x[:CALIBRATION_SAMPLES])
+        write_int8(source, files["onnx_int8"], calibration)
 
 
 def _median_ms(run: Callable[[], Any], repeats: int = 10) -> float:

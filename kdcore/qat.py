@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from kdcore.callbacks import Callbacks
-from kdcore.data import DataSplits
-from kdcore.onnx_variants import ONNX_VARIANTS, measure_onnx, write_int8
+from kdcore.data import DataSplits, model_input
+from kdcore.onnx_variants import CALIBRATION_SAMPLES, ONNX_VARIANTS, measure_onnx, write_int8
 from kdcore.spec import JobSpec
 from kdcore.trainer import fit
 
@@ -145,7 +145,7 @@ def quantization_aware(
     example = torch.zeros(1, *data.input_shape)
     out_dir = files["safetensors"].parent
     ptq = out_dir / ".student.ptq.onnx"  # the comparison: post-training int8
-    write_int8(files["onnx"], ptq, data.train.x[:256])
+    write_int8(files["onnx"], ptq, model_input(data, data.train.x[:CALIBRATION_SAMPLES]))
     ptq_figures = measure_onnx(ptq, data)
     ptq.unlink(missing_ok=True)
     tr = spec.training

@@ -99,9 +99,23 @@ class DatasetSpec(_Strict):
     shape: list[int] = Field(default_factory=lambda: [1, 16, 16], min_length=1, max_length=3)
     regression: bool = False
     noise: float = Field(default=0.5, ge=0.0, le=100.0)
+    mean: list[float] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4,
+        description="normalise with these per-channel means (with std) instead of the "
+        "training split's, e.g. ImageNet's [0.485, 0.456, 0.406] for a teacher trained so",
+    )
+    std: list[float] | None = Field(default=None, min_length=1, max_length=4)
 
     @model_validator(mode="after")
     def _fractions(self) -> DatasetSpec:
+        if (self.mean is None) != (self.std is None) or (
+            self.mean is not None and self.std is not None and len(self.mean) != len(self.std)
+        ):
+            raise ValueError("give mean and std together, one value per channel each")
+        if self.std is not None and not all(0 < v < 1e6 for v in self.std):
+            raise ValueError("std values must be positive")
         if self.val_fraction + self.test_fraction >= 0.95:
             raise ValueError("val_fraction + test_fraction must leave data to train on")
         if self.name == "synthetic" and not self.regression and self.num_classes < 2:
@@ -111,13 +125,45 @@ class DatasetSpec(_Strict):
         return self
 
 
+RESIZE_RATIO = 0.875  # the imagenet preset keeps images at side / 0.875 (224 -> 256)
+
+
+def stored_side(side: int) -> int:
+    """The side an image is kept at for the imagenet preset's crops of `side`."""
+    return round(side / RESIZE_RATIO)
+
+
 class AugmentSpec(_Strict):
     crop_padding: int = Field(default=0, ge=0, le=64)
     hflip: bool = False
+    preset: Literal["none", "imagenet"] = Field(
+        default="none",
+        description="imagenet: training crops by RandomResizedCrop (crop_scale, crop_ratio) "
+        "to dataset.image_size plus a horizontal flip, from images kept at image_size / "
+        "0.875; evaluation by resize and center crop (kdcore.augment)",
+    )
+    crop_scale: tuple[float, float] = Field(
+        default=(0.08, 1.0), description="imagenet: the crop's share of the image's area"
+    )
+    crop_ratio: tuple[float, float] = Field(
+        default=(3 / 4, 4 / 3), description="imagenet: the crop's width / height"
+    )
 
     @property
     def enabled(self) -> bool:
-        return self.crop_padding > 0 or self.hflip
+        return self.crop_padding > 0 or self.hflip or self.preset != "none"
+
+    @model_validator(mode="after")
+    def _one_kind_of_crop(self) -> AugmentSpec:
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError("crop_scale must be 0 < low <= high <= 1")
+        lo, hi = self.crop_ratio
+        if not 0 < lo <= hi <= 10:
+            raise ValueError("crop_ratio must be 0 < low <= high <= 10")
+        if self.preset == "imagenet" and self.crop_padding:
+            raise ValueError("preset imagenet crops by itself: leave crop_padding at 0")
+        return self
 
 
 # The references tune each method's weights (mdistiller, RepDistiller, the papers' code);
@@ -541,6 +587,8 @@ class JobSpec(_Strict):
             self._quantization_fits()
         if {"onnx_fp16", "onnx_int8"} & set(self.export) and "onnx" not in self.export:
             self.export = [*self.export, "onnx"]  # the variants are derived from student.onnx
+        if self.augment.preset == "imagenet" and self.dataset.image_size is None:
+            raise ValueError("augment.preset imagenet needs dataset.image_size (the crop side)")
         if self.dataset.val_fraction == 0:  # the held-out metric would be the test split's
             if "select" in self.training.model_fields_set and self.training.select == "best":
                 raise ValueError("training.select 'best' needs a validation split (val_fraction)")

@@ -126,7 +126,7 @@ def run_sweep(
     assert spec.sweep is not None
     configs = configurations(spec)
     plan = rungs(spec, len(configs))
-    data = load_dataset(spec.dataset, spec.training.seed, regression=spec.task == "regression")
+    data = load_dataset(spec.dataset, spec.training.seed, spec.task == "regression", spec.augment)
     metric = spec.sweep.metric or ("mse" if spec.task == "regression" else "accuracy")
     sweep = _Sweep(
         spec,
@@ -371,7 +371,9 @@ def _finish(sweep: _Sweep) -> dict[str, Any]:
     if spec.baseline and spec.kind == "distill":
         device = pick_device(spec.training.device)
         kd = {sweep.metric: report["student"][sweep.metric]}
-        data = load_dataset(trial.dataset, trial.training.seed, trial.task == "regression")
+        data = load_dataset(
+            trial.dataset, trial.training.seed, trial.task == "regression", trial.augment
+        )
         report["baseline"], report["kd_gain"] = train_baseline(
             trial, data, device, kd, sweep.callbacks
         )

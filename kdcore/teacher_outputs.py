@@ -51,7 +51,8 @@ def sample_batches(
             start = (i * size) % max(1, len(train) - size + 1)
             x = train.x[order[start : start + size].to(train.x.device)].to(device)
             if spec.augment.enabled and x.ndim == 4:
-                x = augment_batch(x, spec.augment, torch.Generator().manual_seed(1_000 + i))
+                gen = torch.Generator().manual_seed(1_000 + i)
+                x = augment_batch(x, spec.augment, gen, spec.dataset.image_size)
             batches.append(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
         return batches
 

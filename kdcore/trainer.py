@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from kdcore.augment import augment_batch
 from kdcore.callbacks import Callbacks, Progress
 from kdcore.checkpoints import prune_checkpoints, save_checkpoint
-from kdcore.data import DataSplits, Split
+from kdcore.data import DataSplits, Split, model_input
 from kdcore.errors import Cancelled, SpecError
 from kdcore.fast_teacher import TeacherForward
 from kdcore.features import FeatureTap, classifier_name
@@ -259,7 +259,8 @@ def _setup(
         freeze_teacher(teacher).to(device).to(memory_format=memory_format)
         loss_fn = build_loss(spec.distillation).to(device)
         if loss_fn.needs_features:
-            s_tap, t_tap = _feature_taps(spec, student, teacher, loss_fn, train.x[:2].to(device))
+            sample = model_input(data, train.x[:2]).to(device)
+            s_tap, t_tap = _feature_taps(spec, student, teacher, loss_fn, sample)
             loss_fn.to(device)
         loss_fn.bind_train_labels(train.y)
         teacher_out = TeacherOutputs(
@@ -385,7 +386,7 @@ def _train_step(run: _Run, order: Tensor, i: int, step: int) -> tuple[dict[str, 
     x, y = run.train.x[idx].to(run.device, non_blocking=True), run.train.y[idx].to(run.device)
     if spec.augment.enabled and x.ndim == 4:
         gen = torch.Generator().manual_seed(tr.seed * 7_368_787 + step)
-        x = augment_batch(x, spec.augment, gen)
+        x = augment_batch(x, spec.augment, gen, spec.dataset.image_size)
     if run.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     set_lr(run.optimizer, lr_at(step, run.total_steps, run.steps_per_epoch, tr))
