@@ -101,7 +101,10 @@ def part_path(settings: Settings, row: Upload, number: int) -> Path:
 
 
 def record_part(session: Session, row: Upload, number: int, size: int, sha256: str) -> None:
-    """A part's file is in place (renamed whole): record it, replacing an earlier one."""
+    """A part's file is in place (renamed whole): record it, replacing an earlier one.
+    The upload may have been completed or deleted while the part streamed in."""
+    if session.get(Upload, row.id) is None:
+        raise NotFound("upload", row.id)
     session.execute(
         delete(UploadPart).where(UploadPart.upload_id == row.id, UploadPart.number == number)
     )
@@ -160,8 +163,7 @@ def complete(session: Session, settings: Settings, row: Upload) -> File:
         )
     size = row.bytes
     # the upload's own size stops counting once the file does (same transaction)
-    session.delete(row)
-    session.flush()
+    _forget(session, row)
     stored = files.store_upload(
         session, settings, row.tenant_id, row.filename, row.purpose, tmp, size, row.sha256
     )
@@ -169,9 +171,15 @@ def complete(session: Session, settings: Settings, row: Upload) -> File:
     return stored
 
 
-def abort(session: Session, settings: Settings, row: Upload) -> None:
+def _forget(session: Session, row: Upload) -> None:
+    """The rows of an upload and of its parts (explicitly: SQLite may not cascade)."""
+    session.execute(delete(UploadPart).where(UploadPart.upload_id == row.id))
     session.delete(row)
     session.flush()
+
+
+def abort(session: Session, settings: Settings, row: Upload) -> None:
+    _forget(session, row)
     shutil.rmtree(settings.uploads_dir / row.id, ignore_errors=True)
 
 

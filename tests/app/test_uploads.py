@@ -9,9 +9,9 @@ import zipfile
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from app.db.models import Upload, utcnow
+from app.db.models import Upload, UploadPart, utcnow
 from app.db.session import session_scope
 from tests.app.conftest import build_api, make_settings
 from worker.maintenance import expire_uploads
@@ -89,6 +89,9 @@ def test_an_interrupted_upload_resumes_and_its_digest_checks(api):
     assert api.get(f"/v1/files/{stored['id']}").status_code == 200
     assert api.get(f"/v1/uploads/{upload['id']}").status_code == 404
     assert not (api.settings.uploads_dir / upload["id"]).exists()
+    with session_scope(api.settings.db_url) as session:  # no part row left behind
+        parts = session.scalars(select(UploadPart).where(UploadPart.upload_id == upload["id"]))
+        assert list(parts) == []
 
 
 def test_a_corrupted_part_fails_the_digest_and_can_be_sent_again(api):
