@@ -218,7 +218,7 @@ def test_submit_through_the_form_and_watch_it_finish(
     ).json()
     spec = second["spec"]
     assert spec["teacher"] == {**spec["teacher"], "arch": "mlp_small", "checkpoint": weights}
-    assert spec["augment"] == {"crop_padding": 1, "hflip": True}
+    assert spec["augment"] | {"crop_padding": 1, "hflip": True} == spec["augment"]
     assert spec["training"]["schedule"] == "step"
     assert sorted(spec["export"]) == ["onnx", "safetensors"]
 
