@@ -330,3 +330,48 @@ def test_a_swept_model_over_the_size_limit_is_refused_before_queueing(tmp_path):
         assert api.post("/v1/jobs", json=huge).status_code == 422
     finally:
         gen.close()
+
+
+def test_best_epoch_selection_and_early_stopping_through_the_service(teacher):
+    api, teacher_spec = teacher
+    data = {
+        "builtin": "synthetic",
+        "num_samples": 200,
+        "num_classes": 3,
+        "shape": [1, 6, 6],
+        "val_fraction": 0.2,
+    }
+    best = _run(
+        api,
+        tiny_job(
+            kind="distill",
+            teacher=teacher_spec,
+            dataset=data,
+            training={"epochs": 4, "batch_size": 32, "precision": "fp32"},
+        ),
+    )
+    report = best["report"]
+    accuracies = [h["accuracy"] for h in report["history"]]
+    assert report["selection"] == "best"
+    assert report["selected_epoch"] == accuracies.index(max(accuracies)) + 1
+    # a learning rate too small to change any prediction: no epoch improves on the first
+    stalled = _run(
+        api,
+        tiny_job(
+            kind="distill",
+            teacher=teacher_spec,
+            dataset=data,
+            training={
+                "epochs": 10,
+                "batch_size": 32,
+                "precision": "fp32",
+                "lr": 1e-12,
+                "early_stopping": {"patience": 2},
+            },
+        ),
+    )
+    report = stalled["report"]
+    assert report["stopped_early_at_epoch"] == 3 and len(report["history"]) == 3
+    assert report["selected_epoch"] == 1
+    epochs = [e["data"]["epoch"] for e in _events(api, stalled["id"]) if e["type"] == "epoch"]
+    assert epochs == [1, 2, 3]  # the service ran three of the ten epochs
