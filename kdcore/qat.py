@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from kdcore.callbacks import Callbacks
-from kdcore.data import DataSplits, model_input
-from kdcore.onnx_variants import CALIBRATION_SAMPLES, ONNX_VARIANTS, measure_onnx, write_int8
+from kdcore.data import DataSplits
+from kdcore.onnx_variants import ONNX_VARIANTS, measure_onnx
 from kdcore.spec import JobSpec
 from kdcore.trainer import fit
 
@@ -144,10 +144,9 @@ def quantization_aware(
     against post-training int8 of the same float student. Returns report.quantization."""
     example = torch.zeros(1, *data.input_shape)
     out_dir = files["safetensors"].parent
-    ptq = out_dir / ".student.ptq.onnx"  # the comparison: post-training int8
-    write_int8(files["onnx"], ptq, model_input(data, data.train.x[:CALIBRATION_SAMPLES]))
-    ptq_figures = measure_onnx(ptq, data)
-    ptq.unlink(missing_ok=True)
+    # the comparison: the post-training int8 graph write_variants just wrote (the spec
+    # brings onnx_int8 along with quantization), measured before QAT replaces it
+    ptq_figures = measure_onnx(files["onnx_int8"], data)
     tr = spec.training
     qat_spec = spec.model_copy(
         update={

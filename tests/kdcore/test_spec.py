@@ -82,3 +82,47 @@ def test_design_doc_example_parses():
     )
     assert spec.dataset.name == "digits"
     assert JobSpec.model_json_schema()["title"] == "JobSpec"
+
+
+@pytest.mark.parametrize(
+    ("change", "pointer"),
+    [
+        ({"training": {"qat_epochs": 0}}, "/training/qat_epochs"),
+        ({"training": {"qat_epochs": 10**9}}, "/training/qat_epochs"),
+        ({"training": {"quantization": "int4"}}, "/training/quantization"),
+        ({"augment": {"crop_ratio": [2.0, 1.0]}}, "/augment"),
+        ({"augment": {"crop_scale": [0.0, 1.0]}}, "/augment"),
+        ({"augment": {"preset": "cifar"}}, "/augment/preset"),
+        ({"tracking": {"mlflow": "maybe"}}, "/tracking/mlflow"),
+        ({"tracking": {"mlflow": True, "uri": "http://10.0.0.1"}}, "/tracking/uri"),
+        ({"sweep": {"parameters": {"training.lr": [0.1]}, "max_trials": 0}}, "/sweep/max_trials"),
+        ({"sweep": {"parameters": {"training.lr": [0.1]}, "max_trials": 65}}, "/sweep/max_trials"),
+        ({"sweep": {"parameters": {"training.lr": [[0.1]]}}}, "/sweep/parameters"),
+        ({"export": ["onnx_int4"]}, "/export"),
+    ],
+)
+def test_the_fields_added_for_shipping_refuse_what_is_out_of_bounds(change, pointer):
+    """qat_epochs, quantization, the imagenet preset's crop bounds, tracking (no URL a
+    client could point the workers at), sweep sizes and export names."""
+    from kdcore.errors import SpecError
+    from kdcore.validate import parse_spec
+
+    spec = {
+        "kind": "train",
+        "student": {"arch": "mlp_small"},
+        "dataset": {"builtin": "digits"},
+        **change,
+    }
+    with pytest.raises(SpecError) as exc:
+        parse_spec(spec)
+    assert any(p.startswith(pointer) for p, _ in exc.value.errors), exc.value.errors
+
+
+def test_given_statistics_must_match_the_channels():
+    from kdcore.data import load_dataset
+    from kdcore.errors import DataError
+    from kdcore.spec import DatasetSpec
+
+    spec = DatasetSpec.model_validate({"builtin": "digits", "mean": [0.5, 0.5], "std": [1, 1]})
+    with pytest.raises(DataError, match="2 values for 1 channels"):
+        load_dataset(spec, 0)
