@@ -44,7 +44,7 @@ ARCHIVE_ERRORS = (
 
 
 @contextlib.contextmanager
-def _readable(name: str, what: str = "archive") -> Iterator[None]:
+def readable(name: str, what: str = "archive") -> Iterator[None]:
     """Whatever a malformed archive makes the standard library raise becomes a
     DataError naming the file (never quoting its bytes)."""
     try:
@@ -55,7 +55,7 @@ def _readable(name: str, what: str = "archive") -> Iterator[None]:
         raise DataError(f"{name} is not a readable {what} ({type(exc).__name__})") from None
 
 
-def _check_name(name: str) -> PurePosixPath:
+def check_name(name: str) -> PurePosixPath:
     if any(ord(c) < 32 for c in name):
         raise DataError("an archive member's name holds control characters")
     path = PurePosixPath(name.replace("\\", "/"))
@@ -66,7 +66,7 @@ def _check_name(name: str) -> PurePosixPath:
     return path
 
 
-class _Budget:
+class Budget:
     """Counts files and declared bytes; raises as soon as a cap is passed."""
 
     def __init__(self, max_files: int, max_bytes: int):
@@ -90,7 +90,7 @@ class _Budget:
             )
 
 
-def _read_member(fh: IO[bytes], declared: int, name: str, keep: bool) -> bytes:
+def read_member(fh: IO[bytes], declared: int, name: str, keep: bool) -> bytes:
     """Inflate a member in chunks, never past its declared size (+1 to catch a lie)."""
     parts, seen = [], 0
     while chunk := fh.read(min(CHUNK, declared + 1 - seen)):
@@ -113,7 +113,7 @@ def iter_archive_files(
     """Yield (relative path, content) for each regular file; raise DataError on anything
     unsafe or malformed. With keep=False the contents are checked (inflated chunk by
     chunk, CRC verified) but not kept: b"" is yielded."""
-    with _readable(archive.name):
+    with readable(archive.name):
         if zipfile.is_zipfile(archive):
             yield from _iter_zip(archive, max_files, max_bytes, keep)
         else:
@@ -122,9 +122,9 @@ def iter_archive_files(
 
 def _zip_members(zf: zipfile.ZipFile, max_files: int, max_bytes: int) -> list[zipfile.ZipInfo]:
     """The files of a zip, after checking every name, type and declared size."""
-    budget, files = _Budget(max_files, max_bytes), []
+    budget, files = Budget(max_files, max_bytes), []
     for info in zf.infolist():
-        _check_name(info.filename)
+        check_name(info.filename)
         if (info.external_attr >> 16) & 0o170000 == 0o120000:
             raise DataError(f"archive member {info.filename!r} is a symbolic link")
         if info.flag_bits & 0x1:
@@ -138,9 +138,9 @@ def _zip_members(zf: zipfile.ZipFile, max_files: int, max_bytes: int) -> list[zi
 def _tar_members(tf: tarfile.TarFile, max_files: int, max_bytes: int) -> list[tarfile.TarInfo]:
     """The files of a tar, headers only, stopping at the first cap passed (a compressed
     tar is inflated to walk it, chunk by chunk, never kept)."""
-    budget, files = _Budget(max_files, max_bytes), []
+    budget, files = Budget(max_files, max_bytes), []
     for m in tf:
-        _check_name(m.name)
+        check_name(m.name)
         if m.issym() or m.islnk():
             raise DataError(f"archive member {m.name!r} is a link")
         if not (m.isfile() or m.isdir()):
@@ -157,8 +157,8 @@ def _iter_zip(
     with zipfile.ZipFile(archive) as zf:
         for info in _zip_members(zf, max_files, max_bytes):
             with zf.open(info) as fh:  # zipfile checks the CRC when the member ends
-                data = _read_member(fh, info.file_size, info.filename, keep)
-            yield _check_name(info.filename), data
+                data = read_member(fh, info.file_size, info.filename, keep)
+            yield check_name(info.filename), data
 
 
 def _iter_tar(
@@ -173,7 +173,7 @@ def _iter_tar(
             member = tf.extractfile(m)
             if member is None:
                 continue
-            yield _check_name(m.name), _read_member(member, m.size, m.name, keep)
+            yield check_name(m.name), read_member(member, m.size, m.name, keep)
 
 
 def check_archive(
@@ -186,7 +186,7 @@ def check_archive(
     regular files. verify=False checks names, types and declared sizes only (no
     member is inflated; a compressed tar is still walked)."""
     if not verify:
-        with _readable(archive.name):
+        with readable(archive.name):
             if zipfile.is_zipfile(archive):
                 with zipfile.ZipFile(archive) as zf:
                     return len(list(_zip_members(zf, max_files, max_bytes)))
@@ -226,14 +226,14 @@ def inspect_npz(
     by chunk, not kept, so that a bad CRC or a truncated file is found here, not in
     training."""
     shapes: dict[str, tuple[int, ...]] = {}
-    with _readable(path.name, "npz"):
+    with readable(path.name, "npz"):
         if not zipfile.is_zipfile(path):
             raise DataError(f"{path.name} is not an .npz (zip) file")
         with zipfile.ZipFile(path) as zf:
             infos = [i for i in zf.infolist() if not i.is_dir()]
             if len(infos) > 64:
                 raise DataError("the npz holds more than 64 arrays")
-            budget = _Budget(64, max_bytes)
+            budget = Budget(64, max_bytes)
             for info in infos:
                 if not info.filename.endswith(".npy"):
                     raise DataError(f"member {info.filename!r} of the npz is not a .npy array")
@@ -259,5 +259,5 @@ def inspect_npz(
                 shapes[name] = shape
             for info in infos if verify else []:
                 with zf.open(info) as fh:
-                    _read_member(fh, info.file_size, info.filename, keep=False)
+                    read_member(fh, info.file_size, info.filename, keep=False)
     return shapes

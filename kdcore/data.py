@@ -26,7 +26,7 @@ from kdcore.augment import center_crop
 from kdcore.errors import DataError
 from kdcore.image_sources import iter_image_folder, iter_webdataset
 from kdcore.registry import Registry
-from kdcore.spec import AugmentSpec, DatasetSpec, stored_side
+from kdcore.spec import AugmentSpec, DatasetSpec, JobSpec, stored_side
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -63,6 +63,7 @@ class DataSplits:
     mean: list[float]
     std: list[float]
     class_names: list[str] | None = None
+    streamed: bool = False  # the splits' x are kdcore.streaming.StreamedImages
 
 
 Loader = Callable[[DatasetSpec, int], RawData]
@@ -263,29 +264,51 @@ def _resize(x: Tensor, size: int | None) -> Tensor:
     return torch.cat(out)
 
 
+def split_rows(n: int, spec: DatasetSpec, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(train, val, test) rows of a set of `n` without its own test split: a random
+    order drawn by the seed, cut by the fractions (max_samples first)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    if spec.max_samples:
+        perm = perm[: spec.max_samples]
+    n_test = max(1, round(len(perm) * spec.test_fraction))
+    test_idx, rest = perm[:n_test], perm[n_test:]
+    n_val = round(len(rest) * spec.val_fraction)
+    return rest[n_val:], rest[:n_val], test_idx
+
+
 def load_dataset(
-    spec: DatasetSpec, seed: int, regression: bool = False, augment: AugmentSpec | None = None
+    spec: DatasetSpec,
+    seed: int,
+    regression: bool = False,
+    augment: AugmentSpec | None = None,
+    data_workers: int | None = None,
 ) -> DataSplits:
     """Decode, split (deterministic by seed), resize and normalise. With the imagenet
     preset (augment.preset), training images are kept at image_size / 0.875 for the
     trainer's random resized crops, and evaluation images resized so and center-cropped
-    to image_size."""
+    to image_size. An image set that would not fit `dataset.memory_budget_mb` decoded
+    (or `dataset.streaming: true`) is streamed instead (kdcore.streaming, decoded by
+    `data_workers` processes; default one per core)."""
+    from kdcore import streaming  # it builds on this module's splits
+
     crop = spec.image_size if augment is not None and augment.preset == "imagenet" else None
     if crop is not None:
         spec = spec.model_copy(update={"image_size": stored_side(crop)})
+    if streaming.should_stream(spec, spec.image_size or 32):
+        if regression:
+            raise DataError(
+                f"dataset {spec.name!r} has integer class labels, which does not fit the task"
+            )
+        return streaming.load_streamed(spec, seed, crop, data_workers)
     raw = DATASETS.get(spec.name)(spec, seed)
     if not torch.isfinite(raw.x).all():
         raise DataError("the inputs contain NaN or infinite values")
-    g = torch.Generator().manual_seed(seed)
     x, y = raw.x, raw.y
     if raw.test is None:
-        perm = torch.randperm(len(x), generator=g)
-        if spec.max_samples:
-            perm = perm[: spec.max_samples]
-        n_test = max(1, round(len(perm) * spec.test_fraction))
-        test_idx, rest = perm[:n_test], perm[n_test:]
+        train_idx, val_idx, test_idx = split_rows(len(x), spec, seed)
         test = (x[test_idx], y[test_idx])
     else:
+        g = torch.Generator().manual_seed(seed)
         rest = torch.randperm(len(x), generator=g)
         test = raw.test
         if spec.max_samples:
@@ -293,8 +316,8 @@ def load_dataset(
             # a quick run stays quick: the official test set is capped the same way
             keep = torch.randperm(len(test[0]), generator=g)[: spec.max_samples]
             test = (test[0][keep], test[1][keep])
-    n_val = round(len(rest) * spec.val_fraction)
-    val_idx, train_idx = rest[:n_val], rest[n_val:]
+        n_val = round(len(rest) * spec.val_fraction)
+        val_idx, train_idx = rest[:n_val], rest[n_val:]
     if len(train_idx) < 2:
         raise DataError("too few samples left to train on")
     train_x = _resize(x[train_idx], spec.image_size)
@@ -323,6 +346,17 @@ def load_dataset(
         mean=mean.flatten().tolist() if mean.ndim else [float(mean)],
         std=std.flatten().tolist() if std.ndim else [float(std)],
         class_names=raw.class_names,
+    )
+
+
+def load_job_data(spec: JobSpec) -> DataSplits:
+    """The data a job trains and is measured on."""
+    return load_dataset(
+        spec.dataset,
+        spec.training.seed,
+        spec.task == "regression",
+        spec.augment,
+        spec.training.data_workers,
     )
 
 

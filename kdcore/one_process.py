@@ -24,7 +24,7 @@ from torch import nn
 from kdcore.archives import MAX_UNPACKED_BYTES
 from kdcore.callbacks import Callbacks
 from kdcore.checkpoints import CheckpointError, atomic_write, load_checkpoint, load_weights
-from kdcore.data import DataSplits, load_dataset
+from kdcore.data import DataSplits, load_job_data
 from kdcore.errors import SpecError
 from kdcore.export import model_config, onnx_max_abs_error, save_student
 from kdcore.features import classifier_name
@@ -168,7 +168,7 @@ def run_local(
     """This process's part of a run: all of it, or one rank of a data-parallel run
     (the other ranks train and stop; rank 0 also writes the outputs)."""
     device = pick_device(spec.training.device)
-    data = load_dataset(spec.dataset, spec.training.seed, spec.task == "regression", spec.augment)
+    data = load_job_data(spec)
     torch.manual_seed(spec.training.seed)
     student, num_classes = build_role(spec.student, "student", data)
     teacher, members = build_teachers(spec, data)

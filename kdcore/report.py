@@ -16,6 +16,7 @@ from kdcore.models import count_parameters
 from kdcore.precision import predict, uses_bf16
 from kdcore.readiness import readiness
 from kdcore.spec import JobSpec, ModelSpec
+from kdcore.streaming import loading_report
 from kdcore.trainer import FitResult
 
 
@@ -99,6 +100,7 @@ def build_report(
             "val": len(data.val),
             "test": len(data.test),
             "input_shape": list(data.input_shape),
+            "loading": loading_report(data),
         },
         "epochs": spec.training.epochs,
         "steps": result.steps,

@@ -107,6 +107,18 @@ class DatasetSpec(_Strict):
         "training split's, e.g. ImageNet's [0.485, 0.456, 0.406] for a teacher trained so",
     )
     std: list[float] | None = Field(default=None, min_length=1, max_length=4)
+    streaming: bool | Literal["auto"] = Field(
+        default="auto",
+        description="imagefolder and webdataset sets: decode batches as they are needed "
+        "(true) or the whole set into memory once (false); auto streams when the decoded "
+        "set would pass memory_budget_mb",
+    )
+    memory_budget_mb: int = Field(
+        default=4096,
+        ge=1,
+        le=1 << 20,
+        description="auto streaming: the most a set may take decoded in memory (float32)",
+    )
 
     @model_validator(mode="after")
     def _fractions(self) -> DatasetSpec:
@@ -430,6 +442,18 @@ class TrainingSpec(_Strict):
         default="auto",
         description="NHWC tensors for the models and batches; auto: on for image inputs "
         "(oneDNN and cuDNN convolutions run faster in it, fp32 included)",
+    )
+    data_workers: int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="streamed datasets: decoding processes; default one per core (at most "
+        "8), 0 decodes in the training process",
+    )
+    decode: Literal["auto", "workers", "device"] = Field(
+        default="auto",
+        description="streamed datasets: where JPEGs are decoded; device: on the training "
+        "device (nvJPEG on CUDA), auto: device on CUDA, else the workers",
     )
     compile: bool = Field(
         default=False,

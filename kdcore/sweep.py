@@ -29,7 +29,7 @@ from typing import Any
 
 from kdcore.callbacks import Callbacks, Progress
 from kdcore.checkpoints import atomic_write
-from kdcore.data import DataSplits, load_dataset
+from kdcore.data import DataSplits, load_job_data
 from kdcore.errors import CheckpointError, SpecError
 from kdcore.models import count_parameters
 from kdcore.one_process import (
@@ -126,7 +126,7 @@ def run_sweep(
     assert spec.sweep is not None
     configs = configurations(spec)
     plan = rungs(spec, len(configs))
-    data = load_dataset(spec.dataset, spec.training.seed, spec.task == "regression", spec.augment)
+    data = load_job_data(spec)
     metric = spec.sweep.metric or ("mse" if spec.task == "regression" else "accuracy")
     sweep = _Sweep(
         spec,
@@ -371,9 +371,7 @@ def _finish(sweep: _Sweep) -> dict[str, Any]:
     if spec.baseline and spec.kind == "distill":
         device = pick_device(spec.training.device)
         kd = {sweep.metric: report["student"][sweep.metric]}
-        data = load_dataset(
-            trial.dataset, trial.training.seed, trial.task == "regression", trial.augment
-        )
+        data = load_job_data(trial)
         report["baseline"], report["kd_gain"] = train_baseline(
             trial, data, device, kd, sweep.callbacks
         )

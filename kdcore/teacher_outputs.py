@@ -21,6 +21,7 @@ from kdcore.features import FeatureTap
 from kdcore.losses import DistillLoss
 from kdcore.precision import predict, uses_bf16
 from kdcore.spec import JobSpec
+from kdcore.streaming import input_digest
 from kdcore.teacher_cache import (
     EpochLabels,
     TeacherStore,
@@ -29,7 +30,6 @@ from kdcore.teacher_cache import (
     expand,
     model_digest,
     soft_label_k,
-    tensor_digest,
 )
 
 
@@ -152,7 +152,7 @@ class TeacherOutputs:
                 if self.forward
                 else None
             ),
-            "x": tensor_digest(train.x),
+            "x": input_digest(train.x),
             "classes": classes,
             "k": k,
             # T shapes the stored values only through the rest's value (k < classes)
@@ -199,7 +199,7 @@ class TeacherOutputs:
 
     def __call__(self, x: Tensor, idx: Tensor, epoch: int, i: int) -> tuple[Tensor, list[Tensor]]:
         if self.cache is not None:
-            return self.cache[idx], []
+            return self.cache[idx.to(self.cache.device)], []
         labels = self._labels(epoch) if self.store is not None else None
         if labels is not None:
             stored = labels.get(i)

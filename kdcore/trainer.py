@@ -9,9 +9,10 @@ is saved in each checkpoint. That is what makes resume bit-exact.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from kdcore.optim import build_optimizer, lr_at, set_lr
 from kdcore.precision import autocast_for, predict
 from kdcore.selection import BestEpoch
 from kdcore.spec import JobSpec
+from kdcore.streaming import StreamedImages
 from kdcore.teacher_outputs import Batching, TeacherOutputs
 
 CHECKPOINT_VERSION = 1
@@ -247,7 +249,11 @@ def _setup(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     student.to(device).to(memory_format=memory_format)
     train = data.train
-    if train.x.element_size() * train.x.nelement() < ON_DEVICE_LIMIT_BYTES:
+    if isinstance(train.x, StreamedImages):  # decoded batch by batch (kdcore.streaming)
+        train.x.decode_on_device = tr.decode == "device" or (
+            tr.decode == "auto" and device.type == "cuda"
+        )
+    elif train.x.element_size() * train.x.nelement() < ON_DEVICE_LIMIT_BYTES:
         train = train.to(device)
     batching = _batching(tr.batch_size, len(train), data.num_classes)
     world, rank = batching.world, batching.rank
@@ -377,13 +383,31 @@ def _save(run: _Run, result: FitResult, clock: _Clock, name: str, epoch: int, st
         prune_checkpoints(run.checkpoint_dir, run.keep_checkpoints, protect)
 
 
-def _train_step(run: _Run, order: Tensor, i: int, step: int) -> tuple[dict[str, Tensor], int]:
-    """One optimizer step on batch `i` of the epoch's order; returns the loss terms and
-    the batch size taken by this rank."""
+def _epoch_batches(
+    run: _Run, order: Tensor, start: int
+) -> Generator[tuple[int, Tensor, Tensor], None, None]:
+    """(i, positions in the split, inputs on the device) for batches `start`.. of the
+    epoch's order: sliced from the split in memory, or decoded ahead by the streaming
+    path's workers, uint8 until on the device (a resumed epoch reads nothing twice)."""
+    steps = range(start, run.steps_per_epoch)
+    firsts = [(i * run.world + run.rank) * run.batch_size for i in steps]
+    positions = [order[f : f + run.batch_size] for f in firsts]
+    images = run.train.x
+    if isinstance(images, StreamedImages):
+        for i, idx, u8 in zip(steps, positions, images.batches(positions, run.device), strict=True):
+            yield i, idx, images.normalise(u8)
+        return
+    for i, idx in zip(steps, positions, strict=True):
+        yield i, idx, images[idx].to(run.device, non_blocking=True)
+
+
+def _train_step(
+    run: _Run, idx: Tensor, x: Tensor, i: int, step: int
+) -> tuple[dict[str, Tensor], int]:
+    """One optimizer step on batch `i` of the epoch (its samples `idx`, inputs `x`);
+    returns the loss terms and the batch size taken by this rank."""
     spec, tr = run.spec, run.spec.training
-    first = (i * run.world + run.rank) * run.batch_size
-    idx = order[first : first + run.batch_size]
-    x, y = run.train.x[idx].to(run.device, non_blocking=True), run.train.y[idx].to(run.device)
+    y = run.train.y[idx.to(run.train.y.device)].to(run.device)
     if spec.augment.enabled and x.ndim == 4:
         gen = torch.Generator().manual_seed(tr.seed * 7_368_787 + step)
         x = augment_batch(x, spec.augment, gen, spec.dataset.image_size)
@@ -423,26 +447,28 @@ def _train_epoch(
     loss_sums: dict[str, float] = {}
     if run.loss_fn is not None:
         run.loss_fn.set_epoch(epoch + 1)  # the warmup ramp counts epochs from 1
-    for i in range(step % run.steps_per_epoch, run.steps_per_epoch):
-        if _stop_everywhere(run.cb, run.world, step, run.log_every, run.device):
-            result.train_time_s += time.perf_counter() - clock.start
-            _save(run, result, clock, f"interrupted-step{step}.pt", epoch + 1, step)
-            raise Cancelled(f"stopped at step {step}")
-        terms, taken = _train_step(run, order, i, step)
-        step += 1
-        images += taken * run.world  # the global batch: every rank took one
-        clock.window_images += taken * run.world
-        if step % run.log_every == 0 or i == run.steps_per_epoch - 1:
-            losses = {k: v.item() for k, v in terms.items()}  # syncs the device
-            if not math.isfinite(losses["loss"]):
-                raise FloatingPointError(
-                    f"the loss became {losses['loss']} at step {step}; lower the learning rate"
-                )
-            run.cb.on_step(_progress(run, result, clock, epoch + 1, step, losses))
-            for k, v in losses.items():
-                loss_sums[k] = loss_sums.get(k, 0.0) + v
-            loss_reads += 1
-            clock.new_window()
+    batches = contextlib.closing(_epoch_batches(run, order, step % run.steps_per_epoch))
+    with batches as ahead:  # a stop leaves here: the streaming workers end with it
+        for i, idx, x in ahead:
+            if _stop_everywhere(run.cb, run.world, step, run.log_every, run.device):
+                result.train_time_s += time.perf_counter() - clock.start
+                _save(run, result, clock, f"interrupted-step{step}.pt", epoch + 1, step)
+                raise Cancelled(f"stopped at step {step}")
+            terms, taken = _train_step(run, idx, x, i, step)
+            step += 1
+            images += taken * run.world  # the global batch: every rank took one
+            clock.window_images += taken * run.world
+            if step % run.log_every == 0 or i == run.steps_per_epoch - 1:
+                losses = {k: v.item() for k, v in terms.items()}  # syncs the device
+                if not math.isfinite(losses["loss"]):
+                    raise FloatingPointError(
+                        f"the loss became {losses['loss']} at step {step}; lower the learning rate"
+                    )
+                run.cb.on_step(_progress(run, result, clock, epoch + 1, step, losses))
+                for k, v in losses.items():
+                    loss_sums[k] = loss_sums.get(k, 0.0) + v
+                loss_reads += 1
+                clock.new_window()
     if run.teacher_out is not None:
         run.teacher_out.end_epoch()  # a whole epoch's crop soft labels go to the store
     return step, images, {k: v / max(1, loss_reads) for k, v in loss_sums.items()}
