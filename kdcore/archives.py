@@ -135,11 +135,13 @@ def _zip_members(zf: zipfile.ZipFile, max_files: int, max_bytes: int) -> list[zi
     return files
 
 
-def _tar_members(tf: tarfile.TarFile, max_files: int, max_bytes: int) -> list[tarfile.TarInfo]:
+def _tar_members(tf: tarfile.TarFile, max_files: int, max_bytes: int) -> Iterator[tarfile.TarInfo]:
     """The files of a tar, headers only, stopping at the first cap passed (a compressed
-    tar is inflated to walk it, chunk by chunk, never kept)."""
-    budget, files = Budget(max_files, max_bytes), []
-    for m in tf:
+    tar is inflated to walk it, chunk by chunk, never kept). The TarFile's own list of
+    members is emptied as it goes: a million headers are not held at once."""
+    budget = Budget(max_files, max_bytes)
+    while (m := tf.next()) is not None:
+        tf.members.clear()  # type: ignore[attr-defined]
         check_name(m.name)
         if m.issym() or m.islnk():
             raise DataError(f"archive member {m.name!r} is a link")
@@ -147,8 +149,14 @@ def _tar_members(tf: tarfile.TarFile, max_files: int, max_bytes: int) -> list[ta
             raise DataError(f"archive member {m.name!r} is not a regular file")
         if m.isfile():
             budget.add(m.size)
-            files.append(m)
-    return files
+            yield m
+
+
+def archive_cap(path: Path, floor: int) -> int:
+    """The unpacked bytes an archive may hold: `floor`, or twice its own size if more. A
+    plain tar or a zip of JPEGs unpacks to about its size (a 20 GB set streamed from
+    disk is no bomb); a bomb inflates far more."""
+    return max(floor, 2 * path.stat().st_size)
 
 
 def _iter_zip(
@@ -169,7 +177,10 @@ def _iter_tar(
     except tarfile.TarError:
         raise DataError(f"{archive.name} is neither a zip nor a tar archive") from None
     with tf:
-        for m in _tar_members(tf, max_files, max_bytes):
+        # to keep members, every cap is checked on the headers first; to check them
+        # only, one pass (a set of a million images is not held as headers)
+        members = list(_tar_members(tf, max_files, max_bytes)) if keep else None
+        for m in members if members is not None else _tar_members(tf, max_files, max_bytes):
             member = tf.extractfile(m)
             if member is None:
                 continue
@@ -191,7 +202,7 @@ def check_archive(
                 with zipfile.ZipFile(archive) as zf:
                     return len(list(_zip_members(zf, max_files, max_bytes)))
             with tarfile.open(archive) as tf:
-                return len(_tar_members(tf, max_files, max_bytes))
+                return sum(1 for _ in _tar_members(tf, max_files, max_bytes))
     return sum(1 for _ in iter_archive_files(archive, max_files, max_bytes, keep=False))
 
 

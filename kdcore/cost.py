@@ -46,8 +46,9 @@ class DatasetSize:
 def dataset_size(spec: DatasetSpec, max_archive_bytes: int) -> DatasetSize | None:
     """Samples and input shape after resizing, from metadata only; None if unknown.
     max_samples does not shrink it: the whole dataset is decoded before sampling."""
-    from kdcore.archives import check_archive, inspect_npz
+    from kdcore.archives import archive_cap, check_archive, inspect_npz
     from kdcore.image_sources import count_images
+    from kdcore.records import MAX_RECORDS
 
     side = spec.image_size
     shape: tuple[int, ...]
@@ -69,7 +70,9 @@ def dataset_size(spec: DatasetSpec, max_archive_bytes: int) -> DatasetSize | Non
             rest = (rest[0], side, side)
         shape, classes = rest or (1,), 0
     elif spec.name == "imagefolder" and spec.path and not Path(spec.path).is_dir():
-        n = check_archive(Path(spec.path), max_bytes=max_archive_bytes, verify=False)
+        path = Path(spec.path)
+        cap = archive_cap(path, max_archive_bytes)  # as the upload was checked
+        n = check_archive(path, max_files=MAX_RECORDS, max_bytes=cap, verify=False)
         shape, classes = (IMAGEFOLDER_CHANNELS, side or 32, side or 32), 0
     elif spec.name in ("imagefolder", "webdataset") and spec.path:
         n = count_images(Path(spec.path), webdataset=spec.name == "webdataset")
@@ -153,14 +156,15 @@ def _check_one(spec: JobSpec, limits: Limits) -> list[tuple[str, str]]:
     if spec.augment.preset == "imagenet" and len(data.input_shape) == 3:
         side = stored_side(data.input_shape[-1])
         kept = DatasetSize(data.samples, (data.input_shape[0], side, side), data.classes)
-    if kept.bytes > limits.max_dataset_bytes:
+    if kept.bytes > limits.max_dataset_bytes and not spec.dataset.streams(kept.bytes):
         problems.append(
             (
                 "/dataset",
                 f"the dataset decodes to about {kept.bytes / 1024**3:.2f} GiB "
                 f"({kept.samples} x {list(kept.input_shape)} float32), over the limit of "
                 f"{limits.max_dataset_bytes / 1024**3:.2f} GiB; use max_samples, a smaller "
-                "image_size or fewer samples",
+                "image_size or fewer samples (imagefolder and webdataset sets stream: "
+                "dataset.streaming)",
             )
         )
     batch = spec.training.batch_size

@@ -1,6 +1,7 @@
-"""Datasets (a registry). Every dataset is decoded once into tensors; the trainer
-then slices batches out of them (on the training device when they fit), so there is
-no per-epoch decoding and no DataLoader worker overhead for small data.
+"""Datasets (a registry). A set is decoded once into tensors; the trainer then slices
+batches out of them (on the training device when they fit), so there is no per-epoch
+decoding and no DataLoader worker overhead for small data. An image set too large for
+that (dataset.memory_budget_mb) is streamed instead (kdcore.streaming).
 
 A loader returns a `RawData` (all samples, plus an optional predefined test split);
 `load_dataset` resizes, splits deterministically by seed and normalises with the
@@ -21,12 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdcore import streaming
 from kdcore.archives import inspect_npz
 from kdcore.augment import center_crop
 from kdcore.errors import DataError
 from kdcore.image_sources import iter_image_folder, iter_webdataset
 from kdcore.registry import Registry
 from kdcore.spec import AugmentSpec, DatasetSpec, JobSpec, stored_side
+from kdcore.splits import DataSplits, Split, split_rows
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -38,32 +41,6 @@ class RawData:
     num_classes: int  # output width (number of targets for regression)
     test: tuple[Tensor, Tensor] | None = None
     class_names: list[str] | None = None
-
-
-@dataclass
-class Split:
-    x: Tensor
-    y: Tensor
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-    def to(self, device: torch.device | str) -> Split:
-        return Split(self.x.to(device), self.y.to(device))
-
-
-@dataclass
-class DataSplits:
-    train: Split
-    val: Split
-    test: Split
-    num_classes: int
-    input_shape: tuple[int, ...]
-    regression: bool
-    mean: list[float]
-    std: list[float]
-    class_names: list[str] | None = None
-    streamed: bool = False  # the splits' x are kdcore.streaming.StreamedImages
 
 
 Loader = Callable[[DatasetSpec, int], RawData]
@@ -264,18 +241,6 @@ def _resize(x: Tensor, size: int | None) -> Tensor:
     return torch.cat(out)
 
 
-def split_rows(n: int, spec: DatasetSpec, seed: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(train, val, test) rows of a set of `n` without its own test split: a random
-    order drawn by the seed, cut by the fractions (max_samples first)."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    if spec.max_samples:
-        perm = perm[: spec.max_samples]
-    n_test = max(1, round(len(perm) * spec.test_fraction))
-    test_idx, rest = perm[:n_test], perm[n_test:]
-    n_val = round(len(rest) * spec.val_fraction)
-    return rest[n_val:], rest[:n_val], test_idx
-
-
 def load_dataset(
     spec: DatasetSpec,
     seed: int,
@@ -289,8 +254,6 @@ def load_dataset(
     to image_size. An image set that would not fit `dataset.memory_budget_mb` decoded
     (or `dataset.streaming: true`) is streamed instead (kdcore.streaming, decoded by
     `data_workers` processes; default one per core)."""
-    from kdcore import streaming  # it builds on this module's splits
-
     crop = spec.image_size if augment is not None and augment.preset == "imagenet" else None
     if crop is not None:
         spec = spec.model_copy(update={"image_size": stored_side(crop)})

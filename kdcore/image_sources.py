@@ -15,6 +15,7 @@ from kdcore.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SHARD_SUFFIX = ".tar"
+MAX_STREAMED = 10_000_000  # images of a set counted for streaming (kdcore.records)
 
 
 def iter_folder_files(
@@ -85,11 +86,16 @@ def count_images(path: Path, webdataset: bool) -> int:
     job before it runs (kdcore.cost)."""
     import tarfile
 
-    from kdcore.archives import check_archive
+    from kdcore.archives import archive_cap, check_archive
 
     if not webdataset:
         if not path.is_dir():
-            return check_archive(path, verify=False)
+            return check_archive(
+                path,
+                max_files=MAX_STREAMED,
+                max_bytes=archive_cap(path, MAX_UNPACKED_BYTES),
+                verify=False,
+            )
         return sum(
             1
             for folder, _, names in os.walk(path, followlinks=False)

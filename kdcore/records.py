@@ -21,9 +21,9 @@ import numpy as np
 
 from kdcore.archives import Budget, check_name, read_member, readable
 from kdcore.errors import DataError
-from kdcore.image_sources import IMAGE_SUFFIXES, shard_files
+from kdcore.image_sources import IMAGE_SUFFIXES, MAX_STREAMED, shard_files
 
-MAX_RECORDS = 10_000_000
+MAX_RECORDS = MAX_STREAMED
 MAX_STREAM_BYTES = 16 * 1024**4  # on disk, never in memory at once
 MAX_IMAGE_BYTES = 64 * 1024**2  # one encoded image
 WEBDATASET_IMAGES = ("jpg", "jpeg", "png", "webp")

@@ -74,6 +74,9 @@ class TeacherSpec(ModelSpec):
 MAX_TEACHERS = 8
 
 
+STREAMABLE_DATASETS = frozenset({"imagefolder", "webdataset"})  # kdcore.streaming
+
+
 class DatasetSpec(_Strict):
     name: str = Field(
         validation_alias=AliasChoices("name", "builtin"),
@@ -119,6 +122,13 @@ class DatasetSpec(_Strict):
         le=1 << 20,
         description="auto streaming: the most a set may take decoded in memory (float32)",
     )
+
+    def streams(self, decoded_bytes: int) -> bool:
+        """Whether this set is streamed (kdcore.streaming) when it would take
+        `decoded_bytes` decoded in memory: forced by `streaming`, else by the budget."""
+        if self.name not in STREAMABLE_DATASETS or self.streaming is False:
+            return False
+        return self.streaming is True or decoded_bytes > self.memory_budget_mb * 1024**2
 
     @model_validator(mode="after")
     def _fractions(self) -> DatasetSpec:

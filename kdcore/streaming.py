@@ -30,13 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdcore.augment import center_crop
-from kdcore.data import DataSplits, Split, split_rows
 from kdcore.errors import DataError
 from kdcore.image_sources import count_images
 from kdcore.records import RecordReader, Records, index_image_folder, index_webdataset
-from kdcore.spec import DatasetSpec
+from kdcore.spec import STREAMABLE_DATASETS, DatasetSpec
+from kdcore.splits import DataSplits, Split, split_rows
 
-STREAMABLE = frozenset({"imagefolder", "webdataset"})
 STATS_SAMPLES = 1024  # images the training split's mean and std are estimated from
 CHANNEL_PROBE = 16  # images looked at to tell a grayscale set from a colour one
 PREFETCH_BATCHES = 4  # per worker
@@ -61,20 +60,18 @@ def decoded_bytes(count: int, side: int, channels: int = 3) -> int:
 def should_stream(spec: DatasetSpec, side: int) -> bool:
     """`dataset.streaming`: true and false force a path; auto streams when the decoded
     set would pass `dataset.memory_budget_mb` (counted from names, nothing decoded)."""
-    if spec.streaming is False:
-        return False
-    if spec.name not in STREAMABLE:
+    if spec.name not in STREAMABLE_DATASETS:
         if spec.streaming is True:
             raise DataError(
                 f"dataset {spec.name!r} is decoded into memory; streaming reads "
-                f"{' and '.join(sorted(STREAMABLE))} sets"
+                f"{' and '.join(sorted(STREAMABLE_DATASETS))} sets"
             )
         return False
-    if spec.streaming is True:
-        return True
+    if spec.streaming != "auto":
+        return spec.streaming
     assert spec.path is not None
     count = count_images(Path(spec.path), spec.name == "webdataset")
-    return decoded_bytes(count, side) > spec.memory_budget_mb * 1024**2
+    return spec.streams(decoded_bytes(count, side))
 
 
 def decode_resized(content: bytes, name: str, side: int, channels: int) -> Tensor:

@@ -24,9 +24,10 @@ PURPOSES = ("checkpoint", "dataset")
 def check_content(path: Path, filename: str, purpose: str, settings: Settings) -> None:
     """Refuse files kdcore could not use safely, with the reason. Nothing is unpickled,
     nothing is inflated into memory, and no message quotes the file's bytes."""
-    from kdcore.archives import check_archive, inspect_npz
+    from kdcore.archives import archive_cap, check_archive, inspect_npz
     from kdcore.data import check_npz_arrays
     from kdcore.errors import KDError
+    from kdcore.records import MAX_RECORDS
 
     try:
         if purpose == "checkpoint":
@@ -34,7 +35,10 @@ def check_content(path: Path, filename: str, purpose: str, settings: Settings) -
         elif filename.endswith(".npz"):
             check_npz_arrays(inspect_npz(path, settings.max_archive_unpacked_bytes))
         else:
-            check_archive(path, max_bytes=settings.max_archive_unpacked_bytes)
+            # a set streamed from disk may be large (kdcore.streaming): a tar of up to
+            # 10 million images, unpacking to no more than about its own size
+            cap = archive_cap(path, settings.max_archive_unpacked_bytes)
+            check_archive(path, max_files=MAX_RECORDS, max_bytes=cap)
     except KDError as exc:
         message = str(exc).replace(path.name, filename)  # never show our temp file's name
         raise Invalid([("/file", message)], message) from None

@@ -47,6 +47,7 @@ def validate_spec(
         spec = parse_spec(data)
     except SpecError as exc:
         return None, exc.errors, []
+    spec = _memory_budget(settings, spec)
     errors = _file_errors(session, settings, tenant_id, spec) + _service_errors(settings, spec)
     if not errors:
         errors += check_cost(session, settings, tenant_id, spec)
@@ -80,9 +81,30 @@ def _file_errors(
     return errors
 
 
+def _memory_budget(settings: Settings, spec: Any) -> Any:
+    """A set's in-memory budget (dataset.memory_budget_mb, past which it streams) is at
+    most the service's limit on a dataset in memory: the default is lowered to it."""
+    limit = settings.max_dataset_bytes // 1024**2
+    ds = spec.dataset
+    if "memory_budget_mb" in ds.model_fields_set or ds.memory_budget_mb <= limit:
+        return spec
+    dataset = ds.model_copy(update={"memory_budget_mb": max(1, limit)})
+    return spec.model_copy(update={"dataset": dataset})
+
+
 def _service_errors(settings: Settings, spec: Any) -> list[tuple[str, str]]:
-    """The webhook URL passes the egress policy; some executor runs the job's queue."""
+    """The webhook URL passes the egress policy; some executor runs the job's queue; a
+    dataset's memory budget is within the service's limit."""
     errors = []
+    if spec.dataset.memory_budget_mb * 1024**2 > settings.max_dataset_bytes:
+        limit = settings.max_dataset_bytes // 1024**2
+        errors.append(
+            (
+                "/dataset/memory_budget_mb",
+                f"over this service's limit of {limit} MiB for a dataset in memory; a larger "
+                "set streams (dataset.streaming)",
+            )
+        )
     if spec.webhook_url is not None:
         try:
             resolve(spec.webhook_url, AllowList.parse(settings.webhook_allow))

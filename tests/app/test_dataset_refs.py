@@ -80,6 +80,39 @@ def test_webdataset_shards_stream_from_s3_into_the_cache_and_train(tmp_path, sha
         gen.close()
 
 
+def test_webdataset_shards_from_s3_train_on_the_streaming_path(tmp_path, shards_in_s3):
+    gen = _api(tmp_path, shards_in_s3)
+    api = next(gen)
+    try:
+        _rename_tenant(api, "tenant-a")
+        job = _job(f"s3://{DATA_BUCKET}/tenant-a/pets/")
+        job["dataset"]["streaming"] = True
+        job["training"]["data_workers"] = 2
+        created = api.post("/v1/jobs", json=job)
+        assert created.status_code == 201, created.text
+        assert claim_and_run(api.settings, created.json()["id"]) == "succeeded"
+        report = api.get(f"/v1/jobs/{created.json()['id']}").json()["report"]
+        loading = report["dataset"]["loading"]
+        assert loading["path"] == "streaming" and loading["images"] == 60
+        assert loading["data_workers"] == 2
+    finally:
+        gen.close()
+
+
+def test_a_memory_budget_over_the_services_limit_is_refused(tmp_path, shards_in_s3):
+    gen = _api(tmp_path, shards_in_s3, max_dataset_bytes=64 * 1024**2)
+    api = next(gen)
+    try:
+        _rename_tenant(api, "tenant-a")
+        job = _job(f"s3://{DATA_BUCKET}/tenant-a/pets/")
+        job["dataset"]["memory_budget_mb"] = 65
+        refused = api.post("/v1/jobs", json=job)
+        assert refused.status_code == 422
+        assert refused.json()["errors"][0]["loc"] == "/dataset/memory_budget_mb"
+    finally:
+        gen.close()
+
+
 @pytest.mark.parametrize(
     ("path", "words"),
     [
