@@ -156,6 +156,9 @@ class StreamedImages:
         self.mean, self.std = stats
         self.crop, self.workers = crop, workers
         self.decode_on_device = False  # set by the trainer: `training.decode`
+        self._plan: list[Tensor] = []  # the batches of the pass under way
+        self._loader: torch.utils.data.DataLoader | None = None
+        self._loader_key: tuple[bool, bool] | None = None
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
@@ -184,17 +187,23 @@ class StreamedImages:
 
     def batches(self, positions: Sequence[Tensor], device: torch.device) -> Iterator[Tensor]:
         """uint8 batches on `device` for these lists of positions, in order, decoded by
-        `workers` processes up to 4 batches each ahead (pinned memory on CUDA)."""
+        `workers` processes up to 4 batches each ahead (pinned memory on CUDA). The
+        workers live as long as this split: each epoch hands them its own plan."""
         raw = self.decode_on_device
-        loader = torch.utils.data.DataLoader(
-            _Decoder(self.records, self.side, self.channels, raw),
-            batch_size=None,
-            sampler=[self.rows[p.cpu()] for p in positions],
-            num_workers=self.workers,
-            pin_memory=device.type == "cuda" and not raw,
-            prefetch_factor=PREFETCH_BATCHES if self.workers else None,
-        )
-        for batch in loader:
+        self._plan[:] = [self.rows[p.cpu()] for p in positions]
+        key = (raw, device.type == "cuda")
+        if self._loader is None or self._loader_key != key:
+            self._loader_key = key
+            self._loader = torch.utils.data.DataLoader(
+                _Decoder(self.records, self.side, self.channels, raw),
+                batch_size=None,
+                sampler=self._plan,  # read in this process at each new pass
+                num_workers=self.workers,
+                pin_memory=key[1] and not raw,
+                prefetch_factor=PREFETCH_BATCHES if self.workers else None,
+                persistent_workers=self.workers > 0,
+            )
+        for batch in self._loader:
             if raw:
                 yield decode_on_device(batch, self.side, self.channels, device)
             else:
