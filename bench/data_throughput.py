@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from kdcore.augment import augment_batch
+from kdcore.run import run as train_or_distill
 from kdcore.run import train
 from kdcore.spec import AugmentSpec, stored_side
 from kdcore.streaming import decode_resized
@@ -90,12 +91,49 @@ def training_rate(path: Path, student: str, streaming: bool, epochs: int, worker
     return statistics.median(h["images_per_s"] for h in report["history"][1:])
 
 
+def distill_rate(path: Path, side: int, epochs: int, loading: str, device: str) -> float:
+    """(c): images/s of resnet50 -> resnet18 at `side` px, the set `loading` in memory,
+    or streamed with JPEGs decoded by the workers or on the device."""
+    spec = {
+        "kind": "distill",
+        "teacher": {"arch": "resnet50"},
+        "student": {"arch": "resnet18"},
+        "dataset": {"name": "imagefolder", "path": str(path), "image_size": side},
+        "augment": {"preset": "imagenet"},
+        "training": {"epochs": epochs, "batch_size": 128, "device": device},
+        "export": [],
+    }
+    spec["dataset"]["streaming"] = loading != "memory"
+    spec["training"]["decode"] = "device" if loading == "device" else "workers"
+    with tempfile.TemporaryDirectory() as out:
+        report = train_or_distill(spec, out)
+    return statistics.median(h["images_per_s"] for h in report["history"][1:])
+
+
+def gpu_loader(path: Path, args: argparse.Namespace) -> None:
+    side = 64 if args.smoke else 224
+    print(f"\n(c) resnet50 -> resnet18 at {side} px on {args.device} (images/s)")
+    memory = distill_rate(path, side, args.epochs, "memory", args.device)
+    print(f"  in {args.device} memory: {memory:8.1f}")
+    for loading in ("device", "workers"):
+        rate = distill_rate(path, side, args.epochs, loading, args.device)
+        print(f"  streamed, decoded on the {loading}: {rate:8.1f} ({rate / memory:.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
+    if args.device is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "photos.tar"
+            write_set(path, 96 if args.smoke else args.images)
+            gpu_loader(path, args)
+        return
     cores = len(os.sched_getaffinity(0))
     print(f"torch {torch.__version__}, {cores} cores")
     with tempfile.TemporaryDirectory() as tmp:

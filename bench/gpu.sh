@@ -3,7 +3,8 @@
 #   bench/gpu.sh            on a CUDA machine (an H200 run takes under 5 minutes)
 #   bench/gpu.sh --smoke    a few steps on the CPU (the test suite runs this)
 # On a CUDA machine it then runs bench/peer_compare.py --device cuda: kdcore beside
-# torchdistill on the GPU. The peer's virtualenv (.bench/torchdistill) is made from PyPI
+# torchdistill on the GPU, and bench/data_throughput.py --device cuda: the streaming
+# loader beside the set in GPU memory. The peer's virtualenv (.bench/torchdistill) is made from PyPI
 # on first use; a machine without an index needs it carried over (it is small: it uses
 # this environment's torch).
 set -euo pipefail
@@ -14,5 +15,6 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)"
 "$PY" bench/gpu_throughput.py "$@"
 case " $* " in
   *" --smoke "*) ;;
-  *) "$PY" bench/peer_compare.py --device cuda --no-levers ;;
+  *) "$PY" bench/peer_compare.py --device cuda --no-levers
+     "$PY" bench/data_throughput.py --device cuda ;;
 esac
