@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdcore.spec import DatasetSpec, JobSpec, ModelSpec, stored_side
+from kdcore.spec import TEXT_TASKS, DatasetSpec, JobSpec, ModelSpec, stored_side
 
 BYTES_PER_VALUE = 4  # float32
 IMAGEFOLDER_CHANNELS = 3  # the decoder makes RGB unless every image is grayscale
@@ -117,6 +117,10 @@ def model_cost(model: ModelSpec, classes: int, input_shape: tuple[int, ...]) -> 
 def check_limits(spec: JobSpec, limits: Limits) -> list[tuple[str, str]]:
     """(pointer, message) for each limit the job would pass; empty if it fits. A sweep
     is checked trial by trial: a swept architecture or batch size must fit too."""
+    if spec.task in TEXT_TASKS:  # language models: sized from their configs
+        from kdcore.text.cost import text_limits
+
+        return text_limits(spec, limits.max_model_params, limits.max_activation_bytes)
     problems = _check_one(spec, limits)
     if spec.sweep is None or problems:
         return problems

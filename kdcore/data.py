@@ -47,7 +47,7 @@ Loader = Callable[[DatasetSpec, int], RawData]
 DATASETS: Registry[Loader] = Registry("dataset")
 # datasets read from a file the user gives (dataset.path; an uploaded file id in the
 # service); the others are built in and take no file in the service
-FILE_DATASETS = frozenset({"imagefolder", "npz", "webdataset"})
+FILE_DATASETS = frozenset({"imagefolder", "npz", "webdataset", "text"})  # text: kdcore.text
 
 
 def needs_path(name: str) -> bool:

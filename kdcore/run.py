@@ -16,7 +16,7 @@ from kdcore.callbacks import Callbacks
 from kdcore.distributed import run_parallel
 from kdcore.errors import SpecError
 from kdcore.one_process import run_local
-from kdcore.spec import JobSpec
+from kdcore.spec import TEXT_TASKS, JobSpec
 from kdcore.sweep import run_sweep
 from kdcore.validate import parse_spec
 
@@ -36,6 +36,10 @@ def run(
     teacher's outputs are kept for later jobs (kdcore.teacher_cache); None: none kept."""
     spec = spec if isinstance(spec, JobSpec) else parse_spec(spec)
     cache = Path(teacher_cache) if teacher_cache is not None else None
+    if spec.task in TEXT_TASKS:  # language models and text classifiers
+        from kdcore.text.run import run_text
+
+        return run_text(spec, Path(out_dir), callbacks, resume_from)
     if spec.sweep is not None:  # several trainings, the best kept (gpus is 1: validated)
         return run_sweep(spec, Path(out_dir), callbacks, resume_from, keep_checkpoints, cache)
     if spec.resources.gpus > 1 and not torch.distributed.is_initialized():

@@ -58,6 +58,12 @@ class ModelSpec(_Strict):
         description="student: load `checkpoint` except the classifier head (the last "
         "Linear), which starts fresh, e.g. for ImageNet weights on another class count",
     )
+    init_from_teacher: bool = Field(
+        default=False,
+        description="language models: the student starts from the teacher's embeddings, "
+        "final norm and head and an evenly spaced subset of its layers (DistilBERT's "
+        "initialisation); the widths must match",
+    )
 
     @property
     def label(self) -> str:
@@ -110,6 +116,16 @@ class DatasetSpec(_Strict):
         "training split's, e.g. ImageNet's [0.485, 0.456, 0.406] for a teacher trained so",
     )
     std: list[float] | None = Field(default=None, min_length=1, max_length=4)
+    # text (task causal_lm or text_classification)
+    seq_len: int = Field(
+        default=128, ge=8, le=8192, description="text: tokens per training sequence"
+    )
+    tokenizer: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="text: a tokenizer.json (the tokenizers library's format); default the "
+        "teacher's folder's, else the student's, else bytes (257 tokens)",
+    )
     streaming: bool | Literal["auto"] = Field(
         default="auto",
         description="imagefolder and webdataset sets: decode batches as they are needed "
@@ -213,6 +229,13 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
         "crd_momentum": 0.5,
     },
     "mse": {"kd_weight": 0.9},
+    # language models (kdcore.text): the divergence at T 1 mixed half and half with the
+    # data's cross-entropy (DistillKit's alpha 0.5): from a student trained from scratch
+    # reverse KL and JSD alone stall (docs/language-models.md has the figures)
+    "forward_kl": {"temperature": 1.0, "ce_weight": 0.5, "kd_weight": 0.5},
+    "reverse_kl": {"temperature": 1.0, "ce_weight": 0.5, "kd_weight": 0.5},
+    "gkd": {"temperature": 1.0, "ce_weight": 0.5, "kd_weight": 0.5, "jsd_beta": 0.5},
+    "sequence": {"ce_weight": 1.0, "kd_weight": 0.0},
 }
 # Sun et al. standardise the logits that a softmax compares; feature methods have none
 LOGIT_STANDARDIZED_METHODS = ("kd", "dkd", "dist")
@@ -264,6 +287,33 @@ class DistillationSpec(_Strict):
     )
     crd_momentum: float = Field(
         default=0.5, ge=0.0, lt=1.0, description="crd: memory bank update momentum"
+    )
+    jsd_beta: float = Field(
+        default=0.5,
+        gt=0.0,
+        lt=1.0,
+        description="gkd: the generalised Jensen-Shannon divergence's beta (Agarwal et al. "
+        "2024): near 0 it tends to forward KL, near 1 to reverse KL",
+    )
+    generation_temperature: float = Field(
+        default=1.0, ge=0.0, le=10.0, description="sequence: sampling temperature (0: greedy)"
+    )
+    generation_max_tokens: int = Field(
+        default=64, ge=1, le=4096, description="sequence: tokens generated per prompt"
+    )
+    samples_per_prompt: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="sequence: completions the teacher writes for each prompt (each its own "
+        "training row: more of the teacher's text where the job's own is scarce)",
+    )
+    prompt_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="sequence on plain text: each prompt is a training sequence's first "
+        "tokens (default a quarter of seq_len); JSONL prompts are used as they are",
     )
     student_layers: list[str] = Field(default_factory=list, max_length=16)
     teacher_layers: list[str] = Field(default_factory=list, max_length=16)
@@ -465,6 +515,11 @@ class TrainingSpec(_Strict):
         description="streamed datasets: where JPEGs are decoded; device: on the training "
         "device (nvJPEG on CUDA), auto: device on CUDA, else the workers",
     )
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="language models: recompute activations in the backward pass "
+        "(transformers' gradient checkpointing): less memory, about a third more time",
+    )
     compile: bool = Field(
         default=False,
         description="torch.compile the student's training forward (off: it pays only on "
@@ -483,7 +538,8 @@ class TrainingSpec(_Strict):
 
 ExportFormat = Literal["safetensors", "torchscript", "onnx", "onnx_fp16", "onnx_int8"]
 Kind = Literal["distill", "train"]
-Task = Literal["classification", "regression"]
+Task = Literal["classification", "regression", "causal_lm", "text_classification"]
+TEXT_TASKS = frozenset({"causal_lm", "text_classification"})  # kdcore.text runs them
 # the one list of each, for the CLI, /v1/capabilities and the dashboard
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 KINDS: tuple[str, ...] = get_args(Kind)

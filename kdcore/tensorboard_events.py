@@ -28,14 +28,14 @@ def write_events(report: dict[str, Any], out_dir: Path) -> Path:
             epoch = h["epoch"]
             for term, value in (h.get("train_losses") or {}).items():
                 writer.add_scalar(f"train/{term}", value, epoch)
-            for key in ("loss", "accuracy", "mse"):
+            for key in ("loss", "accuracy", "mse", "perplexity"):
                 if h.get(key) is not None:
                     writer.add_scalar(f"val/{key}", h[key], epoch)
             if h.get("images_per_s"):
                 writer.add_scalar("speed/train_images_per_s", h["images_per_s"], epoch)
         last = len(report.get("history") or [])
         for role in ("student", "teacher"):
-            for key in ("accuracy", "mse", "latency_ms_batch1"):
+            for key in ("accuracy", "mse", "perplexity", "latency_ms_batch1"):
                 value = (report.get(role) or {}).get(key)
                 if value is not None:
                     writer.add_scalar(f"test/{role}_{key}", value, last)

@@ -14,7 +14,7 @@ from kdcore.errors import SpecError
 from kdcore.losses import LOSSES
 from kdcore.models import is_known, unknown_arch
 from kdcore.models.ecosystems import HF, check_hf_config
-from kdcore.spec import JobSpec, ModelSpec
+from kdcore.spec import TEXT_TASKS, JobSpec, ModelSpec
 
 
 def _pointer(loc: tuple[Any, ...]) -> str:
@@ -40,12 +40,24 @@ def parse_spec(data: Any) -> JobSpec:
 
 def validate_names(spec: JobSpec) -> list[tuple[str, str]]:
     """Check registry names and method/task fit. Returns (pointer, message) pairs."""
+    if spec.task in TEXT_TASKS:  # language models and text classifiers
+        from kdcore.text.validate import text_problems
+
+        return text_problems(spec) + [
+            p for m in spec.model_roles() for p in _config_problems(m[0], m[1])
+        ]
     problems: list[tuple[str, str]] = []
+    if spec.student.init_from_teacher:
+        problems.append(("/student/init_from_teacher", "init_from_teacher is for text models"))
     for pointer, model in spec.model_roles():
         if model.arch is not None and not is_known(model.arch):
             problems.append((f"{pointer}/arch", unknown_arch(model.arch)))
         problems += _config_problems(pointer, model)
-    if spec.dataset.name not in DATASETS:
+    if spec.dataset.name == "text":
+        problems.append(
+            ("/dataset/name", "dataset text is for tasks causal_lm and text_classification")
+        )
+    elif spec.dataset.name not in DATASETS:
         problems.append(("/dataset/name", str(DATASETS.unknown(spec.dataset.name))))
     elif needs_path(spec.dataset.name) and not spec.dataset.path:
         problems.append(("/dataset/path", f"dataset {spec.dataset.name!r} needs a path"))

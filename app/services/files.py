@@ -32,6 +32,10 @@ def check_content(path: Path, filename: str, purpose: str, settings: Settings) -
     try:
         if purpose == "checkpoint":
             _check_checkpoint(path, settings)
+        elif filename.lower().endswith((".txt", ".jsonl")):  # a text set (kdcore.text)
+            from kdcore.text.data import check_text_file
+
+            check_text_file(path, filename)
         elif filename.endswith(".npz"):
             check_npz_arrays(inspect_npz(path, settings.max_archive_unpacked_bytes))
         else:

@@ -39,6 +39,8 @@ def quality(job: Job) -> str:
         return _pct(student["accuracy"])
     if "mse" in student:
         return f"mse {_num(student['mse'])}"
+    if "perplexity" in student:
+        return f"ppl {_num(student['perplexity'])}"
     return _pct(job.metrics.get("accuracy"))
 
 
@@ -62,7 +64,7 @@ def jobs_table(jobs: list[Job]) -> Table:
 
 def report_table(report: dict[str, Any]) -> Table:
     student, teacher = report.get("student") or {}, report.get("teacher") or {}
-    key = "accuracy" if "accuracy" in student else "mse"
+    key = next((k for k in ("accuracy", "perplexity") if k in student), "mse")
     show = _pct if key == "accuracy" else _num
     table = Table(title="report", show_edge=False, title_justify="left")
     table.add_column("")
@@ -104,10 +106,16 @@ def report_summary(report: dict[str, Any]) -> str:
         parts.append(f"agreement {_pct(report['agreement'])}")
     if "kd_gain" in report:
         parts.append(f"KD gain over scratch {report['kd_gain']:+.4f}")
+    if "baseline" in report and "perplexity" in report["baseline"]:
+        parts.append(f"without KD: ppl {_num(report['baseline']['perplexity'])}")
+    speed = (
+        f"{report['train_tokens_per_s']} tokens/s"
+        if "train_tokens_per_s" in report
+        else f"{report.get('train_images_per_s')} img/s"
+    )
     parts.append(
         f"{report.get('epochs')} epochs in {report.get('training_time_s')} s "
-        f"({report.get('train_images_per_s')} img/s, {report.get('device')}, "
-        f"{report.get('precision')})"
+        f"({speed}, {report.get('device')}, {report.get('precision')})"
     )
     return " | ".join(parts)
 

@@ -1,0 +1,1 @@
+"""Language models and text classifiers (tasks causal_lm and text_classification)."""

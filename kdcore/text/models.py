@@ -1,0 +1,181 @@
+"""Language models and text classifiers from `transformers`, named `hf:<Class>`: a
+causal LM (`...ForCausalLM`, `...LMHeadModel`) or a sequence classifier
+(`...ForSequenceClassification`). As for images (kdcore.models.ecosystems) a model is
+built from a config read by its config class (never the Auto* classes: no remote code,
+`auto_map` refused) and weights come only from safetensors: an inline `config`, or a
+model folder (config.json + model.safetensors [+ tokenizer.json]) as a folder on disk
+or an uploaded zip/tar.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kdcore.errors import CheckpointError, SpecError
+from kdcore.models.ecosystems import HF, check_hf_config
+from kdcore.text.tokens import TextTokenizer, read_tokenizer
+
+LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+CLASSIFIER_SUFFIX = "ForSequenceClassification"
+SKIP = ("Auto", "TF", "Flax")
+MAX_FOLDER_BYTES = 16 * 1024**3
+
+
+@functools.cache
+def text_names(task: str) -> tuple[str, ...]:
+    import transformers
+
+    ends = LM_SUFFIXES if task == "causal_lm" else (CLASSIFIER_SUFFIX,)
+    return tuple(HF + n for n in dir(transformers) if n.endswith(ends) and not n.startswith(SKIP))
+
+
+@dataclass
+class ModelFolder:
+    config: dict[str, Any]
+    weights: Path | None  # model.safetensors
+    tokenizer: TextTokenizer | None
+    temp: Path | None = None  # a folder to delete once the weights are loaded
+
+    def close(self) -> None:
+        if self.temp is not None:
+            shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def read_model_folder(path: Path) -> ModelFolder:
+    """A model folder: a directory, or a zip/tar of one (read with the archive caps)."""
+    from kdcore.archives import iter_archive_files
+    from kdcore.errors import DataError
+
+    wanted: dict[str, bytes] = {}
+    if path.is_dir():
+        for name in ("config.json", "model.safetensors", "tokenizer.json"):
+            f = path / name
+            if f.is_file() and not f.is_symlink():
+                wanted[name] = f.read_bytes()
+    else:
+        try:
+            for rel, content in iter_archive_files(
+                path, max_files=1000, max_bytes=MAX_FOLDER_BYTES
+            ):
+                if (
+                    rel.name in ("config.json", "model.safetensors", "tokenizer.json")
+                    and len(rel.parts) <= 2
+                ):
+                    wanted[rel.name] = content
+        except DataError as exc:
+            raise CheckpointError(str(exc)) from None
+    if "config.json" not in wanted:
+        raise CheckpointError(f"{path.name} is not a model folder: it has no config.json")
+    try:
+        config = check_hf_config(json.loads(wanted["config.json"]))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path.name}: config.json: {exc}") from None
+    tokenizer = None
+    if "tokenizer.json" in wanted:
+        try:
+            tokenizer = read_tokenizer(
+                wanted["tokenizer.json"].decode("utf-8"), f"{path.name}/tokenizer.json"
+            )
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{path.name}: tokenizer.json is not UTF-8") from None
+    temp = weights = None
+    if "model.safetensors" in wanted:
+        temp = Path(tempfile.mkdtemp(prefix="kd_text_"))
+        weights = temp / "model.safetensors"
+        weights.write_bytes(wanted["model.safetensors"])
+    return ModelFolder(config, weights, tokenizer, temp)
+
+
+def text_model_class(arch: str, task: str) -> Any:
+    """The transformers class `arch` names; ValueError if it is none of the task's."""
+    import transformers
+
+    if arch not in text_names(task):
+        kind = "causal LM" if task == "causal_lm" else "sequence classification"
+        ends = " or ".join(LM_SUFFIXES) if task == "causal_lm" else CLASSIFIER_SUFFIX
+        raise ValueError(f"{arch} is not a transformers {kind} class (hf:<Name{ends}>)")
+    return getattr(transformers, arch.removeprefix(HF))
+
+
+def build_text_model(
+    arch: str,
+    config: dict[str, Any],
+    task: str,
+    tokenizer: TextTokenizer,
+    num_labels: int | None = None,
+) -> nn.Module:
+    """The class `arch` names from `config`, with the tokenizer's vocabulary size and
+    special ids (and the class count) put in."""
+    cls = text_model_class(arch, task)
+    values = {k: v for k, v in check_hf_config(config).items() if k != "architectures"}
+    cfg = cls.config_class.from_dict(values)
+    cfg.vocab_size = tokenizer.vocab_size
+    cfg.eos_token_id = cfg.bos_token_id = tokenizer.eos_id
+    cfg.pad_token_id = tokenizer.pad_id
+    if num_labels is not None:
+        cfg.num_labels = num_labels
+    return cls(cfg)
+
+
+def load_weights(model: nn.Module, weights: Path, what: str) -> None:
+    """safetensors only; every key the model has must be there, except weights tied to
+    others (a causal LM's head is its embedding: saved once)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(weights))
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a shape that does not fit
+        raise CheckpointError(f"{what}: the weights do not fit the config: {exc}"[:500]) from None
+    # a tied weight is the same tensor as one that was loaded (the head is the embedding)
+    storage = {k: v.data_ptr() for k, v in model.state_dict(keep_vars=True).items()}
+    loaded = {storage[k] for k in state if k in storage}
+    missing = [k for k in result.missing_keys if storage.get(k) not in loaded]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(
+            f"{what}: the weights do not fit the config (missing {missing[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]})"
+        )
+
+
+def layer_list(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks: the longest ModuleList of the model."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise SpecError([("/student/init_from_teacher", "the model has no list of layers")])
+    return max(lists, key=len)
+
+
+def init_from_teacher(student: nn.Module, teacher: nn.Module) -> list[int]:
+    """Copy the teacher's weights into the student: every parameter outside the layers
+    whose name and shape match (embeddings, final norm, head), and student layer i from
+    teacher layer i * L_teacher // L_student (every other layer for half the depth, as
+    DistilBERT). Returns the teacher layers taken."""
+    s_layers, t_layers = layer_list(student), layer_list(teacher)
+    taken = [i * len(t_layers) // len(s_layers) for i in range(len(s_layers))]
+    for i, j in enumerate(taken):
+        try:
+            s_layers[i].load_state_dict(t_layers[j].state_dict())
+        except RuntimeError:
+            raise SpecError(
+                [
+                    (
+                        "/student/init_from_teacher",
+                        "the student's layers differ in width from the teacher's",
+                    )
+                ]
+            ) from None
+    in_layers = {id(p) for p in s_layers.parameters()}
+    t_params = dict(teacher.named_parameters())
+    for name, p in student.named_parameters():
+        if id(p) not in in_layers and name in t_params and t_params[name].shape == p.shape:
+            p.data.copy_(t_params[name].data)
+    return taken

@@ -1,0 +1,318 @@
+"""A text job from spec to outputs: tokenizer, data, teacher, student (and, for
+`sequence`, the teacher's generations first), training, held-out measures, a Hugging
+Face folder, and the report. `kdcore.run` sends tasks causal_lm and
+text_classification here."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdcore.callbacks import Callbacks
+from kdcore.errors import SpecError
+from kdcore.precision import uses_bf16
+from kdcore.spec import JobSpec, ModelSpec
+from kdcore.text.data import TextData, completion_rows, load_text
+from kdcore.text.evaluate import agreement, evaluate_text, model_size, tokens_per_s
+from kdcore.text.generate import GENERATIONS, generate_completions
+from kdcore.text.losses import SEQUENCE_METHOD
+from kdcore.text.models import (
+    ModelFolder,
+    build_text_model,
+    init_from_teacher,
+    load_weights,
+    read_model_folder,
+)
+from kdcore.text.tokens import TextTokenizer, bytes_tokenizer, load_tokenizer
+from kdcore.text.trainer import TextFit, fit_text
+
+HF_FILES = ("config.json", "generation_config.json", "model.safetensors")
+HF_ZIP = "student_hf.zip"
+
+
+def _folder(model: ModelSpec | None) -> ModelFolder | None:
+    return read_model_folder(Path(model.checkpoint)) if model and model.checkpoint else None
+
+
+def _tokenizers(
+    spec: JobSpec, teacher: ModelFolder | None, student: ModelFolder | None
+) -> tuple[TextTokenizer, TextTokenizer]:
+    """(the teacher's, the student's): dataset.tokenizer for both, else each folder's,
+    else the other's, else bytes."""
+    if spec.dataset.tokenizer:
+        given = load_tokenizer(Path(spec.dataset.tokenizer))
+        return given, given
+    t_tok = teacher.tokenizer if teacher else None
+    s_tok = student.tokenizer if student else None
+    base = t_tok or s_tok or bytes_tokenizer()
+    return t_tok or base, s_tok or base
+
+
+def _build(
+    model: ModelSpec,
+    pointer: str,
+    folder: ModelFolder | None,
+    spec: JobSpec,
+    tok: TextTokenizer,
+    labels: int | None,
+) -> nn.Module:
+    config = model.config or (folder.config if folder else None)
+    if model.arch is None or config is None:
+        raise SpecError(
+            [(pointer, "a text model names its hf:<Class> and a config or a model folder")]
+        )
+    try:
+        built = build_text_model(model.arch, config, spec.task, tok, labels)
+    except ValueError as exc:
+        raise SpecError([(f"{pointer}/arch", str(exc))]) from None
+    if folder is not None and folder.weights is not None:
+        load_weights(built, folder.weights, pointer)
+    return built
+
+
+def _check_method(spec: JobSpec, same: bool, t_tok: TextTokenizer, s_tok: TextTokenizer) -> None:
+    if spec.kind == "distill" and not same and spec.distillation.method != SEQUENCE_METHOD:
+        raise SpecError(
+            [
+                (
+                    "/distillation/method",
+                    f"the teacher's tokenizer ({t_tok.source}, {t_tok.vocab_size} tokens) and "
+                    f"the student's ({s_tok.source}, {s_tok.vocab_size}) differ: token-level "
+                    "methods compare distributions over the same tokens; use method "
+                    "'sequence', which trains the student on the teacher's text",
+                )
+            ]
+        )
+
+
+def _sequence_data(
+    spec: JobSpec,
+    teacher: nn.Module,
+    data: TextData,
+    t_tok: TextTokenizer,
+    s_tok: TextTokenizer,
+    out_dir: Path,
+    device: torch.device,
+    callbacks: Callbacks,
+) -> TextData:
+    """The teacher completes every training prompt; the student's training rows become
+    the prompts and those completions (in the student's tokens)."""
+    d = spec.distillation
+    prompt_tokens = d.prompt_tokens or max(1, spec.dataset.seq_len // 4)
+    prompts = [p for p in data.prompts(prompt_tokens) for _ in range(d.samples_per_prompt)]
+    completions = generate_completions(
+        teacher.to(device),
+        prompts,
+        t_tok,
+        out_dir,
+        d.generation_temperature,
+        d.generation_max_tokens,
+        spec.training.eval_batch_size,
+        spec.training.seed,
+        device,
+        callbacks,
+    )
+    if s_tok.identity() != t_tok.identity():  # the student reads the same text in its tokens
+        prompts = [s_tok.encode(t_tok.decode(p)) for p in prompts]
+        completions = [s_tok.encode(t_tok.decode(c)) for c in completions]
+    train = completion_rows(prompts, completions, s_tok, spec.dataset.seq_len)
+    return TextData(train, data.val, data.test, "prompts", data.seq_len, data.num_classes)
+
+
+def _measures(
+    arch: str | None, model: nn.Module, data: TextData, spec: JobSpec, device: torch.device
+) -> dict[str, Any]:
+    return {
+        "arch": arch,
+        **evaluate_text(model, data.test, spec, device),
+        **model_size(model),
+        "tokens_per_s": round(tokens_per_s(model, data.test, spec, device), 1),
+    }
+
+
+def _save_student(student: nn.Module, tok: TextTokenizer, out_dir: Path) -> dict[str, Path]:
+    """A Hugging Face folder in out_dir itself (config.json, model.safetensors,
+    tokenizer files: transformers' from_pretrained loads it) and the same files zipped
+    (an upload that a later job takes as its teacher's model folder)."""
+    staging = out_dir / ".hf"
+    shutil.rmtree(staging, ignore_errors=True)
+    student.save_pretrained(str(staging), safe_serialization=True)  # type: ignore[operator]
+    tok.save(staging)
+    files: dict[str, Path] = {}
+    with zipfile.ZipFile(out_dir / HF_ZIP, "w") as zf:
+        for f in sorted(staging.iterdir()):
+            zf.write(f, f.name)
+            f.replace(out_dir / f.name)
+            files[f.stem if f.suffix == ".json" else f.name] = out_dir / f.name
+    staging.rmdir()
+    files["hf_zip"] = out_dir / HF_ZIP
+    return files
+
+
+def _baseline(
+    spec: JobSpec,
+    data: TextData,
+    tok: TextTokenizer,
+    labels: int | None,
+    teacher: nn.Module,
+    device: torch.device,
+    callbacks: Callbacks,
+) -> dict[str, Any]:
+    """The same student, same start (its config's random weights, or the teacher's
+    layers with init_from_teacher), data, budget and seed, trained without the teacher."""
+    if spec.student.config is None:
+        raise SpecError([("/baseline", "a baseline needs the student built from its config")])
+    torch.manual_seed(spec.training.seed)
+    scratch = spec.model_copy(update={"kind": "train", "teacher": None})
+    student = _build(spec.student, "/student", None, spec, tok, labels)
+    if spec.student.init_from_teacher:
+        init_from_teacher(student, teacher)
+    fit = fit_text(
+        scratch, data.train, data.val, student, None, device, None, callbacks, phase="baseline"
+    )
+    return {
+        **evaluate_text(student, data.test, spec, device),
+        "training_time_s": round(fit.train_time_s, 3),
+    }
+
+
+def run_text(
+    spec: JobSpec,
+    out_dir: Path,
+    callbacks: Callbacks | None = None,
+    resume_from: str | Path | None = None,
+) -> dict[str, Any]:
+    from kdcore.one_process import resume_state, write_report
+    from kdcore.plots import plot_curves
+    from kdcore.tensorboard_events import write_events
+    from kdcore.trainer import pick_device
+
+    cb = callbacks or Callbacks()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(spec.training.device)
+    t_folder, s_folder = _folder(spec.teacher), _folder(spec.student)
+    try:
+        t_tok, s_tok = _tokenizers(spec, t_folder, s_folder)
+        same = t_tok.identity() == s_tok.identity()
+        _check_method(spec, same, t_tok, s_tok)
+        seed = spec.training.seed
+        t_data = load_text(spec.dataset, spec.task, t_tok, seed)
+        data = t_data if same else load_text(spec.dataset, spec.task, s_tok, seed)
+        labels = data.num_classes
+        teacher = None
+        if spec.kind == "distill":
+            assert spec.teacher is not None
+            teacher = _build(spec.teacher, "/teacher", t_folder, spec, t_tok, labels).eval()
+        torch.manual_seed(seed)
+        student = _build(spec.student, "/student", s_folder, spec, s_tok, labels)
+    finally:
+        for folder in (t_folder, s_folder):
+            if folder is not None:
+                folder.close()
+    report: dict[str, Any] = {}
+    if teacher is not None and spec.student.init_from_teacher:
+        report["initialised_from_teacher_layers"] = init_from_teacher(student, teacher)
+    resume = resume_state(spec, resume_from)
+    train_data, live_teacher = data, teacher
+    if teacher is not None and spec.distillation.method == SEQUENCE_METHOD:
+        train_data = _sequence_data(spec, teacher, t_data, t_tok, s_tok, out_dir, device, cb)
+        live_teacher = None  # the student learns from the teacher's text only
+    fit = fit_text(
+        spec,
+        train_data.train,
+        data.val,
+        student,
+        live_teacher,
+        device,
+        out_dir / "checkpoints",
+        cb,
+        resume=resume,
+        topk_dir=out_dir / "teacher_topk",
+    )
+    report.update(_report(spec, device, data, fit, t_tok, s_tok, same))
+    report["student"] = _measures(spec.student.arch, student, data, spec, device)
+    if teacher is not None:
+        if same:
+            report["teacher"] = _measures(spec.teacher.arch, teacher, data, spec, device)  # type: ignore[union-attr]
+            report["agreement"] = agreement(student, teacher, data.test, spec, device)
+        else:  # its perplexity is over other tokens: not comparable
+            report["teacher"] = {
+                **evaluate_text(teacher, t_data.test, spec, device),
+                **model_size(teacher),
+            }
+        if spec.baseline:
+            report["baseline"] = _baseline(spec, data, s_tok, labels, teacher, device, cb)
+            key = "accuracy" if spec.task == "text_classification" else "perplexity"
+            gain = report["student"][key] - report["baseline"][key]
+            report["kd_gain"] = gain if key == "accuracy" else -gain  # lower perplexity gains
+    files = _save_student(student, s_tok, out_dir)
+    if spec.distillation.method == SEQUENCE_METHOD and teacher is not None:
+        files["generations"] = out_dir / GENERATIONS
+    if "onnx" in spec.export and spec.task == "text_classification":
+        from kdcore.text.onnx_export import export_classifier
+
+        files["onnx"], report["onnx_max_abs_error"] = export_classifier(student, data, out_dir)
+    key = "accuracy" if spec.task == "text_classification" else "perplexity"
+    teacher_quality = (report.get("teacher") or {}).get(key) if same else None
+    files["curves"] = plot_curves(
+        fit.history, out_dir / "curves.png", spec.name, key, teacher_quality
+    )
+    files["tensorboard"] = write_events(report, out_dir)
+    write_report(report, files, out_dir)
+    return report
+
+
+def _report(
+    spec: JobSpec,
+    device: torch.device,
+    data: TextData,
+    fit: TextFit,
+    t_tok: TextTokenizer,
+    s_tok: TextTokenizer,
+    same: bool,
+) -> dict[str, Any]:
+    d = spec.distillation
+    return {
+        "name": spec.name,
+        "kind": spec.kind,
+        "task": spec.task,
+        "method": d.method if spec.kind == "distill" else None,
+        "device": device.type,
+        "precision": "bf16" if uses_bf16(device, spec.training.precision) else "fp32",
+        "dataset": {
+            "name": spec.dataset.name,
+            "form": data.form,
+            "seq_len": data.seq_len,
+            "train": len(data.train),
+            "val": len(data.val),
+            "test": len(data.test),
+            "test_tokens": data.test.tokens(),
+        },
+        "tokenizer": {
+            "teacher": t_tok.source,
+            "student": s_tok.source,
+            "vocab_size": s_tok.vocab_size,
+            "identical": same,
+        },
+        "epochs": spec.training.epochs,
+        "steps": fit.steps,
+        "training_time_s": round(fit.train_time_s, 3),
+        "train_tokens_per_s": round(fit.tokens_per_s, 1),
+        "teacher_topk_cache": fit.teacher_topk_cache,
+        "selected_epoch": fit.history[-1]["epoch"] if fit.history else None,
+        "history": fit.history,
+        "generation": (
+            {
+                "file": GENERATIONS,
+                "temperature": d.generation_temperature,
+                "max_tokens": d.generation_max_tokens,
+            }
+            if spec.kind == "distill" and d.method == SEQUENCE_METHOD
+            else None
+        ),
+    }

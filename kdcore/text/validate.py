@@ -1,0 +1,64 @@
+"""What a text job's spec must hold beyond its schema (kdcore.validate sends tasks
+causal_lm and text_classification here)."""
+
+from __future__ import annotations
+
+from kdcore.spec import JobSpec
+from kdcore.text.losses import SEQUENCE_METHOD, TOKEN_METHODS
+
+CLASSIFIER_METHODS = ("kd", "dkd", "dist")  # logit methods, as for images
+TEXT_EXPORTS = {"safetensors", "onnx"}
+
+
+def text_problems(spec: JobSpec) -> list[tuple[str, str]]:
+    from kdcore.text.models import text_names
+
+    problems: list[tuple[str, str]] = []
+    ds = spec.dataset
+    if ds.name != "text":
+        problems.append(
+            ("/dataset/name", f"task {spec.task} reads dataset 'text' (.txt or .jsonl)")
+        )
+    elif not ds.path:
+        problems.append(("/dataset/path", "dataset 'text' needs a path"))
+    for pointer, model in spec.model_roles():
+        if model.arch is None or model.arch not in text_names(spec.task):
+            names = ", ".join(n for n in text_names(spec.task)[:6])
+            problems.append(
+                (f"{pointer}/arch", f"task {spec.task} takes hf:<Class> models, e.g. {names}")
+            )
+    problems += _method_problems(spec)
+    refused = {
+        "/resources/gpus": spec.resources.gpus > 1 and "text jobs run on one device for now",
+        "/sweep": spec.sweep is not None and "sweeps are built for image jobs",
+        "/augment": spec.augment.enabled and "augmentation is for images",
+        "/teachers": spec.teachers is not None and "a text job distils one teacher",
+        "/training/quantization": spec.training.quantization != "none"
+        and "quantisation-aware training is built for image jobs",
+        "/dataset/streaming": ds.streaming is True and "text sets are tokenised in memory",
+        "/student/init_from_teacher": spec.student.init_from_teacher
+        and spec.kind != "distill"
+        and "init_from_teacher needs a teacher",
+    }
+    problems += [(p, str(msg)) for p, msg in refused.items() if msg]
+    bad = sorted(set(spec.export) - TEXT_EXPORTS)
+    if bad or ("onnx" in spec.export and spec.task == "causal_lm"):
+        problems.append(
+            (
+                "/export",
+                "text jobs export safetensors (a Hugging Face folder), and onnx for classifiers",
+            )
+        )
+    return problems
+
+
+def _method_problems(spec: JobSpec) -> list[tuple[str, str]]:
+    d = spec.distillation
+    if spec.kind != "distill":
+        return []
+    methods = (*TOKEN_METHODS, SEQUENCE_METHOD) if spec.task == "causal_lm" else CLASSIFIER_METHODS
+    if d.method not in methods:
+        return [("/distillation/method", f"task {spec.task} distils with {', '.join(methods)}")]
+    if d.teacher_topk and d.method not in TOKEN_METHODS:
+        return [("/distillation/teacher_topk", "teacher_topk is for the token-level methods")]
+    return []

@@ -1,0 +1,198 @@
+"""Language models through the service (issue 17): a tiny GPT-2 teacher trained from a
+config on a corpus the test writes (with a BPE tokenizer trained on it by the
+`tokenizers` library), uploaded as a model folder, then distilled through the service
+into a student with half its layers by each token-level method and by `sequence`. With
+forward_kl and sequence the student's held-out perplexity is lower than the same
+student's trained without the teacher (same data, budget and seed); reverse_kl and gkd
+run and agree with the teacher, their perplexities reported. And a text-classification
+pair."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import kdcore
+from tests.app.conftest import build_api, make_settings
+from tests.support.text import (
+    BERT_TINY,
+    GPT2_STUDENT,
+    GPT2_TEACHER,
+    train_tokenizer,
+    write_corpus,
+    write_labelled,
+)
+from worker.supervisor import claim_and_run
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # real training processes
+
+TRAINING = {"batch_size": 4, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.0}
+GPT2 = "hf:GPT2LMHeadModel"
+
+
+def _zip_folder(folder: Path, path: Path) -> Path:
+    """The teacher's Hugging Face files, as a user uploads a model folder."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for name in ("config.json", "model.safetensors", "tokenizer.json"):
+            zf.write(folder / name, f"teacher/{name}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    """A teacher trained well on a large corpus; the jobs then distil on a small one
+    (where the student's own data is scarce: what distillation is for)."""
+    tmp = tmp_path_factory.mktemp("lm")
+    big = write_corpus(tmp / "big.txt", documents=1000, seed=0)
+    tokenizer = train_tokenizer(big, tmp / "tokenizer.json")
+    spec = {
+        "kind": "train",
+        "task": "causal_lm",
+        "student": {"arch": GPT2, "config": GPT2_TEACHER},
+        "dataset": {"name": "text", "path": str(big), "seq_len": 64, "tokenizer": str(tokenizer)},
+        "training": {**TRAINING, "batch_size": 16, "epochs": 6},
+    }
+    report = kdcore.train(spec, tmp / "teacher")
+    gen = build_api(make_settings(tmp))
+    api = next(gen)
+    small = write_corpus(tmp / "small.txt", documents=80, seed=5)
+    with open(small, "rb") as fh:
+        corpus = api.post(
+            "/v1/files", files={"file": ("small.txt", fh.read())}, data={"purpose": "dataset"}
+        )
+    folder = _zip_folder(tmp / "teacher", tmp / "teacher.zip")
+    with open(folder, "rb") as fh:
+        teacher = api.post(
+            "/v1/files", files={"file": ("teacher.zip", fh.read())}, data={"purpose": "checkpoint"}
+        )
+    assert corpus.status_code == teacher.status_code == 201, (corpus.text, teacher.text)
+    yield api, corpus.json()["id"], teacher.json()["id"], report
+    gen.close()
+
+
+def _run(api, spec: dict) -> dict:
+    created = api.post("/v1/jobs", json=spec)
+    assert created.status_code == 201, created.text
+    assert claim_and_run(api.settings, created.json()["id"]) == "succeeded"
+    return api.get(f"/v1/jobs/{created.json()['id']}").json()
+
+
+def _job(corpus: str, teacher: str | None, **distillation) -> dict:
+    spec = {
+        "task": "causal_lm",
+        "kind": "distill" if teacher else "train",
+        "student": {"arch": GPT2, "config": GPT2_STUDENT},
+        "dataset": {"name": "text", "path": corpus, "seq_len": 64},
+        "training": {**TRAINING, "epochs": 30},
+    }
+    if teacher:
+        spec["teacher"] = {"arch": GPT2, "checkpoint": teacher}
+        spec["distillation"] = distillation
+    return spec
+
+
+@pytest.fixture(scope="module")
+def forward_kl(lm) -> dict:
+    """forward_kl with `baseline: true`: the report holds the same student trained
+    without the teacher (same tokenizer, data, budget and seed), which every method
+    must beat."""
+    api, corpus, teacher, _ = lm
+    spec = _job(corpus, teacher, method="forward_kl")
+    spec["baseline"] = True
+    return _run(api, spec)
+
+
+def _artifacts(api, job_id: str) -> dict[str, str]:
+    return {a["name"]: a["id"] for a in api.get(f"/v1/jobs/{job_id}/artifacts").json()}
+
+
+def test_forward_kl_beats_the_student_alone_and_writes_a_hugging_face_folder(lm, forward_kl):
+    report = forward_kl["report"]
+    assert report["baseline"]["perplexity"] > report["student"]["perplexity"]
+    assert report["kd_gain"] == pytest.approx(
+        report["baseline"]["perplexity"] - report["student"]["perplexity"]
+    )
+    names = _artifacts(lm[0], forward_kl["id"])
+    assert {"config.json", "model.safetensors", "tokenizer.json", "student_hf.zip"} <= set(names)
+
+
+@pytest.mark.parametrize("method", ["reverse_kl", "gkd"])
+def test_reverse_kl_and_gkd_distil_through_the_service(lm, forward_kl, method):
+    """They run and learn the teacher's modes; on held-out perplexity (a forward measure)
+    they do not beat the student alone in this setting (issue 17's note has the figures:
+    reverse KL is mode seeking), so that is reported, not asserted."""
+    api, corpus, teacher, _ = lm
+    report = _run(api, _job(corpus, teacher, method=method))["report"]
+    assert report["method"] == method and report["tokenizer"]["identical"] is True
+    assert report["student"]["parameters"] < report["teacher"]["parameters"]
+    vocabulary = report["tokenizer"]["vocab_size"]
+    assert report["student"]["perplexity"] < vocabulary / 10  # far from guessing
+    assert 0.5 < report["agreement"] <= 1.0 and report["student"]["tokens_per_s"] > 0
+    print(method, report["student"]["perplexity"], forward_kl["report"]["baseline"]["perplexity"])
+
+
+def test_sequence_level_kd_trains_on_the_teachers_generations(lm, forward_kl):
+    api, corpus, teacher, _ = lm
+    without_kd = forward_kl["report"]["baseline"]["perplexity"]
+    spec = _job(
+        corpus,
+        teacher,
+        method="sequence",
+        samples_per_prompt=4,
+        prompt_tokens=8,
+        generation_max_tokens=56,
+    )
+    job = _run(api, spec)
+    report = job["report"]
+    assert report["generation"]["file"] == "generations.jsonl"
+    assert report["student"]["perplexity"] < without_kd, (report["student"], without_kd)
+    assert "generations.jsonl" in _artifacts(api, job["id"])
+
+
+def test_a_text_classification_pair_runs_through_the_service(lm, tmp_path):
+    api = lm[0]
+    data = write_labelled(tmp_path / "labelled.jsonl")
+    with open(data, "rb") as fh:
+        up = api.post(
+            "/v1/files", files={"file": ("labelled.jsonl", fh.read())}, data={"purpose": "dataset"}
+        )
+    assert up.status_code == 201, up.text
+    bert = "hf:BertForSequenceClassification"
+    base = {
+        "task": "text_classification",
+        "dataset": {"name": "text", "path": up.json()["id"], "seq_len": 32},
+        "training": {**TRAINING, "batch_size": 16, "epochs": 8},
+    }
+    teacher_job = _run(
+        api,
+        {
+            **base,
+            "kind": "train",
+            "student": {"arch": bert, "config": {**BERT_TINY, "num_hidden_layers": 4}},
+        },
+    )
+    assert teacher_job["report"]["student"]["accuracy"] > 0.6
+    # the teacher's outputs, zipped by the service, become the next job's teacher
+    art = _artifacts(api, teacher_job["id"])["student_hf.zip"]
+    blob = api.get(f"/v1/artifacts/{art}/content").content
+    up_teacher = api.post(
+        "/v1/files", files={"file": ("bert.zip", blob)}, data={"purpose": "checkpoint"}
+    )
+    assert up_teacher.status_code == 201, up_teacher.text
+    job = _run(
+        api,
+        {
+            **base,
+            "kind": "distill",
+            "teacher": {"arch": bert, "checkpoint": up_teacher.json()["id"]},
+            "student": {"arch": bert, "config": BERT_TINY},
+            "distillation": {"method": "kd"},
+            "export": ["safetensors", "onnx"],
+        },
+    )
+    report = job["report"]
+    assert report["task"] == "text_classification" and 0.0 <= report["student"]["accuracy"] <= 1.0
+    assert report["onnx_max_abs_error"] < 1e-3
+    assert report["student"]["parameters"] < report["teacher"]["parameters"]
