@@ -39,7 +39,7 @@ def run(
     if spec.task in TEXT_TASKS:  # language models and text classifiers
         from kdcore.text.run import run_text
 
-        return run_text(spec, Path(out_dir), callbacks, resume_from)
+        return run_text(spec, Path(out_dir), callbacks, resume_from, keep_checkpoints)
     if spec.sweep is not None:  # several trainings, the best kept (gpus is 1: validated)
         return run_sweep(spec, Path(out_dir), callbacks, resume_from, keep_checkpoints, cache)
     if spec.resources.gpus > 1 and not torch.distributed.is_initialized():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -181,20 +182,21 @@ def _baseline(
     }
 
 
-def run_text(
-    spec: JobSpec,
-    out_dir: Path,
-    callbacks: Callbacks | None = None,
-    resume_from: str | Path | None = None,
-) -> dict[str, Any]:
-    from kdcore.one_process import resume_state, write_report
-    from kdcore.plots import plot_curves
-    from kdcore.tensorboard_events import write_events
-    from kdcore.trainer import pick_device
+@dataclass
+class _Job:
+    """What a text job trains with, built once by `_prepare`."""
 
-    cb = callbacks or Callbacks()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = pick_device(spec.training.device)
+    t_tok: TextTokenizer
+    s_tok: TextTokenizer
+    same: bool  # the tokenizers are identical
+    t_data: TextData  # in the teacher's tokens
+    data: TextData  # in the student's
+    teacher: nn.Module | None
+    student: nn.Module
+
+
+def _prepare(spec: JobSpec) -> _Job:
+    """Tokenizers, data, teacher and student, each model folder read once."""
     t_folder, s_folder = _folder(spec.teacher), _folder(spec.student)
     try:
         t_tok, s_tok = _tokenizers(spec, t_folder, s_folder)
@@ -203,67 +205,109 @@ def run_text(
         seed = spec.training.seed
         t_data = load_text(spec.dataset, spec.task, t_tok, seed)
         data = t_data if same else load_text(spec.dataset, spec.task, s_tok, seed)
-        labels = data.num_classes
         teacher = None
         if spec.kind == "distill":
             assert spec.teacher is not None
-            teacher = _build(spec.teacher, "/teacher", t_folder, spec, t_tok, labels).eval()
+            teacher = _build(spec.teacher, "/teacher", t_folder, spec, t_tok, data.num_classes)
+            teacher.eval()
         torch.manual_seed(seed)
-        student = _build(spec.student, "/student", s_folder, spec, s_tok, labels)
+        student = _build(spec.student, "/student", s_folder, spec, s_tok, data.num_classes)
     finally:
         for folder in (t_folder, s_folder):
             if folder is not None:
                 folder.close()
+    return _Job(t_tok, s_tok, same, t_data, data, teacher, student)
+
+
+def _compare(
+    spec: JobSpec, job: _Job, report: dict[str, Any], device: torch.device, cb: Callbacks
+) -> None:
+    """The teacher's measures, the agreement and the baseline, into the report."""
+    teacher, data = job.teacher, job.data
+    if teacher is None:
+        return
+    if job.same:
+        report["teacher"] = _measures(
+            spec.teacher.arch if spec.teacher else None, teacher, data, spec, device
+        )
+        report["agreement"] = agreement(job.student, teacher, data.test, spec, device)
+    else:  # its perplexity is over other tokens: not comparable
+        report["teacher"] = {
+            **evaluate_text(teacher, job.t_data.test, spec, device),
+            **model_size(teacher),
+        }
+    if spec.baseline:
+        report["baseline"] = _baseline(spec, data, job.s_tok, data.num_classes, teacher, device, cb)
+        key = "accuracy" if spec.task == "text_classification" else "perplexity"
+        gain = report["student"][key] - report["baseline"][key]
+        report["kd_gain"] = gain if key == "accuracy" else -gain  # lower perplexity gains
+
+
+def _outputs(
+    spec: JobSpec, job: _Job, report: dict[str, Any], history: list[dict[str, Any]], out_dir: Path
+) -> None:
+    from kdcore.one_process import write_report
+    from kdcore.plots import plot_curves
+    from kdcore.tensorboard_events import write_events
+
+    files = _save_student(job.student, job.s_tok, out_dir)
+    if spec.distillation.method == SEQUENCE_METHOD and job.teacher is not None:
+        files["generations"] = out_dir / GENERATIONS
+    if "onnx" in spec.export and spec.task == "text_classification":
+        from kdcore.text.onnx_export import export_classifier
+
+        files["onnx"], report["onnx_max_abs_error"] = export_classifier(
+            job.student, job.data, out_dir
+        )
+    key = "accuracy" if spec.task == "text_classification" else "perplexity"
+    teacher_quality = (report.get("teacher") or {}).get(key) if job.same else None
+    files["curves"] = plot_curves(history, out_dir / "curves.png", spec.name, key, teacher_quality)
+    files["tensorboard"] = write_events(report, out_dir)
+    write_report(report, files, out_dir)
+
+
+def run_text(
+    spec: JobSpec,
+    out_dir: Path,
+    callbacks: Callbacks | None = None,
+    resume_from: str | Path | None = None,
+    keep_checkpoints: int | None = None,
+) -> dict[str, Any]:
+    """Run a text job; `keep_checkpoints` N keeps the newest N epochN.pt."""
+    from kdcore.one_process import resume_state
+    from kdcore.trainer import pick_device
+
+    cb = callbacks or Callbacks()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(spec.training.device)
+    job = _prepare(spec)
     report: dict[str, Any] = {}
-    if teacher is not None and spec.student.init_from_teacher:
-        report["initialised_from_teacher_layers"] = init_from_teacher(student, teacher)
+    if job.teacher is not None and spec.student.init_from_teacher:
+        report["initialised_from_teacher_layers"] = init_from_teacher(job.student, job.teacher)
     resume = resume_state(spec, resume_from)
-    train_data, live_teacher = data, teacher
-    if teacher is not None and spec.distillation.method == SEQUENCE_METHOD:
-        train_data = _sequence_data(spec, teacher, t_data, t_tok, s_tok, out_dir, device, cb)
+    train_data, live_teacher = job.data, job.teacher
+    if job.teacher is not None and spec.distillation.method == SEQUENCE_METHOD:
+        train_data = _sequence_data(
+            spec, job.teacher, job.t_data, job.t_tok, job.s_tok, out_dir, device, cb
+        )
         live_teacher = None  # the student learns from the teacher's text only
     fit = fit_text(
         spec,
         train_data.train,
-        data.val,
-        student,
+        job.data.val,
+        job.student,
         live_teacher,
         device,
         out_dir / "checkpoints",
         cb,
         resume=resume,
         topk_dir=out_dir / "teacher_topk",
+        keep_checkpoints=keep_checkpoints,
     )
-    report.update(_report(spec, device, data, fit, t_tok, s_tok, same))
-    report["student"] = _measures(spec.student.arch, student, data, spec, device)
-    if teacher is not None:
-        if same:
-            report["teacher"] = _measures(spec.teacher.arch, teacher, data, spec, device)  # type: ignore[union-attr]
-            report["agreement"] = agreement(student, teacher, data.test, spec, device)
-        else:  # its perplexity is over other tokens: not comparable
-            report["teacher"] = {
-                **evaluate_text(teacher, t_data.test, spec, device),
-                **model_size(teacher),
-            }
-        if spec.baseline:
-            report["baseline"] = _baseline(spec, data, s_tok, labels, teacher, device, cb)
-            key = "accuracy" if spec.task == "text_classification" else "perplexity"
-            gain = report["student"][key] - report["baseline"][key]
-            report["kd_gain"] = gain if key == "accuracy" else -gain  # lower perplexity gains
-    files = _save_student(student, s_tok, out_dir)
-    if spec.distillation.method == SEQUENCE_METHOD and teacher is not None:
-        files["generations"] = out_dir / GENERATIONS
-    if "onnx" in spec.export and spec.task == "text_classification":
-        from kdcore.text.onnx_export import export_classifier
-
-        files["onnx"], report["onnx_max_abs_error"] = export_classifier(student, data, out_dir)
-    key = "accuracy" if spec.task == "text_classification" else "perplexity"
-    teacher_quality = (report.get("teacher") or {}).get(key) if same else None
-    files["curves"] = plot_curves(
-        fit.history, out_dir / "curves.png", spec.name, key, teacher_quality
-    )
-    files["tensorboard"] = write_events(report, out_dir)
-    write_report(report, files, out_dir)
+    report.update(_report(spec, device, job.data, fit, job.t_tok, job.s_tok, job.same))
+    report["student"] = _measures(spec.student.arch, job.student, job.data, spec, device)
+    _compare(spec, job, report, device, cb)
+    _outputs(spec, job, report, fit.history, out_dir)
     return report
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from kdcore.callbacks import Callbacks, Progress
-from kdcore.checkpoints import save_checkpoint
+from kdcore.checkpoints import prune_checkpoints, save_checkpoint
 from kdcore.errors import Cancelled
 from kdcore.losses import build_loss, task_loss
 from kdcore.optim import build_optimizer, lr_at, set_lr
@@ -107,6 +107,7 @@ class _Run:
     checkpoint_dir: Path | None
     cb: Callbacks
     log_every: int
+    keep_checkpoints: int | None = None  # None: keep every epochN.pt
 
 
 def _loss(run: _Run, rows: TextSplit, idx: Tensor) -> dict[str, Tensor]:
@@ -155,6 +156,8 @@ def _save(run: _Run, fit: TextFit, name: str, epoch: int, step: int, progress: P
     path = run.checkpoint_dir / name
     save_checkpoint(path, _state(run, fit, epoch, step))
     run.cb.on_checkpoint(path, progress)
+    if run.keep_checkpoints is not None:
+        prune_checkpoints(run.checkpoint_dir, run.keep_checkpoints, frozenset())
 
 
 def _progress(
@@ -245,6 +248,7 @@ def fit_text(
     resume: dict[str, Any] | None = None,
     topk_dir: Path | None = None,
     log_every: int = 10,
+    keep_checkpoints: int | None = None,
 ) -> TextFit:
     """Train `student` on `train` for spec.training.epochs (distilling `teacher` when
     given), evaluating on `val` after each epoch; from `resume` (a checkpoint) if given."""
@@ -283,6 +287,7 @@ def fit_text(
         callbacks or Callbacks(),
         log_every,
     )
+    run.keep_checkpoints = keep_checkpoints
     fit = TextFit(teacher_topk_cache=topk is not None)
     step = 0
     if resume is not None:
