@@ -116,7 +116,7 @@ def test_malformed_records_name_their_line(tmp_path, lines, words):
 
 
 def test_text_that_is_not_utf8_or_too_short_is_refused(tmp_path, corpus):
-    (tmp_path / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "latin.txt").write_bytes(b"abc \xe9t\xe9")  # latin-1, not UTF-8
     with pytest.raises(DataError, match="not UTF-8"):
         check_text_file(tmp_path / "latin.txt", "latin.txt")
     (tmp_path / "short.txt").write_text("a few words")
