@@ -135,9 +135,15 @@ def _list(args: argparse.Namespace) -> int:
         else:
             print(f"{name}: {' '.join(names)}")
     if args.family in (None, "methods"):  # what a spec that leaves them unset gets
+        from kdcore.text.losses import SEQUENCE_METHOD, TOKEN_METHODS
+
         for method in LOSSES.names():
             defaults = METHOD_DEFAULTS.get(method, {})
             print(f"  {method:<7} " + " ".join(f"{k}={v}" for k, v in defaults.items()))
+        print("text methods (task causal_lm; text_classification takes kd, dkd, dist):")
+        for method in (*TOKEN_METHODS, SEQUENCE_METHOD):
+            defaults = METHOD_DEFAULTS.get(method, {})
+            print(f"  {method:<10} " + " ".join(f"{k}={v}" for k, v in defaults.items()))
     return 0
 
 
