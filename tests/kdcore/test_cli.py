@@ -28,6 +28,7 @@ def test_list_methods_shows_each_methods_defaults():
     assert "feature_weight=1000.0" in rows["at"] and "ce_weight=1.0" in rows["at"]
     assert "feature_weight=100.0" in rows["fitnet"] and "regressor=convreg" in rows["fitnet"]
     assert "crd_negatives=16384" in rows["crd"] and "ce_weight=0.1" in rows["kd"]
+    assert "jsd_beta=0.5" in rows["gkd"] and "temperature=1.0" in rows["forward_kl"]
 
 
 def test_train_distill_export_round_trip(tmp_path):
