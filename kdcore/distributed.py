@@ -18,7 +18,23 @@ import torch.multiprocessing as mp
 
 from kdcore.callbacks import Callbacks
 from kdcore.one_process import run_local
-from kdcore.spec import JobSpec
+from kdcore.spec import TEXT_TASKS, JobSpec
+from kdcore.text.run import run_text
+
+
+def run_one(
+    spec: JobSpec,
+    out_dir: Path,
+    callbacks: Callbacks | None,
+    resume_from: str | Path | None,
+    keep_checkpoints: int | None = None,
+    teacher_cache: Path | None = None,
+) -> dict[str, Any]:
+    """This process's part of a run, an image job's (kdcore.one_process) or a text
+    job's (kdcore.text.run)."""
+    if spec.task in TEXT_TASKS:
+        return run_text(spec, out_dir, callbacks, resume_from, keep_checkpoints)
+    return run_local(spec, out_dir, callbacks, resume_from, keep_checkpoints, teacher_cache)
 
 
 def _free_port() -> int:
@@ -56,7 +72,7 @@ def _rank_main(
     _join(rank, world, port, spec["training"]["device"], threads)
     cache = Path(teacher_cache) if teacher_cache else None
     try:
-        run_local(JobSpec.model_validate(spec), Path(out_dir), None, resume, None, cache)
+        run_one(JobSpec.model_validate(spec), Path(out_dir), None, resume, None, cache)
     finally:
         dist.destroy_process_group()
 
@@ -101,7 +117,7 @@ def run_parallel(
         p.start()
     _join(0, world, port, spec.training.device, threads)
     try:
-        report = run_local(spec, out_dir, callbacks, resume_from, keep_checkpoints, teacher_cache)
+        report = run_one(spec, out_dir, callbacks, resume_from, keep_checkpoints, teacher_cache)
     finally:
         dist.destroy_process_group()
         for p in others:

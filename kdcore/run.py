@@ -1,7 +1,8 @@
 """The entry points: `run`, `distill`, `train` (spec -> outputs folder -> report).
 
-A job runs in this process (kdcore.one_process.run_local), or data parallel over
-`resources.gpus` processes (kdcore.distributed.run_parallel, which runs run_local in
+A job runs in this process (kdcore.distributed.run_one: kdcore.one_process.run_local, or
+kdcore.text.run for text tasks), or data parallel over
+`resources.gpus` processes (kdcore.distributed.run_parallel, which runs run_one in
 each rank).
 """
 
@@ -13,10 +14,9 @@ from typing import Any
 import torch
 
 from kdcore.callbacks import Callbacks
-from kdcore.distributed import run_parallel
+from kdcore.distributed import run_one, run_parallel
 from kdcore.errors import SpecError
-from kdcore.one_process import run_local
-from kdcore.spec import TEXT_TASKS, JobSpec
+from kdcore.spec import JobSpec
 from kdcore.sweep import run_sweep
 from kdcore.validate import parse_spec
 
@@ -36,15 +36,11 @@ def run(
     teacher's outputs are kept for later jobs (kdcore.teacher_cache); None: none kept."""
     spec = spec if isinstance(spec, JobSpec) else parse_spec(spec)
     cache = Path(teacher_cache) if teacher_cache is not None else None
-    if spec.task in TEXT_TASKS:  # language models and text classifiers
-        from kdcore.text.run import run_text
-
-        return run_text(spec, Path(out_dir), callbacks, resume_from, keep_checkpoints)
     if spec.sweep is not None:  # several trainings, the best kept (gpus is 1: validated)
         return run_sweep(spec, Path(out_dir), callbacks, resume_from, keep_checkpoints, cache)
     if spec.resources.gpus > 1 and not torch.distributed.is_initialized():
         return run_parallel(spec, Path(out_dir), callbacks, resume_from, keep_checkpoints, cache)
-    return run_local(spec, Path(out_dir), callbacks, resume_from, keep_checkpoints, cache)
+    return run_one(spec, Path(out_dir), callbacks, resume_from, keep_checkpoints, cache)
 
 
 def _run_kind(

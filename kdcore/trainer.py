@@ -147,7 +147,7 @@ def _feature_taps(
     return s_tap, t_tap
 
 
-def _stop_everywhere(
+def stop_everywhere(
     cb: Callbacks, world: int, step: int, log_every: int, device: torch.device
 ) -> bool:
     """Cooperative cancel. One process asks its callbacks every step; with several
@@ -450,7 +450,7 @@ def _train_epoch(
     batches = contextlib.closing(_epoch_batches(run, order, step % run.steps_per_epoch))
     with batches as ahead:  # a stop leaves here: the streaming workers end with it
         for i, idx, x in ahead:
-            if _stop_everywhere(run.cb, run.world, step, run.log_every, run.device):
+            if stop_everywhere(run.cb, run.world, step, run.log_every, run.device):
                 result.train_time_s += time.perf_counter() - clock.start
                 _save(run, result, clock, f"interrupted-step{step}.pt", epoch + 1, step)
                 raise Cancelled(f"stopped at step {step}")

@@ -35,7 +35,8 @@ def _done(path: Path, size: int) -> list[list[int]]:
             break
         lines.append(line)
     keep = len(done) - len(done) % size
-    path.write_text("".join(line + "\n" for line in lines[:keep]), encoding="utf-8")
+    if keep < len(lines) or len(path.read_bytes()) != sum(len(x.encode()) + 1 for x in lines):
+        path.write_text("".join(line + "\n" for line in lines[:keep]), encoding="utf-8")
     return done[:keep]
 
 

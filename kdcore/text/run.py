@@ -106,6 +106,10 @@ def _sequence_data(
     d = spec.distillation
     prompt_tokens = d.prompt_tokens or max(1, spec.dataset.seq_len // 4)
     prompts = [p for p in data.prompts(prompt_tokens) for _ in range(d.samples_per_prompt)]
+    ranks = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if ranks else 0
+    if rank != 0:  # rank 0 generates; the others read its finished file
+        torch.distributed.barrier()
     completions = generate_completions(
         teacher.to(device),
         prompts,
@@ -118,6 +122,8 @@ def _sequence_data(
         device,
         callbacks,
     )
+    if ranks and rank == 0:
+        torch.distributed.barrier()
     if s_tok.identity() != t_tok.identity():  # the student reads the same text in its tokens
         prompts = [s_tok.encode(t_tok.decode(p)) for p in prompts]
         completions = [s_tok.encode(t_tok.decode(c)) for c in completions]
@@ -304,6 +310,10 @@ def run_text(
         topk_dir=out_dir / "teacher_topk",
         keep_checkpoints=keep_checkpoints,
     )
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        if spec.baseline and job.teacher is not None:  # collective: every rank trains it
+            _baseline(spec, job.data, job.s_tok, job.data.num_classes, job.teacher, device, cb)
+        return {}
     report.update(_report(spec, device, job.data, fit, job.t_tok, job.s_tok, job.same))
     report["student"] = _measures(spec.student.arch, job.student, job.data, spec, device)
     _compare(spec, job, report, device, cb)
@@ -327,6 +337,7 @@ def _report(
         "task": spec.task,
         "method": d.method if spec.kind == "distill" else None,
         "device": device.type,
+        "processes": spec.resources.gpus,  # data-parallel ranks
         "precision": "bf16" if uses_bf16(device, spec.training.precision) else "fp32",
         "dataset": {
             "name": spec.dataset.name,

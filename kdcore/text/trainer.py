@@ -25,6 +25,7 @@ from kdcore.spec import JobSpec
 from kdcore.text.data import TextSplit
 from kdcore.text.evaluate import evaluate_text
 from kdcore.text.losses import lm_loss, teacher_topk, token_kd_loss
+from kdcore.trainer import stop_everywhere
 
 CHECKPOINT_VERSION = 1
 
@@ -95,12 +96,15 @@ class _Run:
     train: TextSplit
     val: TextSplit
     student: nn.Module
+    forward: nn.Module  # the student, in DistributedDataParallel with several ranks
     teacher: nn.Module | None
     topk: TopkCache | None
     device: torch.device
     optimizer: torch.optim.Optimizer
     logit_loss: Any  # text_classification with a teacher: kdcore.losses (kd, dkd, dist)
-    batch_size: int
+    batch_size: int  # per rank
+    world: int
+    rank: int
     steps_per_epoch: int
     total_steps: int
     phase: str
@@ -113,7 +117,7 @@ class _Run:
 def _loss(run: _Run, rows: TextSplit, idx: Tensor) -> dict[str, Tensor]:
     spec, d = run.spec, run.spec.distillation
     ids, attention = rows.ids.to(run.device), rows.attention.to(run.device)
-    logits = run.student(input_ids=ids, attention_mask=attention).logits
+    logits = run.forward(input_ids=ids, attention_mask=attention).logits
     if spec.task == "text_classification":
         labels = rows.labels.to(run.device)  # type: ignore[union-attr]
         if run.teacher is None:
@@ -151,7 +155,7 @@ def _state(run: _Run, fit: TextFit, epoch: int, step: int) -> dict[str, Any]:
 
 
 def _save(run: _Run, fit: TextFit, name: str, epoch: int, step: int, progress: Progress) -> None:
-    if run.checkpoint_dir is None:
+    if run.checkpoint_dir is None or run.rank != 0:  # the ranks' weights are the same
         return
     path = run.checkpoint_dir / name
     save_checkpoint(path, _state(run, fit, epoch, step))
@@ -201,7 +205,7 @@ def _epoch(
     if run.logit_loss is not None:
         run.logit_loss.set_epoch(epoch + 1)
     for i in range(step % run.steps_per_epoch, run.steps_per_epoch):
-        if run.cb.should_stop():
+        if stop_everywhere(run.cb, run.world, step, run.log_every, run.device):
             fit.train_time_s += time.perf_counter() - start
             _save(
                 run,
@@ -212,7 +216,8 @@ def _epoch(
                 _progress(run, fit, epoch + 1, step, time.perf_counter()),
             )
             raise Cancelled(f"stopped at step {step}")
-        idx = order[i * run.batch_size : (i + 1) * run.batch_size]
+        first = (i * run.world + run.rank) * run.batch_size  # this rank's slice
+        idx = order[first : first + run.batch_size]
         rows = run.train.rows(idx)
         set_lr(run.optimizer, lr_at(step, run.total_steps, run.steps_per_epoch, tr))
         with autocast_for(run.device, tr.precision):
@@ -221,7 +226,7 @@ def _epoch(
         terms["loss"].backward()
         run.optimizer.step()
         step += 1
-        fit.tokens_seen += int(rows.attention.sum())
+        fit.tokens_seen += int(rows.attention.sum()) * run.world  # every rank took one
         if step % run.log_every == 0 or i == run.steps_per_epoch - 1:
             losses = {k: float(v.item()) for k, v in terms.items()}
             if not math.isfinite(losses["loss"]):
@@ -233,6 +238,47 @@ def _epoch(
                 sums[k] = sums.get(k, 0.0) + v
             reads += 1
     return step, {k: v / max(1, reads) for k, v in sums.items()}
+
+
+def _teacher_side(
+    spec: JobSpec,
+    teacher: nn.Module | None,
+    train: TextSplit,
+    device: torch.device,
+    topk_dir: Path | None,
+    world: int,
+    rank: int,
+) -> tuple[Any, TopkCache | None]:
+    """The frozen teacher, the classifier's logit loss, and the top-k cache (built by
+    rank 0, read by the others)."""
+    if teacher is None:
+        return None, None
+    d = spec.distillation
+    teacher.to(device).eval().requires_grad_(False)  # never trains, BatchNorm/dropout off
+    logit_loss = None
+    if spec.task == "text_classification":
+        logit_loss = build_loss(d).to(device)
+        assert train.labels is not None
+        logit_loss.bind_train_labels(train.labels)
+    topk = None
+    if spec.task == "causal_lm" and d.teacher_topk and topk_dir is not None:
+        if rank != 0:
+            torch.distributed.barrier()  # rank 0 builds the cache; the others read it
+        topk = TopkCache(topk_dir, teacher, train, d.teacher_topk, spec, device)
+        if rank == 0 and world > 1:
+            torch.distributed.barrier()
+    return logit_loss, topk
+
+
+def _restore(run: _Run, fit: TextFit, resume: dict[str, Any]) -> int:
+    """Put a checkpoint's state back; returns its step."""
+    run.student.load_state_dict(resume["model"])
+    run.optimizer.load_state_dict(resume["optimizer"])
+    if run.logit_loss is not None and resume.get("loss"):
+        run.logit_loss.load_state_dict(resume["loss"])
+    torch.set_rng_state(resume["rng"]["torch"])
+    fit.history = list(resume.get("history", []))
+    return int(resume["step"])
 
 
 def fit_text(
@@ -252,34 +298,36 @@ def fit_text(
 ) -> TextFit:
     """Train `student` on `train` for spec.training.epochs (distilling `teacher` when
     given), evaluating on `val` after each epoch; from `resume` (a checkpoint) if given."""
-    tr, d = spec.training, spec.distillation
+    tr = spec.training
     student.to(device).train()
     if tr.gradient_checkpointing and hasattr(student, "gradient_checkpointing_enable"):
         student.gradient_checkpointing_enable()  # type: ignore[operator]
-    logit_loss = None
-    if teacher is not None:
-        teacher.to(device).eval().requires_grad_(False)  # never trains, BatchNorm/dropout off
-        if spec.task == "text_classification":
-            logit_loss = build_loss(d).to(device)
-            assert train.labels is not None
-            logit_loss.bind_train_labels(train.labels)
-    topk = None
-    if teacher is not None and spec.task == "causal_lm" and d.teacher_topk and topk_dir is not None:
-        topk = TopkCache(topk_dir, teacher, train, d.teacher_topk, spec, device)
+    world, rank = 1, 0
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    logit_loss, topk = _teacher_side(spec, teacher, train, device, topk_dir, world, rank)
     params = list(student.parameters()) + (list(logit_loss.parameters()) if logit_loss else [])
-    batch_size = min(tr.batch_size, len(train))
-    steps = max(1, len(train) // batch_size)
+    # each rank takes its slice of every global batch; DDP averages the gradients
+    batch_size = max(1, min(tr.batch_size, len(train) // world))
+    steps = max(1, len(train) // (batch_size * world))
+    forward: nn.Module = student
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        forward = torch.nn.parallel.DistributedDataParallel(student, device_ids=ids)
     run = _Run(
         spec,
         train,
         val,
         student,
+        forward,
         teacher,
         topk,
         device,
         build_optimizer(params, tr, fused=device.type == "cuda"),
         logit_loss,
         batch_size,
+        world,
+        rank,
         steps,
         tr.epochs * steps,
         phase,
@@ -289,14 +337,7 @@ def fit_text(
     )
     run.keep_checkpoints = keep_checkpoints
     fit = TextFit(teacher_topk_cache=topk is not None)
-    step = 0
-    if resume is not None:
-        student.load_state_dict(resume["model"])
-        run.optimizer.load_state_dict(resume["optimizer"])
-        if logit_loss is not None and resume.get("loss"):
-            logit_loss.load_state_dict(resume["loss"])
-        torch.set_rng_state(resume["rng"]["torch"])
-        step, fit.history = int(resume["step"]), list(resume.get("history", []))
+    step = _restore(run, fit, resume) if resume is not None else 0
     start = time.perf_counter()
     for epoch in range(step // steps, tr.epochs):
         step, losses = _epoch(run, fit, epoch, step, start)

@@ -29,7 +29,6 @@ def text_problems(spec: JobSpec) -> list[tuple[str, str]]:
             )
     problems += _method_problems(spec)
     refused = {
-        "/resources/gpus": spec.resources.gpus > 1 and "text jobs run on one device for now",
         "/sweep": spec.sweep is not None and "sweeps are built for image jobs",
         "/augment": spec.augment.enabled and "augmentation is for images",
         "/teachers": spec.teachers is not None and "a text job distils one teacher",

@@ -182,7 +182,6 @@ def test_the_student_starts_from_every_other_teacher_layer():
         ({"student": {"arch": "hf:ViTForImageClassification", "config": {}}}, "/student/arch"),
         ({"distillation": {"method": "dkd"}}, "/distillation/method"),
         ({"dataset": {"name": "digits"}}, "/dataset/name"),
-        ({"resources": {"gpus": 2}}, "/resources/gpus"),
         ({"augment": {"hflip": True}}, "/augment"),
         ({"export": ["torchscript"]}, "/export"),
         ({"distillation": {"method": "sequence", "teacher_topk": 4}}, "/distillation/teacher_topk"),
@@ -316,3 +315,30 @@ def test_different_tokenizers_allow_only_sequence_level_kd(corpus, tmp_path):
         and report["tokenizer"]["student"] == "student_hf.zip/tokenizer.json"
     )
     assert math.isfinite(report["student"]["perplexity"])
+
+
+@pytest.mark.integration  # spawned ranks (gloo on the CPU: the NCCL path's code)
+def test_two_ranks_train_a_language_model_as_one_process_with_the_global_batch(corpus, tmp_path):
+    one = _spec(corpus, tmp_path)
+    # SGD: AdamW divides by the root of tiny second moments and magnifies float sums
+    one["training"] = {
+        **one["training"],
+        "batch_size": 8,
+        "precision": "fp32",
+        "optimizer": "sgd",
+        "lr": 0.05,
+    }
+    one["student"] = {
+        "arch": GPT2,
+        "config": {**GPT2_STUDENT, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
+    }
+    two = {**one, "resources": {"gpus": 2}, "training": {**one["training"], "batch_size": 4}}
+    single = kdcore.train(one, tmp_path / "one")
+    parallel = kdcore.train(two, tmp_path / "two")
+    assert parallel["steps"] == single["steps"] > 0 and parallel["processes"] == 2
+    a, b = (
+        load_file(tmp_path / "one/model.safetensors"),
+        load_file(tmp_path / "two/model.safetensors"),
+    )
+    for key in a:  # the same global batches, gradients averaged: the same weights
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
