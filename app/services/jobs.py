@@ -70,7 +70,17 @@ def _file_errors(
                 (f"{pointer}/checkpoint", describe_reference(session, tenant_id, ref, "checkpoint"))
             )
     ds = spec.dataset
-    if ds.path is not None and not needs_path(ds.name):
+    if ds.tokenizer is not None:  # a path on the worker: the library's and the CLI's only
+        errors.append(
+            (
+                "/dataset/tokenizer",
+                "the service reads the tokenizer from the teacher's (or the student's) "
+                "uploaded model folder (tokenizer.json in it)",
+            )
+        )
+    if ds.name == "text" and dataset_refs.is_reference(ds.path):
+        errors.append(("/dataset/path", "a text set is an uploaded .txt or .jsonl file"))
+    elif ds.path is not None and not needs_path(ds.name):
         errors.append(("/dataset/path", "built-in datasets take no path"))
     elif dataset_refs.is_reference(ds.path):  # s3:// or local://: checked where it lives
         found = dataset_refs.problem(settings, tenant_name(session, tenant_id), ds.path)

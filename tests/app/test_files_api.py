@@ -4,6 +4,7 @@ import os
 import zipfile
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import save
 
@@ -175,3 +176,20 @@ def test_imagefolder_dataset_upload_runs(api):
     assert claim_and_run(api.settings, job["id"]) == "succeeded"
     report = api.get(f"/v1/jobs/{job['id']}").json()["report"]
     assert report["dataset"]["input_shape"] == [3, 8, 8]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("corpus.txt", b"abc \xe9t\xe9 " * 3, "not UTF-8"),  # latin-1
+        ("pairs.jsonl", b'{"prompt": "a", "completion": "b"}\n{"prompt": 1}\n', "line 2"),
+        ("labels.jsonl", b'{"text": "a", "label": 1.5}\n', "label must be an integer"),
+        ("text.jsonl", b'{"text": "a", "__class__": "os.system"}\n', "a record is"),
+    ],
+)
+def test_a_text_set_that_cannot_be_read_is_refused_at_upload(api, name, content, words):
+    before = api.get("/v1/files").json()["data"]
+    r = _upload(api, content, name=name, purpose="dataset")
+    assert r.status_code == 422, r.text
+    assert words in r.json()["detail"]
+    assert api.get("/v1/files").json()["data"] == before  # nothing kept

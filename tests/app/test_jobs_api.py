@@ -140,3 +140,22 @@ def test_unknown_route_and_method_are_problem_json(api):
     assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
     r = api.client.put("/v1/jobs", headers=api.a)
     assert r.status_code == 405 and r.json()["status"] == 405
+
+
+def test_a_text_job_cannot_name_a_path_on_the_worker(api):
+    """dataset.tokenizer is a path (library, CLI): the service refuses it, and a text
+    set by reference; nothing on the worker's disk is named by a client."""
+    spec = {
+        "kind": "train",
+        "task": "causal_lm",
+        "student": {
+            "arch": "hf:GPT2LMHeadModel",
+            "config": {"n_layer": 1, "n_embd": 8, "n_head": 2},
+        },
+        "dataset": {"name": "text", "path": "local://root/corpus.txt", "tokenizer": "/etc/passwd"},
+    }
+    r = api.post("/v1/jobs", json=spec)
+    assert r.status_code == 422, r.text
+    locs = {e["loc"]: e["msg"] for e in r.json()["errors"]}
+    assert "model folder" in locs["/dataset/tokenizer"]
+    assert "uploaded .txt or .jsonl" in locs["/dataset/path"]
