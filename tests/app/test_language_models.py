@@ -2,10 +2,10 @@
 config on a corpus the test writes (with a BPE tokenizer trained on it by the
 `tokenizers` library), uploaded as a model folder, then distilled through the service
 into a student with half its layers by each token-level method and by `sequence`. With
-forward_kl the student's held-out perplexity is lower than the same student's trained
-without the teacher (same data, budget and seed); reverse_kl, gkd and sequence run and
-agree with the teacher, their perplexities printed (not all beat the student alone
-yet: issue 17's note). And a text-classification pair."""
+each token-level method the student's held-out perplexity is lower than the same
+student's trained without the teacher (same data, budget and seed); `sequence` runs and
+agrees with the teacher, its perplexity printed (it does not beat the student alone at
+this budget yet: issue 17's note). And a text-classification pair."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def lm(tmp_path_factory):
     """A teacher trained well on a large corpus; the jobs then distil on a small one
     (where the student's own data is scarce: what distillation is for)."""
     tmp = tmp_path_factory.mktemp("lm")
-    big = write_corpus(tmp / "big.txt", documents=1000, seed=0)
+    big = write_corpus(tmp / "big.txt", documents=1500, seed=0)
     tokenizer = train_tokenizer(big, tmp / "tokenizer.json")
     spec = {
         "kind": "train",
@@ -113,24 +113,24 @@ def test_forward_kl_beats_the_student_alone_and_writes_a_hugging_face_folder(lm,
     assert report["kd_gain"] == pytest.approx(
         report["baseline"]["perplexity"] - report["student"]["perplexity"]
     )
-    print("forward_kl", report["student"]["perplexity"], report["baseline"]["perplexity"])
+    print(
+        f"\nFIGURE forward_kl {report['student']['perplexity']:.4f} alone "
+        f"{report['baseline']['perplexity']:.4f} teacher {report['teacher']['perplexity']:.4f}"
+    )
     names = _artifacts(lm[0], forward_kl["id"])
     assert {"config.json", "model.safetensors", "tokenizer.json", "student_hf.zip"} <= set(names)
 
 
 @pytest.mark.parametrize("method", ["reverse_kl", "gkd"])
-def test_reverse_kl_and_gkd_distil_through_the_service(lm, forward_kl, method):
-    """They run and learn the teacher's modes; held-out perplexity (a forward measure)
-    is printed beside the student alone's, not asserted: reverse KL, mode seeking, does
-    not beat it in this setting (issue 17's note has the figures)."""
+def test_each_token_level_method_beats_the_student_alone(lm, forward_kl, method):
     api, corpus, teacher, _ = lm
+    without_kd = forward_kl["report"]["baseline"]["perplexity"]
     report = _run(api, _job(corpus, teacher, method=method))["report"]
     assert report["method"] == method and report["tokenizer"]["identical"] is True
     assert report["student"]["parameters"] < report["teacher"]["parameters"]
-    vocabulary = report["tokenizer"]["vocab_size"]
-    assert report["student"]["perplexity"] < vocabulary / 10  # far from guessing
+    assert report["student"]["perplexity"] < without_kd, (report["student"], without_kd)
     assert 0.5 < report["agreement"] <= 1.0 and report["student"]["tokens_per_s"] > 0
-    print(method, report["student"]["perplexity"], forward_kl["report"]["baseline"]["perplexity"])
+    print(f"\nFIGURE {method} {report['student']['perplexity']:.4f} alone {without_kd:.4f}")
 
 
 def test_sequence_level_kd_trains_on_the_teachers_generations(lm, forward_kl):
@@ -151,7 +151,7 @@ def test_sequence_level_kd_trains_on_the_teachers_generations(lm, forward_kl):
     # beat the student alone at this budget (issue 17's note has the figures)
     assert report["student"]["perplexity"] < report["tokenizer"]["vocab_size"] / 10
     assert report["agreement"] > 0.5
-    print("sequence", report["student"]["perplexity"], without_kd)
+    print(f"\nFIGURE sequence {report['student']['perplexity']:.4f} alone {without_kd:.4f}")
     assert "generations.jsonl" in _artifacts(api, job["id"])
 
 
