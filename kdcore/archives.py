@@ -135,7 +135,7 @@ def _zip_members(zf: zipfile.ZipFile, max_files: int, max_bytes: int) -> list[zi
     return files
 
 
-def _tar_members(tf: tarfile.TarFile, max_files: int, max_bytes: int) -> Iterator[tarfile.TarInfo]:
+def tar_members(tf: tarfile.TarFile, max_files: int, max_bytes: int) -> Iterator[tarfile.TarInfo]:
     """The files of a tar, headers only, stopping at the first cap passed (a compressed
     tar is inflated to walk it, chunk by chunk, never kept). The TarFile's own list of
     members is emptied as it goes: a million headers are not held at once."""
@@ -179,8 +179,8 @@ def _iter_tar(
     with tf:
         # to keep members, every cap is checked on the headers first; to check them
         # only, one pass (a set of a million images is not held as headers)
-        members = list(_tar_members(tf, max_files, max_bytes)) if keep else None
-        for m in members if members is not None else _tar_members(tf, max_files, max_bytes):
+        members = list(tar_members(tf, max_files, max_bytes)) if keep else None
+        for m in members if members is not None else tar_members(tf, max_files, max_bytes):
             member = tf.extractfile(m)
             if member is None:
                 continue
@@ -202,7 +202,7 @@ def check_archive(
                 with zipfile.ZipFile(archive) as zf:
                     return len(list(_zip_members(zf, max_files, max_bytes)))
             with tarfile.open(archive) as tf:
-                return sum(1 for _ in _tar_members(tf, max_files, max_bytes))
+                return sum(1 for _ in tar_members(tf, max_files, max_bytes))
     return sum(1 for _ in iter_archive_files(archive, max_files, max_bytes, keep=False))
 
 

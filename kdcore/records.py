@@ -19,7 +19,7 @@ from typing import IO, Literal
 
 import numpy as np
 
-from kdcore.archives import Budget, check_name, read_member, readable
+from kdcore.archives import Budget, check_name, read_member, readable, tar_members
 from kdcore.errors import DataError
 from kdcore.image_sources import IMAGE_SUFFIXES, MAX_STREAMED, shard_files
 
@@ -114,15 +114,8 @@ def _plain_tar_members(path: Path) -> Iterator[tuple[tarfile.TarFile, tarfile.Ta
                 "from an uncompressed .tar or a .zip (images are compressed already)"
             )
     with readable(path.name), tarfile.open(path, "r:") as tf:
-        while (m := tf.next()) is not None:
-            tf.members.clear()  # type: ignore[attr-defined]
-            check_name(m.name)
-            if m.issym() or m.islnk():
-                raise DataError(f"archive member {m.name!r} is a link")
-            if not (m.isfile() or m.isdir()):
-                raise DataError(f"archive member {m.name!r} is not a regular file")
-            if m.isfile():
-                yield tf, m
+        for m in tar_members(tf, MAX_RECORDS, MAX_STREAM_BYTES):  # an upload's checks
+            yield tf, m
 
 
 class _Classes:
