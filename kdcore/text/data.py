@@ -243,9 +243,18 @@ def load_text(spec: DatasetSpec, task: str, tokenizer: TextTokenizer, seed: int)
 
 
 def completion_rows(
-    prompts: list[list[int]], completions: list[list[int]], tokenizer: TextTokenizer, seq_len: int
+    prompts: list[list[int]],
+    completions: list[list[int]],
+    tokenizer: TextTokenizer,
+    seq_len: int,
+    packed: bool,
 ) -> TextSplit:
-    """Sequence-level KD's training rows: each prompt and the teacher's completion, the
-    loss on the completion only."""
+    """Sequence-level KD's training rows, in the form of the job's own data. Prompts and
+    completions: each prompt and the teacher's completion, the loss on the completion
+    only. Packed text: a row's opening continued by the teacher through ends of text, as
+    a packed row runs on; every prediction counts, as in packed rows."""
+    if packed:
+        rows = [p + c for p, c in zip(prompts, completions, strict=True)]
+        return _padded(rows, [1] * len(rows), seq_len, tokenizer.pad_id)
     rows = [p + c + [tokenizer.eos_id] for p, c in zip(prompts, completions, strict=True)]
     return _padded(rows, [len(p) for p in prompts], seq_len, tokenizer.pad_id)

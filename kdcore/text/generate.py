@@ -1,10 +1,12 @@
 """Sequence-level KD's first step (Kim & Rush 2016; what the hosted services call
 distillation): the teacher writes a completion for every training prompt, batched,
-with `distillation.generation_temperature` (0: greedy) and
-`generation_max_tokens`. Completions go to `generations.jsonl` (an artifact) batch by
-batch; a resumed job keeps the batches already written and generates the rest, each
-batch from its own seed, so the file is the same as an uninterrupted run's. Each batch
-is a progress step (phase "generate")."""
+with `distillation.generation_temperature` (0: greedy) and `generation_max_tokens`.
+A prompt's completion ends at the end of text; packed text's openings are continued
+through ends of text (packed rows run on from one document into the next, and the
+student learns from rows like them). Completions go to `generations.jsonl` (an
+artifact) batch by batch; a resumed job keeps the batches already written and
+generates the rest, each batch from its own seed, so the file is the same as an
+uninterrupted run's. Each batch is a progress step (phase "generate")."""
 
 from __future__ import annotations
 
@@ -48,8 +50,10 @@ def _batch(
     temperature: float,
     max_tokens: int,
     device: torch.device,
+    stop_at_eos: bool,
 ) -> list[list[int]]:
-    """Left-padded prompts -> their completions' tokens (up to the end of text)."""
+    """Left-padded prompts -> their completions' tokens (up to the end of text, or
+    `max_tokens` through it)."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), tokenizer.pad_id, dtype=torch.int64)
     mask = torch.zeros_like(ids)
@@ -62,12 +66,13 @@ def _batch(
         attention_mask=mask.to(device),
         max_new_tokens=max_tokens,
         pad_token_id=tokenizer.pad_id,
-        eos_token_id=tokenizer.eos_id,
+        # [] (not None, which generate fills from the model's config): no token stops
+        eos_token_id=tokenizer.eos_id if stop_at_eos else [],
         **(sampling if temperature > 0 else {"do_sample": False}),
     )
     completions = []
     for row in out[:, width:].tolist():
-        if tokenizer.eos_id in row:
+        if stop_at_eos and tokenizer.eos_id in row:
             row = row[: row.index(tokenizer.eos_id)]
         completions.append(row)
     return completions
@@ -84,6 +89,7 @@ def generate_completions(
     seed: int,
     device: torch.device,
     callbacks: Callbacks,
+    stop_at_eos: bool = True,
 ) -> list[list[int]]:
     """The teacher's completion of every prompt, resumed from `generations.jsonl`."""
     teacher.eval()
@@ -97,7 +103,7 @@ def generate_completions(
                 raise Cancelled(f"stopped while generating, after batch {b}")
             torch.manual_seed(seed * 1_000_003 + b)  # each batch's samples from its own seed
             chunk = prompts[b * batch_size : (b + 1) * batch_size]
-            new = _batch(teacher, chunk, tokenizer, temperature, max_tokens, device)
+            new = _batch(teacher, chunk, tokenizer, temperature, max_tokens, device, stop_at_eos)
             for p, c in zip(chunk, new, strict=True):
                 record = {
                     "prompt": tokenizer.decode(p),

@@ -121,13 +121,16 @@ def _sequence_data(
         spec.training.seed,
         device,
         callbacks,
+        stop_at_eos=data.form != "plain",
     )
     if ranks and rank == 0:
         torch.distributed.barrier()
     if s_tok.identity() != t_tok.identity():  # the student reads the same text in its tokens
         prompts = [s_tok.encode(t_tok.decode(p)) for p in prompts]
         completions = [s_tok.encode(t_tok.decode(c)) for c in completions]
-    train = completion_rows(prompts, completions, s_tok, spec.dataset.seq_len)
+    train = completion_rows(
+        prompts, completions, s_tok, spec.dataset.seq_len, packed=data.form == "plain"
+    )
     return TextData(train, data.val, data.test, "prompts", data.seq_len, data.num_classes)
 
 

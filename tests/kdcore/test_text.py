@@ -277,6 +277,8 @@ def test_generation_resumes_to_the_same_file(corpus, tmp_path):
         kdcore.distill(spec, tmp_path / "cut", callbacks=StopBeforeStep(2))
     lines = (tmp_path / "cut/generations.jsonl").read_text().splitlines()
     assert len(lines) == 8
+    # packed text's openings are continued through ends of text, as packed rows run on
+    assert all(len(json.loads(line)["completion_ids"]) == 8 for line in lines)
     kdcore.distill(spec, tmp_path / "cut")  # generation picks up at its third batch
     assert (tmp_path / "cut/generations.jsonl").read_text() == (
         tmp_path / "straight/generations.jsonl"
