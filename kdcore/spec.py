@@ -80,7 +80,8 @@ class TeacherSpec(ModelSpec):
 MAX_TEACHERS = 8
 
 
-STREAMABLE_DATASETS = frozenset({"imagefolder", "webdataset"})  # kdcore.streaming
+# kdcore.streaming (images), kdcore.text.rows (text)
+STREAMABLE_DATASETS = frozenset({"imagefolder", "webdataset", "text"})
 
 
 class DatasetSpec(_Strict):
@@ -129,14 +130,16 @@ class DatasetSpec(_Strict):
     streaming: bool | Literal["auto"] = Field(
         default="auto",
         description="imagefolder and webdataset sets: decode batches as they are needed "
-        "(true) or the whole set into memory once (false); auto streams when the decoded "
-        "set would pass memory_budget_mb",
+        "(true) or the whole set into memory once (false); text sets: tokenise once into "
+        "rows on disk read batch by batch (true) or hold the rows in memory (false); auto "
+        "streams when the set held in memory would pass memory_budget_mb",
     )
     memory_budget_mb: int = Field(
         default=4096,
         ge=1,
         le=1 << 20,
-        description="auto streaming: the most a set may take decoded in memory (float32)",
+        description="auto streaming: the most a set may take in memory (images decoded "
+        "as float32; text about 16 bytes per byte of text)",
     )
 
     def streams(self, decoded_bytes: int) -> bool:

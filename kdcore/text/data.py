@@ -18,66 +18,61 @@ Rows are split into train/val/test by the seed as images are (kdcore.splits).
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from kdcore.errors import DataError
 from kdcore.spec import DatasetSpec
 from kdcore.splits import split_rows
+from kdcore.text.rows import ROWS_DIR, DiskRows, TextRows, TextSplit, rows_on_disk
 from kdcore.text.tokens import TextTokenizer
 
 MAX_TEXT_BYTES = 4 * 1024**3
 MAX_RECORD_CHARS = 1_000_000
-MAX_ROWS = 5_000_000
+MAX_ROWS = 5_000_000  # records held in memory; a streamed set may hold more
+MAX_STREAMED_RECORDS = 500_000_000
+MAX_LINE_CHARS = 2 * MAX_RECORD_CHARS  # a JSONL record's line, with its quoting
+PROMPT_BATCH = 1024
+# a text set held in memory takes about this many bytes per byte of text (its records,
+# their tokens as Python lists, the rows as tensors): auto streaming's estimate
+IN_MEMORY_BYTES_PER_TEXT_BYTE = 16
+ENCODE_BATCH = 1024  # records tokenised at once (tokenizers' encode_batch, threaded)
 MAX_CLASSES = 10_000
 RECORD_KEYS = ({"text"}, {"prompt", "completion"}, {"text", "label"})
 
 
 @dataclass
-class TextSplit:
-    ids: Tensor  # (N, L) int64 tokens
-    attention: Tensor  # (N, L) bool: a real token, not padding
-    targets: Tensor  # (N, L) bool: token t is predicted (counts in the LM loss)
-    labels: Tensor | None = None  # (N,) int64 for text_classification
-
-    def __len__(self) -> int:
-        return int(self.ids.shape[0])
-
-    def rows(self, idx: Tensor) -> TextSplit:
-        labels = self.labels[idx] if self.labels is not None else None
-        return TextSplit(self.ids[idx], self.attention[idx], self.targets[idx], labels)
-
-    def tokens(self) -> int:
-        """The predicted tokens (a causal LM's perplexity is over these)."""
-        return int(self.targets[:, 1:].sum())
-
-
-@dataclass
 class TextData:
-    train: TextSplit
-    val: TextSplit
-    test: TextSplit
+    train: TextRows
+    val: TextRows
+    test: TextRows
     form: str  # "plain", "prompts" or "labelled"
     seq_len: int
     num_classes: int | None = None
+    loading: dict[str, Any] | None = None  # report.dataset.loading
 
     def prompts(self, prompt_tokens: int) -> list[list[int]]:
         """The training rows' prompts for sequence-level KD: a prompt row's prompt, or a
         packed row's first `prompt_tokens` tokens."""
         out = []
-        for ids, targets, attention in zip(
-            self.train.ids, self.train.targets, self.train.attention, strict=True
-        ):
-            if self.form == "prompts":
-                first = int(targets.nonzero()[0]) if targets.any() else int(attention.sum())
-                out.append(ids[:first].tolist())
-            else:
-                out.append(ids[:prompt_tokens].tolist())
+        for first in range(0, len(self.train), PROMPT_BATCH):
+            batch = self.train.rows(torch.arange(first, min(first + PROMPT_BATCH, len(self.train))))
+            for ids, targets, attention in zip(
+                batch.ids, batch.targets, batch.attention, strict=True
+            ):
+                if self.form == "prompts":
+                    first_target = (
+                        int(targets.nonzero()[0]) if targets.any() else int(attention.sum())
+                    )
+                    out.append(ids[:first_target].tolist())
+                else:
+                    out.append(ids[:prompt_tokens].tolist())
         return out
 
 
@@ -94,52 +89,78 @@ def is_jsonl(path: Path) -> bool:
     return False
 
 
-def read_records(path: Path) -> tuple[str, list[dict[str, Any]]]:
-    """(form, records) of a .txt or .jsonl file, with a line number in every error."""
+def iter_records(path: Path, name: str | None = None) -> Iterator[dict[str, Any]]:
+    """The records of a .txt (its paragraphs, separated by blank lines, as {"text"}) or a
+    .jsonl, one at a time, each checked, a line number in every error. Memory holds one
+    record: a line or a paragraph is read only up to its cap."""
+    name = name or path.name
     if path.stat().st_size > MAX_TEXT_BYTES:
-        raise DataError(f"{path.name} is over {MAX_TEXT_BYTES // 1024**3} GiB")
+        raise DataError(f"{name} is over {MAX_TEXT_BYTES // 1024**3} GiB")
+    jsonl, keys = is_jsonl(path), None
+    paragraph: list[str] = []
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(iter(lambda: fh.readline(MAX_LINE_CHARS + 1), ""), 1):
+                if len(line) > MAX_LINE_CHARS:
+                    raise DataError(f"{name} line {n} is over {MAX_LINE_CHARS:,} characters")
+                if jsonl:
+                    if line.strip():
+                        record = parse_record(line, name, n, keys)
+                        keys = set(record)
+                        yield record
+                elif line.strip():
+                    paragraph.append(line)
+                    if sum(map(len, paragraph)) > MAX_RECORD_CHARS:
+                        raise DataError(
+                            f"{name} line {n}: a paragraph over {MAX_RECORD_CHARS:,} characters "
+                            "(documents are separated by a blank line)"
+                        )
+                elif paragraph:
+                    yield {"text": "".join(paragraph).strip()}
+                    paragraph = []
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path.name} is not UTF-8 text (byte {exc.start})") from None
-    if not is_jsonl(path):
-        docs = [d.strip() for d in text.split("\n\n")]
-        return "plain", [{"text": d} for d in docs if d]
+        raise DataError(f"{name} is not UTF-8 text (byte {exc.start} of a line)") from None
+    if paragraph:
+        yield {"text": "".join(paragraph).strip()}
+
+
+def record_form(record: dict[str, Any]) -> str:
+    return "labelled" if "label" in record else "prompts" if "prompt" in record else "plain"
+
+
+def text_form(path: Path) -> str:
+    """ "plain", "prompts" or "labelled", from the first record."""
+    first = next(iter_records(path), None)
+    if first is None:
+        raise DataError(f"{path.name} holds no records")
+    return record_form(first)
+
+
+def read_records(path: Path) -> tuple[str, list[dict[str, Any]]]:
+    """(form, records) of a .txt or .jsonl file, held in memory."""
     records: list[dict[str, Any]] = []
-    keys: set[str] | None = None
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            records.append(parse_record(line, path.name, n, keys))
-            keys = set(records[-1])
+    for record in iter_records(path):
+        records.append(record)
         if len(records) > MAX_ROWS:
-            raise DataError(f"{path.name} holds over {MAX_ROWS:,} records")
+            raise DataError(
+                f"{path.name} holds over {MAX_ROWS:,} records to hold in memory: stream it "
+                "(dataset.streaming: true)"
+            )
     if not records:
         raise DataError(f"{path.name} holds no records")
-    form = "labelled" if "label" in records[0] else "prompts" if "prompt" in records[0] else "plain"
-    return form, records
+    return record_form(records[0]), records
 
 
 def check_text_file(path: Path, name: str) -> int:
-    """Check an uploaded .txt or .jsonl line by line (never held whole): UTF-8, the
-    caps, and for JSONL every record's keys and types. Returns the records (or lines)."""
-    if path.stat().st_size > MAX_TEXT_BYTES:
-        raise DataError(f"{name} is over {MAX_TEXT_BYTES // 1024**3} GiB")
-    jsonl, count = is_jsonl(path), 0
-    keys: set[str] | None = None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if len(line) > MAX_RECORD_CHARS * 2:
-                    raise DataError(f"{name} line {n} is over {MAX_RECORD_CHARS * 2:,} characters")
-                if not jsonl or not line.strip():
-                    count += bool(line.strip())
-                    continue
-                keys = set(parse_record(line, name, n, keys))
-                count += 1
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{name} is not UTF-8 text (byte {exc.start} of a line)") from None
-    if count == 0 or count > MAX_ROWS:
-        raise DataError(f"{name} holds {count:,} records: between 1 and {MAX_ROWS:,}")
+    """Check an uploaded .txt or .jsonl record by record (never held whole): UTF-8, the
+    caps, and for JSONL every record's keys and types. Returns the records."""
+    count = 0
+    for _ in iter_records(path, name):
+        count += 1
+        if count > MAX_STREAMED_RECORDS:
+            break
+    if count == 0 or count > MAX_STREAMED_RECORDS:
+        raise DataError(f"{name} holds {count:,} records: between 1 and {MAX_STREAMED_RECORDS:,}")
     return count
 
 
@@ -191,46 +212,94 @@ def _padded(rows: list[list[int]], starts: list[int], seq_len: int, pad: int) ->
     return TextSplit(ids, attention, targets)
 
 
+def iter_rows(
+    form: str, records: Iterable[dict[str, Any]], tokenizer: TextTokenizer, seq_len: int
+) -> Iterator[tuple[list[int], int, int]]:
+    """Records as rows (tokens, first predicted position, label or -1), tokenised
+    `ENCODE_BATCH` records at a time: packed (plain), prompt + completion (prompts), or
+    one labelled row each (labelled). Both the in-memory and the streamed path use it."""
+    eos, carry = tokenizer.eos_id, []
+    it = iter(records)
+    while batch := list(itertools.islice(it, ENCODE_BATCH)):
+        if form == "plain":
+            for ids in tokenizer.encode_batch([r["text"] for r in batch]):
+                carry += [*ids, eos]
+            whole = len(carry) - len(carry) % seq_len
+            for i in range(0, whole, seq_len):
+                yield carry[i : i + seq_len], 1, -1
+            carry = carry[whole:]
+        elif form == "prompts":
+            prompts = tokenizer.encode_batch([r["prompt"] for r in batch])
+            completions = tokenizer.encode_batch([r["completion"] for r in batch])
+            for p, c in zip(prompts, completions, strict=True):
+                yield [*p, *c, eos][:seq_len], len(p), -1
+        else:
+            for ids, r in zip(
+                tokenizer.encode_batch([r["text"] for r in batch]), batch, strict=True
+            ):
+                yield [*ids[: seq_len - 1], eos], 1, r["label"]
+
+
 def encode(
-    form: str, records: list[dict[str, Any]], tokenizer: TextTokenizer, seq_len: int
+    form: str, records: Iterable[dict[str, Any]], tokenizer: TextTokenizer, seq_len: int
 ) -> TextSplit:
-    """Every record as rows: packed (plain), prompt + completion (prompts), or one
-    labelled row each (labelled)."""
-    eos = tokenizer.eos_id
-    if form == "plain":
-        stream: list[int] = []
-        for r in records:
-            stream += tokenizer.encode(r["text"]) + [eos]
-        count = len(stream) // seq_len
-        if count < 4:
-            raise DataError(
-                f"the text makes {len(stream)} tokens: fewer than 4 rows of seq_len {seq_len}"
-            )
-        ids = torch.tensor(stream[: count * seq_len], dtype=torch.int64).view(count, seq_len)
-        every = torch.ones_like(ids, dtype=torch.bool)
-        return TextSplit(ids, every, every.clone())
-    if form == "prompts":
-        prompts = [tokenizer.encode(r["prompt"]) for r in records]
-        rows = [
-            p + tokenizer.encode(r["completion"]) + [eos]
-            for p, r in zip(prompts, records, strict=True)
-        ]
-        return _padded(rows, [len(p) for p in prompts], seq_len, tokenizer.pad_id)
-    rows = [tokenizer.encode(r["text"])[: seq_len - 1] + [eos] for r in records]
-    split = _padded(rows, [1] * len(rows), seq_len, tokenizer.pad_id)
-    split.labels = torch.tensor([r["label"] for r in records], dtype=torch.int64)
+    """Every record as rows, in memory (see iter_rows)."""
+    rows, starts, labels = [], [], []
+    for row, start, label in iter_rows(form, records, tokenizer, seq_len):
+        rows.append(row)
+        starts.append(start)
+        labels.append(label)
+    if form == "plain" and len(rows) < 4:
+        raise DataError(f"the text makes {len(rows)} rows of seq_len {seq_len}: fewer than 4 rows")
+    split = _padded(rows, starts, seq_len, tokenizer.pad_id)
+    if form == "labelled":
+        split.labels = torch.tensor(labels, dtype=torch.int64)
     return split
 
 
-def load_text(spec: DatasetSpec, task: str, tokenizer: TextTokenizer, seed: int) -> TextData:
+def _rows(
+    spec: DatasetSpec, form: str, tokenizer: TextTokenizer, job_dir: Path | None
+) -> tuple[TextSplit | DiskRows, dict[str, Any]]:
+    """The set's rows and how they were loaded: streamed from disk when `streaming`
+    says so, or auto when the set would pass memory_budget_mb held in memory."""
+    path = Path(str(spec.path))
+    in_memory = path.stat().st_size * IN_MEMORY_BYTES_PER_TEXT_BYTE
+    if job_dir is None or not spec.streams(in_memory):
+        rows = encode(form, read_records(path)[1], tokenizer, spec.seq_len)
+        return rows, {"path": "in_memory", "rows": len(rows), "estimated_bytes": in_memory}
+    st = path.stat()
+    identity = tokenizer.identity()
+    key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "tokenizer": identity}
+    folder = job_dir / ROWS_DIR / f"{identity[:16]}-{spec.seq_len}"
+    disk = rows_on_disk(
+        iter_rows(form, iter_records(path), tokenizer, spec.seq_len),
+        {**key, "seq_len": spec.seq_len, "form": form},
+        spec.seq_len,
+        tokenizer.pad_id,
+        folder,
+        form == "labelled",
+    )
+    if form == "plain" and len(disk) < 4:
+        raise DataError(
+            f"the text makes {len(disk)} rows of seq_len {spec.seq_len}: fewer than 4 rows"
+        )
+    loading = {"path": "streaming", "rows": len(disk), "files": str(folder.relative_to(job_dir))}
+    return disk, loading
+
+
+def load_text(
+    spec: DatasetSpec, task: str, tokenizer: TextTokenizer, seed: int, job_dir: Path | None = None
+) -> TextData:
+    """The set's rows split into train/val/test; `job_dir` is where a streamed set's
+    rows are written (without it, the set is held in memory)."""
     if not spec.path:
         raise DataError("dataset text needs a path: a .txt or .jsonl file")
-    form, records = read_records(Path(spec.path))
+    form = text_form(Path(spec.path))
     if task == "text_classification" and form != "labelled":
         raise DataError('text_classification needs JSONL records {"text", "label"}')
     if task == "causal_lm" and form == "labelled":
         raise DataError('causal_lm reads {"text"} or {"prompt", "completion"} records')
-    rows = encode(form, records, tokenizer, spec.seq_len)
+    rows, loading = _rows(spec, form, tokenizer, job_dir)
     train, val, test = split_rows(len(rows), spec, seed)
     if len(train) < 2:
         raise DataError("too few rows left to train on")
@@ -239,7 +308,8 @@ def load_text(spec: DatasetSpec, task: str, tokenizer: TextTokenizer, seed: int)
         classes = int(rows.labels.max()) + 1
         if classes < 2:
             raise DataError("text_classification needs at least two labels")
-    return TextData(rows.rows(train), rows.rows(val), rows.rows(test), form, spec.seq_len, classes)
+    split = rows.split if isinstance(rows, DiskRows) else rows.rows
+    return TextData(split(train), split(val), split(test), form, spec.seq_len, classes, loading)
 
 
 def completion_rows(

@@ -14,11 +14,11 @@ from torch import Tensor, nn
 
 from kdcore.precision import autocast_for
 from kdcore.spec import JobSpec
-from kdcore.text.data import TextSplit
+from kdcore.text.rows import TextRows
 
 
 @torch.inference_mode()
-def _logits(model: nn.Module, split: TextSplit, size: int, device: torch.device, precision: str):
+def _logits(model: nn.Module, split: TextRows, size: int, device: torch.device, precision: str):
     was = model.training
     model.eval()
     try:
@@ -32,7 +32,7 @@ def _logits(model: nn.Module, split: TextSplit, size: int, device: torch.device,
 
 
 def evaluate_text(
-    model: nn.Module, split: TextSplit, spec: JobSpec, device: torch.device
+    model: nn.Module, split: TextRows, spec: JobSpec, device: torch.device
 ) -> dict[str, float]:
     """{"perplexity", "loss"} for a causal LM, {"accuracy", "loss"} for a classifier."""
     tr = spec.training
@@ -55,7 +55,7 @@ def evaluate_text(
 
 
 def agreement(
-    student: nn.Module, teacher: nn.Module, split: TextSplit, spec: JobSpec, device: torch.device
+    student: nn.Module, teacher: nn.Module, split: TextRows, spec: JobSpec, device: torch.device
 ) -> float:
     """The share of predicted tokens (classifier: of rows) where the student's top-1 is
     the teacher's."""
@@ -75,7 +75,7 @@ def agreement(
     return same / max(total, 1)
 
 
-def tokens_per_s(model: nn.Module, split: TextSplit, spec: JobSpec, device: torch.device) -> float:
+def tokens_per_s(model: nn.Module, split: TextRows, spec: JobSpec, device: torch.device) -> float:
     """Inference throughput over the held-out rows (real tokens, padding not counted)."""
     if len(split) == 0:
         return 0.0
@@ -89,7 +89,7 @@ def tokens_per_s(model: nn.Module, split: TextSplit, spec: JobSpec, device: torc
         pass
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return int(split.attention.sum()) / max(time.perf_counter() - start, 1e-9)
+    return split.real_tokens() / max(time.perf_counter() - start, 1e-9)
 
 
 def model_size(model: nn.Module) -> dict[str, Any]:

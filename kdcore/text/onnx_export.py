@@ -31,8 +31,9 @@ def export_classifier(model: nn.Module, data: TextData, out_dir: Path) -> tuple[
     if hasattr(model, "set_attn_implementation"):  # plain ops trace to a faithful graph
         model.set_attn_implementation("eager")  # type: ignore[operator]
     wrapper = _Logits(model).eval()  # export restores the mode it found, recursively
-    rows = data.test if len(data.test) else data.train
-    ids, mask = rows.ids[:4], rows.attention[:4].long()
+    split = data.test if len(data.test) else data.train
+    rows = split.rows(torch.arange(min(4, len(split))))
+    ids, mask = rows.ids, rows.attention.long()
     path = out_dir / ONNX_FILE
     tmp = out_dir / f".{ONNX_FILE}.tmp"
     axes = {0: "batch", 1: "length"}

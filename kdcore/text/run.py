@@ -29,6 +29,7 @@ from kdcore.text.models import (
     load_weights,
     read_model_folder,
 )
+from kdcore.text.rows import ROWS_DIR
 from kdcore.text.tokens import TextTokenizer, bytes_tokenizer, load_tokenizer
 from kdcore.text.trainer import TextFit, fit_text
 
@@ -204,16 +205,17 @@ class _Job:
     student: nn.Module
 
 
-def _prepare(spec: JobSpec) -> _Job:
-    """Tokenizers, data, teacher and student, each model folder read once."""
+def _prepare(spec: JobSpec, out_dir: Path) -> _Job:
+    """Tokenizers, data (a streamed set's rows written under out_dir), teacher and
+    student, each model folder read once."""
     t_folder, s_folder = _folder(spec.teacher), _folder(spec.student)
     try:
         t_tok, s_tok = _tokenizers(spec, t_folder, s_folder)
         same = t_tok.identity() == s_tok.identity()
         _check_method(spec, same, t_tok, s_tok)
         seed = spec.training.seed
-        t_data = load_text(spec.dataset, spec.task, t_tok, seed)
-        data = t_data if same else load_text(spec.dataset, spec.task, s_tok, seed)
+        t_data = load_text(spec.dataset, spec.task, t_tok, seed, out_dir)
+        data = t_data if same else load_text(spec.dataset, spec.task, s_tok, seed, out_dir)
         teacher = None
         if spec.kind == "distill":
             assert spec.teacher is not None
@@ -289,7 +291,7 @@ def run_text(
     cb = callbacks or Callbacks()
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(spec.training.device)
-    job = _prepare(spec)
+    job = _prepare(spec, out_dir)
     report: dict[str, Any] = {}
     if job.teacher is not None and spec.student.init_from_teacher:
         report["initialised_from_teacher_layers"] = init_from_teacher(job.student, job.teacher)
@@ -321,6 +323,7 @@ def run_text(
     report["student"] = _measures(spec.student.arch, job.student, job.data, spec, device)
     _compare(spec, job, report, device, cb)
     _outputs(spec, job, report, fit.history, out_dir)
+    shutil.rmtree(out_dir / ROWS_DIR, ignore_errors=True)  # a streamed set's rows: done
     return report
 
 
@@ -350,6 +353,7 @@ def _report(
             "val": len(data.val),
             "test": len(data.test),
             "test_tokens": data.test.tokens(),
+            "loading": data.loading,
         },
         "tokenizer": {
             "teacher": t_tok.source,

@@ -22,9 +22,9 @@ from kdcore.losses import build_loss, task_loss
 from kdcore.optim import build_optimizer, lr_at, set_lr
 from kdcore.precision import autocast_for
 from kdcore.spec import JobSpec
-from kdcore.text.data import TextSplit
 from kdcore.text.evaluate import evaluate_text
 from kdcore.text.losses import lm_loss, teacher_topk, token_kd_loss
+from kdcore.text.rows import TextRows, TextSplit
 from kdcore.trainer import stop_everywhere
 
 CHECKPOINT_VERSION = 1
@@ -52,13 +52,13 @@ class TopkCache:
         self,
         folder: Path,
         teacher: nn.Module,
-        train: TextSplit,
+        train: TextRows,
         k: int,
         spec: JobSpec,
         device: torch.device,
     ):
         folder.mkdir(parents=True, exist_ok=True)
-        shape = (len(train), train.ids.shape[1], k)
+        shape = (len(train), train.seq_len, k)
         done = folder / "complete"
         if done.exists() and done.read_text() == str(shape):
             self.values = np.load(folder / "values.npy", mmap_mode="r")
@@ -93,8 +93,8 @@ class TopkCache:
 @dataclass
 class _Run:
     spec: JobSpec
-    train: TextSplit
-    val: TextSplit
+    train: TextRows
+    val: TextRows
     student: nn.Module
     forward: nn.Module  # the student, in DistributedDataParallel with several ranks
     teacher: nn.Module | None
@@ -243,7 +243,7 @@ def _epoch(
 def _teacher_side(
     spec: JobSpec,
     teacher: nn.Module | None,
-    train: TextSplit,
+    train: TextRows,
     device: torch.device,
     topk_dir: Path | None,
     world: int,
@@ -283,8 +283,8 @@ def _restore(run: _Run, fit: TextFit, resume: dict[str, Any]) -> int:
 
 def fit_text(
     spec: JobSpec,
-    train: TextSplit,
-    val: TextSplit,
+    train: TextRows,
+    val: TextRows,
     student: nn.Module,
     teacher: nn.Module | None,
     device: torch.device,

@@ -34,7 +34,6 @@ def text_problems(spec: JobSpec) -> list[tuple[str, str]]:
         "/teachers": spec.teachers is not None and "a text job distils one teacher",
         "/training/quantization": spec.training.quantization != "none"
         and "quantisation-aware training is built for image jobs",
-        "/dataset/streaming": ds.streaming is True and "text sets are tokenised in memory",
         "/student/init_from_teacher": spec.student.init_from_teacher
         and spec.kind != "distill"
         and "init_from_teacher needs a teacher",

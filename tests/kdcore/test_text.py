@@ -85,7 +85,7 @@ def test_plain_text_is_packed_and_prompts_mask_all_but_the_completion(corpus, tm
     stream = [t for r in records for t in tok.encode(r["text"]) + [tok.eos_id]]
     assert form == "plain" and rows.ids.shape[1] == 32
     assert rows.ids.flatten().tolist() == stream[: rows.ids.numel()]  # packed, in order
-    assert rows.targets.all() and rows.attention.all()
+    assert rows.targets[:, 1:].all() and rows.attention.all()  # every prediction counts
     form, records = read_records(write_prompts(tmp_path / "p.jsonl", count=5))
     rows = encode(form, records, tok, 32)
     for row, record in zip(range(5), records, strict=True):
