@@ -15,7 +15,7 @@ import math
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -90,18 +90,36 @@ class Budget:
             )
 
 
-def read_member(fh: IO[bytes], declared: int, name: str, keep: bool) -> bytes:
-    """Inflate a member in chunks, never past its declared size (+1 to catch a lie)."""
+def read_member(
+    fh: IO[bytes], declared: int, name: str, keep: bool, out: IO[bytes] | None = None
+) -> bytes:
+    """Inflate a member in chunks, never past its declared size (+1 to catch a lie);
+    into `out` when given (nothing held)."""
     parts, seen = [], 0
     while chunk := fh.read(min(CHUNK, declared + 1 - seen)):
         seen += len(chunk)
         if seen > declared:
             raise DataError(f"archive member {name!r} is larger than it declares")
-        if keep:
+        if out is not None:
+            out.write(chunk)
+        elif keep:
             parts.append(chunk)
     if seen < declared:
         raise DataError(f"archive member {name!r} is truncated")
     return b"".join(parts)
+
+
+Sink = Callable[[PurePosixPath], Path | None]
+
+
+def _member(fh: IO[bytes], declared: int, name: str, keep: bool, sink: Sink | None) -> bytes:
+    """A member's content, or b"" once written to the file `sink` names for it."""
+    target = sink(check_name(name)) if sink is not None else None
+    if target is None:
+        return read_member(fh, declared, name, keep)
+    with open(target, "wb") as out:
+        read_member(fh, declared, name, False, out)
+    return b""
 
 
 def iter_archive_files(
@@ -109,15 +127,18 @@ def iter_archive_files(
     max_files: int = MAX_FILES,
     max_bytes: int = MAX_UNPACKED_BYTES,
     keep: bool = True,
+    sink: Sink | None = None,
 ) -> Iterator[tuple[PurePosixPath, bytes]]:
     """Yield (relative path, content) for each regular file; raise DataError on anything
     unsafe or malformed. With keep=False the contents are checked (inflated chunk by
-    chunk, CRC verified) but not kept: b"" is yielded."""
+    chunk, CRC verified) but not kept: b"" is yielded. A member for which `sink` names a
+    file is written there chunk by chunk (a model's weights, never held) and yielded
+    with b""."""
     with readable(archive.name):
         if zipfile.is_zipfile(archive):
-            yield from _iter_zip(archive, max_files, max_bytes, keep)
+            yield from _iter_zip(archive, max_files, max_bytes, keep, sink)
         else:
-            yield from _iter_tar(archive, max_files, max_bytes, keep)
+            yield from _iter_tar(archive, max_files, max_bytes, keep, sink)
 
 
 def _zip_members(zf: zipfile.ZipFile, max_files: int, max_bytes: int) -> list[zipfile.ZipInfo]:
@@ -160,17 +181,17 @@ def archive_cap(path: Path, floor: int) -> int:
 
 
 def _iter_zip(
-    archive: Path, max_files: int, max_bytes: int, keep: bool
+    archive: Path, max_files: int, max_bytes: int, keep: bool, sink: Sink | None
 ) -> Iterator[tuple[PurePosixPath, bytes]]:
     with zipfile.ZipFile(archive) as zf:
         for info in _zip_members(zf, max_files, max_bytes):
             with zf.open(info) as fh:  # zipfile checks the CRC when the member ends
-                data = read_member(fh, info.file_size, info.filename, keep)
+                data = _member(fh, info.file_size, info.filename, keep, sink)
             yield check_name(info.filename), data
 
 
 def _iter_tar(
-    archive: Path, max_files: int, max_bytes: int, keep: bool
+    archive: Path, max_files: int, max_bytes: int, keep: bool, sink: Sink | None
 ) -> Iterator[tuple[PurePosixPath, bytes]]:
     try:
         tf = tarfile.open(archive)  # noqa: SIM115 (closed by the `with` below)
@@ -184,7 +205,7 @@ def _iter_tar(
             member = tf.extractfile(m)
             if member is None:
                 continue
-            yield check_name(m.name), read_member(member, m.size, m.name, keep)
+            yield check_name(m.name), _member(member, m.size, m.name, keep, sink)
 
 
 def check_archive(

@@ -30,6 +30,10 @@ HF_SUFFIX = "ForImageClassification"
 # keys that would make transformers look for code or remote files
 HF_REFUSED_KEYS = frozenset({"auto_map", "custom_pipelines", "trust_remote_code"})
 MAX_CONFIG_BYTES = 256 * 1024
+MAX_TOKENIZER_BYTES = 64 * 1024**2
+WEIGHTS = "model.safetensors"
+# the small files of a model folder, each read whole once extracted, and their caps
+FOLDER_CAPS = {"config.json": MAX_CONFIG_BYTES, "tokenizer.json": MAX_TOKENIZER_BYTES}
 # building a model costs time per layer even on the meta device: cap what a config asks
 MAX_CONFIG_INT = 1_000_000
 MAX_CONFIG_LAYERS = 256
@@ -220,31 +224,51 @@ def _member_summary(key: str, fh: Any, name: str) -> Any:
     return check_hf_config(json.loads(fh.read(MAX_CONFIG_BYTES + 1)))
 
 
+def extract_model_folder(archive: Path, folder: Path, max_bytes: int) -> None:
+    """An uploaded model folder's files (FOLDER_CAPS' and model.safetensors, at the
+    archive's root or in one top folder) written into `folder` chunk by chunk (weights
+    are never held in memory as bytes), read with the archive caps; other members are
+    only checked. A small file over its cap is refused."""
+    from kdcore.archives import iter_archive_files
+    from kdcore.errors import CheckpointError, DataError
+
+    def sink(rel: PurePosixPath) -> Path | None:
+        keep = rel.name in (*FOLDER_CAPS, WEIGHTS) and len(rel.parts) <= 2
+        return folder / rel.name if keep else None
+
+    try:
+        for _ in iter_archive_files(
+            archive, max_files=1000, max_bytes=max_bytes, keep=False, sink=sink
+        ):
+            pass
+    except DataError as exc:
+        raise CheckpointError(str(exc)) from None
+    for name, cap in FOLDER_CAPS.items():
+        if (folder / name).exists() and (folder / name).stat().st_size > cap:
+            raise CheckpointError(f"{archive.name}: {name} is over {cap:,} bytes")
+
+
 def read_hf_folder(archive: Path, max_bytes: int) -> tuple[dict[str, Any], Path]:
     """config.json and model.safetensors from an uploaded zip/tar of a model folder
     (at its root or in one top folder), read with the archive caps. Returns the config
     and the weights written to a temporary file (the caller deletes its folder)."""
-    from kdcore.archives import iter_archive_files
-    from kdcore.errors import CheckpointError, DataError
+    import shutil
 
-    wanted = {"config.json": b"", "model.safetensors": b""}
-    try:
-        for rel, content in iter_archive_files(archive, max_files=1000, max_bytes=max_bytes):
-            name = PurePosixPath(rel).name
-            if name in wanted and len(PurePosixPath(rel).parts) <= 2:
-                wanted[name] = content
-    except DataError as exc:
-        raise CheckpointError(str(exc)) from None
-    missing = [n for n, blob in wanted.items() if not blob]
-    if missing:
-        raise CheckpointError(
-            f"{archive.name} is not a Hugging Face model folder: it lacks {', '.join(missing)}"
-        )
-    try:
-        config = check_hf_config(json.loads(wanted["config.json"]))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{archive.name}: config.json: {exc}") from None
+    from kdcore.errors import CheckpointError
+
     folder = Path(tempfile.mkdtemp(prefix="kd_hf_"))
-    weights = folder / "model.safetensors"
-    weights.write_bytes(wanted["model.safetensors"])
-    return config, weights
+    try:
+        extract_model_folder(archive, folder, max_bytes)
+        missing = [n for n in ("config.json", WEIGHTS) if not (folder / n).exists()]
+        if missing:
+            raise CheckpointError(
+                f"{archive.name} is not a Hugging Face model folder: it lacks " + ", ".join(missing)
+            )
+        try:
+            config = check_hf_config(json.loads((folder / "config.json").read_bytes()))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{archive.name}: config.json: {exc}") from None
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return config, folder / WEIGHTS

@@ -20,7 +20,14 @@ from typing import Any
 from torch import nn
 
 from kdcore.errors import CheckpointError, SpecError
-from kdcore.models.ecosystems import HF, check_hf_config
+from kdcore.models.ecosystems import (
+    HF,
+    MAX_CONFIG_BYTES,
+    MAX_TOKENIZER_BYTES,
+    WEIGHTS,
+    check_hf_config,
+    extract_model_folder,
+)
 from kdcore.text.tokens import TextTokenizer, read_tokenizer
 
 LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -49,49 +56,45 @@ class ModelFolder:
             shutil.rmtree(self.temp, ignore_errors=True)
 
 
+def _read_small(folder: Path, name: str, cap: int, label: str) -> bytes | None:
+    """A folder's config.json or tokenizer.json, its size checked before it is read."""
+    f = folder / name
+    if not f.is_file() or f.is_symlink():
+        return None
+    if f.stat().st_size > cap:
+        raise CheckpointError(f"{label}: {name} is over {cap:,} bytes")
+    return f.read_bytes()
+
+
 def read_model_folder(path: Path) -> ModelFolder:
     """A model folder: a directory, or a zip/tar of one (read with the archive caps)."""
-    from kdcore.archives import iter_archive_files
-    from kdcore.errors import DataError
-
-    wanted: dict[str, bytes] = {}
-    if path.is_dir():
-        for name in ("config.json", "model.safetensors", "tokenizer.json"):
-            f = path / name
-            if f.is_file() and not f.is_symlink():
-                wanted[name] = f.read_bytes()
-    else:
-        try:
-            for rel, content in iter_archive_files(
-                path, max_files=1000, max_bytes=MAX_FOLDER_BYTES
-            ):
-                if (
-                    rel.name in ("config.json", "model.safetensors", "tokenizer.json")
-                    and len(rel.parts) <= 2
-                ):
-                    wanted[rel.name] = content
-        except DataError as exc:
-            raise CheckpointError(str(exc)) from None
-    if "config.json" not in wanted:
-        raise CheckpointError(f"{path.name} is not a model folder: it has no config.json")
+    temp = None if path.is_dir() else Path(tempfile.mkdtemp(prefix="kd_text_"))
     try:
-        config = check_hf_config(json.loads(wanted["config.json"]))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path.name}: config.json: {exc}") from None
-    tokenizer = None
-    if "tokenizer.json" in wanted:
+        folder = path if temp is None else temp
+        if temp is not None:
+            extract_model_folder(path, temp, MAX_FOLDER_BYTES)
+        raw = _read_small(folder, "config.json", MAX_CONFIG_BYTES, path.name)
+        if raw is None:
+            raise CheckpointError(f"{path.name} is not a model folder: it has no config.json")
         try:
-            tokenizer = read_tokenizer(
-                wanted["tokenizer.json"].decode("utf-8"), f"{path.name}/tokenizer.json"
-            )
-        except UnicodeDecodeError:
-            raise CheckpointError(f"{path.name}: tokenizer.json is not UTF-8") from None
-    temp = weights = None
-    if "model.safetensors" in wanted:
-        temp = Path(tempfile.mkdtemp(prefix="kd_text_"))
-        weights = temp / "model.safetensors"
-        weights.write_bytes(wanted["model.safetensors"])
-    return ModelFolder(config, weights, tokenizer, temp)
+            config = check_hf_config(json.loads(raw))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{path.name}: config.json: {exc}") from None
+        tokenizer = None
+        raw = _read_small(folder, "tokenizer.json", MAX_TOKENIZER_BYTES, path.name)
+        if raw is not None:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise CheckpointError(f"{path.name}: tokenizer.json is not UTF-8") from None
+            tokenizer = read_tokenizer(text, f"{path.name}/tokenizer.json")
+        weights = folder / WEIGHTS
+        found = weights.is_file() and not weights.is_symlink()
+    except BaseException:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return ModelFolder(config, weights if found else None, tokenizer, temp)
 
 
 def text_model_class(arch: str, task: str) -> Any:

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 from kdcore.errors import DataError
+from kdcore.models.ecosystems import MAX_TOKENIZER_BYTES
 
-MAX_TOKENIZER_BYTES = 64 * 1024**2
 EOS_NAMES = ("<|endoftext|>", "</s>", "<eos>", "[SEP]", "<|end|>")
 PAD_NAMES = ("<pad>", "[PAD]", "<|pad|>")
 BYTES_EOS = "<|endoftext|>"

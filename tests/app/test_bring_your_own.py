@@ -217,3 +217,19 @@ def test_architectures_are_listed_sized_and_their_layers_shown(api):
     ):
         r = api.post("/v1/architectures/layers", json=bad)
         assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+
+
+def test_a_model_folder_with_an_oversized_tokenizer_is_refused(api, tmp_path):
+    import json
+    import os
+    import zipfile
+
+    path = tmp_path / "big-tokenizer.zip"
+    with zipfile.ZipFile(path, "w") as zf:  # stored: the cap, not the bomb check, refuses it
+        zf.writestr("config.json", json.dumps({"model_type": "gpt2", "n_layer": 1}))
+        zf.writestr("model.safetensors", b"\x00" * 16)
+        zf.writestr("tokenizer.json", os.urandom(33 * 1024**2).hex())  # 66 MiB
+    before = api.get("/v1/files").json()["data"]
+    r = _upload(api, path)
+    assert r.status_code == 422 and "tokenizer.json is over" in r.json()["detail"], r.text
+    assert api.get("/v1/files").json()["data"] == before  # nothing kept

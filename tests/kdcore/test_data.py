@@ -2,6 +2,7 @@ import gzip
 import io
 import tarfile
 import zipfile
+from pathlib import PurePosixPath
 
 import numpy as np
 import pytest
@@ -138,6 +139,30 @@ def test_zip_bomb_stops_at_the_unpacked_size_cap(tmp_path):
         list(iter_archive_files(archive, max_bytes=3_000_000))
     with pytest.raises(DataError, match="more than 2 files"):
         list(iter_archive_files(archive, max_files=2))
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar"])
+def test_a_member_taken_by_a_sink_is_written_chunk_by_chunk_not_held(tmp_path, kind):
+    content = np.random.default_rng(0).bytes(3 * 1024**2 + 5)  # several chunks
+    archive = tmp_path / f"folder.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("m/weights.bin", content)
+            zf.writestr("m/small.txt", b"kept")
+    else:
+        (tmp_path / "weights.bin").write_bytes(content)
+        (tmp_path / "small.txt").write_bytes(b"kept")
+        with tarfile.open(archive, "w") as tf:
+            tf.add(tmp_path / "weights.bin", "m/weights.bin")
+            tf.add(tmp_path / "small.txt", "m/small.txt")
+    out = tmp_path / "out.bin"
+    got = dict(
+        iter_archive_files(archive, sink=lambda rel: out if rel.name == "weights.bin" else None)
+    )
+    assert got == {PurePosixPath("m/weights.bin"): b"", PurePosixPath("m/small.txt"): b"kept"}
+    assert out.read_bytes() == content
+    with pytest.raises(DataError, match="unpacks to more than"):  # the caps still hold
+        list(iter_archive_files(archive, max_bytes=1024**2, sink=lambda rel: out))
 
 
 def test_npz_labels_and_regression_targets(tmp_path):

@@ -335,12 +335,36 @@ def test_two_ranks_train_a_language_model_as_one_process_with_the_global_batch(c
         "config": {**GPT2_STUDENT, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
     }
     two = {**one, "resources": {"gpus": 2}, "training": {**one["training"], "batch_size": 4}}
+    two["dataset"] = {**one["dataset"], "streaming": True}  # rank 0 writes rows, 1 reads
     single = kdcore.train(one, tmp_path / "one")
     parallel = kdcore.train(two, tmp_path / "two")
     assert parallel["steps"] == single["steps"] > 0 and parallel["processes"] == 2
+    assert parallel["dataset"]["loading"]["path"] == "streaming"
     a, b = (
         load_file(tmp_path / "one/model.safetensors"),
         load_file(tmp_path / "two/model.safetensors"),
     )
     for key in a:  # the same global batches, gradients averaged: the same weights
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_a_model_folder_with_an_oversized_tokenizer_is_refused(tmp_path, packed):
+    import os
+    import zipfile
+
+    from kdcore.errors import CheckpointError
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1}))
+    with open(folder / "tokenizer.json", "wb") as fh:  # 65 MiB, the cap 64
+        fh.truncate(65 * 1024**2)
+    path = folder
+    if packed:
+        path = tmp_path / "folder.zip"
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.write(folder / "config.json", "config.json")
+            zf.writestr("tokenizer.json", os.urandom(33 * 1024**2).hex())
+    with pytest.raises(CheckpointError, match="tokenizer.json is over 67,108,864 bytes"):
+        read_model_folder(path)
