@@ -196,3 +196,25 @@ def test_a_text_classification_pair_runs_through_the_service(lm, tmp_path):
     assert report["task"] == "text_classification" and 0.0 <= report["student"]["accuracy"] <= 1.0
     assert report["onnx_max_abs_error"] < 1e-3
     assert report["student"]["parameters"] < report["teacher"]["parameters"]
+
+
+def test_a_streamed_text_set_trains_through_the_service(api, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.txt", documents=120, seed=7)
+    with open(corpus, "rb") as fh:
+        up = api.post(
+            "/v1/files", files={"file": ("corpus.txt", fh.read())}, data={"purpose": "dataset"}
+        )
+    assert up.status_code == 201, up.text
+    spec = {
+        "kind": "train",
+        "task": "causal_lm",
+        "student": {"arch": GPT2, "config": GPT2_STUDENT},
+        "dataset": {"name": "text", "path": up.json()["id"], "seq_len": 32, "streaming": True},
+        "training": {**TRAINING, "epochs": 1},
+    }
+    job = _run(api, spec)
+    loading = job["report"]["dataset"]["loading"]
+    assert loading["path"] == "streaming" and loading["rows"] > 10
+    assert job["report"]["student"]["perplexity"] < job["report"]["tokenizer"]["vocab_size"]
+    folder = api.settings.jobs_dir / job["id"]
+    assert folder.is_dir() and not (folder / "text_rows").exists()  # removed when done
