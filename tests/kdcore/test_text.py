@@ -368,3 +368,26 @@ def test_a_model_folder_with_an_oversized_tokenizer_is_refused(tmp_path, packed)
             zf.writestr("tokenizer.json", os.urandom(33 * 1024**2).hex())
     with pytest.raises(CheckpointError, match="tokenizer.json is over 67,108,864 bytes"):
         read_model_folder(path)
+
+
+def test_gradient_checkpointing_takes_the_same_steps_and_bf16_trains(corpus, tmp_path):
+    spec = _spec(corpus, tmp_path)
+    spec["student"] = {
+        "arch": GPT2,
+        "config": {**GPT2_STUDENT, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
+    }
+    spec["training"] = {**spec["training"], "precision": "fp32"}
+    plain = kdcore.train(spec, tmp_path / "plain")
+    recompute = {**spec, "training": {**spec["training"], "gradient_checkpointing": True}}
+    checkpointed = kdcore.train(recompute, tmp_path / "checkpointed")
+    assert (
+        checkpointed["gradient_checkpointing"] is True and plain["gradient_checkpointing"] is False
+    )
+    for a, b in zip(plain["history"], checkpointed["history"], strict=True):
+        assert a["train_losses"]["loss"] == pytest.approx(b["train_losses"]["loss"], rel=1e-5)
+    # bf16 autocast (emulated where the CPU has no native bf16): it trains, near fp32
+    bf16 = kdcore.train(
+        {**spec, "training": {**spec["training"], "precision": "bf16"}}, tmp_path / "bf16"
+    )
+    assert bf16["precision"] == "bf16" and plain["precision"] == "fp32"
+    assert bf16["student"]["perplexity"] == pytest.approx(plain["student"]["perplexity"], rel=0.1)
