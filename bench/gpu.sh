@@ -4,9 +4,10 @@
 #   bench/gpu.sh --smoke    a few steps on the CPU (the test suite runs this)
 # On a CUDA machine it then runs bench/peer_compare.py --device cuda: kdcore beside
 # torchdistill on the GPU, and bench/data_throughput.py --device cuda: the streaming
-# loader beside the set in GPU memory. The peer's virtualenv (.bench/torchdistill) is made from PyPI
-# on first use; a machine without an index needs it carried over (it is small: it uses
-# this environment's torch).
+# loader beside the set in GPU memory, and bench/lm_kd.py --device cuda: language-model
+# KD (live teacher, top-k cache, gradient checkpointing). The peer's virtualenv
+# (.bench/torchdistill) is made from PyPI on first use; a machine without an index needs
+# it carried over (it is small: it uses this environment's torch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=python3
@@ -14,7 +15,8 @@ if [ -x .venv/bin/python ]; then PY=.venv/bin/python; fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)"
 "$PY" bench/gpu_throughput.py "$@"
 case " $* " in
-  *" --smoke "*) ;;
+  *" --smoke "*) "$PY" bench/lm_kd.py --smoke ;;
   *) "$PY" bench/peer_compare.py --device cuda --no-levers
-     "$PY" bench/data_throughput.py --device cuda ;;
+     "$PY" bench/data_throughput.py --device cuda
+     "$PY" bench/lm_kd.py --device cuda ;;
 esac

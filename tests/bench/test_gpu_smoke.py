@@ -1,4 +1,4 @@
-"""`bench/gpu.sh --smoke`: the GPU benchmark's code path on the CPU (a few steps), so the
+"""`bench/gpu.sh --smoke`: the GPU benchmarks' code paths on the CPU (a few steps), so the
 script a GPU run relies on cannot rot. It checks the figures are printed, not their size."""
 
 from __future__ import annotations
@@ -34,3 +34,12 @@ def test_gpu_bench_smoke_prints_every_figure() -> None:
         r"KD / student alone ([\d.]+), cached KD / KD ([\d.]+) \(cache used: True\)", r.stdout
     )
     assert len(ratios) == 2, r.stdout
+    # and the language-model bench's table (bench/lm_kd.py --smoke): a row per case
+    cases = re.findall(r"^(\S+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+-$", r.stdout, flags=re.M)
+    assert {c[0] for c in cases} == {
+        "alone",
+        "forward_kl",
+        "gkd",
+        "forward_kl@k16",
+        "checkpointed",
+    }, r.stdout
