@@ -42,6 +42,8 @@ PROMPT_BATCH = 1024
 # a text set held in memory takes about this many bytes per byte of text (its records,
 # their tokens as Python lists, the rows as tensors): auto streaming's estimate
 IN_MEMORY_BYTES_PER_TEXT_BYTE = 16
+BYTES_PER_HELD_TOKEN = 10  # a padded row in memory: int64 token, two bool masks
+MAX_ROWS_FILE_BYTES = 64 * 1024**3  # a streamed set's rows on disk (4 bytes a token)
 ENCODE_BATCH = 1024  # records tokenised at once (tokenizers' encode_batch, threaded)
 MAX_CLASSES = 10_000
 RECORD_KEYS = ({"text"}, {"prompt", "completion"}, {"text", "label"})
@@ -257,16 +259,33 @@ def encode(
     return split
 
 
+def count_lines(path: Path) -> int:
+    """Lines of a file (at least its records), counted in chunks: nothing held."""
+    count = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            count += chunk.count(b"\n")
+    return count + 1
+
+
 def _rows(
     spec: DatasetSpec, form: str, tokenizer: TextTokenizer, job_dir: Path | None
 ) -> tuple[TextSplit | DiskRows, dict[str, Any]]:
     """The set's rows and how they were loaded: streamed from disk when `streaming`
     says so, or auto when the set would pass memory_budget_mb held in memory."""
     path = Path(str(spec.path))
-    in_memory = path.stat().st_size * IN_MEMORY_BYTES_PER_TEXT_BYTE
+    # one row per record (prompts, labelled) is padded to seq_len, whatever its length
+    padded = 0 if form == "plain" else count_lines(path) * spec.seq_len
+    in_memory = path.stat().st_size * IN_MEMORY_BYTES_PER_TEXT_BYTE + padded * BYTES_PER_HELD_TOKEN
     if job_dir is None or not spec.streams(in_memory):
         rows = encode(form, read_records(path)[1], tokenizer, spec.seq_len)
         return rows, {"path": "in_memory", "rows": len(rows), "estimated_bytes": in_memory}
+    if padded * 4 > MAX_ROWS_FILE_BYTES:
+        raise DataError(
+            f"{count_lines(path):,} records padded to seq_len {spec.seq_len} would take "
+            f"{padded * 4 / 1024**3:.1f} GiB on disk, over {MAX_ROWS_FILE_BYTES // 1024**3} "
+            "GiB: a shorter seq_len fits them"
+        )
     st = path.stat()
     identity = tokenizer.identity()
     key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "tokenizer": identity}

@@ -92,6 +92,33 @@ def test_auto_streams_a_set_past_the_memory_budget(tokenizer, tmp_path):
     )
 
 
+def test_padded_rows_count_in_the_budget_and_the_disk_cap(tokenizer, tmp_path, monkeypatch):
+    import kdcore.text.data as text_data
+
+    path = write_prompts(tmp_path / "p.jsonl", count=120)  # ~7 KB: ~0.1 MB by its size
+    assert path.stat().st_size * 16 < 1024**2
+    # but 120 rows padded to 2,048 tokens would take ~2.5 MB held in memory
+    spec = {"seq_len": 2048, "memory_budget_mb": 1}
+    data = load_text(
+        DatasetSpec(name="text", path=str(path), **spec),
+        "causal_lm",
+        load_tokenizer(tokenizer),
+        0,
+        tmp_path / "job",
+    )
+    assert data.loading["path"] == "streaming"
+    monkeypatch.setattr(text_data, "MAX_ROWS_FILE_BYTES", 512 * 1024)  # of rows on disk
+    with pytest.raises(DataError, match="a shorter seq_len fits them"):
+        load_text(
+            DatasetSpec(name="text", path=str(path), **spec),
+            "causal_lm",
+            load_tokenizer(tokenizer),
+            0,
+            tmp_path / "job2",
+        )
+    assert not (tmp_path / "job2").exists()  # refused before anything was written
+
+
 def test_a_streamed_job_trains_as_the_in_memory_one(tokenizer, tmp_path):
     path = write_corpus(tmp_path / "c.txt", documents=120, seed=6)
 
