@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import kdcore
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import kdcore  # noqa: E402
+from tests.support.text import train_tokenizer  # noqa: E402  (the tests' BPE trainer)
 
 SIZES = {  # teacher config, rows of text, seq_len, batch, vocab
     "smoke": ({"n_layer": 2, "n_embd": 64, "n_head": 2}, 64, 64, 8, 1000),
@@ -54,22 +59,6 @@ def write_text(path: Path, rows: int, seq_len: int, seed: int = 0) -> Path:
             fh.write(" ".join(lexicon[w] for w in words[start : start + 12]) + ".\n")
             if rng.random() < 0.1:
                 fh.write("\n")  # a new document
-    return path
-
-
-def train_tokenizer(corpus: Path, path: Path, vocab: int) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab,
-        special_tokens=["<|endoftext|>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train([str(corpus)], trainer)
-    tok.save(str(path))
     return path
 
 
@@ -97,7 +86,7 @@ def main() -> None:
     repeats = 1 if args.smoke else args.repeats
     tmp = Path(tempfile.mkdtemp(prefix="bench_lm_"))
     corpus = write_text(tmp / "corpus.txt", rows, seq_len)
-    tokenizer = train_tokenizer(corpus, tmp / "tokenizer.json", vocab)
+    tokenizer = train_tokenizer(corpus, tmp / "tokenizer.json", vocab_size=vocab)
     student = {**teacher, "n_layer": teacher["n_layer"] // 2}
     base = {
         "task": "causal_lm",
