@@ -43,9 +43,8 @@ def divergence(method: str, s_logp: Tensor, t_logp: Tensor, beta: float) -> Tens
     if method == "reverse_kl":
         return _kl(s_logp, t_logp)
     if method == "gkd":
-        mixture = torch.logsumexp(
-            torch.stack([t_logp + math.log(beta), s_logp + math.log(1 - beta)]), dim=0
-        )
+        # log m = log(beta p + (1 - beta) q), elementwise (no stacked copy to reduce)
+        mixture = torch.logaddexp(t_logp + math.log(beta), s_logp + math.log(1 - beta))
         return beta * _kl(t_logp, mixture) + (1 - beta) * _kl(s_logp, mixture)
     raise ValueError(f"unknown token-level method {method!r}")
 
