@@ -100,6 +100,7 @@ def iter_records(path: Path, name: str | None = None) -> Iterator[dict[str, Any]
         raise DataError(f"{name} is over {MAX_TEXT_BYTES // 1024**3} GiB")
     jsonl, keys = is_jsonl(path), None
     paragraph: list[str] = []
+    size = 0  # the paragraph's characters so far
     try:
         with open(path, encoding="utf-8") as fh:
             for n, line in enumerate(iter(lambda: fh.readline(MAX_LINE_CHARS + 1), ""), 1):
@@ -112,14 +113,15 @@ def iter_records(path: Path, name: str | None = None) -> Iterator[dict[str, Any]
                         yield record
                 elif line.strip():
                     paragraph.append(line)
-                    if sum(map(len, paragraph)) > MAX_RECORD_CHARS:
+                    size += len(line)
+                    if size > MAX_RECORD_CHARS:
                         raise DataError(
                             f"{name} line {n}: a paragraph over {MAX_RECORD_CHARS:,} characters "
                             "(documents are separated by a blank line)"
                         )
                 elif paragraph:
                     yield {"text": "".join(paragraph).strip()}
-                    paragraph = []
+                    paragraph, size = [], 0
     except UnicodeDecodeError as exc:
         raise DataError(f"{name} is not UTF-8 text (byte {exc.start} of a line)") from None
     if paragraph:
@@ -131,7 +133,7 @@ def record_form(record: dict[str, Any]) -> str:
 
 
 def text_form(path: Path) -> str:
-    """ "plain", "prompts" or "labelled", from the first record."""
+    """The file's form (plain, prompts or labelled), from its first record."""
     first = next(iter_records(path), None)
     if first is None:
         raise DataError(f"{path.name} holds no records")
@@ -275,14 +277,15 @@ def _rows(
     says so, or auto when the set would pass memory_budget_mb held in memory."""
     path = Path(str(spec.path))
     # one row per record (prompts, labelled) is padded to seq_len, whatever its length
-    padded = 0 if form == "plain" else count_lines(path) * spec.seq_len
+    records = 0 if form == "plain" else count_lines(path)  # at most the lines
+    padded = records * spec.seq_len
     in_memory = path.stat().st_size * IN_MEMORY_BYTES_PER_TEXT_BYTE + padded * BYTES_PER_HELD_TOKEN
     if job_dir is None or not spec.streams(in_memory):
         rows = encode(form, read_records(path)[1], tokenizer, spec.seq_len)
         return rows, {"path": "in_memory", "rows": len(rows), "estimated_bytes": in_memory}
     if padded * 4 > MAX_ROWS_FILE_BYTES:
         raise DataError(
-            f"{count_lines(path):,} records padded to seq_len {spec.seq_len} would take "
+            f"{records:,} records padded to seq_len {spec.seq_len} would take "
             f"{padded * 4 / 1024**3:.1f} GiB on disk, over {MAX_ROWS_FILE_BYTES // 1024**3} "
             "GiB: a shorter seq_len fits them"
         )
