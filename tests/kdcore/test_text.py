@@ -391,3 +391,39 @@ def test_gradient_checkpointing_takes_the_same_steps_and_bf16_trains(corpus, tmp
     )
     assert bf16["precision"] == "bf16" and plain["precision"] == "fp32"
     assert bf16["student"]["perplexity"] == pytest.approx(plain["student"]["perplexity"], rel=0.1)
+
+
+@pytest.mark.parametrize("stop_at_eos", [True, False])
+def test_completions_end_at_the_end_of_text_or_run_through_it(tmp_path, stop_at_eos):
+    from kdcore.callbacks import Callbacks
+    from kdcore.text.generate import generate_completions
+
+    tok = bytes_tokenizer()
+    teacher = build_text_model(
+        GPT2, {"n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 64}, "causal_lm", tok
+    )
+    with torch.no_grad():  # every position's hidden state is e; only <|endoftext|> scores
+        e = torch.full((16,), 0.6)
+        teacher.transformer.ln_f.weight.zero_()
+        teacher.transformer.ln_f.bias.copy_(e)
+        teacher.transformer.wte.weight.zero_()  # the head is tied to it
+        teacher.transformer.wte.weight[tok.eos_id] = e  # logit 5.76: p(end) ~ 0.55
+    prompts = [tok.encode("abc")] * 16
+    out = generate_completions(
+        teacher,
+        prompts,
+        tok,
+        tmp_path,
+        1.0,
+        12,
+        8,
+        0,
+        torch.device("cpu"),
+        Callbacks(),
+        stop_at_eos=stop_at_eos,
+    )
+    if stop_at_eos:  # each completion is cut before its first end of text
+        assert all(tok.eos_id not in c and len(c) < 12 for c in out)
+    else:  # max_tokens each, ends of text inside
+        assert all(len(c) == 12 for c in out)
+        assert sum(c.count(tok.eos_id) for c in out) > 16
