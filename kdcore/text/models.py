@@ -182,3 +182,18 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module) -> list[int]:
         if id(p) not in in_layers and name in t_params and t_params[name].shape == p.shape:
             p.data.copy_(t_params[name].data)
     return taken
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in the backward pass (transformers' own, under the name
+    of the installed version: activation_ from 5.x, gradient_ before)."""
+    for name in ("activation_checkpointing_enable", "gradient_checkpointing_enable"):
+        if hasattr(model, name):
+            getattr(model, name)()
+            return
+
+
+def is_checkpointing(model: nn.Module) -> bool:
+    """Whether any layer recomputes its activations (the flag transformers sets on
+    each layer it checkpoints, in every version)."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())

@@ -26,6 +26,7 @@ from kdcore.text.models import (
     ModelFolder,
     build_text_model,
     init_from_teacher,
+    is_checkpointing,
     load_weights,
     read_model_folder,
 )
@@ -320,7 +321,7 @@ def run_text(
             _baseline(spec, job.data, job.s_tok, job.data.num_classes, job.teacher, device, cb)
         return {}
     report.update(_report(spec, device, job.data, fit, job.t_tok, job.s_tok, job.same))
-    report["gradient_checkpointing"] = bool(getattr(job.student, "is_gradient_checkpointing", 0))
+    report["gradient_checkpointing"] = is_checkpointing(job.student)
     report["student"] = _measures(spec.student.arch, job.student, job.data, spec, device)
     _compare(spec, job, report, device, cb)
     _outputs(spec, job, report, fit.history, out_dir)

@@ -24,6 +24,7 @@ from kdcore.precision import autocast_for
 from kdcore.spec import JobSpec
 from kdcore.text.evaluate import evaluate_text
 from kdcore.text.losses import lm_loss, teacher_topk, token_kd_loss
+from kdcore.text.models import enable_checkpointing
 from kdcore.text.rows import TextRows, TextSplit
 from kdcore.trainer import stop_everywhere
 
@@ -300,8 +301,8 @@ def fit_text(
     given), evaluating on `val` after each epoch; from `resume` (a checkpoint) if given."""
     tr = spec.training
     student.to(device).train()
-    if tr.gradient_checkpointing and hasattr(student, "gradient_checkpointing_enable"):
-        student.gradient_checkpointing_enable()  # type: ignore[operator]
+    if tr.gradient_checkpointing:
+        enable_checkpointing(student)
     world, rank = 1, 0
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
