@@ -21,6 +21,7 @@ class Progress:
     eta_s: float | None = None
     elapsed_s: float = 0.0
     trial: dict[str, Any] | None = None  # in a sweep: which trial (index, of, rung, params)
+    tokens_per_s: float | None = None  # a text job's rate (its images_per_s stays 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -367,6 +367,7 @@ class Supervisor:
                     "losses",
                     "metrics",
                     "images_per_s",
+                    "tokens_per_s",
                     "eta_s",
                     "elapsed_s",
                     "trial",

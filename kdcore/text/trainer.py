@@ -188,9 +188,10 @@ def _progress(
         lr,
         losses or {},
         metrics or {},
-        rate,
+        0.0,
         eta,
         elapsed,
+        tokens_per_s=rate,
     )
 
 

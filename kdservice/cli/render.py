@@ -178,7 +178,8 @@ def outcome(job: Job) -> str:
 
 
 def progress_line(data: dict[str, Any]) -> str:
-    """One line per epoch: epoch, loss terms, accuracy, images/s, ETA."""
+    """One line per epoch: epoch, loss terms, accuracy (or a language model's
+    perplexity), images/s (or tokens/s), ETA."""
     metrics = data.get("metrics") or {}
     parts = [f"{data.get('phase', 'train')} epoch {data.get('epoch')}/{data.get('epochs')}"]
     parts += [f"{k} {v:.4f}" for k, v in (data.get("losses") or {}).items()]
@@ -188,8 +189,12 @@ def progress_line(data: dict[str, Any]) -> str:
         parts.append(f"acc {_pct(metrics['accuracy'])}")
     if "mse" in metrics:
         parts.append(f"mse {metrics['mse']:.4g}")
+    if "perplexity" in metrics:
+        parts.append(f"perplexity {metrics['perplexity']:.3f}")
     if data.get("images_per_s"):
         parts.append(f"{data['images_per_s']:.0f} img/s")
+    if data.get("tokens_per_s"):
+        parts.append(f"{data['tokens_per_s']:.0f} tokens/s")
     if data.get("eta_s") is not None:
         parts.append(f"ETA {data['eta_s']:.0f}s")
     return "  ".join(parts)
@@ -279,7 +284,13 @@ class Watcher:
                 self.last_acc = f"acc {_pct(metrics['accuracy'])}"
             if self.bar is not None and self.task is not None:
                 losses = " ".join(f"{k} {v:.3f}" for k, v in self.last_losses.items())
-                rate = f"{data['images_per_s']:.0f} img/s" if data.get("images_per_s") else ""
+                rate = (
+                    f"{data['images_per_s']:.0f} img/s"
+                    if data.get("images_per_s")
+                    else f"{data['tokens_per_s']:.0f} tokens/s"
+                    if data.get("tokens_per_s")
+                    else ""
+                )
                 phase, epoch, epochs = (
                     data.get("phase", "train"),
                     data.get("epoch"),

@@ -33,6 +33,7 @@ class Progress(_Model):
     lr: float | None = None
     losses: dict[str, float] = Field(default_factory=dict)
     images_per_s: float | None = None
+    tokens_per_s: float | None = None  # text jobs
     eta_s: float | None = None
     trial: dict[str, Any] | None = None  # a sweep's: index, of, rung, params
 

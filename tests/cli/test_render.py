@@ -74,3 +74,22 @@ def test_show_prints_the_gate_and_the_finished_sweep():
     assert "gate: failed" in text
     assert "class_drop (cat)" in text and "FAIL" in text and "ok" in text
     assert "(Pareto) <- selected" in text
+
+
+def test_an_epoch_line_shows_a_language_models_perplexity_and_tokens_per_second():
+    from kdservice.cli.render import progress_line
+
+    text = progress_line(
+        {
+            "phase": "train",
+            "epoch": 2,
+            "epochs": 3,
+            "losses": {"loss": 2.5},
+            "metrics": {"perplexity": 12.3456, "loss": 2.51},
+            "images_per_s": 0.0,
+            "tokens_per_s": 4321.0,
+        }
+    )
+    assert "perplexity 12.346" in text and "4321 tokens/s" in text and "img/s" not in text
+    image = progress_line({"epoch": 1, "epochs": 1, "metrics": {}, "images_per_s": 99.0})
+    assert "99 img/s" in image and "tokens/s" not in image

@@ -244,3 +244,54 @@ def test_submit_through_the_form_and_watch_it_finish(
     browser.find_element(By.ID, "logout").click()
     wait_for(browser, "#login-form")
     assert not browser.find_element(By.ID, "logout").is_displayed()
+
+
+def test_a_language_model_job_page_shows_perplexity(
+    server: tuple[str, str], browser: WebDriver, tmp_path: Path
+) -> None:
+    from tests.support.text import GPT2_STUDENT, write_corpus
+
+    url, key = server
+    auth = {"Authorization": f"Bearer {key}"}
+    corpus = write_corpus(tmp_path / "corpus.txt", documents=60)
+    up = httpx.post(
+        f"{url}/v1/files",
+        files={"file": ("corpus.txt", corpus.read_bytes())},
+        data={"purpose": "dataset"},
+        headers=auth,
+    )
+    assert up.status_code == 201, up.text
+    spec = {
+        "name": "tiny-lm",
+        "kind": "train",
+        "task": "causal_lm",
+        "student": {"arch": "hf:GPT2LMHeadModel", "config": GPT2_STUDENT},
+        "dataset": {"name": "text", "path": up.json()["id"], "seq_len": 32},
+        "training": {"epochs": 2, "batch_size": 8},
+    }
+    job = httpx.post(f"{url}/v1/jobs", json=spec, headers=auth)
+    assert job.status_code == 201, job.text
+    browser.get(url + "/")
+    wait_for(browser, "#login-form")
+    set_value(browser, "api-key", key)
+    browser.find_element(By.ID, "login").click()
+    wait_for(browser, "#jobs-body")
+    browser.get(f"{url}/#/jobs/{job.json()['id']}")
+    WebDriverWait(browser, 240).until(
+        lambda d: "perplexity" in attribute(d, "#report", "innerText").lower()
+    )
+    report = attribute(browser, "#report-table", "innerText").lower()
+    assert "perplexity" in report and "tokens/s" in report and "mse" not in report
+    assert "tokens/s on cpu" in attribute(browser, "#report", "innerText")
+    progress = attribute(browser, "#progress-text", "innerText")
+    assert "tokens/s" in progress and "img/s" not in progress
+    title = browser.execute_script(
+        "return document.querySelector('#accuracy-chart svg text').textContent"
+    )
+    assert title == "Validation perplexity"
+    series = browser.execute_script(
+        "return [...document.querySelectorAll('#accuracy-chart path.series')].length"
+    )
+    assert series == 1  # the student's perplexity, epoch by epoch
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "dashboard-language-model.png"))

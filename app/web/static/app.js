@@ -182,10 +182,11 @@ function renderJobs(view) {
 function jobRow(job) {
   const frac = job.progress.fraction ?? (job.status === "succeeded" ? 1 : 0);
   const acc = job.report?.student?.accuracy ?? job.metrics.accuracy;
+  const ppl = job.report?.student?.perplexity ?? job.metrics.perplexity;  // language models
   return h("tr", { class: "job-row", "data-job-id": job.id, onclick: () => { location.hash = `#/jobs/${job.id}`; } },
     h("td", {}, job.name), h("td", {}, job.kind), h("td", {}, statusBadge(job.status)),
     h("td", {}, h("div", { class: "bar" }, h("div", { style: `width:${Math.round(100 * frac)}%` }))),
-    h("td", {}, pct(acc)), h("td", { class: "muted" }, job.created_at.replace("T", " ").slice(0, 19)),
+    h("td", {}, acc == null && typeof ppl === "number" ? `perplexity ${fmt(ppl, 3)}` : pct(acc)), h("td", { class: "muted" }, job.created_at.replace("T", " ").slice(0, 19)),
     h("td", { class: "muted" }, job.id));
 }
 
@@ -221,14 +222,14 @@ function lineChart(title, series, xLabel, hline) {
     const d = s.points.map((p, j) => `${j ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ");
     root.append(svg("path", { d, fill: "none", stroke: s.color || COLORS[i % COLORS.length], "stroke-width": 2, class: "series", "data-series": s.name }));
     // the legend sits in the title row, right of the title; inline style beats the CSS fill
-    root.append(svg("text", { x: L + 130 + 80 * i, y: 14, style: `fill:${s.color || COLORS[i % COLORS.length]}`, class: "legend" }, s.name));
+    root.append(svg("text", { x: L + 16 + 7 * title.length + 80 * i, y: 14, style: `fill:${s.color || COLORS[i % COLORS.length]}`, class: "legend" }, s.name));
   });
   return root;
 }
 
 function renderJob(view, jobId) {
   loadTenant();
-  const state = { job: null, losses: {}, accuracy: [], valLoss: [], lastSeq: 0 };
+  const state = { job: null, losses: {}, accuracy: [], valLoss: [], lastSeq: 0, quality: "accuracy" };
   const head = h("div", { class: "card", id: "job-head" });
   const lossChart = h("div", { class: "card chart", id: "loss-chart" });
   const accChart = h("div", { class: "card chart", id: "accuracy-chart" });
@@ -242,8 +243,9 @@ function renderJob(view, jobId) {
     if (state.valLoss.length) lossSeries.push({ name: "val loss", points: state.valLoss, color: "#1d2433" });
     fill(lossChart, lineChart("Loss", lossSeries, "step"));
     const t = state.job?.report?.teacher;
-    const hline = t && typeof t.accuracy === "number" ? { value: t.accuracy, label: "teacher" } : null;
-    fill(accChart, lineChart("Validation accuracy", [{ name: "student", points: state.accuracy }], "epoch", hline));
+    const key = state.quality;  // accuracy, or a language model's perplexity
+    const hline = t && typeof t[key] === "number" ? { value: t[key], label: "teacher" } : null;
+    fill(accChart, lineChart(`Validation ${key}`, [{ name: "student", points: state.accuracy }], "epoch", hline));
   }
 
   function drawHead() {
@@ -267,6 +269,7 @@ function renderJob(view, jobId) {
       h("div", { class: "bar", id: "progress-bar" }, h("div", { style: `width:${Math.round(100 * frac)}%` })),
       h("p", { id: "progress-text" }, p.epoch ? `epoch ${p.epoch}/${p.epochs} · step ${p.step}/${p.total_steps}` +
         (p.images_per_s ? ` · ${fmt(p.images_per_s, 0)} img/s` : "") +
+        (p.tokens_per_s ? ` · ${fmt(p.tokens_per_s, 0)} tokens/s` : "") +
         (p.eta_s && job.status === "running" ? ` · ETA ${fmt(p.eta_s, 0)} s` : "") : "waiting for a worker"),
       job.error ? h("div", { class: "error-banner" }, job.error) : null,
       h("div", {}, actions));
@@ -280,16 +283,19 @@ function renderJob(view, jobId) {
     const r = job.report;
     if (!r) { fill(report, h("h2", {}, "Report"), h("p", { class: "muted" }, "The report appears when the job succeeds.")); return; }
     const s = r.student || {}, t = r.teacher || {};
-    const quality = "accuracy" in s ? "accuracy" : "mse";
+    const quality = "accuracy" in s ? "accuracy" : "perplexity" in s ? "perplexity" : "mse";
     const row = (label, a, b) => h("tr", {}, h("td", {}, label), h("td", {}, a), h("td", {}, b));
     const rows = [
       row(quality, quality === "accuracy" ? pct(t[quality]) : fmt(t[quality]), quality === "accuracy" ? pct(s[quality]) : fmt(s[quality])),
       row("architecture", t.arch ?? "–", s.arch),
       row("parameters", t.parameters?.toLocaleString() ?? "–", s.parameters?.toLocaleString()),
       row("size on disk", t.bytes_on_disk ? bytes(t.bytes_on_disk) : "–", s.bytes_on_disk ? bytes(s.bytes_on_disk) : "–"),
+    ].concat("tokens_per_s" in s ? [  // a text job measures throughput, not latency
+      row("tokens/s", fmt(t.tokens_per_s, 0), fmt(s.tokens_per_s, 0)),
+    ] : [
       row("CPU latency, batch 1 (ms)", fmt(t.latency_ms_batch1, 3), fmt(s.latency_ms_batch1, 3)),
       row("CPU latency, batch 64 (ms)", fmt(t.latency_ms_batch64, 3), fmt(s.latency_ms_batch64, 3)),
-    ];
+    ]);
     const summary = [];
     if (r.compression_ratio) summary.push(`compression ${fmt(r.compression_ratio, 2)}x parameters`, `size ${fmt(r.size_ratio, 2)}x`, `speed-up ${fmt(r.speedup_batch1, 2)}x (batch 1)`);
     if (typeof r.agreement === "number") summary.push(`agreement ${pct(r.agreement)}`);
@@ -297,7 +303,9 @@ function renderJob(view, jobId) {
     fill(report, h("h2", {}, "Report: teacher vs student"),
       h("table", { class: "kv", id: "report-table" }, h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", {}, "teacher"), h("th", {}, "student"))), h("tbody", {}, rows)),
       h("p", { id: "report-summary" }, summary.join(" · ")),
-      h("p", { class: "muted" }, `${r.epochs} epochs, ${fmt(r.training_time_s, 1)} s, ${fmt(r.train_images_per_s, 0)} img/s on ${r.device} (${r.precision})`),
+      h("p", { class: "muted" }, `${r.epochs} epochs, ${fmt(r.training_time_s, 1)} s, ` +
+        (r.train_tokens_per_s ? `${fmt(r.train_tokens_per_s, 0)} tokens/s` : `${fmt(r.train_images_per_s, 0)} img/s`) +
+        ` on ${r.device} (${r.precision})`),
       ...gateView(r.gate), ...perClassView(r.readiness));
   }
 
@@ -353,6 +361,10 @@ function renderJob(view, jobId) {
     if (ev.type === "epoch" && d.phase !== "baseline") {
       const m = d.metrics || {};
       if (typeof m.accuracy === "number") state.accuracy.push([d.epoch, m.accuracy]);
+      else if (typeof m.perplexity === "number") {
+        state.quality = "perplexity";
+        state.accuracy.push([d.epoch, m.perplexity]);
+      }
       if (typeof m.loss === "number") state.valLoss.push([d.step, m.loss]);
     }
     if (ev.type === "status" || ev.type === "epoch") refresh(); else drawCharts();
