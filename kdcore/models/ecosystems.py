@@ -243,9 +243,22 @@ def extract_model_folder(archive: Path, folder: Path, max_bytes: int) -> None:
             pass
     except DataError as exc:
         raise CheckpointError(str(exc)) from None
-    for name, cap in FOLDER_CAPS.items():
-        if (folder / name).exists() and (folder / name).stat().st_size > cap:
-            raise CheckpointError(f"{archive.name}: {name} is over {cap:,} bytes")
+    for name in FOLDER_CAPS:  # refused at upload, not first when a job reads them
+        folder_file(folder, name, archive.name)
+
+
+def folder_file(folder: Path, name: str, label: str) -> Path | None:
+    """A model folder's file (a regular file, not a link), checked against its cap in
+    FOLDER_CAPS before anyone reads it; None when the folder has none."""
+    from kdcore.errors import CheckpointError
+
+    f = folder / name
+    if not f.is_file() or f.is_symlink():
+        return None
+    cap = FOLDER_CAPS.get(name)
+    if cap is not None and f.stat().st_size > cap:
+        raise CheckpointError(f"{label}: {name} is over {cap:,} bytes")
+    return f
 
 
 def read_hf_folder(archive: Path, max_bytes: int) -> tuple[dict[str, Any], Path]:
@@ -259,13 +272,14 @@ def read_hf_folder(archive: Path, max_bytes: int) -> tuple[dict[str, Any], Path]
     folder = Path(tempfile.mkdtemp(prefix="kd_hf_"))
     try:
         extract_model_folder(archive, folder, max_bytes)
-        missing = [n for n in ("config.json", WEIGHTS) if not (folder / n).exists()]
+        found = {n: folder_file(folder, n, archive.name) for n in ("config.json", WEIGHTS)}
+        missing = [n for n, f in found.items() if f is None]
         if missing:
             raise CheckpointError(
                 f"{archive.name} is not a Hugging Face model folder: it lacks " + ", ".join(missing)
             )
         try:
-            config = check_hf_config(json.loads((folder / "config.json").read_bytes()))
+            config = check_hf_config(json.loads(folder.joinpath("config.json").read_bytes()))
         except (ValueError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{archive.name}: config.json: {exc}") from None
     except BaseException:

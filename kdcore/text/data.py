@@ -276,10 +276,11 @@ def _rows(
     """The set's rows and how they were loaded: streamed from disk when `streaming`
     says so, or auto when the set would pass memory_budget_mb held in memory."""
     path = Path(str(spec.path))
+    st = path.stat()
     # one row per record (prompts, labelled) is padded to seq_len, whatever its length
     records = 0 if form == "plain" else count_lines(path)  # at most the lines
     padded = records * spec.seq_len
-    in_memory = path.stat().st_size * IN_MEMORY_BYTES_PER_TEXT_BYTE + padded * BYTES_PER_HELD_TOKEN
+    in_memory = st.st_size * IN_MEMORY_BYTES_PER_TEXT_BYTE + padded * BYTES_PER_HELD_TOKEN
     if job_dir is None or not spec.streams(in_memory):
         rows = encode(form, read_records(path)[1], tokenizer, spec.seq_len)
         return rows, {"path": "in_memory", "rows": len(rows), "estimated_bytes": in_memory}
@@ -289,7 +290,6 @@ def _rows(
             f"{padded * 4 / 1024**3:.1f} GiB on disk, over {MAX_ROWS_FILE_BYTES // 1024**3} "
             "GiB: a shorter seq_len fits them"
         )
-    st = path.stat()
     identity = tokenizer.identity()
     key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "tokenizer": identity}
     folder = job_dir / ROWS_DIR / f"{identity[:16]}-{spec.seq_len}"
@@ -325,13 +325,14 @@ def load_text(
     train, val, test = split_rows(len(rows), spec, seed)
     if len(train) < 2:
         raise DataError("too few rows left to train on")
-    classes = None
-    if rows.labels is not None:
-        classes = int(rows.labels.max()) + 1
+    classes, labels = None, rows.labels  # read once (a streamed set reads its meta file)
+    if labels is not None:
+        classes = int(labels.max()) + 1
         if classes < 2:
             raise DataError("text_classification needs at least two labels")
-    split = rows.split if isinstance(rows, DiskRows) else rows.rows
-    return TextData(split(train), split(val), split(test), form, spec.seq_len, classes, loading)
+    return TextData(
+        rows.split(train), rows.split(val), rows.split(test), form, spec.seq_len, classes, loading
+    )
 
 
 def completion_rows(

@@ -22,11 +22,10 @@ from torch import nn
 from kdcore.errors import CheckpointError, SpecError
 from kdcore.models.ecosystems import (
     HF,
-    MAX_CONFIG_BYTES,
-    MAX_TOKENIZER_BYTES,
     WEIGHTS,
     check_hf_config,
     extract_model_folder,
+    folder_file,
 )
 from kdcore.text.tokens import TextTokenizer, read_tokenizer
 
@@ -56,16 +55,6 @@ class ModelFolder:
             shutil.rmtree(self.temp, ignore_errors=True)
 
 
-def _read_small(folder: Path, name: str, cap: int, label: str) -> bytes | None:
-    """A folder's config.json or tokenizer.json, its size checked before it is read."""
-    f = folder / name
-    if not f.is_file() or f.is_symlink():
-        return None
-    if f.stat().st_size > cap:
-        raise CheckpointError(f"{label}: {name} is over {cap:,} bytes")
-    return f.read_bytes()
-
-
 def read_model_folder(path: Path) -> ModelFolder:
     """A model folder: a directory, or a zip/tar of one (read with the archive caps)."""
     temp = None if path.is_dir() else Path(tempfile.mkdtemp(prefix="kd_text_"))
@@ -73,28 +62,26 @@ def read_model_folder(path: Path) -> ModelFolder:
         folder = path if temp is None else temp
         if temp is not None:
             extract_model_folder(path, temp, MAX_FOLDER_BYTES)
-        raw = _read_small(folder, "config.json", MAX_CONFIG_BYTES, path.name)
-        if raw is None:
+        config_file = folder_file(folder, "config.json", path.name)
+        if config_file is None:
             raise CheckpointError(f"{path.name} is not a model folder: it has no config.json")
         try:
-            config = check_hf_config(json.loads(raw))
+            config = check_hf_config(json.loads(config_file.read_bytes()))
         except (ValueError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{path.name}: config.json: {exc}") from None
         tokenizer = None
-        raw = _read_small(folder, "tokenizer.json", MAX_TOKENIZER_BYTES, path.name)
-        if raw is not None:
+        if (tokenizer_file := folder_file(folder, "tokenizer.json", path.name)) is not None:
             try:
-                text = raw.decode("utf-8")
+                text = tokenizer_file.read_text(encoding="utf-8")
             except UnicodeDecodeError:
                 raise CheckpointError(f"{path.name}: tokenizer.json is not UTF-8") from None
             tokenizer = read_tokenizer(text, f"{path.name}/tokenizer.json")
-        weights = folder / WEIGHTS
-        found = weights.is_file() and not weights.is_symlink()
+        weights = folder_file(folder, WEIGHTS, path.name)
     except BaseException:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
         raise
-    return ModelFolder(config, weights if found else None, tokenizer, temp)
+    return ModelFolder(config, weights, tokenizer, temp)
 
 
 def text_model_class(arch: str, task: str) -> Any:

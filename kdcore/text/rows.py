@@ -48,6 +48,10 @@ class TextSplit:
         labels = self.labels[idx] if self.labels is not None else None
         return TextSplit(self.ids[idx], self.attention[idx], self.targets[idx], labels)
 
+    def split(self, index: Tensor) -> TextSplit:
+        """A split of a set held in memory: its rows (DiskRows keeps an index instead)."""
+        return self.rows(index)
+
     def tokens(self) -> int:
         """The predicted tokens (a causal LM's perplexity is over these)."""
         return int(self.targets[:, 1:].sum())

@@ -106,6 +106,7 @@ def _sequence_data(
     """The teacher completes every training prompt; the student's training rows become
     the prompts and those completions (in the student's tokens)."""
     d = spec.distillation
+    packed = data.form == "plain"  # the teacher's text takes the form of the job's data
     prompt_tokens = d.prompt_tokens or max(1, spec.dataset.seq_len // 4)
     prompts = [p for p in data.prompts(prompt_tokens) for _ in range(d.samples_per_prompt)]
     ranks = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -123,16 +124,14 @@ def _sequence_data(
         spec.training.seed,
         device,
         callbacks,
-        stop_at_eos=data.form != "plain",
+        stop_at_eos=not packed,
     )
     if ranks and rank == 0:
         torch.distributed.barrier()
     if s_tok.identity() != t_tok.identity():  # the student reads the same text in its tokens
         prompts = [s_tok.encode(t_tok.decode(p)) for p in prompts]
         completions = [s_tok.encode(t_tok.decode(c)) for c in completions]
-    train = completion_rows(
-        prompts, completions, s_tok, spec.dataset.seq_len, packed=data.form == "plain"
-    )
+    train = completion_rows(prompts, completions, s_tok, spec.dataset.seq_len, packed=packed)
     return TextData(train, data.val, data.test, "prompts", data.seq_len, data.num_classes)
 
 

@@ -38,6 +38,7 @@ class TextTokenizer:
         self.eos_token = next(n for n in EOS_NAMES if n in vocab)
         self.pad_id = next((vocab[n] for n in PAD_NAMES if n in vocab), eos)
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self._identity: str | None = None
 
     def encode(self, text: str) -> list[int]:
         return list(self.tok.encode(text, add_special_tokens=False).ids)
@@ -51,10 +52,14 @@ class TextTokenizer:
 
     def identity(self) -> str:
         """What decides the tokens: model (vocabulary, merges), normaliser,
-        pre-tokeniser and added tokens; not padding or truncation settings."""
-        spec = json.loads(self.tok.to_str())
-        keep = {k: spec.get(k) for k in ("model", "normalizer", "pre_tokenizer", "added_tokens")}
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
+        pre-tokeniser and added tokens; not padding or truncation settings. Computed
+        once (the tokenizer's whole JSON is read)."""
+        if self._identity is None:
+            spec = json.loads(self.tok.to_str())
+            parts = ("model", "normalizer", "pre_tokenizer", "added_tokens")
+            keep = {k: spec.get(k) for k in parts}
+            self._identity = hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
+        return self._identity
 
     def save(self, folder: Path) -> list[Path]:
         """tokenizer.json plus the two small files transformers' AutoTokenizer reads."""

@@ -427,3 +427,23 @@ def test_completions_end_at_the_end_of_text_or_run_through_it(tmp_path, stop_at_
     else:  # max_tokens each, ends of text inside
         assert all(len(c) == 12 for c in out)
         assert sum(c.count(tok.eos_id) for c in out) > 16
+
+
+def test_a_model_folder_on_disk_is_not_read_through_links(corpus, tmp_path):
+    from kdcore.errors import CheckpointError
+
+    folder = tmp_path / "linked"
+    folder.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1}))
+    (folder / "config.json").symlink_to(outside / "config.json")
+    with pytest.raises(CheckpointError, match="it has no config.json"):
+        read_model_folder(folder)
+    (folder / "config.json").unlink()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1}))
+    (folder / "tokenizer.json").symlink_to(corpus[1])  # a real tokenizer, behind a link
+    (folder / "model.safetensors").symlink_to(outside / "config.json")
+    found = read_model_folder(folder)
+    assert found.config["n_layer"] == 1
+    assert found.tokenizer is None and found.weights is None  # neither followed

@@ -229,7 +229,7 @@ function lineChart(title, series, xLabel, hline) {
 
 function renderJob(view, jobId) {
   loadTenant();
-  const state = { job: null, losses: {}, accuracy: [], valLoss: [], lastSeq: 0, quality: "accuracy" };
+  const state = { job: null, losses: {}, validation: [], valLoss: [], lastSeq: 0, quality: "accuracy" };
   const head = h("div", { class: "card", id: "job-head" });
   const lossChart = h("div", { class: "card chart", id: "loss-chart" });
   const accChart = h("div", { class: "card chart", id: "accuracy-chart" });
@@ -245,7 +245,7 @@ function renderJob(view, jobId) {
     const t = state.job?.report?.teacher;
     const key = state.quality;  // accuracy, or a language model's perplexity
     const hline = t && typeof t[key] === "number" ? { value: t[key], label: "teacher" } : null;
-    fill(accChart, lineChart(`Validation ${key}`, [{ name: "student", points: state.accuracy }], "epoch", hline));
+    fill(accChart, lineChart(`Validation ${key}`, [{ name: "student", points: state.validation }], "epoch", hline));
   }
 
   function drawHead() {
@@ -360,10 +360,10 @@ function renderJob(view, jobId) {
     }
     if (ev.type === "epoch" && d.phase !== "baseline") {
       const m = d.metrics || {};
-      if (typeof m.accuracy === "number") state.accuracy.push([d.epoch, m.accuracy]);
+      if (typeof m.accuracy === "number") state.validation.push([d.epoch, m.accuracy]);
       else if (typeof m.perplexity === "number") {
         state.quality = "perplexity";
-        state.accuracy.push([d.epoch, m.perplexity]);
+        state.validation.push([d.epoch, m.perplexity]);
       }
       if (typeof m.loss === "number") state.valLoss.push([d.step, m.loss]);
     }
