@@ -62,8 +62,8 @@ class TopkCache:
         shape = (len(train), train.seq_len, k)
         done = folder / "complete"
         if done.exists() and done.read_text() == str(shape):
-            self.values = np.load(folder / "values.npy", mmap_mode="r")
-            self.indices = np.load(folder / "indices.npy", mmap_mode="r")
+            self.values = np.load(folder / "values.npy", mmap_mode="r", allow_pickle=False)
+            self.indices = np.load(folder / "indices.npy", mmap_mode="r", allow_pickle=False)
             return
         values = np.lib.format.open_memmap(folder / "values.npy", "w+", np.float16, shape)
         indices = np.lib.format.open_memmap(folder / "indices.npy", "w+", np.int32, shape)
