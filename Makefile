@@ -4,25 +4,34 @@ VENV      := .venv
 BIN       := $(VENV)/bin
 # pinned here (not in pyproject, whose ranges stay loose): these wheels lie on the CI disk
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
-STAMP     := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test test-fast lint fmt typecheck migrate bench services browser datasets demo clean install
+.PHONY: run test test-fast lint fmt typecheck migrate bench services browser datasets demo clean install install-run
 
-$(STAMP): pyproject.toml
+# `make run` installs what serving needs and nothing else (no test or lint tools);
+# `make test` adds the dev extra on top (tests/test_install.py checks the split)
+$(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install -q $(TORCH_PKGS)
-	$(BIN)/pip install -q -e '.[dev]'
-	touch $(STAMP)
+	$(BIN)/pip install -q -e .
+	touch $(RUN_STAMP)
 
-install: $(STAMP)
+$(DEV_STAMP): $(RUN_STAMP)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(DEV_STAMP)
+
+install-run: $(RUN_STAMP)
+
+install: $(DEV_STAMP)
 
 ## run: the service on the embedded default (SQLite + local executor, no servers to start)
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/kd serve
 
 ## demo: kdcore alone: train a teacher on digits, distil it, print the report
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	$(BIN)/kdcore train examples/digits_teacher.json --out out/teacher
 	$(BIN)/kdcore distill examples/digits_distill.json --out out/distill
 	@echo "report: out/distill/report.json"
@@ -44,11 +53,11 @@ datasets:
 	@test -d /usr/share/datasets/fashion-mnist || \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null)
 
-LINTED := kdcore kdservice app worker migrations tests bench examples
+LINTED := kdcore kdservice app worker tests bench examples
 
 ## lint: ruff (rules + complexity), format check, the import-linter contracts
 ## (docs/architecture.md), typos, mypy
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/lint-imports --no-cache
@@ -56,28 +65,28 @@ lint: $(STAMP)
 	$(BIN)/mypy kdcore kdservice app worker
 
 ## fmt: apply ruff's fixes and formatting
-fmt: $(STAMP)
+fmt: $(DEV_STAMP)
 	$(BIN)/ruff check --fix $(LINTED)
 	$(BIN)/ruff format $(LINTED)
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy kdcore kdservice app worker
 
 ## migrate: upgrade the database of KD_DATABASE_URL (SQLite upgrades itself on start)
-migrate: $(STAMP)
+migrate: $(RUN_STAMP)
 	$(BIN)/kd migrate
 
 ## test-fast: the developer's loop: unit and API tests (no real processes, no
 ## PostgreSQL/Redis, nothing slow), two processes at once
-test-fast: $(STAMP) services
+test-fast: $(DEV_STAMP) services
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 -m "not slow and not integration" tests
 
 ## test: lint + type check + the whole test suite
-test: $(STAMP) services browser datasets lint
+test: $(DEV_STAMP) services browser datasets lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 ## bench: throughput and quality benchmarks (prints medians and ratios; not a test)
-bench: $(STAMP) datasets
+bench: $(DEV_STAMP) datasets
 	$(BIN)/python bench/kd_throughput.py
 	$(BIN)/python bench/peer_compare.py
 	$(BIN)/python bench/kd_methods.py

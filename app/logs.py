@@ -86,6 +86,9 @@ def dict_config(settings: Settings, stream: Any = None) -> dict[str, Any]:
         "formatters": {"kd": formatter},
         "handlers": {"stderr": handler},
         "root": {"handlers": ["stderr"], "level": settings.log_level.upper()},
+        # Alembic's own lines ("Context impl ...", each step) are noise at a start: an
+        # upgrade is one line of ours (kd.db, app/db/migrate.py)
+        "loggers": {"alembic": {"level": "WARNING"}},
     }
 
 

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from fastapi import FastAPI
 
+import kdcore
 from app.api import problems
 from app.api.guards import BodyLimit, SecurityHeaders
 from app.api.job_reads import JobReads
@@ -94,7 +95,7 @@ def create_app(
 
     app = FastAPI(
         title="kdservice",
-        version="0.1.0",
+        version=kdcore.__version__,
         lifespan=lifespan,
         description="Knowledge distillation as a service. Errors are RFC 9457 "
         "problem JSON; authenticate with `Authorization: Bearer <api key>`.",

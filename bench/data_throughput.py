@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 
 from kdcore.augment import augment_batch
-from kdcore.run import run as train_or_distill
-from kdcore.run import train
+from kdcore.entry import run as train_or_distill
+from kdcore.entry import train
 from kdcore.spec import AugmentSpec, stored_side
 from kdcore.streaming import decode_resized
 

@@ -1,5 +1,7 @@
-"""kdcore: knowledge distillation as a library. The entry points are kdcore.run
-(`run`, `distill`, `train`); kdcore.spec is the job schema.
+"""kdcore: knowledge distillation as a library. The entry points are `kdcore.run`,
+`kdcore.distill` and `kdcore.train` (defined in kdcore.entry: no module may share an
+exported name, or importing it would replace the function with the module);
+kdcore.spec is the job schema.
 
 The names below are loaded on first use (PEP 562), so `import kdcore.spec` or
 `import kdcore.errors` does not pull in torch.
@@ -8,7 +10,13 @@ The names below are loaded on first use (PEP 562), so `import kdcore.spec` or
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+
+try:  # the distribution's version (pyproject.toml): one number for kd, kdcore and the API
+    __version__ = version("kdservice")
+except PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"
 
 _EXPORTS = {
     "Callbacks": "kdcore.callbacks",
@@ -20,9 +28,9 @@ _EXPORTS = {
     "SpecError": "kdcore.errors",
     "JobSpec": "kdcore.spec",
     "parse_spec": "kdcore.validate",
-    "run": "kdcore.run",
-    "distill": "kdcore.run",
-    "train": "kdcore.run",
+    "run": "kdcore.entry",
+    "distill": "kdcore.entry",
+    "train": "kdcore.entry",
 }
 __all__ = sorted(_EXPORTS)
 

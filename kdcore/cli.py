@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+import kdcore
 from kdcore.callbacks import Callbacks, Progress
 from kdcore.errors import Cancelled, KDError, SpecError
 from kdcore.spec import EXPORT_FORMATS
@@ -70,7 +71,7 @@ def _count(text: str) -> int:
 
 
 def _run(args: argparse.Namespace, kind: str) -> int:
-    from kdcore.run import run
+    from kdcore.entry import run
     from kdcore.validate import parse_spec
 
     data = _load_spec_file(args.spec)
@@ -205,6 +206,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdcore", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"kdcore {kdcore.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for kind in ("distill", "train"):
         p = sub.add_parser(kind, help=f"run a {kind} job spec locally")

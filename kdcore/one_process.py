@@ -1,5 +1,5 @@
 """One job in this process: data, models, the training loop, the outputs, the report
-(kdcore.run picks this or the data-parallel path).
+(kdcore.entry picks this or the data-parallel path).
 
 out_dir/student.safetensors, student.json     the student and how to rebuild it
 out_dir/student.torchscript.pt, student.onnx  optional exports

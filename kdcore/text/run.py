@@ -1,6 +1,6 @@
 """A text job from spec to outputs: tokenizer, data, teacher, student (and, for
 `sequence`, the teacher's generations first), training, held-out measures, a Hugging
-Face folder, and the report. `kdcore.run` sends tasks causal_lm and
+Face folder, and the report. `kdcore.entry` sends tasks causal_lm and
 text_classification here."""
 
 from __future__ import annotations

@@ -42,8 +42,22 @@ def _client(ctx: typer.Context) -> Client:
     return Client(target.url, target.api_key)
 
 
+def _print_version(given: bool) -> None:
+    if given:
+        from importlib.metadata import version
+
+        print(f"kd {version('kdservice')}")
+        raise typer.Exit()
+
+
 def global_options(
     ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="print the version and exit"
+        ),
+    ] = False,
     url: Annotated[
         str | None, typer.Option(help="service URL (KD_URL)", show_default=False)
     ] = None,

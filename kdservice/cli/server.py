@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from kdservice.cli.startup import announce_when_answering, bind_listener, start_block
+
 if TYPE_CHECKING:  # the server is imported only when a server command runs
     from app.settings import Settings
 
@@ -37,8 +39,9 @@ def _key_file(settings: Settings) -> Path:
     return settings.data_dir / "api_key"
 
 
-def _first_start_key(settings: Settings) -> None:
-    """On the first start, create a key for tenant 'default', store it 0600, print it."""
+def _first_start_key(settings: Settings) -> str:
+    """On the first start, create a key for tenant 'default' and store it 0600; returns
+    the start block's line about it (the key itself only when it was just made)."""
     from app.db.session import session_scope
     from app.services.keys import any_key, create_key
 
@@ -46,15 +49,13 @@ def _first_start_key(settings: Settings) -> None:
     with session_scope(settings.db_url) as session:
         if any_key(session):
             if path.exists():
-                print(f"kd: API key in {path}", file=sys.stderr)
-            return
+                return f"{path} (`kd` commands read it)"
+            return "kept by whoever made it (`kd keys create --tenant NAME` makes another)"
         _, plain = create_key(session, "default")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(plain + "\n")
-    print(
-        f"kd: created an API key for tenant 'default' (saved to {path}):\n{plain}", file=sys.stderr
-    )
+    return f"{plain}\n             new, for tenant 'default', saved to {path}"
 
 
 def background_loops(settings: Settings) -> list[Any]:
@@ -90,29 +91,27 @@ def serve(
     ] = 1,
 ) -> None:
     """Run the API (and, with no broker configured, the local executor)."""
-    import uvicorn
-
-    from app.logs import configure_logging, dict_config
-    from app.main import create_app, prepare
-
     settings = get_settings()
     if host:
         settings.host = host
     if port:
         settings.port = port
-    configure_logging(settings)
-    prepare(settings)
-    _first_start_key(settings)
-    mode = f"Celery via {settings.broker_url}" if settings.broker_url else "local executor"
-    print(
-        f"kd: serving on http://{settings.host}:{settings.port} ({mode}, "
-        f"database {settings.db_url.split('@')[-1]})",
-        file=sys.stderr,
-    )
     if workers > 1 and not settings.broker_url:
         raise typer.BadParameter(
             "--workers > 1 needs KD_BROKER_URL: each process would run its own local executor"
         )
+    # the port first: a second `kd serve` stops here, before it migrates or starts a
+    # job runner; the bound socket is what uvicorn then serves on
+    listener = bind_listener(settings.host, settings.port)
+
+    import uvicorn
+
+    from app.logs import configure_logging, dict_config
+    from app.main import create_app, prepare
+
+    configure_logging(settings)
+    prepare(settings)
+    key_line = _first_start_key(settings)
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -123,12 +122,16 @@ def serve(
         # client reusing a kept-alive connection never races the server closing it
         "timeout_keep_alive": 75,
     }
+    announce_when_answering(settings, start_block(settings, key_line))
     if workers > 1:
+        # uvicorn's supervisor binds for its processes: the check above has done its work
+        listener.close()
         # each process builds its app from the same environment (settings are env-only)
         os.environ["KD_HOST"], os.environ["KD_PORT"] = settings.host, str(settings.port)
         uvicorn.run("kdservice.cli.server:served_app", factory=True, workers=workers, **options)
     else:
-        uvicorn.run(create_app(settings, background_loops), **options)
+        config = uvicorn.Config(create_app(settings, background_loops), **options)
+        uvicorn.Server(config).run(sockets=[listener])
 
 
 def worker(

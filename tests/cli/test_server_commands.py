@@ -9,6 +9,7 @@ import logging
 import os
 import pty
 import select
+import socket
 import subprocess
 import sys
 import time
@@ -129,3 +130,112 @@ def test_kd_serve_on_a_terminal_writes_readable_lines(tmp_path: Path):
     line = next(ln for ln in seen.splitlines() if "worker thread" in ln)
     assert not line.lstrip().startswith("{"), line
     assert " INFO " in line and line.split()[0].count(":") == 2  # HH:MM:SS INFO message
+
+
+def _serve(data: Path, port: int) -> subprocess.Popen:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KD_")}
+    env = {**base, "KD_DATA_DIR": str(data), "KD_DATABASE_URL": "", "KD_LOG_FORMAT": "json"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "kdservice.cli", "serve", "--port", str(port)],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def _lines_until_the_start_block(proc: subprocess.Popen, port: int) -> tuple[list[str], int]:
+    """stderr's lines up to the block's last line, and /healthz's status the moment the
+    block was printed."""
+    assert proc.stderr is not None
+    seen = b""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
+        if not ready:
+            continue
+        chunk = os.read(proc.stderr.fileno(), 65536)
+        assert chunk, f"kd serve ended before its start block: {seen!r}"
+        seen += chunk
+        lines = seen.decode(errors="replace").splitlines()
+        if seen.endswith(b"\n") and any(ln.lstrip().startswith("next ") for ln in lines):
+            import httpx
+
+            answered = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5, trust_env=False)
+            return lines, answered.status_code
+    raise AssertionError(f"no start block within 120 s: {seen!r}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.mark.integration
+def test_kd_serve_prints_one_start_block_once_it_answers_and_migrates_once(tmp_path: Path):
+    data, port = tmp_path / "data", free_port()
+    for start in ("first", "second"):
+        proc = _serve(data, port)
+        try:
+            lines, health = _lines_until_the_start_block(proc, port)
+        finally:
+            _stop(proc)
+        assert health == 200  # printed when the port answers, not before
+        block = [ln for ln in lines if not ln.startswith("{")]
+        assert block[0] == f"kd: serving on http://127.0.0.1:{port} " + (
+            f"(local executor, database sqlite:///{data / 'kdservice.db'})"
+        )
+        url = f"http://127.0.0.1:{port}"
+        assert block[1].split() == ["dashboard", f"{url}/"]
+        assert block[2].split() == ["API", "docs", f"{url}/docs"]
+        assert block[3].split()[:2] == ["API", "key"]
+        assert block[-1].split()[0] == "next"
+        assert "kd submit examples/quickstart_teacher.json --watch" in block[-1]  # run from ROOT
+        upgrades = [ln for ln in lines if "database upgraded" in ln]
+        alembic = [ln for ln in lines if "alembic" in ln]
+        assert alembic == []
+        if start == "first":  # one line for the upgrade; the new key shown once
+            assert len(upgrades) == 1, lines
+            assert (data / "api_key").read_text().strip() in "\n".join(block)
+        else:  # already at head: no upgrade line; the key's file named, not the key
+            assert upgrades == [], lines
+            assert str(data / "api_key") in "\n".join(block)
+            assert (data / "api_key").read_text().strip() not in "\n".join(block)
+
+
+@pytest.mark.integration
+def test_a_second_kd_serve_on_a_bound_port_says_so_in_one_line_and_starts_nothing(
+    tmp_path: Path,
+):
+    data = tmp_path / "data"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = _serve(data, port)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    lines = err.decode().strip().splitlines()
+    assert lines == [
+        f"kd: error: port {port} on 127.0.0.1 is already in use (another `kd serve`?): "
+        "stop it, or choose another port with --port or KD_PORT"
+    ]
+    assert not data.exists()  # no database made, no key, no job runner
+
+
+@pytest.mark.parametrize("command", ["kd", "kdcore"])
+def test_version_flags_print_the_installed_version(command: str):
+    from importlib.metadata import version
+
+    module = {"kd": "kdservice.cli", "kdcore": "kdcore.cli"}[command]
+    out = subprocess.run(
+        [sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"{command} {version('kdservice')}"

@@ -13,8 +13,8 @@ from PIL import Image
 
 from kdcore.cost import dataset_size
 from kdcore.data import load_dataset
+from kdcore.entry import run
 from kdcore.errors import DataError
-from kdcore.run import run
 from kdcore.spec import DatasetSpec
 
 

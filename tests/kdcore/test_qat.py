@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from kdcore.callbacks import Callbacks
-from kdcore.run import run
+from kdcore.entry import run
 from kdcore.spec import JobSpec
 
 

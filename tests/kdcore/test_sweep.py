@@ -9,8 +9,8 @@ import time
 import pytest
 
 from kdcore.callbacks import Callbacks
+from kdcore.entry import run
 from kdcore.errors import Cancelled, SpecError
-from kdcore.run import run
 from kdcore.sweep import pareto_front
 from kdcore.sweep_plan import Rung, combination, configurations, rungs, set_field
 from kdcore.validate import parse_spec
