@@ -37,10 +37,13 @@ def free_port() -> int:
 
 
 class Proc:
-    def __init__(self, args: list[str], env: dict[str, str], log: Path):
+    def __init__(
+        self, args: list[str], env: dict[str, str], log: Path, command: list[str] | None = None
+    ):
+        """`kd ARGS` as this interpreter's module, or as `command` (an installed `kd`)."""
         self.log = log
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "kdservice.cli", *args],
+            [*(command or [sys.executable, "-m", "kdservice.cli"]), *args],
             env={**os.environ, **env},
             stdout=log.open("wb"),  # noqa: SIM115 (closed with the process)
             stderr=subprocess.STDOUT,
