@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 
 from kdcore.archives import MAX_FILES, MAX_UNPACKED_BYTES, iter_archive_files
 from kdcore.errors import DataError
+from kdcore.local_files import regular_file, regular_files
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SHARD_SUFFIX = ".tar"
@@ -49,13 +50,14 @@ def iter_image_folder(path: Path) -> Iterator[tuple[str, str, bytes]]:
 
 
 def shard_files(path: Path) -> list[Path]:
-    """A shard, or the shards of a folder (name order)."""
-    if path.is_dir():
-        shards = sorted(p for p in path.iterdir() if p.suffix == SHARD_SUFFIX and p.is_file())
+    """A shard, or the shards of a folder (name order): regular files only, a link
+    is neither listed nor counted nor opened (kdcore.local_files)."""
+    if path.is_dir() and not path.is_symlink():
+        shards = regular_files(path, SHARD_SUFFIX)
         if not shards:
             raise DataError(f"no {SHARD_SUFFIX} shards in the dataset folder")
         return shards
-    return [path]
+    return [regular_file(path)]
 
 
 def iter_webdataset(path: Path) -> Iterator[tuple[int, str, bytes]]:

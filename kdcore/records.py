@@ -22,6 +22,7 @@ import numpy as np
 from kdcore.archives import Budget, check_name, read_member, readable, tar_members
 from kdcore.errors import DataError
 from kdcore.image_sources import IMAGE_SUFFIXES, MAX_STREAMED, shard_files
+from kdcore.local_files import open_regular
 
 MAX_RECORDS = MAX_STREAMED
 MAX_STREAM_BYTES = 16 * 1024**4  # on disk, never in memory at once
@@ -107,7 +108,7 @@ def _plain_tar_members(path: Path) -> Iterator[tuple[tarfile.TarFile, tarfile.Ta
     """The regular files of an uncompressed tar, headers only, with an upload's checks.
     The TarFile's own member list is emptied as it goes: the index keeps offsets, not a
     million TarInfo objects."""
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         if fh.read(6).startswith(COMPRESSED_MAGIC):
             raise DataError(
                 f"{path.name} is a compressed tar, which cannot be read in place: stream "
@@ -227,7 +228,7 @@ class RecordReader:
         if source not in self._files:
             if len(self._files) >= 64:  # many shards: do not hold every one open
                 self._files.pop(next(iter(self._files))).close()
-            self._files[source] = open(self.records.sources[source], "rb")  # noqa: SIM115
+            self._files[source] = open_regular(Path(self.records.sources[source]))
         return self._files[source]
 
     def read(self, i: int) -> bytes:
@@ -240,7 +241,7 @@ class RecordReader:
             with readable(Path(r.sources[0]).name), self._zip.open(name) as fh:
                 return read_member(fh, size, name, True)
         if r.kind == "files":
-            with open(r.sources[source], "rb") as fh:
+            with open_regular(Path(r.sources[source])) as fh:
                 data = fh.read(size + 1)
         else:
             fh = self._handle(source)

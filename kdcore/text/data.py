@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from kdcore.errors import DataError
+from kdcore.local_files import regular_file
 from kdcore.spec import DatasetSpec
 from kdcore.splits import split_rows
 from kdcore.text.rows import ROWS_DIR, DiskRows, TextRows, TextSplit, rows_on_disk
@@ -96,7 +97,7 @@ def iter_records(path: Path, name: str | None = None) -> Iterator[dict[str, Any]
     .jsonl, one at a time, each checked, a line number in every error. Memory holds one
     record: a line or a paragraph is read only up to its cap."""
     name = name or path.name
-    if path.stat().st_size > MAX_TEXT_BYTES:
+    if regular_file(path).stat().st_size > MAX_TEXT_BYTES:
         raise DataError(f"{name} is over {MAX_TEXT_BYTES // 1024**3} GiB")
     jsonl, keys = is_jsonl(path), None
     paragraph: list[str] = []

@@ -4,6 +4,8 @@ a local root; and every way a tenant could reach beyond its own prefix, refused.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import boto3
 import pytest
 
@@ -182,3 +184,57 @@ def test_a_dataset_over_the_cache_bound_is_refused_before_fetching(tmp_path, sha
     with pytest.raises(dataset_refs.DatasetRefError, match="over this worker's dataset cache"):
         dataset_refs.local_path(settings, "tenant-a", f"s3://{DATA_BUCKET}/tenant-a/pets/")
     assert not (settings.data_dir / "dataset-cache" / DATA_BUCKET / "tenant-a").exists()
+
+
+def _errors(api, path: str) -> str:
+    response = api.post("/v1/jobs/validate", json=_job(path))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["valid"] is False, body
+    return " ".join(e["msg"] for e in body["errors"])
+
+
+def test_links_inside_a_tenants_folder_are_neither_followed_nor_probed(tmp_path):
+    """Security round 2: tenant a's folder holds only a link to another tenant's shard
+    (or to a host file): it is not listed, counted or opened, and the answer is the same
+    whether the link's target exists or not."""
+    root = tmp_path / "datasets"
+    victim = write_shards(root / "someone-else" / "pets")
+    home = root / "tenant-a"
+    for folder, target in (
+        ("wds_link", victim / "train-0000.tar"),
+        ("host_file", Path("/etc/passwd")),
+        ("no_such_host_file", Path("/nonexistent-kd-test/secret.tar")),
+    ):
+        (home / folder).mkdir(parents=True)
+        (home / folder / "shard-000.tar").symlink_to(target)
+    mixed = write_shards(home / "mixed", shards=1)  # one real shard beside a stolen one
+    (mixed / "train-0001.tar").symlink_to(victim / "train-0001.tar")
+    gen = build_api(make_settings(tmp_path, dataset_roots=f"shared={root}"))
+    api = next(gen)
+    try:
+        _rename_tenant(api, "tenant-a")
+        answers = {
+            folder: _errors(api, f"local://shared/{folder}")
+            for folder in ("wds_link", "host_file", "no_such_host_file")
+        }
+        for folder, text in answers.items():
+            assert "no .tar shards" in text, text
+            assert (
+                "someone-else" not in text
+                and "passwd" not in text
+                and "/" not in text.replace(f"local://shared/{folder}", "")
+            ), text
+        # the host file's existence is not told: the same words for both
+        assert answers["host_file"].replace("host_file", "X") == answers[
+            "no_such_host_file"
+        ].replace("no_such_host_file", "X")
+        ok = api.post("/v1/jobs", json=_job("local://shared/mixed"))
+        assert ok.status_code == 201, ok.text
+        assert claim_and_run(api.settings, ok.json()["id"]) == "succeeded"
+        report = api.get(f"/v1/jobs/{ok.json()['id']}").json()["report"]
+        dataset = report["dataset"]
+        # the real shard's 30 samples, not the linked one's
+        assert dataset["train"] + dataset["val"] + dataset["test"] == 30, dataset
+    finally:
+        gen.close()
