@@ -114,6 +114,63 @@ def model_cost(model: ModelSpec, classes: int, input_shape: tuple[int, ...]) -> 
     return int(params), int(values)
 
 
+BYTES_VOCAB = 257  # kdcore.text.tokens.bytes_tokenizer: a text job with no tokenizer file
+
+
+@dataclass(frozen=True)
+class FolderSizing:
+    """What a model folder (an uploaded checkpoint) says about the model built from it."""
+
+    config: dict[str, Any]
+    vocab_size: int | None  # its tokenizer's, when it has a tokenizer.json
+
+
+def as_built(spec: JobSpec, folders: dict[str, FolderSizing]) -> JobSpec:
+    """The spec as the worker will build its models, for sizing: a model whose checkpoint
+    is a model folder (its pointer in `folders`) takes the folder's config unless the
+    spec gives one (kdcore.text.run._build, kdcore.models.ecosystems.build_hf); in a text
+    job every model takes the vocabulary of the tokenizer it is built with: its own
+    folder's, else the other model's, else bytes (kdcore.text.run._tokenizers)."""
+    if not folders:
+        return spec
+    data = spec.model_dump(mode="json", exclude_unset=False)
+
+    def node(pointer: str) -> dict[str, Any]:
+        parts = pointer.strip("/").split("/")
+        here: Any = data
+        for part in parts:
+            here = here[int(part)] if isinstance(here, list) else here[part]
+        return here
+
+    for pointer, folder in folders.items():
+        model = node(pointer)
+        if model.get("config") is None:
+            model["config"] = dict(folder.config)
+    if spec.task in TEXT_TASKS and not spec.dataset.tokenizer:
+        own = {p: f.vocab_size for p, f in folders.items() if f.vocab_size}
+        teacher = next((v for p, v in own.items() if p != "/student"), None)
+        base = teacher or own.get("/student") or BYTES_VOCAB
+        for pointer, _ in spec.model_roles():
+            model = node(pointer)
+            if model.get("config") is not None:
+                model["config"] = {**model["config"], "vocab_size": own.get(pointer, base)}
+    return JobSpec.model_validate(data)
+
+
+def local_folders(spec: JobSpec) -> dict[str, FolderSizing]:
+    """as_built's `folders` for a spec whose checkpoints are paths on this host (the
+    worker's copy of a job, the library): each model folder archive read for sizing."""
+    from kdcore.models.ecosystems import is_model_folder
+    from kdcore.text.models import read_folder_sizing
+
+    found = {}
+    for pointer, model in spec.model_roles():
+        path = Path(model.checkpoint) if model.checkpoint and model.arch else None
+        if path is not None and path.is_file() and is_model_folder(path):
+            found[pointer] = FolderSizing(*read_folder_sizing(path))
+    return found
+
+
 def check_limits(spec: JobSpec, limits: Limits) -> list[tuple[str, str]]:
     """(pointer, message) for each limit the job would pass; empty if it fits. A sweep
     is checked trial by trial: a swept architecture or batch size must fit too."""

@@ -144,12 +144,13 @@ def _over_limits(settings: Settings, spec: dict[str, Any]) -> str | None:
     """The submission checks again, on this host's copy of the files: the limits may
     have been lowered, or the job may come from an older API."""
     from app.services.jobs import cost_limits
-    from kdcore.cost import check_limits
+    from kdcore.cost import as_built, check_limits, local_folders
     from kdcore.errors import KDError
     from kdcore.validate import parse_spec
 
     try:
-        problems = check_limits(parse_spec(spec), cost_limits(settings))
+        parsed = parse_spec(spec)
+        problems = check_limits(as_built(parsed, local_folders(parsed)), cost_limits(settings))
     except KDError as exc:
         return str(exc)
     return "; ".join(f"{loc}: {msg}" for loc, msg in problems) or None

@@ -63,8 +63,15 @@ def layers(
     ):
         message = f"{arch} at {list(input_shape)} is over this service's model limits"
         raise Invalid([("/input_shape", message)], message)
-    model = build_model(arch, classes, input_shape, config)
+    # on the meta device: shapes without memory (a real vgg16 at 224 px grew the API by
+    # about 0.5 GB per call); an op with no meta kernel is a 422, not a real forward pass
+    try:
+        with torch.device("meta"):
+            model = build_model(arch, classes, input_shape, config)
+        shapes = layer_shapes(model, torch.empty(2, *input_shape, device="meta"))
+    except (NotImplementedError, RuntimeError, ValueError, TypeError) as exc:
+        message = f"the layers of {arch} cannot be listed without running it: {exc}"[:300]
+        raise Invalid([("/arch", message)], message) from None
     return [
-        {"name": name, "type": kind, "shape": ["N", *shape[1:]]}
-        for name, kind, shape in layer_shapes(model, torch.zeros(2, *input_shape))
+        {"name": name, "type": kind, "shape": ["N", *shape[1:]]} for name, kind, shape in shapes
     ]

@@ -163,7 +163,7 @@ def check_cost(
 ) -> list[tuple[str, str]]:
     """The job's size (models on the meta device, the dataset from its metadata) against
     the configured limits. Nothing is allocated or decoded."""
-    from kdcore.cost import check_limits
+    from kdcore.cost import as_built, check_limits
 
     if dataset_refs.is_reference(spec.dataset.path):
         if str(spec.dataset.path).startswith("s3://"):  # sized by the worker, once fetched
@@ -183,7 +183,40 @@ def check_cost(
             return []
         local = str(storage.local_copy(settings, path))
         spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"path": local})})
-    return check_limits(spec, cost_limits(settings))
+    folders, errors = _model_folders(session, settings, tenant_id, spec)
+    if errors:
+        return errors
+    return check_limits(as_built(spec, folders), cost_limits(settings))
+
+
+def _model_folders(
+    session: Session, settings: Settings, tenant_id: str, spec: Any
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """{pointer: FolderSizing} of each model whose checkpoint is an uploaded model folder
+    (its config.json, its tokenizer's vocabulary), read as the worker reads them, so a
+    folder is sized by the model it will build; errors for folders that cannot be read."""
+    from kdcore.cost import FolderSizing
+    from kdcore.errors import KDError
+    from kdcore.models.ecosystems import is_model_folder
+    from kdcore.text.models import read_folder_sizing
+
+    folders, errors = {}, []
+    for pointer, model in spec.model_roles():
+        if model.checkpoint is None or model.arch is None:
+            continue
+        path = resolve_reference(session, tenant_id, model.checkpoint, "checkpoint")
+        if path is None:  # reported already
+            continue
+        local = storage.local_copy(settings, path)
+        if not is_model_folder(local):
+            continue
+        try:
+            config, vocab = read_folder_sizing(local)
+        except KDError as exc:
+            errors.append((f"{pointer}/checkpoint", str(exc)))
+            continue
+        folders[pointer] = FolderSizing(config, vocab)
+    return folders, errors
 
 
 def _check_weights_fit(

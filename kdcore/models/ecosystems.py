@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -27,8 +28,19 @@ from torch import nn
 
 TIMM, HF = "timm:", "hf:"
 HF_SUFFIX = "ForImageClassification"
-# keys that would make transformers look for code or remote files
-HF_REFUSED_KEYS = frozenset({"auto_map", "custom_pipelines", "trust_remote_code"})
+# keys that would make transformers look for code, kernels or remote files: an
+# attention implementation may name a Hub repository of kernels (`kernels-community/...`,
+# fetched and run when the `kernels` package is installed), a quantization config loads
+# third-party kernels; only the built-in attention implementations are taken
+HF_REFUSED_KEYS = frozenset(
+    {"auto_map", "custom_pipelines", "trust_remote_code", "quantization_config", "use_kernels"}
+)
+HF_ATTENTION_KEYS = ("attn_implementation", "_attn_implementation")
+HF_BUILTIN_ATTENTION = (None, "eager", "sdpa")
+# a key whose number repeats a block (num_hidden_layers, n_layer, encoder_layers, depths):
+# each costs build time even on the meta device (n_layer 16,000 took 99 s in the API), so
+# their sum is capped; floats (layer_norm_eps) count nothing
+LAYER_KEY = re.compile(r"layer|depth", re.IGNORECASE)
 MAX_CONFIG_BYTES = 256 * 1024
 MAX_TOKENIZER_BYTES = 64 * 1024**2
 WEIGHTS = "model.safetensors"
@@ -92,15 +104,27 @@ def check_hf_config(config: Any) -> dict[str, Any]:
     refused = HF_REFUSED_KEYS & set(config)
     if refused:
         raise ValueError(f"hf config keys {sorted(refused)} are refused: no remote code runs")
+    for key in HF_ATTENTION_KEYS:
+        if config.get(key) not in HF_BUILTIN_ATTENTION:
+            raise ValueError(
+                f"hf config {key!r} must be one of the built-in implementations "
+                f"{[v for v in HF_BUILTIN_ATTENTION if v]}: kernels are not fetched or run"
+            )
     if len(json.dumps(config)) > MAX_CONFIG_BYTES:
         raise ValueError(f"the hf config is over {MAX_CONFIG_BYTES // 1024} KiB")
+    layers: dict[str, int] = {}
     for key, value in config.items():
         numbers = value if isinstance(value, list) else [value]
         ints = [v for v in numbers if isinstance(v, int) and not isinstance(v, bool)]
         if any(abs(v) > MAX_CONFIG_INT for v in ints):
             raise ValueError(f"hf config {key!r} is over {MAX_CONFIG_INT:,}")
-        if ("layers" in key or "depth" in key) and sum(ints) > MAX_CONFIG_LAYERS:
-            raise ValueError(f"hf config {key!r} asks for over {MAX_CONFIG_LAYERS} layers")
+        if LAYER_KEY.search(key) and ints:
+            layers[key] = sum(ints)
+    if sum(layers.values()) > MAX_CONFIG_LAYERS:
+        raise ValueError(
+            f"hf config {', '.join(map(repr, sorted(layers)))} asks for over "
+            f"{MAX_CONFIG_LAYERS} layers"
+        )
     return config
 
 
@@ -181,9 +205,11 @@ def check_hf_folder(archive: Path, max_bytes: int) -> dict[str, Any]:
     return config
 
 
-def read_hf_folder_shapes(archive: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
-    """config.json and the tensor shapes of model.safetensors, read from an already
-    checked model folder without inflating the weights (a submission's fit check)."""
+def folder_members(archive: Path, names: tuple[str, ...], summarise: Any) -> dict[str, Any]:
+    """summarise(name, stream, archive name) of each member of a model folder archive
+    named in `names` (at its root or in one top folder), streamed, nothing inflated to
+    disk. A name found twice (`config.json` and `sub/config.json`) refuses the folder:
+    it would be sized by one and built by the other."""
     import tarfile
     import zipfile
 
@@ -191,35 +217,54 @@ def read_hf_folder_shapes(archive: Path) -> tuple[dict[str, Any], dict[str, tupl
 
     def wanted(name: str) -> str | None:
         parts = PurePosixPath(name).parts
-        ok = parts and len(parts) <= 2 and parts[-1] in ("config.json", "model.safetensors")
-        return parts[-1] if ok else None
+        return parts[-1] if parts and len(parts) <= 2 and parts[-1] in names else None
 
     found: dict[str, Any] = {}
+    where: dict[str, str] = {}
+
+    def take(key: str, member: str, stream: Any) -> None:
+        if key in where:
+            raise CheckpointError(
+                f"{archive.name} holds {key} twice ({where[key]} and {member}): a model "
+                "folder has one of each"
+            )
+        where[key] = member
+        found[key] = summarise(key, stream, archive.name)
+
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
                 for info in zf.infolist():
-                    if (key := wanted(info.filename)) and key not in found:
+                    if key := wanted(info.filename):
                         with zf.open(info) as fh:
-                            found[key] = _member_summary(key, fh, archive.name)
+                            take(key, info.filename, fh)
         else:
             with tarfile.open(archive) as tf:
                 for member in tf:
                     key = wanted(member.name)
                     stream = tf.extractfile(member) if key and member.isfile() else None
-                    if key and stream is not None and key not in found:
-                        found[key] = _member_summary(key, stream, archive.name)
+                    if key and stream is not None:
+                        take(key, member.name, stream)
     except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError, ValueError) as exc:
         raise CheckpointError(f"{archive.name} cannot be read as a model folder: {exc}") from None
-    if set(found) != {"config.json", "model.safetensors"}:
+    return found
+
+
+def read_hf_folder_shapes(archive: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """config.json and the tensor shapes of model.safetensors, read from an already
+    checked model folder without inflating the weights (a submission's fit check)."""
+    from kdcore.errors import CheckpointError
+
+    found = folder_members(archive, ("config.json", WEIGHTS), _member_summary)
+    if set(found) != {"config.json", WEIGHTS}:
         raise CheckpointError(f"{archive.name} is not a Hugging Face model folder")
-    return found["config.json"], found["model.safetensors"]
+    return found["config.json"], found[WEIGHTS]
 
 
 def _member_summary(key: str, fh: Any, name: str) -> Any:
     from kdcore.checkpoints import safetensors_header_shapes
 
-    if key == "model.safetensors":
+    if key == WEIGHTS:
         return safetensors_header_shapes(fh, name)
     return check_hf_config(json.loads(fh.read(MAX_CONFIG_BYTES + 1)))
 
@@ -232,9 +277,19 @@ def extract_model_folder(archive: Path, folder: Path, max_bytes: int) -> None:
     from kdcore.archives import iter_archive_files
     from kdcore.errors import CheckpointError, DataError
 
+    kept: dict[str, PurePosixPath] = {}
+
     def sink(rel: PurePosixPath) -> Path | None:
         keep = rel.name in (*FOLDER_CAPS, WEIGHTS) and len(rel.parts) <= 2
-        return folder / rel.name if keep else None
+        if not keep:
+            return None
+        if rel.name in kept:  # sized by one, built by the other: refused
+            raise CheckpointError(
+                f"{archive.name} holds {rel.name} twice ({kept[rel.name]} and {rel}): a "
+                "model folder has one of each"
+            )
+        kept[rel.name] = rel
+        return folder / rel.name
 
     try:
         for _ in iter_archive_files(

@@ -21,11 +21,13 @@ from torch import nn
 
 from kdcore.errors import CheckpointError, SpecError
 from kdcore.models.ecosystems import (
+    FOLDER_CAPS,
     HF,
     WEIGHTS,
     check_hf_config,
     extract_model_folder,
     folder_file,
+    folder_members,
 )
 from kdcore.text.tokens import TextTokenizer, read_tokenizer
 
@@ -82,6 +84,33 @@ def read_model_folder(path: Path) -> ModelFolder:
             shutil.rmtree(temp, ignore_errors=True)
         raise
     return ModelFolder(config, weights, tokenizer, temp)
+
+
+def read_folder_sizing(archive: Path) -> tuple[dict[str, Any], int | None]:
+    """What sizes a model built from an uploaded model folder, read as the worker reads
+    it: its config.json (checked) and, when it has one, its tokenizer's vocabulary size
+    (a text job's models take that vocabulary). Members are streamed under their caps."""
+    found = folder_members(archive, tuple(FOLDER_CAPS), _small_file_summary)
+    if "config.json" not in found:
+        raise CheckpointError(f"{archive.name} is not a model folder: it has no config.json")
+    return found["config.json"], found.get("tokenizer.json")
+
+
+def _small_file_summary(key: str, fh: Any, name: str) -> Any:
+    cap = FOLDER_CAPS[key]
+    data = fh.read(cap + 1)
+    if len(data) > cap:
+        raise CheckpointError(f"{name}: {key} is over {cap:,} bytes")
+    if key == "config.json":
+        try:
+            return check_hf_config(json.loads(data))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{name}: config.json: {exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{name}: tokenizer.json is not UTF-8") from None
+    return read_tokenizer(text, f"{name}/tokenizer.json").vocab_size
 
 
 def text_model_class(arch: str, task: str) -> Any:
