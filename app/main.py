@@ -23,7 +23,7 @@ from app.api.routes import architectures, artifacts, files, jobs, meta, metrics,
 from app.api.sse import EventHub
 from app.db.migrate import upgrade
 from app.db.session import session_scope
-from app.services import webhooks
+from app.services import egress, webhooks
 from app.services.keys import ensure_key
 from app.settings import Settings, get_settings
 from app.web import mount_dashboard
@@ -41,7 +41,8 @@ def private_files(settings: Settings) -> None:
 
 def prepare(settings: Settings) -> None:
     """Create folders; the embedded SQLite database upgrades itself (PostgreSQL is
-    migrated on purpose with `kd migrate`)."""
+    migrated on purpose with `kd migrate`); the libraries' telemetry is turned off."""
+    egress.quiet_libraries()
     private_files(settings)
     settings.files_dir.mkdir(parents=True, exist_ok=True)
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)

@@ -83,7 +83,14 @@ def claim_and_run(settings: Settings, job_id: str, wid: str | None = None) -> st
     try:
         log.info("job started", extra={"attempt": start.attempt, "worker": wid})
         status = Supervisor(
-            settings, job_id, wid, start.attempt, start.spec, start.resume_from, start.resume_step
+            settings,
+            job_id,
+            wid,
+            start.attempt,
+            start.spec,
+            start.resume_from,
+            start.resume_step,
+            start.tenant_id,
         ).run(teacher_cache(settings, start.tenant_id))
         log.info("job ended", extra={"status": status, "attempt": start.attempt})
         return status
@@ -215,8 +222,10 @@ class Supervisor:
         spec: dict[str, Any],
         resume_from: str | None,
         resume_step: int | None = None,
+        tenant_id: str = "",
     ):
         self.settings, self.job_id, self.worker, self.attempt = settings, job_id, wid, attempt
+        self.tenant_id = tenant_id  # MLflow runs go to the tenant's own experiment
         self.spec, self.resume_from = spec, resume_from
         self.resume_step = resume_step  # its checkpoint outlives the pruning
         self.out_dir = settings.jobs_dir / job_id
@@ -492,7 +501,9 @@ class Supervisor:
         result: dict[str, Any] = {}
         thread = threading.Thread(
             target=lambda: result.update(
-                tracking.log_job(self.settings, self.job_id, self.spec, report, self.out_dir)
+                tracking.log_job(
+                    self.settings, self.job_id, self.tenant_id, self.spec, report, self.out_dir
+                )
             ),
             daemon=True,
         )

@@ -62,8 +62,19 @@ def _metrics(report: dict[str, Any]) -> list[tuple[str, float, int]]:
     return out
 
 
+def experiment_name(settings: Settings, tenant_id: str) -> str:
+    """Each tenant's runs in an experiment of its own (KD_MLFLOW_EXPERIMENT/<tenant id>):
+    one tenant's parameters and outputs are never listed beside another's."""
+    return f"{settings.mlflow_experiment}/{tenant_id}" if tenant_id else settings.mlflow_experiment
+
+
 def log_job(
-    settings: Settings, job_id: str, spec: dict[str, Any], report: dict[str, Any], out_dir: Path
+    settings: Settings,
+    job_id: str,
+    tenant_id: str,
+    spec: dict[str, Any],
+    report: dict[str, Any],
+    out_dir: Path,
 ) -> dict[str, Any]:
     """Log one finished job; returns the event's data: the run's ids, or the error."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(settings.mlflow_timeout_s)))
@@ -73,13 +84,18 @@ def log_job(
 
     try:
         client = MlflowClient(tracking_uri=settings.mlflow_uri)
-        experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+        name = experiment_name(settings, tenant_id)
+        experiment = client.get_experiment_by_name(name)
         experiment_id = (
             experiment.experiment_id
             if experiment is not None
-            else client.create_experiment(settings.mlflow_experiment)
+            else client.create_experiment(name, tags={"kdservice.tenant_id": tenant_id})
         )
-        tags = {"kdservice.job_id": job_id, "kdservice.kind": str(spec.get("kind"))}
+        tags = {
+            "kdservice.job_id": job_id,
+            "kdservice.kind": str(spec.get("kind")),
+            "kdservice.tenant_id": tenant_id,
+        }
         run = client.create_run(experiment_id, run_name=str(spec.get("name")), tags=tags)
         run_id = run.info.run_id
         public = {k: v for k, v in spec.items() if k not in PRIVATE_FIELDS}

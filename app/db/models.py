@@ -94,6 +94,8 @@ class Upload(Base):
     parts: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+    # set by the one `complete` that claimed it (a conditional UPDATE), cleared if it fails
+    completing_since: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class UploadPart(Base):

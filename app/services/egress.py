@@ -9,19 +9,46 @@ Host header and TLS.
 Refused by default: loopback, private (RFC 1918, ULA), link-local (cloud metadata at
 169.254.169.254 included), CGNAT, multicast, reserved and unspecified addresses, IPv4
 written as one number (2130706433) or in hex (0x7f000001) once resolved, and IPv4
-mapped into IPv6. An on-premises receiver is allowed by listing its host name, address
-or network in `KD_WEBHOOK_ALLOW` (comma-separated).
+embedded in IPv6 (mapped ::ffff:a.b.c.d, 6to4 2002::/16, NAT64's well-known prefix
+64:ff9b::/96: each judged by the IPv4 address inside, so 64:ff9b::a9fe:a9fe is the
+metadata address), and NAT64's local-use prefix 64:ff9b:1::/48 whole (its embedding
+depends on the operator's prefix length). An on-premises receiver is allowed by
+listing its host name, address or network in `KD_WEBHOOK_ALLOW` (comma-separated).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# what the libraries the service loads would send out on their own (usage statistics,
+# Hub calls): off unless the operator sets the variable otherwise. MLflow's client
+# reports telemetry from 3.x; huggingface_hub and transformers honour HF_HUB_*; many
+# libraries honour DO_NOT_TRACK. Every model and tokenizer is read from files, so the Hub
+# is never needed (HF_HUB_OFFLINE).
+QUIET_LIBRARIES = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "DO_NOT_TRACK": "1",
+}
+
+
+def quiet_libraries(environ: MutableMapping[str, str] | None = None) -> None:
+    """Turn off the outbound telemetry of the libraries the service loads, for this
+    process and the training processes it starts (they inherit the environment)."""
+    target = os.environ if environ is None else environ
+    for name, value in QUIET_LIBRARIES.items():
+        target.setdefault(name, value)
 
 
 class EgressRefused(ValueError):
@@ -71,11 +98,23 @@ class AllowList:
         return host in self.hosts or any(address in net for net in self.networks)
 
 
+NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: IPv4 in the last 32 bits
+NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: never public
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address in NAT64_WELL_KNOWN:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.ipv4_mapped or address.sixtofour
+
+
 def _public(address: IPAddress) -> bool:
     if isinstance(address, ipaddress.IPv6Address):
-        mapped = address.ipv4_mapped or address.sixtofour
-        if mapped is not None:
-            return _public(mapped)
+        if address in NAT64_LOCAL_USE:
+            return False
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            return _public(embedded)
     # is_global is False for private, loopback, link-local, CGNAT (100.64/10), shared,
     # documentation, reserved and unspecified ranges; multicast is checked on its own
     return address.is_global and not address.is_multicast

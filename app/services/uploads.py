@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import File, Upload, UploadPart, new_id, utcnow
@@ -100,11 +100,19 @@ def part_path(settings: Settings, row: Upload, number: int) -> Path:
     return settings.uploads_dir / row.id / f"{number:05d}"
 
 
+def accepting_parts(row: Upload) -> None:
+    """A part may not land while the upload is being assembled."""
+    if row.completing_since is not None:
+        raise Conflict("this upload is being completed: its parts can no longer change")
+
+
 def record_part(session: Session, row: Upload, number: int, size: int, sha256: str) -> None:
     """A part's file is in place (renamed whole): record it, replacing an earlier one.
     The upload may have been completed or deleted while the part streamed in."""
-    if session.get(Upload, row.id) is None:
+    current = session.get(Upload, row.id, populate_existing=True)
+    if current is None:
         raise NotFound("upload", row.id)
+    accepting_parts(current)
     session.execute(
         delete(UploadPart).where(UploadPart.upload_id == row.id, UploadPart.number == number)
     )
@@ -133,6 +141,41 @@ def describe(session: Session, row: Upload) -> dict[str, Any]:
         "created_at": row.created_at,
         "expires_at": row.expires_at,
     }
+
+
+# a claim older than this is taken to be from a process that died while assembling
+COMPLETION_CLAIM_S = 3600
+
+
+def claim_completion(session: Session, row: Upload) -> None:
+    """One `complete` at a time: a conditional UPDATE takes the upload (committed before
+    any byte is assembled); a concurrent call finds it taken and gets a 409, no file."""
+    now = utcnow()
+    stale = now - timedelta(seconds=COMPLETION_CLAIM_S)
+    claimed = session.execute(
+        update(Upload)
+        .where(
+            Upload.id == row.id,
+            or_(Upload.completing_since.is_(None), Upload.completing_since < stale),
+        )
+        .values(completing_since=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        raise Conflict("this upload is being completed by another request")
+
+
+def release_completion(session: Session, row: Upload) -> None:
+    """A completion that failed (parts missing, a sha256 mismatch) gives the upload back."""
+    session.rollback()
+    session.execute(
+        update(Upload)
+        .where(Upload.id == row.id)
+        .values(completing_since=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
 
 
 def complete(session: Session, settings: Settings, row: Upload) -> File:
@@ -179,6 +222,8 @@ def _forget(session: Session, row: Upload) -> None:
 
 
 def abort(session: Session, settings: Settings, row: Upload) -> None:
+    if row.completing_since is not None:
+        raise Conflict("this upload is being completed: delete the file it becomes instead")
     _forget(session, row)
     shutil.rmtree(settings.uploads_dir / row.id, ignore_errors=True)
 

@@ -157,9 +157,11 @@ def worker(
     configure_logging(settings)
     import kdcore.validate  # noqa: F401  (torch, for sizing jobs: once here, not per claim)
     from app.main import private_files
+    from app.services.egress import quiet_libraries
     from app.services.webhooks import Dispatcher
     from worker.tasks import app
 
+    quiet_libraries()
     private_files(settings)
     Maintenance(settings).start()
     Dispatcher(settings).start()

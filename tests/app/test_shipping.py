@@ -275,9 +275,20 @@ def test_an_mlflow_run_records_the_job_and_a_job_can_opt_out(tmp_path, mlflow_se
 
         opted_out = _run(api, tiny_job(name="private", tracking={"mlflow": False}))
         assert not [e for e in _events(api, opted_out["id"]) if e["type"] == "tracking"]
-        experiment = client.get_experiment_by_name("kd-test")
-        runs = client.search_runs([experiment.experiment_id])
-        assert [r.info.run_name for r in runs] == ["tiny"]  # the opted-out job is not there
+        # each tenant's runs in its own experiment, tagged with the tenant (security round 2)
+        tenant_a = api.get("/v1/tenant").json()["id"]
+        assert run.data.tags["kdservice.tenant_id"] == tenant_a
+        other = api.post("/v1/jobs", json=tiny_job(name="tenant-b-job"), tenant="b")
+        assert claim_and_run(api.settings, other.json()["id"]) == "succeeded"
+        tenant_b = api.get("/v1/tenant", tenant="b").json()["id"]
+        runs_of = {}
+        for tenant in (tenant_a, tenant_b):
+            experiment = client.get_experiment_by_name(f"kd-test/{tenant}")
+            runs_of[tenant] = [
+                r.info.run_name for r in client.search_runs([experiment.experiment_id])
+            ]
+        assert runs_of == {tenant_a: ["tiny"], tenant_b: ["tenant-b-job"]}  # opted-out: absent
+        assert client.get_experiment_by_name("kd-test") is None  # no shared experiment
     finally:
         gen.close()
 

@@ -3,11 +3,15 @@ secrets echoed in errors, decompression bombs, malformed archives."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 import tarfile
+import threading
+import time
 import zipfile
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -153,3 +157,97 @@ def test_malformed_archives_answer_422_not_500(server: Server):
             r = upload(c, name, blob, "dataset")
             assert r.status_code == 422, (name, r.status_code, r.text)
             assert r.headers["content-type"] == "application/problem+json"
+
+
+def _declared_upload(client, blob: bytes) -> dict:
+    body = {
+        "filename": "race.safetensors",
+        "purpose": "checkpoint",
+        "bytes": len(blob),
+        "sha256": hashlib.sha256(blob).hexdigest(),
+    }
+    r = client.post("/v1/uploads", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def _weights(megabytes: int) -> bytes:
+    from safetensors.numpy import save
+
+    return save({"w": np.zeros(megabytes * 1024**2 // 4, np.float32)})
+
+
+def test_concurrent_completes_of_one_upload_make_one_file(server: Server):
+    """Security round 2: six `complete` calls at once all answered 201 and each
+    assembled its own copy. Now one wins; the others get 409 and make nothing."""
+    client = server.tenant(f"race-{threading.get_ident()}")
+    blob = _weights(24)
+    upload = _declared_upload(client, blob)
+    size = upload["part_bytes"]
+    for n in range(1, upload["parts"] + 1):
+        sent = client.put(
+            f"/v1/uploads/{upload['id']}/parts/{n}",
+            content=blob[(n - 1) * size : n * size],
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert sent.status_code == 200, sent.text
+    start = threading.Barrier(6)
+    answers: list[int] = []
+
+    def complete() -> None:
+        with httpx.Client(base_url=server.url, headers=client.headers, timeout=120) as c:
+            start.wait()
+            answers.append(c.post(f"/v1/uploads/{upload['id']}/complete").status_code)
+
+    threads = [threading.Thread(target=complete) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    # one 201; the others 409 while it assembles, or 404 once it is a file
+    assert sorted(answers)[0] == 201 and answers.count(201) == 1, answers
+    assert set(answers) <= {201, 404, 409}, answers
+    listed = client.get("/v1/files").json()["data"]
+    files = [f for f in listed if f["filename"] == "race.safetensors"]
+    assert len(files) == 1, files
+    leftovers = [p for p in (server.data / "files").iterdir() if p.name.startswith(".upload-")]
+    assert leftovers == []
+
+
+def test_deleting_an_upload_while_a_part_streams_is_a_404_not_a_500(server: Server):
+    client = server.tenant(f"abort-{threading.get_ident()}")
+    blob = _weights(8)
+    upload = _declared_upload(client, blob)
+    first = blob[: upload["part_bytes"]]
+    streaming, deleted = threading.Event(), threading.Event()
+
+    def body():
+        for i in range(0, len(first), 256 * 1024):
+            yield first[i : i + 256 * 1024]
+            if i == 0:
+                streaming.set()
+                deleted.wait(30)
+
+    answer: list[httpx.Response] = []
+
+    def put() -> None:
+        answer.append(
+            client.put(
+                f"/v1/uploads/{upload['id']}/parts/1",
+                content=body(),
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Length": str(len(first)),
+                },
+            )
+        )
+
+    sender = threading.Thread(target=put)
+    sender.start()
+    assert streaming.wait(30)
+    time.sleep(0.5)  # the first chunk is in the server's part file
+    assert client.delete(f"/v1/uploads/{upload['id']}").status_code == 204
+    deleted.set()
+    sender.join(60)
+    assert answer and answer[0].status_code in (404, 409), answer and answer[0].text
+    assert answer[0].headers["content-type"].startswith("application/problem+json")

@@ -7,7 +7,10 @@ KD_WEBHOOK_ALLOW where a test allows loopback on purpose."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -43,6 +46,13 @@ REFUSED = [
     "http://100.64.0.1/hook",
     "http://0.0.0.0/hook",
     "http://[fd00:ec2::254]/hook",
+    # NAT64 (security round 2): 10.0.0.1, the metadata address, loopback; local-use prefix
+    "http://[64:ff9b::a00:1]/hook",
+    "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+    "http://[64:ff9b::7f00:1]/hook",
+    "http://[64:ff9b:1::a00:1]/hook",
+    "http://[64:ff9b:1::808:808]/hook",
+    "http://[2002:a00:1::]/hook",  # 6to4 of 10.0.0.1
     "http://example.com/a\r\nX-Injected: 1",
     "http://example.com/a b",
     "gopher://example.com/",
@@ -61,6 +71,11 @@ def test_submission_refuses_them_with_422(server: Server):
             r = c.post("/v1/jobs", json=tiny_job(webhook_url=url))
             assert r.status_code == 422, (url, r.text)
             assert r.json()["errors"][0]["loc"] == "/webhook_url"
+
+
+def test_nat64_of_a_public_address_is_judged_by_that_address():
+    """Only checked, never contacted: resolve() of a literal makes no connection."""
+    assert resolve("http://[64:ff9b::808:808]/hook", AllowList.parse("")).port == 80
 
 
 def test_an_allow_list_admits_on_premises_receivers():
@@ -175,3 +190,25 @@ def test_a_silent_receiver_holds_no_database_connection(pg_server: Server):
         assert len(rows) == 20  # each cancel queued exactly one delivery
     finally:
         silent.close()
+
+
+def test_the_libraries_telemetry_is_off_unless_the_operator_says_otherwise(tmp_path, monkeypatch):
+    """Security round 2: the MLflow client tried to reach the internet for telemetry.
+    The service's start (prepare: `kd serve`, and `kd worker`) turns it off for itself
+    and the training processes it starts; an operator's own setting is kept."""
+    from app.main import prepare
+    from app.services.egress import QUIET_LIBRARIES
+
+    for name in QUIET_LIBRARIES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DO_NOT_TRACK", "0")  # the operator's choice stands
+    prepare(make_settings(tmp_path))
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert os.environ["HF_HUB_DISABLE_TELEMETRY"] == "1" and os.environ["HF_HUB_OFFLINE"] == "1"
+    assert os.environ["DO_NOT_TRACK"] == "0"
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.environ.get('MLFLOW_DISABLE_TELEMETRY'))"],
+        capture_output=True,
+        text=True,
+    )
+    assert child.stdout.strip() == "true"  # a training process inherits it

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.schemas import FileOut, PartOut, UploadCreate, UploadOut, problem_responses
 from app.api.uploads import receive_part
+from app.errors import NotFound
 from app.services import uploads as service
 
 router = APIRouter(
@@ -60,8 +61,12 @@ async def put_part(
     part again replaces it."""
     row = await run_in_threadpool(service.get, session, tenant.id, upload_id)
     expected = service.part_length(row, number)
+    service.accepting_parts(row)
     session.commit()  # no connection held while the body streams in
-    size, sha = await receive_part(request, service.part_path(settings, row, number), expected)
+    try:
+        size, sha = await receive_part(request, service.part_path(settings, row, number), expected)
+    except FileNotFoundError:  # deleted (its folder with it) while the part streamed in
+        raise NotFound("upload", upload_id) from None
     await run_in_threadpool(service.record_part, session, row, number, size, sha)
     session.commit()
     return {"number": number, "bytes": size, "sha256": sha}
@@ -74,8 +79,13 @@ def complete_upload(
     """Assemble the parts, check the sha256 declared, and store the file (checked as
     any upload is); the answer is the file, usable as a checkpoint or dataset id."""
     row = service.get(session, tenant.id, upload_id)
-    stored = service.complete(session, settings, row)
-    session.commit()
+    service.claim_completion(session, row)
+    try:
+        stored = service.complete(session, settings, row)
+        session.commit()
+    except BaseException:
+        service.release_completion(session, row)
+        raise
     return JSONResponse(
         FileOut.model_validate(stored).model_dump(mode="json"),
         status_code=201,
