@@ -84,7 +84,11 @@ def is_jsonl(path: Path) -> bool:
     name: the service stores files without their names)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
+            # a line is read only up to its cap: a file with no line break is never held
+            # whole (iter_records then refuses the line, naming its number)
+            for line in iter(lambda: fh.readline(MAX_LINE_CHARS + 1), ""):
+                if len(line) > MAX_LINE_CHARS:
+                    return line.lstrip().startswith("{")
                 if line.strip():
                     return isinstance(json.loads(line), dict)
     except json.JSONDecodeError:

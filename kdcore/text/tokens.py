@@ -26,6 +26,11 @@ class TextTokenizer:
         from tokenizers import Tokenizer
 
         assert isinstance(tokenizer, Tokenizer)
+        # padding and truncation are the job's (seq_len, its own padding), never the
+        # file's: a tokenizer.json padding every text to 10^9 tokens would make each
+        # record a billion ids
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
         self.tok, self.source = tokenizer, source
         vocab = tokenizer.get_vocab(with_added_tokens=True)
         eos = next((vocab[n] for n in EOS_NAMES if n in vocab), None)

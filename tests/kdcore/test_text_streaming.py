@@ -209,3 +209,61 @@ def test_a_ten_times_larger_corpus_streams_in_the_same_memory(tokenizer, tmp_pat
     assert b["rows"] > 9 * a["rows"] and b["batches"] * 64 >= b["rows"]  # it read them all
     assert b["peak"] <= 1.3 * a["peak"], (a, b)
     assert held["peak"] > 1.3 * a["peak"], (a, held)  # the test can tell
+
+
+HOSTILE_CHILD = """
+import json, sys
+from pathlib import Path
+from kdcore.errors import DataError
+from kdcore.text.data import check_text_file
+def peak():
+    return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
+before = peak()
+try:
+    check_text_file(Path(sys.argv[1]), "no-breaks.jsonl")
+    said = ""
+except DataError as exc:
+    said = str(exc)
+print(json.dumps({"growth": peak() - before, "said": said}))
+"""
+
+
+def test_a_jsonl_with_no_line_break_is_refused_in_bounded_memory(tmp_path):
+    """Security round 2: a 64 MiB .jsonl with no line break grew the API by 150-210 MiB
+    while its first line was read whole (to tell JSONL from text). Now every read is
+    capped at a line's 2,000,000 characters: the check grows a process by under 48 MiB
+    (what one capped line costs, decoded, with the interpreter's slack)."""
+    path = tmp_path / "no-breaks.jsonl"
+    with open(path, "w") as fh:
+        fh.write('{"text": "')
+        for _ in range(64):
+            fh.write("z" * 1024**2)
+    out = subprocess.run(
+        [sys.executable, "-c", HOSTILE_CHILD, str(path)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "line 1 is over 2,000,000 characters" in result["said"], result
+    assert result["growth"] < 48 * 1024**2, result
+
+
+def test_a_tokenizers_own_padding_and_truncation_are_reset(tmp_path):
+    """Security round 2: a tokenizer.json with fixed padding to 10^9 turned 8 short
+    documents into 1,024 rows (each text padded). The job's seq_len and padding rule.
+    (Padded here to 100,000: the same rule, without asking for gigabytes if it broke.)"""
+    from tokenizers import Tokenizer
+
+    from kdcore.text.tokens import read_tokenizer
+    from tests.support.text import train_tokenizer, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus.txt", documents=8)
+    plain = train_tokenizer(corpus, tmp_path / "plain.json")
+    hostile = Tokenizer.from_file(str(plain))
+    hostile.enable_padding(length=100_000, pad_token="<pad>")
+    hostile.enable_truncation(max_length=3)
+    (tmp_path / "hostile.json").write_text(hostile.to_str())
+    read = read_tokenizer((tmp_path / "hostile.json").read_text(), "hostile")
+    reference = read_tokenizer(plain.read_text(), "plain")
+    text = corpus.read_text()[:200]
+    assert read.tok.encode(text).ids == reference.tok.encode(text).ids
+    assert 3 < len(read.tok.encode(text).ids) < 200
