@@ -1,6 +1,10 @@
 """Teachers given only as an ONNX graph: run by onnxruntime, never as Python; hostile
 graphs refused before anything runs; .pt2 archives refused."""
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -161,3 +165,33 @@ def test_torch_export_archives_are_refused_without_loading(tmp_path, monkeypatch
     spec = tiny_spec(student={"arch": "mlp_small", "checkpoint": str(disguised)})
     with pytest.raises(CheckpointError, match="torch.export archive"):
         kdcore.distill(spec, tmp_path / "out")
+
+
+ONNX_CHILD = """
+import json, sys
+from kdcore.errors import CheckpointError
+from kdcore.onnx_teacher import inspect_onnx
+import onnx  # loaded before the first reading: its import is not the file's cost
+def peak():
+    return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
+before = peak()
+try:
+    inspect_onnx(sys.argv[1])
+    said = ""
+except CheckpointError as exc:
+    said = str(exc)
+print(json.dumps({"growth": peak() - before, "said": said}))
+"""
+
+
+def test_a_graph_of_many_nodes_is_refused_in_bounded_memory(tmp_path):
+    """Security round 2: 300,000 Identity nodes (8.4 MiB) grew the API by 223 MiB when
+    parsed. The nodes are counted on the wire first: under 32 MiB (the file's pages)."""
+    path = graphs.many_nodes(tmp_path / "many.onnx")
+    out = subprocess.run(
+        [sys.executable, "-c", ONNX_CHILD, str(path)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "300,002 nodes, over 100,000" in result["said"], result
+    assert result["growth"] < 32 * 1024**2, result

@@ -108,8 +108,60 @@ def two_inputs(path: Path) -> Path:
     return path
 
 
+def _external(tensor: TensorProto, location: str = "../../etc/passwd") -> TensorProto:
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "64")):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def _sparse_external() -> onnx.SparseTensorProto:
+    """A 64 x 4 sparse tensor whose values live in an external file."""
+    values = _external(_declared("w_values", [4]))
+    indices = helper.make_tensor("w_indices", TensorProto.INT64, [4], [0, 5, 10, 15])
+    return helper.make_sparse_tensor(values, indices, [64, 4])
+
+
+def constant_sparse_external(path: Path) -> Path:
+    """A Constant node's sparse_value with external data (security round 2: passed)."""
+    nodes = [
+        helper.make_node("Constant", [], ["w"], sparse_value=_sparse_external()),
+        helper.make_node("Flatten", ["x"], ["f"]),
+        helper.make_node("MatMul", ["f", "w"], ["y"]),
+    ]
+    onnx.save(_model(nodes, [_image()], [_logits()]), str(path))
+    return path
+
+
+def sparse_initializer_external(path: Path) -> Path:
+    """A sparse initializer with external data (security round 2: a 500)."""
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"]),
+        helper.make_node("MatMul", ["f", "w"], ["y"]),
+    ]
+    model = _model(nodes, [_image()], [_logits()])
+    sparse = _sparse_external()
+    sparse.values.name = "w"
+    model.graph.sparse_initializer.append(sparse)
+    onnx.save(model, str(path))
+    return path
+
+
+def many_nodes(path: Path, count: int = 300_000) -> Path:
+    """A chain of Identity nodes: 8.4 MiB that parsed into 223 MiB (security round 2)."""
+    nodes = [helper.make_node("Flatten", ["x"], ["n0"])]
+    nodes += [helper.make_node("Identity", [f"n{i}"], [f"n{i + 1}"]) for i in range(count)]
+    nodes.append(helper.make_node("Identity", [f"n{count}"], ["y"]))
+    onnx.save(_model(nodes, [_image()], [_logits("y", ("N", 64))]), str(path))
+    return path
+
+
 # each crafted graph and the words its refusal must contain
 HOSTILE = [
+    (constant_sparse_external, "external data files"),
+    (sparse_initializer_external, "external data files"),
+    (many_nodes, "nodes, over 100,000"),
     (custom_op, "operator set 'evil.ops'"),
     (external_data, "external data files"),
     (huge_input, "declares an input of shape"),
