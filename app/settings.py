@@ -60,6 +60,20 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(
         default=8 * 1024**3, ge=1, description="the decoded dataset (float32) in memory"
     )
+    max_sweep_trial_epochs: int = Field(
+        default=2_000, ge=1, description="a sweep's whole budget: its trials x their epochs"
+    )
+    sweep_sizing_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="seconds a submission spends sizing a sweep's distinct trials; the "
+        "worker sizes every one before the job starts",
+    )
+    default_max_runtime_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=1,
+        description="a job's max_runtime_s when its spec sets none: no run holds a worker forever",
+    )
     # per-tenant defaults (a tenant's own row may override them: `kd keys limits`)
     max_active_jobs: int = Field(default=50, ge=1, description="queued + running per tenant")
     submissions_per_minute: int = Field(default=120, ge=1)

@@ -30,6 +30,20 @@ class Limits:
     max_activation_bytes: int
     max_dataset_bytes: int
     max_archive_bytes: int
+    # a sweep's whole budget: trials x epochs (each trial is also sized on its own); 64
+    # trials of 10,000 epochs were valid before
+    max_sweep_trial_epochs: int = 2_000
+    # seconds a submission spends sizing a sweep's distinct trials; those not reached are
+    # sized by the worker before the job starts (None: all of them, as the worker does)
+    sweep_sizing_s: float | None = None
+
+
+@dataclass
+class SweepSizing:
+    """How many of a sweep's distinct trial sizes were checked, of how many."""
+
+    checked: int = 0
+    distinct: int = 0
 
 
 @dataclass(frozen=True)
@@ -174,15 +188,33 @@ def local_folders(spec: JobSpec) -> dict[str, FolderSizing]:
 def check_limits(spec: JobSpec, limits: Limits) -> list[tuple[str, str]]:
     """(pointer, message) for each limit the job would pass; empty if it fits. A sweep
     is checked trial by trial: a swept architecture or batch size must fit too."""
+    return check_with_sweep(spec, limits)[0]
+
+
+def check_with_sweep(spec: JobSpec, limits: Limits) -> tuple[list[tuple[str, str]], SweepSizing]:
+    """check_limits, and for a sweep how many distinct trial sizes were reached within
+    limits.sweep_sizing_s (the rest are checked again where the job runs)."""
+    sizing = SweepSizing()
     if spec.task in TEXT_TASKS:  # language models: sized from their configs
         from kdcore.text.cost import text_limits
 
-        return text_limits(spec, limits.max_model_params, limits.max_activation_bytes)
+        return text_limits(spec, limits.max_model_params, limits.max_activation_bytes), sizing
     problems = _check_one(spec, limits)
     if spec.sweep is None or problems:
-        return problems
-    from kdcore.sweep_plan import configurations, trial_dict
+        return problems, sizing
+    import time
 
+    from kdcore.sweep_plan import configurations, trial_dict, trial_epochs
+
+    total = trial_epochs(spec)
+    if total > limits.max_sweep_trial_epochs:
+        message = (
+            f"the sweep trains {total:,} trial-epochs in all (trials x epochs, rung by rung), "
+            f"over this service's budget of {limits.max_sweep_trial_epochs:,}: use fewer "
+            "trials (max_trials), fewer epochs, or strategy halving"
+        )
+        return [("/sweep", message)], sizing
+    started = time.monotonic()
     seen: set[str] = set()
     for params in configurations(spec):
         trial = JobSpec.model_validate(trial_dict(spec, 0, params, spec.training.epochs))
@@ -197,10 +229,16 @@ def check_limits(spec: JobSpec, limits: Limits) -> list[tuple[str, str]]:
         if key in seen:  # what sizes a trial is the same as an earlier one's: checked
             continue
         seen.add(key)
+        sizing.distinct += 1
+        budget = limits.sweep_sizing_s
+        if budget is not None and time.monotonic() - started > budget:
+            continue  # counted, not sized: the worker sizes every trial before it starts
         found = _check_one(trial, limits)
+        sizing.checked += 1
         if found:  # the first trial over a limit, at the sweep's parameters
-            return [("/sweep/parameters", f"{msg} (trial {params})") for _, msg in found]
-    return []
+            problems = [("/sweep/parameters", f"{msg} (trial {params})") for _, msg in found]
+            return problems, sizing
+    return [], sizing
 
 
 def _check_one(spec: JobSpec, limits: Limits) -> list[tuple[str, str]]:

@@ -94,6 +94,13 @@ def trial_dict(spec: JobSpec, index: int, params: dict[str, SweepValue], epochs:
     return trial
 
 
+def trial_epochs(spec: JobSpec) -> int:
+    """The epochs a sweep trains in all: each rung's trials times its epochs."""
+    if spec.sweep is None:
+        return spec.training.epochs
+    return sum(r.epochs * r.keep for r in rungs(spec, len(configurations(spec))))
+
+
 def problems(spec: JobSpec) -> list[tuple[str, str]]:
     """(pointer, message) for a sweep that cannot run: too many trials, a metric that does
     not fit the task. Each value's validity is checked by parsing the trial specs

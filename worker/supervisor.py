@@ -237,7 +237,8 @@ class Supervisor:
         self.cancel_sent_at: float | None = None
         self.killed = False
         self.timed_out = False
-        self.max_runtime_s = spec.get("max_runtime_s")
+        # the spec's own limit, else the service's default: no run holds a worker forever
+        self.max_runtime_s = spec.get("max_runtime_s") or settings.default_max_runtime_s
         self.grace_s = settings.cancel_grace_s
         self.last_progress_event = 0.0
 

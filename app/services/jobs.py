@@ -49,11 +49,18 @@ def validate_spec(
         return None, exc.errors, []
     spec = _memory_budget(settings, spec)
     errors = _file_errors(session, settings, tenant_id, spec) + _service_errors(settings, spec)
+    warnings = _warnings(spec)
     if not errors:
-        errors += check_cost(session, settings, tenant_id, spec)
+        found, sizing = check_cost(session, settings, tenant_id, spec)
+        errors += found
+        if sizing.checked < sizing.distinct:
+            warnings.append(
+                f"{sizing.checked} of the sweep's {sizing.distinct} distinct trial sizes were "
+                "checked at submission; the worker checks every one before the job starts"
+            )
     if not errors:
         errors += _check_weights_fit(session, settings, tenant_id, spec)
-    return spec, errors, _warnings(spec)
+    return spec, errors, warnings
 
 
 def _file_errors(
@@ -155,15 +162,19 @@ def cost_limits(settings: Settings) -> Any:
         max_activation_bytes=settings.max_activation_bytes,
         max_dataset_bytes=settings.max_dataset_bytes,
         max_archive_bytes=settings.max_archive_unpacked_bytes,
+        max_sweep_trial_epochs=settings.max_sweep_trial_epochs,
     )
 
 
 def check_cost(
     session: Session, settings: Settings, tenant_id: str, spec: Any
-) -> list[tuple[str, str]]:
+) -> tuple[list[tuple[str, str]], Any]:
     """The job's size (models on the meta device, the dataset from its metadata) against
-    the configured limits. Nothing is allocated or decoded."""
-    from kdcore.cost import as_built, check_limits
+    the configured limits, and how much of a sweep was sized (KD_SWEEP_SIZING_S bounds
+    the time one submission spends). Nothing is allocated or decoded."""
+    from dataclasses import replace
+
+    from kdcore.cost import SweepSizing, as_built, check_with_sweep
 
     if dataset_refs.is_reference(spec.dataset.path):
         if str(spec.dataset.path).startswith("s3://"):  # sized by the worker, once fetched
@@ -180,13 +191,14 @@ def check_cost(
     elif spec.dataset.path is not None:
         path = resolve_reference(session, tenant_id, spec.dataset.path, "dataset")
         if path is None:  # reported already
-            return []
+            return [], SweepSizing()
         local = str(storage.local_copy(settings, path))
         spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"path": local})})
     folders, errors = _model_folders(session, settings, tenant_id, spec)
     if errors:
-        return errors
-    return check_limits(as_built(spec, folders), cost_limits(settings))
+        return errors, SweepSizing()
+    limits = replace(cost_limits(settings), sweep_sizing_s=settings.sweep_sizing_s)
+    return check_with_sweep(as_built(spec, folders), limits)
 
 
 def _model_folders(
