@@ -210,11 +210,13 @@ class EpochLabels:
 
 
 def prune(roots: list[Path], max_bytes: int) -> list[str]:
-    """Delete the least recently used keys (the folders under `roots`, e.g. one root per
-    tenant) until together they hold at most `max_bytes`; returns the keys removed.
-    A job still reading a removed key keeps its open memory maps (POSIX), and one still
-    writing to it skips the write (`TeacherStore.write`)."""
-    folders = []
+    """Delete keys (the folders under `roots`, one root per tenant) until together they
+    hold at most `max_bytes`; returns the keys removed. Each root has an equal share of
+    the bound: the least recently used key of the root furthest over its share goes
+    first, so one tenant filling the cache evicts its own keys, not another's that stay
+    within their share. A job still reading a removed key keeps its open memory maps
+    (POSIX), and one still writing to it skips the write (`TeacherStore.write`)."""
+    keys: dict[Path, list[tuple[float, int, Path]]] = {}
     for root in roots:
         if not root.is_dir():
             continue
@@ -222,15 +224,28 @@ def prune(roots: list[Path], max_bytes: int) -> list[str]:
             try:  # another worker may be pruning the same folder right now
                 if folder.is_dir():
                     size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
-                    folders.append((folder.stat().st_mtime, size, folder))
+                    keys.setdefault(root, []).append((folder.stat().st_mtime, size, folder))
             except OSError:
                 continue
-    total = sum(size for _, size, _ in folders)
+    return evict_fairly(keys, max_bytes)
+
+
+def evict_fairly(keys: dict[Path, list[tuple[float, int, Path]]], max_bytes: int) -> list[str]:
+    """The eviction rule of every cache shared by tenants: `keys` maps each tenant's root
+    to its entries (last use, bytes, folder). While the whole is over `max_bytes`, the
+    tenant furthest over an equal share loses its least recently used entry."""
+    held = {root: sorted(entries) for root, entries in keys.items() if entries}
+    used = {root: sum(size for _, size, _ in entries) for root, entries in held.items()}
+    total = sum(used.values())
     removed = []
-    for _, size, folder in sorted(folders, key=lambda f: f[0]):
-        if total <= max_bytes:
-            break
+    while total > max_bytes and held:
+        share = max_bytes / len(held)
+        root = max(held, key=lambda r: used[r] - share)
+        _, size, folder = held[root].pop(0)
         shutil.rmtree(folder, ignore_errors=True)
-        total -= size
         removed.append(folder.name)
+        used[root] -= size
+        total -= size
+        if not held[root]:
+            del held[root]
     return removed

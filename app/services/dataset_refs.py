@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -179,17 +178,18 @@ def _fetch(
 
 
 def _make_room(cache: Path, need: int, keep: Path, bound: int) -> None:
-    """Delete the least recently used cached datasets until `need` more bytes fit."""
-    sets = []
+    """Delete cached datasets until `need` more bytes fit: each tenant (a set lives at
+    <cache>/<bucket>/<tenant>/...) has an equal share, and the least recently used set of
+    the tenant furthest over its share goes first (kdcore.teacher_cache.evict_fairly), so
+    one tenant's large sets never evict another's within its share."""
+    from kdcore.teacher_cache import evict_fairly
+
+    sets: dict[Path, list[tuple[float, int, Path]]] = {}
     for manifest in cache.rglob(MANIFEST) if cache.exists() else []:
         folder = manifest.parent
         if folder == keep:
             continue
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-        sets.append((manifest.stat().st_mtime, folder, size))
-    used = sum(size for _, _, size in sets)
-    for _, folder, size in sorted(sets):
-        if used + need <= bound:
-            break
-        shutil.rmtree(folder, ignore_errors=True)
-        used -= size
+        tenant = cache.joinpath(*folder.relative_to(cache).parts[:2])
+        sets.setdefault(tenant, []).append((manifest.stat().st_mtime, size, folder))
+    evict_fairly(sets, max(0, bound - need))

@@ -152,6 +152,51 @@ def test_prune_keeps_the_most_recently_used_keys_within_the_bound(tmp_path):
     assert prune([tmp_path / "tenant"], max_bytes=0) == ["key1", "key2"]
 
 
+def test_one_tenant_filling_the_cache_evicts_its_own_keys_not_anothers(tmp_path):
+    """Security round 2: the caches were one LRU pool, so tenant b's new entries evicted
+    tenant a's. Now each tenant has an equal share: b, over its share, loses its own
+    oldest keys first, even though a's key is older than all of them."""
+    import os
+
+    def key(tenant: str, name: str, age: int) -> None:
+        folder = tmp_path / tenant / name
+        folder.mkdir(parents=True)
+        (folder / "full.values.npy").write_bytes(b"x" * 1000)
+        os.utime(folder, (1e9 - age, 1e9 - age))
+
+    key("a", "a-old", 1000)  # a's only key, the oldest of all
+    for i, age in enumerate((500, 400, 300, 200)):
+        key("b", f"b{i}", age)
+    removed = prune([tmp_path / "a", tmp_path / "b"], max_bytes=3000)
+    assert removed == ["b0", "b1"]  # b held 4,000 bytes, over its 1,500 share
+    assert (tmp_path / "a" / "a-old").is_dir()
+    # with b at its share and a still within its own, the bound holds: nothing more goes
+    assert prune([tmp_path / "a", tmp_path / "b"], max_bytes=3000) == []
+
+
+def test_the_dataset_cache_evicts_by_tenant_share(tmp_path):
+    import os
+
+    from app.services.dataset_refs import MANIFEST, _make_room
+
+    cache = tmp_path / "dataset-cache"
+
+    def cached(tenant: str, name: str, age: int) -> None:
+        folder = cache / "bucket" / tenant / name
+        folder.mkdir(parents=True)
+        (folder / "shard.tar").write_bytes(b"x" * 1000)
+        (folder / MANIFEST).write_text("{}")
+        os.utime(folder / MANIFEST, (1e9 - age, 1e9 - age))
+
+    cached("tenant-a", "pets", 1000)
+    for i, age in enumerate((500, 400)):
+        cached("tenant-b", f"set{i}", age)
+    keep = cache / "bucket" / "tenant-b" / "new"
+    _make_room(cache, need=1002, keep=keep, bound=3500)  # one set of 1,002 bytes must go
+    left = sorted(p.parent.name for p in cache.rglob(MANIFEST))
+    assert left == ["pets", "set1"]
+
+
 def test_what_no_state_dict_holds_is_in_the_key(tmp_path):
     """An ONNX teacher's weights are in its graph; an ensemble's weights are numbers in
     the spec: either changing must change the key, or a job would read another
