@@ -98,6 +98,9 @@ def create_app(
         title="kdservice",
         version=kdcore.__version__,
         lifespan=lifespan,
+        # /docs is served from local files (app.web); ReDoc would load a third-party script
+        docs_url=None,
+        redoc_url=None,
         description="Knowledge distillation as a service. Errors are RFC 9457 "
         "problem JSON; authenticate with `Authorization: Bearer <api key>`.",
     )

@@ -115,15 +115,11 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
-        # FastAPI's own API explorer (/docs, /redoc) is built from inline script
-        explorer = scope["path"] in ("/docs", "/redoc", "/docs/oauth2-redirect")
-
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS.items():
-                    if not (explorer and name == "Content-Security-Policy"):
-                        headers.setdefault(name, value)
+                    headers.setdefault(name, value)
             await send(message)
 
         await self.app(scope, receive, with_headers)

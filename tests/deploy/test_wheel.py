@@ -199,6 +199,7 @@ def test_the_environment_holds_the_project_only_as_the_wheel(installed: Installe
     assert "app/db/migrations/env.py" in names
     assert "app/db/migrations/versions/0001_initial_schema.py" in names
     assert "app/web/static/index.html" in names
+    assert "app/web/static/vendor/swagger-ui-5.35.0/swagger-ui-bundle.js" in names  # /docs
     assert not [n for n in names if n.startswith(("tests/", "bench/", "examples/"))]
     from importlib.metadata import version
 

@@ -31,6 +31,40 @@ def test_dashboard_is_served_with_a_strict_policy(server: Server):
     assert api.headers["X-Content-Type-Options"] == "nosniff"
 
 
+def test_the_api_explorer_loads_only_this_services_files(server: Server):
+    """Security round 2: /docs loaded Swagger UI from a CDN without Subresource Integrity,
+    outside the CSP. Now every script and style is the service's own, under the same
+    policy as the dashboard; /redoc (another third-party script) is gone."""
+    r = httpx.get(server.url + "/docs")
+    assert r.status_code == 200
+    assert (
+        r.headers["Content-Security-Policy"]
+        == httpx.get(server.url + "/").headers["Content-Security-Policy"]
+    )
+    sources = re.findall(r'(?:src|href)="([^"]+)"', r.text)
+    assert sources and all(src.startswith("/") and not src.startswith("//") for src in sources)
+    assert "<script>" not in r.text  # no inline script
+    for src in sources:
+        asset = httpx.get(server.url + src)
+        assert asset.status_code == 200 and len(asset.content) > 100, src
+    assert httpx.get(server.url + "/redoc").status_code == 404
+    assert httpx.get(server.url + "/openapi.json").json()["info"]["title"] == "kdservice"
+
+
+def test_the_vendored_explorer_is_the_pinned_release():
+    """The Swagger UI files are npm's swagger-ui-dist at the version in their folder's
+    name: their sha256 match SHA256SUMS, recorded when they were vendored."""
+    import hashlib
+
+    from app.web import SWAGGER_UI
+
+    sums = dict(line.split()[::-1] for line in (SWAGGER_UI / "SHA256SUMS").read_text().splitlines())
+    assert set(sums) == {"swagger-ui-bundle.js", "swagger-ui.css"}
+    for name, digest in sums.items():
+        assert hashlib.sha256((SWAGGER_UI / name).read_bytes()).hexdigest() == digest, name
+    assert (SWAGGER_UI / "LICENSE").is_file()
+
+
 def test_the_key_is_kept_for_the_session_unless_remembered():
     js = (STATIC / "app.js").read_text()
     assert "sessionStorage.setItem" not in js  # one place decides where it goes

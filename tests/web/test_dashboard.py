@@ -295,3 +295,25 @@ def test_a_language_model_job_page_shows_perplexity(
     assert series == 1  # the student's perplexity, epoch by epoch
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(ARTIFACTS / "dashboard-language-model.png"))
+
+
+def test_the_api_explorer_renders_from_local_files_under_the_policy(
+    server: tuple[str, str], browser: WebDriver
+) -> None:
+    """/docs in a real browser: Swagger UI from the service's own files draws the API
+    (its title and the job routes) with the strict Content-Security-Policy, and the
+    browser reports no refused resource."""
+    url, _ = server
+    browser.get(url + "/docs")
+    WebDriverWait(browser, 30).until(
+        lambda d: "kdservice" in d.find_element(By.CSS_SELECTOR, ".swagger-ui .info .title").text
+    )
+    WebDriverWait(browser, 30).until(lambda d: "/v1/jobs" in d.page_source)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "api-explorer.png"))
+    refused = [
+        entry["message"]
+        for entry in browser.get_log("browser")
+        if "Content Security Policy" in entry["message"] or "Refused" in entry["message"]
+    ]
+    assert refused == []
