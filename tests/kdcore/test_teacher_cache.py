@@ -152,7 +152,7 @@ def test_prune_keeps_the_most_recently_used_keys_within_the_bound(tmp_path):
     assert prune([tmp_path / "tenant"], max_bytes=0) == ["key1", "key2"]
 
 
-def test_one_tenant_filling_the_cache_evicts_its_own_keys_not_anothers(tmp_path):
+def test_one_tenant_filling_the_cache_evicts_its_own_keys_first(tmp_path):
     """Security round 2: the caches were one LRU pool, so tenant b's new entries evicted
     tenant a's. Now each tenant has an equal share: b, over its share, loses its own
     oldest keys first, even though a's key is older than all of them."""
