@@ -211,3 +211,25 @@ def test_a_folder_with_two_configs_is_refused(server: Server, npz_set: str):
     )
     assert r.status_code == 422, r.text
     assert "config.json twice" in r.text
+
+
+def _rss(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) * 1024
+
+
+def test_listing_layers_builds_nothing_real(server: Server):
+    """Security round 2: /v1/architectures/layers built the real model and ran a forward
+    pass in the API (vgg16 at 224 px: +490-632 MiB a call). On the meta device, three
+    calls grow the API by under 64 MiB."""
+    client = server.client()
+    body = {"arch": "vgg16", "input_shape": [3, 224, 224], "num_classes": 1000}
+    warm = client.post("/v1/architectures/layers", json={**body, "arch": "small_cnn"})
+    assert warm.status_code == 200, warm.text  # imports, the registry: once per process
+    pid = server.proc.popen.pid
+    before = _rss(pid)
+    for _ in range(3):
+        r = client.post("/v1/architectures/layers", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()[-1]["shape"] == ["N", 1000]
+    assert _rss(pid) - before < 64 * 1024**2
