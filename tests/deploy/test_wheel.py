@@ -174,9 +174,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     (wheel,) = dist.glob("kdservice-*.whl")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     packages = venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    (packages / "site-packages" / "test_dependencies.pth").write_text(
-        "\n".join(site.getsitepackages()) + "\n"
-    )
+    # this environment's package folders (its own, and any a .pth of it adds): the
+    # dependencies, never the checkout (the editable install's finder is not loaded)
+    folders = [p for p in sys.path if p.endswith("site-packages")] or site.getsitepackages()
+    (packages / "site-packages" / "test_dependencies.pth").write_text("\n".join(folders) + "\n")
     result = Installed(wheel, venv, work)
     install = offline(install_command(), OFFLINE_INSTALL, dist)
     out = subprocess.run(
