@@ -160,7 +160,7 @@ def read_records(path: Path) -> tuple[str, list[dict[str, Any]]]:
     return record_form(records[0]), records
 
 
-def check_text_file(path: Path, name: str) -> int:
+def check_text_file(path: Path, name: str | None = None) -> int:
     """Check an uploaded .txt or .jsonl record by record (never held whole): UTF-8, the
     caps, and for JSONL every record's keys and types. Returns the records."""
     count = 0

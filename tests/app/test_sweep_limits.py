@@ -7,25 +7,14 @@ from __future__ import annotations
 import pytest
 
 from tests.app.conftest import build_api, make_settings
+from tests.support.specs import tiny_job
 from worker.supervisor import Supervisor, claim_and_run
 
 pytestmark = pytest.mark.integration  # the worker's checks, through the claim path
 
 
 def sweep_job(epochs: int, **sweep) -> dict:
-    return {
-        "name": "sweep",
-        "kind": "train",
-        "student": {"arch": "mlp_small"},
-        "dataset": {
-            "builtin": "synthetic",
-            "num_samples": 240,
-            "num_classes": 3,
-            "shape": [1, 6, 6],
-        },
-        "training": {"epochs": epochs, "batch_size": 32, "precision": "fp32"},
-        "sweep": sweep,
-    }
+    return tiny_job(training={"epochs": epochs, "batch_size": 32, "precision": "fp32"}, sweep=sweep)
 
 
 def test_a_sweep_over_the_trial_epoch_budget_is_refused(tmp_path):

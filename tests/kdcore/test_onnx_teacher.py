@@ -1,10 +1,6 @@
 """Teachers given only as an ONNX graph: run by onnxruntime, never as Python; hostile
 graphs refused before anything runs; .pt2 archives refused."""
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -16,6 +12,7 @@ from kdcore.errors import CheckpointError, SpecError
 from kdcore.onnx_teacher import OnnxTeacher, inspect_onnx, is_onnx
 from kdcore.validate import parse_spec
 from tests.support import graphs
+from tests.support.memory import refusal_and_growth
 from tests.support.specs import tiny_spec
 
 
@@ -167,31 +164,10 @@ def test_torch_export_archives_are_refused_without_loading(tmp_path, monkeypatch
         kdcore.distill(spec, tmp_path / "out")
 
 
-ONNX_CHILD = """
-import json, sys
-from kdcore.errors import CheckpointError
-from kdcore.onnx_teacher import inspect_onnx
-import onnx  # loaded before the first reading: its import is not the file's cost
-def peak():
-    return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
-before = peak()
-try:
-    inspect_onnx(sys.argv[1])
-    said = ""
-except CheckpointError as exc:
-    said = str(exc)
-print(json.dumps({"growth": peak() - before, "said": said}))
-"""
-
-
 def test_a_graph_of_many_nodes_is_refused_in_bounded_memory(tmp_path):
     """Security round 2: 300,000 Identity nodes (8.4 MiB) grew the API by 223 MiB when
     parsed. The nodes are counted on the wire first: under 32 MiB (the file's pages)."""
     path = graphs.many_nodes(tmp_path / "many.onnx")
-    out = subprocess.run(
-        [sys.executable, "-c", ONNX_CHILD, str(path)], capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert "300,002 nodes, over 100,000" in result["said"], result
-    assert result["growth"] < 32 * 1024**2, result
+    said, growth = refusal_and_growth("kdcore.onnx_teacher:inspect_onnx", path)
+    assert "300,002 nodes, over 100,000" in said
+    assert growth < 32 * 1024**2, growth

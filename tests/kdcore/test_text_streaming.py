@@ -19,6 +19,7 @@ from kdcore.errors import DataError
 from kdcore.spec import DatasetSpec
 from kdcore.text.data import check_text_file, load_text
 from kdcore.text.tokens import load_tokenizer
+from tests.support.memory import refusal_and_growth
 from tests.support.text import (
     GPT2_STUDENT,
     train_tokenizer,
@@ -211,23 +212,6 @@ def test_a_ten_times_larger_corpus_streams_in_the_same_memory(tokenizer, tmp_pat
     assert held["peak"] > 1.3 * a["peak"], (a, held)  # the test can tell
 
 
-HOSTILE_CHILD = """
-import json, sys
-from pathlib import Path
-from kdcore.errors import DataError
-from kdcore.text.data import check_text_file
-def peak():
-    return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
-before = peak()
-try:
-    check_text_file(Path(sys.argv[1]), "no-breaks.jsonl")
-    said = ""
-except DataError as exc:
-    said = str(exc)
-print(json.dumps({"growth": peak() - before, "said": said}))
-"""
-
-
 def test_a_jsonl_with_no_line_break_is_refused_in_bounded_memory(tmp_path):
     """Security round 2: a 64 MiB .jsonl with no line break grew the API by 150-210 MiB
     while its first line was read whole (to tell JSONL from text). Now every read is
@@ -238,13 +222,9 @@ def test_a_jsonl_with_no_line_break_is_refused_in_bounded_memory(tmp_path):
         fh.write('{"text": "')
         for _ in range(64):
             fh.write("z" * 1024**2)
-    out = subprocess.run(
-        [sys.executable, "-c", HOSTILE_CHILD, str(path)], capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert "line 1 is over 2,000,000 characters" in result["said"], result
-    assert result["growth"] < 48 * 1024**2, result
+    said, growth = refusal_and_growth("kdcore.text.data:check_text_file", path)
+    assert "line 1 is over 2,000,000 characters" in said
+    assert growth < 48 * 1024**2, growth
 
 
 def test_a_tokenizers_own_padding_and_truncation_are_reset(tmp_path):
