@@ -21,5 +21,10 @@ class DataError(KDError):
     """A dataset file or archive is missing, malformed or unsafe."""
 
 
+class TeacherCheckError(KDError):
+    """The teacher, scored on held-out data before training, is near chance: it would be
+    distilled into noise. The message gives the figures and the likely causes."""
+
+
 class Cancelled(Exception):
     """Raised inside the training loop when the caller asked it to stop."""

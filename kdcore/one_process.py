@@ -32,6 +32,7 @@ from kdcore.models import build_model
 from kdcore.models.ecosystems import HF, is_model_folder, read_hf_folder
 from kdcore.onnx_variants import measure_exports, write_variants
 from kdcore.plots import plot_curves
+from kdcore.preflight import inherit_preprocessing, teacher_preflight
 from kdcore.qat import quantization_aware
 from kdcore.readiness import evaluate_gate
 from kdcore.report import build_report, held_out_metrics
@@ -168,10 +169,13 @@ def run_local(
     """This process's part of a run: all of it, or one rank of a data-parallel run
     (the other ranks train and stop; rank 0 also writes the outputs)."""
     device = pick_device(spec.training.device)
+    spec, inherited = inherit_preprocessing(spec)  # a trained teacher's size and statistics
     data = load_job_data(spec)
     torch.manual_seed(spec.training.seed)
     student, num_classes = build_role(spec.student, "student", data)
     teacher, members = build_teachers(spec, data)
+    # before any step: a teacher near chance fails the job here
+    preflight = teacher_preflight(spec, data, teacher, device, inherited)
     resume = resume_state(spec, resume_from)
     result = fit(
         spec,
@@ -205,12 +209,11 @@ def run_local(
     report = build_report(
         spec, device, data, result, student, teacher, files["safetensors"], members
     )
-    if quantization is not None:
-        report["quantization"] = quantization
+    _add_sections(
+        report, teacher_preflight=preflight, quantization=quantization, exports_skipped=skipped
+    )
     if len(spec.export) > 1:  # more than the safetensors weights
         report["exports"] = measure_exports(files, student, data)
-    if skipped:
-        report["exports_skipped"] = skipped
     if spec.gate is not None:
         report["gate"] = evaluate_gate(spec.gate, report)
     if "onnx" in files:
@@ -230,6 +233,11 @@ def run_local(
     files["tensorboard"] = write_events(report, out_dir)
     write_report(report, files, out_dir)
     return report
+
+
+def _add_sections(report: dict[str, Any], **sections: Any) -> None:
+    """The report's optional sections: each one that holds something."""
+    report.update({name: value for name, value in sections.items() if value})
 
 
 def resume_state(spec: JobSpec, resume_from: str | Path | None) -> dict[str, Any] | None:

@@ -338,6 +338,13 @@ class DistillationSpec(_Strict):
         "auto: int8 on a CPU if its soft targets pass the fidelity check, else fp32; "
         "fp32: fp32 with BatchNorm folded into the convolutions; int8: int8 regardless",
     )
+    teacher_check: Literal["fail", "warn"] = Field(
+        default="fail",
+        description="Before training, the teacher is scored on up to 512 validation "
+        "samples (report.teacher_preflight). Near chance (accuracy under 1.5x chance, or "
+        "an MSE above the targets' variance) the job fails at once naming the likely "
+        "causes; warn: record it and go on",
+    )
 
     @model_validator(mode="before")
     @classmethod

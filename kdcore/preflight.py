@@ -1,0 +1,149 @@
+"""Teacher preflight: before any training step, what the teacher will be fed and how
+well it does on it.
+
+A teacher fed the wrong inputs (another image size, other normalisation statistics,
+another label order, the wrong checkpoint) still produces soft targets, and a job
+distilling them "succeeds" with a student as bad as its teacher. Two things stop that:
+
+- A teacher that a `train` job made carries its preprocessing in `student.json` beside
+  its weights (`input_shape`, `normalize`). A distill job that names those weights and
+  does not set `dataset.image_size` / `mean` / `std` itself takes them from there
+  (`inherit_preprocessing`), and the report says so.
+- The teacher is scored on up to 512 validation samples (`teacher_preflight`). Below
+  1.5x chance accuracy (classification), or with an MSE above the targets' variance
+  (regression, what predicting the mean scores), the job fails at once with the figures
+  and the likely causes; `distillation.teacher_check: "warn"` records it and goes on, as
+  does a teacher given without weights (random by the spec's choice: validation warns).
+  The report always holds what was compared and measured (`report.teacher_preflight`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdcore.errors import TeacherCheckError
+from kdcore.spec import JobSpec
+from kdcore.splits import DataSplits, Split
+
+PREFLIGHT_SAMPLES = 512
+CHANCE_MARGIN = 1.5  # a teacher must beat chance by this factor
+
+
+def _teacher_preprocessing(spec: JobSpec) -> tuple[dict[str, Any], str] | None:
+    """The preprocessing a trained teacher's student.json records, and its path; None when
+    the teacher's weights have none beside them (an upload, an ONNX graph, a folder)."""
+    teachers = spec.teacher_models()
+    if len(teachers) != 1 or not teachers[0][1].checkpoint:
+        return None
+    weights = Path(teachers[0][1].checkpoint)
+    config = weights.with_name("student.json")
+    if weights.suffix != ".safetensors" or not config.is_file() or config.is_symlink():
+        return None
+    try:
+        recorded = json.loads(config.read_text()[:1_000_000])
+    except (OSError, ValueError):
+        return None
+    return (recorded, config.name) if isinstance(recorded, dict) else None
+
+
+def inherit_preprocessing(spec: JobSpec) -> tuple[JobSpec, dict[str, Any]]:
+    """The spec with the teacher's recorded image size and normalisation filled in where
+    the spec leaves them unset, and what was taken (empty: nothing)."""
+    found = _teacher_preprocessing(spec) if spec.kind == "distill" else None
+    if found is None:
+        return spec, {}
+    recorded, source = found
+    ds = spec.dataset
+    update: dict[str, Any] = {}
+    shape = recorded.get("input_shape")
+    if ds.image_size is None and isinstance(shape, list) and len(shape) == 3:
+        update["image_size"] = int(shape[-1])
+    normalize = recorded.get("normalize") or {}
+    if ds.mean is None and ds.std is None and normalize.get("mean") and normalize.get("std"):
+        update["mean"], update["std"] = list(normalize["mean"]), list(normalize["std"])
+    if not update:
+        return spec, {}
+    dataset = type(ds).model_validate({**ds.model_dump(), **update})
+    return spec.model_copy(update={"dataset": dataset}), {"from": source, **update}
+
+
+def _sample(data: DataSplits) -> tuple[Split, str]:
+    split, name = (data.val, "validation") if len(data.val) else (data.train, "train")
+    n = min(PREFLIGHT_SAMPLES, len(split))
+    return Split(split.x[:n], split.y[:n]), name
+
+
+def teacher_preflight(
+    spec: JobSpec,
+    data: DataSplits,
+    teacher: nn.Module | None,
+    device: torch.device,
+    inherited: dict[str, Any],
+) -> dict[str, Any] | None:
+    """Score the teacher on held-out samples before training; raise TeacherCheckError
+    near chance (unless teacher_check is "warn"). Returns report.teacher_preflight (None
+    for a job without a teacher)."""
+    from kdcore.trainer import evaluate
+
+    if teacher is None:
+        return None
+    sample, split_name = _sample(data)
+    measured = evaluate(teacher, sample, data.regression, spec.training.eval_batch_size, device)
+    result: dict[str, Any] = {
+        "split": split_name,
+        "samples": len(sample),
+        "input_shape": list(data.input_shape),
+        "mean": data.mean,
+        "std": data.std,
+        "inherited": inherited or None,
+        "check": spec.distillation.teacher_check,
+    }
+    if data.regression:
+        variance = float(sample.y.float().var()) if len(sample) > 1 else 0.0
+        result.update(mse=round(measured["mse"], 6), threshold_mse=round(variance, 6))
+        result["passed"] = measured["mse"] < variance
+        figure = f"an MSE of {measured['mse']:.4g}, above the targets' variance {variance:.4g}"
+    else:
+        chance = 1.0 / max(data.num_classes, 1)
+        threshold = CHANCE_MARGIN * chance
+        result.update(
+            accuracy=round(measured["accuracy"], 4),
+            chance=round(chance, 4),
+            threshold_accuracy=round(threshold, 4),
+        )
+        result["passed"] = measured["accuracy"] >= threshold
+        figure = (
+            f"{measured['accuracy']:.1%} accuracy, near chance ({chance:.1%}; it needs "
+            f"{threshold:.1%})"
+        )
+    # a teacher without weights is random by the spec's own choice (validation warns):
+    # measured and recorded, never failed
+    trained = all(model.checkpoint for _, model in spec.teacher_models())
+    if not trained:
+        result["check"] = "warn"
+    if not result["passed"] and result["check"] == "fail":
+        raise TeacherCheckError(_diagnosis(figure, result))
+    return result
+
+
+def _diagnosis(figure: str, result: dict[str, Any]) -> str:
+    shape = "x".join(map(str, result["input_shape"]))
+    return (
+        f"the teacher scores {figure} on {result['samples']} {result['split']} samples "
+        f"before training, so distilling it would teach noise. Likely causes: the inputs "
+        f"are not what it was trained on (it is fed {shape} images normalised with mean "
+        f"{_short(result['mean'])} and std {_short(result['std'])}: set dataset.image_size, "
+        "or dataset.mean/std to the statistics it was trained with, e.g. [0, 0, 0] and "
+        "[1, 1, 1] for a model that takes pixels in [0, 1]); its classes are in another "
+        "order than the dataset's; or the checkpoint is not the trained one. To go on "
+        'anyway, set distillation.teacher_check to "warn"'
+    )
+
+
+def _short(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.3g}" for v in values) + "]"

@@ -1,0 +1,99 @@
+"""Teacher preflight (kdcore.preflight), in the library: a teacher from a `train` job
+brings its image size and statistics; one fed the wrong inputs fails before any
+training step, with the figures and the causes; `teacher_check: "warn"` goes on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import kdcore
+from kdcore.callbacks import Callbacks, Progress
+from kdcore.errors import TeacherCheckError
+
+DIGITS_16 = {"builtin": "digits", "image_size": 16, "max_samples": 600}
+
+
+class Steps(Callbacks):
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_step(self, progress: Progress) -> None:
+        self.steps += 1
+
+    def on_epoch_end(self, progress: Progress) -> None:
+        self.steps += 1
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small_cnn trained on digits at 16 px: its student.json records 16 px and the
+    training split's statistics."""
+    out = tmp_path_factory.mktemp("teacher")
+    kdcore.train(
+        {
+            "name": "teacher",
+            "kind": "train",
+            "student": {"arch": "small_cnn"},
+            "dataset": DIGITS_16,
+            "training": {"epochs": 4, "lr": 0.05, "batch_size": 32, "precision": "fp32"},
+        },
+        out,
+    )
+    return out / "student.safetensors"
+
+
+def distill(teacher: Path, dataset: dict[str, Any], **distillation: Any) -> dict[str, Any]:
+    return {
+        "name": "distill",
+        "kind": "distill",
+        "teacher": {"arch": "small_cnn", "checkpoint": str(teacher)},
+        "student": {"arch": "mlp_small"},
+        "dataset": dataset,
+        "distillation": {"method": "kd", **distillation},
+        "training": {"epochs": 1, "batch_size": 32, "precision": "fp32"},
+    }
+
+
+def test_a_trained_teacher_brings_its_image_size_and_statistics(teacher: Path, tmp_path):
+    """The issue's case: a distill job naming a 16 px teacher without repeating the size
+    scored it at chance (10.3%). Now it takes the size from student.json."""
+    spec = distill(teacher, {"builtin": "digits", "max_samples": 600})
+    report = kdcore.distill(spec, tmp_path / "out")
+    preflight = report["teacher_preflight"]
+    assert preflight["inherited"]["image_size"] == 16
+    assert preflight["inherited"]["from"] == "student.json"
+    assert len(preflight["inherited"]["mean"]) == 1 and preflight["input_shape"] == [1, 16, 16]
+    assert preflight["passed"] is True and preflight["accuracy"] > 0.5
+    assert preflight["samples"] > 0 and preflight["chance"] == 0.1
+
+
+def test_a_teacher_fed_the_wrong_normalisation_fails_before_training(teacher: Path, tmp_path):
+    steps = Steps()
+    wrong = {**DIGITS_16, "mean": [0.9], "std": [0.01]}
+    with pytest.raises(TeacherCheckError) as caught:
+        kdcore.distill(distill(teacher, wrong), tmp_path / "out", callbacks=steps)
+    message = str(caught.value)
+    assert "near chance" in message and "dataset.mean/std" in message
+    assert "dataset.image_size" in message and 'teacher_check to "warn"' in message
+    assert steps.steps == 0  # not one training step was taken
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_warn_records_a_failing_preflight_and_goes_on(teacher: Path, tmp_path):
+    wrong = {**DIGITS_16, "mean": [0.9], "std": [0.01]}
+    report = kdcore.distill(distill(teacher, wrong, teacher_check="warn"), tmp_path / "out")
+    preflight = report["teacher_preflight"]
+    assert preflight["passed"] is False and preflight["check"] == "warn"
+    assert preflight["accuracy"] < preflight["threshold_accuracy"]
+    assert preflight["mean"] == pytest.approx([0.9])
+
+
+def test_a_teacher_without_weights_is_measured_never_failed(tmp_path):
+    spec = distill(Path("unused"), DIGITS_16)
+    del spec["teacher"]["checkpoint"]
+    report = kdcore.distill(spec, tmp_path / "out")
+    assert report["teacher_preflight"]["check"] == "warn"
+    assert "accuracy" in report["teacher_preflight"]
