@@ -23,6 +23,9 @@ def spec16(**overrides):
     spec = tiny_spec(**overrides)
     spec["dataset"]["shape"] = list(SHAPE)
     spec["training"]["epochs"] = 1
+    # the model folders here carry random weights (mechanics, not quality): the
+    # preflight records their near-chance score instead of failing the job
+    spec.setdefault("distillation", {})["teacher_check"] = "warn"
     return spec
 
 

@@ -27,6 +27,9 @@ def custom(tmp_path_factory):
 def onnx_spec(path, **overrides):
     spec = tiny_spec(**overrides)
     spec["teacher"] = {"checkpoint": str(path)}
+    # these graphs carry random weights (mechanics, not quality): the preflight records
+    # their near-chance score instead of failing the job
+    spec["distillation"]["teacher_check"] = "warn"
     return spec
 
 
