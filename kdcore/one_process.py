@@ -244,6 +244,7 @@ def resume_state(spec: JobSpec, resume_from: str | Path | None) -> dict[str, Any
     """The checkpoint to resume from, refused if another spec wrote it."""
     if resume_from is None:
         return None
+    spec, _ = inherit_preprocessing(spec)  # as run_local trains it (a sweep asks first)
     resume = load_checkpoint(resume_from)
     stored = resume.get("spec")
     with contextlib.suppress(ValueError):  # through today's schema: fields added since

@@ -61,11 +61,21 @@ def inherit_preprocessing(spec: JobSpec) -> tuple[JobSpec, dict[str, Any]]:
     ds = spec.dataset
     update: dict[str, Any] = {}
     shape = recorded.get("input_shape")
-    if ds.image_size is None and isinstance(shape, list) and len(shape) == 3:
-        update["image_size"] = int(shape[-1])
+    image = shape if isinstance(shape, list) and len(shape) == 3 else None  # not tabular
+    if image is None:
+        return spec, {}
+    if ds.image_size is None:
+        update["image_size"] = int(image[-1])
     normalize = recorded.get("normalize") or {}
-    if ds.mean is None and ds.std is None and normalize.get("mean") and normalize.get("std"):
-        update["mean"], update["std"] = list(normalize["mean"]), list(normalize["std"])
+    mean, std = normalize.get("mean"), normalize.get("std")
+    if (
+        ds.mean is None
+        and ds.std is None
+        and isinstance(mean, list)
+        and isinstance(std, list)
+        and len(mean) == len(std) == image[0]  # one per channel
+    ):
+        update["mean"], update["std"] = list(mean), list(std)
     if not update:
         return spec, {}
     dataset = type(ds).model_validate({**ds.model_dump(), **update})

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from safetensors.torch import save_file
 from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
@@ -19,7 +18,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from kdcore.models import build_model
+import kdcore
 from tests.support.procs import Proc, free_port, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -95,8 +94,20 @@ def test_submit_through_the_form_and_watch_it_finish(
 ) -> None:
     url, key = server
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    # a teacher trained on the digits the form distils on (the preflight fails a job
+    # whose teacher is near chance): a few seconds of kdcore
+    kdcore.train(
+        {
+            "name": "form-teacher",
+            "kind": "train",
+            "student": {"arch": "small_cnn"},
+            "dataset": {"builtin": "digits"},
+            "training": {"epochs": 3, "batch_size": 32, "precision": "fp32"},
+        },
+        tmp_path / "trained",
+    )
     teacher = tmp_path / "teacher.safetensors"
-    save_file(build_model("small_cnn", 10, (1, 8, 8)).state_dict(), str(teacher))
+    teacher.write_bytes((tmp_path / "trained" / "student.safetensors").read_bytes())
 
     # log in: nothing of the logged-in header shows before; a wrong key is refused, the
     # right one opens the job list
