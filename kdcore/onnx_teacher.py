@@ -224,7 +224,8 @@ def _check_plain(model: Any, name: str) -> int:
             if tensor.data_location == 1 or len(tensor.external_data):  # EXTERNAL
                 raise CheckpointError(
                     f"{name} keeps tensors in external data files, which are never opened: "
-                    "export with the weights inside the file (one .onnx under 2 GB)"
+                    "export with the weights inside the file (one .onnx under 2 GB): "
+                    "torch.onnx.export(..., external_data=False)"
                 )
             elements = math.prod(tensor.dims) if len(tensor.dims) else 1
             if any(d < 0 for d in tensor.dims) or elements > MAX_TENSOR_ELEMENTS:

@@ -116,3 +116,28 @@ def test_the_shipping_example_sweeps_gates_and_exports(tmp_path: Path) -> None:
     }
     assert set(report["exports"]) == {"onnx", "onnx_fp16", "onnx_int8"}
     assert (tmp_path / "ship/pareto.png").is_file()
+
+
+def test_the_readmes_onnx_export_snippet_writes_one_file_the_service_accepts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's "Bring your own model" export, run as written with the installed
+    torch (which otherwise writes the weights to teacher.onnx.data, refused), on a model
+    standing for the user's own: one file, accepted by the upload's check."""
+    import re
+
+    import torch
+    from torch import nn
+
+    from kdcore.onnx_teacher import inspect_onnx
+
+    section = (ROOT / "README.md").read_text().split("## Bring your own model", 1)[1]
+    snippet = next(
+        block for block in re.findall(r"```python\n(.*?)```", section, re.S) if "onnx" in block
+    )
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 30 * 30, 10))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, "README.md", "exec"), {"model": model, "torch": torch})  # noqa: S102
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher.onnx"]
+    signature = inspect_onnx(tmp_path / "teacher.onnx")
+    assert (signature.input_shape, signature.outputs) == ((3, 32, 32), 10)
