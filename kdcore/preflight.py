@@ -26,12 +26,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdcore.errors import TeacherCheckError
+from kdcore.errors import KDError, TeacherCheckError
+from kdcore.local_files import open_regular
 from kdcore.spec import JobSpec
 from kdcore.splits import DataSplits, Split
 
 PREFLIGHT_SAMPLES = 512
 CHANCE_MARGIN = 1.5  # a teacher must beat chance by this factor
+MAX_RECORD_BYTES = 1_000_000  # a student.json is a few KB; more is not one of ours
 
 
 def _teacher_preprocessing(spec: JobSpec) -> tuple[dict[str, Any], str] | None:
@@ -42,11 +44,12 @@ def _teacher_preprocessing(spec: JobSpec) -> tuple[dict[str, Any], str] | None:
         return None
     weights = Path(teachers[0][1].checkpoint)
     config = weights.with_name("student.json")
-    if weights.suffix != ".safetensors" or not config.is_file() or config.is_symlink():
+    if weights.suffix != ".safetensors" or not config.is_file():
         return None
-    try:
-        recorded = json.loads(config.read_text()[:1_000_000])
-    except (OSError, ValueError):
+    try:  # read as itself (no link followed) and capped before it is parsed
+        with open_regular(config) as fh:
+            recorded = json.loads(fh.read(MAX_RECORD_BYTES + 1)[:MAX_RECORD_BYTES])
+    except (KDError, OSError, ValueError):
         return None
     return (recorded, config.name) if isinstance(recorded, dict) else None
 

@@ -97,3 +97,21 @@ def test_a_teacher_without_weights_is_measured_never_failed(tmp_path):
     report = kdcore.distill(spec, tmp_path / "out")
     assert report["teacher_preflight"]["check"] == "warn"
     assert "accuracy" in report["teacher_preflight"]
+
+
+def test_a_student_json_that_is_a_link_or_oversized_is_not_read(teacher: Path, tmp_path):
+    """The recorded preprocessing is taken only from a regular, small student.json."""
+    for name, make in (
+        ("linked", lambda f: f.symlink_to(teacher.with_name("student.json"))),
+        ("huge", lambda f: f.write_text('{"input_shape": [1, 16, 16]' + " " * 2_000_000 + "}")),
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "student.safetensors").write_bytes(teacher.read_bytes())
+        make(folder / "student.json")
+        spec = distill(folder / "student.safetensors", {"builtin": "digits", "max_samples": 600})
+        from kdcore.preflight import inherit_preprocessing
+        from kdcore.validate import parse_spec
+
+        _, inherited = inherit_preprocessing(parse_spec(spec))
+        assert inherited == {}, name
