@@ -23,8 +23,19 @@ class Progress:
     trial: dict[str, Any] | None = None  # in a sweep: which trial (index, of, rung, params)
     tokens_per_s: float | None = None  # a text job's rate (its images_per_s stays 0)
 
+    @property
+    def model(self) -> str:
+        """Whose figures these are: the student the job trains, or the baseline (the
+        same student trained without a teacher, spec `baseline: true`)."""
+        return "baseline" if self.phase == "baseline" else "student"
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "model": self.model}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Progress:
+        """The inverse of to_dict (the derived `model` is dropped)."""
+        return cls(**{k: v for k, v in data.items() if k != "model"})
 
 
 class Callbacks:

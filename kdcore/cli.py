@@ -95,6 +95,8 @@ def _run(args: argparse.Namespace, kind: str) -> int:
             "compression_ratio",
             "baseline",
             "kd_gain",
+            "kd_gain_unit",
+            "kd_verdict",
             "train_images_per_s",
         )
         if k in report

@@ -115,4 +115,7 @@ def evaluate_gate(gate: GateSpec, report: dict[str, Any]) -> dict[str, Any]:
         checks["latency_ms_batch1"] = _check(latency, gate.max_latency_ms_batch1, at_most=True)
     if gate.min_agreement is not None:
         checks["agreement"] = _check(report.get("agreement"), gate.min_agreement, at_most=False)
+    if gate.min_kd_gain is not None:
+        checks["kd_gain"] = _check(report.get("kd_gain"), gate.min_kd_gain, at_most=False)
+        checks["kd_gain"]["unit"] = report.get("kd_gain_unit")
     return {"passed": all(c["passed"] for c in checks.values()), "checks": checks}

@@ -394,6 +394,14 @@ class GateSpec(_Strict):
     min_agreement: float | None = Field(
         default=None, ge=0.0, le=1.0, description="share of test samples where both agree"
     )
+    min_kd_gain: float | None = Field(
+        default=None,
+        ge=-100.0,
+        le=100.0,
+        description="the least KD gain over the student trained without a teacher (needs "
+        "baseline: true), in the report's kd_gain_unit: percentage points of accuracy, or "
+        "baseline/student perplexity (or MSE) ratio",
+    )
 
     def teacher_checks(self) -> list[str]:
         """The limits that compare the student with a teacher's classes."""
@@ -677,10 +685,8 @@ class JobSpec(_Strict):
             raise ValueError("a distill job needs a teacher")
         if self.kind == "train" and has_teacher:
             raise ValueError("a train job has no teacher; put the model under 'student'")
-        teacher_checks = self.gate.teacher_checks() if self.gate is not None else []
-        if teacher_checks and (self.kind != "distill" or self.task != "classification"):
-            names = ", ".join(teacher_checks)
-            raise ValueError(f"gate {names}: a classification distillation's checks")
+        if self.gate is not None:
+            self._gate_fits(self.gate)
         if "safetensors" not in self.export:
             self.export = ["safetensors", *self.export]
         if self.training.quantization == "int8":
@@ -695,6 +701,19 @@ class JobSpec(_Strict):
             if self.training.early_stopping is not None:
                 raise ValueError("training.early_stopping needs a validation split (val_fraction)")
         return self
+
+    def _gate_fits(self, gate: GateSpec) -> None:
+        """Each limit set is one this job can measure."""
+        teacher_checks = gate.teacher_checks()
+        if teacher_checks and (self.kind != "distill" or self.task != "classification"):
+            names = ", ".join(teacher_checks)
+            raise ValueError(f"gate {names}: a classification distillation's checks")
+        if gate.min_kd_gain is not None and (self.kind != "distill" or not self.baseline):
+            raise ValueError(
+                "gate min_kd_gain compares with a baseline: a distill job with baseline: true"
+            )
+        if gate.max_latency_ms_batch1 is not None and self.task in TEXT_TASKS:
+            raise ValueError("gate max_latency_ms_batch1: a text job measures tokens/s")
 
     def _quantization_fits(self) -> None:
         if self.resources.gpus > 1:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kdcore import kd_gain
 from kdcore.callbacks import Callbacks, Progress
 from kdcore.checkpoints import atomic_write
 from kdcore.data import DataSplits, load_job_data
@@ -41,6 +42,7 @@ from kdcore.one_process import (
     write_report,
 )
 from kdcore.plots import plot_pareto
+from kdcore.readiness import evaluate_gate
 from kdcore.report import cpu_latency_ms
 from kdcore.spec import JobSpec, SweepValue
 from kdcore.sweep_parallel import TrialRun, run_at_once
@@ -62,7 +64,7 @@ class _Sweep:
     teacher_cache: Path
     data: DataSplits  # for the constraint check before training
     metric: str  # "accuracy" or "mse"
-    planned: int  # trials the plan holds (halving: if every rung is full)
+    planned: int  # trials that train (the excluded not counted; halving: if rungs fill)
     records: list[dict[str, Any]] = field(default_factory=list)
     measured: dict[str, tuple[int, float]] = field(default_factory=dict)  # per student
     live: dict[int, int] = field(default_factory=dict)  # running trial -> its step
@@ -145,15 +147,16 @@ def run_sweep(
         if r > 0:  # successive halving: the best of the last rung go on
             last = [rec for rec in sweep.records if rec["rung"] == r - 1]
             survivors = [rec["config"] for rec in sweep.rank(last)[: rung.keep]]
-        epochs_later = sum(x.epochs * x.keep for x in plan[r + 1 :])
         done = {rec["trial"] for rec in sweep.records}  # finished before a crash
-        todo = []
-        for n, c in enumerate(survivors):
-            if index not in done:
-                after = rung.epochs * (len(survivors) - n - 1) + epochs_later
-                todo.append((index, configs[c], c, r, rung.epochs, after))
-            index += 1
-        _run_rung(sweep, todo)
+        todo = [(i, configs[c], c) for i, c in enumerate(survivors, index) if i not in done]
+        index += len(survivors)
+        runnable = _record_excluded(sweep, todo, r, rung.epochs)
+        # progress counts only trials that train: the excluded ones are out of every count
+        excluded = sum(rec["status"] == "excluded" and rec["rung"] == r for rec in sweep.records)
+        later = [(x.epochs, min(x.keep, len(survivors) - excluded)) for x in plan[r + 1 :]]
+        trained = sum(rec["status"] == "trained" for rec in sweep.records)
+        sweep.planned = trained + len(runnable) + sum(keep for _, keep in later)
+        _run_rung(sweep, runnable, sum(epochs * keep for epochs, keep in later))
     report = _finish(sweep)
     if teacher_cache is None:
         shutil.rmtree(sweep.teacher_cache, ignore_errors=True)
@@ -220,21 +223,36 @@ def _trial_resume(sweep: _Sweep, trial: JobSpec, folder: Path) -> Path | None:
     return None
 
 
-def _run_rung(sweep: _Sweep, todo: list[tuple]) -> None:
-    """Train a rung's trials in index order, one after another; or `slots` at once
-    (sweep_parallel), the excluded ones recorded first."""
-    runs = []
-    for index, params, config, rung, epochs, epochs_after in todo:
+def _record_excluded(
+    sweep: _Sweep, todo: list[tuple], rung: int, epochs: int
+) -> list[tuple[JobSpec, dict[str, Any]]]:
+    """Each trial's spec and record; the ones whose architecture alone breaks a limit
+    are recorded as excluded here (never trained), the others returned to train."""
+    runnable = []
+    for index, params, config in todo:
         trial = parse_spec(trial_dict(sweep.spec, index, params, epochs))
         folder = sweep.out_dir / "trials" / f"{index:03d}"
         record = _record(sweep, trial, index, params, config, rung, epochs, folder)
-        if record["excluded_by"]:  # the architecture alone breaks a limit: not trained
+        if record["excluded_by"]:
             record.update(status="excluded", score=None, epochs_run=0)
             record[sweep.metric] = None
             _recorded(sweep, record)
-            continue
-        info = {"index": index, "of": sweep.planned, "rung": rung, "params": params}
-        callbacks = _TrialCallbacks(sweep, info, epochs_after)
+        else:
+            runnable.append((trial, record))
+    return runnable
+
+
+def _run_rung(
+    sweep: _Sweep, runnable: list[tuple[JobSpec, dict[str, Any]]], epochs_later: int
+) -> None:
+    """Train a rung's trials in index order, one after another; or `slots` at once
+    (sweep_parallel)."""
+    runs = []
+    for n, (trial, record) in enumerate(runnable):
+        index, folder = record["trial"], sweep.out_dir / record["folder"]
+        after = record["epochs"] * (len(runnable) - n - 1) + epochs_later
+        info = {"index": index, "of": sweep.planned, "rung": record["rung"]}
+        callbacks = _TrialCallbacks(sweep, {**info, "params": record["params"]}, after)
         run = TrialRun(index, trial, folder, _trial_resume(sweep, trial, folder), callbacks)
         if sweep.slots > 1:
             runs.append((run, record))
@@ -370,11 +388,11 @@ def _finish(sweep: _Sweep) -> dict[str, Any]:
     )
     if spec.baseline and spec.kind == "distill":
         device = pick_device(spec.training.device)
-        kd = {sweep.metric: report["student"][sweep.metric]}
         data = load_job_data(trial)
-        report["baseline"], report["kd_gain"] = train_baseline(
-            trial, data, device, kd, sweep.callbacks
-        )
+        report["baseline"] = train_baseline(trial, data, device, sweep.callbacks)
+        report.update(kd_gain.compare(report["student"], report["baseline"]))
+        if spec.gate is not None:  # the trial's gate had no baseline to read
+            report["gate"] = evaluate_gate(spec.gate, report)
     write_report(report, files, sweep.out_dir)
     return report
 

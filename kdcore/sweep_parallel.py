@@ -187,7 +187,7 @@ def _relay(messages: Any, by_index: dict[int, TrialRun], wait: bool = True) -> N
             return
         timeout = None  # after the first message, take what is there and go
         callbacks = by_index[index].callbacks
-        p = Progress(**progress)
+        p = Progress.from_dict(progress)
         if kind == "step":
             callbacks.on_step(p)
         elif kind == "epoch":

@@ -233,6 +233,8 @@ class Supervisor:
         self.pending: list[tuple[str, dict[str, Any]]] = []
         self.checkpoints: list[dict[str, Any]] = []
         self.progress: dict[str, Any] | None = None
+        self.student_metrics: dict[str, float] = {}
+        self.baseline_metrics: dict[str, float] = {}
         self.final: dict[str, Any] | None = None
         self.cancel_sent_at: float | None = None
         self.killed = False
@@ -330,13 +332,13 @@ class Supervisor:
         """Keep one message of the training process; True if it should be flushed now."""
         kind, now = msg.pop("type", ""), time.monotonic()
         if kind == "progress":
-            self.progress = msg
+            self._keep_progress(msg)
             if now - self.last_progress_event >= PROGRESS_EVERY_S:  # throttled
                 self.pending.append(("progress", msg))
                 self.last_progress_event = now
             return False
         if kind == "epoch":
-            self.progress = msg
+            self._keep_progress(msg)
             self.pending.append(("epoch", msg))
             return True
         if kind == "checkpoint":
@@ -347,6 +349,21 @@ class Supervisor:
             return True
         self.final = {"type": kind, **msg}  # done, cancelled or error: the last word
         return False
+
+    def _keep_progress(self, msg: dict[str, Any]) -> None:
+        """The newest progress, each model's validation figures kept apart: the job's
+        `metrics` stay the student's while the baseline (the same student trained
+        without a teacher) trains; the baseline's are its `baseline_metrics`."""
+        metrics = msg.get("metrics") or {}
+        if metrics and msg.get("phase") == "baseline":
+            self.baseline_metrics = metrics
+        elif metrics:
+            self.student_metrics = metrics
+        self.progress = {
+            **msg,
+            "metrics": self.student_metrics,
+            "baseline_metrics": self.baseline_metrics,
+        }
 
     def _stop(self, proc: subprocess.Popen, now: float) -> None:
         """Ask the training process to stop (SIGTERM, once); the loop stops between
@@ -377,6 +394,8 @@ class Supervisor:
                     "lr",
                     "losses",
                     "metrics",
+                    "baseline_metrics",
+                    "model",
                     "images_per_s",
                     "tokens_per_s",
                     "eta_s",

@@ -48,7 +48,7 @@ def _metrics(report: dict[str, Any]) -> list[tuple[str, float, int]]:
         for term, value in (h.get("train_losses") or {}).items():
             out.append((f"train_{term}", float(value), h["epoch"]))
     last = len(report.get("history") or [])
-    for role in ("student", "teacher"):
+    for role in ("student", "teacher", "baseline"):
         for key in ("accuracy", "mse", "latency_ms_batch1", "parameters", "bytes_on_disk"):
             value = (report.get(role) or {}).get(key)
             if isinstance(value, int | float):

@@ -67,6 +67,11 @@ class ProgressOut(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     phase: str | None = None
+    model: str | None = Field(
+        default=None,
+        description="whose figures these are: student, or baseline (the same student "
+        "trained without a teacher, spec baseline: true)",
+    )
     epoch: int | None = None
     epochs: int | None = None
     step: int | None = None
@@ -102,7 +107,13 @@ class JobOut(FromRow):
     queue: str = Field(description="the worker pool: kd, or kd.<gpu_type>")
     priority: int
     progress: ProgressOut
-    metrics: dict[str, float] = Field(description="latest validation metrics")
+    metrics: dict[str, float] = Field(
+        description="the student's latest validation metrics (never the baseline's)"
+    )
+    baseline_metrics: dict[str, float] = Field(
+        default_factory=dict,
+        description="with baseline: true, the baseline's latest validation metrics",
+    )
     error: str | None
     status_transitions: list[Transition]
     retry_of: str | None
@@ -120,20 +131,33 @@ class JobOut(FromRow):
         """The row's attributes, plus what is derived: progress (with its fraction),
         numeric metrics, the transitions and the queue position."""
         job, stored = view.job, view.job.progress or {}
-        fraction = stored["step"] / stored["total_steps"] if stored.get("total_steps") else None
-        progress = ProgressOut.model_validate(
-            {**stored, "fraction": 1.0 if job.status == JobStatus.SUCCEEDED else fraction}
-        )
-        metrics = stored.get("metrics") or {}
+        fraction = 1.0 if job.status == JobStatus.SUCCEEDED else _fraction(stored, job.spec)
+        progress = ProgressOut.model_validate({**stored, "fraction": fraction})
         derived = {
             "queue_position": view.queue_position,
             "progress": progress,
-            "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
+            "metrics": _numbers(stored.get("metrics")),
+            "baseline_metrics": _numbers(stored.get("baseline_metrics")),
             "status_transitions": [Transition.model_validate(t) for t in view.transitions],
             "poll_after_s": POLL_AFTER_S.get(job.status),
         }
         row = {name: getattr(job, name) for name in cls.model_fields if name not in derived}
         return cls.model_validate({**row, **derived})
+
+
+def _numbers(figures: Any) -> dict[str, float]:
+    return {k: v for k, v in (figures or {}).items() if isinstance(v, int | float)}
+
+
+def _fraction(stored: dict[str, Any], spec: dict[str, Any]) -> float | None:
+    """How far the whole job is: a job with baseline: true trains its student, then the
+    baseline for the same budget, so each phase is half of it."""
+    if not stored.get("total_steps"):
+        return None
+    fraction = stored["step"] / stored["total_steps"]
+    if not (spec.get("baseline") and spec.get("kind") == "distill"):
+        return fraction
+    return 0.5 + fraction / 2 if stored.get("phase") == "baseline" else fraction / 2
 
 
 class JobList(BaseModel):

@@ -14,9 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdcore import kd_gain
 from kdcore.callbacks import Callbacks
 from kdcore.errors import SpecError
 from kdcore.precision import uses_bf16
+from kdcore.readiness import evaluate_gate
 from kdcore.spec import JobSpec, ModelSpec
 from kdcore.text.data import TextData, completion_rows, load_text
 from kdcore.text.evaluate import agreement, evaluate_text, model_size, tokens_per_s
@@ -249,9 +251,7 @@ def _compare(
         }
     if spec.baseline:
         report["baseline"] = _baseline(spec, data, job.s_tok, data.num_classes, teacher, device, cb)
-        key = "accuracy" if spec.task == "text_classification" else "perplexity"
-        gain = report["student"][key] - report["baseline"][key]
-        report["kd_gain"] = gain if key == "accuracy" else -gain  # lower perplexity gains
+        report.update(kd_gain.compare(report["student"], report["baseline"]))
 
 
 def _outputs(
@@ -323,6 +323,8 @@ def run_text(
     report["gradient_checkpointing"] = is_checkpointing(job.student)
     report["student"] = _measures(spec.student.arch, job.student, job.data, spec, device)
     _compare(spec, job, report, device, cb)
+    if spec.gate is not None:
+        report["gate"] = evaluate_gate(spec.gate, report)
     _outputs(spec, job, report, fit.history, out_dir)
     shutil.rmtree(out_dir / ROWS_DIR, ignore_errors=True)  # a streamed set's rows: done
     return report

@@ -63,7 +63,10 @@ def jobs_table(jobs: list[Job]) -> Table:
 
 
 def report_table(report: dict[str, Any]) -> Table:
+    """Teacher, student and (with baseline: true) the student trained without a teacher,
+    side by side; the baseline has its quality and training time only."""
     student, teacher = report.get("student") or {}, report.get("teacher") or {}
+    baseline = report.get("baseline") or {}
     key = next((k for k in ("accuracy", "perplexity") if k in student), "mse")
     show = _pct if key == "accuracy" else _num
     table = Table(title="report", show_edge=False, title_justify="left")
@@ -71,6 +74,8 @@ def report_table(report: dict[str, Any]) -> Table:
     if teacher:
         table.add_column("teacher", justify="right")
     table.add_column("student", justify="right")
+    if baseline:
+        table.add_column("baseline (no teacher)", justify="right")
     rows: list[tuple[str, Any, Any]] = [
         (key, show(teacher.get(key)), show(student.get(key))),
         ("architecture", teacher.get("arch", "-"), student.get("arch", "-")),
@@ -92,9 +97,19 @@ def report_table(report: dict[str, Any]) -> Table:
         ),
     ]
     for name, t, s in rows:
-        cells = (name, t, s) if teacher else (name, s)
+        cells = [name, t, s] if teacher else [name, s]
+        if baseline:
+            cells.append(show(baseline.get(key)) if name == key else "-")
         table.add_row(*cells)
     return table
+
+
+def kd_gain_text(report: dict[str, Any]) -> str:
+    """The KD gain in its unit (kdcore.kd_gain): points, or a perplexity/MSE ratio."""
+    gain, unit = report.get("kd_gain"), report.get("kd_gain_unit")
+    if not isinstance(gain, int | float):
+        return "-"
+    return f"{gain:+.2f} points" if unit == "points" else f"{gain:.3f}x ({unit})"
 
 
 def report_summary(report: dict[str, Any]) -> str:
@@ -105,9 +120,7 @@ def report_summary(report: dict[str, Any]) -> str:
     if "agreement" in report:
         parts.append(f"agreement {_pct(report['agreement'])}")
     if "kd_gain" in report:
-        parts.append(f"KD gain over scratch {report['kd_gain']:+.4f}")
-    if "baseline" in report and "perplexity" in report["baseline"]:
-        parts.append(f"without KD: ppl {_num(report['baseline']['perplexity'])}")
+        parts.append(f"KD gain over scratch {kd_gain_text(report)}")
     speed = (
         f"{report['train_tokens_per_s']} tokens/s"
         if "train_tokens_per_s" in report
@@ -135,7 +148,10 @@ def job_details(job: Job) -> Group:
     if p.epoch:
         head.add_row("progress", f"epoch {p.epoch}/{p.epochs}, step {p.step}/{p.total_steps}")
     if job.metrics:
-        head.add_row("metrics", ", ".join(f"{k} {_num(v)}" for k, v in job.metrics.items()))
+        head.add_row("student (val)", ", ".join(f"{k} {_num(v)}" for k, v in job.metrics.items()))
+    if job.baseline_metrics:
+        figures = ", ".join(f"{k} {_num(v)}" for k, v in job.baseline_metrics.items())
+        head.add_row("baseline (val)", f"{figures}  (the student without a teacher)")
     if job.error:
         head.add_row("error", Text(job.error, style="red"))
     timeline = Table(title="timeline", show_edge=False, title_justify="left")
@@ -145,12 +161,42 @@ def job_details(job: Job) -> Group:
         timeline.add_row(t.at[:23].replace("T", " "), status_text(t.to_status), t.reason)
     parts: list[Any] = [head, Text(""), timeline]
     if job.report:
-        parts += [Text(""), report_table(job.report), Text(report_summary(job.report))]
-        if job.report.get("gate"):
-            parts += [Text(""), gate_table(job.report["gate"])]
-        if job.report.get("sweep"):
-            parts += [Text(""), *sweep_lines(job.report["sweep"])]
+        parts += report_parts(job.report)
     return Group(*parts)
+
+
+def report_parts(report: dict[str, Any]) -> list[Any]:
+    """A finished job's report: the models side by side, the KD verdict (red when the
+    teacher made the student worse), the gate, the exports and a sweep's trials."""
+    parts: list[Any] = [Text(""), report_table(report), Text(report_summary(report))]
+    if report.get("kd_verdict"):
+        style = "green" if report.get("kd_helped") else "bold red"
+        parts.append(Text(report["kd_verdict"], style=style))
+    if report.get("gate"):
+        parts += [Text(""), gate_table(report["gate"])]
+    if report.get("exports"):
+        parts += [Text(""), export_table(report["exports"])]
+    if report.get("sweep"):
+        parts += [Text(""), *sweep_lines(report["sweep"])]
+    return parts
+
+
+def export_table(exports: dict[str, Any]) -> Table:
+    """report.exports: each written format's test quality, CPU latency and size."""
+    table = Table(title="exports", show_edge=False, title_justify="left")
+    for column in ("format", "runtime", "quality", "latency b1 (ms)", "latency b64 (ms)", "bytes"):
+        table.add_column(column, justify="left" if column in ("format", "runtime") else "right")
+    for fmt, row in exports.items():
+        quality = _pct(row["accuracy"]) if "accuracy" in row else f"mse {_num(row.get('mse'))}"
+        table.add_row(
+            fmt,
+            str(row.get("runtime", "-")),
+            quality,
+            _num(row.get("latency_ms_batch1")),
+            _num(row.get("latency_ms_batch64")),
+            f"{row.get('bytes', 0):,}",
+        )
+    return table
 
 
 def gate_table(gate: dict[str, Any]) -> Table:
@@ -161,6 +207,7 @@ def gate_table(gate: dict[str, Any]) -> Table:
         table.add_column(column, justify="left" if column == "check" else "right")
     for name, check in (gate.get("checks") or {}).items():
         label = f"{name} ({check['class']})" if check.get("class") else name
+        label += f" [{check['unit']}]" if check.get("unit") else ""
         ok = Text("ok", style="green") if check.get("passed") else Text("FAIL", style="red")
         table.add_row(label, _num(check.get("value")), _num(check.get("limit")), ok)
     return table
@@ -177,11 +224,18 @@ def outcome(job: Job) -> str:
     return f"job {job.id} {job.status}{at}: {reason}"
 
 
+def whose(data: dict[str, Any]) -> str:
+    """Which model a progress figure belongs to, as a line starts with it."""
+    if data.get("model", data.get("phase")) == "baseline":
+        return "baseline (no teacher)"
+    return "student" if data.get("phase", "train") == "train" else str(data.get("phase"))
+
+
 def progress_line(data: dict[str, Any]) -> str:
     """One line per epoch: epoch, loss terms, accuracy (or a language model's
     perplexity), images/s (or tokens/s), ETA."""
     metrics = data.get("metrics") or {}
-    parts = [f"{data.get('phase', 'train')} epoch {data.get('epoch')}/{data.get('epochs')}"]
+    parts = [f"{whose(data)} epoch {data.get('epoch')}/{data.get('epochs')}"]
     parts += [f"{k} {v:.4f}" for k, v in (data.get("losses") or {}).items()]
     if "loss" in metrics:
         parts.append(f"val_loss {metrics['loss']:.4f}")
@@ -241,6 +295,7 @@ class Watcher:
         self.task: TaskID | None = None
         self.last_losses: dict[str, float] = {}
         self.last_acc = ""
+        self.model = "student"
         self.trials_shown = 0
 
     def __enter__(self) -> Watcher:
@@ -277,6 +332,8 @@ class Watcher:
             self.trials_shown += 1
             self.console.print(trial_line(data), highlight=False)
         elif event.type in ("progress", "epoch"):
+            if whose(data) != self.model:  # the baseline starts: no student figure carries over
+                self.model, self.last_losses, self.last_acc = whose(data), {}, ""
             if data.get("losses"):
                 self.last_losses = data["losses"]
             metrics = data.get("metrics") or {}
@@ -291,16 +348,12 @@ class Watcher:
                     if data.get("tokens_per_s")
                     else ""
                 )
-                phase, epoch, epochs = (
-                    data.get("phase", "train"),
-                    data.get("epoch"),
-                    data.get("epochs"),
-                )
+                epoch, epochs = data.get("epoch"), data.get("epochs")
                 trial = data.get("trial") or {}
                 where = f"trial {trial['index']}/{trial.get('of')} " if trial else ""
                 self.bar.update(
                     self.task,
-                    description=f"{where}{phase} epoch {epoch}/{epochs}",
+                    description=f"{where}{self.model} epoch {epoch}/{epochs}",
                     completed=data.get("step") or 0,
                     total=data.get("total_steps") or 1,
                     detail=f"{losses} {self.last_acc} {rate}".strip(),

@@ -25,6 +25,7 @@ class Transition(_Model):
 
 class Progress(_Model):
     phase: str | None = None
+    model: str | None = None  # whose figures: student, or baseline (trained without a teacher)
     epoch: int | None = None
     epochs: int | None = None
     step: int | None = None
@@ -52,7 +53,8 @@ class Job(_Model):
     queue: str = "kd"
     priority: int = 0
     progress: Progress
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # the student's, never the baseline's
+    baseline_metrics: dict[str, float] = Field(default_factory=dict)
     error: str | None
     status_transitions: list[Transition]
     retry_of: str | None

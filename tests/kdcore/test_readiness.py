@@ -104,3 +104,44 @@ def test_the_onnx_variants_bring_student_onnx_with_them():
         }
     )
     assert spec.export == ["safetensors", "onnx_int8", "onnx"]
+
+
+def test_min_kd_gain_checks_the_gain_in_its_unit():
+    report = {"kd_gain": -1.5, "kd_gain_unit": "points"}
+    verdict = evaluate_gate(GateSpec(min_kd_gain=0.0), report)
+    assert verdict["passed"] is False
+    assert verdict["checks"]["kd_gain"] == {
+        "value": -1.5,
+        "limit": 0.0,
+        "passed": False,
+        "unit": "points",
+    }
+    assert evaluate_gate(GateSpec(min_kd_gain=-2.0), report)["passed"] is True
+    # no baseline was trained: the check fails rather than passing silently
+    assert evaluate_gate(GateSpec(min_kd_gain=0.0), {})["checks"]["kd_gain"]["passed"] is False
+
+
+def _spec(**over):
+    base = {
+        "kind": "distill",
+        "teacher": {"arch": "small_cnn"},
+        "student": {"arch": "mlp_small"},
+        "dataset": {"name": "digits"},
+    }
+    return JobSpec.model_validate({**base, **over})
+
+
+def test_min_kd_gain_needs_a_baseline_and_text_jobs_have_no_latency_check():
+    with pytest.raises(ValueError, match="baseline: true"):
+        _spec(gate={"min_kd_gain": 0.5})
+    assert _spec(gate={"min_kd_gain": 0.5}, baseline=True).gate.min_kd_gain == 0.5
+    with pytest.raises(ValueError, match="tokens/s"):
+        JobSpec.model_validate(
+            {
+                "kind": "train",
+                "task": "causal_lm",
+                "student": {"arch": "gpt2", "config": {"n_layer": 1}},
+                "dataset": {"name": "synthetic_text"},
+                "gate": {"max_latency_ms_batch1": 5},
+            }
+        )

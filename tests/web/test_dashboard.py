@@ -170,11 +170,53 @@ def test_submit_through_the_form_and_watch_it_finish(
         "return [...document.querySelectorAll('.chart path.series')]"
         ".map(p => p.closest('.chart').id + ':' + p.dataset.series)"
     )
-    assert {"loss-chart:loss", "loss-chart:kd", "accuracy-chart:student"} <= set(series), series
+    # baseline: true: the student and the baseline each have their own curve, column
+    # and figures; the KD verdict is the report's, coloured by its sign
+    assert {
+        "loss-chart:loss",
+        "loss-chart:kd",
+        "accuracy-chart:student",
+        "accuracy-chart:baseline (no teacher)",
+    } <= set(series), series
+    auth = {"Authorization": f"Bearer {key}"}
+    done = httpx.get(f"{url}/v1/jobs/{job_id}", headers=auth).json()
+    figures = done["report"]
+    head = browser.execute_script(
+        "return [...document.querySelectorAll('#report-table th')].map(th => th.textContent)"
+    )
+    assert head == ["", "teacher", "student", "baseline (no teacher)"], head
+    accuracy_row = browser.execute_script(
+        "return [...document.querySelectorAll('#report-table tr[data-row=accuracy] td')]"
+        ".map(td => td.textContent)"
+    )
+    assert accuracy_row == [
+        "accuracy",
+        f"{100 * figures['teacher']['accuracy']:.2f} %",
+        f"{100 * figures['student']['accuracy']:.2f} %",
+        f"{100 * figures['baseline']['accuracy']:.2f} %",
+    ], accuracy_row
+    verdict = browser.find_element(By.ID, "kd-verdict")
+    assert verdict.text == figures["kd_verdict"]
+    assert verdict.get_attribute("class") == ("pass" if figures["kd_helped"] else "fail")
+    assert "points" in browser.find_element(By.ID, "report-summary").text
+    assert "compression" in browser.find_element(By.ID, "report-summary").text
+    progress_text = attribute(browser, "#progress-text", "innerText")
+    assert progress_text.startswith("student: 4 epochs"), progress_text
+    # the job's figures are the student's last epoch; the baseline's are its own
+    epochs, after = [], 0
+    while after is not None:
+        page = httpx.get(
+            f"{url}/v1/jobs/{job_id}/events", params={"after": after}, headers=auth
+        ).json()
+        epochs += [e["data"] for e in page["data"] if e["type"] == "epoch"]
+        after = page["next_after"]
+    student_last = [e for e in epochs if e["model"] == "student"][-1]
+    baseline_last = [e for e in epochs if e["model"] == "baseline"][-1]
+    assert done["metrics"] == student_last["metrics"]
+    assert done["baseline_metrics"] == baseline_last["metrics"]
+    assert done["progress"]["model"] == "baseline"  # the last phase that ran, labelled
     report = attribute(browser, "#report-table", "innerText").lower()
     assert "teacher" in report and "student" in report and "small_cnn" in report
-    assert "compression" in browser.find_element(By.ID, "report-summary").text
-    assert "KD gain" in browser.find_element(By.ID, "report-summary").text
     timeline = attribute(browser, "#timeline", "innerText")
     assert "queued" in timeline and "running" in timeline and "succeeded" in timeline
     buttons = {
@@ -184,6 +226,31 @@ def test_submit_through_the_form_and_watch_it_finish(
     assert {"student.safetensors", "student.json", "report.json", "curves.png"} <= buttons
     time.sleep(0.5)  # let the last chart redraw settle before the picture
     browser.save_screenshot(str(ARTIFACTS / "dashboard-job.png"))
+
+    # the spec, read-only and whole; "submit again" opens the form filled in with it,
+    # and a submission without changes makes the same job
+    import json as _json
+
+    shown = _json.loads(attribute(browser, "#job-spec", "textContent"))
+    assert shown == done["spec"]
+    browser.find_element(By.ID, "submit-again").click()
+    wait_for(browser, "#from-job")
+    assert browser.find_element(By.ID, "name").get_attribute("value") == "browser-kd"
+    assert browser.find_element(By.ID, "epochs").get_attribute("value") == "4"
+    assert browser.find_element(By.ID, "image_size").get_attribute("value") == "8"
+    assert browser.find_element(By.ID, "baseline").is_selected()
+    assert browser.find_element(By.ID, "teacher_source").get_attribute("value") == (
+        done["spec"]["teacher"]["checkpoint"]
+    )
+    set_value(browser, "name", "browser-kd-again")
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 20).until(
+        lambda d: "#/jobs/job_" in d.current_url and job_id not in d.current_url
+    )
+    again_id = browser.current_url.rsplit("/", 1)[1]
+    again = httpx.get(f"{url}/v1/jobs/{again_id}", headers=auth).json()
+    assert {**again["spec"], "name": "browser-kd"} == done["spec"]
+    httpx.post(f"{url}/v1/jobs/{again_id}/cancel", headers=auth)
 
     # the list shows it with its status colour
     browser.get(url + "/#/jobs")
@@ -255,6 +322,99 @@ def test_submit_through_the_form_and_watch_it_finish(
     browser.find_element(By.ID, "logout").click()
     wait_for(browser, "#login-form")
     assert not browser.find_element(By.ID, "logout").is_displayed()
+
+
+def test_a_sweep_page_shows_its_trials_front_exports_and_curves(
+    server: tuple[str, str], browser: WebDriver, tmp_path: Path
+) -> None:
+    """A grid of three students, one excluded by its size: the trial table marks the
+    selected and the excluded trials, the Pareto plot has a point per trained trial,
+    the export table lists every format, and each trained trial has its own curve."""
+    url, key = server
+    auth = {"Authorization": f"Bearer {key}"}
+    kdcore.train(
+        {
+            "name": "sweep-teacher",
+            "kind": "train",
+            "student": {"arch": "small_cnn"},
+            "dataset": {"builtin": "digits", "image_size": 8},
+            "training": {"epochs": 3, "batch_size": 32, "precision": "fp32"},
+        },
+        tmp_path / "teacher",
+    )
+    weights = (tmp_path / "teacher" / "student.safetensors").read_bytes()
+    up = httpx.post(
+        f"{url}/v1/files",
+        files={"file": ("sweep-teacher.safetensors", weights)},
+        data={"purpose": "checkpoint"},
+        headers=auth,
+    )
+    assert up.status_code == 201, up.text
+    spec = {
+        "name": "sweep-page",
+        "kind": "distill",
+        "teacher": {"arch": "small_cnn", "checkpoint": up.json()["id"]},
+        "student": {"arch": "mlp_small"},
+        "dataset": {"builtin": "digits", "image_size": 8, "val_fraction": 0.1},
+        "training": {"epochs": 2, "batch_size": 64, "precision": "fp32"},
+        "sweep": {
+            "parameters": {"student.arch": ["mlp_small", "small_cnn", "cifar_resnet8"]},
+            "strategy": "grid",
+            "constraints": {"max_parameters": 60000},
+        },
+        "export": ["safetensors", "onnx", "onnx_int8"],
+    }
+    job = httpx.post(f"{url}/v1/jobs", json=spec, headers=auth)
+    assert job.status_code == 201, job.text
+    job_id = job.json()["id"]
+    browser.get(url + "/")
+    wait_for(browser, "#login-form")
+    set_value(browser, "api-key", key)
+    browser.find_element(By.ID, "login").click()
+    wait_for(browser, "#jobs-body")
+    browser.get(f"{url}/#/jobs/{job_id}")
+    WebDriverWait(browser, 300).until(lambda d: d.find_elements(By.ID, "trial-table"))
+    sweep = httpx.get(f"{url}/v1/jobs/{job_id}", headers=auth).json()["report"]["sweep"]
+    trained = [t["trial"] for t in sweep["trials"] if t["status"] == "trained"]
+    excluded = [t["trial"] for t in sweep["trials"] if t["status"] == "excluded"]
+    assert len(trained) == 2 and len(excluded) == 1, sweep["trials"]
+
+    rows = browser.find_elements(By.CSS_SELECTOR, "#trial-table tbody tr")
+    assert len(rows) == 3
+    selected = browser.find_elements(By.CSS_SELECTOR, "#trial-table tr.selected")
+    assert [r.get_attribute("data-trial") for r in selected] == [str(sweep["best"])]
+    assert "selected" in selected[0].text
+    gone = browser.find_elements(By.CSS_SELECTOR, "#trial-table tr.excluded")
+    assert [r.get_attribute("data-trial") for r in gone] == [str(excluded[0])]
+    assert "excluded: parameters" in gone[0].text
+    points = browser.execute_script(
+        "return [...document.querySelectorAll('#pareto-chart circle.trial-point')]"
+        ".map(c => [c.dataset.trial, c.classList.contains('selected')])"
+    )
+    assert sorted(int(t) for t, _ in points) == sorted(trained)
+    assert [t for t, chosen in points if chosen] == [str(sweep["best"])]
+    formats = [
+        r.get_attribute("data-format")
+        for r in browser.find_elements(By.CSS_SELECTOR, "#export-table tbody tr")
+    ]
+    assert formats == ["onnx", "onnx_int8"], formats
+    # one curve per trained trial (epochs 1..2 each, never one zig-zag line); the
+    # selected one drawn fully, the others faint
+    WebDriverWait(browser, 20).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#accuracy-chart path.series")) == 2
+    )
+    curves = browser.execute_script(
+        "return [...document.querySelectorAll('#accuracy-chart path.series')]"
+        ".map(p => [p.dataset.series, p.classList.contains('faint')])"
+    )
+    assert sorted(curves) == sorted(
+        [
+            [f"trial {t}" + (" (selected)" if t == sweep["best"] else ""), t != sweep["best"]]
+            for t in trained
+        ]
+    ), curves
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "dashboard-sweep.png"))
 
 
 def test_a_language_model_job_page_shows_perplexity(

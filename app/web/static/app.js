@@ -99,7 +99,8 @@ function route() {
   const hash = location.hash || "#/jobs";
   const m = hash.match(/^#\/jobs\/([\w-]+)$/);
   if (m) return renderJob(view, m[1]);
-  if (hash === "#/new") return renderNewJob(view);
+  const again = hash.match(/^#\/new\?from=([\w-]+)$/);  // "submit again" from a job's page
+  if (hash === "#/new" || again) return renderNewJob(view, again ? again[1] : null);
   return renderJobs(view);
 }
 
@@ -217,26 +218,31 @@ function lineChart(title, series, xLabel, hline) {
     root.append(svg("line", { x1: L, x2: W - R, y1: sy(hline.value), y2: sy(hline.value), stroke: "#d64541", "stroke-dasharray": "5 4" }),
       svg("text", { x: W - R - 150, y: sy(hline.value) - 4, fill: "#d64541" }, `${hline.label} ${fmt(hline.value, 4)}`));
   }
+  let legends = 0;
   series.forEach((s, i) => {
     if (!s.points.length) return;
     const d = s.points.map((p, j) => `${j ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ");
-    root.append(svg("path", { d, fill: "none", stroke: s.color || COLORS[i % COLORS.length], "stroke-width": 2, class: "series", "data-series": s.name }));
+    root.append(svg("path", { d, fill: "none", stroke: s.color || COLORS[i % COLORS.length], "stroke-width": s.faint ? 1 : 2,
+      "stroke-opacity": s.faint ? 0.3 : 1, class: s.faint ? "series faint" : "series", "data-series": s.name }));
+    if (s.legend === false || s.faint) return;
     // the legend sits in the title row, right of the title; inline style beats the CSS fill
-    root.append(svg("text", { x: L + 16 + 7 * title.length + 80 * i, y: 14, style: `fill:${s.color || COLORS[i % COLORS.length]}`, class: "legend" }, s.name));
+    root.append(svg("text", { x: L + 16 + 7 * title.length + 110 * legends++, y: 14, style: `fill:${s.color || COLORS[i % COLORS.length]}`, class: "legend" }, s.name));
   });
   return root;
 }
 
 function renderJob(view, jobId) {
   loadTenant();
-  const state = { job: null, losses: {}, validation: [], valLoss: [], lastSeq: 0, quality: "accuracy" };
+  // validation curves by model: "student", "baseline (no teacher)", or a sweep's "trial N"
+  const state = { job: null, losses: {}, curves: {}, valLoss: [], lastSeq: 0, quality: "accuracy" };
   const head = h("div", { class: "card", id: "job-head" });
   const lossChart = h("div", { class: "card chart", id: "loss-chart" });
   const accChart = h("div", { class: "card chart", id: "accuracy-chart" });
   const timeline = h("div", { class: "card", id: "timeline" });
   const report = h("div", { class: "card", id: "report" });
   const downloads = h("div", { class: "card downloads", id: "downloads" });
-  view.append(head, h("div", { class: "grid" }, lossChart, accChart), h("div", { class: "grid" }, timeline, downloads), report);
+  const spec = h("div", { class: "card", id: "spec" });
+  view.append(head, h("div", { class: "grid" }, lossChart, accChart), h("div", { class: "grid" }, timeline, downloads), report, spec);
 
   function drawCharts() {
     const lossSeries = Object.entries(state.losses).map(([name, points]) => ({ name, points }));
@@ -245,7 +251,37 @@ function renderJob(view, jobId) {
     const t = state.job?.report?.teacher;
     const key = state.quality;  // accuracy, or a language model's perplexity
     const hline = t && typeof t[key] === "number" ? { value: t[key], label: "teacher" } : null;
-    fill(accChart, lineChart(`Validation ${key}`, [{ name: "student", points: state.validation }], "epoch", hline));
+    fill(accChart, lineChart(`Validation ${key}`, validationSeries(), "epoch", hline));
+  }
+
+  // one line per model; a sweep's trials each have theirs, the selected one drawn over
+  // the others (faint) once the report names it
+  function validationSeries() {
+    const best = state.job?.report?.sweep?.best;
+    const trials = Object.keys(state.curves).filter((n) => n.startsWith("trial "));
+    return Object.entries(state.curves).map(([name, points]) => {
+      if (!name.startsWith("trial ")) return { name, points, color: name === "student" ? COLORS[0] : COLORS[1] };
+      const selected = best !== undefined && name === `trial ${best}`;
+      return { name: selected ? `${name} (selected)` : name, points, color: selected ? "#d64541" : COLORS[trials.indexOf(name) % COLORS.length],
+        faint: best !== undefined && !selected, legend: selected || best === undefined && trials.length <= 4 };
+    }).sort((a, b) => Number(!!b.faint) - Number(!!a.faint));
+  }
+
+  // which model runs, its epoch, step and rate; once the job ended, the student's own
+  // training rate from the report (the last progress may be the baseline's)
+  function progressText(job) {
+    const p = job.progress, r = job.report;
+    if (r && job.status === "succeeded") {
+      const who = r.sweep ? `selected trial ${r.sweep.best}` : "student";
+      return `${who}: ${r.epochs} epochs · ` + (r.train_tokens_per_s ? `${fmt(r.train_tokens_per_s, 0)} tokens/s` : `${fmt(r.train_images_per_s, 0)} img/s`) +
+        (r.baseline ? ` · baseline (no teacher) trained for the same budget` : "");
+    }
+    if (!p.epoch) return "waiting for a worker";
+    const who = p.model === "baseline" ? "baseline (no teacher)" : p.trial ? `trial ${p.trial.index} of ${p.trial.of}` : "student";
+    return `${who}: epoch ${p.epoch}/${p.epochs} · step ${p.step}/${p.total_steps}` +
+      (p.images_per_s ? ` · ${fmt(p.images_per_s, 0)} img/s` : "") +
+      (p.tokens_per_s ? ` · ${fmt(p.tokens_per_s, 0)} tokens/s` : "") +
+      (p.eta_s && job.status === "running" ? ` · ETA ${fmt(p.eta_s, 0)} s` : "");
   }
 
   function drawHead() {
@@ -267,66 +303,19 @@ function renderJob(view, jobId) {
       h("p", { class: "muted" }, `${job.id} · ${job.kind} · attempt ${job.attempt}/${job.max_attempts}` +
         (job.queue_position ? ` · position ${job.queue_position} in the queue` : "")),
       h("div", { class: "bar", id: "progress-bar" }, h("div", { style: `width:${Math.round(100 * frac)}%` })),
-      h("p", { id: "progress-text" }, p.epoch ? `epoch ${p.epoch}/${p.epochs} · step ${p.step}/${p.total_steps}` +
-        (p.images_per_s ? ` · ${fmt(p.images_per_s, 0)} img/s` : "") +
-        (p.tokens_per_s ? ` · ${fmt(p.tokens_per_s, 0)} tokens/s` : "") +
-        (p.eta_s && job.status === "running" ? ` · ETA ${fmt(p.eta_s, 0)} s` : "") : "waiting for a worker"),
+      h("p", { id: "progress-text" }, progressText(job)),
       job.error ? h("div", { class: "error-banner" }, job.error) : null,
       h("div", {}, actions));
     fill(timeline, h("h2", {}, "Status timeline"), h("ul", { class: "timeline" },
       job.status_transitions.map((t) => h("li", {}, h("span", { class: "muted" }, t.at.replace("T", " ").slice(0, 23)), " ",
         statusBadge(t.to_status), " ", t.reason))));
     drawReport(job);
+    fill(spec, ...specView(job));
   }
 
   function drawReport(job) {
-    const r = job.report;
-    if (!r) { fill(report, h("h2", {}, "Report"), h("p", { class: "muted" }, "The report appears when the job succeeds.")); return; }
-    const s = r.student || {}, t = r.teacher || {};
-    const quality = "accuracy" in s ? "accuracy" : "perplexity" in s ? "perplexity" : "mse";
-    const row = (label, a, b) => h("tr", {}, h("td", {}, label), h("td", {}, a), h("td", {}, b));
-    const rows = [
-      row(quality, quality === "accuracy" ? pct(t[quality]) : fmt(t[quality]), quality === "accuracy" ? pct(s[quality]) : fmt(s[quality])),
-      row("architecture", t.arch ?? "–", s.arch),
-      row("parameters", t.parameters?.toLocaleString() ?? "–", s.parameters?.toLocaleString()),
-      row("size on disk", t.bytes_on_disk ? bytes(t.bytes_on_disk) : "–", s.bytes_on_disk ? bytes(s.bytes_on_disk) : "–"),
-    ].concat("tokens_per_s" in s ? [  // a text job measures throughput, not latency
-      row("tokens/s", fmt(t.tokens_per_s, 0), fmt(s.tokens_per_s, 0)),
-    ] : [
-      row("CPU latency, batch 1 (ms)", fmt(t.latency_ms_batch1, 3), fmt(s.latency_ms_batch1, 3)),
-      row("CPU latency, batch 64 (ms)", fmt(t.latency_ms_batch64, 3), fmt(s.latency_ms_batch64, 3)),
-    ]);
-    const summary = [];
-    if (r.compression_ratio) summary.push(`compression ${fmt(r.compression_ratio, 2)}x parameters`, `size ${fmt(r.size_ratio, 2)}x`, `speed-up ${fmt(r.speedup_batch1, 2)}x (batch 1)`);
-    if (typeof r.agreement === "number") summary.push(`agreement ${pct(r.agreement)}`);
-    if (typeof r.kd_gain === "number") summary.push(`KD gain over scratch ${fmt(r.kd_gain * (quality === "accuracy" ? 100 : 1), 2)}${quality === "accuracy" ? " points" : ""}`);
-    fill(report, h("h2", {}, "Report: teacher vs student"),
-      h("table", { class: "kv", id: "report-table" }, h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", {}, "teacher"), h("th", {}, "student"))), h("tbody", {}, rows)),
-      h("p", { id: "report-summary" }, summary.join(" · ")),
-      h("p", { class: "muted" }, `${r.epochs} epochs, ${fmt(r.training_time_s, 1)} s, ` +
-        (r.train_tokens_per_s ? `${fmt(r.train_tokens_per_s, 0)} tokens/s` : `${fmt(r.train_images_per_s, 0)} img/s`) +
-        ` on ${r.device} (${r.precision})`),
-      ...gateView(r.gate), ...perClassView(r.readiness));
-  }
-
-  // the readiness verdict (spec `gate`), check by check
-  function gateView(gate) {
-    if (!gate) return [];
-    const rows = Object.entries(gate.checks || {}).map(([name, c]) => h("tr", { class: c.passed ? "pass" : "fail" },
-      h("td", {}, c.class ? `${name} (${c.class})` : name), h("td", {}, fmt(c.value, 4)), h("td", {}, fmt(c.limit, 4)), h("td", {}, c.passed ? "ok" : "FAIL")));
-    return [h("h3", { id: "gate-verdict", class: gate.passed ? "pass" : "fail" }, `Gate: ${gate.passed ? "passed" : "failed"}`),
-      h("table", { class: "kv", id: "gate-table" }, h("thead", {}, h("tr", {}, h("th", {}, "check"), h("th", {}, "value"), h("th", {}, "limit"), h("th", {}, ""))), h("tbody", {}, rows))];
-  }
-
-  // per-class accuracy of teacher and student, two bars a class
-  function perClassView(ready) {
-    if (!ready?.per_class) return [];
-    const bar = (v, cls) => h("div", { class: "bar" }, h("div", { class: cls, style: `width:${Math.round(100 * (v ?? 0))}%` }));
-    const rows = ready.per_class.map((c) => h("tr", {}, h("td", {}, c.class),
-      h("td", {}, bar(c.teacher, "teacher"), bar(c.student, "student")), h("td", {}, `${pct(c.teacher)} → ${pct(c.student)}`)));
-    return [h("h3", {}, "Per-class accuracy (teacher, student)"),
-      h("table", { class: "kv", id: "per-class" }, h("tbody", {}, rows)),
-      h("p", { class: "muted" }, `calibration error (ECE) teacher ${fmt(ready.ece?.teacher, 3)}, student ${fmt(ready.ece?.student, 3)}`)];
+    if (!job.report) { fill(report, h("h2", {}, "Report"), h("p", { class: "muted" }, "The report appears when the job succeeds.")); return; }
+    fill(report, ...reportView(job));
   }
 
   async function drawDownloads() {
@@ -358,14 +347,19 @@ function renderJob(view, jobId) {
     if (ev.type === "progress" && d.phase !== "baseline") {
       for (const [name, v] of Object.entries(d.losses || {})) (state.losses[name] ||= []).push([d.step, v]);
     }
-    if (ev.type === "epoch" && d.phase !== "baseline") {
+    if (ev.type === "epoch") {
       const m = d.metrics || {};
-      if (typeof m.accuracy === "number") state.validation.push([d.epoch, m.accuracy]);
+      const name = d.phase === "baseline" ? "baseline (no teacher)" : d.trial ? `trial ${d.trial.index}` : "student";
+      const curve = (state.curves[name] ||= []);
+      if (typeof m.accuracy === "number") curve.push([d.epoch, m.accuracy]);
       else if (typeof m.perplexity === "number") {
         state.quality = "perplexity";
-        state.validation.push([d.epoch, m.perplexity]);
+        curve.push([d.epoch, m.perplexity]);
+      } else if (typeof m.mse === "number") {
+        state.quality = "mse";
+        curve.push([d.epoch, m.mse]);
       }
-      if (typeof m.loss === "number") state.valLoss.push([d.step, m.loss]);
+      if (typeof m.loss === "number" && d.phase !== "baseline") state.valLoss.push([d.step, m.loss]);
     }
     if (ev.type === "status" || ev.type === "epoch") refresh(); else drawCharts();
   }
@@ -437,27 +431,57 @@ const FIELDS = {
   schedule: ["/training/schedule", String], crop_padding: ["/augment/crop_padding", Number],
 };
 
-function buildSpec(form, teacherCheckpoint) {
+// the form's fields over `base` (a job's spec, for "submit again"): what the form does
+// not show is kept as that job had it
+function buildSpec(form, teacherCheckpoint, base = {}) {
   const v = (n) => form.elements[n].value.trim();
-  const spec = {
-    name: v("name"), kind: v("kind"), student: { arch: v("student_arch") },
-    dataset: { name: v("dataset") },
-    training: { epochs: Number(v("epochs")), batch_size: Number(v("batch_size")), lr: Number(v("lr")), optimizer: v("optimizer"), schedule: v("schedule") },
-    augment: { crop_padding: Number(v("crop_padding") || 0), hflip: form.elements.hflip.checked },
-    export: [...form.querySelectorAll("input[name=export]:checked")].map((box) => box.value),
-    baseline: form.elements.baseline.checked,
-  };
+  const spec = structuredClone(base);
+  const section = (name) => (spec[name] && typeof spec[name] === "object" ? spec[name] : (spec[name] = {}));
+  Object.assign(spec, { name: v("name"), kind: v("kind"), baseline: form.elements.baseline.checked,
+    export: [...form.querySelectorAll("input[name=export]:checked")].map((box) => box.value) });
+  Object.assign(section("student"), { arch: v("student_arch") });
+  Object.assign(section("dataset"), { name: v("dataset") });
+  Object.assign(section("training"), { epochs: Number(v("epochs")), batch_size: Number(v("batch_size")), lr: Number(v("lr")), optimizer: v("optimizer"), schedule: v("schedule") });
+  Object.assign(section("augment"), { crop_padding: Number(v("crop_padding") || 0), hflip: form.elements.hflip.checked });
   if (v("image_size")) spec.dataset.image_size = Number(v("image_size"));
+  else delete spec.dataset.image_size;
   if (spec.kind === "distill") {
-    spec.teacher = { arch: v("teacher_arch") };
+    spec.teacher = { ...(base.teacher || {}), arch: v("teacher_arch") };
+    delete spec.teacher.checkpoint;
+    delete spec.teachers;
     if (teacherCheckpoint) spec.teacher.checkpoint = teacherCheckpoint;
-    spec.distillation = { method: v("method") };
+    spec.distillation = { ...(base.distillation || {}), method: v("method") };
+    for (const n of ["temperature", "ce_weight", "kd_weight"]) delete spec.distillation[n];
     // a blank weight is left to the method's own default (GET /v1/capabilities: method_defaults)
     for (const n of ["temperature", "ce_weight", "kd_weight"]) if (v(n) !== "") spec.distillation[n] = Number(v(n));
   } else {
     spec.baseline = false;
+    delete spec.teacher;
+    delete spec.teachers;
+    delete spec.distillation;
   }
   return spec;
+}
+
+// a job's spec into the form's fields (the rest stays in the base buildSpec starts from)
+function fillForm(form, spec, teacherSource) {
+  const at = (pointer) => pointer.split("/").slice(1).reduce((o, k) => (o == null ? undefined : o[k]), spec);
+  for (const [name, [pointer]] of Object.entries(FIELDS)) {
+    const value = at(pointer);
+    const el = form.elements[name];
+    if (value === undefined || value === null || !el) continue;
+    if (el.tagName === "SELECT" && ![...el.options].some((o) => o.value === String(value))) el.append(h("option", { value: String(value) }, String(value)));
+    el.value = String(value);
+  }
+  form.elements.baseline.checked = !!spec.baseline;
+  form.elements.hflip.checked = !!spec.augment?.hflip;
+  for (const box of form.querySelectorAll("input[name=export]")) box.checked = box.disabled || (spec.export || []).includes(box.value);
+  const checkpoint = spec.teacher?.checkpoint;
+  if (checkpoint) {
+    if (![...teacherSource.options].some((o) => o.value === checkpoint)) teacherSource.append(h("option", { value: checkpoint }, checkpoint));
+    teacherSource.value = checkpoint;
+  }
+  form.elements.kind.dispatchEvent(new Event("change"));
 }
 
 // The teacher's weights: one of the tenant's trained students (a job's
@@ -477,11 +501,12 @@ async function teacherChoices() {
   ];
 }
 
-async function renderNewJob(view) {
+async function renderNewJob(view, fromJob) {
   loadTenant();
-  let caps, choices;
+  let caps, choices, base = {};
   try {
     [caps, choices] = await Promise.all([api("/v1/capabilities"), teacherChoices()]);
+    if (fromJob) base = (await api(`/v1/jobs/${fromJob}`)).spec;
   } catch (err) { return showError(view, err); }
   const options = (list, chosen) => list.map((x) => h("option", { value: x, selected: x === chosen }, x));
   const field = (label, name, control) => h("label", { for: name }, label, control, h("span", { class: "field-error", "data-error-for": name }));
@@ -544,7 +569,7 @@ async function renderNewJob(view) {
   }
 
   async function validate() {
-    const result = await api("/v1/jobs/validate", { method: "POST", json: buildSpec(form, teacherSource.value) });
+    const result = await api("/v1/jobs/validate", { method: "POST", json: buildSpec(form, teacherSource.value, base) });
     showValidation(result);
     return result.valid;
   }
@@ -581,14 +606,16 @@ async function renderNewJob(view) {
     e.preventDefault();
     try {
       if (!(await validate())) return;
-      const job = await api("/v1/jobs", { method: "POST", json: buildSpec(form, teacherSource.value), headers: { "Idempotency-Key": crypto.randomUUID ? crypto.randomUUID() : `web-${Date.now()}-${Math.random()}` } });
+      const job = await api("/v1/jobs", { method: "POST", json: buildSpec(form, teacherSource.value, base), headers: { "Idempotency-Key": crypto.randomUUID ? crypto.randomUUID() : `web-${Date.now()}-${Math.random()}` } });
       location.hash = `#/jobs/${job.id}`;
     } catch (err) {
       if (err.problem?.errors) showValidation({ errors: err.problem.errors, warnings: [] });
       else showError(view, err);
     }
   });
-  view.append(h("h1", {}, "New job"), form);
+  if (fromJob) fillForm(form, base, teacherSource);
+  const note = fromJob ? [h("p", { class: "muted", id: "from-job" }, `Filled in from job ${fromJob}; fields the form does not show are kept as that job had them.`)] : [];
+  view.append(h("h1", {}, "New job"), ...note, form);
 }
 
 route();
