@@ -9,8 +9,6 @@ file: loading one can run code).
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import torch
 from torch import nn
 
 from kdcore.data import DataSplits, model_input
+from kdcore.latency import measure
 
 CALIBRATION_SAMPLES = 256  # a slice of the training split, enough for min/max ranges
 CALIBRATION_BATCH = 32
@@ -83,15 +82,9 @@ def write_variants(files: dict[str, Path], formats: list[str], data: DataSplits)
         write_int8(source, files["onnx_int8"], calibration)
 
 
-def _median_ms(run: Callable[[], Any], repeats: int = 10) -> float:
-    for _ in range(2):
-        run()  # warm-up: allocations, kernel selection
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - t) * 1000)
-    return round(statistics.median(times), 4)
+def _median_ms(run: Callable[[], Any]) -> float:
+    """The median of kdcore.latency's repeated runs (warm-up, until steady or capped)."""
+    return float(measure({"export": run}, time_cap_s=1.0)["export"]["median_ms"])
 
 
 def _measure(forward: Callable[[torch.Tensor], torch.Tensor], data: DataSplits) -> dict[str, Any]:

@@ -113,6 +113,9 @@ def evaluate_gate(gate: GateSpec, report: dict[str, Any]) -> dict[str, Any]:
     if gate.max_latency_ms_batch1 is not None:
         latency = student.get("latency_ms_batch1")
         checks["latency_ms_batch1"] = _check(latency, gate.max_latency_ms_batch1, at_most=True)
+        window = (report.get("latency") or {}).get("batch1") or {}
+        if window.get("noisy"):  # not believed either way: it does not pass, and says why
+            checks["latency_ms_batch1"].update(passed=False, noisy=True, why=window.get("why"))
     if gate.min_agreement is not None:
         checks["agreement"] = _check(report.get("agreement"), gate.min_agreement, at_most=False)
     if gate.min_kd_gain is not None:

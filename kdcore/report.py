@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +10,7 @@ import torch
 from torch import nn
 
 from kdcore.data import DataSplits, Split
+from kdcore.latency import measure, measure_models, model_forwards
 from kdcore.models import count_parameters
 from kdcore.precision import predict, uses_bf16
 from kdcore.readiness import readiness
@@ -21,28 +20,22 @@ from kdcore.trainer import FitResult
 
 
 def cpu_latency_ms(
-    model: nn.Module, input_shape: tuple[int, ...], batch: int, repeats: int = 10
-) -> float:
-    """Median wall time of one forward pass on the CPU, in milliseconds."""
-    model = model.to("cpu").eval()
-    x = torch.randn(batch, *input_shape)
-    times = []
-    with torch.inference_mode():
-        for _ in range(2):
-            model(x)  # warm-up: allocator, oneDNN primitive caches
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+    model: nn.Module, input_shape: tuple[int, ...], batch: int, time_cap_s: float = 1.0
+) -> dict[str, Any]:
+    """One model's CPU latency (kdcore.latency): `median_ms`, `iqr_ms`, `runs`, `noisy`."""
+    window = measure(model_forwards({"model": model}, input_shape, batch), time_cap_s)
+    return {**window["model"], "noisy": window["noisy"], "why": window.get("why")}
 
 
-def model_summary(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
-    return {
-        "parameters": count_parameters(model),
-        "latency_ms_batch1": round(cpu_latency_ms(model, input_shape, 1), 4),
-        "latency_ms_batch64": round(cpu_latency_ms(model, input_shape, 64), 4),
-    }
+def _with_latency(
+    report: dict[str, Any], models: dict[str, nn.Module], input_shape: tuple[int, ...]
+) -> None:
+    """Teacher and student timed in one window each batch size (kdcore.latency): each
+    model's median into its section, the whole measurement into `latency`."""
+    latency = report["latency"] = measure_models(models, input_shape)
+    for name in models:
+        for batch in ("batch1", "batch64"):
+            report[name][f"latency_ms_{batch}"] = latency[batch][name]["median_ms"]
 
 
 def held_out_metrics(
@@ -118,13 +111,14 @@ def build_report(
     s = report["student"] = {
         "arch": spec.student_arch,
         **s_metrics,
-        **model_summary(student, data.input_shape),
+        "parameters": count_parameters(student),
         "bytes_on_disk": weights.stat().st_size,
     }
     if spec.student.checkpoint:  # a warm start: say so, and whether the head was fresh
         s["initialised_from_checkpoint"] = True
         s["reset_head"] = spec.student.reset_head
     if teacher is None or not members:
+        _with_latency(report, {"student": student}, data.input_shape)
         return report
     t_metrics, t_out = held_out_metrics(teacher, data.test, regression, device)
     if spec.teachers is not None:
@@ -140,9 +134,10 @@ def build_report(
     t = report["teacher"] = {
         "arch": " + ".join(m_spec.label for m_spec, _ in members),
         **t_metrics,
-        **model_summary(teacher, data.input_shape),
+        "parameters": count_parameters(teacher),
         "bytes_on_disk": _state_bytes(teacher),
     }
+    _with_latency(report, {"teacher": teacher, "student": student}, data.input_shape)
     if not regression:
         report["agreement"] = agreement(s_out, t_out)
         report["readiness"] = readiness(s_out, t_out, data.test.y, _class_names(data))

@@ -51,7 +51,6 @@ from kdcore.trainer import pick_device
 from kdcore.validate import parse_spec
 
 STATE_FILE = Path("sweep") / "state.json"
-LATENCY_REPEATS = 30  # the report's figure takes 10; a constraint deserves a steadier median
 
 
 @dataclass
@@ -66,7 +65,7 @@ class _Sweep:
     metric: str  # "accuracy" or "mse"
     planned: int  # trials that train (the excluded not counted; halving: if rungs fill)
     records: list[dict[str, Any]] = field(default_factory=list)
-    measured: dict[str, tuple[int, float]] = field(default_factory=dict)  # per student
+    measured: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)  # per student
     live: dict[int, int] = field(default_factory=dict)  # running trial -> its step
 
     @property
@@ -184,25 +183,29 @@ def _save_state(sweep: _Sweep) -> None:
     atomic_write(sweep.out_dir / STATE_FILE, lambda fh: fh.write(blob))
 
 
-def _violations(sweep: _Sweep, parameters: int, latency_ms: float) -> list[str]:
+def _violations(sweep: _Sweep, parameters: int, latency: dict[str, Any]) -> list[str]:
+    """The limits a trial's student breaks; a latency excluded on a noisy measurement
+    says so (kdcore.latency)."""
     limits = sweep.spec.sweep.constraints  # type: ignore[union-attr]
     out = []
     if limits.max_parameters is not None and parameters > limits.max_parameters:
         out.append(f"parameters {parameters} > {limits.max_parameters}")
-    if limits.max_latency_ms_batch1 is not None and latency_ms > limits.max_latency_ms_batch1:
-        out.append(f"latency_ms_batch1 {latency_ms:.4g} > {limits.max_latency_ms_batch1}")
+    ms = latency["median_ms"]
+    if limits.max_latency_ms_batch1 is not None and ms > limits.max_latency_ms_batch1:
+        noisy = f" (a noisy measurement: {latency['why']})" if latency["noisy"] else ""
+        out.append(f"latency_ms_batch1 {ms:.4g} > {limits.max_latency_ms_batch1}{noisy}")
     return out
 
 
-def _measure_student(sweep: _Sweep, trial: JobSpec) -> tuple[int, float]:
+def _measure_student(sweep: _Sweep, trial: JobSpec) -> tuple[int, dict[str, Any]]:
     """(parameters, CPU latency at batch 1) of the trial's student, measured once per
     distinct student in the sweep: training does not change either, and one figure per
     architecture keeps a noisy timer from excluding one trial and passing its twin."""
     key = json.dumps(trial.student.model_dump(mode="json"), sort_keys=True)
     if key not in sweep.measured:
         student, _ = build_role(trial.student, "student", sweep.data)
-        latency = cpu_latency_ms(student, sweep.data.input_shape, 1, repeats=LATENCY_REPEATS)
-        sweep.measured[key] = (count_parameters(student), round(latency, 4))
+        latency = cpu_latency_ms(student, sweep.data.input_shape, 1)
+        sweep.measured[key] = (count_parameters(student), latency)
     return sweep.measured[key]
 
 
@@ -284,17 +287,23 @@ def _record(
     folder: Path,
 ) -> dict[str, Any]:
     parameters, latency = _measure_student(sweep, trial)
-    return {
+    record = {
         "trial": index,
         "config": config,
         "rung": rung,
         "params": params,
         "epochs": epochs,
         "folder": folder.relative_to(sweep.out_dir).as_posix(),
-        "latency_ms_batch1": latency,
+        "latency_ms_batch1": latency["median_ms"],
+        "latency_iqr_ms": latency["iqr_ms"],
+        "latency_noisy": latency["noisy"],
         "parameters": parameters,
         "excluded_by": _violations(sweep, parameters, latency),
     }
+    limit = sweep.spec.sweep.constraints.max_latency_ms_batch1  # type: ignore[union-attr]
+    if latency["noisy"] and limit is not None and not record["excluded_by"]:
+        record["note"] = f"within the latency limit on a noisy measurement: {latency['why']}"
+    return record
 
 
 def _trained(sweep: _Sweep, record: dict[str, Any]) -> None:

@@ -62,6 +62,11 @@ def jobs_table(jobs: list[Job]) -> Table:
     return table
 
 
+def _noisy(report: dict[str, Any], batch: str) -> str:
+    """A latency measured while the machine was busy or spread wide (kdcore.latency)."""
+    return " NOISY" if ((report.get("latency") or {}).get(batch) or {}).get("noisy") else ""
+
+
 def report_table(report: dict[str, Any]) -> Table:
     """Teacher, student and (with baseline: true) the student trained without a teacher,
     side by side; the baseline has its quality and training time only."""
@@ -86,12 +91,12 @@ def report_table(report: dict[str, Any]) -> Table:
             f"{student.get('bytes_on_disk', 0):,}",
         ),
         (
-            "latency b1 (ms)",
+            "latency b1 (ms)" + _noisy(report, "batch1"),
             _num(teacher.get("latency_ms_batch1")),
             _num(student.get("latency_ms_batch1")),
         ),
         (
-            "latency b64 (ms)",
+            "latency b64 (ms)" + _noisy(report, "batch64"),
             _num(teacher.get("latency_ms_batch64")),
             _num(student.get("latency_ms_batch64")),
         ),

@@ -108,9 +108,19 @@ def _artifacts(api, job_id: str) -> dict[str, str]:
 def test_forward_kl_beats_the_student_alone_and_writes_a_hugging_face_folder(lm, forward_kl):
     report = forward_kl["report"]
     assert report["baseline"]["perplexity"] > report["student"]["perplexity"]
+    # KD gain for a language model: the baseline's perplexity over the student's
+    assert report["kd_gain_unit"] == "perplexity_ratio"
     assert report["kd_gain"] == pytest.approx(
-        report["baseline"]["perplexity"] - report["student"]["perplexity"]
+        report["baseline"]["perplexity"] / report["student"]["perplexity"], abs=1e-4
     )
+    assert report["kd_helped"] is True and report["kd_verdict"].startswith("Distillation helped")
+    # the job's figures are the student's, the baseline's its own (it trained last)
+    events = lm[0].get(f"/v1/jobs/{forward_kl['id']}/events", params={"limit": 200}).json()
+    epochs = [e["data"] for e in events["data"] if e["type"] == "epoch"]
+    assert forward_kl["metrics"] == [e for e in epochs if e["model"] == "student"][-1]["metrics"]
+    baseline_last = [e for e in epochs if e["model"] == "baseline"][-1]["metrics"]
+    assert forward_kl["baseline_metrics"] == baseline_last
+    assert forward_kl["progress"]["model"] == "baseline"
     print(
         f"\nFIGURE forward_kl {report['student']['perplexity']:.4f} alone "
         f"{report['baseline']['perplexity']:.4f} teacher {report['teacher']['perplexity']:.4f}"

@@ -8,7 +8,7 @@ import io
 from rich.console import Console
 
 from kdservice.cli.render import Watcher, gate_table, sweep_lines
-from kdservice.client.models import Event
+from kdservice.client.models import Event, Job
 
 TRIALS = [
     {
@@ -93,3 +93,120 @@ def test_an_epoch_line_shows_a_language_models_perplexity_and_tokens_per_second(
     assert "perplexity 12.346" in text and "4321 tokens/s" in text and "img/s" not in text
     image = progress_line({"epoch": 1, "epochs": 1, "metrics": {}, "images_per_s": 99.0})
     assert "99 img/s" in image and "tokens/s" not in image
+
+
+def _epoch(model: str, epoch: int, accuracy: float) -> Event:
+    data = {
+        "phase": "baseline" if model == "baseline" else "train",
+        "model": model,
+        "epoch": epoch,
+        "epochs": 2,
+        "losses": {"loss": 0.5},
+        "metrics": {"accuracy": accuracy},
+        "images_per_s": 100.0,
+    }
+    return Event(seq=epoch, type="epoch", data=data)
+
+
+def test_watch_labels_each_epoch_with_the_model_it_belongs_to():
+    console, out = _console()
+    with Watcher(console) as watch:
+        for event in (
+            _epoch("student", 1, 0.90),
+            _epoch("student", 2, 0.95),
+            _epoch("baseline", 1, 0.80),
+            _epoch("baseline", 2, 0.99),
+        ):
+            watch(event)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("student epoch 1/2") and "acc 90.00%" in lines[0]
+    assert lines[1].startswith("student epoch 2/2") and "acc 95.00%" in lines[1]
+    assert lines[2].startswith("baseline (no teacher) epoch 1/2") and "acc 80.00%" in lines[2]
+    assert lines[3].startswith("baseline (no teacher) epoch 2/2") and "acc 99.00%" in lines[3]
+
+
+REPORT = {
+    "student": {"arch": "small_cnn", "accuracy": 0.9749, "parameters": 24058},
+    "teacher": {"arch": "cifar_resnet20", "accuracy": 0.9861, "parameters": 272474},
+    "baseline": {"accuracy": 0.9931, "training_time_s": 3.2},
+    "kd_gain": -1.82,
+    "kd_gain_unit": "points",
+    "kd_helped": False,
+    "kd_verdict": "Distillation made the student worse: 97.49% against 99.31% without a "
+    "teacher (-1.82 points). The same student trained without the teacher is the better model.",
+    "exports": {
+        "onnx": {
+            "runtime": "onnxruntime",
+            "accuracy": 0.9749,
+            "latency_ms_batch1": 0.05,
+            "latency_ms_batch64": 0.9,
+            "bytes": 98000,
+        },
+        "onnx_int8": {
+            "runtime": "onnxruntime",
+            "accuracy": 0.9721,
+            "latency_ms_batch1": 0.04,
+            "latency_ms_batch64": 0.8,
+            "bytes": 35000,
+        },
+    },
+}
+
+
+def _finished_job(report: dict) -> Job:
+    return Job.model_validate(
+        {
+            "id": "job_1",
+            "name": "kd",
+            "kind": "distill",
+            "status": "succeeded",
+            "attempt": 1,
+            "max_attempts": 3,
+            "created_at": "2026-12-02T07:00:00Z",
+            "started_at": None,
+            "finished_at": None,
+            "queue_position": None,
+            "progress": {"phase": "baseline", "model": "baseline", "epoch": 2, "epochs": 2},
+            "metrics": {"accuracy": 0.975},
+            "baseline_metrics": {"accuracy": 0.9931},
+            "error": None,
+            "status_transitions": [],
+            "retry_of": None,
+            "resume_checkpoint_id": None,
+            "spec": {},
+            "report": report,
+        }
+    )
+
+
+def test_show_keeps_the_students_and_the_baselines_figures_apart():
+    from kdservice.cli.render import job_details
+
+    console, out = _console()
+    console.print(job_details(_finished_job(REPORT)))
+    text = out.getvalue()
+    student_row = next(ln for ln in text.splitlines() if ln.startswith("student (val)"))
+    baseline_row = next(ln for ln in text.splitlines() if ln.startswith("baseline (val)"))
+    assert "accuracy 0.975" in student_row and "0.9931" not in student_row
+    assert "accuracy 0.9931" in baseline_row and "without a teacher" in baseline_row
+    accuracy_row = next(ln for ln in text.splitlines() if ln.strip().startswith("accuracy "))
+    # teacher, student, baseline, in that order
+    cells = [c for c in accuracy_row.split() if c != "│"]
+    assert cells[1:] == ["98.61%", "97.49%", "99.31%"], accuracy_row
+    assert "baseline (no teacher)" in text
+    assert "KD gain over scratch -1.82 points" in text
+    assert "Distillation made the student worse" in text
+    # the export table the README quotes: each format's quality, latency and size
+    onnx_int8 = next(ln for ln in text.splitlines() if ln.strip().startswith("onnx_int8"))
+    assert "97.21%" in onnx_int8 and "35,000" in onnx_int8
+
+
+def test_show_without_a_baseline_has_no_baseline_column():
+    from kdservice.cli.render import job_details
+
+    console, out = _console()
+    plain = {k: v for k, v in REPORT.items() if not k.startswith(("kd_", "baseline"))}
+    job = _finished_job(plain).model_copy(update={"baseline_metrics": {}})
+    console.print(job_details(job))
+    text = out.getvalue()
+    assert "baseline" not in text and "KD gain" not in text

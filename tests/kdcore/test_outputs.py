@@ -66,7 +66,9 @@ def test_report_figures_are_consistent(distilled):
     assert s["bytes_on_disk"] == r["files"]["safetensors"]["bytes"]
     # KD gain in percentage points of test accuracy, and the verdict that matches its sign
     assert r["kd_gain_unit"] == "points"
-    assert r["kd_gain"] == pytest.approx(100 * (s["accuracy"] - r["baseline"]["accuracy"]), abs=1e-3)
+    assert r["kd_gain"] == pytest.approx(
+        100 * (s["accuracy"] - r["baseline"]["accuracy"]), abs=1e-3
+    )
     assert r["kd_helped"] is (r["kd_gain"] > 0)
     assert ("worse" in r["kd_verdict"]) is (r["kd_gain"] < 0)
     assert r["onnx_max_abs_error"] < 1e-3

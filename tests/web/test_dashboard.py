@@ -239,8 +239,9 @@ def test_submit_through_the_form_and_watch_it_finish(
     assert browser.find_element(By.ID, "epochs").get_attribute("value") == "4"
     assert browser.find_element(By.ID, "image_size").get_attribute("value") == "8"
     assert browser.find_element(By.ID, "baseline").is_selected()
-    assert browser.find_element(By.ID, "teacher_source").get_attribute("value") == (
-        done["spec"]["teacher"]["checkpoint"]
+    assert (
+        browser.find_element(By.ID, "teacher_source").get_attribute("value")
+        == (done["spec"]["teacher"]["checkpoint"])
     )
     set_value(browser, "name", "browser-kd-again")
     browser.find_element(By.ID, "submit").click()

@@ -16,6 +16,9 @@ function kdGainText(r) {
   return r.kd_gain_unit === "points" ? `${r.kd_gain >= 0 ? "+" : ""}${fmt(r.kd_gain, 2)} points` : `${fmt(r.kd_gain, 3)}x (${r.kd_gain_unit})`;
 }
 
+// a latency measured on a busy machine, or with a wide spread (kdcore/latency.py)
+const noisy = (r, batch) => (r.latency?.[batch]?.noisy ? ` — noisy: ${r.latency[batch].why}` : "");
+
 function reportView(job) {
   const r = job.report;
   const s = r.student || {}, t = r.teacher || {}, b = r.baseline;
@@ -30,8 +33,8 @@ function reportView(job) {
   ].concat("tokens_per_s" in s ? [  // a text job measures throughput, not latency
     row("tokens/s", fmt(t.tokens_per_s, 0), fmt(s.tokens_per_s, 0)),
   ] : [
-    row("CPU latency, batch 1 (ms)", fmt(t.latency_ms_batch1, 3), fmt(s.latency_ms_batch1, 3)),
-    row("CPU latency, batch 64 (ms)", fmt(t.latency_ms_batch64, 3), fmt(s.latency_ms_batch64, 3)),
+    row(`CPU latency, batch 1 (ms)${noisy(r, "batch1")}`, fmt(t.latency_ms_batch1, 3), fmt(s.latency_ms_batch1, 3)),
+    row(`CPU latency, batch 64 (ms)${noisy(r, "batch64")}`, fmt(t.latency_ms_batch64, 3), fmt(s.latency_ms_batch64, 3)),
   ]).concat(b ? [row("training time (s)", "–", fmt(r.training_time_s, 1), fmt(b.training_time_s, 1))] : []);
   const summary = [];
   if (r.compression_ratio) summary.push(`compression ${fmt(r.compression_ratio, 2)}x parameters`, `size ${fmt(r.size_ratio, 2)}x`, `speed-up ${fmt(r.speedup_batch1, 2)}x (batch 1)`);
