@@ -29,13 +29,16 @@ from kdcore.errors import DataError
 from kdcore.image_sources import iter_image_folder, iter_webdataset
 from kdcore.registry import Registry
 from kdcore.spec import AugmentSpec, DatasetSpec, JobSpec, stored_side
-from kdcore.splits import DataSplits, Split, split_rows
+from kdcore.splits import DataSplits, Split, permute_rows_, split_rows
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 @dataclass
 class RawData:
+    """What a loader returns; load_dataset owns it from then on (reorders and normalises
+    x in place: a loader hands over a tensor of its own, never a cached one)."""
+
     x: Tensor  # float32, (N, C, H, W) in [0, 1] or (N, D)
     y: Tensor  # int64 labels or float32 targets
     num_classes: int  # output width (number of targets for regression)
@@ -159,9 +162,10 @@ def load_imagefolder(spec: DatasetSpec, seed: int) -> RawData:
     classes = sorted({c for c, _, _ in samples})
     if len(classes) < 2:
         raise DataError("an imagefolder archive needs at least two class folders")
-    x = _decoded([(name, content) for _, name, content in samples], spec.image_size)
     y = torch.tensor([classes.index(c) for c, _, _ in samples], dtype=torch.int64)
-    return RawData(x, y, len(classes), class_names=classes)
+    images: list[tuple[str, bytes] | None] = [(name, content) for _, name, content in samples]
+    del samples  # `images` holds the only reference to each file's bytes: freed as decoded
+    return RawData(_decoded(images, spec.image_size), y, len(classes), class_names=classes)
 
 
 @DATASETS.register("webdataset")
@@ -172,23 +176,34 @@ def load_webdataset(spec: DatasetSpec, seed: int) -> RawData:
     samples = list(iter_webdataset(Path(spec.path)))
     if not samples:
         raise DataError("the shards hold no samples")
-    x = _decoded([(name, content) for _, name, content in samples], spec.image_size)
     y = torch.tensor([label for label, _, _ in samples], dtype=torch.int64)
+    images: list[tuple[str, bytes] | None] = [(name, content) for _, name, content in samples]
+    del samples  # `images` holds the only reference to each file's bytes: freed as decoded
+    x = _decoded(images, spec.image_size)
     classes = int(y.max()) + 1
     if classes < 2:
         raise DataError("the shards need at least two classes")
     return RawData(x, y, classes)
 
 
-def _decoded(images: list[tuple[str, bytes]], size: int | None) -> Tensor:
-    """Decode and resize to size x size (default 32), channels made equal."""
+def _decoded(images: list[tuple[str, bytes] | None], size: int | None) -> Tensor:
+    """Decode and resize to size x size (default 32) straight into one tensor, channels
+    made equal (a colour image in a grey set widens it once). Each entry of `images` is
+    let go as it is decoded, so the encoded and the decoded set are never both whole."""
     side = size or 32
-    out = []
-    for name, content in images:
-        img = _decode_image(content, name)
-        out.append(F.interpolate(img[None], size=(side, side), mode="bilinear", antialias=True)[0])
-    channels = max(i.shape[0] for i in out)
-    return torch.stack([i.expand(channels, -1, -1) for i in out])
+    out: Tensor | None = None
+    for i, item in enumerate(images):
+        assert item is not None
+        images[i] = None
+        img = _decode_image(item[1], item[0])
+        img = F.interpolate(img[None], size=(side, side), mode="bilinear", antialias=True)[0]
+        if out is None:
+            out = torch.empty(len(images), img.shape[0], side, side)
+        elif img.shape[0] > out.shape[1]:
+            out = out.expand(-1, img.shape[0], -1, -1).clone()
+        out[i] = img.expand(out.shape[1], -1, -1)
+    assert out is not None  # the callers refuse an empty set first
+    return out
 
 
 @DATASETS.register("npz")
@@ -264,52 +279,72 @@ def load_dataset(
             )
         return streaming.load_streamed(spec, seed, crop, data_workers)
     raw = DATASETS.get(spec.name)(spec, seed)
-    if not torch.isfinite(raw.x).all():
+    if not all(bool(torch.isfinite(rows).all()) for rows in raw.x.split(256)):  # small temps
         raise DataError("the inputs contain NaN or infinite values")
-    x, y = raw.x, raw.y
-    if raw.test is None:
-        train_idx, val_idx, test_idx = split_rows(len(x), spec, seed)
-        test = (x[test_idx], y[test_idx])
-    else:
-        g = torch.Generator().manual_seed(seed)
-        rest = torch.randperm(len(x), generator=g)
-        test = raw.test
-        if spec.max_samples:
-            rest = rest[: spec.max_samples]
-            # a quick run stays quick: the official test set is capped the same way
-            keep = torch.randperm(len(test[0]), generator=g)[: spec.max_samples]
-            test = (test[0][keep], test[1][keep])
-        n_val = round(len(rest) * spec.val_fraction)
-        val_idx, train_idx = rest[:n_val], rest[n_val:]
-    if len(train_idx) < 2:
-        raise DataError("too few samples left to train on")
-    train_x = _resize(x[train_idx], spec.image_size)
-    if crop is not None and train_x.ndim != 4:
-        raise DataError("augment.preset imagenet needs images")
-    mean, std = _statistics(spec, train_x)
-    shape = (1, -1, 1, 1) if train_x.ndim == 4 else (1, -1)
-
-    def norm(t: Tensor, evaluation: bool = True) -> Tensor:
-        t = _resize(t, spec.image_size)
-        if crop is not None and evaluation:
-            t = center_crop(t, crop)
-        return ((t - mean.view(shape)) / std.view(shape)).contiguous()
-
-    is_regression = y.dtype.is_floating_point
+    is_regression = raw.y.dtype.is_floating_point
     if regression != is_regression:
         kind = "float targets" if is_regression else "integer class labels"
         raise DataError(f"dataset {spec.name!r} has {kind}, which does not fit the task")
+    train_idx, val_idx, test_idx, test = _split_indices(spec, raw, seed)
+    if len(train_idx) < 2:
+        raise DataError("too few samples left to train on")
+    # the loader's tensor reordered in place (train, val[, test]); the splits are views
+    # of it, normalised in place: the set is held once, not once per step (its peak is
+    # what `dataset.memory_budget_mb` is checked against: kdcore.streaming.in_memory_peak)
+    order = torch.cat([train_idx, val_idx, test_idx])
+    x, y = _resize(permute_rows_(raw.x, order), spec.image_size), raw.y[order]
+    num_classes, class_names = raw.num_classes, raw.class_names
+    del raw  # the loader's own copy goes
+    if test is not None:
+        test = (_resize(test[0], spec.image_size), test[1])
+    n_train, n_val = len(train_idx), len(val_idx)
+    if crop is not None and x.ndim != 4:
+        raise DataError("augment.preset imagenet needs images")
+    mean, std = _statistics(spec, x[:n_train])
+    shape = (1, -1, 1, 1) if x.ndim == 4 else (1, -1)
+    x.sub_(mean.view(shape)).div_(std.view(shape))
+    if test is not None:
+        test = (((test[0] - mean.view(shape)) / std.view(shape)).contiguous(), test[1])
+    else:
+        test = (x[n_train + n_val :], y[n_train + n_val :])
+
+    def evaluation(t: Tensor) -> Tensor:
+        return center_crop(t, crop) if crop is not None else t
+
+    train = Split(x[:n_train], y[:n_train])
+    val = Split(evaluation(x[n_train : n_train + n_val]), y[n_train : n_train + n_val])
+    side = x.shape[1:]
     return DataSplits(
-        train=Split(norm(x[train_idx], evaluation=False), y[train_idx]),
-        val=Split(norm(x[val_idx]), y[val_idx]),
-        test=Split(norm(test[0]), test[1]),
-        num_classes=raw.num_classes,
-        input_shape=(train_x.shape[1], crop, crop) if crop else tuple(train_x.shape[1:]),
+        train=train,
+        val=val,
+        test=Split(evaluation(test[0]), test[1]),
+        num_classes=num_classes,
+        input_shape=(side[0], crop, crop) if crop else tuple(side),
         regression=is_regression,
         mean=mean.flatten().tolist() if mean.ndim else [float(mean)],
         std=std.flatten().tolist() if std.ndim else [float(std)],
-        class_names=raw.class_names,
+        class_names=class_names,
     )
+
+
+def _split_indices(
+    spec: DatasetSpec, raw: RawData, seed: int
+) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+    """(train, val, test rows of raw.x, the set's own test split or None): split by the
+    seed when the set has no test split of its own (kdcore.splits)."""
+    if raw.test is None:
+        train_idx, val_idx, test_idx = split_rows(len(raw.x), spec, seed)
+        return train_idx, val_idx, test_idx, None
+    g = torch.Generator().manual_seed(seed)
+    rest = torch.randperm(len(raw.x), generator=g)
+    test = raw.test
+    if spec.max_samples:
+        rest = rest[: spec.max_samples]
+        # a quick run stays quick: the official test set is capped the same way
+        keep = torch.randperm(len(test[0]), generator=g)[: spec.max_samples]
+        test = (test[0][keep], test[1][keep])
+    n_val = round(len(rest) * spec.val_fraction)
+    return rest[n_val:], rest[:n_val], torch.zeros(0, dtype=torch.long), test
 
 
 def load_job_data(spec: JobSpec) -> DataSplits:

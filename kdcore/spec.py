@@ -138,8 +138,9 @@ class DatasetSpec(_Strict):
         default=4096,
         ge=1,
         le=1 << 20,
-        description="auto streaming: the most a set may take in memory (images decoded "
-        "as float32; text about 16 bytes per byte of text)",
+        description="auto streaming: the most a set may take in memory at the in-memory "
+        "path's peak (images: the files read whole plus the set decoded once as float32; "
+        "text about 16 bytes per byte of text)",
     )
 
     def streams(self, decoded_bytes: int) -> bool:

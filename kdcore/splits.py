@@ -48,3 +48,28 @@ def split_rows(n: int, spec: DatasetSpec, seed: int) -> tuple[Tensor, Tensor, Te
     test_idx, rest = perm[:n_test], perm[n_test:]
     n_val = round(len(rest) * spec.val_fraction)
     return rest[n_val:], rest[:n_val], test_idx
+
+
+def permute_rows_(x: Tensor, order: Tensor) -> Tensor:
+    """x[order], made in x's own memory (no second copy of the set): the rows are moved
+    along the permutation's cycles, one row held aside per cycle. Rows left out of
+    `order` (dataset.max_samples) go to the end; the result is a view of the first
+    len(order) rows."""
+    n = x.shape[0]
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[order] = False
+    full = torch.cat([order, rest.nonzero().flatten()]).tolist()
+    placed = [False] * n
+    for start in range(n):
+        if placed[start] or full[start] == start:
+            continue
+        held, j = x[start].clone(), start
+        while True:  # x[j] takes the row that belongs there, until the cycle closes
+            placed[j] = True
+            k = full[j]
+            if k == start:
+                x[j] = held
+                break
+            x[j] = x[k]
+            j = k
+    return x[: len(order)]

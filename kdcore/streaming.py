@@ -57,9 +57,32 @@ def decoded_bytes(count: int, side: int, channels: int = 3) -> int:
     return count * channels * side * side * 4
 
 
+def encoded_bytes(path: Path) -> int:
+    """The files' bytes the in-memory path reads whole before decoding: an archive's
+    size (JPEG and PNG barely compress, so a compressed archive inflates to about as
+    much), or a folder's files (links are not followed, as the readers do not)."""
+    if not path.is_dir():
+        return path.stat().st_size
+    return sum(
+        entry.stat(follow_symlinks=False).st_size
+        for folder, _, names in os.walk(path, followlinks=False)
+        for entry in map(Path(folder).joinpath, names)
+        if not entry.is_symlink()
+    )
+
+
+def in_memory_peak(count: int, side: int, encoded: int, channels: int = 3) -> int:
+    """What the in-memory path holds at its peak for `count` images decoded at `side`:
+    the encoded files (read whole, each let go once decoded) plus the decoded set as
+    float32, held once (kdcore.data reorders, splits and normalises it in place).
+    tests/kdcore/test_streaming_memory.py measures a run against it."""
+    return decoded_bytes(count, side, channels) + encoded
+
+
 def should_stream(spec: DatasetSpec, side: int) -> bool:
-    """`dataset.streaming`: true and false force a path; auto streams when the decoded
-    set would pass `dataset.memory_budget_mb` (counted from names, nothing decoded)."""
+    """`dataset.streaming`: true and false force a path; auto streams when the in-memory
+    path's peak would pass `dataset.memory_budget_mb` (counted from names and file
+    sizes, nothing decoded)."""
     if spec.name not in STREAMABLE_DATASETS:
         if spec.streaming is True:
             raise DataError(
@@ -71,7 +94,7 @@ def should_stream(spec: DatasetSpec, side: int) -> bool:
         return spec.streaming
     assert spec.path is not None
     count = count_images(Path(spec.path), spec.name == "webdataset")
-    return spec.streams(decoded_bytes(count, side))
+    return spec.streams(in_memory_peak(count, side, encoded_bytes(Path(spec.path))))
 
 
 def decode_resized(content: bytes, name: str, side: int, channels: int) -> Tensor:

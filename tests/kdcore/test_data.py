@@ -204,3 +204,17 @@ def test_archive_bombs_are_refused_from_their_headers(tmp_path, monkeypatch):
     np.savez_compressed(npz, x=np.zeros((20 * 1024**2 // 4,), np.float32), y=np.zeros(1))
     with pytest.raises(DataError):
         archives.inspect_npz(npz)
+
+
+def test_rows_are_permuted_in_place_as_indexing_would():
+    from kdcore.splits import permute_rows_
+
+    g = torch.Generator().manual_seed(0)
+    for n, keep in ((1, 1), (7, 7), (100, 100), (100, 37)):
+        x = torch.randn(n, 3, 2, 2, generator=g)
+        order = torch.randperm(n, generator=g)[:keep]
+        expected = x[order].clone()
+        storage = x.untyped_storage().data_ptr()
+        out = permute_rows_(x, order)
+        assert torch.equal(out, expected)
+        assert out.untyped_storage().data_ptr() == storage  # no second copy of the set
