@@ -25,7 +25,7 @@ from torch import Tensor
 from kdcore import streaming
 from kdcore.archives import inspect_npz
 from kdcore.augment import center_crop
-from kdcore.errors import DataError
+from kdcore.errors import ChannelCountError, DataError
 from kdcore.image_sources import iter_image_folder, iter_webdataset
 from kdcore.registry import Registry
 from kdcore.spec import AugmentSpec, DatasetSpec, JobSpec, stored_side
@@ -364,7 +364,7 @@ def _statistics(spec: DatasetSpec, train_x: Tensor) -> tuple[Tensor, Tensor]:
     if spec.mean is not None and spec.std is not None:
         channels = train_x.shape[1] if train_x.ndim == 4 else 1
         if len(spec.mean) != channels:
-            raise DataError(f"dataset.mean has {len(spec.mean)} values for {channels} channels")
+            raise ChannelCountError(len(spec.mean), channels)
         return torch.tensor(spec.mean), torch.tensor(spec.std)
     dims = [0, 2, 3] if train_x.ndim == 4 else [0]
     return train_x.mean(dim=dims), train_x.std(dim=dims).clamp_min(1e-6)

@@ -21,6 +21,14 @@ class DataError(KDError):
     """A dataset file or archive is missing, malformed or unsafe."""
 
 
+class ChannelCountError(DataError):
+    """dataset.mean/std give another number of values than the images have channels."""
+
+    def __init__(self, given: int, channels: int):
+        super().__init__(f"dataset.mean has {given} values for {channels} channels")
+        self.given, self.channels = given, channels
+
+
 class TeacherCheckError(KDError):
     """The teacher, scored on held-out data before training, is near chance: it would be
     distilled into noise. The message gives the figures and the likely causes."""

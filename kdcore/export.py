@@ -73,13 +73,29 @@ def save_student(
             skipped["torchscript"] = f"{type(exc).__name__}: {str(exc)[:300]}"
     if "onnx" in formats:
         path = out_dir / "student.onnx"
-        export_onnx(model, example, path)
+        export_onnx(model, example, path, preprocessing_props(config))
         paths["onnx"] = path
     return paths
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """Export with a dynamic batch axis, then check onnxruntime agrees with PyTorch."""
+def preprocessing_props(config: dict[str, Any]) -> dict[str, str]:
+    """student.json's preprocessing as the ONNX metadata_props a teacher is read with
+    (kdcore.onnx_teacher.PREPROCESSING_PROPS): a graph carries what it was trained on."""
+    normalize = config.get("normalize") or {}
+    values = {
+        "kd.input_shape": config.get("input_shape"),
+        "kd.mean": normalize.get("mean"),
+        "kd.std": normalize.get("std"),
+        "kd.class_names": config.get("class_names"),
+    }
+    return {key: json.dumps(value) for key, value in values.items() if value is not None}
+
+
+def export_onnx(
+    model: nn.Module, example: torch.Tensor, path: Path, props: dict[str, str] | None = None
+) -> None:
+    """Export with a dynamic batch axis and `props` in the graph's metadata_props, then
+    check onnxruntime agrees with PyTorch."""
     tmp = path.with_name(f".{path.name}.tmp")
     with torch.no_grad():
         torch.onnx.export(
@@ -91,6 +107,12 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
             dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
             dynamo=False,
         )
+    if props:
+        import onnx
+
+        graph = onnx.load(str(tmp))
+        onnx.helper.set_model_props(graph, props)
+        onnx.save(graph, str(tmp))
     check = torch.randn(3, *example.shape[1:])
     max_err = onnx_max_abs_error(model, tmp, check)
     if not max_err < 1e-3:

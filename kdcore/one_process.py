@@ -33,7 +33,7 @@ from kdcore.models import build_model
 from kdcore.models.ecosystems import HF, is_model_folder, read_hf_folder
 from kdcore.onnx_variants import measure_exports, write_variants
 from kdcore.plots import plot_curves
-from kdcore.preflight import inherit_preprocessing, teacher_preflight
+from kdcore.preflight import inherit_preprocessing, load_for_teacher, teacher_preflight
 from kdcore.qat import quantization_aware
 from kdcore.readiness import evaluate_gate
 from kdcore.report import build_report, held_out_metrics
@@ -171,7 +171,8 @@ def run_local(
     (the other ranks train and stop; rank 0 also writes the outputs)."""
     device = pick_device(spec.training.device)
     spec, inherited = inherit_preprocessing(spec)  # a trained teacher's size and statistics
-    data = load_job_data(spec)
+    # a teacher of other channels than the data's: said before its weights load
+    data = load_for_teacher(spec, inherited, load_job_data)
     torch.manual_seed(spec.training.seed)
     student, num_classes = build_role(spec.student, "student", data)
     teacher, members = build_teachers(spec, data)

@@ -17,6 +17,7 @@ and is what the graph's author tested against.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -74,6 +75,43 @@ def read_onnx(path: str | Path) -> OnnxSignature | None:
     CheckpointError when it is a graph we refuse. The file is parsed once."""
     model = _parse_if_onnx(Path(path))
     return None if model is None else _describe(model, Path(path).name)
+
+
+# Preprocessing an ONNX graph may carry in its metadata_props (docs/kdcore.md, "ONNX
+# teachers"), each value JSON: the input it was trained on, (C, H, W); the per-channel
+# statistics its inputs were normalised with (pixels in [0, 1], then (x - mean) / std);
+# and the names of its outputs' classes, in order. kdcore's own student.onnx writes them.
+PREPROCESSING_PROPS = ("kd.input_shape", "kd.mean", "kd.std", "kd.class_names")
+
+
+def read_preprocessing(path: str | Path) -> dict[str, Any]:
+    """The preprocessing an ONNX graph records, as student.json has it (`input_shape`,
+    `normalize`, `class_names`); `input_shape` from the graph's own input when every
+    dimension is fixed and the metadata has none. Empty for a file that is not ONNX."""
+    model = _parse_if_onnx(Path(path))
+    if model is None:
+        return {}
+    props = {p.key: p.value for p in model.metadata_props if p.key in PREPROCESSING_PROPS}
+    values: dict[str, Any] = {}
+    for key, text in props.items():
+        try:
+            values[key.removeprefix("kd.")] = json.loads(text[:100_000])
+        except ValueError:
+            continue  # a value that is not JSON is not ours: ignored
+    out: dict[str, Any] = {}
+    shape = values.get("input_shape")
+    if shape is None:
+        weights = {t.name for t in model.graph.initializer}
+        inputs = [i for i in model.graph.input if i.name not in weights]
+        dims = _dims(inputs[0])[1:] if len(inputs) == 1 else []
+        shape = dims if len(dims) == 3 and all(isinstance(d, int) for d in dims) else None
+    if isinstance(shape, list):
+        out["input_shape"] = shape
+    if isinstance(values.get("mean"), list) and isinstance(values.get("std"), list):
+        out["normalize"] = {"mean": values["mean"], "std": values["std"]}
+    if isinstance(values.get("class_names"), list):
+        out["class_names"] = values["class_names"]
+    return out
 
 
 def _load(path: Path) -> Any:
@@ -284,6 +322,12 @@ def fit_problem(sig: OnnxSignature, input_shape: tuple[int, ...], outputs: int) 
     """Why the dataset does not fit the graph (shapes in the message), or None."""
     if len(input_shape) != 3:
         return f"the ONNX teacher takes images (N, C, H, W); the dataset gives {list(input_shape)}"
+    if sig.input_shape[0] is not None and sig.input_shape[0] != input_shape[0]:
+        return (
+            f"the ONNX teacher takes {sig.input_shape[0]}-channel images, the dataset gives "
+            f"{input_shape[0]}-channel ones; dataset.image_size cannot change that: use a "
+            "dataset with the teacher's channels, or a teacher exported for these"
+        )
     for want, have in zip(sig.input_shape, input_shape, strict=True):
         if want is not None and want != have:
             wanted = ", ".join(str(d or "?") for d in sig.input_shape)

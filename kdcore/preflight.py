@@ -20,14 +20,16 @@ distilling them "succeeds" with a student as bad as its teacher. Two things stop
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from kdcore.errors import KDError, TeacherCheckError
+from kdcore.errors import ChannelCountError, KDError, TeacherCheckError
 from kdcore.local_files import open_regular
+from kdcore.onnx_teacher import read_preprocessing
 from kdcore.spec import JobSpec
 from kdcore.splits import DataSplits, Split
 
@@ -43,8 +45,14 @@ def _teacher_preprocessing(spec: JobSpec) -> tuple[dict[str, Any], str] | None:
     if len(teachers) != 1 or not teachers[0][1].checkpoint:
         return None
     weights = Path(teachers[0][1].checkpoint)
+    if weights.suffix != ".safetensors":  # an ONNX graph may carry it in its metadata
+        try:
+            recorded = read_preprocessing(weights)
+        except KDError:  # a graph refused: building the teacher says why
+            return None
+        return (recorded, f"{weights.name} (ONNX metadata)") if recorded else None
     config = weights.with_name("student.json")
-    if weights.suffix != ".safetensors" or not config.is_file():
+    if not config.is_file():
         return None
     try:  # read as itself (no link followed) and capped before it is parsed
         with open_regular(config) as fh:
@@ -83,6 +91,36 @@ def inherit_preprocessing(spec: JobSpec) -> tuple[JobSpec, dict[str, Any]]:
         return spec, {}
     dataset = type(ds).model_validate({**ds.model_dump(), **update})
     return spec.model_copy(update={"dataset": dataset}), {"from": source, **update}
+
+
+def load_for_teacher(
+    spec: JobSpec, inherited: dict[str, Any], load: Callable[[JobSpec], DataSplits]
+) -> DataSplits:
+    """The job's data (`load`), then the teacher's channels against it: a teacher trained
+    on images of other channels fails here, in words (its weights would not even load,
+    and its inherited statistics do not fit): no image size or statistics can fix it."""
+    found = _teacher_preprocessing(spec) if spec.kind == "distill" else None
+    shape = found[0].get("input_shape") if found else None
+    try:
+        data = load(spec)
+    except ChannelCountError as exc:
+        if found is None or "mean" not in inherited:
+            raise
+        raise _channel_error(found[1], shape, exc.channels) from None
+    if found is None or not (isinstance(shape, list) and len(shape) == 3):
+        return data
+    if len(data.input_shape) == 3 and shape[0] != data.input_shape[0]:
+        raise _channel_error(found[1], shape, data.input_shape[0])
+    return data
+
+
+def _channel_error(source: str, shape: Any, channels: int) -> TeacherCheckError:
+    return TeacherCheckError(
+        f"the teacher was trained on {shape[0]}-channel images ({source}: input {shape}); "
+        f"the dataset gives {channels}-channel ones. dataset.image_size and mean/std "
+        "cannot change the channels: use a dataset with the teacher's channels, or a "
+        "teacher trained on these"
+    )
 
 
 def _sample(data: DataSplits) -> tuple[Split, str]:

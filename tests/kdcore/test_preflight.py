@@ -39,6 +39,7 @@ def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "student": {"arch": "small_cnn"},
             "dataset": DIGITS_16,
             "training": {"epochs": 4, "lr": 0.05, "batch_size": 32, "precision": "fp32"},
+            "export": ["safetensors", "onnx"],
         },
         out,
     )
@@ -115,3 +116,50 @@ def test_a_student_json_that_is_a_link_or_oversized_is_not_read(teacher: Path, t
 
         _, inherited = inherit_preprocessing(parse_spec(spec))
         assert inherited == {}, name
+
+
+def test_our_onnx_export_carries_its_preprocessing_and_a_distill_job_inherits_it(
+    teacher: Path, tmp_path
+):
+    """student.onnx records its input and statistics in metadata_props (the documented
+    kd.* convention): named as an ONNX teacher with no size or statistics in the spec,
+    it is fed what it was trained on."""
+    from kdcore.onnx_teacher import read_preprocessing
+
+    graph = teacher.with_name("student.onnx")
+    recorded = read_preprocessing(graph)
+    stored = __import__("json").loads(teacher.with_name("student.json").read_text())
+    assert recorded["input_shape"] == [1, 16, 16]
+    assert recorded["normalize"] == stored["normalize"]
+    assert recorded.get("class_names") == stored["class_names"]  # digits: none
+    spec = distill(graph, {"builtin": "digits", "max_samples": 600})
+    spec["teacher"] = {"checkpoint": str(graph)}
+    report = kdcore.distill(spec, tmp_path / "out")
+    preflight = report["teacher_preflight"]
+    assert preflight["inherited"]["from"] == "student.onnx (ONNX metadata)"
+    assert preflight["inherited"]["image_size"] == 16
+    assert preflight["inherited"]["mean"] == pytest.approx(stored["normalize"]["mean"])
+    assert preflight["passed"] is True and preflight["accuracy"] > 0.5
+
+
+def test_a_teacher_of_other_channels_fails_saying_image_size_cannot_fix_it(
+    teacher: Path, tmp_path
+):
+    steps = Steps()
+    colour = {"name": "synthetic", "shape": [3, 16, 16], "num_classes": 10, "num_samples": 300}
+    with pytest.raises(TeacherCheckError) as caught:
+        kdcore.distill(distill(teacher, colour), tmp_path / "out", callbacks=steps)
+    message = str(caught.value)
+    assert "1-channel images" in message and "3-channel" in message
+    assert "cannot change the channels" in message
+    assert steps.steps == 0
+
+
+def test_an_onnx_teacher_of_other_channels_is_told_image_size_cannot_fix_it():
+    from kdcore.onnx_teacher import OnnxSignature, fit_problem
+
+    sig = OnnxSignature("input", (3, 32, 32), 10, 1000)
+    said = fit_problem(sig, (1, 32, 32), 10)
+    assert said is not None and "3-channel" in said and "cannot change that" in said
+    size = fit_problem(sig, (3, 16, 16), 10)
+    assert size is not None and "set dataset.image_size" in size
