@@ -198,3 +198,46 @@ def _diagnosis(figure: str, result: dict[str, Any]) -> str:
 
 def _short(values: list[float]) -> str:
     return "[" + ", ".join(f"{v:.3g}" for v in values) + "]"
+
+
+def teacher_input_notes(spec: JobSpec, channels: int | None) -> tuple[str | None, list[str]]:
+    """What validation can tell of the teacher's inputs without loading anything: (an
+    error for a teacher of other channels than the dataset's `channels` (None: not known
+    before decoding), warnings naming what the job inherits or sets against what the
+    teacher records). The accuracy check itself runs when the job starts."""
+    found = _teacher_preprocessing(spec) if spec.kind == "distill" else None
+    if found is None:
+        return None, []
+    recorded, source = found
+    shape = recorded.get("input_shape")
+    if not (isinstance(shape, list) and len(shape) == 3):
+        return None, []
+    if channels is not None and shape[0] != channels:
+        return str(_channel_error(source, shape, channels)), []
+    notes = []
+    _, inherited = inherit_preprocessing(spec)
+    taken = [k for k in ("image_size", "mean", "std") if k in inherited]
+    if taken:
+        notes.append(
+            f"the teacher's {source} records what it was trained on: the job feeds it "
+            f"{shape[-1]}x{shape[-1]} images normalised as it was ({', '.join(taken)} "
+            "inherited, as the spec leaves them unset)"
+        )
+    size = spec.dataset.image_size
+    if size is not None and size != shape[-1]:
+        notes.append(
+            f"dataset.image_size {size} differs from the {shape[-1]} px the teacher was "
+            f"trained on ({source}); the job scores the teacher on what it is fed before "
+            "training and fails if it is near chance"
+        )
+    normalize = recorded.get("normalize") or {}
+    given = (spec.dataset.mean, spec.dataset.std)
+    if given[0] is not None and (normalize.get("mean"), normalize.get("std")) != (
+        list(given[0]),
+        list(given[1] or []),
+    ):
+        notes.append(
+            f"dataset.mean/std differ from the statistics the teacher was trained with "
+            f"({source}: mean {normalize.get('mean')}, std {normalize.get('std')})"
+        )
+    return None, notes

@@ -58,9 +58,34 @@ def validate_spec(
                 f"{sizing.checked} of the sweep's {sizing.distinct} distinct trial sizes were "
                 "checked at submission; the worker checks every one before the job starts"
             )
+    if not errors:  # the teacher's channels first: said in words, not in tensor shapes
+        error, notes = _teacher_inputs(session, settings, tenant_id, spec)
+        errors += [("/dataset", error)] if error else []
+        warnings += notes
     if not errors:
         errors += _check_weights_fit(session, settings, tenant_id, spec)
     return spec, errors, warnings
+
+
+def _teacher_inputs(
+    session: Session, settings: Settings, tenant_id: str, spec: Any
+) -> tuple[str | None, list[str]]:
+    """What the teacher's recorded preprocessing (a train job's student.json beside its
+    weights, an ONNX graph's metadata) says of this job's inputs (kdcore.preflight)."""
+    from kdcore.data import describe
+    from kdcore.preflight import teacher_input_notes
+
+    if spec.kind != "distill" or spec.teacher is None or spec.teacher.checkpoint is None:
+        return None, []
+    path = resolve_reference(session, tenant_id, spec.teacher.checkpoint, "checkpoint")
+    if path is None:
+        return None, []
+    local = str(storage.local_copy(settings, path))
+    teacher = spec.teacher.model_copy(update={"checkpoint": local})
+    shape = describe(spec.dataset)
+    return teacher_input_notes(
+        spec.model_copy(update={"teacher": teacher}), shape[0][0] if shape else None
+    )
 
 
 def _file_errors(

@@ -46,6 +46,21 @@ def test_a_train_jobs_teacher_needs_no_preprocessing_fields(tmp_path):
             "distillation": {"method": "kd"},
             "training": {"epochs": 1, "batch_size": 32, "precision": "fp32"},
         }
+        # validation says what the job will feed the teacher, and what it cannot fix
+        said = api.post("/v1/jobs/validate", json=spec).json()
+        assert said["valid"] is True
+        assert any("student.json records" in w and "16x16" in w for w in said["warnings"])
+        small = api.post(
+            "/v1/jobs/validate", json={**spec, "dataset": {**digits, "image_size": 8}}
+        ).json()
+        assert any("image_size 8 differs from the 16 px" in w for w in small["warnings"])
+        colour = {"name": "synthetic", "shape": [3, 16, 16], "num_classes": 10}
+        refused = api.post("/v1/jobs/validate", json={**spec, "dataset": colour}).json()
+        assert refused["valid"] is False
+        assert any(
+            e["loc"] == "/dataset" and "cannot change the channels" in e["msg"]
+            for e in refused["errors"]
+        ), refused
         job = _run(api, spec)
         assert job["status"] == "succeeded", job["error"]
         preflight = job["report"]["teacher_preflight"]
