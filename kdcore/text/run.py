@@ -32,6 +32,7 @@ from kdcore.text.models import (
     load_weights,
     read_model_folder,
 )
+from kdcore.text.preflight import text_teacher_preflight
 from kdcore.text.rows import ROWS_DIR
 from kdcore.text.tokens import TextTokenizer, bytes_tokenizer, load_tokenizer
 from kdcore.text.trainer import TextFit, fit_text
@@ -293,6 +294,18 @@ def run_text(
     device = pick_device(spec.training.device)
     job = _prepare(spec, out_dir)
     report: dict[str, Any] = {}
+    # before any step: a teacher near chance fails the job here (kdcore.text.preflight)
+    preflight = text_teacher_preflight(
+        spec,
+        job.teacher,
+        job.t_data.val,
+        job.t_data.train,
+        job.t_tok.vocab_size,
+        job.t_data.num_classes,
+        device,
+    )
+    if preflight is not None:
+        report["teacher_preflight"] = preflight
     if job.teacher is not None and spec.student.init_from_teacher:
         report["initialised_from_teacher_layers"] = init_from_teacher(job.student, job.teacher)
     resume = resume_state(spec, resume_from)

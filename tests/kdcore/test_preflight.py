@@ -142,9 +142,7 @@ def test_our_onnx_export_carries_its_preprocessing_and_a_distill_job_inherits_it
     assert preflight["passed"] is True and preflight["accuracy"] > 0.5
 
 
-def test_a_teacher_of_other_channels_fails_saying_image_size_cannot_fix_it(
-    teacher: Path, tmp_path
-):
+def test_a_teacher_of_other_channels_fails_saying_image_size_cannot_fix_it(teacher: Path, tmp_path):
     steps = Steps()
     colour = {"name": "synthetic", "shape": [3, 16, 16], "num_classes": 10, "num_samples": 300}
     with pytest.raises(TeacherCheckError) as caught:

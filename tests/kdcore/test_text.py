@@ -447,3 +447,55 @@ def test_a_model_folder_on_disk_is_not_read_through_links(corpus, tmp_path):
     found = read_model_folder(folder)
     assert found.config["n_layer"] == 1
     assert found.tokenizer is None and found.weights is None  # neither followed
+
+
+def test_a_language_model_teacher_near_a_uniform_guess_fails_before_training(corpus, tmp_path):
+    """Text preflight (kdcore.text.preflight): a teacher folder whose weights are random
+    scores about its vocabulary's size in perplexity; the job fails before any step,
+    saying why, unless teacher_check is "warn". The trained teacher passes."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from kdcore.errors import TeacherCheckError
+    from tests.support.stops import CountSteps
+
+    trained = tmp_path / "trained"
+    kdcore.train(_spec(corpus, tmp_path), trained)
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copy(trained / name, noise / name)
+    g = torch.Generator().manual_seed(0)
+    weights = load_file(trained / "model.safetensors")
+    save_file(
+        {k: (torch.randn(v.shape, generator=g) * 0.02).to(v.dtype) for k, v in weights.items()},
+        noise / "model.safetensors",
+    )
+    spec = _spec(corpus, tmp_path, kind="distill", distillation={"method": "forward_kl"})
+    spec["training"]["epochs"] = 1
+    steps = CountSteps()
+    with pytest.raises(TeacherCheckError) as caught:
+        kdcore.distill(
+            {**spec, "teacher": {"arch": GPT2, "checkpoint": str(noise)}},
+            tmp_path / "refused",
+            callbacks=steps,
+        )
+    message = str(caught.value)
+    assert "near a uniform guess" in message and 'teacher_check to "warn"' in message
+    assert steps.steps == 0
+    warned = kdcore.distill(
+        {
+            **spec,
+            "teacher": {"arch": GPT2, "checkpoint": str(noise)},
+            "distillation": {"method": "forward_kl", "teacher_check": "warn"},
+        },
+        tmp_path / "warned",
+    )
+    check = warned["teacher_preflight"]
+    assert check["passed"] is False and check["perplexity"] > check["threshold_perplexity"]
+    good = kdcore.distill(
+        {**spec, "teacher": {"arch": GPT2, "checkpoint": str(trained)}}, tmp_path / "good"
+    )
+    assert good["teacher_preflight"]["passed"] is True
+    assert good["teacher_preflight"]["perplexity"] < good["teacher_preflight"]["vocab_size"]
