@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,10 @@ def _save_state(sweep: _Sweep) -> None:
     atomic_write(sweep.out_dir / STATE_FILE, lambda fh: fh.write(blob))
 
 
+LATENCY_RETRIES = 2  # a noisy measurement of a trial's student is taken again this often
+LATENCY_RETRY_PAUSE_S = 0.5
+
+
 def _violations(sweep: _Sweep, parameters: int, latency: dict[str, Any]) -> list[str]:
     """The limits a trial's student breaks; a latency excluded on a noisy measurement
     says so (kdcore.latency)."""
@@ -205,6 +210,12 @@ def _measure_student(sweep: _Sweep, trial: JobSpec) -> tuple[int, dict[str, Any]
     if key not in sweep.measured:
         student, _ = build_role(trial.student, "student", sweep.data)
         latency = cpu_latency_ms(student, sweep.data.input_shape, 1)
+        for _ in range(LATENCY_RETRIES):  # a load that passes: measured again, the
+            if not latency["noisy"]:  # quickest window kept (load only adds time)
+                break
+            time.sleep(LATENCY_RETRY_PAUSE_S)
+            again = cpu_latency_ms(student, sweep.data.input_shape, 1)
+            latency = min(latency, again, key=lambda m: (m["noisy"], m["median_ms"]))
         sweep.measured[key] = (count_parameters(student), latency)
     return sweep.measured[key]
 

@@ -213,6 +213,7 @@ def gate_table(gate: dict[str, Any]) -> Table:
     for name, check in (gate.get("checks") or {}).items():
         label = f"{name} ({check['class']})" if check.get("class") else name
         label += f" [{check['unit']}]" if check.get("unit") else ""
+        label += " NOISY" if check.get("noisy") else ""  # not believed: see report.latency
         ok = Text("ok", style="green") if check.get("passed") else Text("FAIL", style="red")
         table.add_row(label, _num(check.get("value")), _num(check.get("limit")), ok)
     return table

@@ -203,7 +203,15 @@ def test_a_text_classification_pair_runs_through_the_service(lm, tmp_path):
         },
     )
     report = job["report"]
-    assert report["task"] == "text_classification" and 0.0 <= report["student"]["accuracy"] <= 1.0
+    assert report["task"] == "text_classification"
+    # 3 classes: the distilled classifier reads the sentence (chance is 33%), and the
+    # teacher passed its preflight before training
+    print(
+        f"\nFIGURE text classifier: student {report['student']['accuracy']:.3f}, "
+        f"teacher {report['teacher']['accuracy']:.3f}"
+    )
+    assert report["student"]["accuracy"] >= 0.5
+    assert report["teacher_preflight"]["passed"] is True
     assert report["onnx_max_abs_error"] < 1e-3
     assert report["student"]["parameters"] < report["teacher"]["parameters"]
 

@@ -95,5 +95,21 @@ def test_resume_accepts_the_same_files_at_other_paths(tmp_path):
     moved = tiny_spec(
         training={"epochs": 2}, teacher={"arch": "small_cnn", "checkpoint": str(second)}
     )
-    report = kdcore.distill(moved, tmp_path / "b", resume_from=tmp_path / "a/checkpoints/epoch1.pt")
-    assert report["steps"] > 0
+    steps = Steps()
+    kdcore.distill(
+        moved, tmp_path / "b", callbacks=steps, resume_from=tmp_path / "a/checkpoints/epoch1.pt"
+    )
+    # it went on from epoch 1 (one epoch trained here, not two from scratch), and ended
+    # where the run that never stopped ended, bit for bit
+    assert steps.epochs == [2]
+    a = load_file(tmp_path / "a" / "student.safetensors")
+    b = load_file(tmp_path / "b" / "student.safetensors")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+class Steps(kdcore.Callbacks):
+    def __init__(self):
+        self.epochs: list[int] = []
+
+    def on_epoch_end(self, progress):
+        self.epochs.append(progress.epoch)

@@ -54,7 +54,7 @@ function reportView(job) {
 function gateView(gate) {
   if (!gate) return [];
   const rows = Object.entries(gate.checks || {}).map(([name, c]) => h("tr", { class: c.passed ? "pass" : "fail" },
-    h("td", {}, (c.class ? `${name} (${c.class})` : name) + (c.unit ? ` [${c.unit}]` : "")), h("td", {}, fmt(c.value, 4)), h("td", {}, fmt(c.limit, 4)), h("td", {}, c.passed ? "ok" : "FAIL")));
+    h("td", {}, (c.class ? `${name} (${c.class})` : name) + (c.unit ? ` [${c.unit}]` : "") + (c.noisy ? ` — noisy: ${c.why}` : "")), h("td", {}, fmt(c.value, 4)), h("td", {}, fmt(c.limit, 4)), h("td", {}, c.passed ? "ok" : "FAIL")));
   return [h("h3", { id: "gate-verdict", class: gate.passed ? "pass" : "fail" }, `Gate: ${gate.passed ? "passed" : "failed"}`),
     h("table", { class: "kv", id: "gate-table" }, h("thead", {}, h("tr", {}, h("th", {}, "check"), h("th", {}, "value"), h("th", {}, "limit"), h("th", {}, ""))), h("tbody", {}, rows))];
 }
