@@ -237,7 +237,8 @@ def test_the_python_client_guide_runs(sandbox: Sandbox) -> None:
 def test_the_library_calls_and_the_onnx_metadata_recipe_run(sandbox: Sandbox) -> None:
     prelude = (
         "import kdcore\n"
-        "spec_dict = {'kind': 'train', 'student': {'arch': 'mlp_small'},\n"
+        "spec_dict = {'kind': 'distill', 'teacher': {'arch': 'small_cnn'},\n"
+        "             'student': {'arch': 'mlp_small'},\n"
         "             'dataset': {'builtin': 'digits', 'max_samples': 300},\n"
         "             'training': {'epochs': 1}, 'export': ['safetensors', 'onnx']}\n"
         "my_callbacks = kdcore.Callbacks()\n"
