@@ -228,7 +228,12 @@ def run_local(
     key = "mse" if spec.task == "regression" else "accuracy"
     teacher_quality = report.get("teacher", {}).get(key)
     files["curves"] = plot_curves(
-        result.history, out_dir / "curves.png", spec.name, key, teacher_quality
+        result.history,
+        out_dir / "curves.png",
+        spec.name,
+        key,
+        teacher_quality,
+        report.get("baseline", {}).get("history"),
     )
     files["tensorboard"] = write_events(report, out_dir)
     write_report(report, files, out_dir)
@@ -274,4 +279,7 @@ def train_baseline(
     student, _ = build_role(spec.student, "student", data)
     result = fit(scratch_spec, data, student, None, device, None, callbacks, phase="baseline")
     metrics, _ = held_out_metrics(student, data.test, spec.task == "regression", device)
-    return {**metrics, "training_time_s": round(result.train_time_s, 3)}
+    history = [
+        {k: h[k] for k in ("epoch", "accuracy", "mse", "loss") if k in h} for h in result.history
+    ]
+    return {**metrics, "training_time_s": round(result.train_time_s, 3), "history": history}

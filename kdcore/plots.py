@@ -23,9 +23,11 @@ def plot_curves(
     title: str,
     quality_key: str,
     teacher_quality: float | None,
+    baseline_history: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Two panels: training loss terms (epoch means) and validation loss; the quality
-    metric (accuracy or mse) per epoch with the teacher's as a dashed line."""
+    metric (accuracy or mse) per epoch, the baseline's (the student trained without a
+    teacher) beside it, and the teacher's as a dashed line."""
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_q) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
@@ -44,6 +46,13 @@ def plot_curves(
     ax_q.plot(
         epochs, [h.get(quality_key) for h in history], marker=".", label=f"student {quality_key}"
     )
+    if baseline_history:
+        ax_q.plot(
+            [h["epoch"] for h in baseline_history],
+            [h.get(quality_key) for h in baseline_history],
+            marker=".",
+            label=f"baseline (no teacher) {quality_key}",
+        )
     if teacher_quality is not None:
         ax_q.axhline(teacher_quality, color="tab:red", linestyle="--", label="teacher (test)")
     ax_q.set_xlabel("epoch")

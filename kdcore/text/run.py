@@ -189,9 +189,11 @@ def _baseline(
     fit = fit_text(
         scratch, data.train, data.val, student, None, device, None, callbacks, phase="baseline"
     )
+    kept = ("epoch", "accuracy", "perplexity", "loss")
     return {
         **evaluate_text(student, data.test, spec, device),
         "training_time_s": round(fit.train_time_s, 3),
+        "history": [{k: h[k] for k in kept if k in h} for h in fit.history],
     }
 
 
@@ -273,7 +275,14 @@ def _outputs(
         )
     key = "accuracy" if spec.task == "text_classification" else "perplexity"
     teacher_quality = (report.get("teacher") or {}).get(key) if job.same else None
-    files["curves"] = plot_curves(history, out_dir / "curves.png", spec.name, key, teacher_quality)
+    files["curves"] = plot_curves(
+        history,
+        out_dir / "curves.png",
+        spec.name,
+        key,
+        teacher_quality,
+        report.get("baseline", {}).get("history"),
+    )
     files["tensorboard"] = write_events(report, out_dir)
     write_report(report, files, out_dir)
 

@@ -70,6 +70,8 @@ def test_report_figures_are_consistent(distilled):
         100 * (s["accuracy"] - r["baseline"]["accuracy"]), abs=1e-3
     )
     assert r["kd_helped"] is (r["kd_gain"] > 0)
+    # the baseline's own curve, epoch by epoch (curves.png draws it beside the student's)
+    assert [h["epoch"] for h in r["baseline"]["history"]] == list(range(1, r["epochs"] + 1))
     assert ("worse" in r["kd_verdict"]) is (r["kd_gain"] < 0)
     assert r["onnx_max_abs_error"] < 1e-3
 

@@ -216,7 +216,7 @@ function lineChart(title, series, xLabel, hline) {
     svg("text", { x: W / 2 - 20, y: H - 10 }, xLabel));
   if (hline) {
     root.append(svg("line", { x1: L, x2: W - R, y1: sy(hline.value), y2: sy(hline.value), stroke: "#d64541", "stroke-dasharray": "5 4" }),
-      svg("text", { x: W - R - 150, y: sy(hline.value) - 4, fill: "#d64541" }, `${hline.label} ${fmt(hline.value, 4)}`));
+      svg("text", { x: W - R - 150, y: sy(hline.value) + 14, fill: "#d64541" }, `${hline.label} ${fmt(hline.value, 4)}`));
   }
   let legends = 0;
   series.forEach((s, i) => {
