@@ -155,6 +155,34 @@ def test_a_constraint_excludes_trials_which_are_never_selected(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())["files"]["pareto"]["bytes"] > 0
 
 
+def test_progress_counts_only_the_trials_that_train(tmp_path):
+    """An excluded trial is out of every count: the trials say `of` the ones that train,
+    and the sweep's steps end at the total they announced (100%, not short of it)."""
+
+    class Totals(Recorder):
+        def __init__(self):
+            super().__init__()
+            self.of: set[int] = set()
+            self.last: tuple[int, int] = (0, 0)
+
+        def on_step(self, p):
+            super().on_step(p)
+            self.of.add(p.trial["of"])
+            self.last = (p.step, p.total_steps)
+
+    spec = _job(
+        parameters={"student.arch": ["mlp_small", "mlp"], "training.lr": [0.05, 0.1]},
+        constraints={"max_parameters": 5000},
+    )
+    seen = Totals()
+    report = run(spec, tmp_path, seen)
+    trained = [t for t in report["sweep"]["trials"] if t["status"] == "trained"]
+    assert len(trained) == 2 and len(report["sweep"]["trials"]) == 4
+    assert seen.of == {2}  # two of four configurations train
+    step, total = seen.last
+    assert step == total == sum(t["steps"] for t in trained)
+
+
 def test_every_trial_excluded_is_a_clear_error(tmp_path):
     spec = _job(parameters={"student.arch": ["mlp"]}, constraints={"max_parameters": 10})
     with pytest.raises(SpecError, match="no trial met the constraints"):
