@@ -26,7 +26,7 @@ from kdcore.archives import MAX_UNPACKED_BYTES
 from kdcore.callbacks import Callbacks
 from kdcore.checkpoints import CheckpointError, atomic_write, load_checkpoint, load_weights
 from kdcore.data import DataSplits, load_job_data
-from kdcore.errors import SpecError
+from kdcore.errors import KDError, SpecError
 from kdcore.export import model_config, onnx_max_abs_error, save_student
 from kdcore.features import classifier_name
 from kdcore.models import build_model
@@ -238,6 +238,39 @@ def run_local(
     files["tensorboard"] = write_events(report, out_dir)
     write_report(report, files, out_dir)
     return report
+
+
+PREVIEW_MAX_SAMPLES = 2_000  # a validation's teacher score: at most this many samples
+PREVIEW_MAX_TEACHER_BYTES = 64 * 1024**2  # and only teachers this small
+
+
+def preview_teacher(spec: JobSpec) -> str | None:
+    """What the job's teacher preflight would say, computed now for `POST
+    /v1/jobs/validate`: a built-in dataset (at most 2,000 samples) and teachers of at most
+    64 MiB on disk, on the CPU. The failing preflight's message, or None when the teacher
+    passes or the score cannot be computed cheaply (the job still checks it at its start)."""
+    from kdcore.data import describe
+
+    checkpoints = [model.checkpoint for _, model in spec.teacher_models()]
+    if spec.kind != "distill" or describe(spec.dataset) is None or not all(checkpoints):
+        return None
+    if sum(Path(c).stat().st_size for c in checkpoints if c) > PREVIEW_MAX_TEACHER_BYTES:
+        return None
+    cap = min(spec.dataset.max_samples or PREVIEW_MAX_SAMPLES, PREVIEW_MAX_SAMPLES)
+    spec = spec.model_copy(
+        update={
+            "dataset": spec.dataset.model_copy(update={"max_samples": cap}),
+            "distillation": spec.distillation.model_copy(update={"teacher_check": "warn"}),
+        }
+    )
+    try:
+        spec, inherited = inherit_preprocessing(spec)
+        data = load_for_teacher(spec, inherited, load_job_data)
+        teacher, _ = build_teachers(spec, data)
+        result = teacher_preflight(spec, data, teacher, torch.device("cpu"), inherited)
+    except (KDError, OSError, RuntimeError, ValueError):  # the other checks say why
+        return None
+    return None if result is None or result["passed"] else result.get("diagnosis")
 
 
 def _add_sections(report: dict[str, Any], **sections: Any) -> None:

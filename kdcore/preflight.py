@@ -29,6 +29,7 @@ from torch import nn
 
 from kdcore.errors import ChannelCountError, KDError, TeacherCheckError
 from kdcore.local_files import open_regular
+from kdcore.models.ecosystems import is_model_folder
 from kdcore.onnx_teacher import read_preprocessing
 from kdcore.spec import JobSpec
 from kdcore.splits import DataSplits, Split
@@ -45,10 +46,12 @@ def _teacher_preprocessing(spec: JobSpec) -> tuple[dict[str, Any], str] | None:
     if len(teachers) != 1 or not teachers[0][1].checkpoint:
         return None
     weights = Path(teachers[0][1].checkpoint)
-    if weights.suffix != ".safetensors":  # an ONNX graph may carry it in its metadata
+    if weights.suffix != ".safetensors":  # an ONNX graph's metadata, a folder's config
         try:
+            if is_model_folder(weights):
+                return _folder_channels(weights)
             recorded = read_preprocessing(weights)
-        except KDError:  # a graph refused: building the teacher says why
+        except KDError:  # a file refused: building the teacher says why
             return None
         return (recorded, f"{weights.name} (ONNX metadata)") if recorded else None
     config = weights.with_name("student.json")
@@ -60,6 +63,33 @@ def _teacher_preprocessing(spec: JobSpec) -> tuple[dict[str, Any], str] | None:
     except (KDError, OSError, ValueError):
         return None
     return (recorded, config.name) if isinstance(recorded, dict) else None
+
+
+def _folder_channels(folder: Path) -> tuple[dict[str, Any], str] | None:
+    """A Hugging Face image model folder's channels (config.json `num_channels`): checked
+    against the dataset's, never inherited (the folder's config takes the dataset's size)."""
+    from kdcore.models.ecosystems import folder_members
+
+    def config(_key: str, fh: Any, _name: str) -> Any:
+        return json.loads(fh.read(MAX_RECORD_BYTES + 1)[:MAX_RECORD_BYTES])
+
+    try:
+        found = folder_members(folder, ("config.json",), config).get("config.json")
+    except (KDError, ValueError):
+        return None
+    channels = found.get("num_channels") if isinstance(found, dict) else None
+    if not isinstance(channels, int) or isinstance(channels, bool):
+        return None
+    return {"channels": channels}, f"{folder.name} (config.json num_channels)"
+
+
+def _channels(recorded: dict[str, Any]) -> int | None:
+    """The channels a teacher records: a folder's num_channels, or its input shape's."""
+    shape = recorded.get("input_shape")
+    if isinstance(shape, list) and len(shape) == 3:
+        return int(shape[0])
+    channels = recorded.get("channels")
+    return channels if isinstance(channels, int) else None
 
 
 def inherit_preprocessing(spec: JobSpec) -> tuple[JobSpec, dict[str, Any]]:
@@ -100,26 +130,26 @@ def load_for_teacher(
     on images of other channels fails here, in words (its weights would not even load,
     and its inherited statistics do not fit): no image size or statistics can fix it."""
     found = _teacher_preprocessing(spec) if spec.kind == "distill" else None
-    shape = found[0].get("input_shape") if found else None
+    recorded = _channels(found[0]) if found else None
     try:
         data = load(spec)
     except ChannelCountError as exc:
-        if found is None or "mean" not in inherited:
+        if found is None or recorded is None or "mean" not in inherited:
             raise
-        raise _channel_error(found[1], shape, exc.channels) from None
-    if found is None or not (isinstance(shape, list) and len(shape) == 3):
+        raise _channel_error(found[1], recorded, exc.channels) from None
+    if found is None or recorded is None or len(data.input_shape) != 3:
         return data
-    if len(data.input_shape) == 3 and shape[0] != data.input_shape[0]:
-        raise _channel_error(found[1], shape, data.input_shape[0])
+    if recorded != data.input_shape[0]:
+        raise _channel_error(found[1], recorded, data.input_shape[0])
     return data
 
 
-def _channel_error(source: str, shape: Any, channels: int) -> TeacherCheckError:
+def _channel_error(source: str, teacher: int, channels: int) -> TeacherCheckError:
     return TeacherCheckError(
-        f"the teacher was trained on {shape[0]}-channel images ({source}: input {shape}); "
-        f"the dataset gives {channels}-channel ones. dataset.image_size and mean/std "
-        "cannot change the channels: use a dataset with the teacher's channels, or a "
-        "teacher trained on these"
+        f"the teacher was trained on {teacher}-channel images ({source}); the dataset "
+        f"gives {channels}-channel ones. dataset.image_size and mean/std cannot change "
+        "the channels: use a dataset with the teacher's channels, or a teacher trained on "
+        "these"
     )
 
 
@@ -179,6 +209,8 @@ def teacher_preflight(
         result["check"] = "warn"
     if not result["passed"] and result["check"] == "fail":
         raise TeacherCheckError(_diagnosis(figure, result))
+    if not result["passed"]:
+        result["diagnosis"] = _diagnosis(figure, result)
     return result
 
 
@@ -209,11 +241,12 @@ def teacher_input_notes(spec: JobSpec, channels: int | None) -> tuple[str | None
     if found is None:
         return None, []
     recorded, source = found
+    teacher_channels = _channels(recorded)
+    if channels is not None and teacher_channels is not None and teacher_channels != channels:
+        return str(_channel_error(source, teacher_channels, channels)), []
     shape = recorded.get("input_shape")
     if not (isinstance(shape, list) and len(shape) == 3):
         return None, []
-    if channels is not None and shape[0] != channels:
-        return str(_channel_error(source, shape, channels)), []
     notes = []
     _, inherited = inherit_preprocessing(spec)
     taken = [k for k in ("image_size", "mean", "std") if k in inherited]

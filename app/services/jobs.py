@@ -75,17 +75,37 @@ def _teacher_inputs(
     from kdcore.data import describe
     from kdcore.preflight import teacher_input_notes
 
-    if spec.kind != "distill" or spec.teacher is None or spec.teacher.checkpoint is None:
+    local = _with_local_teacher(session, settings, tenant_id, spec)
+    if local is None:
         return None, []
+    shape = describe(spec.dataset)
+    return teacher_input_notes(local, shape[0][0] if shape else None)
+
+
+def _with_local_teacher(session: Session, settings: Settings, tenant_id: str, spec: Any) -> Any:
+    """The spec with its one teacher's checkpoint reference made a local path, or None
+    (no single teacher with weights, or a reference that does not resolve)."""
+    if spec.kind != "distill" or spec.teacher is None or spec.teacher.checkpoint is None:
+        return None
     path = resolve_reference(session, tenant_id, spec.teacher.checkpoint, "checkpoint")
     if path is None:
-        return None, []
-    local = str(storage.local_copy(settings, path))
-    teacher = spec.teacher.model_copy(update={"checkpoint": local})
-    shape = describe(spec.dataset)
-    return teacher_input_notes(
-        spec.model_copy(update={"teacher": teacher}), shape[0][0] if shape else None
+        return None
+    teacher = spec.teacher.model_copy(
+        update={"checkpoint": str(storage.local_copy(settings, path))}
     )
+    return spec.model_copy(update={"teacher": teacher})
+
+
+def teacher_score_warnings(
+    session: Session, settings: Settings, tenant_id: str, spec: Any
+) -> list[str]:
+    """For `POST /v1/jobs/validate` (not on submission: it runs the teacher): the
+    preflight's verdict where it is cheap to compute now (kdcore.one_process.preview_teacher)."""
+    from kdcore.one_process import preview_teacher
+
+    local = _with_local_teacher(session, settings, tenant_id, spec)
+    said = preview_teacher(local) if local is not None else None
+    return [f"scored now, {said}"] if said else []
 
 
 def _file_errors(

@@ -66,7 +66,15 @@ def test_a_train_jobs_teacher_needs_no_preprocessing_fields(tmp_path):
         preflight = job["report"]["teacher_preflight"]
         assert preflight["inherited"]["image_size"] == 16 and preflight["passed"] is True
         assert preflight["accuracy"] > 0.5
-        wrong = _run(api, {**spec, "dataset": {**digits, "mean": [0.9], "std": [0.01]}})
+        # validation scores the teacher too, where it is cheap (a built-in set)
+        assert not [w for w in said["warnings"] if w.startswith("scored now")]
+        bad = {**spec, "dataset": {**digits, "mean": [0.9], "std": [0.01]}}
+        flagged = api.post("/v1/jobs/validate", json=bad).json()
+        assert flagged["valid"] is True  # a warning: the job itself fails at its start
+        scored = [w for w in flagged["warnings"] if w.startswith("scored now")]
+        assert len(scored) == 1 and "near chance" in scored[0], flagged
+        assert "dataset.mean/std" in scored[0]
+        wrong = _run(api, bad)
         assert wrong["status"] == "failed"
         assert "near chance" in wrong["error"] and "dataset.mean/std" in wrong["error"]
         events = api.get(f"/v1/jobs/{wrong['id']}/events", params={"limit": 200}).json()

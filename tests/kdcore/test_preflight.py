@@ -161,3 +161,23 @@ def test_an_onnx_teacher_of_other_channels_is_told_image_size_cannot_fix_it():
     assert said is not None and "3-channel" in said and "cannot change that" in said
     size = fit_problem(sig, (3, 16, 16), 10)
     assert size is not None and "set dataset.image_size" in size
+
+
+def test_a_hugging_face_teacher_folder_of_other_channels_is_refused_in_words(tmp_path):
+    """A colour ViT folder (config.json num_channels 3) named for grayscale digits: the
+    job and validation say the channels differ, not a tensor shape."""
+    from kdcore.preflight import teacher_input_notes
+    from kdcore.validate import parse_spec
+    from tests.support import graphs
+
+    folder = graphs.hf_folder(
+        tmp_path / "vit.zip", "hf:ViTForImageClassification", graphs.TINY_VIT, 10, (3, 16, 16)
+    )
+    spec = distill(folder, DIGITS_16)
+    spec["teacher"] = {"arch": "hf:ViTForImageClassification", "checkpoint": str(folder)}
+    error, _ = teacher_input_notes(parse_spec(spec), 1)
+    assert error is not None and "3-channel images (vit.zip (config.json num_channels))" in error
+    steps = Steps()
+    with pytest.raises(TeacherCheckError, match="cannot change the channels"):
+        kdcore.distill(spec, tmp_path / "out", callbacks=steps)
+    assert steps.steps == 0

@@ -73,7 +73,9 @@ def validate_job(
     tenant: TenantDep,
     spec: Annotated[dict[str, Any], Body(description="a job spec")],
 ) -> ValidateOut:
-    _, errors, warnings = service.validate_spec(session, settings, tenant.id, spec)
+    parsed, errors, warnings = service.validate_spec(session, settings, tenant.id, spec)
+    if not errors:  # the teacher's score, where it is cheap to compute now
+        warnings += service.teacher_score_warnings(session, settings, tenant.id, parsed)
     return ValidateOut(
         valid=not errors,
         warnings=warnings,
