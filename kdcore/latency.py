@@ -22,7 +22,10 @@ import torch
 MIN_ROUNDS = 10
 MAX_ROUNDS = 200
 TIME_CAP_S = 1.0  # per batch size, all models together
-STEADY_SPREAD = 0.10  # stop early once every model's IQR is within 10% of its median
+STEADY_SPREAD = 0.10  # stop early once every model's IQR is within 10% of its median,
+SETTLE_ROUNDS = 30  # or, after this many rounds (the median of 30 is a fair estimate),
+SETTLED_SPREAD = 0.25  # within 25%
+FEWEST_ROUNDS = 3  # a model so slow that the cap comes first: at least this many
 # noisy at the end: an IQR over half the median, and over 50 us (below that the
 # timer's and Python's own jitter dominate, and no latency limit is that fine)
 NOISY_SPREAD = 0.5
@@ -50,21 +53,52 @@ def _spread(times: list[float]) -> tuple[float, float]:
     return median, q3 - q1
 
 
-def _steady(times: dict[str, list[float]]) -> bool:
-    return all(iqr <= STEADY_SPREAD * median for median, iqr in map(_spread, times.values()))
+def _steady(times: dict[str, list[float]], rounds: int) -> bool:
+    """Every model's spread small enough to stop: relative to its median, or under the
+    timer's own jitter for a model that runs in microseconds."""
+    spread = STEADY_SPREAD if rounds < SETTLE_ROUNDS else SETTLED_SPREAD
+    return all(
+        iqr <= max(spread * median, NOISY_FLOOR_MS / 2)
+        for median, iqr in map(_spread, times.values())
+    )
 
 
 def measure(forwards: dict[str, Forward], time_cap_s: float = TIME_CAP_S) -> dict[str, Any]:
     """Time each forward, interleaved, until steady or `time_cap_s`: per name its
     `median_ms`, `iqr_ms` and `runs`; then `noisy` (with `why`), `cores` and the median
     number of runnable tasks seen between rounds."""
+    times, tasks = _timed(forwards, time_cap_s)
+    out: dict[str, Any] = {}
+    why = []
+    for name, samples in times.items():
+        median, iqr = _spread(samples)
+        out[name] = {"median_ms": round(median, 4), "iqr_ms": round(iqr, 4), "runs": len(samples)}
+        if iqr > max(NOISY_SPREAD * median, NOISY_FLOOR_MS):
+            why.append(f"{name}'s spread (IQR {iqr:.3g} ms) is over half its median")
+        elif len(samples) < MIN_ROUNDS:
+            why.append(f"{name} ran {len(samples)} times in the {time_cap_s:g} s allowed")
+    cores = os.cpu_count() or 1
+    busy = statistics.median(tasks) if tasks else None
+    if busy is not None and busy > cores:
+        why.append(f"other work was running: {busy:g} runnable tasks on {cores} cores")
+    out.update(noisy=bool(why), cores=cores, runnable_tasks=busy)
+    if why:
+        out["why"] = "; ".join(why)
+    return out
+
+
+def _timed(
+    forwards: dict[str, Forward], time_cap_s: float
+) -> tuple[dict[str, list[float]], list[int]]:
+    """The rounds: each forward once a round, the order reversed every other round;
+    the milliseconds of each, and the runnable tasks seen after each round."""
+    times: dict[str, list[float]] = {name: [] for name in forwards}
+    tasks: list[int] = []
+    order = list(forwards.items())
     with torch.inference_mode():
         for run in forwards.values():
             for _ in range(WARMUP):
                 run()
-        times: dict[str, list[float]] = {name: [] for name in forwards}
-        tasks: list[int] = []
-        order = list(forwards.items())
         start = time.perf_counter()
         for r in range(MAX_ROUNDS):
             for name, run in order if r % 2 == 0 else order[::-1]:  # neither always first
@@ -74,23 +108,12 @@ def measure(forwards: dict[str, Forward], time_cap_s: float = TIME_CAP_S) -> dic
             seen = runnable_tasks()
             if seen is not None:
                 tasks.append(seen)
-            if r + 1 >= MIN_ROUNDS and (_steady(times) or time.perf_counter() - start > time_cap_s):
+            rounds, late = r + 1, time.perf_counter() - start > time_cap_s
+            if rounds >= MIN_ROUNDS and (late or _steady(times, rounds)):
                 break
-    out: dict[str, Any] = {}
-    why = []
-    for name, samples in times.items():
-        median, iqr = _spread(samples)
-        out[name] = {"median_ms": round(median, 4), "iqr_ms": round(iqr, 4), "runs": len(samples)}
-        if iqr > max(NOISY_SPREAD * median, NOISY_FLOOR_MS):
-            why.append(f"{name}'s spread (IQR {iqr:.3g} ms) is over half its median")
-    cores = os.cpu_count() or 1
-    busy = statistics.median(tasks) if tasks else None
-    if busy is not None and busy > cores:
-        why.append(f"other work was running: {busy:g} runnable tasks on {cores} cores")
-    out.update(noisy=bool(why), cores=cores, runnable_tasks=busy)
-    if why:
-        out["why"] = "; ".join(why)
-    return out
+            if late and rounds >= FEWEST_ROUNDS:  # too slow for MIN_ROUNDS: said in why
+                break
+    return times, tasks
 
 
 def model_forwards(

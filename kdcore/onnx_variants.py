@@ -84,7 +84,7 @@ def write_variants(files: dict[str, Path], formats: list[str], data: DataSplits)
 
 def _median_ms(run: Callable[[], Any]) -> float:
     """The median of kdcore.latency's repeated runs (warm-up, until steady or capped)."""
-    return float(measure({"export": run}, time_cap_s=1.0)["export"]["median_ms"])
+    return float(measure({"export": run}, time_cap_s=0.5)["export"]["median_ms"])
 
 
 def _measure(forward: Callable[[torch.Tensor], torch.Tensor], data: DataSplits) -> dict[str, Any]:

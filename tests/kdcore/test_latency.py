@@ -29,7 +29,7 @@ def test_models_are_timed_in_one_window_with_their_spread():
     window = latency.measure(latency.model_forwards(_models(), SHAPE, 1))
     for name in ("teacher", "student"):
         figures = window[name]
-        assert figures["runs"] >= latency.MIN_ROUNDS
+        assert figures["runs"] >= latency.MIN_ROUNDS or window["noisy"]
         assert figures["median_ms"] > 0 and figures["iqr_ms"] >= 0
     # interleaved: every round runs each model once
     assert window["teacher"]["runs"] == window["student"]["runs"]
