@@ -150,13 +150,18 @@ def run_sweep(
         done = {rec["trial"] for rec in sweep.records}  # finished before a crash
         todo = [(i, configs[c], c) for i, c in enumerate(survivors, index) if i not in done]
         index += len(survivors)
-        runnable = _record_excluded(sweep, todo, r, rung.epochs)
+        trials = _measured(sweep, todo, r, rung.epochs)
+        runnable = sum(not record["excluded_by"] for _, record in trials)
         # progress counts only trials that train: the excluded ones are out of every count
-        excluded = sum(rec["status"] == "excluded" and rec["rung"] == r for rec in sweep.records)
+        excluded = (
+            len(trials)
+            - runnable
+            + sum(rec["status"] == "excluded" and rec["rung"] == r for rec in sweep.records)
+        )
         later = [(x.epochs, min(x.keep, len(survivors) - excluded)) for x in plan[r + 1 :]]
         trained = sum(rec["status"] == "trained" for rec in sweep.records)
-        sweep.planned = trained + len(runnable) + sum(keep for _, keep in later)
-        _run_rung(sweep, runnable, sum(epochs * keep for epochs, keep in later))
+        sweep.planned = trained + runnable + sum(keep for _, keep in later)
+        _run_rung(sweep, trials, sum(epochs * keep for epochs, keep in later))
     report = _finish(sweep)
     if teacher_cache is None:
         shutil.rmtree(sweep.teacher_cache, ignore_errors=True)
@@ -237,12 +242,12 @@ def _trial_resume(sweep: _Sweep, trial: JobSpec, folder: Path) -> Path | None:
     return None
 
 
-def _record_excluded(
+def _measured(
     sweep: _Sweep, todo: list[tuple], rung: int, epochs: int
 ) -> list[tuple[JobSpec, dict[str, Any]]]:
-    """Each trial's spec and record; the ones whose architecture alone breaks a limit
-    are recorded as excluded here (never trained), the others returned to train."""
-    runnable = []
+    """Each trial's spec and record, in index order; a trial whose architecture alone
+    breaks a limit is marked excluded (never trained; recorded in its turn)."""
+    trials = []
     for index, params, config in todo:
         trial = parse_spec(trial_dict(sweep.spec, index, params, epochs))
         folder = sweep.out_dir / "trials" / f"{index:03d}"
@@ -250,21 +255,24 @@ def _record_excluded(
         if record["excluded_by"]:
             record.update(status="excluded", score=None, epochs_run=0)
             record[sweep.metric] = None
-            _recorded(sweep, record)
-        else:
-            runnable.append((trial, record))
-    return runnable
+        trials.append((trial, record))
+    return trials
 
 
 def _run_rung(
-    sweep: _Sweep, runnable: list[tuple[JobSpec, dict[str, Any]]], epochs_later: int
+    sweep: _Sweep, trials: list[tuple[JobSpec, dict[str, Any]]], epochs_later: int
 ) -> None:
-    """Train a rung's trials in index order, one after another; or `slots` at once
-    (sweep_parallel)."""
+    """Record the excluded trials and train the others, in index order, one after
+    another; or `slots` at once (sweep_parallel), the excluded ones recorded first."""
     runs = []
-    for n, (trial, record) in enumerate(runnable):
+    left = sum(not record["excluded_by"] for _, record in trials)
+    for trial, record in trials:
+        if record["excluded_by"]:
+            _recorded(sweep, record)
+            continue
+        left -= 1
         index, folder = record["trial"], sweep.out_dir / record["folder"]
-        after = record["epochs"] * (len(runnable) - n - 1) + epochs_later
+        after = record["epochs"] * left + epochs_later
         info = {"index": index, "of": sweep.planned, "rung": record["rung"]}
         callbacks = _TrialCallbacks(sweep, {**info, "params": record["params"]}, after)
         run = TrialRun(index, trial, folder, _trial_resume(sweep, trial, folder), callbacks)

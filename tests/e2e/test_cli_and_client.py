@@ -89,7 +89,7 @@ def test_cli_session_submit_watch_download_distil(served: Served) -> None:
     assert r.returncode == 0, r.stderr
     teacher_id = r.stdout.splitlines()[0].strip()
     assert teacher_id.startswith("job_")
-    assert "train epoch 2/2" in r.stdout and "acc " in r.stdout  # per-epoch progress lines
+    assert "student epoch 2/2" in r.stdout and "acc " in r.stdout  # per-epoch progress lines
     assert "succeeded" in r.stdout and "report" in r.stdout
 
     r = served.kd("jobs")
