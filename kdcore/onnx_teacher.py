@@ -85,9 +85,10 @@ PREPROCESSING_PROPS = ("kd.input_shape", "kd.mean", "kd.std", "kd.class_names")
 
 
 def read_preprocessing(path: str | Path) -> dict[str, Any]:
-    """The preprocessing an ONNX graph records, as student.json has it (`input_shape`,
-    `normalize`, `class_names`); `input_shape` from the graph's own input when every
-    dimension is fixed and the metadata has none. Empty for a file that is not ONNX."""
+    """The preprocessing an ONNX graph records in its metadata, as student.json has it
+    (`input_shape`, `normalize`, `class_names`). Empty for a file that is not ONNX. (A
+    graph's own fixed input dimensions are checked against the data, not taken: the
+    service compares them at submission.)"""
     model = _parse_if_onnx(Path(path))
     if model is None:
         return {}
@@ -100,18 +101,30 @@ def read_preprocessing(path: str | Path) -> dict[str, Any]:
             continue  # a value that is not JSON is not ours: ignored
     out: dict[str, Any] = {}
     shape = values.get("input_shape")
-    if shape is None:
-        weights = {t.name for t in model.graph.initializer}
-        inputs = [i for i in model.graph.input if i.name not in weights]
-        dims = _dims(inputs[0])[1:] if len(inputs) == 1 else []
-        shape = dims if len(dims) == 3 and all(isinstance(d, int) for d in dims) else None
-    if isinstance(shape, list):
+    if isinstance(shape, list) and len(shape) == 3 and all(_side(d) for d in shape):
         out["input_shape"] = shape
-    if isinstance(values.get("mean"), list) and isinstance(values.get("std"), list):
-        out["normalize"] = {"mean": values["mean"], "std": values["std"]}
-    if isinstance(values.get("class_names"), list):
-        out["class_names"] = values["class_names"]
+    mean, std = values.get("mean"), values.get("std")
+    if _statistics(mean) and isinstance(std, list) and _statistics(std) and min(std) > 0:
+        out["normalize"] = {"mean": mean, "std": std}
+    names = values.get("class_names")
+    if isinstance(names, list) and all(isinstance(n, str) and len(n) <= 200 for n in names):
+        out["class_names"] = names[:MAX_OUTPUTS]
     return out
+
+
+def _statistics(values: Any) -> bool:
+    """Per-channel statistics a graph may record: 1 to MAX_CHANNELS finite numbers."""
+    return (
+        isinstance(values, list)
+        and 1 <= len(values) <= MAX_CHANNELS
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        and all(math.isfinite(v) and abs(v) < 1e6 for v in values)
+    )
+
+
+def _side(dim: Any) -> bool:
+    """A dimension a recorded input shape may hold (the caps of an ONNX teacher's input)."""
+    return isinstance(dim, int) and not isinstance(dim, bool) and 1 <= dim <= MAX_IMAGE_SIDE
 
 
 def _load(path: Path) -> Any:

@@ -119,7 +119,10 @@ def inherit_preprocessing(spec: JobSpec) -> tuple[JobSpec, dict[str, Any]]:
         update["mean"], update["std"] = list(mean), list(std)
     if not update:
         return spec, {}
-    dataset = type(ds).model_validate({**ds.model_dump(), **update})
+    try:  # what a file records passes the spec's own checks, or is not taken
+        dataset = type(ds).model_validate({**ds.model_dump(), **update})
+    except ValueError:
+        return spec, {}
     return spec.model_copy(update={"dataset": dataset}), {"from": source, **update}
 
 

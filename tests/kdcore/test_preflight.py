@@ -181,3 +181,34 @@ def test_a_hugging_face_teacher_folder_of_other_channels_is_refused_in_words(tmp
     with pytest.raises(TeacherCheckError, match="cannot change the channels"):
         kdcore.distill(spec, tmp_path / "out", callbacks=steps)
     assert steps.steps == 0
+
+
+def test_hostile_onnx_metadata_is_ignored_not_trusted(teacher: Path, tmp_path):
+    """metadata_props come with an uploaded graph: values that are not JSON, not finite,
+    out of range, or of another form are not taken; a graph without them inherits
+    nothing (its own input dimensions are checked against the data, not taken)."""
+    import json
+
+    import onnx
+
+    from kdcore.onnx_teacher import read_preprocessing
+
+    graph = onnx.load(str(teacher.with_name("student.onnx")))
+    del graph.metadata_props[:]
+    plain = tmp_path / "plain.onnx"
+    onnx.save(graph, str(plain))
+    assert read_preprocessing(plain) == {}
+    hostile = {
+        "kd.input_shape": json.dumps([1, 100_000, 100_000]),
+        "kd.mean": "NaN-not-json",
+        "kd.std": json.dumps([0.0]),
+        "kd.class_names": json.dumps([{"x": 1}]),
+    }
+    onnx.helper.set_model_props(graph, hostile)
+    bad = tmp_path / "bad.onnx"
+    onnx.save(graph, str(bad))
+    assert read_preprocessing(bad) == {}
+    onnx.helper.set_model_props(graph, {"kd.mean": "[NaN]", "kd.std": "[1e30]"})
+    onnx.save(graph, str(bad))
+    assert read_preprocessing(bad) == {}
+    assert read_preprocessing(teacher) == {}  # not a graph: nothing
