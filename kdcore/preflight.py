@@ -6,9 +6,12 @@ another label order, the wrong checkpoint) still produces soft targets, and a jo
 distilling them "succeeds" with a student as bad as its teacher. Two things stop that:
 
 - A teacher that a `train` job made carries its preprocessing in `student.json` beside
-  its weights (`input_shape`, `normalize`). A distill job that names those weights and
-  does not set `dataset.image_size` / `mean` / `std` itself takes them from there
-  (`inherit_preprocessing`), and the report says so.
+  its weights (`input_shape`, `normalize`), an ONNX graph in its metadata_props
+  (`kd.input_shape`, `kd.mean`, `kd.std`: kdcore.onnx_teacher.read_preprocessing). A
+  distill job that names that teacher and does not set `dataset.image_size` / `mean` /
+  `std` itself takes them from there (`inherit_preprocessing`), and the report says so.
+  A teacher of other channels than the data (those records, or a Hugging Face folder's
+  `num_channels`) fails before its weights load (`load_for_teacher`).
 - The teacher is scored on up to 512 validation samples (`teacher_preflight`). Below
   1.5x chance accuracy (classification), or with an MSE above the targets' variance
   (regression, what predicting the mean scores), the job fails at once with the figures
@@ -29,7 +32,7 @@ from torch import nn
 
 from kdcore.errors import ChannelCountError, KDError, TeacherCheckError
 from kdcore.local_files import open_regular
-from kdcore.models.ecosystems import is_model_folder
+from kdcore.models.ecosystems import folder_members, is_model_folder
 from kdcore.onnx_teacher import read_preprocessing
 from kdcore.spec import JobSpec
 from kdcore.splits import DataSplits, Split
@@ -68,7 +71,6 @@ def _teacher_preprocessing(spec: JobSpec) -> tuple[dict[str, Any], str] | None:
 def _folder_channels(folder: Path) -> tuple[dict[str, Any], str] | None:
     """A Hugging Face image model folder's channels (config.json `num_channels`): checked
     against the dataset's, never inherited (the folder's config takes the dataset's size)."""
-    from kdcore.models.ecosystems import folder_members
 
     def config(_key: str, fh: Any, _name: str) -> Any:
         return json.loads(fh.read(MAX_RECORD_BYTES + 1)[:MAX_RECORD_BYTES])
