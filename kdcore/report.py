@@ -65,6 +65,24 @@ def _class_names(data: DataSplits) -> list[str]:
     return data.class_names or [str(c) for c in range(data.num_classes)]
 
 
+def _members(
+    members: Sequence[tuple[ModelSpec, nn.Module]],
+    data: DataSplits,
+    regression: bool,
+    device: torch.device,
+) -> list[dict[str, Any]]:
+    """report.teachers: each teacher of an ensemble on its own."""
+    return [
+        {
+            "arch": m_spec.label,
+            "weight": getattr(m_spec, "weight", 1.0),
+            **held_out_metrics(model, data.test, regression, device)[0],
+            "parameters": count_parameters(model),
+        }
+        for m_spec, model in members
+    ]
+
+
 def build_report(
     spec: JobSpec,
     device: torch.device,
@@ -122,15 +140,7 @@ def build_report(
         return report
     t_metrics, t_out = held_out_metrics(teacher, data.test, regression, device)
     if spec.teachers is not None:
-        report["teachers"] = [
-            {
-                "arch": m_spec.label,
-                "weight": getattr(m_spec, "weight", 1.0),
-                **held_out_metrics(model, data.test, regression, device)[0],
-                "parameters": count_parameters(model),
-            }
-            for m_spec, model in members
-        ]
+        report["teachers"] = _members(members, data, regression, device)
     t = report["teacher"] = {
         "arch": " + ".join(m_spec.label for m_spec, _ in members),
         **t_metrics,
