@@ -416,6 +416,8 @@ def test_a_sweep_page_shows_its_trials_front_exports_and_curves(
     ), curves
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(ARTIFACTS / "dashboard-sweep.png"))
+    browser.find_element(By.ID, "logout").click()  # the next test logs in afresh
+    wait_for(browser, "#login-form")
 
 
 def test_a_language_model_job_page_shows_perplexity(
