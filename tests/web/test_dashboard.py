@@ -83,6 +83,18 @@ def attribute(driver: WebDriver, css: str, name: str, timeout: float = 10) -> st
     return found["v"]
 
 
+def upload(url: str, key: str, name: str, content: bytes, purpose: str) -> httpx.Response:
+    """POST /v1/files as a client would; the answer, checked to be a 201."""
+    up = httpx.post(
+        f"{url}/v1/files",
+        files={"file": (name, content)},
+        data={"purpose": purpose},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert up.status_code == 201, up.text
+    return up
+
+
 def set_value(driver: WebDriver, field: str, value: str) -> None:
     element = driver.find_element(By.ID, field)
     element.clear()
@@ -344,13 +356,7 @@ def test_a_sweep_page_shows_its_trials_front_exports_and_curves(
         tmp_path / "teacher",
     )
     weights = (tmp_path / "teacher" / "student.safetensors").read_bytes()
-    up = httpx.post(
-        f"{url}/v1/files",
-        files={"file": ("sweep-teacher.safetensors", weights)},
-        data={"purpose": "checkpoint"},
-        headers=auth,
-    )
-    assert up.status_code == 201, up.text
+    up = upload(url, key, "sweep-teacher.safetensors", weights, "checkpoint")
     spec = {
         "name": "sweep-page",
         "kind": "distill",
@@ -428,13 +434,7 @@ def test_a_language_model_job_page_shows_perplexity(
     url, key = server
     auth = {"Authorization": f"Bearer {key}"}
     corpus = write_corpus(tmp_path / "corpus.txt", documents=60)
-    up = httpx.post(
-        f"{url}/v1/files",
-        files={"file": ("corpus.txt", corpus.read_bytes())},
-        data={"purpose": "dataset"},
-        headers=auth,
-    )
-    assert up.status_code == 201, up.text
+    up = upload(url, key, "corpus.txt", corpus.read_bytes(), "dataset")
     spec = {
         "name": "tiny-lm",
         "kind": "train",
