@@ -20,10 +20,14 @@ class Conflict(DomainError):
     """The object's state forbids it now (a job that already ended, a file in use)."""
 
 
+# the one wording of a 422: the fields' pointers and messages follow in `errors`
+INVALID = "the request is invalid"
+
+
 class Invalid(DomainError):
     """The request is wrong: (JSON pointer, message) for each field."""
 
-    def __init__(self, errors: list[tuple[str, str]], detail: str = "the request is invalid"):
+    def __init__(self, errors: list[tuple[str, str]], detail: str = INVALID):
         super().__init__(detail)
         self.errors = errors
 

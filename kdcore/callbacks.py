@@ -30,7 +30,10 @@ class Progress:
         return "baseline" if self.phase == "baseline" else "student"
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "model": self.model}
+        data = {**asdict(self), "model": self.model}
+        if self.tokens_per_s is not None:  # a text job has no image rate to report
+            del data["images_per_s"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Progress:

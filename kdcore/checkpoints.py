@@ -98,6 +98,12 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             "code inside it. Save the weights with safetensors "
             "(safetensors.torch.save_file(model.state_dict(), ...)) or torch.save(state_dict)"
         )
+    if not (_is_zip(path) or head[:1] == b"\x80"):  # torch.save writes a zip, or a pickle
+        from kdcore.input_files import CHECKPOINT_FORMATS
+
+        raise CheckpointError(
+            f"{path.name} is not a checkpoint kdcore reads; accepted: {CHECKPOINT_FORMATS}"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except pickle.UnpicklingError:

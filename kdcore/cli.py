@@ -72,12 +72,16 @@ def _count(text: str) -> int:
 
 def _run(args: argparse.Namespace, kind: str) -> int:
     from kdcore.entry import run
+    from kdcore.input_files import spec_file_problems
     from kdcore.validate import parse_spec
 
     data = _load_spec_file(args.spec)
     if isinstance(data, dict) and "kind" not in data:
         data = {**data, "kind": kind}
     spec = parse_spec(data)
+    problems = spec_file_problems(spec)
+    if problems:
+        raise SpecError(problems)
     if spec.kind != kind:
         raise SpecError([("/kind", f"this spec is a {spec.kind!r} job; run `kdcore {spec.kind}`")])
     keep = args.keep_checkpoints or None  # 0: keep every epoch's checkpoint
@@ -136,6 +140,8 @@ def _list(args: argparse.Namespace) -> int:
                 count = parameter_count(arch, args.classes, shape)
                 print(f"{arch}\t{count if count is not None else '-'}")
         else:
+            if name == "datasets":  # text sets are read by kdcore.text, not a registry
+                names = sorted({*names, "text"})
             print(f"{name}: {' '.join(names)}")
     if args.family in (None, "methods"):  # what a spec that leaves them unset gets
         from kdcore.text.losses import SEQUENCE_METHOD, TOKEN_METHODS
@@ -159,7 +165,7 @@ def _shape_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="the dataset's input shape: C H W (images) or D (vectors); default 3 32 32",
     )
-    p.add_argument("--classes", type=int, default=10, help="outputs (default 10)")
+    p.add_argument("--classes", type=int, default=10, metavar="N", help="outputs (default 10)")
 
 
 def _layers(args: argparse.Namespace) -> int:
@@ -199,9 +205,13 @@ def _hf_config(path: Path) -> Any:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from kdcore.input_files import spec_file_problems
     from kdcore.validate import parse_spec
 
     spec = parse_spec(_load_spec_file(args.spec))
+    problems = spec_file_problems(spec)
+    if problems:
+        raise SpecError(problems)
     print(f"ok: {spec.kind} job {spec.name!r}")
     return 0
 
@@ -213,8 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     for kind in ("distill", "train"):
         p = sub.add_parser(kind, help=f"run a {kind} job spec locally")
         p.add_argument("spec", help="job spec JSON (the service's schema)")
-        p.add_argument("--out", required=True, help="output folder")
-        p.add_argument("--resume", help="training checkpoint to resume from")
+        p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+        p.add_argument("--resume", metavar="CHECKPOINT", help="training checkpoint to resume from")
         p.add_argument(
             "--keep-checkpoints",
             type=_count,
@@ -240,28 +250,41 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.set_defaults(func=lambda a, k=kind: _run(a, k))
     p = sub.add_parser("export", help="write TorchScript/ONNX from a student folder")
-    p.add_argument("dir", help="folder with student.json and student.safetensors")
+    p.add_argument("dir", help="folder with student.json and student.safetensors (a job's out)")
     p.add_argument(
         "--formats",
         nargs="+",
         default=["torchscript", "onnx"],
         choices=list(EXPORT_FORMATS),
+        metavar="FORMAT",
+        help=f"one or more of {', '.join(EXPORT_FORMATS)} (default: torchscript onnx)",
     )
-    p.add_argument("--out", help="output folder (default: the input folder)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: the input folder)")
     p.set_defaults(func=_export)
     p = sub.add_parser("list", help="list architectures, datasets and methods")
-    p.add_argument("family", nargs="?", choices=["models", "datasets", "methods"])
-    p.add_argument("--match", help="only names matching this glob, e.g. 'timm:resnet*'")
+    p.add_argument(
+        "family",
+        nargs="?",
+        choices=["models", "datasets", "methods"],
+        help="list only this family (default: all three)",
+    )
+    p.add_argument(
+        "--match", metavar="GLOB", help="only names matching this glob, e.g. 'timm:resnet*'"
+    )
     p.add_argument("--params", action="store_true", help="models: parameter counts")
     _shape_arguments(p)
     p.set_defaults(func=_list)
     p = sub.add_parser("layers", help="the layers of an architecture, with output shapes")
     p.add_argument("arch", help="a registry name, timm:<name> or hf:<Class>")
-    p.add_argument("--config", help="hf:<Class>: its config.json (or a model folder's)")
+    p.add_argument(
+        "--config", metavar="PATH", help="hf:<Class>: its config.json (or a model folder's)"
+    )
     _shape_arguments(p)
     p.set_defaults(func=_layers)
-    p = sub.add_parser("validate", help="check a spec without running it")
-    p.add_argument("spec")
+    p = sub.add_parser(
+        "validate", help="check a spec and the local files it names, without running it"
+    )
+    p.add_argument("spec", help="job spec JSON (the service's schema)")
     p.set_defaults(func=_validate)
     return parser
 

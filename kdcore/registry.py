@@ -7,28 +7,26 @@ the user what would have worked.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
+
+from kdcore.suggest import did_you_mean
 
 T = TypeVar("T")
 
 
 class UnknownNameError(KeyError):
-    def __init__(self, family: str, name: str, choices: list[str]):
+    def __init__(self, family: str, name: str, choices: list[str], listed_by: str = ""):
         self.family, self.name, self.choices = family, name, choices
-        close = difflib.get_close_matches(name, choices, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        shown = ", ".join(choices[:40]) + (" ..." if len(choices) > 40 else "")
-        super().__init__(f"unknown {family} {name!r}.{hint} Choices: {shown}")
+        super().__init__(f"unknown {family} {name!r}.{did_you_mean(name, choices, listed_by)}")
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain
         return str(self.args[0])
 
 
 class Registry(Generic[T]):
-    def __init__(self, family: str):
-        self.family = family
+    def __init__(self, family: str, listed_by: str = ""):
+        self.family, self.listed_by = family, listed_by
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -50,7 +48,7 @@ class Registry(Generic[T]):
             raise self.unknown(name) from None
 
     def unknown(self, name: str) -> UnknownNameError:
-        return UnknownNameError(self.family, name, self.names())
+        return UnknownNameError(self.family, name, self.names(), self.listed_by)
 
     def names(self) -> list[str]:
         return sorted(self._items)

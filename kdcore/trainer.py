@@ -366,7 +366,8 @@ def _progress(
         lr_at(min(step, run.total_steps - 1), run.total_steps, run.steps_per_epoch, tr),
         losses or {},
         metrics or {},
-        clock.rate(),
+        # at an epoch's end its own rate (the window restarts with each epoch)
+        (metrics or {}).get("images_per_s", clock.rate()),
         clock.eta(step, run.total_steps),
         result.train_time_s + (time.perf_counter() - clock.start),
     )

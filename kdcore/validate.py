@@ -15,6 +15,7 @@ from kdcore.losses import LOSSES
 from kdcore.models import is_known, unknown_arch
 from kdcore.models.ecosystems import HF, check_hf_config
 from kdcore.spec import TEXT_TASKS, JobSpec, ModelSpec
+from kdcore.suggest import unknown_field
 
 
 def _pointer(loc: tuple[Any, ...]) -> str:
@@ -30,6 +31,10 @@ def parse_spec(data: Any) -> JobSpec:
         for e in exc.errors():
             loc = tuple(p for p in e["loc"] if not str(p).startswith("function-"))
             msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "extra_forbidden" and loc:
+                msg = unknown_field(JobSpec, loc)
+            elif e["type"] == "model_type" and not loc:
+                msg = "a job spec is a JSON object"
             errors.append((_pointer(loc), msg))
         raise SpecError(errors) from None
     problems = validate_names(spec)

@@ -11,9 +11,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import (
+    INVALID,
     Conflict,
     DomainError,
     Invalid,
@@ -22,6 +24,7 @@ from app.errors import (
     ProblemError,
     TooLarge,
 )
+from kdcore.suggest import unknown_field
 
 log = logging.getLogger("kd.api")
 PROBLEM = "application/problem+json"
@@ -72,6 +75,42 @@ def _pointer(loc: tuple[Any, ...] | list[Any]) -> str:
     return "/" + "/".join(parts)
 
 
+def _message(request: Request, exc: RequestValidationError, error: dict[str, Any]) -> str:
+    """pydantic's message, with what the user needs to fix it: where broken JSON breaks,
+    the header a body without `Content-Type: application/json` lacks, the closest names
+    to an unknown field."""
+    kind, loc = error.get("type", ""), tuple(error.get("loc", ()))
+    message = str(error.get("msg", "invalid"))
+    if kind == "json_invalid":
+        doc = exc.body if isinstance(exc.body, str) else ""
+        at = int(loc[-1]) if loc and isinstance(loc[-1], int) else 0
+        line, column = doc.count("\n", 0, at) + 1, at - (doc.rfind("\n", 0, at) + 1) + 1
+        reason = (error.get("ctx") or {}).get("error", "JSON decode error")
+        return f"the body is not valid JSON: {reason} at line {line}, column {column}"
+    body_root = loc == ("body",)
+    content_type = request.headers.get("content-type", "")
+    if body_root and "json" not in content_type and kind in ("dict_type", "model_attributes_type"):
+        sent = f"as {content_type.split(';')[0]}" if content_type else "without a Content-Type"
+        return (
+            f"{message}: the body was sent {sent}; send the JSON with the header "
+            "`Content-Type: application/json` (curl: -H 'Content-Type: application/json')"
+        )
+    if kind == "extra_forbidden" and loc and loc[0] == "body":
+        model = _body_model(request)
+        if model is not None:
+            return unknown_field(model, loc[1:])
+    return message
+
+
+def _body_model(request: Request) -> type[BaseModel] | None:
+    route = request.scope.get("route")
+    field = getattr(route, "body_field", None)
+    annotation = getattr(getattr(field, "field_info", None), "annotation", None)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
 def _allowed_methods(app: FastAPI, path: str) -> list[str]:
     """Every method documented for `path` across routes (Starlette lists only one route's).
     A literal path (`/v1/jobs/validate`) wins over a template (`/v1/jobs/{job_id}`)."""
@@ -97,12 +136,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"loc": _pointer(e.get("loc", ())), "msg": e.get("msg", "invalid")}
+            {"loc": _pointer(e.get("loc", ())), "msg": _message(request, exc, e)}
             for e in exc.errors()
         ]
+        for e in errors:
+            if e["loc"].startswith("/") and e["msg"].startswith("the body is not valid JSON"):
+                e["loc"] = "/"  # pydantic puts the character position where a field goes
         return problem_response(
-            ProblemError(422, "Unprocessable Content", "the request is invalid", errors=errors),
-            request,
+            ProblemError(422, "Unprocessable Content", INVALID, errors=errors), request
         )
 
     @app.exception_handler(StarletteHTTPException)

@@ -22,45 +22,15 @@ PURPOSES = ("checkpoint", "dataset")
 
 
 def check_content(path: Path, filename: str, purpose: str, settings: Settings) -> None:
-    """Refuse files kdcore could not use safely, with the reason. Nothing is unpickled,
-    nothing is inflated into memory, and no message quotes the file's bytes."""
-    from kdcore.archives import archive_cap, check_archive, inspect_npz
-    from kdcore.data import check_npz_arrays
+    """Refuse files kdcore could not use safely, with the reason (kdcore.input_files)."""
     from kdcore.errors import KDError
-    from kdcore.records import MAX_RECORDS
+    from kdcore.input_files import check_input_file
 
     try:
-        if purpose == "checkpoint":
-            _check_checkpoint(path, settings)
-        elif filename.lower().endswith((".txt", ".jsonl")):  # a text set (kdcore.text)
-            from kdcore.text.data import check_text_file
-
-            check_text_file(path, filename)
-        elif filename.endswith(".npz"):
-            check_npz_arrays(inspect_npz(path, settings.max_archive_unpacked_bytes))
-        else:
-            # a set streamed from disk may be large (kdcore.streaming): a tar of up to
-            # 10 million images, unpacking to no more than about its own size
-            cap = archive_cap(path, settings.max_archive_unpacked_bytes)
-            check_archive(path, max_files=MAX_RECORDS, max_bytes=cap)
+        check_input_file(path, filename, purpose, settings.max_archive_unpacked_bytes)
     except KDError as exc:
         message = str(exc).replace(path.name, filename)  # never show our temp file's name
         raise Invalid([("/file", message)], message) from None
-
-
-def _check_checkpoint(path: Path, settings: Settings) -> None:
-    """A checkpoint upload is a teacher graph (ONNX), a model folder (Hugging Face) or
-    weights; each is checked the way kdcore will read it."""
-    from kdcore.checkpoints import read_state_dict
-    from kdcore.models.ecosystems import check_hf_folder, is_model_folder
-    from kdcore.onnx_teacher import read_onnx
-
-    if read_onnx(path) is not None:  # parsed once: standard operators, no external data, caps
-        return
-    if is_model_folder(path):
-        check_hf_folder(path, settings.max_archive_unpacked_bytes)
-        return
-    read_state_dict(path)
 
 
 def store_upload(
@@ -103,12 +73,21 @@ def get_file(session: Session, tenant_id: str, file_id: str) -> File:
 
 
 def list_files(
-    session: Session, tenant_id: str, limit: int, after: str | None, purpose: str | None = None
+    session: Session,
+    tenant_id: str,
+    limit: int,
+    after: str | None,
+    purpose: str | None = None,
+    sha256: str | None = None,
 ) -> tuple[list[File], bool]:
+    """A page of the tenant's files, newest first; `sha256` finds the copies of one
+    file's content (a client uploads a file once: `kd submit`)."""
     cursor = get_file(session, tenant_id, after) if after else None
     stmt = select(File).where(File.tenant_id == tenant_id)
     if purpose is not None:
         stmt = stmt.where(File.purpose == purpose)
+    if sha256 is not None:
+        stmt = stmt.where(File.sha256 == sha256)
     return page_newest_first(session, stmt, File, cursor, limit)
 
 
@@ -130,19 +109,29 @@ def _references(spec: dict) -> set[str]:
     return {r for r in refs if r}
 
 
+# a job's artifacts that serve as another job's inputs, by the end of their names: weights,
+# graphs and model folders as checkpoints (a teacher, a student's start), the teacher's
+# generations as a text set
+ARTIFACT_INPUTS = {
+    "checkpoint": (".safetensors", ".onnx", "_hf.zip"),
+    "dataset": (".jsonl", ".txt"),
+}
+
+
 def resolve_reference(session: Session, tenant_id: str, ref: str, purpose: str) -> str | None:
     """The storage location behind a file or artifact id of this tenant usable for
     `purpose` (a path, or an s3:// URL: see app.storage); None if there is none.
 
     A file is used only for the purpose it was uploaded and checked for: a dataset
-    upload never becomes a checkpoint. Of a job's artifacts only the safetensors
-    weights serve as a checkpoint."""
+    upload never becomes a checkpoint. An artifact serves where its kind fits
+    (ARTIFACT_INPUTS)."""
     if ref.startswith("file_"):
         row = get_owned(session, File, tenant_id, ref)
         return str(row.path) if row is not None and row.purpose == purpose else None
-    if ref.startswith("art_") and purpose == "checkpoint":
+    if ref.startswith("art_"):
         art = get_owned(session, Artifact, tenant_id, ref)
-        return str(art.path) if art is not None and art.name.endswith(".safetensors") else None
+        fits = art is not None and art.name.endswith(ARTIFACT_INPUTS.get(purpose, ()))
+        return str(art.path) if art is not None and fits else None
     return None
 
 
@@ -155,11 +144,16 @@ def describe_reference(session: Session, tenant_id: str, ref: str, purpose: str)
                 f"file {ref!r} was uploaded with purpose {row.purpose!r}; "
                 f"upload it again with purpose {purpose!r}"
             )
+    kinds = " or ".join(f"*{end}" for end in ARTIFACT_INPUTS.get(purpose, ()))
     if ref.startswith("art_"):
         art = get_owned(session, Artifact, tenant_id, ref)
         if art is not None:
-            return f"artifact {ref!r} ({art.name}) cannot be used as a {purpose}"
-    hint = "upload one with POST /v1/files" + (
-        " or use a job's safetensors artifact id" if purpose == "checkpoint" else ""
+            return (
+                f"artifact {ref!r} ({art.name}) cannot be used as a {purpose}: a {purpose} "
+                f"is a job's {kinds} artifact, or a file uploaded with purpose {purpose!r}"
+            )
+    return (
+        f"no file or artifact {ref!r}: upload one (`kd files upload PATH --purpose "
+        f"{purpose}`, POST /v1/files) and give its file_... id, or give a job's {kinds} "
+        "artifact id (GET /v1/jobs/{id}/artifacts)"
     )
-    return f"no file or artifact {ref!r}; {hint}"

@@ -254,7 +254,7 @@ def _model_folders(
     folder is sized by the model it will build; errors for folders that cannot be read."""
     from kdcore.cost import FolderSizing
     from kdcore.errors import KDError
-    from kdcore.models.ecosystems import is_model_folder
+    from kdcore.models.ecosystems import HF, is_model_folder
     from kdcore.text.models import read_folder_sizing
 
     folders, errors = {}, []
@@ -266,6 +266,10 @@ def _model_folders(
             continue
         local = storage.local_copy(settings, path)
         if not is_model_folder(local):
+            if model.arch.startswith(HF) and model.config is None:
+                errors.append(
+                    (f"{pointer}/checkpoint", _bare_weights(model.arch, model.checkpoint))
+                )
             continue
         try:
             config, vocab = read_folder_sizing(local)
@@ -274,6 +278,14 @@ def _model_folders(
             continue
         folders[pointer] = FolderSizing(config, vocab)
     return folders, errors
+
+
+def _bare_weights(arch: str, ref: str) -> str:
+    return (
+        f"{arch} with no config needs a model folder (a zip of config.json + "
+        f"model.safetensors [+ tokenizer.json], such as a job's student_hf.zip artifact); "
+        f"{ref} holds weights only: give the folder, or the model's `config` beside them"
+    )
 
 
 def _check_weights_fit(
@@ -407,7 +419,7 @@ def create_job(
             return Submission(None, replay, digest)
     spec, errors, _ = validate_spec(session, settings, tenant_id, data)
     if errors:
-        raise Invalid(errors, "the job spec is invalid")
+        raise Invalid(errors)
     quotas.check_submission(session, settings, tenant_id, spec.priority)
     job = _insert_job(session, settings, tenant_id, spec.model_dump(mode="json"))
     return Submission(job, None, digest)

@@ -18,7 +18,9 @@ from kdcore.models.wrn import WIDE_RESNETS, WideResNet
 from kdcore.registry import Registry
 
 ModelBuilder = Callable[[int, tuple[int, ...]], nn.Module]
-MODELS: Registry[ModelBuilder] = Registry("architecture")
+MODELS: Registry[ModelBuilder] = Registry(
+    "architecture", "`kdcore list models`, GET /v1/capabilities"
+)
 
 
 def _image_channels(input_shape: tuple[int, ...], arch: str) -> int:

@@ -26,6 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: `-w, --watch  follow ...`, no <bool> type labels
 )
 client_commands.register(app)
 server.register(app)

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from kdservice.cli import render
+from kdservice.cli import local_files, render
 from kdservice.client import Client, Job
 from kdservice.client._core import PARTS_ABOVE, load_spec
 from kdservice.client.config import resolve, write_config
@@ -20,8 +20,11 @@ from kdservice.client.config import resolve, write_config
 console = Console() if sys.stdout.isatty() else Console(width=160)
 err_console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=160)
 files_app = typer.Typer(
-    help="Upload and list files (teacher checkpoints, datasets).", no_args_is_help=True
+    help="Upload, list and delete files (teacher checkpoints, datasets).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
+STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 
 
 class CLIError(Exception):
@@ -59,10 +62,10 @@ def global_options(
         ),
     ] = False,
     url: Annotated[
-        str | None, typer.Option(help="service URL (KD_URL)", show_default=False)
+        str | None, typer.Option(metavar="URL", help="service URL (KD_URL)", show_default=False)
     ] = None,
     key: Annotated[
-        str | None, typer.Option(help="API key (KD_API_KEY)", show_default=False)
+        str | None, typer.Option(metavar="KEY", help="API key (KD_API_KEY)", show_default=False)
     ] = None,
 ) -> None:
     """Knowledge distillation as a service: submit and watch jobs, run the service."""
@@ -71,8 +74,13 @@ def global_options(
 
 def login(
     ctx: typer.Context,
-    url: Annotated[str | None, typer.Option(help="service URL")] = None,
-    key: Annotated[str | None, typer.Option(help="API key (asked for if not given)")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(metavar="URL", help="service URL (default: the embedded one)"),
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option(metavar="KEY", help="API key (asked for if not given)")
+    ] = None,
 ) -> None:
     """Check a key against the service and save URL and key for later commands."""
     base = url or (ctx.obj or (None, None))[0] or resolve().url
@@ -83,30 +91,29 @@ def login(
     err_console.print(f"logged in to {client.base_url} as tenant {tenant['name']!r} ({path})")
 
 
-def _upload_local_references(client: Client, spec: dict[str, Any], spec_dir: Path) -> None:
-    """A spec written for `kdcore` names local files; upload them and use their ids."""
-    from kdcore.spec import model_entries  # pydantic only; kept out of `kd --help`
-
-    def local(value: Any) -> Path | None:
-        if not isinstance(value, str) or value.startswith(("file_", "art_")):
-            return None
-        for candidate in (Path(value), spec_dir / value):
-            if candidate.is_file():
-                return candidate
-        return None
-
-    for _, model in model_entries(spec):
-        path = local(model.get("checkpoint"))
-        if path is not None:
-            info = client.upload(path, "checkpoint")
-            model["checkpoint"] = info.id
-            err_console.print(f"uploaded {path} as {info.id}")
-    dataset = spec.get("dataset")
-    path = local(dataset.get("path")) if isinstance(dataset, dict) else None
-    if isinstance(dataset, dict) and path is not None:
-        info = client.upload(path, "dataset")
-        dataset["path"] = info.id
-        err_console.print(f"uploaded {path} as {info.id}")
+def _prepare(client: Client, spec: dict[str, Any], spec_dir: Path) -> None:
+    """A spec written for `kdcore` names local files: check them and the rest of the spec
+    first, then upload each file the service does not hold yet, and put the ids in."""
+    try:
+        files = local_files.find(spec, spec_dir)
+        local_files.check(files)
+    except local_files.LocalFileError as exc:
+        raise CLIError(f"the spec is invalid: {exc}") from None
+    missing = local_files.already_there(client, spec, files)
+    for f in files:
+        if f not in missing:
+            err_console.print(f"{f.path}: already uploaded (same sha256), reused")
+    verdict = client.validate(spec)
+    errors = local_files.problems_besides(verdict.errors, missing)
+    if errors:
+        shown = "; ".join(f"{loc}: {msg}" for loc, msg in errors)
+        raise CLIError(f"the spec is invalid (nothing was uploaded or submitted): {shown}")
+    for warning in verdict.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}")
+    for f in missing:
+        info = client.upload(f.path, f.purpose)
+        f.put(spec, info.id)
+        err_console.print(f"uploaded {f.path} as {info.id}")
 
 
 def _follow(client: Client, job_id: str) -> int:
@@ -141,15 +148,25 @@ def apply_overrides(spec: dict[str, Any], overrides: list[str]) -> None:
 
 def submit(
     ctx: typer.Context,
-    spec_file: Annotated[Path, typer.Argument(help="job spec (.json, .yaml or .yml)")],
+    spec_file: Annotated[
+        Path, typer.Argument(metavar="SPEC_FILE", help="job spec (.json, .yaml or .yml)")
+    ],
     watch: Annotated[bool, typer.Option("--watch", "-w", help="follow the job to its end")] = False,
-    name: Annotated[str | None, typer.Option(help="override the spec's name")] = None,
+    name: Annotated[
+        str | None, typer.Option(metavar="NAME", help="override the spec's name")
+    ] = None,
     overrides: Annotated[
         list[str] | None,
-        typer.Option("--set", help="override a field, e.g. --set training.epochs=2"),
+        typer.Option(
+            "--set",
+            metavar="FIELD=VALUE",
+            help="override a field, e.g. --set training.epochs=2 (repeatable; VALUE is "
+            "read as JSON, else as text)",
+        ),
     ] = None,
 ) -> None:
-    """Submit a job; local files the spec names are uploaded first."""
+    """Submit a job. The spec is validated first; the local files it names are checked,
+    then uploaded once each (a file the service already holds, by sha256, is reused)."""
     try:
         spec = load_spec(spec_file)
     except FileNotFoundError:
@@ -160,7 +177,7 @@ def submit(
     if name:
         spec["name"] = name
     with _client(ctx) as client:
-        _upload_local_references(client, spec, spec_file.parent)
+        _prepare(client, spec, spec_file.parent)
         job = client.submit(spec)
         where = f", position {job.queue_position} in the queue" if job.queue_position else ""
         print(job.id)
@@ -171,9 +188,16 @@ def submit(
 
 def jobs(
     ctx: typer.Context,
-    status: Annotated[str | None, typer.Option(help="only jobs in this status")] = None,
-    name: Annotated[str | None, typer.Option(help="only jobs whose name contains this")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=200)] = 20,
+    status: Annotated[
+        str | None,
+        typer.Option(metavar="STATUS", help=f"only jobs in this status: {', '.join(STATUSES)}"),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(metavar="TEXT", help="only jobs whose name contains this")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(metavar="N", min=1, max=200, help="at most N jobs (1-200)")
+    ] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """List jobs, newest first."""
@@ -187,7 +211,7 @@ def jobs(
 
 def show(
     ctx: typer.Context,
-    job_id: str,
+    job_id: Annotated[str, typer.Argument(metavar="JOB_ID", help="the job (job_...)")],
     as_json: Annotated[bool, typer.Option("--json", help="print the job as JSON")] = False,
 ) -> None:
     """Show a job: status, progress, timeline and report."""
@@ -199,7 +223,10 @@ def show(
         console.print(render.job_details(job))
 
 
-def watch(ctx: typer.Context, job_id: str) -> None:
+def watch(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="JOB_ID", help="the job (job_...)")],
+) -> None:
     """Follow a job live (epoch, loss terms, accuracy, images/s, ETA) until it ends,
     then print its report. Exit code 1 if it did not succeed."""
     with _client(ctx) as client:
@@ -208,8 +235,10 @@ def watch(ctx: typer.Context, job_id: str) -> None:
 
 def events(
     ctx: typer.Context,
-    job_id: str,
-    after: Annotated[int, typer.Option(min=0, help="events after this sequence number")] = 0,
+    job_id: Annotated[str, typer.Argument(metavar="JOB_ID", help="the job (job_...)")],
+    after: Annotated[
+        int, typer.Option(metavar="SEQ", min=0, help="events after this sequence number")
+    ] = 0,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="stream until the job ends")
     ] = False,
@@ -229,7 +258,10 @@ def events(
             after = page.next_after
 
 
-def cancel(ctx: typer.Context, job_id: str) -> None:
+def cancel(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="JOB_ID", help="the job (job_...)")],
+) -> None:
     """Cancel a queued or running job."""
     with _client(ctx) as client:
         job = client.cancel(job_id)
@@ -238,11 +270,13 @@ def cancel(ctx: typer.Context, job_id: str) -> None:
 
 def retry(
     ctx: typer.Context,
-    job_id: str,
+    job_id: Annotated[str, typer.Argument(metavar="JOB_ID", help="the job (job_...)")],
     from_checkpoint: Annotated[
         bool, typer.Option("--from-checkpoint", help="resume from its newest checkpoint")
     ] = False,
-    watch: Annotated[bool, typer.Option("--watch", "-w")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="follow the new job to its end")
+    ] = False,
 ) -> None:
     """Run a failed or cancelled job again as a new job."""
     with _client(ctx) as client:
@@ -253,11 +287,18 @@ def retry(
             _follow(client, job.id)
 
 
-def _artifact_names(job: Job, fmt: str, formats: list[str]) -> list[str]:
+def _artifact_names(job: Job, fmt: str | None, formats: list[str]) -> list[str]:
+    """The artifacts `kd download` fetches: the student in `fmt`, by default its weights
+    (image jobs: student.safetensors + student.json) or its model folder (language
+    models: student_hf.zip, which transformers and a later job's teacher take)."""
     files = (job.report or {}).get("files") or {}
+    if fmt is None:
+        fmt = "hf_zip" if "hf_zip" in files else "safetensors"
     if fmt not in files:
+        have = sorted(k for k in files if k in (*formats, "hf_zip"))
         raise CLIError(
-            f"job {job.id} has no {fmt} export; it has {sorted(k for k in files if k in formats)}"
+            f"job {job.id} has no {fmt} export; it has {', '.join(have) or 'none'} "
+            "(--format FORMAT picks one, --all downloads every artifact)"
         )
     names = [files[fmt]["name"]]
     if fmt == "safetensors" and "student.json" not in names:
@@ -267,23 +308,29 @@ def _artifact_names(job: Job, fmt: str, formats: list[str]) -> list[str]:
 
 def download(
     ctx: typer.Context,
-    job_id: str,
+    job_id: Annotated[str, typer.Argument(metavar="JOB_ID", help="the job (job_...)")],
     fmt: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--format",
             "-f",
-            help="an export format: safetensors, torchscript, onnx, onnx_fp16, onnx_int8",
+            metavar="FORMAT",
+            help="an export: safetensors, torchscript, onnx, onnx_fp16, onnx_int8, or hf_zip "
+            "(a language model's folder); default: the job's student (safetensors + "
+            "student.json, or student_hf.zip)",
+            show_default=False,
         ),
-    ] = "safetensors",
-    out: Annotated[Path, typer.Option("--out", "-o", help="folder to write to")] = Path("."),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="DIR", help="folder to write to")
+    ] = Path("."),
     everything: Annotated[bool, typer.Option("--all", help="every artifact of the job")] = False,
 ) -> None:
     """Download a job's distilled student (resumes a partial download, checks sha256)."""
     with _client(ctx) as client:
         formats = list(client.capabilities()["export_formats"])  # the server's list
-        if fmt not in formats:
-            raise CLIError(f"--format must be one of {', '.join(formats)}")
+        if fmt is not None and fmt not in (*formats, "hf_zip"):
+            raise CLIError(f"--format must be one of {', '.join([*formats, 'hf_zip'])}")
         job = client.get(job_id)
         if job.status != "succeeded":
             raise CLIError(f"job {job.id} is {job.status}; outputs exist once it succeeds")
@@ -295,8 +342,15 @@ def download(
 @files_app.command("upload")
 def files_upload(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
-    purpose: Annotated[str, typer.Option(help="checkpoint or dataset")] = "checkpoint",
+    path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="PATH", exists=True, dir_okay=False, readable=True, help="the file to send"
+        ),
+    ],
+    purpose: Annotated[
+        str, typer.Option(metavar="PURPOSE", help="checkpoint or dataset")
+    ] = "checkpoint",
     parts: Annotated[
         bool, typer.Option("--parts", help="send in parts (resumable) whatever the size")
     ] = False,
@@ -321,11 +375,38 @@ def files_upload(
 
 
 @files_app.command("list")
-def files_list(ctx: typer.Context) -> None:
-    """List uploaded files."""
+def files_list(
+    ctx: typer.Context,
+    purpose: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PURPOSE", help="only checkpoint or dataset files", show_default=False
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(metavar="N", min=1, max=200, help="at most N files")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """List uploaded files, newest first."""
+    if purpose not in (None, "checkpoint", "dataset"):
+        raise CLIError(f"--purpose must be checkpoint or dataset, not {purpose!r}")
     with _client(ctx) as client:
-        for f in client.files(200):
-            print(f"{f.id}\t{f.purpose}\t{f.bytes}\t{f.filename}\t{f.created_at}")
+        found = client.files(limit, purpose)
+    if as_json:
+        print(json.dumps([f.model_dump() for f in found], indent=2))
+    else:
+        console.print(render.files_table(found))
+
+
+@files_app.command("delete")
+def files_delete(
+    ctx: typer.Context,
+    file_ids: Annotated[list[str], typer.Argument(metavar="FILE_ID...", help="files to delete")],
+) -> None:
+    """Delete uploaded files (refused for a file an active job uses)."""
+    with _client(ctx) as client:
+        for file_id in file_ids:
+            client.delete_file(file_id)
+            err_console.print(f"deleted {file_id}")
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from rich.table import Table
 from rich.text import Text
 
-from kdservice.client import Event, Job
+from kdservice.client import Event, FileInfo, Job
 
 STATUS_STYLE = {
     "queued": "grey62",
@@ -57,7 +57,31 @@ def jobs_table(jobs: list[Job]) -> Table:
             status_text(job.status),
             f"{100 * fraction:.0f}%" if fraction is not None else "-",
             quality(job),
-            job.created_at[:19].replace("T", " "),
+            local_time(job.created_at),
+        )
+    return table
+
+
+def local_time(stamp: str) -> str:
+    """An ISO timestamp from the service (UTC) in this machine's time zone, named."""
+    from datetime import datetime
+
+    try:
+        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return stamp
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def files_table(files: list[FileInfo]) -> Table:
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("ID", "PURPOSE", "BYTES", "SHA256", "NAME", "CREATED"):
+        table.add_column(
+            column, no_wrap=column != "NAME", justify="right" if column == "BYTES" else "left"
+        )
+    for f in files:
+        table.add_row(
+            f.id, f.purpose, f"{f.bytes:,}", f.sha256[:12], f.filename, local_time(f.created_at)
         )
     return table
 
@@ -222,7 +246,7 @@ def gate_table(gate: dict[str, Any]) -> Table:
 def outcome(job: Job) -> str:
     """What happened to a job that did not succeed, in one line: who ended it, when, why."""
     ended = next((t for t in reversed(job.status_transitions) if t.to_status == job.status), None)
-    at = f" at {ended.at[:19].replace('T', ' ')} UTC" if ended else ""
+    at = f" at {local_time(ended.at)}" if ended else ""
     if job.status == "cancelled":
         why = f" ({ended.reason})" if ended and ended.reason else ""
         return f"job {job.id} was cancelled by request{at}{why}"

@@ -21,7 +21,9 @@ def get_settings() -> Settings:
     return settings_from_environment()
 
 
-keys_app = typer.Typer(help="Manage API keys (run on the service's host).", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Manage API keys (run on the service's host).", no_args_is_help=True, rich_markup_mode=None
+)
 
 
 def database_url(settings: Settings) -> str:
@@ -84,10 +86,15 @@ def served_app() -> Any:
 
 
 def serve(
-    host: Annotated[str | None, typer.Option(help="listen address (KD_HOST)")] = None,
-    port: Annotated[int | None, typer.Option(help="listen port (KD_PORT)")] = None,
+    host: Annotated[
+        str | None, typer.Option(metavar="HOST", help="listen address (KD_HOST)")
+    ] = None,
+    port: Annotated[int | None, typer.Option(metavar="PORT", help="listen port (KD_PORT)")] = None,
     workers: Annotated[
-        int, typer.Option(min=1, max=64, help="API processes (needs KD_BROKER_URL when > 1)")
+        int,
+        typer.Option(
+            metavar="N", min=1, max=64, help="API processes (needs KD_BROKER_URL when > 1)"
+        ),
     ] = 1,
 ) -> None:
     """Run the API (and, with no broker configured, the local executor)."""
@@ -135,15 +142,16 @@ def serve(
 
 
 def worker(
-    loglevel: Annotated[str, typer.Option(help="Celery's log level")] = "warning",
-    hostname: Annotated[str, typer.Option(help="Celery node name")] = (
+    loglevel: Annotated[str, typer.Option(metavar="LEVEL", help="Celery's log level")] = "warning",
+    hostname: Annotated[str, typer.Option(metavar="NAME", help="Celery node name")] = (
         f"kd@{os.uname().nodename}-{os.getpid()}"
     ),
     queues: Annotated[
         str,
         typer.Option(
+            metavar="QUEUES",
             help="pools to take jobs from, comma-separated: kd (jobs with no gpu_type) "
-            "and/or kd.<gpu_type>, e.g. --queues kd.h200,kd"
+            "and/or kd.<gpu_type>, e.g. --queues kd.h200,kd",
         ),
     ] = "kd",
 ) -> None:
@@ -184,7 +192,9 @@ def worker(
 
 
 @keys_app.command("create")
-def keys_create(tenant: Annotated[str, typer.Option(help="tenant name")]) -> None:
+def keys_create(
+    tenant: Annotated[str, typer.Option(metavar="TENANT", help="tenant name")],
+) -> None:
     """Create a key; prints its id and the key (shown once)."""
     from app.db.session import session_scope
     from app.services.keys import create_key
@@ -207,7 +217,9 @@ def keys_list() -> None:
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: str) -> None:
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(metavar="KEY_ID", help="the key (key_...)")],
+) -> None:
     """Revoke a key by id."""
     from app.db.session import session_scope
     from app.services.keys import revoke_key
@@ -219,11 +231,21 @@ def keys_revoke(key_id: str) -> None:
 
 @keys_app.command("limits")
 def keys_limits(
-    tenant: Annotated[str, typer.Argument(help="tenant name")],
-    max_active_jobs: Annotated[int | None, typer.Option(min=1)] = None,
-    submissions_per_minute: Annotated[int | None, typer.Option(min=1)] = None,
-    max_stored_bytes: Annotated[int | None, typer.Option(min=0)] = None,
-    max_priority: Annotated[int | None, typer.Option(min=0, max=9)] = None,
+    tenant: Annotated[str, typer.Argument(metavar="TENANT", help="tenant name")],
+    max_active_jobs: Annotated[
+        int | None, typer.Option(metavar="N", min=1, help="jobs queued or running at once")
+    ] = None,
+    submissions_per_minute: Annotated[
+        int | None, typer.Option(metavar="N", min=1, help="job submissions per minute")
+    ] = None,
+    max_stored_bytes: Annotated[
+        int | None,
+        typer.Option(metavar="BYTES", min=0, help="bytes of uploads and artifacts kept"),
+    ] = None,
+    max_priority: Annotated[
+        int | None,
+        typer.Option(metavar="P", min=0, max=9, help="the highest priority its jobs may ask"),
+    ] = None,
     reset: Annotated[bool, typer.Option(help="back to the service-wide defaults")] = False,
 ) -> None:
     """Show or set a tenant's limits (unset ones follow the KD_* defaults)."""

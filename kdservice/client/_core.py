@@ -70,6 +70,15 @@ def load_spec(spec: dict[str, Any] | str | Path) -> dict[str, Any]:
     return data
 
 
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of a file's content, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 class Deadline:
     """`wait(timeout_s=...)`'s deadline, enforced while the stream is silent too: each
     stream read may last no longer than the time left."""
@@ -211,15 +220,11 @@ class UploadPlan:
 
     @classmethod
     def for_file(cls, path: Path, state_dir: Path | None = None) -> UploadPlan:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
         folder = (
             state_dir
             or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kd" / "uploads"
         )
-        sha = digest.hexdigest()
+        sha = file_sha256(path)
         return cls(path, path.stat().st_size, sha, folder / f"{sha}.json")
 
     def declaration(self, purpose: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from kdservice.client._core import (
     SSEParser,
     UploadPlan,
     default_headers,
+    file_sha256,
     load_spec,
     may_retry,
     new_idempotency_key,
@@ -221,10 +222,14 @@ class AsyncClient:
         path: str | Path,
         purpose: str = "checkpoint",
         on_progress: Callable[[int, int], None] | None = None,
+        reuse: bool = False,
     ) -> FileInfo:
         """Upload a file: in one request up to PARTS_ABOVE bytes, else in parts
-        (`upload_in_parts`: resumable)."""
+        (`upload_in_parts`: resumable). `reuse`: if the service already has a file of
+        this content and purpose (find_file), return it and send nothing."""
         path = Path(path)
+        if reuse and (found := await self.find_file(path, purpose)) is not None:
+            return found
         if path.stat().st_size > PARTS_ABOVE:
             return await self.upload_in_parts(path, purpose, on_progress)
         content = await asyncio.to_thread(path.read_bytes)
@@ -276,9 +281,26 @@ class AsyncClient:
         plan.remember(upload["id"])
         return upload
 
-    async def files(self, limit: int = 50) -> list[FileInfo]:
-        body = await self._json("GET", "/v1/files", params={"limit": limit})
+    async def files(
+        self, limit: int = 50, purpose: str | None = None, sha256: str | None = None
+    ) -> list[FileInfo]:
+        """The newest uploaded files; `sha256`: only copies of that content."""
+        params = {"limit": limit, "purpose": purpose, "sha256": sha256}
+        body = await self._json(
+            "GET", "/v1/files", params={k: v for k, v in params.items() if v is not None}
+        )
         return [FileInfo.model_validate(f) for f in body["data"]]
+
+    async def find_file(self, path: str | Path, purpose: str = "checkpoint") -> FileInfo | None:
+        """An uploaded file with the same content (sha256) as `path` and this purpose,
+        or None: what `upload(..., reuse=True)` reuses."""
+        sha = await asyncio.to_thread(file_sha256, path)
+        found = await self.files(1, purpose, sha)
+        return found[0] if found else None
+
+    async def delete_file(self, file_id: str) -> None:
+        """Delete an uploaded file (409 while an active job uses it)."""
+        await self.request("DELETE", f"/v1/files/{file_id}")
 
     async def artifacts(self, job_id: str) -> list[Artifact]:
         body = await self._json("GET", f"/v1/jobs/{job_id}/artifacts")

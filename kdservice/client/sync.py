@@ -37,6 +37,7 @@ from kdservice.client._core import (
     UploadPlan,
     check,
     default_headers,
+    file_sha256,
     load_spec,
     may_retry,
     new_idempotency_key,
@@ -241,10 +242,14 @@ class Client:
         path: str | Path,
         purpose: str = "checkpoint",
         on_progress: Callable[[int, int], None] | None = None,
+        reuse: bool = False,
     ) -> FileInfo:
         """Upload a file: in one request up to PARTS_ABOVE bytes, else in parts
-        (`upload_in_parts`: resumable)."""
+        (`upload_in_parts`: resumable). `reuse`: if the service already has a file of
+        this content and purpose (find_file), return it and send nothing."""
         path = Path(path)
+        if reuse and (found := self.find_file(path, purpose)) is not None:
+            return found
         if path.stat().st_size > PARTS_ABOVE:
             return self.upload_in_parts(path, purpose, on_progress)
         with open(path, "rb") as fh:
@@ -299,9 +304,26 @@ class Client:
         plan.remember(upload["id"])
         return upload
 
-    def files(self, limit: int = 50) -> list[FileInfo]:
-        body = self._json("GET", "/v1/files", params={"limit": limit})
+    def files(
+        self, limit: int = 50, purpose: str | None = None, sha256: str | None = None
+    ) -> list[FileInfo]:
+        """The newest uploaded files; `sha256`: only copies of that content."""
+        params = {"limit": limit, "purpose": purpose, "sha256": sha256}
+        body = self._json(
+            "GET", "/v1/files", params={k: v for k, v in params.items() if v is not None}
+        )
         return [FileInfo.model_validate(f) for f in body["data"]]
+
+    def find_file(self, path: str | Path, purpose: str = "checkpoint") -> FileInfo | None:
+        """An uploaded file with the same content (sha256) as `path` and this purpose,
+        or None: what `upload(..., reuse=True)` reuses."""
+        sha = file_sha256(path)
+        found = self.files(1, purpose, sha)
+        return found[0] if found else None
+
+    def delete_file(self, file_id: str) -> None:
+        """Delete an uploaded file (409 while an active job uses it)."""
+        self.request("DELETE", f"/v1/files/{file_id}")
 
     def artifacts(self, job_id: str) -> list[Artifact]:
         body = self._json("GET", f"/v1/jobs/{job_id}/artifacts")

@@ -66,4 +66,4 @@ def test_missing_teacher_checkpoint_is_a_clear_error(tmp_path):
     spec = tiny_spec(teacher={"arch": "small_cnn", "checkpoint": str(tmp_path / "nope.pt")})
     (tmp_path / "s.json").write_text(json.dumps(spec))
     run = kdcore_cli("distill", tmp_path / "s.json", "--out", tmp_path / "o")
-    assert run.returncode == 2 and "does not exist" in run.stderr
+    assert run.returncode == 2 and "nope.pt was not found" in run.stderr

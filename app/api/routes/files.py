@@ -78,8 +78,12 @@ def list_files(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     after: Annotated[str | None, Query(max_length=64)] = None,
     purpose: Annotated[Literal["checkpoint", "dataset"] | None, Query()] = None,
+    sha256: Annotated[
+        str | None,
+        Query(pattern="^[0-9a-f]{64}$", description="only files with this content (hex)"),
+    ] = None,
 ) -> FileList:
-    rows, has_more = service.list_files(session, tenant.id, limit, after, purpose)
+    rows, has_more = service.list_files(session, tenant.id, limit, after, purpose, sha256)
     return FileList(
         data=[FileOut.model_validate(f) for f in rows],
         has_more=has_more,
