@@ -188,14 +188,21 @@ def _job_id(output: str) -> str:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_the_readmes_quick_start_through_the_cli_and_the_client(sandbox: Sandbox) -> None:
+def test_the_readmes_quick_start_twice_through_the_cli_and_the_client(sandbox: Sandbox) -> None:
+    """As a user does: the tour, then the tour again in the same folder. The second
+    run overwrites its downloads and uploads no second copy of a file."""
     first, *rest = block("README.md: .venv/bin/kd submit examples/quickstart_teacher").splitlines()
-    teacher = _job_id(sandbox.sh(first))
-    out = sandbox.sh("\n".join(rest).replace("TEACHER_JOB_ID", teacher))
-    assert "succeeded" in out and "quickstart-distill" in out
-    assert (sandbox.root / "out/quickstart-teacher/student.safetensors").is_file()
-    sandbox.python(block("README.md: from kdservice.client import Client"))
-    assert (sandbox.root / "out/quickstart-teacher/student.json").is_file()
+    for _ in range(2):
+        teacher = _job_id(sandbox.sh(first))
+        out = sandbox.sh("\n".join(rest).replace("TEACHER_JOB_ID", teacher))
+        assert "succeeded" in out and "quickstart-distill" in out
+        assert (sandbox.root / "out/quickstart-teacher/student.safetensors").is_file()
+        printed = sandbox.python(block("README.md: from kdservice.client import Client"))
+        assert re.search(r"^submitted job_\w+$", printed, re.M) and "epoch 1/" in printed
+        assert printed.strip().splitlines()[-1] == "succeeded"
+    files = json.loads(sandbox.sh(".venv/bin/kd files list --json"))
+    digests = [f["sha256"] for f in files]
+    assert digests and len(digests) == len(set(digests)), "a file was uploaded twice"
     sandbox.sh(block("README.md: .venv/bin/kdcore train examples/quickstart_teacher"))
     report = json.loads((sandbox.root / "out/quickstart-distill/report.json").read_text())
     assert report["teacher_preflight"]["passed"] is True
@@ -203,21 +210,29 @@ def test_the_readmes_quick_start_through_the_cli_and_the_client(sandbox: Sandbox
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_the_curl_tour_runs_as_written(sandbox: Sandbox) -> None:
+def test_the_curl_tour_runs_twice_as_written(sandbox: Sandbox) -> None:
     tour = block("README.md: KEY=$(cat data/api_key)")
     # docs/api.md repeats it: the same commands (its comments may be shorter)
     commands = [ln for ln in tour.splitlines() if ln.strip() and not ln.startswith("#")]
     api = block("docs/api.md: KEY=$(cat data/api_key)")
     assert [ln for ln in api.splitlines() if ln.strip() and not ln.startswith("#")] == commands
-    student = (
-        '$(curl -s -H "$AUTH" $API/v1/jobs/$JOB/artifacts | python3 -c '
-        '\'import json,sys; print([a["id"] for a in json.load(sys.stdin) '
-        'if a["name"]=="student.safetensors"][0])\')'
-    )
-    out = sandbox.sh(tour.replace("<artifact id>", student))
-    assert '"status": "succeeded"' in out.replace("event: status", "") or "succeeded" in out
-    digest = out.strip().splitlines()[-1].split()[0]
-    assert len(digest) == 64 and (sandbox.root / "student.safetensors").is_file()
+    digests = []
+    for _ in range(2):  # a second run in the same folder works too
+        out = sandbox.sh(tour)
+        assert "succeeded" in out
+        digest, name = out.strip().splitlines()[-1].split()
+        assert len(digest) == 64 and name == "out/student.safetensors"
+        digests.append(digest)
+    assert (sandbox.root / "out/student.safetensors").is_file()
+    assert not (sandbox.root / "student.safetensors").exists()  # nothing in the root
+    # step 2 again, as a user re-running it: the same job back, not an error
+    prelude = tour.split("# 1.")[0]
+    step2 = "# 2." + tour.split("# 2.")[1].split("# 3.")[0]
+    jobs = json.loads(sandbox.sh(".venv/bin/kd jobs --json"))
+    teacher = next(j["id"] for j in jobs if j["name"] == "digits-teacher")
+    script = prelude + f"TEACHER={teacher}\n" + step2 + 'echo "$JOB"\n'
+    again = [sandbox.sh(script).strip().splitlines()[-1] for _ in range(2)]
+    assert again[0] == again[1] and again[0].startswith("job_")
 
 
 @pytest.mark.integration
