@@ -36,9 +36,14 @@ class ProgressPrinter(Callbacks):
         frac = p.step / max(1, p.total_steps)
         loss = p.losses.get("loss", float("nan"))
         eta = f"{int(p.eta_s // 60):02d}:{int(p.eta_s % 60):02d}" if p.eta_s is not None else "--"
+        rate = (
+            f"{p.tokens_per_s:.0f} tokens/s"
+            if p.tokens_per_s is not None
+            else f"{p.images_per_s:.0f} img/s"
+        )
         text = (
             f"{p.phase} epoch {p.epoch}/{p.epochs} step {p.step}/{p.total_steps} "
-            f"loss {loss:.4f} lr {p.lr:.4g} {p.images_per_s:.0f} img/s ETA {eta}"
+            f"loss {loss:.4f} lr {p.lr:.4g} {rate} ETA {eta}"
         )
         if self.tty:
             bar = "#" * int(frac * 20)

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def block(where: str) -> str:
 # blocks run by this module's tests (by where they start)
 RUN = {
     "README.md: .venv/bin/kd submit examples/quickstart_teacher",
+    "README.md: mkdir -p out && cat docs/*.md > out/corpus.txt",
     "README.md: from kdservice.client import Client",
     "README.md: .venv/bin/kdcore train examples/quickstart_teacher",
     "README.md: KEY=$(cat data/api_key)",
@@ -166,7 +168,8 @@ class Sandbox:
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     root = tmp_path_factory.mktemp("checkout")
-    subprocess.run(["cp", "-r", str(ROOT / "examples"), str(root / "examples")], check=True)
+    for folder in ("examples", "docs"):  # what a checkout has that the blocks use
+        subprocess.run(["cp", "-r", str(ROOT / folder), str(root / folder)], check=True)
     (root / ".venv").symlink_to(Path(sys.executable).parents[1])
     port = free_port()
     proc = Proc(
@@ -233,6 +236,35 @@ def test_the_curl_tour_runs_twice_as_written(sandbox: Sandbox) -> None:
     script = prelude + f"TEACHER={teacher}\n" + step2 + 'echo "$JOB"\n'
     again = [sandbox.sh(script).strip().splitlines()[-1] for _ in range(2)]
     assert again[0] == again[1] and again[0].startswith("job_")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_language_model_quick_start_uses_a_train_jobs_folder_as_teacher(
+    sandbox: Sandbox,
+) -> None:
+    """The README's small first run: a teacher made by a train job, given to the
+    distillation by its artifact id, and the student's folder downloaded."""
+    corpus, submit_teacher, find_folder, submit_distill, download = block(
+        "README.md: mkdir -p out && cat docs/*.md > out/corpus.txt"
+    ).splitlines()
+    sandbox.sh(corpus)
+    teacher = _job_id(sandbox.sh(submit_teacher))
+    artifact = sandbox.sh(find_folder.replace("TEACHER_JOB_ID", teacher)).strip()
+    assert re.fullmatch(r"art_\w+", artifact), artifact
+    out = sandbox.sh(submit_distill.replace("ARTIFACT_ID", artifact))
+    distill = _job_id(out)
+    assert "succeeded" in out and "tokens/s" in out and "latency" not in out
+    job = json.loads(sandbox.sh(f".venv/bin/kd show {distill} --json"))
+    assert job["spec"]["teacher"]["checkpoint"] == artifact  # used as is, not uploaded
+    report = job["report"]
+    assert report["kd_gain_unit"] == "perplexity_ratio"
+    assert report["teacher"]["perplexity"] < report["baseline"]["perplexity"]
+    listed = sandbox.sh(download.replace("DISTILL_JOB_ID", distill))
+    folder = sandbox.root / "out/lm-student/student_hf.zip"
+    assert str(folder.relative_to(sandbox.root)) in listed
+    with zipfile.ZipFile(folder) as zf:
+        assert {"config.json", "model.safetensors"} <= {Path(n).name for n in zf.namelist()}
 
 
 @pytest.mark.integration

@@ -24,6 +24,8 @@ PAIRS = [
 ]
 QUICKSTART = ("quickstart_teacher.json", "quickstart_distill.json")  # run as written
 SHIP = "quickstart_ship.json"  # a sweep under constraints, a gate, smaller exports
+# the language-model first run: through the service in tests/test_doc_snippets.py
+LANGUAGE_MODEL = ("lm_teacher.json", "lm_distill.json")
 ROOT = EXAMPLES.parent
 
 
@@ -33,7 +35,8 @@ def load(name: str) -> dict:
 
 def test_every_example_parses_and_is_covered() -> None:
     names = sorted(p.name for p in EXAMPLES.glob("*.json"))
-    assert names == sorted([*QUICKSTART, SHIP, *(n for pair in PAIRS for n in pair[:2])])
+    pairs = [n for pair in PAIRS for n in pair[:2]]
+    assert names == sorted([*QUICKSTART, SHIP, *LANGUAGE_MODEL, *pairs])
     for name in names:
         spec = parse_spec(load(name))
         assert validate_names(spec) == [], name

@@ -1,6 +1,6 @@
 """`kd`: the service's command line.
 
-Client commands (login, submit, jobs, show, watch, events, cancel, retry, download,
+Client commands (login, submit, jobs, show, watch, events, cancel, retry, artifacts, download,
 files) talk to a running service through kdservice.client; with no flags they reach
 the embedded default on http://127.0.0.1:8000 with the key `kd serve` saved locally.
 Server commands (serve, worker, keys, migrate) run and administer the service.

@@ -1,4 +1,5 @@
-"""`kd login | submit | jobs | show | watch | events | cancel | retry | download | files`:
+"""`kd login | submit | jobs | show | watch | events | cancel | retry | artifacts | download
+| files`:
 the service from a terminal, through kdservice.client."""
 
 from __future__ import annotations
@@ -339,6 +340,37 @@ def download(
             print(path)
 
 
+def artifacts(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="JOB_ID", help="the job (job_...)")],
+    name: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="print only the id of this artifact (e.g. student_hf.zip), for scripts and "
+            "for a later job's teacher.checkpoint",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """List a job's artifacts: id, name, size and sha256 (an artifact id serves as a
+    later job's input where its kind fits: weights, an ONNX graph or a model folder as
+    a checkpoint)."""
+    with _client(ctx) as client:
+        found = client.artifacts(job_id)
+    if name is not None:
+        match = [a for a in found if a.name == name]
+        if not match:
+            names = ", ".join(a.name for a in found) or "none"
+            raise CLIError(f"job {job_id} has no artifact {name!r}; it has {names}")
+        print(match[0].id)
+    elif as_json:
+        print(json.dumps([a.model_dump() for a in found], indent=2))
+    else:
+        console.print(render.artifacts_table(found))
+
+
 @files_app.command("upload")
 def files_upload(
     ctx: typer.Context,
@@ -411,7 +443,8 @@ def files_delete(
 
 def register(app: typer.Typer) -> None:
     app.callback()(global_options)
-    for command in (login, submit, jobs, show, watch, events, cancel, retry, download):
+    commands = (login, submit, jobs, show, watch, events, cancel, retry, artifacts, download)
+    for command in commands:
         app.command()(command)
     app.add_typer(files_app, name="files")
 

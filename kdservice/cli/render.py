@@ -9,7 +9,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from rich.table import Table
 from rich.text import Text
 
-from kdservice.client import Event, FileInfo, Job
+from kdservice.client import Artifact, Event, FileInfo, Job
 
 STATUS_STYLE = {
     "queued": "grey62",
@@ -31,6 +31,10 @@ def _pct(v: Any) -> str:
 
 def _num(v: Any, digits: int = 4) -> str:
     return f"{v:.{digits}g}" if isinstance(v, int | float) else "-"
+
+
+def _whole(v: Any) -> str:
+    return f"{v:,.0f}" if isinstance(v, int | float) else "-"
 
 
 def quality(job: Job) -> str:
@@ -86,6 +90,15 @@ def files_table(files: list[FileInfo]) -> Table:
     return table
 
 
+def artifacts_table(artifacts: list[Artifact]) -> Table:
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("ID", "NAME", "BYTES", "SHA256"):
+        table.add_column(column, no_wrap=True, justify="right" if column == "BYTES" else "left")
+    for a in artifacts:
+        table.add_row(a.id, a.name, f"{a.bytes:,}", a.sha256)
+    return table
+
+
 def _noisy(report: dict[str, Any], batch: str) -> str:
     """A latency measured while the machine was busy or spread wide (kdcore.latency)."""
     return " NOISY" if ((report.get("latency") or {}).get(batch) or {}).get("noisy") else ""
@@ -114,17 +127,24 @@ def report_table(report: dict[str, Any]) -> Table:
             f"{teacher.get('bytes_on_disk', 0):,}",
             f"{student.get('bytes_on_disk', 0):,}",
         ),
-        (
-            "latency b1 (ms)" + _noisy(report, "batch1"),
-            _num(teacher.get("latency_ms_batch1")),
-            _num(student.get("latency_ms_batch1")),
-        ),
-        (
-            "latency b64 (ms)" + _noisy(report, "batch64"),
-            _num(teacher.get("latency_ms_batch64")),
-            _num(student.get("latency_ms_batch64")),
-        ),
     ]
+    if "tokens_per_s" in student:  # a text model: its speed is tokens/s, not image latency
+        rows.append(
+            ("tokens/s", _whole(teacher.get("tokens_per_s")), _whole(student.get("tokens_per_s")))
+        )
+    else:
+        rows += [
+            (
+                "latency b1 (ms)" + _noisy(report, "batch1"),
+                _num(teacher.get("latency_ms_batch1")),
+                _num(student.get("latency_ms_batch1")),
+            ),
+            (
+                "latency b64 (ms)" + _noisy(report, "batch64"),
+                _num(teacher.get("latency_ms_batch64")),
+                _num(student.get("latency_ms_batch64")),
+            ),
+        ]
     for name, t, s in rows:
         cells = [name, t, s] if teacher else [name, s]
         if baseline:

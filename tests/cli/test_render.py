@@ -210,3 +210,19 @@ def test_show_without_a_baseline_has_no_baseline_column():
     console.print(job_details(job))
     text = out.getvalue()
     assert "baseline" not in text and "KD gain" not in text
+
+
+def test_a_language_models_report_shows_tokens_per_second_not_image_latency():
+    from kdservice.cli.render import report_table
+
+    report = {
+        "teacher": {"arch": "hf:GPT2LMHeadModel", "perplexity": 17.89, "tokens_per_s": 51234.4},
+        "student": {"arch": "hf:GPT2LMHeadModel", "perplexity": 19.23, "tokens_per_s": 103580.9},
+        "baseline": {"perplexity": 21.32},
+    }
+    console, out = _console()
+    console.print(report_table(report))
+    text = out.getvalue()
+    assert "latency" not in text
+    row = next(ln for ln in text.splitlines() if ln.strip().startswith("tokens/s"))
+    assert "51,234" in row and "103,581" in row
