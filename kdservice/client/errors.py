@@ -16,7 +16,10 @@ class ApiError(KDClientError):
     def __init__(self, status: int, title: str, detail: str, errors: list[dict[str, Any]]):
         self.status, self.title, self.detail, self.errors = status, title, detail, errors
         where = "; ".join(f"{e.get('loc')}: {e.get('msg')}" for e in errors[:5])
-        super().__init__(f"{status} {title}: {detail}" + (f" ({where})" if where else ""))
+        if len(errors) == 1 and errors[0].get("msg") == detail:  # the reason, once
+            super().__init__(f"{status} {title}: {where}")
+        else:
+            super().__init__(f"{status} {title}: {detail}" + (f" ({where})" if where else ""))
 
     @classmethod
     def from_response(cls, status: int, body: bytes, reason: str = "") -> ApiError:

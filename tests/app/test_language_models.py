@@ -129,6 +129,34 @@ def test_forward_kl_beats_the_student_alone_and_writes_a_hugging_face_folder(lm,
     assert {"config.json", "model.safetensors", "tokenizer.json", "student_hf.zip"} <= set(names)
 
 
+def test_a_jobs_model_folder_artifact_is_a_teacher_and_its_bare_weights_are_not(lm, forward_kl):
+    """Artifacts serve as inputs where their kind fits: the student's student_hf.zip is
+    a teacher as an uploaded folder is; its model.safetensors alone, with no config,
+    is refused at validation (it was accepted, then failed in the worker); a report is
+    no checkpoint, and the message says what is."""
+    api, corpus, _, _ = lm
+    names = _artifacts(api, forward_kl["id"])
+    spec = _job(corpus, names["student_hf.zip"], method="forward_kl")
+    spec["training"]["epochs"] = 1
+    verdict = api.post("/v1/jobs/validate", json=spec).json()
+    assert verdict["valid"] is True, verdict
+    done = _run(api, spec)
+    assert done["report"]["teacher"]["perplexity"] == pytest.approx(
+        forward_kl["report"]["student"]["perplexity"], rel=0.05
+    )  # the teacher is that student
+    bare = _job(corpus, names["model.safetensors"], method="forward_kl")
+    refused = api.post("/v1/jobs", json=bare)
+    assert refused.status_code == 422, refused.text
+    (error,) = refused.json()["errors"]
+    assert error["loc"] == "/teacher/checkpoint"
+    assert "needs a model folder" in error["msg"] and "student_hf.zip" in error["msg"]
+    report = _job(corpus, names["report.json"], method="forward_kl")
+    (error,) = api.post("/v1/jobs", json=report).json()["errors"]
+    assert error["loc"] == "/teacher/checkpoint"
+    assert "(report.json) cannot be used as a checkpoint" in error["msg"]
+    assert "*_hf.zip" in error["msg"]
+
+
 @pytest.mark.parametrize("method", ["reverse_kl", "gkd"])
 def test_each_token_level_method_beats_the_student_alone(lm, forward_kl, method):
     api, corpus, teacher, _ = lm

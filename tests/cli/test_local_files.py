@@ -122,7 +122,7 @@ def test_a_missing_relative_path_says_where_it_was_looked_for(tmp_path, monkeypa
     }
     with pytest.raises(local_files.LocalFileError) as info:
         local_files.find(spec, tmp_path / "specs")
-    (pointer, message), = info.value.errors
+    ((pointer, message),) = info.value.errors
     assert pointer == "/teacher/checkpoint"
     assert "relative to the current folder" in message and str(tmp_path) in message
     assert "file_..." in message  # and what else it could be

@@ -167,8 +167,32 @@ def test_cli_cancel_watch_retry_files_login_and_errors(served: Served) -> None:
 
     ckpt = served.workdir / "out/teacher/student.safetensors"
     r = served.kd("files", "upload", str(ckpt))
-    assert r.returncode == 0 and r.stdout.strip().startswith("file_")
-    assert r.stdout.strip() in served.kd("files", "list").stdout
+    file_id = r.stdout.strip()
+    assert r.returncode == 0 and file_id.startswith("file_")
+    listed = served.kd("files", "list").stdout
+    row = next(ln for ln in listed.splitlines() if file_id in ln)
+    assert "checkpoint" in row and f"{ckpt.stat().st_size:,}" in row and "UTC" in row
+    # a spec naming the same file reuses the upload (by sha256) instead of a second copy
+    spec = served.workdir / "reuse.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "kind": "distill",
+                "teacher": {"arch": "cifar_resnet20", "checkpoint": str(ckpt)},
+                "student": {"arch": "small_cnn"},
+                "dataset": {"builtin": "digits", "image_size": 16},
+                "distilation": {},  # a typo: refused before any upload
+            }
+        )
+    )
+    r = served.kd("submit", str(spec))
+    assert r.returncode == 2 and "Did you mean 'distillation'" in r.stderr
+    assert "already uploaded (same sha256), reused" in r.stderr
+    assert served.kd("files", "list").stdout.count(ckpt.name) == 1
+    r = served.kd("files", "delete", file_id)
+    assert r.returncode == 0 and file_id not in served.kd("files", "list").stdout
+    r = served.kd("files", "delete", file_id)
+    assert r.returncode == 2 and "404" in r.stderr
 
     # errors: one line on stderr, conventional exit codes
     for args, env, code, text in [
@@ -183,6 +207,8 @@ def test_cli_cancel_watch_retry_files_login_and_errors(served: Served) -> None:
             "/training/epochs",
         ),
         (["download", job_id, "--format", "pickle"], None, 2, "--format"),
+        (["jobs", "--status", "done"], None, 2, "succeeded"),
+        (["artifacts", job_id, "--name", "nope.bin"], None, 2, "has no artifact"),
         (["nosuchcommand"], None, 2, "No such command"),
     ]:
         r = served.kd(*args, env=env)
