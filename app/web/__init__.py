@@ -22,6 +22,10 @@ def mount_dashboard(app: FastAPI) -> None:
     def dashboard() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:  # what a browser asks for before it reads the page
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
     @app.get("/docs", include_in_schema=False)
     def api_explorer() -> FileResponse:
         return FileResponse(STATIC / "docs.html", headers={"Cache-Control": "no-cache"})

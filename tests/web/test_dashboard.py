@@ -5,12 +5,14 @@ the report and see the downloads. Screenshots are kept in out/test-artifacts/.""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from safetensors.torch import save
 from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
@@ -19,6 +21,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 import kdcore
+from kdcore.models import build_model
 from tests.support.procs import Proc, free_port, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -236,6 +239,28 @@ def test_submit_through_the_form_and_watch_it_finish(
         for b in browser.find_elements(By.CSS_SELECTOR, "#downloads button")
     }
     assert {"student.safetensors", "student.json", "report.json", "curves.png"} <= buttons
+    # each download shows the sha256 the API gives, and a command that fetches it
+    listed = httpx.get(f"{url}/v1/jobs/{job_id}/artifacts", headers=auth).json()
+    shown = browser.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('#downloads-table "
+        "tr[data-artifact-row]')].map(tr => [tr.dataset.artifactRow, "
+        "tr.querySelector('td.sha256').dataset.sha256]))"
+    )
+    assert shown == {a["name"]: a["sha256"] for a in listed}
+    weights_id = next(a["id"] for a in listed if a["name"] == "student.safetensors")
+    command = attribute(browser, '[data-copy="student.safetensors"]', "title")
+    assert command.startswith("curl ") and f"/v1/artifacts/{weights_id}/content" in command
+    # the charts: round ticks on the axis, and a tooltip on every epoch's point
+    ticks = browser.execute_script(
+        "return document.querySelectorAll('#accuracy-chart text.tick.y').length"
+    )
+    assert ticks >= 3
+    tips = browser.execute_script(
+        "return [...document.querySelectorAll('#accuracy-chart circle.point title')]"
+        ".map(t => t.textContent)"
+    )
+    last = f"student: epoch 4, {round(student_last['metrics']['accuracy'], 4)}"
+    assert last in tips, tips
     time.sleep(0.5)  # let the last chart redraw settle before the picture
     browser.save_screenshot(str(ARTIFACTS / "dashboard-job.png"))
 
@@ -270,6 +295,16 @@ def test_submit_through_the_form_and_watch_it_finish(
     row = wait_for(browser, f'tr[data-job-id="{job_id}"]')
     badge = row.find_element(By.CSS_SELECTOR, ".status")  # type: ignore[attr-defined]
     assert badge.get_attribute("data-status") == "succeeded"
+    # what a list needs to tell jobs apart: the models, the student's size, how long
+    # it ran, and when it was made, in a named time zone
+    cells = {
+        td.get_attribute("data-column"): td.text
+        for td in row.find_elements(By.CSS_SELECTOR, "td")  # type: ignore[attr-defined]
+    }
+    assert cells["models"] == "small_cnn → mlp_small"
+    assert re.fullmatch(r"[\d.]+ KiB", cells["size"]), cells
+    assert re.fullmatch(r"\d+ s|\d+ min \d+ s", cells["duration"]), cells
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+", cells["created"]), cells
     assert badge.value_of_css_property("background-color") == "rgba(31, 157, 85, 1)"
     browser.save_screenshot(str(ARTIFACTS / "dashboard-jobs.png"))
     assert (ARTIFACTS / "dashboard-job.png").stat().st_size > 10_000
@@ -469,6 +504,73 @@ def test_a_language_model_job_page_shows_perplexity(
     assert series == 1  # the student's perplexity, epoch by epoch
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(ARTIFACTS / "dashboard-language-model.png"))
+
+
+def log_in(browser: WebDriver, url: str, key: str) -> None:
+    """Open the dashboard logged in (with `key`, unless a session already is)."""
+    browser.get(url + "/")
+    WebDriverWait(browser, 30).until(
+        lambda d: d.find_elements(By.ID, "login-form") or d.find_elements(By.ID, "jobs-body")
+    )
+    if browser.find_elements(By.ID, "login-form"):
+        set_value(browser, "api-key", key)
+        browser.find_element(By.ID, "login").click()
+        wait_for(browser, "#jobs-body")
+
+
+def test_the_form_fits_1280_px_and_searches_architectures(
+    server: tuple[str, str], browser: WebDriver
+) -> None:
+    url, key = server
+    # a checkpoint with a long name: its option is the widest thing the form holds
+    weights = save(build_model("mlp_small", 10, (1, 8, 8)).state_dict())
+    upload(
+        url, key, "a-teacher-checkpoint-with-a-rather-long-name.safetensors", weights, "checkpoint"
+    )
+    browser.set_window_size(1280, 900)
+    try:
+        log_in(browser, url, key)
+        browser.get(url + "/#/new")
+        wait_for(browser, "#new-job-form")
+        outside = browser.execute_script(
+            "const form = document.getElementById('new-job-form');"
+            "const box = form.getBoundingClientRect();"
+            "const inner = box.right - parseFloat(getComputedStyle(form).paddingRight);"
+            "return [...document.querySelectorAll('#new-job-form *')]"
+            ".filter(el => el.offsetParent !== null"
+            "  && el.getBoundingClientRect().right > inner + 0.5)"
+            ".map(el => el.id || el.tagName)"
+        )
+        assert outside == []  # nothing sticks out of the card's content box
+        assert browser.execute_script(
+            "return document.documentElement.scrollWidth <= window.innerWidth"
+        )
+        student = Select(browser.find_element(By.ID, "student_arch"))
+        total = len(student.options)
+        assert total > 100  # the registry, timm's and transformers' classes
+        set_value(browser, "student_arch_search", "resnet-20")
+        visible = browser.execute_script(
+            "return [...document.getElementById('student_arch').options]"
+            ".filter(o => !o.hidden).map(o => o.value)"
+        )
+        assert "cifar_resnet20" in visible and len(visible) < 20, visible
+        assert student.first_selected_option.get_attribute("value") in visible
+        count = browser.find_element(By.ID, "student_arch_count").text
+        assert count == f"{len(visible)} of {total} match"
+        set_value(browser, "student_arch_search", "")
+        browser.find_element(By.ID, "student_arch_search").send_keys(" ")  # an input event
+        hidden = browser.execute_script(
+            "return [...document.getElementById('student_arch').options]"
+            ".filter(o => o.hidden).length"
+        )
+        assert hidden == 0
+        # the page names its icon, and what a browser asks for first is there too
+        icon = browser.find_element(By.CSS_SELECTOR, "link[rel=icon]").get_attribute("href")
+        for path in (icon, url + "/favicon.ico"):
+            got = httpx.get(path)
+            assert got.status_code == 200 and got.headers["content-type"].startswith("image/svg")
+    finally:
+        browser.set_window_size(1400, 1100)
 
 
 def test_the_api_explorer_renders_from_local_files_under_the_policy(

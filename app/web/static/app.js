@@ -52,6 +52,28 @@ const fmt = (v, digits = 4) => (typeof v === "number" ? Number(v.toFixed(digits)
 const pct = (v) => (typeof v === "number" ? (100 * v).toFixed(2) + " %" : "–");
 const bytes = (n) => (n >= 1 << 20 ? (n / (1 << 20)).toFixed(2) + " MiB" : (n / 1024).toFixed(1) + " KiB");
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+// a service time (UTC, ISO) in the browser's time zone, which it names
+function when(iso) {
+  if (!iso) return "–";
+  const d = new Date(iso);
+  const p = (n) => String(n).padStart(2, "0");
+  const zone = new Intl.DateTimeFormat(undefined, { timeZoneName: "short" }).formatToParts(d)
+    .find((x) => x.type === "timeZoneName")?.value || "";
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())} ${zone}`;
+}
+// how long a job ran (or has been running)
+function duration(job) {
+  if (!job.started_at) return "–";
+  const s = Math.max(0, ((job.finished_at ? new Date(job.finished_at) : new Date()) - new Date(job.started_at)) / 1000);
+  if (s < 60) return `${Math.round(s)} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
+  return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+}
+// "teacher -> student" of a job's spec
+function models(spec) {
+  const teachers = spec.teachers ? `${spec.teachers.length} teachers` : spec.teacher ? spec.teacher.arch || "onnx" : null;
+  return teachers ? `${teachers} → ${spec.student.arch}` : spec.student.arch;
+}
 const statusBadge = (s) => h("span", { class: `status ${s}`, "data-status": s }, s);
 
 class ApiError extends Error {
@@ -162,7 +184,7 @@ function renderJobs(view) {
       const page = await api(`/v1/jobs?${params}`);
       if (!append) fill(tbody);
       for (const job of page.data) tbody.append(jobRow(job));
-      if (!tbody.children.length) tbody.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No jobs yet.")));
+      if (!tbody.children.length) tbody.append(h("tr", {}, h("td", { colspan: JOB_COLUMNS.length, class: "muted" }, "No jobs yet.")));
       after = page.next_after;
       more.hidden = !page.has_more;
     } catch (err) { showError(view, err); }
@@ -174,24 +196,42 @@ function renderJobs(view) {
     h("h1", {}, "Jobs"),
     h("div", { class: "filters" }, status, name, h("a", { href: "#/new" }, h("button", { class: "primary", type: "button" }, "New job"))),
     h("div", { class: "card" }, h("table", {},
-      h("thead", {}, h("tr", {}, ...["Name", "Kind", "Status", "Progress", "Accuracy", "Created", "Id"].map((c) => h("th", {}, c)))),
+      h("thead", {}, h("tr", {}, ...JOB_COLUMNS.map((c) => h("th", {}, c)))),
       tbody), more));
   load(false);
   refreshTimer = setInterval(() => { if (!after) load(false); }, 3000);
 }
 
+const JOB_COLUMNS = ["Name", "Kind", "Status", "Progress", "Quality", "Models", "Size", "Duration", "Created", "Id"];
+
 function jobRow(job) {
   const frac = job.progress.fraction ?? (job.status === "succeeded" ? 1 : 0);
   const acc = job.report?.student?.accuracy ?? job.metrics.accuracy;
   const ppl = job.report?.student?.perplexity ?? job.metrics.perplexity;  // language models
+  const size = job.report?.student?.bytes_on_disk;
+  const cell = (column, ...content) => h("td", { "data-column": column }, ...content);
   return h("tr", { class: "job-row", "data-job-id": job.id, onclick: () => { location.hash = `#/jobs/${job.id}`; } },
-    h("td", {}, job.name), h("td", {}, job.kind), h("td", {}, statusBadge(job.status)),
-    h("td", {}, h("div", { class: "bar" }, h("div", { style: `width:${Math.round(100 * frac)}%` }))),
-    h("td", {}, acc == null && typeof ppl === "number" ? `perplexity ${fmt(ppl, 3)}` : pct(acc)), h("td", { class: "muted" }, job.created_at.replace("T", " ").slice(0, 19)),
-    h("td", { class: "muted" }, job.id));
+    cell("name", job.name), cell("kind", job.kind), cell("status", statusBadge(job.status)),
+    cell("progress", h("div", { class: "bar" }, h("div", { style: `width:${Math.round(100 * frac)}%` }))),
+    cell("quality", acc == null && typeof ppl === "number" ? `perplexity ${fmt(ppl, 3)}` : pct(acc)),
+    cell("models", models(job.spec)),
+    cell("size", typeof size === "number" ? bytes(size) : "–"),
+    cell("duration", duration(job)),
+    h("td", { class: "muted", "data-column": "created" }, when(job.created_at)),
+    h("td", { class: "muted", "data-column": "id" }, job.id));
 }
 
 // ---------- job page ----------
+
+// about n round values from lo to hi (1, 2 or 5 times a power of ten apart)
+function ticks(lo, hi, n) {
+  const raw = (hi - lo) / Math.max(1, n - 1);
+  const power = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * power).find((m) => m >= raw) || raw;
+  const out = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Number(v.toPrecision(12)));
+  return out;
+}
 
 function lineChart(title, series, xLabel, hline) {
   const W = 520, H = 240, L = 48, R = 12, T = 24, B = 32;
@@ -211,9 +251,14 @@ function lineChart(title, series, xLabel, hline) {
   const sy = (y) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B);
   root.append(svg("line", { class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B }),
     svg("line", { class: "axis", x1: L, y1: T, x2: L, y2: H - B }),
-    svg("text", { x: 4, y: sy(y1) + 4 }, fmt(y1, 3)), svg("text", { x: 4, y: sy(y0) + 4 }, fmt(y0, 3)),
-    svg("text", { x: L, y: H - 10 }, fmt(x0, 0)), svg("text", { x: W - R - 24, y: H - 10 }, fmt(x1, 0)),
-    svg("text", { x: W / 2 - 20, y: H - 10 }, xLabel));
+    svg("text", { x: W / 2 - 20, y: H - 4 }, xLabel));
+  for (const y of ticks(y0, y1, 5)) {  // a grid line and a label at each round value
+    root.append(svg("line", { class: "grid", x1: L, x2: W - R, y1: sy(y), y2: sy(y) }),
+      svg("text", { class: "tick y", x: 4, y: sy(y) + 4 }, fmt(y, 4)));
+  }
+  for (const x of ticks(x0, x1, 6).filter((x) => Number.isInteger(x))) {
+    root.append(svg("text", { class: "tick x", x: sx(x) - 6, y: H - 16 }, String(x)));
+  }
   if (hline) {
     root.append(svg("line", { x1: L, x2: W - R, y1: sy(hline.value), y2: sy(hline.value), stroke: "#d64541", "stroke-dasharray": "5 4" }),
       svg("text", { x: W - R - 150, y: sy(hline.value) + 14, fill: "#d64541" }, `${hline.label} ${fmt(hline.value, 4)}`));
@@ -224,6 +269,14 @@ function lineChart(title, series, xLabel, hline) {
     const d = s.points.map((p, j) => `${j ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ");
     root.append(svg("path", { d, fill: "none", stroke: s.color || COLORS[i % COLORS.length], "stroke-width": s.faint ? 1 : 2,
       "stroke-opacity": s.faint ? 0.3 : 1, class: s.faint ? "series faint" : "series", "data-series": s.name }));
+    // a point to hover for its value (the SVG <title> is the browser's own tooltip);
+    // long step series are thinned to about 100 points
+    const every = Math.max(1, Math.ceil(s.points.length / 100));
+    for (const [j, [x, y]] of s.points.entries()) {
+      if (j % every && j !== s.points.length - 1) continue;
+      root.append(svg("circle", { cx: sx(x).toFixed(1), cy: sy(y).toFixed(1), r: 3, class: "point", "data-series": s.name,
+        style: `fill:${s.color || COLORS[i % COLORS.length]}` }, svg("title", {}, `${s.name}: ${xLabel} ${fmt(x, 0)}, ${fmt(y, 4)}`)));
+    }
     if (s.legend === false || s.faint) return;
     // the legend sits in the title row, right of the title; inline style beats the CSS fill
     root.append(svg("text", { x: L + 16 + 7 * title.length + 110 * legends++, y: 14, style: `fill:${s.color || COLORS[i % COLORS.length]}`, class: "legend" }, s.name));
@@ -307,7 +360,7 @@ function renderJob(view, jobId) {
       job.error ? h("div", { class: "error-banner" }, job.error) : null,
       h("div", {}, actions));
     fill(timeline, h("h2", {}, "Status timeline"), h("ul", { class: "timeline" },
-      job.status_transitions.map((t) => h("li", {}, h("span", { class: "muted" }, t.at.replace("T", " ").slice(0, 23)), " ",
+      job.status_transitions.map((t) => h("li", {}, h("span", { class: "muted" }, when(t.at)), " ",
         statusBadge(t.to_status), " ", t.reason))));
     drawReport(job);
     fill(spec, ...specView(job));
@@ -328,8 +381,7 @@ function renderJob(view, jobId) {
       const blob = await (await fetch(curves.download_url, { headers: { Authorization: `Bearer ${key()}` } })).blob();
       image = h("img", { src: URL.createObjectURL(blob), alt: "curves.png", style: "width:100%", id: "curves-png" });
     }
-    fill(downloads, h("h2", {}, "Downloads"), arts.length ? null : h("p", { class: "muted" }, "No artifacts yet."),
-      ...arts.map((a) => h("button", { type: "button", "data-artifact": a.name, onclick: () => download(a) }, `${a.name} (${bytes(a.bytes)})`)),
+    fill(downloads, h("h2", {}, "Downloads"), arts.length ? downloadTable(arts) : h("p", { class: "muted" }, "No artifacts yet."),
       image);
   }
 
@@ -368,6 +420,28 @@ function renderJob(view, jobId) {
   stopStream = () => controller.abort();
   refresh().then(() => followEvents(jobId, 0, onEvent, controller.signal));
   fill(downloads, h("h2", {}, "Downloads"), h("p", { class: "muted" }, "Available when the job succeeds."));
+}
+
+// each artifact: its size and sha256 (the ETag; `sha256sum` checks a copy), a download
+// button, and the command that fetches it from a terminal
+function downloadTable(arts) {
+  const command = (a) => `curl -sf -H "Authorization: Bearer $KD_API_KEY" -o ${a.name} ${location.origin}${a.download_url}`;
+  const copy = async (a, button) => {
+    try {
+      await navigator.clipboard.writeText(command(a));
+      button.textContent = "copied";
+    } catch (_) {
+      button.textContent = "copy failed: select the command in its tooltip";
+    }
+  };
+  return h("table", { id: "downloads-table" },
+    h("thead", {}, h("tr", {}, ...["Artifact", "Size", "sha256", ""].map((c) => h("th", {}, c)))),
+    h("tbody", {}, ...arts.map((a) => h("tr", { "data-artifact-row": a.name },
+      h("td", {}, h("button", { type: "button", "data-artifact": a.name, onclick: () => download(a) }, a.name)),
+      h("td", {}, bytes(a.bytes)),
+      h("td", { class: "sha256", title: a.sha256, "data-sha256": a.sha256 }, `${a.sha256.slice(0, 16)}…`),
+      h("td", {}, h("button", { type: "button", class: "copy", "data-copy": a.name, title: command(a),
+        onclick: (e) => copy(a, e.currentTarget) }, "Copy command"))))));
 }
 
 async function download(artifact) {
@@ -511,6 +585,29 @@ async function renderNewJob(view, fromJob) {
   const options = (list, chosen) => list.map((x) => h("option", { value: x, selected: x === chosen }, x));
   const field = (label, name, control) => h("label", { for: name }, label, control, h("span", { class: "field-error", "data-error-for": name }));
   const input = (name, value, type = "text") => h("input", { id: name, name, value, type, step: type === "number" ? "any" : undefined });
+  // an architecture list (1,500 names with timm and transformers) with a search box:
+  // typing keeps the names that contain what was typed, ignoring case and punctuation
+  // (`resnet-20` finds cifar_resnet20)
+  const plain = (text) => text.toLowerCase().replace(/[^a-z0-9]/g, "");
+  function archPicker(name, chosen) {
+    const select = h("select", { id: name, name }, options(caps.architectures, chosen));
+    const count = h("span", { class: "muted arch-count", id: `${name}_count` }, `${caps.architectures.length} architectures`);
+    const search = h("input", { id: `${name}_search`, type: "search", placeholder: "search architectures", autocomplete: "off" });
+    search.addEventListener("input", () => {
+      const query = plain(search.value);
+      let shown = 0;
+      for (const option of select.options) {
+        option.hidden = query !== "" && !plain(option.value).includes(query);
+        shown += option.hidden ? 0 : 1;
+      }
+      if (select.selectedOptions[0]?.hidden) {
+        const first = [...select.options].find((o) => !o.hidden);
+        if (first) select.value = first.value;
+      }
+      count.textContent = query ? `${shown} of ${caps.architectures.length} match` : `${caps.architectures.length} architectures`;
+    });
+    return h("span", { class: "arch-picker" }, search, select, count);
+  }
   const teacherSource = h("select", { id: "teacher_source", name: "teacher_source" }, ...choices);
   const teacherInput = h("input", { id: "teacher_file", name: "teacher_file", type: "file", accept: ".safetensors,.pt,.pth,.bin,.onnx" });
   const teacherInfo = h("span", { class: "muted", id: "teacher-file-id" });
@@ -522,10 +619,10 @@ async function renderNewJob(view, fromJob) {
     field("Name", "name", input("name", "digits-kd")),
     field("Kind", "kind", h("select", { id: "kind", name: "kind" }, options(caps.kinds, "distill"))),
     field("Dataset", "dataset", h("select", { id: "dataset", name: "dataset" }, options(["digits", "fashion_mnist", "synthetic"], "digits"))),
-    field("Teacher architecture", "teacher_arch", h("select", { id: "teacher_arch", name: "teacher_arch" }, options(caps.architectures, "cifar_resnet20"))),
+    field("Teacher architecture", "teacher_arch", archPicker("teacher_arch", "cifar_resnet20")),
     field("Teacher weights: a job's trained student, or an uploaded checkpoint", "teacher_source", teacherSource),
     field("… or upload a checkpoint (safetensors, weights-only .pt, ONNX)", "teacher_file", h("span", {}, teacherInput, teacherInfo)),
-    field("Student architecture", "student_arch", h("select", { id: "student_arch", name: "student_arch" }, options(caps.architectures, "small_cnn"))),
+    field("Student architecture", "student_arch", archPicker("student_arch", "small_cnn")),
     field("Method", "method", h("select", { id: "method", name: "method", onchange: (e) => showMethodDefaults(e.target.value) }, options(caps.methods, "kd"))),
     field("Temperature", "temperature", input("temperature", "4", "number")),
     field("Image size (blank: native)", "image_size", input("image_size", "", "number")),
