@@ -64,9 +64,10 @@ def did_you_mean(name: str, choices: Iterable[str], listed_by: str = "", shown: 
 def unknown_field(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     """The message for a field `model` does not take at `loc` (pydantic's
     extra_forbidden): its name, the closest fields, the fields there."""
-    return f"unknown field {str(loc[-1])!r}." + did_you_mean(
-        str(loc[-1]), field_names(model, loc[:-1]), shown=100
-    )
+    name, names = str(loc[-1]), field_names(model, loc[:-1])
+    if name in names:  # an alias given beside its field (`builtin` and `name`)
+        return f"{name!r} is another name of a field given already: give one of them"
+    return f"unknown field {name!r}." + did_you_mean(name, names, shown=100)
 
 
 def field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -20,6 +20,15 @@ from kdservice.cli import client_commands, server
 
 EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 1, 2, 3, 130
 
+
+def _argument_without_type(self: typer.core.TyperArgument, ctx: object) -> None:
+    return None
+
+
+# typer prints an argument as `JOB_ID <str>` and `FILE_ID <list[str]>`: Python types a
+# user does not need beside a name that says what to give. Arguments show their name.
+typer.core.TyperArgument.display_type_rich = _argument_without_type  # type: ignore[method-assign,assignment]
+
 app = typer.Typer(
     name="kd",
     help=__doc__.split("\n\n")[0] if __doc__ else None,

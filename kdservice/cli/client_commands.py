@@ -432,7 +432,9 @@ def files_list(
 @files_app.command("delete")
 def files_delete(
     ctx: typer.Context,
-    file_ids: Annotated[list[str], typer.Argument(metavar="FILE_ID...", help="files to delete")],
+    file_ids: Annotated[
+        list[str], typer.Argument(metavar="FILE_ID", help="files to delete (one or more)")
+    ],
 ) -> None:
     """Delete uploaded files (refused for a file an active job uses)."""
     with _client(ctx) as client:

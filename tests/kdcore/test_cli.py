@@ -67,3 +67,30 @@ def test_missing_teacher_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "s.json").write_text(json.dumps(spec))
     run = kdcore_cli("distill", tmp_path / "s.json", "--out", tmp_path / "o")
     assert run.returncode == 2 and "nope.pt was not found" in run.stderr
+
+
+def test_validate_checks_the_files_a_spec_names_as_the_service_does(tmp_path):
+    """`kdcore validate` said `ok:` of a spec whose dataset was a CSV; it checks each
+    local file now, with the words the service's upload uses, and says where a
+    relative path was looked for."""
+    (tmp_path / "table.csv").write_text("a,b\n1,2\n")
+    spec = tiny_spec(teacher={"arch": "small_cnn", "checkpoint": "table.csv"})
+    spec["dataset"] = {"name": "npz", "path": "table.csv"}
+    (tmp_path / "s.json").write_text(json.dumps(spec))
+    run = kdcore_cli("validate", "s.json", cwd=tmp_path)
+    assert run.returncode == 2 and "ok:" not in run.stdout
+    assert "/dataset/path: table.csv is not a dataset kdcore reads; accepted:" in run.stderr
+    assert ".npz" in run.stderr and ".jsonl" in run.stderr
+    assert "/teacher/checkpoint: table.csv is not a checkpoint kdcore reads" in run.stderr
+    from kdcore.input_files import DATASET_FORMATS
+
+    assert DATASET_FORMATS in run.stderr  # the same list the service's 422 gives
+    missing = kdcore_cli("validate", str(tmp_path / "s.json"), cwd="/")
+    assert "table.csv was not found (looked up relative to the current folder, /)" in (
+        missing.stderr
+    )
+
+
+def test_list_datasets_names_text():
+    run = kdcore_cli("list", "datasets")
+    assert run.returncode == 0 and " text" in run.stdout and "digits" in run.stdout
