@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 import typer
@@ -15,7 +16,7 @@ from kdcore.cli import build_parser
 from kdservice.cli import app
 
 
-def _commands(command: click.Command, path: tuple[str, ...] = ()):
+def _commands(command: Any, path: tuple[str, ...] = ()):
     yield path, command
     # typer may vendor its own click: groups and options are recognised by their shape
     for name, sub in getattr(command, "commands", {}).items():
