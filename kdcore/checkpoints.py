@@ -99,7 +99,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             "(safetensors.torch.save_file(model.state_dict(), ...)) or torch.save(state_dict)"
         )
     if not (_is_zip(path) or head[:1] == b"\x80"):  # torch.save writes a zip, or a pickle
-        from kdcore.input_files import CHECKPOINT_FORMATS
+        from kdcore.accepted_formats import CHECKPOINT_FORMATS
 
         raise CheckpointError(
             f"{path.name} is not a checkpoint kdcore reads; accepted: {CHECKPOINT_FORMATS}"

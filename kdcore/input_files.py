@@ -8,21 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kdcore.accepted_formats import DATASET_FORMATS
 from kdcore.errors import DataError, KDError
 
 if TYPE_CHECKING:
     from kdcore.spec import JobSpec
-
-DATASET_FORMATS = (
-    "an imagefolder archive (.zip or .tar of <class>/<image>), webdataset shards "
-    "(.tar of <key>.jpg + <key>.cls), an .npz of arrays x and y, or text for language "
-    "models (.txt, .jsonl)"
-)
-CHECKPOINT_FORMATS = (
-    "safetensors, a torch.save'd state dict (.pt/.pth, read weights-only), an ONNX graph "
-    "(a teacher with no arch), or a zipped Hugging Face model folder (config.json + "
-    "model.safetensors), such as a job's student_hf.zip"
-)
 
 
 def check_input_file(path: Path, filename: str, purpose: str, max_unpacked_bytes: int) -> None:

@@ -16,7 +16,7 @@ from kdcore.validate import parse_spec
         ("resnet-20", "cifar_resnet20"),  # containment, not edit distance
         ("ResNet20", "cifar_resnet20"),
         ("small-cnn", "small_cnn"),  # case and punctuation ignored
-        ("smal_cnn", "small_cnn"),  # a typo
+        ("smoll_cnn", "small_cnn"),  # a typo
     ],
 )
 def test_closest_finds_what_people_type(typed: str, meant: str) -> None:
