@@ -207,7 +207,7 @@ def job_details(job: Job) -> Group:
     for column in ("at", "status", "reason"):
         timeline.add_column(column)
     for t in job.status_transitions:
-        timeline.add_row(t.at[:23].replace("T", " "), status_text(t.to_status), t.reason)
+        timeline.add_row(local_time(t.at), status_text(t.to_status), t.reason)
     parts: list[Any] = [head, Text(""), timeline]
     if job.report:
         parts += report_parts(job.report)

@@ -1,5 +1,9 @@
 """What `kd` prints of a job's end."""
 
+import time
+
+import pytest
+
 
 def _job(status, transitions, error=None):
     from kdservice.client.models import Job
@@ -31,7 +35,29 @@ def _job(status, transitions, error=None):
     )
 
 
-def test_the_end_of_a_job_that_did_not_succeed_says_what_happened():
+@pytest.fixture
+def in_utc(monkeypatch):
+    """Times print in this machine's zone, named; these tests read them in UTC."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_times_print_in_the_machines_zone_with_its_name(monkeypatch):
+    from kdservice.cli.render import local_time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert local_time("2026-11-29T10:00:05.75Z") == "2026-11-29 19:00:05 JST"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_the_end_of_a_job_that_did_not_succeed_says_what_happened(in_utc):
     from kdservice.cli.render import outcome
 
     cancelled = _job(
