@@ -185,10 +185,18 @@ def test_cli_cancel_watch_retry_files_login_and_errors(served: Served) -> None:
             }
         )
     )
+    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+
+    def copies() -> list[str]:
+        held = json.loads(served.kd("files", "list", "--json").stdout)
+        return sorted(f["id"] for f in held if f["sha256"] == digest)
+
+    before = copies()
+    assert file_id in before
     r = served.kd("submit", str(spec))
     assert r.returncode == 2 and "Did you mean 'distillation'" in r.stderr
     assert "already uploaded (same sha256), reused" in r.stderr
-    assert served.kd("files", "list").stdout.count(ckpt.name) == 1
+    assert copies() == before  # no new copy
     r = served.kd("files", "delete", file_id)
     assert r.returncode == 0 and file_id not in served.kd("files", "list").stdout
     r = served.kd("files", "delete", file_id)
