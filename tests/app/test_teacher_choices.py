@@ -29,6 +29,21 @@ def test_trained_students_and_uploads_are_listed_per_tenant(api):
         kind="distill", teacher={"arch": art["arch"], "checkpoint": art["id"]}, name="student"
     )
     assert api.post("/v1/jobs/validate", json=spec).json()["valid"]
+    # an attacker's view: another tenant's artifact id is no input, whatever it names,
+    # and an artifact of the wrong kind is refused with what would do
+    refused = api.post("/v1/jobs/validate", json=spec, tenant="b").json()
+    assert not refused["valid"] and refused["errors"][0]["loc"] == "/teacher/checkpoint"
+    assert "no file or artifact" in refused["errors"][0]["msg"]
+    report_id = next(
+        a["id"] for a in api.get("/v1/artifacts", params={"name": "report.json"}).json()
+    )
+    as_teacher = tiny_job(kind="distill", teacher={"arch": "mlp_small", "checkpoint": report_id})
+    (error,) = api.post("/v1/jobs/validate", json=as_teacher).json()["errors"]
+    assert "(report.json) cannot be used as a checkpoint" in error["msg"]
+    as_data = tiny_job(dataset={"name": "npz", "path": art["id"]})
+    as_data["dataset"].pop("builtin", None)
+    (error,) = api.post("/v1/jobs/validate", json=as_data).json()["errors"]
+    assert error["loc"] == "/dataset/path" and "cannot be used as a dataset" in error["msg"]
     # other names, other tenants
     names = [a["name"] for a in api.get("/v1/artifacts", params={"name": "report.json"}).json()]
     assert names == ["report.json"]
