@@ -130,7 +130,16 @@ def _file_errors(
                 "uploaded model folder (tokenizer.json in it)",
             )
         )
-    if ds.name == "text" and dataset_refs.is_reference(ds.path):
+    if ds.name != "text" and (ds.path or "").startswith("art_"):
+        errors.append(
+            (
+                "/dataset/path",
+                "a job's artifact serves as a dataset only for text sets (a teacher's "
+                "generations.jsonl, dataset.name: text); upload an image set "
+                "(kd files upload PATH --purpose dataset)",
+            )
+        )
+    elif ds.name == "text" and dataset_refs.is_reference(ds.path):
         errors.append(("/dataset/path", "a text set is an uploaded .txt or .jsonl file"))
     elif ds.path is not None and not needs_path(ds.name):
         errors.append(("/dataset/path", "built-in datasets take no path"))

@@ -41,9 +41,17 @@ def test_trained_students_and_uploads_are_listed_per_tenant(api):
     (error,) = api.post("/v1/jobs/validate", json=as_teacher).json()["errors"]
     assert "(report.json) cannot be used as a checkpoint" in error["msg"]
     as_data = tiny_job(dataset={"name": "npz", "path": art["id"]})
-    as_data["dataset"].pop("builtin", None)
     (error,) = api.post("/v1/jobs/validate", json=as_data).json()["errors"]
-    assert error["loc"] == "/dataset/path" and "cannot be used as a dataset" in error["msg"]
+    assert error["loc"] == "/dataset/path" and "only for text sets" in error["msg"]
+    as_text = {
+        "kind": "train",
+        "task": "causal_lm",
+        "student": {"arch": "hf:GPT2LMHeadModel", "config": {"n_layer": 1, "n_embd": 8}},
+        "dataset": {"name": "text", "path": art["id"]},
+    }
+    (error,) = api.post("/v1/jobs/validate", json=as_text).json()["errors"]
+    assert error["loc"] == "/dataset/path"
+    assert "(student.safetensors) cannot be used as a dataset" in error["msg"]
     # other names, other tenants
     names = [a["name"] for a in api.get("/v1/artifacts", params={"name": "report.json"}).json()]
     assert names == ["report.json"]
