@@ -61,6 +61,26 @@ def _looks_like_safetensors(head: bytes) -> bool:
 MAX_SAFETENSORS_HEADER = 100 * 1024**2
 
 
+def looks_like_checkpoint(path: str | Path) -> bool:
+    """Whether a file is of a kind kdcore reads as a checkpoint, from its first bytes
+    only: safetensors, a zip (a torch.save file, a zipped model folder), a pickle
+    (torch's legacy format), a tar (a model folder) or a protobuf that starts as ONNX
+    does. What is refused on reading (TorchScript, .pt2, object pickles) passes here."""
+    import tarfile
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+        if len(head) < 8:
+            return False
+        if _looks_like_safetensors(head) or head[:1] in (b"\x80", b"\x08"):
+            return True
+        return _is_zip(path) or tarfile.is_tarfile(path)
+    except OSError:
+        return False
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a flat {name: tensor} dict from an untrusted file."""
     path = Path(path)

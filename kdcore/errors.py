@@ -5,12 +5,21 @@ class KDError(Exception):
     """Base class: a problem with what the user gave us (spec, file, data), not a bug."""
 
 
+MAX_ERRORS = 50  # past this, one more entry says more follow: an answer of bounded size
+MORE_ERRORS = ("", "more errors follow; fix these first")
+
+
+def capped(errors: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """At most MAX_ERRORS (pointer, message) pairs, then MORE_ERRORS if some were cut."""
+    return errors if len(errors) <= MAX_ERRORS else [*errors[:MAX_ERRORS], MORE_ERRORS]
+
+
 class SpecError(KDError):
-    """The job spec is invalid. `errors` holds (JSON pointer, message) pairs."""
+    """The job spec is invalid. `errors` holds (JSON pointer, message) pairs, capped."""
 
     def __init__(self, errors: list[tuple[str, str]]):
-        self.errors = errors
-        super().__init__("; ".join(f"{loc or '/'}: {msg}" for loc, msg in errors))
+        self.errors = capped(errors)
+        super().__init__("; ".join(f"{loc or '/'}: {msg}" for loc, msg in self.errors))
 
 
 class CheckpointError(KDError):

@@ -1,15 +1,20 @@
-"""What a file given as a job's input must be, checked before it is used: the one check
-behind the service's upload (app.services.files), `kd submit` (before it uploads
-anything) and `kdcore validate`. Nothing is unpickled, nothing is inflated into memory,
-and no message quotes the file's bytes."""
+"""What a file given as a job's input must be, checked before it is used.
+
+`check_input_file` is the service's upload check (app.services.files): the whole file,
+read as kdcore will read it. `recognise_input_file` is what a client checks before it
+sends or runs anything (`kd submit`, `kdcore validate`/`train`/`distill`): the kind of
+file, from its first bytes only, so a CSV given as a dataset fails at once and a large
+teacher is not read twice; both refuse with the same words (kdcore.accepted_formats).
+Nothing is unpickled, nothing is inflated into memory, and no message quotes the
+file's bytes."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from kdcore.accepted_formats import DATASET_FORMATS
-from kdcore.errors import DataError, KDError
+from kdcore.accepted_formats import CHECKPOINT_FORMATS, DATASET_FORMATS
+from kdcore.errors import CheckpointError, DataError, KDError
 
 if TYPE_CHECKING:
     from kdcore.spec import JobSpec
@@ -62,25 +67,63 @@ def _check_dataset(path: Path, filename: str, max_unpacked_bytes: int) -> None:
             )
         except DataError as exc:
             if "neither a zip nor a tar" in str(exc):
-                raise DataError(
-                    f"{filename} is not a dataset kdcore reads; accepted: {DATASET_FORMATS}"
-                ) from None
+                raise _not_a_dataset(filename) from None
             raise
+
+
+def _not_a_dataset(filename: str) -> DataError:
+    return DataError(f"{filename} is not a dataset kdcore reads; accepted: {DATASET_FORMATS}")
+
+
+def recognise_input_file(path: Path, filename: str, purpose: str) -> None:
+    """Raise a KDError, as check_input_file would, if `path` is of no kind a job's
+    `purpose` input can be; decided from the first bytes (and an archive's first entry)."""
+    import tarfile
+    import zipfile
+
+    from kdcore.checkpoints import looks_like_checkpoint
+
+    if purpose == "checkpoint":
+        if not looks_like_checkpoint(path):
+            raise CheckpointError(
+                f"{filename} is not a checkpoint kdcore reads; accepted: {CHECKPOINT_FORMATS}"
+            )
+    elif purpose == "dataset":
+        if filename.lower().endswith((".txt", ".jsonl")):  # read record by record later
+            return
+        try:
+            archive = zipfile.is_zipfile(path) or tarfile.is_tarfile(path)  # .npz is a zip
+        except OSError:
+            archive = False
+        if not archive:
+            raise _not_a_dataset(filename)
+    else:
+        raise KDError(f"purpose must be checkpoint or dataset, not {purpose!r}")
+
+
+def named_files(spec: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(JSON pointer, value, purpose) of every file a spec (a dict, as written) names:
+    each model's checkpoint, then the dataset's path."""
+    from kdcore.spec import model_entries
+
+    named = [
+        (f"{pointer}/checkpoint", model.get("checkpoint"), "checkpoint")
+        for pointer, model in model_entries(spec)
+    ]
+    dataset = spec.get("dataset")
+    if isinstance(dataset, dict):
+        named.append(("/dataset/path", dataset.get("path"), "dataset"))
+    return [(p, v, purpose) for p, v, purpose in named if isinstance(v, str) and v]
 
 
 def spec_file_problems(spec: JobSpec, cwd: Path | None = None) -> list[tuple[str, str]]:
     """(pointer, message) for each local file a spec names (kdcore's CLI and library
-    take paths) that is missing or cannot be what it is given as. Folders are read as
-    folders (an imagefolder tree, an IDX folder, a model folder) and not checked here."""
-    from kdcore.archives import MAX_UNPACKED_BYTES
-
+    take paths) that is missing or of no kind it can be. Folders are read as folders
+    (an imagefolder tree, an IDX folder, a model folder) and not checked here."""
     base = cwd or Path.cwd()
-    named = [(f"{p}/checkpoint", m.checkpoint, "checkpoint") for p, m in spec.model_roles()]
-    if spec.dataset.path is not None and "://" not in spec.dataset.path:
-        named.append(("/dataset/path", spec.dataset.path, "dataset"))
     problems = []
-    for pointer, value, purpose in named:
-        if value is None:
+    for pointer, value, purpose in named_files(spec.model_dump(mode="json")):
+        if "://" in value:  # a dataset by reference, read where it lives
             continue
         path = Path(value) if Path(value).is_absolute() else base / value
         if not path.exists():
@@ -92,7 +135,7 @@ def spec_file_problems(spec: JobSpec, cwd: Path | None = None) -> list[tuple[str
             problems.append((pointer, f"{value} was not found{where}"))
         elif path.is_file():
             try:
-                check_input_file(path, path.name, purpose, MAX_UNPACKED_BYTES)
+                recognise_input_file(path, path.name, purpose)
             except KDError as exc:
                 problems.append((pointer, str(exc)))
     return problems

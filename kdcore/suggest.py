@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import AliasChoices, BaseModel
 
 SHOWN = 12  # past this many choices, name the command that lists them instead
+MAX_NAME = 100  # a longer name is no one's typo: shown cut, compared with nothing
 
 
 def _plain(name: str) -> str:
@@ -28,7 +29,7 @@ def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """Up to `n` choices most like `name`, best first; [] when none is close."""
     options = sorted(set(choices))
     plain = _plain(name)
-    if not plain:
+    if not plain or len(name) > MAX_NAME:
         return []
     by_plain: dict[str, list[str]] = {}
     for choice in options:
@@ -67,6 +68,10 @@ def unknown_field(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     name, names = str(loc[-1]), field_names(model, loc[:-1])
     if name in names:  # an alias given beside its field (`builtin` and `name`)
         return f"{name!r} is another name of a field given already: give one of them"
+    if len(name) > MAX_NAME:  # no field is this long: echo a bounded part, guess nothing
+        return f"unknown field {name[:MAX_NAME]!r}... ({len(name):,} characters)." + did_you_mean(
+            "", names, shown=100
+        )
     return f"unknown field {name!r}." + did_you_mean(name, names, shown=100)
 
 

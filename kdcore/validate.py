@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from kdcore import sweep_plan
 from kdcore.data import DATASETS, needs_path
-from kdcore.errors import SpecError
+from kdcore.errors import MAX_ERRORS, SpecError
 from kdcore.losses import LOSSES
 from kdcore.models import is_known, unknown_arch
 from kdcore.models.ecosystems import HF, check_hf_config
@@ -28,7 +28,7 @@ def parse_spec(data: Any) -> JobSpec:
         spec = JobSpec.model_validate(data)
     except ValidationError as exc:
         errors = []
-        for e in exc.errors():
+        for e in exc.errors()[: MAX_ERRORS + 1]:  # SpecError keeps MAX_ERRORS; the rest wait
             loc = tuple(p for p in e["loc"] if not str(p).startswith("function-"))
             msg = e["msg"].removeprefix("Value error, ")
             if e["type"] == "extra_forbidden" and loc:

@@ -24,6 +24,7 @@ from app.errors import (
     ProblemError,
     TooLarge,
 )
+from kdcore.errors import MAX_ERRORS, capped
 from kdcore.suggest import unknown_field
 
 log = logging.getLogger("kd.api")
@@ -52,7 +53,7 @@ def from_domain(exc: DomainError) -> ProblemError:
     if isinstance(exc, Conflict):
         return ProblemError(409, "Conflict", detail)
     if isinstance(exc, Invalid):
-        errors = [{"loc": loc or "/", "msg": msg} for loc, msg in exc.errors]
+        errors = [{"loc": loc or "/", "msg": msg} for loc, msg in capped(exc.errors)]
         return ProblemError(422, "Unprocessable Content", detail, errors=errors)
     if isinstance(exc, LimitExceeded):
         retry = str(max(1, math.ceil(exc.retry_after_s)))
@@ -90,7 +91,8 @@ def _message(request: Request, exc: RequestValidationError, error: dict[str, Any
     body_root = loc == ("body",)
     content_type = request.headers.get("content-type", "")
     if body_root and "json" not in content_type and kind in ("dict_type", "model_attributes_type"):
-        sent = f"as {content_type.split(';')[0]}" if content_type else "without a Content-Type"
+        shown = content_type.split(";")[0][:100]  # the client's header, echoed bounded
+        sent = f"as {shown}" if content_type else "without a Content-Type"
         return (
             f"{message}: the body was sent {sent}; send the JSON with the header "
             "`Content-Type: application/json` (curl: -H 'Content-Type: application/json')"
@@ -135,13 +137,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"loc": _pointer(e.get("loc", ())), "msg": _message(request, exc, e)}
-            for e in exc.errors()
+        found = [
+            # broken JSON: pydantic puts the character offset where a field goes
+            (
+                "/" if e.get("type") == "json_invalid" else _pointer(e.get("loc", ())),
+                _message(request, exc, e),
+            )
+            for e in exc.errors()[: MAX_ERRORS + 1]
         ]
-        for e in errors:
-            if e["loc"].startswith("/") and e["msg"].startswith("the body is not valid JSON"):
-                e["loc"] = "/"  # pydantic puts the character position where a field goes
+        errors = [{"loc": loc or "/", "msg": msg} for loc, msg in capped(found)]
         return problem_response(
             ProblemError(422, "Unprocessable Content", INVALID, errors=errors), request
         )

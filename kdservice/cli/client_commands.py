@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
+from rich.table import Table
 
 from kdservice.cli import local_files, render
 from kdservice.client import Client, Job
@@ -25,7 +28,19 @@ files_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
+Row = TypeVar("Row", bound=BaseModel)
 STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON")]
+
+
+def _print_rows(rows: Sequence[Row], table: Callable[[list[Row]], Table], as_json: bool) -> None:
+    """A listing as a table on the console, or (`--json`) as a JSON array."""
+    if as_json:
+        print(json.dumps([row.model_dump() for row in rows], indent=2))
+    else:
+        console.print(table(list(rows)))
 
 
 class CLIError(Exception):
@@ -104,6 +119,8 @@ def _prepare(client: Client, spec: dict[str, Any], spec_dir: Path) -> None:
     for f in files:
         if f not in missing:
             err_console.print(f"{f.path}: already uploaded (same sha256), reused")
+    if not missing:  # nothing to send: the submission itself validates the spec
+        return
     verdict = client.validate(spec)
     errors = local_files.problems_besides(verdict.errors, missing)
     if errors:
@@ -199,15 +216,12 @@ def jobs(
     limit: Annotated[
         int, typer.Option(metavar="N", min=1, max=200, help="at most N jobs (1-200)")
     ] = 20,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """List jobs, newest first."""
     with _client(ctx) as client:
         page = client.list_jobs(limit, status=status, name=name)
-    if as_json:
-        print(json.dumps([j.model_dump() for j in page.data], indent=2))
-    else:
-        console.print(render.jobs_table(page.data))
+    _print_rows(page.data, render.jobs_table, as_json)
 
 
 def show(
@@ -352,7 +366,7 @@ def artifacts(
             show_default=False,
         ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """List a job's artifacts: id, name, size and sha256 (an artifact id serves as a
     later job's input where its kind fits: weights, an ONNX graph or a model folder as
@@ -365,10 +379,8 @@ def artifacts(
             names = ", ".join(a.name for a in found) or "none"
             raise CLIError(f"job {job_id} has no artifact {name!r}; it has {names}")
         print(match[0].id)
-    elif as_json:
-        print(json.dumps([a.model_dump() for a in found], indent=2))
     else:
-        console.print(render.artifacts_table(found))
+        _print_rows(found, render.artifacts_table, as_json)
 
 
 @files_app.command("upload")
@@ -416,17 +428,14 @@ def files_list(
         ),
     ] = None,
     limit: Annotated[int, typer.Option(metavar="N", min=1, max=200, help="at most N files")] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """List uploaded files, newest first."""
     if purpose not in (None, "checkpoint", "dataset"):
         raise CLIError(f"--purpose must be checkpoint or dataset, not {purpose!r}")
     with _client(ctx) as client:
         found = client.files(limit, purpose)
-    if as_json:
-        print(json.dumps([f.model_dump() for f in found], indent=2))
-    else:
-        console.print(render.files_table(found))
+    _print_rows(found, render.files_table, as_json)
 
 
 @files_app.command("delete")

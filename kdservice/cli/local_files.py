@@ -41,18 +41,11 @@ class LocalFileError(Exception):
 def find(spec: dict[str, Any], spec_dir: Path) -> list[LocalFile]:
     """The local files `spec` names, looked up relative to the current folder, then to
     the spec's folder; LocalFileError for a name found in neither."""
-    from kdcore.spec import model_entries  # pydantic only; kept out of `kd --help`
+    from kdcore.input_files import named_files  # pydantic only; kept out of `kd --help`
 
-    named: list[tuple[str, Any, str]] = [
-        (f"{pointer}/checkpoint", model.get("checkpoint"), "checkpoint")
-        for pointer, model in model_entries(spec)
-    ]
-    dataset = spec.get("dataset")
-    if isinstance(dataset, dict):
-        named.append(("/dataset/path", dataset.get("path"), "dataset"))
     found, errors = [], []
-    for pointer, value, purpose in named:
-        if not isinstance(value, str) or not value or value.startswith(REMOTE):
+    for pointer, value, purpose in named_files(spec):
+        if value.startswith(REMOTE):
             continue
         candidates = [Path(value)] if Path(value).is_absolute() else [Path(value), spec_dir / value]
         path = next((c for c in candidates if c.exists()), None)
@@ -86,16 +79,16 @@ def find(spec: dict[str, Any], spec_dir: Path) -> list[LocalFile]:
 
 
 def check(files: list[LocalFile]) -> None:
-    """Each file checked as the service's upload checks it (kdcore.input_files), so a
-    wrong file is refused before anything is sent."""
-    from kdcore.archives import MAX_UNPACKED_BYTES
+    """Each file's kind, from its first bytes, as kdcore.input_files recognises it (the
+    service checks the whole file when it arrives), so a wrong file is refused before
+    anything is sent."""
     from kdcore.errors import KDError
-    from kdcore.input_files import check_input_file
+    from kdcore.input_files import recognise_input_file
 
     errors = []
     for f in files:
         try:
-            check_input_file(f.path, f.path.name, f.purpose, MAX_UNPACKED_BYTES)
+            recognise_input_file(f.path, f.path.name, f.purpose)
         except KDError as exc:
             errors.append((f.pointer, str(exc)))
     if errors:

@@ -117,3 +117,29 @@ def test_files_are_found_by_their_content(api):
     assert api.get("/v1/files", params={"sha256": digest}, tenant="b").json()["data"] == []
     error = _only_error(api.get("/v1/files", params={"sha256": "not-hex"}))
     assert error["loc"] == "/query/sha256"
+
+
+def test_a_huge_unknown_field_name_is_echoed_cut_and_guesses_nothing(api):
+    spec = tiny_spec()
+    spec["x" * 10_000] = 1
+    error = _only_error(api.post("/v1/jobs", json=spec))
+    assert error["msg"].startswith("unknown field 'xxxx") and "(10,000 characters)" in error["msg"]
+    assert "Did you mean" not in error["msg"] and len(error["msg"]) < 600
+
+
+def test_a_thousand_bad_fields_get_an_answer_of_bounded_size(api):
+    spec = tiny_spec()
+    spec.update({f"junk{i}": i for i in range(1000)})
+    for route in ("/v1/jobs", "/v1/jobs/validate"):
+        r = api.post(route, json=spec)
+        errors = r.json()["errors"]
+        assert len(errors) <= 51, (route, len(errors))
+        assert len(r.content) < 40_000
+    assert errors[-1]["msg"] == "more errors follow; fix these first"
+
+
+def test_a_strange_content_type_is_echoed_bounded(api):
+    odd = "text/" + "a" * 5000 + '"; charset=<script>'
+    error = _only_error(api.post("/v1/jobs", content=b"{}", headers={"Content-Type": odd}))
+    assert "Content-Type: application/json" in error["msg"]
+    assert len(error["msg"]) < 400 and "<script>" not in error["msg"]

@@ -53,12 +53,12 @@ const pct = (v) => (typeof v === "number" ? (100 * v).toFixed(2) + " %" : "–")
 const bytes = (n) => (n >= 1 << 20 ? (n / (1 << 20)).toFixed(2) + " MiB" : (n / 1024).toFixed(1) + " KiB");
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 // a service time (UTC, ISO) in the browser's time zone, which it names
+const ZONE = new Intl.DateTimeFormat(undefined, { timeZoneName: "short" });
 function when(iso) {
   if (!iso) return "–";
   const d = new Date(iso);
   const p = (n) => String(n).padStart(2, "0");
-  const zone = new Intl.DateTimeFormat(undefined, { timeZoneName: "short" }).formatToParts(d)
-    .find((x) => x.type === "timeZoneName")?.value || "";
+  const zone = ZONE.formatToParts(d).find((x) => x.type === "timeZoneName")?.value || "";
   return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())} ${zone}`;
 }
 // how long a job ran (or has been running)
@@ -202,7 +202,7 @@ function renderJobs(view) {
   refreshTimer = setInterval(() => { if (!after) load(false); }, 3000);
 }
 
-const JOB_COLUMNS = ["Name", "Kind", "Status", "Progress", "Quality", "Models", "Size", "Duration", "Created", "Id"];
+const JOB_COLUMNS = ["Name", "Kind", "Status", "Progress", "Quality", "Models", "Student size", "Duration", "Created", "Id"];
 
 function jobRow(job) {
   const frac = job.progress.fraction ?? (job.status === "succeeded" ? 1 : 0);
