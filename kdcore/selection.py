@@ -1,8 +1,9 @@
 """Which epoch's weights a job keeps, and when it stops: the best validation epoch
 (`training.select: best`) and early stopping (`training.early_stopping`).
 
-The metric is the validation split's accuracy (higher is better) or MSE for regression
-(lower is better). An epoch improves when it beats the best so far by more than
+The metric is the validation split's accuracy (higher is better), MSE for regression or
+perplexity for a language model (lower is better), for every task alike (the one loop,
+kdcore.engine.loop). An epoch improves when it beats the best so far by more than
 `min_delta` (0 without early stopping: any improvement); its weights are copied then,
 so the best state is there at the end without re-reading a checkpoint, and it travels
 in every checkpoint so a resumed run remembers it.
@@ -17,10 +18,14 @@ from torch import Tensor, nn
 
 from kdcore.spec import JobSpec
 
+# a task's quality on held-out data, where it is not accuracy
+QUALITY_METRIC = {"regression": "mse", "causal_lm": "perplexity"}
+LOWER_IS_BETTER = frozenset({"mse", "perplexity"})
+
 
 @dataclass
 class BestEpoch:
-    metric: str  # "accuracy" or "mse"
+    metric: str  # "accuracy", "mse" or "perplexity"
     min_delta: float = 0.0
     patience: int | None = None
     epoch: int | None = None  # the best epoch so far (from 1)
@@ -33,7 +38,7 @@ class BestEpoch:
     def for_spec(cls, spec: JobSpec) -> BestEpoch:
         stopping = spec.training.early_stopping
         return cls(
-            "mse" if spec.task == "regression" else "accuracy",
+            QUALITY_METRIC.get(spec.task, "accuracy"),
             stopping.min_delta if stopping else 0.0,
             stopping.patience if stopping else None,
         )
@@ -41,7 +46,7 @@ class BestEpoch:
     def _better(self, value: float) -> bool:
         if self.value is None:
             return True
-        if self.metric == "mse":
+        if self.metric in LOWER_IS_BETTER:
             return value < self.value - self.min_delta
         return value > self.value + self.min_delta
 

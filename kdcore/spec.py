@@ -497,13 +497,16 @@ class TrainingSpec(_Strict):
     select: Literal["best", "last"] = Field(
         default="best",
         description="the weights a job keeps: those of the epoch with the best validation "
-        "metric (accuracy; MSE for regression), or the last epoch's. Default best: it costs "
-        "nothing and a late epoch that got worse is not what anyone wants to ship. Without "
+        "metric (accuracy; MSE for regression, perplexity for causal_lm), or the last "
+        "epoch's. Default best: it costs nothing and a late epoch that got worse is not "
+        "what anyone wants to ship. Without "
         "a validation split the default keeps the last (selecting on the test split "
         "would leak it)",
     )
     early_stopping: EarlyStoppingSpec | None = Field(
-        default=None, description="stop when validation stops improving (needs a val split)"
+        default=None,
+        description="stop when the validation metric (as for select) stops improving, for "
+        "every task (needs a val split)",
     )
     quantization: Literal["none", "int8"] = Field(
         default="none",
