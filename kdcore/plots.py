@@ -65,12 +65,16 @@ def plot_curves(
 
 
 def _save(plt: Any, fig: Any, path: Path) -> Path:
+    """Drawn into a temp file of its own, then renamed over `path`: a reader sees a
+    whole picture, and two writers of one path (which worker.folder_lock prevents for a
+    job's folder) would not take each other's temp file."""
+    from kdcore.checkpoints import atomic_write
+
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -37,6 +37,7 @@ from app.services.jobs import fetch_dataset, prune_checkpoints, resolved_spec, t
 from app.services.lifecycle import AfterCommit
 from app.settings import Settings
 from worker import tracking
+from worker.folder_lock import folder_lock
 
 log = logging.getLogger("kd.worker")
 S = JobStatus
@@ -243,9 +244,26 @@ class Supervisor:
         self.max_runtime_s = spec.get("max_runtime_s") or settings.default_max_runtime_s
         self.grace_s = settings.cancel_grace_s
         self.last_progress_event = 0.0
+        self.waited_flush = time.monotonic()  # the claim has just renewed the lease
 
     def run(self, teacher_cache: Path | None = None) -> str:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        """The attempt, holding its job folder alone (worker.folder_lock): an earlier
+        attempt whose lease expired may still have a process there; wait for it."""
+        with folder_lock(self.out_dir, self._still_claimed) as lock_fd:
+            if lock_fd is None:
+                return LOST
+            return self._run(lock_fd, teacher_cache)
+
+    def _still_claimed(self) -> bool:
+        """While waiting for the folder: renew the lease every heartbeat; False once
+        it is lost."""
+        now = time.monotonic()
+        if now - self.waited_flush < self.settings.heartbeat_s:
+            return True
+        self.waited_flush = now
+        return self._flush() != LOST
+
+    def _run(self, lock_fd: int, teacher_cache: Path | None) -> str:
         log_path = self.out_dir / f"attempt{self.attempt}.log"
         with open(log_path, "ab") as log_file:
             threads = threads_per_job(self.settings)
@@ -257,6 +275,7 @@ class Supervisor:
                 stdout=subprocess.PIPE,
                 stderr=log_file,
                 start_new_session=True,
+                pass_fds=(lock_fd,),  # the folder stays locked until the child is gone
             )
             assert proc.stdin is not None and proc.stdout is not None
             proc.stdin.write(

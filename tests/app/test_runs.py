@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import torch
@@ -372,3 +373,55 @@ def test_starting_a_job_trims_the_teacher_cache_to_its_bound(tmp_path):
     assert not (settings.teacher_cache_dir / "t1" / "old").exists()  # least recently used
     assert (settings.teacher_cache_dir / "t2" / "new").exists()
     assert teacher_cache(make_settings(tmp_path, teacher_cache_bytes=0), "t3") is None
+
+
+def test_a_second_attempt_waits_until_the_first_attempts_process_has_left_the_folder(api):
+    """Under load a lease can expire while its training process still runs: the reaper
+    requeues the job and another slot claims it. Its attempt must not start a second
+    writer in the job's folder (two once raced over curves.tmp.png) until the first
+    supervisor has noticed, at its next heartbeat, and its process is gone."""
+    # one long epoch: the first supervisor flushes at its heartbeat only (an epoch's
+    # end would flush at once), and its heartbeats stall (every 15 s instead of 0.3)
+    spec = tiny_job(
+        training={"epochs": 1, "batch_size": 4, "precision": "fp32"},
+        dataset={
+            "builtin": "synthetic",
+            "num_samples": 400_000,
+            "num_classes": 3,
+            "shape": [1, 6, 6],
+        },
+    )
+    job_id = api.post("/v1/jobs", json=spec).json()["id"]
+    stalled = api.settings.model_copy(update={"heartbeat_s": 15.0})
+    first: dict = {}
+    a = threading.Thread(target=lambda: first.update(status=claim_and_run(stalled, job_id)))
+    a.start()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not api.get(f"/v1/jobs/{job_id}").json()["progress"].get(
+        "step"
+    ):
+        time.sleep(0.1)
+    (child,) = training_children()
+    with session_scope(api.settings.db_url) as session:  # as if its heartbeats stalled
+        session.get(Job, job_id).lease_expires_at = utcnow() - timedelta(seconds=1)
+    assert reap_once(api.settings) == [(job_id, "queued")]
+    second: dict = {}
+    b = threading.Thread(target=lambda: second.update(status=claim_and_run(api.settings, job_id)))
+    b.start()
+    log2 = api.settings.jobs_dir / job_id / "attempt2.log"
+    overlapped = False
+    while a.is_alive() or not log2.exists():
+        if log2.exists() and os.path.exists(f"/proc/{child}"):
+            stat = Path(f"/proc/{child}/stat").read_text()
+            state = stat.rsplit(")", 1)[1].split()[0]
+            overlapped = overlapped or state != "Z"  # a zombie has left the folder
+        time.sleep(0.02)
+        assert time.monotonic() < deadline + 60, "the second attempt never started"
+    assert first["status"] == "lost" and not overlapped
+    while not api.get(f"/v1/jobs/{job_id}").json()["progress"].get("step"):
+        time.sleep(0.1)  # attempt 2 trains (its lease renewed while it waited)
+    assert api.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelling"
+    b.join(60)
+    assert second["status"] == "cancelled" and training_children() == []
+    job = api.get(f"/v1/jobs/{job_id}").json()
+    assert job["attempt"] == 2
