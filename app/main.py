@@ -60,7 +60,7 @@ def settle_heap() -> None:
     into the collector's permanent generation. A full collection of the 340,000 objects
     torch and the app make took 70-160 ms here, a stall every request in flight waited
     for (bench/api_load.py: /healthz p99/p50); frozen, they are never scanned again."""
-    import kdcore.validate  # noqa: F401
+    import kdcore.checks.validate  # noqa: F401
 
     gc.collect()
     gc.freeze()

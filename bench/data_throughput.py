@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kdcore.augment import augment_batch
-from kdcore.entry import run as train_or_distill
-from kdcore.entry import train
+from kdcore.image.augment import augment_batch
+from kdcore.image.streaming import decode_resized
+from kdcore.runs.entry import run as train_or_distill
+from kdcore.runs.entry import train
 from kdcore.spec import AugmentSpec, stored_side
-from kdcore.streaming import decode_resized
 
 
 def photo(rng: np.random.Generator, label: int) -> bytes:

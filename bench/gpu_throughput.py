@@ -1,4 +1,4 @@
-"""GPU training throughput of the real training loop (kdcore.trainer.fit), for
+"""GPU training throughput of the real training loop (kdcore.image.trainer.fit), for
 cifar_resnet56 -> cifar_resnet20 and cifar_resnet32x4 -> cifar_resnet8x4 at 32x32,
 batch 512 (CIFAR-100 shapes, synthetic data resident on the GPU). For each pair it
 prints the median images/s over epochs (the first epoch warms up cuDNN and is dropped)
@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kdcore.data import load_dataset
+from kdcore.checks.validate import parse_spec
+from kdcore.engine.precision import autocast_for
+from kdcore.image.data import load_dataset
+from kdcore.image.trainer import fit
 from kdcore.losses import build_loss
 from kdcore.models import build_model, count_parameters
-from kdcore.precision import autocast_for
-from kdcore.trainer import fit
-from kdcore.validate import parse_spec
 
 PAIRS = [("cifar_resnet56", "cifar_resnet20"), ("cifar_resnet32x4", "cifar_resnet8x4")]
 # dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets

@@ -1,5 +1,5 @@
 """KD training throughput on the CPU: cifar_resnet56 -> cifar_resnet20, digits at 32x32,
-batch 64, KD loss T=4. Runs the real training loop (kdcore.trainer.fit) and prints the
+batch 64, KD loss T=4. Runs the real training loop (kdcore.image.trainer.fit) and prints the
 median images/s over epochs (evaluation excluded) for:
 
   (a) the KD step (teacher forward + student forward/backward),
@@ -20,11 +20,11 @@ import statistics
 
 import torch
 
-from kdcore.data import load_dataset
+from kdcore.checks.validate import parse_spec
+from kdcore.engine.precision import uses_bf16
+from kdcore.image.data import load_dataset
+from kdcore.image.trainer import fit
 from kdcore.models import build_model
-from kdcore.precision import uses_bf16
-from kdcore.trainer import fit
-from kdcore.validate import parse_spec
 
 
 def spec(kind: str, precision: str, cache: bool, epochs: int):

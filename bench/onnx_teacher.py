@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kdcore.models import build_model  # noqa: E402
-from kdcore.onnx_teacher import OnnxTeacher, inspect_onnx  # noqa: E402
+from kdcore.models.onnx import OnnxTeacher, inspect_onnx  # noqa: E402
 from tests.support.graphs import export_graph  # noqa: E402
 
 

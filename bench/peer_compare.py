@@ -19,7 +19,7 @@ torchdistill runs the teacher every step). kdcore runs at fp32 and at `auto` (bf
 autocast where the CPU has native bf16); torchdistill at its default, fp32. The first
 epoch of each run warms up oneDNN and is left out of the medians. A third row, "crop,
 later job", is a second kdcore job with the same teacher, data and seed as a first one
-that stored its crops' soft labels (kdcore.teacher_cache, FKD): it skips the teacher;
+that stored its crops' soft labels (kdcore.image.teacher_cache, FKD): it skips the teacher;
 torchdistill has no such cache, so its figure there is its crop figure. The runs alternate
 (peer, kdcore fp32, kdcore auto) for `--rounds` rounds, so a slow minute of a shared
 machine does not land on one side only. `--device cuda` runs both sides on the GPU
@@ -115,7 +115,7 @@ def digits_folder() -> tuple[Path, Path, float, float]:
 
 
 def _spec(tar: Path, augment: bool, precision: str, epochs: int, device: str) -> Any:
-    from kdcore.validate import parse_spec
+    from kdcore.checks.validate import parse_spec
 
     return parse_spec(
         {
@@ -157,9 +157,10 @@ def trained_teacher(tar: Path) -> Path:
         return TEACHER
     from safetensors.torch import save_file
 
-    from kdcore.data import load_dataset
+    from kdcore.engine.device import pick_device
+    from kdcore.image.data import load_dataset
+    from kdcore.image.trainer import fit
     from kdcore.models import build_model
-    from kdcore.trainer import fit, pick_device
 
     spec = _spec(tar, True, "auto", 6, "auto")
     spec = spec.model_copy(update={"kind": "train", "teacher": None})
@@ -176,9 +177,10 @@ def ours(
 ) -> dict:
     from safetensors.torch import load_file
 
-    from kdcore.data import load_dataset
+    from kdcore.engine.device import pick_device
+    from kdcore.image.data import load_dataset
+    from kdcore.image.trainer import fit
     from kdcore.models import build_model
-    from kdcore.trainer import fit, pick_device
 
     spec = _spec(tar, augment, precision, epochs, device)
     data = load_dataset(spec.dataset, 0)
@@ -242,9 +244,9 @@ def levers(tar: Path) -> None:
     import torch.nn.functional as F
     from safetensors.torch import load_file
 
-    from kdcore import fast_teacher
-    from kdcore.augment import augment_batch
-    from kdcore.data import load_dataset
+    from kdcore.image import fast_teacher
+    from kdcore.image.augment import augment_batch
+    from kdcore.image.data import load_dataset
     from kdcore.models import build_model
 
     spec = _spec(tar, True, "fp32", 1, "cpu")
@@ -311,7 +313,7 @@ def cpu_model() -> str:
 
 
 def main() -> None:
-    from kdcore.precision import uses_bf16
+    from kdcore.engine.precision import uses_bf16
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=3)
@@ -371,7 +373,7 @@ def main() -> None:
     print(
         "(images/s of training; torchdistill runs fp32, its teacher in fp32; 'crop, later job':"
         " a second job with the same teacher, data and seed reads the crop soft labels the"
-        " first one stored, kdcore.teacher_cache)"
+        " first one stored, kdcore.image.teacher_cache)"
     )
     if not args.no_levers:
         levers(tar)

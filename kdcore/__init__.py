@@ -1,5 +1,5 @@
 """kdcore: knowledge distillation as a library. The entry points are `kdcore.run`,
-`kdcore.distill` and `kdcore.train` (defined in kdcore.entry: no module may share an
+`kdcore.distill` and `kdcore.train` (defined in kdcore.runs.entry: no module may share an
 exported name, or importing it would replace the function with the module);
 kdcore.spec is the job schema.
 
@@ -19,18 +19,18 @@ except PackageNotFoundError:  # a source tree on sys.path, never installed
     __version__ = "0+unknown"
 
 _EXPORTS = {
-    "Callbacks": "kdcore.callbacks",
-    "Progress": "kdcore.callbacks",
+    "Callbacks": "kdcore.engine.callbacks",
+    "Progress": "kdcore.engine.callbacks",
     "Cancelled": "kdcore.errors",
     "CheckpointError": "kdcore.errors",
     "DataError": "kdcore.errors",
     "KDError": "kdcore.errors",
     "SpecError": "kdcore.errors",
     "JobSpec": "kdcore.spec",
-    "parse_spec": "kdcore.validate",
-    "run": "kdcore.entry",
-    "distill": "kdcore.entry",
-    "train": "kdcore.entry",
+    "parse_spec": "kdcore.checks.validate",
+    "run": "kdcore.runs.entry",
+    "distill": "kdcore.runs.entry",
+    "train": "kdcore.runs.entry",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import kdcore
-from kdcore.callbacks import Callbacks, Progress
+from kdcore.engine.callbacks import Callbacks, Progress
 from kdcore.errors import Cancelled, KDError, SpecError
 from kdcore.spec import EXPORT_FORMATS
 
@@ -76,9 +76,9 @@ def _count(text: str) -> int:
 
 
 def _run(args: argparse.Namespace, kind: str) -> int:
-    from kdcore.entry import run
-    from kdcore.input_files import spec_file_problems
-    from kdcore.validate import parse_spec
+    from kdcore.checks.input_files import spec_file_problems
+    from kdcore.checks.validate import parse_spec
+    from kdcore.runs.entry import run
 
     data = _load_spec_file(args.spec)
     if isinstance(data, dict) and "kind" not in data:
@@ -116,7 +116,7 @@ def _run(args: argparse.Namespace, kind: str) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from kdcore.export import load_student, save_student
+    from kdcore.image.export import load_student, save_student
 
     model, config = load_student(args.dir)
     out = Path(args.out or args.dir)
@@ -127,7 +127,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from kdcore.data import DATASETS
+    from kdcore.image.data import DATASETS
     from kdcore.losses import LOSSES
     from kdcore.models import MODELS, architecture_names, parameter_count
     from kdcore.registry import Registry
@@ -178,7 +178,7 @@ def _layers(args: argparse.Namespace) -> int:
     teacher_layers take."""
     import torch
 
-    from kdcore.features import layer_shapes
+    from kdcore.image.features import layer_shapes
     from kdcore.models import build_model
 
     config = _hf_config(Path(args.config)) if args.config else None
@@ -195,7 +195,7 @@ def _layers(args: argparse.Namespace) -> int:
 
 def _hf_config(path: Path) -> Any:
     """A config.json, or the one inside a zipped/tarred model folder."""
-    from kdcore.archives import MAX_UNPACKED_BYTES
+    from kdcore.io.archives import MAX_UNPACKED_BYTES
     from kdcore.models.ecosystems import is_model_folder
 
     if not is_model_folder(path):
@@ -210,8 +210,8 @@ def _hf_config(path: Path) -> Any:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from kdcore.input_files import spec_file_problems
-    from kdcore.validate import parse_spec
+    from kdcore.checks.input_files import spec_file_problems
+    from kdcore.checks.validate import parse_spec
 
     spec = parse_spec(_load_spec_file(args.spec))
     problems = spec_file_problems(spec)

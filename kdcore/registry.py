@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from kdcore.suggest import did_you_mean
+from kdcore.errors import did_you_mean
 
 T = TypeVar("T")
 

@@ -4,7 +4,7 @@
 Pydantic gives typed parsing, JSON pointers for every bad field and a JSON schema for
 the service's OpenAPI document. This module is a leaf: it imports neither torch nor
 the registries, so the API and the CLI can load it cheaply. Registry names
-(architectures, datasets, methods) are checked by kdcore.validate.parse_spec.
+(architectures, datasets, methods) are checked by kdcore.checks.validate.parse_spec.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from kdcore.tasks import TEXT_TASKS, Task
 
 MAX_EPOCHS = 10_000
 MAX_BATCH = 65_536
@@ -80,7 +82,7 @@ class TeacherSpec(ModelSpec):
 MAX_TEACHERS = 8
 
 
-# kdcore.streaming (images), kdcore.text.rows (text)
+# kdcore.image.streaming (images), kdcore.text.rows (text)
 STREAMABLE_DATASETS = frozenset({"imagefolder", "webdataset", "text"})
 
 
@@ -144,7 +146,7 @@ class DatasetSpec(_Strict):
     )
 
     def streams(self, decoded_bytes: int) -> bool:
-        """Whether this set is streamed (kdcore.streaming) when it would take
+        """Whether this set is streamed (kdcore.image.streaming) when it would take
         `decoded_bytes` decoded in memory: forced by `streaming`, else by the budget."""
         if self.name not in STREAMABLE_DATASETS or self.streaming is False:
             return False
@@ -182,7 +184,7 @@ class AugmentSpec(_Strict):
         default="none",
         description="imagenet: training crops by RandomResizedCrop (crop_scale, crop_ratio) "
         "to dataset.image_size plus a horizontal flip, from images kept at image_size / "
-        "0.875; evaluation by resize and center crop (kdcore.augment)",
+        "0.875; evaluation by resize and center crop (kdcore.image.augment)",
     )
     crop_scale: tuple[float, float] = Field(
         default=(0.08, 1.0), description="imagenet: the crop's share of the image's area"
@@ -330,12 +332,13 @@ class DistillationSpec(_Strict):
         ge=1,
         le=100_000,
         description="With a teacher cache folder: keep each sample's k largest teacher "
-        "logits and one value for the rest (kdcore.teacher_cache); default: every class "
+        "logits and one value for the rest (kdcore.image.teacher_cache); default: every class "
         "up to 128 classes, else 32",
     )
     teacher_precision: Literal["auto", "fp32", "int8"] = Field(
         default="auto",
-        description="How the teacher runs each step when it is not cached (kdcore.fast_teacher): "
+        description="How the teacher runs each step when it is not cached "
+        "(kdcore.image.fast_teacher): "
         "auto: int8 on a CPU if its soft targets pass the fidelity check, else fp32; "
         "fp32: fp32 with BatchNorm folded into the convolutions; int8: int8 regardless",
     )
@@ -380,7 +383,7 @@ class EarlyStoppingSpec(_Strict):
 
 
 class GateSpec(_Strict):
-    """Limits a student must meet to be called ready (kdcore.readiness). Each limit set
+    """Limits a student must meet to be called ready (kdcore.shipping.readiness). Each limit set
     is checked on the test split; the job succeeds either way and reports the verdict."""
 
     max_accuracy_drop: float | None = Field(
@@ -426,7 +429,7 @@ class SweepConstraints(_Strict):
 
 class SweepSpec(_Strict):
     """Several full trainings of the job with some fields varied; the job's outputs are
-    the best trial's (kdcore.sweep)."""
+    the best trial's (kdcore.runs.sweep)."""
 
     parameters: dict[str, list[SweepValue]] = Field(
         min_length=1,
@@ -511,7 +514,7 @@ class TrainingSpec(_Strict):
     quantization: Literal["none", "int8"] = Field(
         default="none",
         description="int8: after training, fine-tune with fake int8 quantisation under the "
-        "same distillation loss (kdcore.qat) and export that as student.int8.onnx; the "
+        "same distillation loss (kdcore.image.qat) and export that as student.int8.onnx; the "
         "report's quantization compares it with post-training int8",
     )
     qat_epochs: int | None = Field(
@@ -560,8 +563,6 @@ class TrainingSpec(_Strict):
 
 ExportFormat = Literal["safetensors", "torchscript", "onnx", "onnx_fp16", "onnx_int8"]
 Kind = Literal["distill", "train"]
-Task = Literal["classification", "regression", "causal_lm", "text_classification"]
-TEXT_TASKS = frozenset({"causal_lm", "text_classification"})  # kdcore.text runs them
 # the one list of each, for the CLI, /v1/capabilities and the dashboard
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -615,7 +616,7 @@ class JobSpec(_Strict):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     sweep: SweepSpec | None = Field(
         default=None,
-        description="Train several trials and keep the best (kdcore.sweep); the report's "
+        description="Train several trials and keep the best (kdcore.runs.sweep); the report's "
         "sweep lists every trial, the best and the Pareto front of quality against latency",
     )
     gate: GateSpec | None = Field(

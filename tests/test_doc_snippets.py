@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from kdcore.validate import parse_spec
+from kdcore.checks.validate import parse_spec
 from tests.support.procs import Proc, free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -294,7 +294,7 @@ def test_the_library_calls_and_the_onnx_metadata_recipe_run(sandbox: Sandbox) ->
     graph = sandbox.root / "teacher.onnx"
     graph.write_bytes((sandbox.root / "out/run/student.onnx").read_bytes())
     sandbox.python(block("docs/kdcore.md: import json, onnx"))
-    from kdcore.onnx_teacher import read_preprocessing
+    from kdcore.models.onnx import read_preprocessing
 
     recorded = read_preprocessing(graph)
     assert recorded["input_shape"] == [3, 32, 32]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import kdcore
-from kdcore.validate import parse_spec, validate_names
+from kdcore.checks.validate import parse_spec, validate_names
 
 pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -132,7 +132,7 @@ def test_the_readmes_onnx_export_snippet_writes_one_file_the_service_accepts(
     import torch
     from torch import nn
 
-    from kdcore.onnx_teacher import inspect_onnx
+    from kdcore.models.onnx import inspect_onnx
 
     section = (ROOT / "README.md").read_text().split("## Bring your own model", 1)[1]
     snippet = next(

@@ -152,9 +152,9 @@ def _over_limits(settings: Settings, spec: dict[str, Any]) -> str | None:
     """The submission checks again, on this host's copy of the files: the limits may
     have been lowered, or the job may come from an older API."""
     from app.services.jobs import cost_limits
-    from kdcore.cost import as_built, check_limits, local_folders
+    from kdcore.checks.cost import as_built, check_limits, local_folders
+    from kdcore.checks.validate import parse_spec
     from kdcore.errors import KDError
-    from kdcore.validate import parse_spec
 
     try:
         parsed = parse_spec(spec)
@@ -180,7 +180,7 @@ def teacher_cache(settings: Settings, tenant_id: str) -> Path | None:
     host's cache to its bound (least recently used keys first); None when off."""
     if not settings.teacher_cache_bytes or not tenant_id:
         return None
-    from kdcore.teacher_cache import prune
+    from kdcore.image.teacher_cache import prune
 
     root = settings.teacher_cache_dir
     tenants = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []

@@ -5,7 +5,7 @@ and reads one JSON message per line from its stdout:
 
     {"type": "progress" | "epoch", ...}   kdcore.Progress fields
     {"type": "checkpoint", "path", "epoch", "step"}  after the atomic rename
-    {"type": "trial", ...}                a sweep's trial, recorded (kdcore.sweep)
+    {"type": "trial", ...}                a sweep's trial, recorded (kdcore.runs.sweep)
     {"type": "done", "report"} | {"type": "cancelled"} | {"type": "error", "kind", "message"}
 
 SIGTERM asks it to stop: the training loop checks the flag between steps.
@@ -64,7 +64,7 @@ def main() -> int:
 
     torch.set_num_threads(payload["threads"])  # the job's share of the host's cores
     import kdcore
-    from kdcore.callbacks import Callbacks, Progress
+    from kdcore.engine.callbacks import Callbacks, Progress
 
     class Reporter(Callbacks):
         def on_step(self, p: Progress) -> None:

@@ -24,8 +24,7 @@ from app.errors import (
     ProblemError,
     TooLarge,
 )
-from kdcore.errors import MAX_ERRORS, capped
-from kdcore.suggest import unknown_field
+from kdcore.errors import MAX_ERRORS, capped, unknown_field
 
 log = logging.getLogger("kd.api")
 PROBLEM = "application/problem+json"

@@ -43,8 +43,8 @@ def layers(
     """Every layer's name, type and output shape (batch dimension as "N")."""
     import torch
 
-    from kdcore.cost import BYTES_PER_VALUE, model_cost
-    from kdcore.features import layer_shapes
+    from kdcore.checks.cost import BYTES_PER_VALUE, model_cost
+    from kdcore.image.features import layer_shapes
     from kdcore.models import build_model, is_known, unknown_arch
     from kdcore.models.ecosystems import check_hf_config
     from kdcore.spec import ModelSpec

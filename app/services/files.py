@@ -22,9 +22,9 @@ PURPOSES = ("checkpoint", "dataset")
 
 
 def check_content(path: Path, filename: str, purpose: str, settings: Settings) -> None:
-    """Refuse files kdcore could not use safely, with the reason (kdcore.input_files)."""
+    """Refuse files kdcore could not use safely, with the reason (kdcore.checks.input_files)."""
+    from kdcore.checks.input_files import check_input_file
     from kdcore.errors import KDError
-    from kdcore.input_files import check_input_file
 
     try:
         check_input_file(path, filename, purpose, settings.max_archive_unpacked_bytes)

@@ -40,8 +40,8 @@ def validate_spec(
 ) -> tuple[Any, list[tuple[str, str]], list[str]]:
     """Returns (JobSpec or None, errors as (pointer, message), warnings). The cheap
     checks come first; the spec is sized, and its weights compared, only if they pass."""
+    from kdcore.checks.validate import parse_spec
     from kdcore.errors import SpecError
-    from kdcore.validate import parse_spec
 
     try:
         spec = parse_spec(data)
@@ -71,9 +71,9 @@ def _teacher_inputs(
     session: Session, settings: Settings, tenant_id: str, spec: Any
 ) -> tuple[str | None, list[str]]:
     """What the teacher's recorded preprocessing (a train job's student.json beside its
-    weights, an ONNX graph's metadata) says of this job's inputs (kdcore.preflight)."""
-    from kdcore.data import describe
-    from kdcore.preflight import teacher_input_notes
+    weights, an ONNX graph's metadata) says of this job's inputs (kdcore.image.preflight)."""
+    from kdcore.image.data import describe
+    from kdcore.image.preflight import teacher_input_notes
 
     local = _with_local_teacher(session, settings, tenant_id, spec)
     if local is None:
@@ -100,8 +100,8 @@ def teacher_score_warnings(
     session: Session, settings: Settings, tenant_id: str, spec: Any
 ) -> list[str]:
     """For `POST /v1/jobs/validate` (not on submission: it runs the teacher): the
-    preflight's verdict where it is cheap to compute now (kdcore.one_process.preview_teacher)."""
-    from kdcore.one_process import preview_teacher
+    preflight's verdict where it is cheap to compute now (kdcore.image.run.preview_teacher)."""
+    from kdcore.image.run import preview_teacher
 
     local = _with_local_teacher(session, settings, tenant_id, spec)
     said = preview_teacher(local) if local is not None else None
@@ -112,7 +112,7 @@ def _file_errors(
     session: Session, settings: Settings, tenant_id: str, spec: Any
 ) -> list[tuple[str, str]]:
     """Every file the spec names exists, is the caller's, and was uploaded for that use."""
-    from kdcore.data import needs_path
+    from kdcore.image.data import needs_path
 
     errors = []
     for pointer, model in spec.model_roles():
@@ -209,7 +209,7 @@ def _warnings(spec: Any) -> list[str]:
 
 
 def cost_limits(settings: Settings) -> Any:
-    from kdcore.cost import Limits
+    from kdcore.checks.cost import Limits
 
     return Limits(
         max_model_params=settings.max_model_params,
@@ -228,7 +228,7 @@ def check_cost(
     the time one submission spends). Nothing is allocated or decoded."""
     from dataclasses import replace
 
-    from kdcore.cost import SweepSizing, as_built, check_with_sweep
+    from kdcore.checks.cost import SweepSizing, as_built, check_with_sweep
 
     if dataset_refs.is_reference(spec.dataset.path):
         if str(spec.dataset.path).startswith("s3://"):  # sized by the worker, once fetched
@@ -261,7 +261,7 @@ def _model_folders(
     """{pointer: FolderSizing} of each model whose checkpoint is an uploaded model folder
     (its config.json, its tokenizer's vocabulary), read as the worker reads them, so a
     folder is sized by the model it will build; errors for folders that cannot be read."""
-    from kdcore.cost import FolderSizing
+    from kdcore.checks.cost import FolderSizing
     from kdcore.errors import KDError
     from kdcore.models.ecosystems import HF, is_model_folder
     from kdcore.text.models import read_folder_sizing
@@ -302,8 +302,8 @@ def _check_weights_fit(
 ) -> list[tuple[str, str]]:
     """Compare each checkpoint's tensor shapes with its model, built on the meta device
     (no memory), for built-in datasets, whose shapes we know."""
-    from kdcore.data import describe
     from kdcore.errors import KDError
+    from kdcore.image.data import describe
 
     shape = describe(spec.dataset)
     if shape is None:
@@ -337,8 +337,8 @@ def _weights_problem(
 
     import torch
 
-    from kdcore.checkpoints import check_fit, fit_shapes
-    from kdcore.features import classifier_name
+    from kdcore.image.features import classifier_name
+    from kdcore.io.checkpoints import check_fit, fit_shapes
     from kdcore.models import build_model
     from kdcore.models.ecosystems import HF, is_model_folder, read_hf_folder_shapes
 
@@ -363,7 +363,7 @@ def _weights_problem(
 
 def _graph_problem(settings: Settings, path: Any, input_shape: Any, outputs: int) -> str | None:
     """Why an ONNX teacher cannot serve this job (not a graph, wrong shapes, too big)."""
-    from kdcore.onnx_teacher import fit_problem, read_onnx
+    from kdcore.models.onnx import fit_problem, read_onnx
 
     sig = read_onnx(path)
     if sig is None:

@@ -1,6 +1,6 @@
 """The one training loop, readable in one sitting, for every task.
 
-A task (kdcore.engine.task.Task: images in kdcore.trainer, text in kdcore.text.trainer)
+A task (kdcore.engine.task.Task: images in kdcore.image.trainer, text in kdcore.text.trainer)
 says what a batch is, its loss, its evaluation and its own state; the loop owns the
 rest, once for all tasks: epochs, the learning-rate schedule, the optimizer step, the
 cooperative stop check, the checkpoint dict with every RNG, exact resume, progress
@@ -24,12 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdcore.callbacks import Callbacks, Progress
-from kdcore.checkpoints import prune_checkpoints, save_checkpoint
+from kdcore.engine.callbacks import Callbacks, Progress
+from kdcore.engine.optim import build_optimizer, lr_at, set_lr
+from kdcore.engine.selection import BestEpoch
 from kdcore.engine.task import Task
 from kdcore.errors import Cancelled
-from kdcore.optim import build_optimizer, lr_at, set_lr
-from kdcore.selection import BestEpoch
+from kdcore.io.checkpoints import prune_checkpoints, save_checkpoint
 from kdcore.spec import JobSpec
 
 CHECKPOINT_VERSION = 1
@@ -53,7 +53,7 @@ class LoopResult:
 
 
 def ranks() -> tuple[int, int]:
-    """(world size, this rank): (1, 0) unless kdcore.distributed started a group."""
+    """(world size, this rank): (1, 0) unless kdcore.runs.distributed started a group."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size(), torch.distributed.get_rank()
     return 1, 0

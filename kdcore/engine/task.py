@@ -1,6 +1,6 @@
 """What a task gives the training loop (kdcore.engine.loop): its batches, the loss of
 one, an evaluation, and the modules whose state a checkpoint keeps. Images
-(kdcore.trainer.ImageTask) and text (kdcore.text.trainer.TextTask) are two tasks; a
+(kdcore.image.trainer.ImageTask) and text (kdcore.text.trainer.TextTask) are two tasks; a
 third (embeddings, detection) is a third class, not a third loop."""
 
 from __future__ import annotations

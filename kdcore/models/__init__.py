@@ -129,7 +129,7 @@ def default_feature_layers(model: nn.Module) -> list[str]:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """torch parameters, plus the weights of any ONNX graph inside (kdcore.onnx_teacher)."""
+    """torch parameters, plus the weights of any ONNX graph inside (kdcore.models.onnx)."""
     graphs = sum(getattr(m, "onnx_parameters", 0) for m in model.modules())
     return sum(p.numel() for p in model.parameters()) + graphs
 

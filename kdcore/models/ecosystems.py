@@ -195,7 +195,7 @@ def check_hf_folder(archive: Path, max_bytes: int) -> dict[str, Any]:
     model.safetensors readable as weights. Returns the config."""
     import shutil
 
-    from kdcore.checkpoints import read_shapes
+    from kdcore.io.checkpoints import read_shapes
 
     config, weights = read_hf_folder(archive, max_bytes)
     try:
@@ -262,7 +262,7 @@ def read_hf_folder_shapes(archive: Path) -> tuple[dict[str, Any], dict[str, tupl
 
 
 def _member_summary(key: str, fh: Any, name: str) -> Any:
-    from kdcore.checkpoints import safetensors_header_shapes
+    from kdcore.io.checkpoints import safetensors_header_shapes
 
     if key == WEIGHTS:
         return safetensors_header_shapes(fh, name)
@@ -274,8 +274,8 @@ def extract_model_folder(archive: Path, folder: Path, max_bytes: int) -> None:
     archive's root or in one top folder) written into `folder` chunk by chunk (weights
     are never held in memory as bytes), read with the archive caps; other members are
     only checked. A small file over its cap is refused."""
-    from kdcore.archives import iter_archive_files
     from kdcore.errors import CheckpointError, DataError
+    from kdcore.io.archives import iter_archive_files
 
     kept: dict[str, PurePosixPath] = {}
 

@@ -1,4 +1,4 @@
-"""Sizing a text job before it runs (kdcore.cost's twin): each model built from its
+"""Sizing a text job before it runs (kdcore.checks.cost's twin): each model built from its
 config on the meta device (no memory) for its parameter count, and one batch's
 activations estimated from the config's width, depth and vocabulary."""
 

@@ -13,7 +13,7 @@ into fixed-length rows.
 - Labelled text (JSONL `{"text", "label"}`, task text_classification): one row each,
   cut to `seq_len`, padded; the label an integer class.
 
-Rows are split into train/val/test by the seed as images are (kdcore.splits).
+Rows are split into train/val/test by the seed as images are (kdcore.engine.splits).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 
+from kdcore.engine.splits import split_rows
 from kdcore.errors import DataError
-from kdcore.local_files import regular_file
+from kdcore.io.local_files import regular_file
 from kdcore.spec import DatasetSpec
-from kdcore.splits import split_rows
 from kdcore.text.rows import ROWS_DIR, DiskRows, TextRows, TextSplit, rows_on_disk
 from kdcore.text.tokens import TextTokenizer
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdcore.precision import autocast_for
+from kdcore.engine.precision import autocast_for
 from kdcore.spec import JobSpec
 from kdcore.text.rows import TextRows
 

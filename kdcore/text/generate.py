@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdcore.callbacks import Callbacks, Progress
+from kdcore.engine.callbacks import Callbacks, Progress
 from kdcore.errors import Cancelled
 from kdcore.text.tokens import TextTokenizer
 

@@ -1,4 +1,4 @@
-"""Teacher preflight for text jobs (kdcore.preflight is the image side's): before any
+"""Teacher preflight for text jobs (kdcore.image.preflight is the image side's): before any
 training step the teacher is scored on up to 512 validation rows. A classifier under
 1.5x chance accuracy, or a language model whose perplexity is over its vocabulary's
 size / 1.5 (a uniform guess scores the vocabulary's size), fails the job with the
@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from kdcore.errors import TeacherCheckError
-from kdcore.preflight import CHANCE_MARGIN, PREFLIGHT_SAMPLES
+from kdcore.shipping.readiness import CHANCE_MARGIN, PREFLIGHT_SAMPLES
 from kdcore.spec import JobSpec
 from kdcore.text.evaluate import evaluate_text
 from kdcore.text.rows import TextRows, TextSplit

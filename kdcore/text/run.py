@@ -1,6 +1,6 @@
 """A text job from spec to outputs: tokenizer, data, teacher, student (and, for
 `sequence`, the teacher's generations first), training, held-out measures, a Hugging
-Face folder, and the report. `kdcore.entry` sends tasks causal_lm and
+Face folder, and the report. `kdcore.runs.entry` sends tasks causal_lm and
 text_classification here."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdcore import kd_gain
-from kdcore.callbacks import Callbacks
+from kdcore.engine.callbacks import Callbacks
+from kdcore.engine.precision import uses_bf16
 from kdcore.errors import SpecError
-from kdcore.precision import uses_bf16
-from kdcore.readiness import evaluate_gate
+from kdcore.shipping import kd_gain
+from kdcore.shipping.readiness import evaluate_gate
 from kdcore.spec import JobSpec, ModelSpec
 from kdcore.text.data import TextData, completion_rows, load_text
 from kdcore.text.evaluate import agreement, evaluate_text, model_size, tokens_per_s
@@ -260,9 +260,9 @@ def _compare(
 def _outputs(
     spec: JobSpec, job: _Job, report: dict[str, Any], history: list[dict[str, Any]], out_dir: Path
 ) -> None:
-    from kdcore.one_process import write_report
-    from kdcore.plots import plot_curves
-    from kdcore.tensorboard_events import write_events
+    from kdcore.shipping.outputs import write_report
+    from kdcore.shipping.plots import plot_curves
+    from kdcore.shipping.tensorboard_events import write_events
 
     files = _save_student(job.student, job.s_tok, out_dir)
     if spec.distillation.method == SEQUENCE_METHOD and job.teacher is not None:
@@ -295,8 +295,8 @@ def run_text(
     keep_checkpoints: int | None = None,
 ) -> dict[str, Any]:
     """Run a text job; `keep_checkpoints` N keeps the newest N epochN.pt."""
-    from kdcore.one_process import resume_state
-    from kdcore.trainer import pick_device
+    from kdcore.engine.device import pick_device
+    from kdcore.engine.resume import load_resume
 
     cb = callbacks or Callbacks()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -317,7 +317,7 @@ def run_text(
         report["teacher_preflight"] = preflight
     if job.teacher is not None and spec.student.init_from_teacher:
         report["initialised_from_teacher_layers"] = init_from_teacher(job.student, job.teacher)
-    resume = resume_state(spec, resume_from)
+    resume = load_resume(spec, resume_from)
     train_data, live_teacher = job.data, job.teacher
     if job.teacher is not None and spec.distillation.method == SEQUENCE_METHOD:
         train_data = _sequence_data(

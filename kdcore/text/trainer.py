@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from kdcore.callbacks import Callbacks
+from kdcore.engine.callbacks import Callbacks
 from kdcore.engine.loop import data_parallel, ranks, train_loop
+from kdcore.engine.precision import autocast_for
 from kdcore.losses import build_loss, task_loss
-from kdcore.precision import autocast_for
 from kdcore.spec import JobSpec
 from kdcore.text.evaluate import evaluate_text
 from kdcore.text.losses import lm_loss, teacher_topk, token_kd_loss

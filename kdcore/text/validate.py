@@ -1,4 +1,4 @@
-"""What a text job's spec must hold beyond its schema (kdcore.validate sends tasks
+"""What a text job's spec must hold beyond its schema (kdcore.checks.validate sends tasks
 causal_lm and text_classification here)."""
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ class LocalFileError(Exception):
 def find(spec: dict[str, Any], spec_dir: Path) -> list[LocalFile]:
     """The local files `spec` names, looked up relative to the current folder, then to
     the spec's folder; LocalFileError for a name found in neither."""
-    from kdcore.input_files import named_files  # pydantic only; kept out of `kd --help`
+    from kdcore.checks.input_files import named_files  # pydantic only; kept out of `kd --help`
 
     found, errors = [], []
     for pointer, value, purpose in named_files(spec):
@@ -79,11 +79,11 @@ def find(spec: dict[str, Any], spec_dir: Path) -> list[LocalFile]:
 
 
 def check(files: list[LocalFile]) -> None:
-    """Each file's kind, from its first bytes, as kdcore.input_files recognises it (the
+    """Each file's kind, from its first bytes, as kdcore.checks.input_files recognises it (the
     service checks the whole file when it arrives), so a wrong file is refused before
     anything is sent."""
+    from kdcore.checks.input_files import recognise_input_file
     from kdcore.errors import KDError
-    from kdcore.input_files import recognise_input_file
 
     errors = []
     for f in files:

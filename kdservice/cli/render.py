@@ -100,7 +100,7 @@ def artifacts_table(artifacts: list[Artifact]) -> Table:
 
 
 def _noisy(report: dict[str, Any], batch: str) -> str:
-    """A latency measured while the machine was busy or spread wide (kdcore.latency)."""
+    """A latency measured while the machine was busy or spread wide (kdcore.shipping.latency)."""
     return " NOISY" if ((report.get("latency") or {}).get(batch) or {}).get("noisy") else ""
 
 
@@ -154,7 +154,7 @@ def report_table(report: dict[str, Any]) -> Table:
 
 
 def kd_gain_text(report: dict[str, Any]) -> str:
-    """The KD gain in its unit (kdcore.kd_gain): points, or a perplexity/MSE ratio."""
+    """The KD gain in its unit (kdcore.shipping.kd_gain): points, or a perplexity/MSE ratio."""
     gain, unit = report.get("kd_gain"), report.get("kd_gain_unit")
     if not isinstance(gain, int | float):
         return "-"

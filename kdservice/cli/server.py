@@ -163,7 +163,7 @@ def worker(
     if not settings.broker_url:
         raise typer.BadParameter("`kd worker` needs KD_BROKER_URL (a Redis URL)")
     configure_logging(settings)
-    import kdcore.validate  # noqa: F401  (torch, for sizing jobs: once here, not per claim)
+    import kdcore.checks.validate  # noqa: F401  (torch, for sizing jobs: once here, not per claim)
     from app.main import private_files
     from app.services.egress import quiet_libraries
     from app.services.webhooks import Dispatcher

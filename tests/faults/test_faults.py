@@ -210,7 +210,7 @@ def test_cancel_queued_and_running_leaves_no_process(cluster):
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, pg_url):
     """The jobs folder is a small tmpfs; once the first checkpoint is recorded it is filled
     up, so the next checkpoint write fails with ENOSPC."""
-    from kdcore.checkpoints import load_checkpoint
+    from kdcore.io.checkpoints import load_checkpoint
     from tests.app.conftest import build_api, make_settings
     from worker.supervisor import claim_and_run
 

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 import kdcore
-from kdcore.augment import augment_batch, center_crop, random_resized_crop
-from kdcore.data import load_dataset, model_input
 from kdcore.errors import Cancelled
+from kdcore.image.augment import augment_batch, center_crop, random_resized_crop
+from kdcore.image.data import load_dataset, model_input
 from kdcore.spec import AugmentSpec, DatasetSpec, JobSpec, stored_side
 from tests.support.specs import tiny_spec
 from tests.support.stops import StopBeforeStep

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import kdcore
-from kdcore.checkpoints import checkpoint_epoch, prune_checkpoints
+from kdcore.io.checkpoints import checkpoint_epoch, prune_checkpoints
 from tests.support.specs import tiny_spec
 
 

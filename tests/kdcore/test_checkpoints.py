@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from kdcore.checkpoints import atomic_write, load_weights, read_state_dict
 from kdcore.errors import CheckpointError
+from kdcore.io.checkpoints import atomic_write, load_weights, read_state_dict
 from kdcore.models import build_model
 from tests.support.exploits import PickleExploit
 

@@ -82,7 +82,7 @@ def test_validate_checks_the_files_a_spec_names_as_the_service_does(tmp_path):
     assert "/dataset/path: table.csv is not a dataset kdcore reads; accepted:" in run.stderr
     assert ".npz" in run.stderr and ".jsonl" in run.stderr
     assert "/teacher/checkpoint: table.csv is not a checkpoint kdcore reads" in run.stderr
-    from kdcore.accepted_formats import DATASET_FORMATS
+    from kdcore.io.accepted_formats import DATASET_FORMATS
 
     assert DATASET_FORMATS in run.stderr  # the same list the service's 422 gives
     missing = kdcore_cli("validate", str(tmp_path / "s.json"), cwd="/")

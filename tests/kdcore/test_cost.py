@@ -1,7 +1,7 @@
 """Sizing before running: every model of a job, and what a method adds itself."""
 
-from kdcore.cost import Limits, check_limits
-from kdcore.validate import parse_spec
+from kdcore.checks.cost import Limits, check_limits
+from kdcore.checks.validate import parse_spec
 from tests.support.specs import tiny_spec
 
 LIMITS = Limits(

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from kdcore.archives import iter_archive_files
-from kdcore.data import load_dataset, read_idx
 from kdcore.errors import DataError
+from kdcore.image.data import load_dataset, read_idx
+from kdcore.io.archives import iter_archive_files
 from kdcore.spec import DatasetSpec
 
 
@@ -189,7 +189,7 @@ def test_archive_bombs_are_refused_from_their_headers(tmp_path, monkeypatch):
     from the sizes the zip declares (nothing is inflated)."""
     import zipfile
 
-    from kdcore import archives
+    from kdcore.io import archives
 
     bomb = tmp_path / "bomb.zip"
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -207,7 +207,7 @@ def test_archive_bombs_are_refused_from_their_headers(tmp_path, monkeypatch):
 
 
 def test_rows_are_permuted_in_place_as_indexing_would():
-    from kdcore.splits import permute_rows_
+    from kdcore.engine.splits import permute_rows_
 
     g = torch.Generator().manual_seed(0)
     for n, keep in ((1, 1), (7, 7), (100, 100), (100, 37)):

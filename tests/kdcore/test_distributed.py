@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import kdcore
-from kdcore.callbacks import Callbacks, Progress
+from kdcore.engine.callbacks import Callbacks, Progress
 from tests.support.specs import tiny_spec
 
 pytestmark = pytest.mark.integration  # spawned ranks

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import kdcore
+from kdcore.checks.validate import parse_spec
 from kdcore.errors import CheckpointError, SpecError
-from kdcore.export import load_student
+from kdcore.image.export import load_student
 from kdcore.models import build_model, is_known
 from kdcore.models.ecosystems import read_hf_folder
-from kdcore.validate import parse_spec
 from tests.support import graphs
 from tests.support.specs import tiny_spec
 
@@ -144,7 +144,7 @@ def test_an_inline_config_cannot_ask_for_remote_code():
 
 
 def test_a_model_that_does_not_trace_still_gets_its_other_formats(tmp_path):
-    from kdcore.export import save_student
+    from kdcore.image.export import save_student
 
     class Untraceable(torch.nn.Module):
         def __init__(self):

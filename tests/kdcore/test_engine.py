@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 import kdcore
-from kdcore.checkpoints import load_checkpoint
 from kdcore.errors import Cancelled
+from kdcore.io.checkpoints import load_checkpoint
 from tests.support.specs import tiny_spec
 from tests.support.stops import StopBeforeStep
 from tests.support.text import GPT2_STUDENT, train_tokenizer, write_corpus

@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdcore import fast_teacher as ft
-from kdcore.augment import augment_batch
-from kdcore.data import load_dataset
+from kdcore.checks.validate import parse_spec
+from kdcore.image import fast_teacher as ft
+from kdcore.image.augment import augment_batch
+from kdcore.image.data import load_dataset
+from kdcore.image.trainer import fit
 from kdcore.losses import build_loss
 from kdcore.models import build_model
-from kdcore.trainer import fit
-from kdcore.validate import parse_spec
 from tests.support.specs import tiny_spec
 
 DIGITS = {"builtin": "digits", "image_size": 16, "val_fraction": 0.1, "test_fraction": 0.2}

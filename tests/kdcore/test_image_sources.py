@@ -1,4 +1,4 @@
-"""Image folders on disk and WebDataset shards (kdcore.image_sources): loaded, sized
+"""Image folders on disk and WebDataset shards (kdcore.image.sources): loaded, sized
 without decoding, trained on; and malformed or hostile ones refused."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kdcore.cost import dataset_size
-from kdcore.data import load_dataset
-from kdcore.entry import run
+from kdcore.checks.cost import dataset_size
 from kdcore.errors import DataError
+from kdcore.image.data import load_dataset
+from kdcore.runs.entry import run
 from kdcore.spec import DatasetSpec
 
 

@@ -1,8 +1,8 @@
-"""kdcore.kd_gain: one unit per task, and a student worse than its baseline said plainly."""
+"""kdcore.shipping.kd_gain: one unit per task; a student worse than its baseline, plainly."""
 
 import pytest
 
-from kdcore import kd_gain
+from kdcore.shipping import kd_gain
 
 
 def test_accuracy_gain_is_in_percentage_points():

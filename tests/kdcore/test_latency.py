@@ -1,4 +1,4 @@
-"""kdcore.latency: models timed in one window, interleaved, repeated until steady, and a
+"""kdcore.shipping.latency: models timed in one window, interleaved, repeated until steady, and a
 measurement taken on a loaded machine either marked noisy or close to the quiet one."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import sys
 import torch
 from torch import nn
 
-from kdcore import latency
-from kdcore.readiness import evaluate_gate
+from kdcore.shipping import latency
+from kdcore.shipping.readiness import evaluate_gate
 from kdcore.spec import GateSpec
 
 SHAPE = (1, 16, 16)

@@ -1,4 +1,4 @@
-"""kdcore.local_files: dataset files are read as themselves, never through a link, and the
+"""kdcore.io.local_files: dataset files are read as themselves, never through a link, and the
 refusal never depends on (so never reveals) what a link points at."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kdcore.errors import DataError
-from kdcore.local_files import open_regular, regular_file, regular_files
+from kdcore.io.local_files import open_regular, regular_file, regular_files
 from kdcore.text.data import iter_records
 
 

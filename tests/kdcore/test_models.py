@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision
 
-from kdcore.features import FeatureTap
+from kdcore.image.features import FeatureTap
 from kdcore.models import MODELS, build_model, count_parameters, default_feature_layers
 from kdcore.registry import UnknownNameError
 

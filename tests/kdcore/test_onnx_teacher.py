@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import kdcore
-from kdcore.checkpoints import read_state_dict
-from kdcore.data import load_dataset
+from kdcore.checks.validate import parse_spec
 from kdcore.errors import CheckpointError, SpecError
-from kdcore.onnx_teacher import OnnxTeacher, inspect_onnx, is_onnx
-from kdcore.validate import parse_spec
+from kdcore.image.data import load_dataset
+from kdcore.io.checkpoints import read_state_dict
+from kdcore.models.onnx import OnnxTeacher, inspect_onnx, is_onnx
 from tests.support import graphs
 from tests.support.memory import refusal_and_growth
 from tests.support.specs import tiny_spec
@@ -171,6 +171,6 @@ def test_a_graph_of_many_nodes_is_refused_in_bounded_memory(tmp_path):
     """Security round 2: 300,000 Identity nodes (8.4 MiB) grew the API by 223 MiB when
     parsed. The nodes are counted on the wire first: under 32 MiB (the file's pages)."""
     path = graphs.many_nodes(tmp_path / "many.onnx")
-    said, growth = refusal_and_growth("kdcore.onnx_teacher:inspect_onnx", path)
+    said, growth = refusal_and_growth("kdcore.models.onnx:inspect_onnx", path)
     assert "300,002 nodes, over 100,000" in said
     assert growth < 32 * 1024**2, growth

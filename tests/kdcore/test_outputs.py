@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import kdcore
-from kdcore.export import load_student, onnx_max_abs_error
+from kdcore.image.export import load_student, onnx_max_abs_error
 from kdcore.models import build_model, count_parameters
 from tests.support.specs import tiny_spec
 

@@ -8,7 +8,7 @@ import sys
 WRITER = """
 import sys
 from pathlib import Path
-from kdcore.plots import plot_curves
+from kdcore.shipping.plots import plot_curves
 history = [{"epoch": e, "accuracy": 0.5, "train_losses": {"loss": 1.0 / e}} for e in (1, 2, 3)]
 for _ in range(int(sys.argv[2])):
     plot_curves(history, Path(sys.argv[1]), "race", "accuracy", 0.9)

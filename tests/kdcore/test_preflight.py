@@ -1,4 +1,4 @@
-"""Teacher preflight (kdcore.preflight), in the library: a teacher from a `train` job
+"""Teacher preflight (kdcore.image.preflight), in the library: a teacher from a `train` job
 brings its image size and statistics; one fed the wrong inputs fails before any
 training step, with the figures and the causes; `teacher_check: "warn"` goes on."""
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import kdcore
-from kdcore.callbacks import Callbacks, Progress
+from kdcore.engine.callbacks import Callbacks, Progress
 from kdcore.errors import TeacherCheckError
 
 DIGITS_16 = {"builtin": "digits", "image_size": 16, "max_samples": 600}
@@ -111,8 +111,8 @@ def test_a_student_json_that_is_a_link_or_oversized_is_not_read(teacher: Path, t
         (folder / "student.safetensors").write_bytes(teacher.read_bytes())
         make(folder / "student.json")
         spec = distill(folder / "student.safetensors", {"builtin": "digits", "max_samples": 600})
-        from kdcore.preflight import inherit_preprocessing
-        from kdcore.validate import parse_spec
+        from kdcore.checks.validate import parse_spec
+        from kdcore.image.preflight import inherit_preprocessing
 
         _, inherited = inherit_preprocessing(parse_spec(spec))
         assert inherited == {}, name
@@ -124,7 +124,7 @@ def test_our_onnx_export_carries_its_preprocessing_and_a_distill_job_inherits_it
     """student.onnx records its input and statistics in metadata_props (the documented
     kd.* convention): named as an ONNX teacher with no size or statistics in the spec,
     it is fed what it was trained on."""
-    from kdcore.onnx_teacher import read_preprocessing
+    from kdcore.models.onnx import read_preprocessing
 
     graph = teacher.with_name("student.onnx")
     recorded = read_preprocessing(graph)
@@ -154,7 +154,7 @@ def test_a_teacher_of_other_channels_fails_saying_image_size_cannot_fix_it(teach
 
 
 def test_an_onnx_teacher_of_other_channels_is_told_image_size_cannot_fix_it():
-    from kdcore.onnx_teacher import OnnxSignature, fit_problem
+    from kdcore.models.onnx import OnnxSignature, fit_problem
 
     sig = OnnxSignature("input", (3, 32, 32), 10, 1000)
     said = fit_problem(sig, (1, 32, 32), 10)
@@ -166,8 +166,8 @@ def test_an_onnx_teacher_of_other_channels_is_told_image_size_cannot_fix_it():
 def test_a_hugging_face_teacher_folder_of_other_channels_is_refused_in_words(tmp_path):
     """A colour ViT folder (config.json num_channels 3) named for grayscale digits: the
     job and validation say the channels differ, not a tensor shape."""
-    from kdcore.preflight import teacher_input_notes
-    from kdcore.validate import parse_spec
+    from kdcore.checks.validate import parse_spec
+    from kdcore.image.preflight import teacher_input_notes
     from tests.support import graphs
 
     folder = graphs.hf_folder(
@@ -191,7 +191,7 @@ def test_hostile_onnx_metadata_is_ignored_not_trusted(teacher: Path, tmp_path):
 
     import onnx
 
-    from kdcore.onnx_teacher import read_preprocessing
+    from kdcore.models.onnx import read_preprocessing
 
     graph = onnx.load(str(teacher.with_name("student.onnx")))
     del graph.metadata_props[:]

@@ -55,10 +55,10 @@ def test_every_export_is_callable_after_every_module_is_imported_in_any_order():
     """Three orders (sorted, reversed, shuffled), each in a fresh interpreter, and
     the entry module first, as `kdcore.distill` used to import it."""
     modules = kdcore_modules()
-    assert "kdcore.entry" in modules and len(modules) > 30
+    assert "kdcore.runs.entry" in modules and len(modules) > 30
     shuffled = modules[:]
     random.Random(0).shuffle(shuffled)
-    entry_first = ["kdcore.entry"] + [m for m in modules if m != "kdcore.entry"]
+    entry_first = ["kdcore.runs.entry"] + [m for m in modules if m != "kdcore.runs.entry"]
     for order in (modules, modules[::-1], shuffled, entry_first):
         out = subprocess.run(
             [sys.executable, "-c", PROBE, json.dumps(order)],
@@ -74,7 +74,7 @@ def test_every_export_is_callable_after_every_module_is_imported_in_any_order():
 def test_a_documented_call_runs_after_its_module_was_imported(tmp_path):
     """The issue's reproduction: import the module, then call kdcore.run."""
     code = (
-        "import json, sys, kdcore, kdcore.entry, kdcore.distributed, kdcore.sweep\n"
+        "import json, sys, kdcore, kdcore.runs.entry, kdcore.runs.distributed, kdcore.runs.sweep\n"
         "report = kdcore.run(json.loads(sys.argv[1]), sys.argv[2])\n"
         "print(report['kind'])\n"
     )
@@ -88,3 +88,25 @@ def test_a_documented_call_runs_after_its_module_was_imported(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "train"
     assert (tmp_path / "out" / "report.json").is_file()
+
+
+def test_kdcore_stands_in_rooms_with_at_most_15_entries_at_its_top():
+    """docs/development.md names the rooms; pyproject's layers contract keeps them."""
+    top = sorted(
+        p.name
+        for p in (ROOT / "kdcore").iterdir()
+        if p.name != "__pycache__" and (p.suffix == ".py" or (p / "__init__.py").exists())
+    )
+    assert len(top) <= 15, top
+    rooms = {"io", "losses", "models", "engine", "shipping", "image", "text", "checks", "runs"}
+    assert rooms <= set(top)
+
+
+def test_every_task_of_the_schema_has_a_modality():
+    from typing import get_args
+
+    from kdcore.spec import JobSpec
+    from kdcore.tasks import MODALITY, Task
+
+    assert set(MODALITY) == set(get_args(Task))
+    assert JobSpec.model_fields["task"].annotation is Task

@@ -1,4 +1,4 @@
-"""Quantisation-aware distillation (kdcore.qat): the fine-tune, the int8 graph it
+"""Quantisation-aware distillation (kdcore.image.qat): the fine-tune, the int8 graph it
 exports, and the comparison with post-training int8 on the same student."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from kdcore.callbacks import Callbacks
-from kdcore.entry import run
+from kdcore.engine.callbacks import Callbacks
+from kdcore.runs.entry import run
 from kdcore.spec import JobSpec
 
 
@@ -74,8 +74,8 @@ def test_qat_brings_its_export_along():
 def test_folding_batchnorm_keeps_the_fake_quantised_function():
     import torch
 
+    from kdcore.image.qat import fold_batchnorm, prepare
     from kdcore.models import build_model
-    from kdcore.qat import fold_batchnorm, prepare
 
     x = torch.randn(32, 1, 8, 8)
     model = prepare(build_model("small_cnn", 10, (1, 8, 8)), x[:1])

@@ -1,9 +1,9 @@
-"""The readiness section and the gate (kdcore.readiness) on outputs built by hand."""
+"""The readiness section and the gate (kdcore.shipping.readiness) on outputs built by hand."""
 
 import pytest
 import torch
 
-from kdcore.readiness import (
+from kdcore.shipping.readiness import (
     evaluate_gate,
     expected_calibration_error,
     introduced_confusions,

@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 import kdcore
-from kdcore.checkpoints import load_checkpoint
+from kdcore.checks.validate import parse_spec
 from kdcore.errors import Cancelled, SpecError
-from kdcore.validate import parse_spec
+from kdcore.io.checkpoints import load_checkpoint
 from tests.support.specs import tiny_spec
 from tests.support.stops import StopBeforeStep
 

@@ -1,8 +1,8 @@
 import pytest
 
+from kdcore.checks.validate import parse_spec
 from kdcore.errors import SpecError
 from kdcore.spec import JobSpec
-from kdcore.validate import parse_spec
 from tests.support.specs import tiny_spec
 
 
@@ -104,8 +104,8 @@ def test_design_doc_example_parses():
 def test_the_fields_added_for_shipping_refuse_what_is_out_of_bounds(change, pointer):
     """qat_epochs, quantization, the imagenet preset's crop bounds, tracking (no URL a
     client could point the workers at), sweep sizes and export names."""
+    from kdcore.checks.validate import parse_spec
     from kdcore.errors import SpecError
-    from kdcore.validate import parse_spec
 
     spec = {
         "kind": "train",
@@ -119,8 +119,8 @@ def test_the_fields_added_for_shipping_refuse_what_is_out_of_bounds(change, poin
 
 
 def test_given_statistics_must_match_the_channels():
-    from kdcore.data import load_dataset
     from kdcore.errors import DataError
+    from kdcore.image.data import load_dataset
     from kdcore.spec import DatasetSpec
 
     spec = DatasetSpec.model_validate({"builtin": "digits", "mean": [0.5, 0.5], "std": [1, 1]})

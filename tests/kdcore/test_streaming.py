@@ -1,4 +1,4 @@
-"""The streaming path (kdcore.streaming, kdcore.records): the same splits and images as
+"""The streaming path (kdcore.image.streaming, kdcore.image.records): the same splits and images as
 the in-memory path, chosen by the memory budget, said in the report, resumed mid-epoch
 exactly without re-reading, decoded on the device alike; and hostile sets refused."""
 
@@ -15,12 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 import kdcore
-from kdcore import streaming
-from kdcore.data import load_dataset
 from kdcore.errors import Cancelled, DataError
-from kdcore.records import RecordReader, index_image_folder, index_webdataset
+from kdcore.image import streaming
+from kdcore.image.data import load_dataset
+from kdcore.image.records import RecordReader, index_image_folder, index_webdataset
+from kdcore.image.streaming import StreamedImages
 from kdcore.spec import DatasetSpec
-from kdcore.streaming import StreamedImages
 from tests.kdcore.test_image_sources import write_shards
 from tests.support.images import write_jpeg_folder
 from tests.support.stops import StopBeforeStep

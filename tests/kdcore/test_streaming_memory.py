@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from kdcore.streaming import decoded_bytes, encoded_bytes, in_memory_peak
+from kdcore.image.streaming import decoded_bytes, encoded_bytes, in_memory_peak
 from tests.support.images import write_jpeg_folder
 
 pytestmark = pytest.mark.slow

@@ -6,11 +6,11 @@ import torch
 from safetensors.torch import save_file
 
 import kdcore
-from kdcore.data import load_dataset
+from kdcore.checks.validate import parse_spec
 from kdcore.errors import CheckpointError, SpecError
+from kdcore.image.data import load_dataset
+from kdcore.image.run import build_role
 from kdcore.models import build_model
-from kdcore.one_process import build_role
-from kdcore.validate import parse_spec
 from tests.support.specs import tiny_spec
 
 

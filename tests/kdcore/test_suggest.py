@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kdcore.errors import SpecError
+from kdcore.checks.validate import parse_spec
+from kdcore.errors import SpecError, closest, did_you_mean
 from kdcore.models import MODELS, unknown_arch
-from kdcore.suggest import closest, did_you_mean
-from kdcore.validate import parse_spec
 
 
 @pytest.mark.parametrize(

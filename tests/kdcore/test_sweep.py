@@ -1,4 +1,4 @@
-"""Sweeps (kdcore.sweep, kdcore.sweep_plan): the plan, constraints, halving, the
+"""Sweeps (kdcore.runs.sweep, kdcore.checks.sweep_plan): the plan, constraints, halving, the
 Pareto front and resume in the middle of a sweep, on small real trainings."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from kdcore.callbacks import Callbacks
-from kdcore.entry import run
+from kdcore.checks.sweep_plan import Rung, combination, configurations, rungs, set_field
+from kdcore.checks.validate import parse_spec
+from kdcore.engine.callbacks import Callbacks
 from kdcore.errors import Cancelled, SpecError
-from kdcore.sweep import pareto_front
-from kdcore.sweep_plan import Rung, combination, configurations, rungs, set_field
-from kdcore.validate import parse_spec
+from kdcore.runs.entry import run
+from kdcore.runs.sweep import pareto_front
 
 
 def _job(**sweep) -> dict:
@@ -224,7 +224,7 @@ def test_a_sweep_stopped_mid_trial_resumes_at_that_trial_exactly(tmp_path):
 def test_trials_run_several_at_once_with_several_devices(tmp_path, monkeypatch):
     """resources.gpus 2 on the CPU: two trials side by side (each a spawned process
     with half the threads); the records match a one-at-a-time sweep's plan."""
-    from kdcore import sweep_parallel
+    from kdcore.runs import sweep_parallel
 
     alive: list[int] = []  # trial processes alive together, after each start round
     fill = sweep_parallel._Pool.fill

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import kdcore
 from kdcore.errors import Cancelled
-from kdcore.teacher_cache import TeacherStore, compress, expand, prune
+from kdcore.image.teacher_cache import TeacherStore, compress, expand, prune
 from tests.support.exploits import PickleExploit
 from tests.support.specs import tiny_spec
 from tests.support.stops import StopBeforeStep
@@ -203,7 +203,7 @@ def test_what_no_state_dict_holds_is_in_the_key(tmp_path):
     teacher's outputs."""
     from torch import nn
 
-    from kdcore.teacher_cache import model_digest
+    from kdcore.image.teacher_cache import model_digest
 
     a, b = nn.Module(), nn.Module()
     a.graph_sha256, b.graph_sha256 = "1" * 64, "2" * 64
@@ -221,9 +221,9 @@ def test_what_no_state_dict_holds_is_in_the_key(tmp_path):
 
 
 def test_teacher_topk_is_bounded_and_never_above_the_classes(tmp_path):
+    from kdcore.checks.validate import parse_spec
     from kdcore.errors import SpecError
-    from kdcore.teacher_cache import soft_label_k
-    from kdcore.validate import parse_spec
+    from kdcore.image.teacher_cache import soft_label_k
 
     for k in (0, -1, 10**6, "all"):
         with pytest.raises(SpecError):

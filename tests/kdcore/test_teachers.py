@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import kdcore
+from kdcore.checks.validate import parse_spec
 from kdcore.errors import SpecError
-from kdcore.teachers import TeacherEnsemble
-from kdcore.validate import parse_spec
+from kdcore.models.ensemble import TeacherEnsemble
 from tests.support.specs import tiny_spec
 
 

@@ -14,13 +14,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import kdcore
+from kdcore.checks.validate import parse_spec
 from kdcore.errors import Cancelled, DataError, SpecError
 from kdcore.spec import DatasetSpec
 from kdcore.text.data import check_text_file, encode, load_text, read_records
 from kdcore.text.losses import divergence, teacher_topk, token_kd_loss
 from kdcore.text.models import build_text_model, init_from_teacher, read_model_folder
 from kdcore.text.tokens import bytes_tokenizer, load_tokenizer
-from kdcore.validate import parse_spec
 from tests.support.stops import StopBeforeStep
 from tests.support.text import (
     GPT2_STUDENT,
@@ -395,7 +395,7 @@ def test_gradient_checkpointing_takes_the_same_steps_and_bf16_trains(corpus, tmp
 
 @pytest.mark.parametrize("stop_at_eos", [True, False])
 def test_completions_end_at_the_end_of_text_or_run_through_it(tmp_path, stop_at_eos):
-    from kdcore.callbacks import Callbacks
+    from kdcore.engine.callbacks import Callbacks
     from kdcore.text.generate import generate_completions
 
     tok = bytes_tokenizer()

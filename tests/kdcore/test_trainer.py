@@ -4,15 +4,16 @@ import pytest
 import torch
 
 import kdcore
-from kdcore.augment import augment_batch
-from kdcore.callbacks import Callbacks
-from kdcore.data import load_dataset
+from kdcore.checks.validate import parse_spec
+from kdcore.engine.callbacks import Callbacks
+from kdcore.engine.device import pick_device
+from kdcore.engine.optim import lr_at
 from kdcore.errors import Cancelled, SpecError
+from kdcore.image.augment import augment_batch
+from kdcore.image.data import load_dataset
+from kdcore.image.trainer import fit
 from kdcore.models import build_model
-from kdcore.optim import lr_at
 from kdcore.spec import TrainingSpec
-from kdcore.trainer import fit, pick_device
-from kdcore.validate import parse_spec
 from tests.support.specs import tiny_spec
 
 

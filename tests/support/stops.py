@@ -1,6 +1,6 @@
 """Interrupting a run at a chosen step (resume tests)."""
 
-from kdcore.callbacks import Callbacks
+from kdcore.engine.callbacks import Callbacks
 
 
 class StopBeforeStep(Callbacks):

@@ -46,7 +46,7 @@ def readyz(session: SessionDep, settings: SettingsDep) -> JSONResponse:
 
 @router.get("/v1/capabilities", tags=["meta"], responses=problem_responses(401))
 def capabilities(settings: SettingsDep, tenant: TenantDep) -> dict[str, Any]:
-    from kdcore.data import DATASETS
+    from kdcore.image.data import DATASETS
     from kdcore.losses import LOSSES
     from kdcore.models import architecture_names
     from kdcore.spec import (
