@@ -76,14 +76,19 @@ typecheck: $(DEV_STAMP)
 migrate: $(RUN_STAMP)
 	$(BIN)/kd migrate
 
-## test-fast: the developer's loop: unit and API tests (no real processes, no
-## PostgreSQL/Redis, nothing slow), two processes at once
-test-fast: $(DEV_STAMP) services
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 -m "not slow and not integration" tests
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
 
-## test: lint + type check + the whole test suite
+## test-fast: the developer's loop: unit and API tests (no real processes, nothing
+## slow; the few PostgreSQL tests use the server `services` starts), two at once
+test-fast: $(DEV_STAMP) services
+	$(PYTEST) -n 2 -m "not slow and not integration" tests
+
+## test: lint + type check + the whole test suite: everything but the fault tests two
+## at once (a file's tests on one worker: they share its fixtures), then the fault
+## tests alone (they kill processes and restart servers); the slowest are printed
 test: $(DEV_STAMP) services browser datasets lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(PYTEST) -n 2 --dist loadfile --durations=25 --ignore=tests/faults tests
+	$(PYTEST) --durations=10 tests/faults
 
 ## bench: throughput and quality benchmarks (prints medians and ratios; not a test)
 bench: $(DEV_STAMP) datasets

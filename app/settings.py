@@ -86,10 +86,16 @@ class Settings(BaseSettings):
     pools: str = ""
     local_max_gpus: int = Field(default=1, ge=1, le=16, description="local executor: gpus <= this")
     local_workers: int = Field(default=1, ge=0, le=64, description="local executor threads")
+    training_launch: Literal["process", "thread"] = Field(
+        default="process",
+        description="how a job's training starts (worker.launch): a process of its own "
+        "(cancel kills it whole; it dies with its worker), or a thread of the worker, "
+        "for tests of what the service records (no kill, no isolation)",
+    )
     teacher_cache_bytes: int = Field(
         default=20 * 1024**3,
         ge=0,
-        description="bound of the on-disk teacher cache of this host's jobs (kdcore."
+        description="bound of the on-disk teacher cache of this host's jobs (kdcore.image."
         "teacher_cache), least recently used keys deleted first; 0: no cache",
     )
     job_threads: int = Field(

@@ -8,16 +8,12 @@ claim (conditional UPDATE) -> start the training child -> supervise it:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import queue
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -38,6 +34,7 @@ from app.services.lifecycle import AfterCommit
 from app.settings import Settings
 from worker import tracking
 from worker.folder_lock import folder_lock
+from worker.launch import Child, launch
 
 log = logging.getLogger("kd.worker")
 S = JobStatus
@@ -267,35 +264,20 @@ class Supervisor:
         log_path = self.out_dir / f"attempt{self.attempt}.log"
         with open(log_path, "ab") as log_file:
             threads = threads_per_job(self.settings)
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "worker.training_process"],
-                # OpenMP sizes its pool from this at start: no oversubscribed first op
-                env={**os.environ, "OMP_NUM_THREADS": str(threads)},
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log_file,
-                start_new_session=True,
-                pass_fds=(lock_fd,),  # the folder stays locked until the child is gone
-            )
-            assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(
-                json.dumps(
-                    {
-                        "spec": self.spec,
-                        "out_dir": str(self.out_dir),
-                        "resume_from": self.resume_from,
-                        "threads": threads,
-                        "teacher_cache": str(teacher_cache) if teacher_cache else None,
-                    }
-                ).encode()
-            )
-            proc.stdin.close()
-            reader = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
+            payload = {
+                "spec": self.spec,
+                "out_dir": str(self.out_dir),
+                "resume_from": self.resume_from,
+                "threads": threads,
+                "teacher_cache": str(teacher_cache) if teacher_cache else None,
+            }
+            child = launch(self.settings.training_launch, payload, log_file, lock_fd)
+            reader = threading.Thread(target=self._read, args=(child.stdout,), daemon=True)
             reader.start()
-            lease_ok = self._supervise(proc, reader)
+            lease_ok = self._supervise(child, reader)
         if not lease_ok:
             return LOST
-        return self._finish(proc.returncode)
+        return self._finish(child.exit_code())
 
     def _read(self, stream: Any) -> None:
         for line in stream:
@@ -305,7 +287,7 @@ class Supervisor:
                 continue
         self.messages.put(None)
 
-    def _supervise(self, proc: subprocess.Popen, reader: threading.Thread) -> bool:
+    def _supervise(self, proc: Child, reader: threading.Thread) -> bool:
         """Until the training process has exited and its output is read: take its
         messages, flush at every heartbeat (or at once after an epoch or checkpoint),
         and stop it on cancel, on max_runtime_s, or for good after the grace period.
@@ -341,7 +323,7 @@ class Supervisor:
             if reader_done and not running:
                 return True
 
-    def _over_time(self, proc: subprocess.Popen, elapsed: float) -> bool:
+    def _over_time(self, proc: Child, elapsed: float) -> bool:
         """max_runtime_s has just been passed by a run nobody asked to stop yet."""
         if not self.max_runtime_s or self.timed_out or self.cancel_sent_at is not None:
             return False
@@ -384,18 +366,16 @@ class Supervisor:
             "baseline_metrics": self.baseline_metrics,
         }
 
-    def _stop(self, proc: subprocess.Popen, now: float) -> None:
+    def _stop(self, proc: Child, now: float) -> None:
         """Ask the training process to stop (SIGTERM, once); the loop stops between
         steps, and `_supervise` kills it after the grace period."""
         if self.cancel_sent_at is None and proc.poll() is None:
             self.cancel_sent_at = now
-            proc.send_signal(signal.SIGTERM)
+            proc.stop()
 
-    def _kill(self, proc: subprocess.Popen) -> None:
+    def _kill(self, proc: Child) -> None:
         self.killed = True
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        proc.kill()
 
     def _flush(self) -> str | None:
         """Heartbeat + progress + events + checkpoints in one transaction. On a database

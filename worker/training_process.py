@@ -8,7 +8,9 @@ and reads one JSON message per line from its stdout:
     {"type": "trial", ...}                a sweep's trial, recorded (kdcore.runs.sweep)
     {"type": "done", "report"} | {"type": "cancelled"} | {"type": "error", "kind", "message"}
 
-SIGTERM asks it to stop: the training loop checks the flag between steps.
+SIGTERM asks it to stop: the training loop checks the flag between steps. `train` is
+the job itself, which worker.launch also runs in a thread (tests of what the service
+records).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,8 @@ def _die_with_parent() -> None:
 
 
 def main() -> int:
+    """The process around `train`: dies with its parent, reads the job from stdin, keeps
+    stdout for the protocol (anything else printed goes to the log), stops on SIGTERM."""
     _die_with_parent()
     payload = json.loads(sys.stdin.read())
     channel = os.fdopen(os.dup(1), "w", buffering=1)
@@ -63,6 +68,16 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(payload["threads"])  # the job's share of the host's cores
+    return train(payload, send, stop.is_set)
+
+
+def train(
+    payload: dict[str, Any],
+    send: Callable[[dict[str, Any]], None],
+    should_stop: Callable[[], bool],
+) -> int:
+    """Run the job with kdcore, telling the supervisor through `send`; returns the exit
+    code. The same in a process (main) and in a thread (worker.launch)."""
     import kdcore
     from kdcore.engine.callbacks import Callbacks, Progress
 
@@ -88,7 +103,7 @@ def main() -> int:
             send({"type": "trial", **trial})
 
         def should_stop(self) -> bool:
-            return stop.is_set()
+            return should_stop()
 
     try:
         report = kdcore.run(

@@ -25,7 +25,7 @@ from app.settings import Settings
 from tests.support.procs import free_port
 from tests.support.specs import tiny_job
 
-__all__ = ["Api", "build_api", "make_settings", "tiny_job"]
+__all__ = ["Api", "build_api", "in_process", "make_settings", "tiny_job"]
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -55,6 +55,9 @@ def pg_url() -> Iterator[str]:
 
 
 def make_settings(tmp_path, db_url: str = "", **overrides) -> Settings:
+    """The service's settings for a test. Training runs in a thread of the test process
+    (worker.launch): the same kdcore run and messages, without a new interpreter's ~9 s
+    of imports. Tests of the training process itself use `in_process`."""
     return Settings(
         data_dir=tmp_path / "data",
         database_url=db_url,
@@ -63,8 +66,19 @@ def make_settings(tmp_path, db_url: str = "", **overrides) -> Settings:
         lease_s=30,
         # webhooks of these tests point at loopback receivers (or at nothing: the
         # outbox row is what they check); the URL policy itself is tested in security/
-        **{"metrics_cache_s": 0, "webhook_allow": "127.0.0.1", **overrides},
+        **{
+            "metrics_cache_s": 0,
+            "webhook_allow": "127.0.0.1",
+            "training_launch": "thread",
+            **overrides,
+        },
     )
+
+
+def in_process(settings: Settings) -> Settings:
+    """The same settings, training in a process of its own: for tests of that process
+    (kill, cancel by signal, timeouts, what it inherits)."""
+    return settings.model_copy(update={"training_launch": "process"})
 
 
 class Api:

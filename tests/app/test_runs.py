@@ -18,7 +18,7 @@ from app.db.models import Job, utcnow
 from app.db.session import session_scope
 from app.services import lifecycle
 from app.settings import Settings
-from tests.app.conftest import build_api, make_settings, tiny_job
+from tests.app.conftest import build_api, in_process, make_settings, tiny_job
 from tests.support.audit import assert_ended_once
 from tests.support.procs import training_children
 from worker.maintenance import reap_once
@@ -33,7 +33,8 @@ HOOK = "http://127.0.0.1:9/hook"  # never contacted: these tests check the outbo
 def finished(tmp_path_factory):
     """One job run to completion, shared by the read-only tests below."""
     # two executor slots: each job gets half the cores (threads_per_job)
-    settings = make_settings(tmp_path_factory.mktemp("run"), local_workers=2)
+    # in a process: the report's thread count is the process's share of the cores
+    settings = in_process(make_settings(tmp_path_factory.mktemp("run"), local_workers=2))
     gen = build_api(settings)
     api = next(gen)
     job = api.post("/v1/jobs", json=tiny_job(export=["safetensors", "onnx"])).json()
@@ -199,7 +200,7 @@ def test_cancel_while_running_stops_the_training_process(api):
     job_id = api.post("/v1/jobs", json=spec).json()["id"]
     result = {}
     thread = threading.Thread(
-        target=lambda: result.update(status=claim_and_run(api.settings, job_id))
+        target=lambda: result.update(status=claim_and_run(in_process(api.settings), job_id))
     )
     thread.start()
     deadline = time.monotonic() + 60
@@ -252,7 +253,7 @@ def test_a_killed_training_process_is_retried_from_its_last_checkpoint(api):
     job_id = api.post("/v1/jobs", json=spec).json()["id"]
     result = {}
     thread = threading.Thread(
-        target=lambda: result.update(status=claim_and_run(api.settings, job_id))
+        target=lambda: result.update(status=claim_and_run(in_process(api.settings), job_id))
     )
     thread.start()
     deadline = time.monotonic() + 90
@@ -265,7 +266,7 @@ def test_a_killed_training_process_is_retried_from_its_last_checkpoint(api):
     assert result["status"] == "queued"
     job = api.get(f"/v1/jobs/{job_id}").json()
     assert "killed by signal 9" in job["status_transitions"][-1]["reason"]
-    assert claim_and_run(api.settings, job_id) == "succeeded"
+    assert claim_and_run(in_process(api.settings), job_id) == "succeeded"
     events = api.get(f"/v1/jobs/{job_id}/events", params={"limit": 200}).json()["data"]
     attempts = [e["data"] for e in events if e["type"] == "attempt"]
     assert [a["attempt"] for a in attempts] == [1, 2]
@@ -286,7 +287,7 @@ def test_a_job_over_its_max_runtime_is_stopped_and_failed(api):
         webhook_url=HOOK,
     )
     job_id = api.post("/v1/jobs", json=spec).json()["id"]
-    assert claim_and_run(api.settings, job_id) == "failed"
+    assert claim_and_run(in_process(api.settings), job_id) == "failed"
     job = api.get(f"/v1/jobs/{job_id}").json()
     assert job["error"] == "exceeded max_runtime_s (8 s)" and job["attempt"] == 1
     assert job["progress"].get("step", 0) < job["progress"].get("total_steps", 1)
@@ -381,18 +382,18 @@ def test_a_second_attempt_waits_until_the_first_attempts_process_has_left_the_fo
     writer in the job's folder (two once raced over curves.tmp.png) until the first
     supervisor has noticed, at its next heartbeat, and its process is gone."""
     # one long epoch: the first supervisor flushes at its heartbeat only (an epoch's
-    # end would flush at once), and its heartbeats stall (every 15 s instead of 0.3)
+    # end would flush at once), and its heartbeats stall (every 6 s instead of 0.3)
     spec = tiny_job(
         training={"epochs": 1, "batch_size": 4, "precision": "fp32"},
         dataset={
             "builtin": "synthetic",
-            "num_samples": 400_000,
+            "num_samples": 150_000,
             "num_classes": 3,
             "shape": [1, 6, 6],
         },
     )
     job_id = api.post("/v1/jobs", json=spec).json()["id"]
-    stalled = api.settings.model_copy(update={"heartbeat_s": 15.0})
+    stalled = in_process(api.settings).model_copy(update={"heartbeat_s": 6.0})
     first: dict = {}
     a = threading.Thread(target=lambda: first.update(status=claim_and_run(stalled, job_id)))
     a.start()
@@ -406,7 +407,9 @@ def test_a_second_attempt_waits_until_the_first_attempts_process_has_left_the_fo
         session.get(Job, job_id).lease_expires_at = utcnow() - timedelta(seconds=1)
     assert reap_once(api.settings) == [(job_id, "queued")]
     second: dict = {}
-    b = threading.Thread(target=lambda: second.update(status=claim_and_run(api.settings, job_id)))
+    b = threading.Thread(
+        target=lambda: second.update(status=claim_and_run(in_process(api.settings), job_id))
+    )
     b.start()
     log2 = api.settings.jobs_dir / job_id / "attempt2.log"
     overlapped = False

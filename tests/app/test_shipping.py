@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from app.db.models import WebhookDelivery
 from app.db.session import session_scope
-from tests.app.conftest import build_api, make_settings, tiny_job
+from tests.app.conftest import build_api, in_process, make_settings, tiny_job
 from worker.supervisor import claim_and_run
 
 pytestmark = pytest.mark.integration  # real training processes
@@ -168,7 +168,8 @@ def test_a_sweep_whose_process_is_killed_resumes_at_its_trial(teacher):
     spec["training"].update(epochs=20, batch_size=8)
     job_id = api.post("/v1/jobs", json=spec).json()["id"]
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(s=claim_and_run(api.settings, job_id)))
+    in_a_process = in_process(api.settings)  # the test kills it
+    thread = threading.Thread(target=lambda: result.update(s=claim_and_run(in_a_process, job_id)))
     thread.start()
 
     def events():

@@ -214,7 +214,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, pg_url):
     from tests.app.conftest import build_api, make_settings
     from worker.supervisor import claim_and_run
 
-    settings = make_settings(tmp_path, pg_url, max_attempts=2)
+    settings = make_settings(tmp_path, pg_url, max_attempts=2, training_launch="process")
     jobs_dir = settings.jobs_dir
     jobs_dir.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(jobs_dir)], check=True)
