@@ -25,3 +25,13 @@ def test_no_function_is_longer_than_80_lines():
                     if length > MAX_LINES:
                         too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
     assert too_long == []
+
+
+def test_the_readme_is_an_entrance_and_its_figures_live_in_the_benchmarks_page():
+    """At most 300 lines; the only table is the documentation index: each measurement
+    table has one home, docs/benchmarks.md."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 300
+    table_rows = [line for line in lines if line.startswith("|")]
+    assert table_rows and all("docs/" in row or set(row) <= set("|- ") for row in table_rows[1:])
+    assert table_rows[0].startswith("| page |")

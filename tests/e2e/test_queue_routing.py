@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.broker import publish
+from app.broker import celery_app, publish
 from app.db.models import Job
 from app.db.session import session_scope
 from app.services.jobs import create_job
@@ -86,8 +86,11 @@ def test_pools_and_priority_with_a_real_worker(tmp_path: Path) -> None:
             for i, name in [(low, "low"), (mid, "mid"), (high, "high")]
         )
         assert [name for _, name in started] == ["high", "mid", "low"], started
-        time.sleep(2)
-        assert status(settings, default_pool)[0] == "queued"  # no worker of its pool runs
+        # the worker consumes its pool's queue only, so the default pool's job stays
+        # queued: asked of the worker itself (Celery's inspect), not waited out
+        consumed = celery_app(env["KD_BROKER_URL"]).control.inspect(timeout=10).active_queues()
+        assert consumed and [[q["name"] for q in qs] for qs in consumed.values()] == [["kd.h200"]]
+        assert status(settings, default_pool)[0] == "queued"
     finally:
         if worker is not None:
             worker.stop()

@@ -4,7 +4,6 @@ Pareto front and resume in the middle of a sweep, on small real trainings."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -36,7 +35,7 @@ def _job(**sweep) -> dict:
 class Recorder(Callbacks):
     def __init__(self, stop_in_trial: int | None = None, after_steps: int = 0):
         self.trials: list[dict] = []
-        self.times: dict[int, list[float]] = {}
+        self.seen_order: list[tuple[str, int]] = []  # ("step" | "end", trial), as told
         self.running: list[int] = []
         self.steps: list[int] = []
         self.stop_in_trial, self.after_steps, self.seen = stop_in_trial, after_steps, 0
@@ -44,7 +43,7 @@ class Recorder(Callbacks):
     def on_step(self, p):
         self.running.append(p.trial["index"])
         self.steps.append(p.step)
-        self.times.setdefault(p.trial["index"], []).append(time.monotonic())
+        self.seen_order.append(("step", p.trial["index"]))
 
     def on_epoch_end(self, p):
         self.on_step(p)
@@ -53,6 +52,7 @@ class Recorder(Callbacks):
 
     def on_trial_end(self, trial):
         self.trials.append(trial)
+        self.seen_order.append(("end", trial["trial"]))
 
     def should_stop(self):
         return self.stop_in_trial is not None and self.seen >= self.after_steps
@@ -244,7 +244,9 @@ def test_trials_run_several_at_once_with_several_devices(tmp_path, monkeypatch):
     assert all(t["status"] == "trained" and t["epochs_run"] == 3 for t in trials)
     assert alive[0] == 2 and max(alive) == 2  # two at once, never more than the slots
     # the third started only when a slot was free: after one of the first two ended
-    assert min(calls.times[2]) > min(max(calls.times[0]), max(calls.times[1]))
+    third_starts = calls.seen_order.index(("step", 2))
+    first_end = min(calls.seen_order.index(("end", t)) for t in (0, 1))
+    assert first_end < third_starts
     assert calls.steps == sorted(calls.steps)  # still one sweep-wide step count
     assert report["sweep"]["best"] in {0, 1, 2} and (tmp_path / "student.safetensors").is_file()
     assert sorted(t["trial"] for t in calls.trials) == [0, 1, 2]

@@ -178,7 +178,10 @@ def test_a_silent_receiver_holds_no_database_connection(pg_server: Server):
         ]
         for job_id in ids:
             assert attacker.post(f"/v1/jobs/{job_id}/cancel", timeout=10).status_code == 202
-        time.sleep(1)  # the dispatcher is now blocked on the silent receiver
+        deadline = time.monotonic() + 30  # until the dispatcher is blocked on the receiver
+        while not silent.held and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert silent.held
         for _ in range(10):
             assert victim.get("/v1/jobs", timeout=10).status_code == 200
         assert attacker.get("/healthz", timeout=10).status_code == 200
