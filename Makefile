@@ -81,14 +81,17 @@ PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
 ## test-fast: the developer's loop: unit and API tests (no real processes, nothing
 ## slow; the few PostgreSQL tests use the server `services` starts), two at once
 test-fast: $(DEV_STAMP) services
-	$(PYTEST) -n 2 -m "not slow and not integration" tests
+	$(PYTEST) -n 2 -m "not slow and not integration" --ignore=tests/fuzz tests
+	$(PYTEST) tests/fuzz
 
-## test: lint + type check + the whole test suite: everything but the fault tests two
-## at once (a file's tests on one worker: they share its fixtures), then the fault
-## tests alone (they kill processes and restart servers); the slowest are printed
+## test: lint + type check + the whole test suite: two at once (a file's tests on one
+## worker: they share its fixtures), then alone the fault tests (they kill processes
+## and restart servers) and the fuzz tests (schemathesis expands its operations into
+## tests only outside xdist: under it they would run as one item that fuzzes nothing);
+## the slowest are printed
 test: $(DEV_STAMP) services browser datasets lint
-	$(PYTEST) -n 2 --dist loadfile --durations=25 --ignore=tests/faults tests
-	$(PYTEST) --durations=10 tests/faults
+	$(PYTEST) -n 2 --dist loadfile --durations=25 --ignore=tests/faults --ignore=tests/fuzz tests
+	$(PYTEST) --durations=10 tests/fuzz tests/faults
 
 ## bench: throughput and quality benchmarks (prints medians and ratios; not a test)
 bench: $(DEV_STAMP) datasets
