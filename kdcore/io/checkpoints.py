@@ -107,8 +107,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             raise CheckpointError(f"{path.name} is not a valid safetensors file") from None
     if looks_like_onnx(head):
         raise CheckpointError(
-            f"{path.name} is an ONNX graph, not weights: give it as a teacher's checkpoint "
-            "with no arch, and it runs in onnxruntime"
+            f"{path.name} opens as an ONNX graph, not weights: give it "
+            "as a teacher's checkpoint with no arch, and it runs in onnxruntime"
         )
     if _is_export_archive(path):
         raise CheckpointError(

@@ -107,3 +107,19 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         atomic_write(path, half_then_fail)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_bytes_that_only_open_like_onnx_are_refused_as_weights_without_parsing(tmp_path):
+    """io recognises ONNX by its first bytes (it imports no model code): a file that
+    merely opens like a ModelProto is refused, never loaded, and the message hedges."""
+    import pytest
+
+    from kdcore.errors import CheckpointError
+    from kdcore.io.checkpoints import looks_like_onnx, read_state_dict
+
+    fake = tmp_path / "teacher.pt"
+    fake.write_bytes(b"\x08\x07\x12\x04junk" + b"\x00" * 64)
+    assert looks_like_onnx(fake.read_bytes()[:16])
+    assert not looks_like_onnx(b"\x08\x00\x12") and not looks_like_onnx(b"PK\x03\x04")
+    with pytest.raises(CheckpointError, match="opens as an ONNX graph"):
+        read_state_dict(fake)
