@@ -29,10 +29,11 @@ from app.db.models import Artifact, Checkpoint, Job, JobStatus, new_id
 from app.db.session import session_scope
 from app.nudge import nudge
 from app.services import lifecycle
-from app.services.jobs import fetch_dataset, prune_checkpoints, resolved_spec, tenant_name
+from app.services.job_inputs import fetch_dataset, resolved_spec, tenant_name
+from app.services.jobs import prune_checkpoints
 from app.services.lifecycle import AfterCommit
 from app.settings import Settings
-from worker import tracking
+from worker import protocol, tracking
 from worker.folder_lock import folder_lock
 from worker.launch import Child, launch
 
@@ -148,14 +149,14 @@ def _claim(
 def _over_limits(settings: Settings, spec: dict[str, Any]) -> str | None:
     """The submission checks again, on this host's copy of the files: the limits may
     have been lowered, or the job may come from an older API."""
-    from app.services.jobs import cost_limits
+    from app.services.admission import limits
     from kdcore.checks.cost import as_built, check_limits, local_folders
     from kdcore.checks.validate import parse_spec
     from kdcore.errors import KDError
 
     try:
         parsed = parse_spec(spec)
-        problems = check_limits(as_built(parsed, local_folders(parsed)), cost_limits(settings))
+        problems = check_limits(as_built(parsed, local_folders(parsed)), limits(settings))
     except KDError as exc:
         return str(exc)
     return "; ".join(f"{loc}: {msg}" for loc, msg in problems) or None
@@ -198,7 +199,7 @@ def run_next(settings: Settings, pools: set[str] | None, candidates: int = 3) ->
 def _resume_point(session: Any, settings: Settings, job: Job) -> tuple[str, int] | None:
     """The newest checkpoint of this job's main phase (an earlier attempt), else the one a
     retry asked for. Checkpoints are recorded only after their file was renamed."""
-    from app.services.jobs import list_checkpoints
+    from app.services.job_reads import list_checkpoints
 
     for ckpt in reversed(list_checkpoints(session, job.id)):
         if storage.exists(settings, ckpt.path):
@@ -380,28 +381,7 @@ class Supervisor:
     def _flush(self) -> str | None:
         """Heartbeat + progress + events + checkpoints in one transaction. On a database
         error nothing is lost: the batch stays pending and is retried next time."""
-        progress = None
-        if self.progress is not None:
-            progress = {
-                k: self.progress.get(k)
-                for k in (
-                    "phase",
-                    "epoch",
-                    "epochs",
-                    "step",
-                    "total_steps",
-                    "lr",
-                    "losses",
-                    "metrics",
-                    "baseline_metrics",
-                    "model",
-                    "images_per_s",
-                    "tokens_per_s",
-                    "eta_s",
-                    "elapsed_s",
-                    "trial",
-                )
-            }
+        progress = None if self.progress is None else protocol.stored_progress(self.progress)
         stored = self._store_checkpoints()
         try:
             with session_scope(self.settings.db_url) as session:

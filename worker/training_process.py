@@ -1,12 +1,7 @@
 """The training process. The supervisor (worker.supervisor) starts it as a fresh interpreter
 (`python -m worker.training_process`, the equivalent of multiprocessing's spawn: no inherited CUDA
 state, its own process group so it can be killed whole), writes the job to its stdin
-and reads one JSON message per line from its stdout:
-
-    {"type": "progress" | "epoch", ...}   kdcore.Progress fields
-    {"type": "checkpoint", "path", "epoch", "step"}  after the atomic rename
-    {"type": "trial", ...}                a sweep's trial, recorded (kdcore.runs.sweep)
-    {"type": "done", "report"} | {"type": "cancelled"} | {"type": "error", "kind", "message"}
+and reads one JSON message per line from its stdout (worker.protocol).
 
 SIGTERM asks it to stop: the training loop checks the flag between steps. `train` is
 the job itself, which worker.launch also runs in a thread (tests of what the service
@@ -80,27 +75,20 @@ def train(
     code. The same in a process (main) and in a thread (worker.launch)."""
     import kdcore
     from kdcore.engine.callbacks import Callbacks, Progress
+    from worker import protocol
 
     class Reporter(Callbacks):
         def on_step(self, p: Progress) -> None:
-            send({"type": "progress", **p.to_dict()})
+            send(protocol.progress(p, epoch_end=False))
 
         def on_epoch_end(self, p: Progress) -> None:
-            send({"type": "epoch", **p.to_dict()})
+            send(protocol.progress(p, epoch_end=True))
 
         def on_checkpoint(self, path: Path, p: Progress) -> None:
-            send(
-                {
-                    "type": "checkpoint",
-                    "path": str(path),
-                    "epoch": p.epoch,
-                    "step": p.step,
-                    "phase": p.phase,
-                }
-            )
+            send(protocol.checkpoint(path, p))
 
         def on_trial_end(self, trial: dict[str, Any]) -> None:
-            send({"type": "trial", **trial})
+            send(protocol.trial(trial))
 
         def should_stop(self) -> bool:
             return should_stop()
@@ -114,18 +102,18 @@ def train(
             teacher_cache=payload.get("teacher_cache"),
         )
     except kdcore.Cancelled:
-        send({"type": "cancelled"})
+        send(protocol.cancelled())
         return EXIT_OK
     except (kdcore.KDError, FileNotFoundError) as exc:
-        send({"type": "error", "kind": "invalid", "message": str(exc)})
+        send(protocol.error("invalid", str(exc)))
         return EXIT_INVALID
     except Exception as exc:  # reported to the supervisor, which decides on a retry
         # the message first: the log may sit on the very disk that just filled up
-        send({"type": "error", "kind": "crash", "message": f"{type(exc).__name__}: {exc}"})
+        send(protocol.error("crash", f"{type(exc).__name__}: {exc}"))
         with contextlib.suppress(OSError):
             traceback.print_exc()
         return EXIT_CRASH
-    send({"type": "done", "report": report})
+    send(protocol.done(report))
     return EXIT_OK
 
 

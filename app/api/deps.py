@@ -13,7 +13,7 @@ from app.api.job_reads import JobReads
 from app.db.models import Job
 from app.db.session import get_sessionmaker, session_scope
 from app.errors import ProblemError
-from app.services.jobs import get_job
+from app.services.job_reads import get_job
 from app.services.keys import Caller, cached_caller, tenant_for_key
 from app.settings import Settings
 
@@ -86,7 +86,7 @@ TenantDep = Annotated[Caller, Depends(get_tenant)]
 def owned_job(job_id: str, session: SessionDep, tenant: TenantDep) -> Job:
     """The job in the path, if it is the caller's (another tenant's answers 404, like an
     unknown id)."""
-    job = get_job(session, tenant.id, job_id)
+    job = get_job(session, tenant_id=tenant.id, job_id=job_id)
     # end the read now: the route runs in another thread call, and an SSE route holds
     # its request for hours; the job object stays usable (expire_on_commit is off)
     session.commit()

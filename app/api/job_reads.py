@@ -31,7 +31,7 @@ from app.api.schemas import JobOut
 from app.api.single_flight import SingleFlight
 from app.db.models import TERMINAL
 from app.db.session import get_engine, session_scope
-from app.services import jobs as service
+from app.services import job_reads as service
 from app.settings import Settings
 
 # A change to the JSON's shape (a new field) must not be answered 304 from an old ETag.
@@ -128,7 +128,7 @@ def _load(settings: Settings, tenant_id: str, job_id: str, if_none_match: str | 
     """The job rendered; or, when the caller's ETag is current, only its ETag (empty body:
     a 304 renders nothing and loads no transitions)."""
     with session_scope(settings.db_url) as session:
-        job = service.get_job(session, tenant_id, job_id)
+        job = service.get_job(session, tenant_id=tenant_id, job_id=job_id)
         position = service.queue_position(session, job)
         etag = etag_of(job.version, position)
         if matches(if_none_match, etag):

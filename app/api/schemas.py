@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from app.db.models import JobStatus
-from app.services.jobs import JobView
+from app.services.job_reads import JobView
 
 
 def iso(dt: datetime | None) -> str | None:

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from app import nudge
 from app.db.models import TERMINAL, Job
 from app.db.session import session_scope
-from app.services.jobs import events_after
+from app.services.job_reads import events_after
 from app.settings import Settings
 
 log = logging.getLogger("kd.sse")

@@ -41,11 +41,9 @@ def layers(
     classes: int,
 ) -> list[dict[str, Any]]:
     """Every layer's name, type and output shape (batch dimension as "N")."""
-    import torch
-
     from kdcore.checks.cost import BYTES_PER_VALUE, model_cost
-    from kdcore.image.features import layer_shapes
-    from kdcore.models import build_model, is_known, unknown_arch
+    from kdcore.checks.layers import model_layers
+    from kdcore.models import is_known, unknown_arch
     from kdcore.models.ecosystems import check_hf_config
     from kdcore.spec import ModelSpec
 
@@ -63,15 +61,10 @@ def layers(
     ):
         message = f"{arch} at {list(input_shape)} is over this service's model limits"
         raise Invalid([("/input_shape", message)], message)
-    # on the meta device: shapes without memory (a real vgg16 at 224 px grew the API by
-    # about 0.5 GB per call); an op with no meta kernel is a 422, not a real forward pass
-    try:
-        with torch.device("meta"):
-            model = build_model(arch, classes, input_shape, config)
-        shapes = layer_shapes(model, torch.empty(2, *input_shape, device="meta"))
-    except (NotImplementedError, RuntimeError, ValueError, TypeError) as exc:
-        message = f"the layers of {arch} cannot be listed without running it: {exc}"[:300]
-        raise Invalid([("/arch", message)], message) from None
+    try:  # on the meta device: an op with no meta kernel is a 422, not a forward pass
+        shapes = model_layers(arch, classes, input_shape, config)
+    except ValueError as exc:
+        raise Invalid([("/arch", str(exc))], str(exc)) from None
     return [
         {"name": name, "type": kind, "shape": ["N", *shape[1:]]} for name, kind, shape in shapes
     ]

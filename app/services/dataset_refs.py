@@ -180,9 +180,9 @@ def _fetch(
 def _make_room(cache: Path, need: int, keep: Path, bound: int) -> None:
     """Delete cached datasets until `need` more bytes fit: each tenant (a set lives at
     <cache>/<bucket>/<tenant>/...) has an equal share, and the least recently used set of
-    the tenant furthest over its share goes first (kdcore.image.teacher_cache.evict_fairly), so
+    the tenant furthest over its share goes first (kdcore.io.eviction.evict_fairly), so
     one tenant's large sets never evict another's within its share."""
-    from kdcore.image.teacher_cache import evict_fairly
+    from kdcore.io.eviction import evict_fairly
 
     sets: dict[Path, list[tuple[float, int, Path]]] = {}
     for manifest in cache.rglob(MANIFEST) if cache.exists() else []:

@@ -23,7 +23,17 @@ def _pointer(loc: tuple[Any, ...]) -> str:
 
 
 def parse_spec(data: Any) -> JobSpec:
-    """Parse a dict into a JobSpec, raising SpecError with a JSON pointer per bad field."""
+    """Parse a dict into a JobSpec, raising SpecError with a JSON pointer per bad field
+    (the schema's, then the registries' names)."""
+    spec = parse_schema(data)
+    problems = validate_names(spec)
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def parse_schema(data: Any) -> JobSpec:
+    """The schema's part of parse_spec: types, ranges, unknown fields."""
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as exc:
@@ -37,9 +47,6 @@ def parse_spec(data: Any) -> JobSpec:
                 msg = "a job spec is a JSON object"
             errors.append((_pointer(loc), msg))
         raise SpecError(errors) from None
-    problems = validate_names(spec)
-    if problems:
-        raise SpecError(problems)
     return spec
 
 

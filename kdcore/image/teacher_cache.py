@@ -39,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from kdcore.io.eviction import evict_fairly
 
 FORMAT = 1
 FULL_K_UP_TO = 128  # up to this many classes, keep them all (exact up to fp16)
@@ -228,24 +229,3 @@ def prune(roots: list[Path], max_bytes: int) -> list[str]:
             except OSError:
                 continue
     return evict_fairly(keys, max_bytes)
-
-
-def evict_fairly(keys: dict[Path, list[tuple[float, int, Path]]], max_bytes: int) -> list[str]:
-    """The eviction rule of every cache shared by tenants: `keys` maps each tenant's root
-    to its entries (last use, bytes, folder). While the whole is over `max_bytes`, the
-    tenant furthest over an equal share loses its least recently used entry."""
-    held = {root: sorted(entries) for root, entries in keys.items() if entries}
-    used = {root: sum(size for _, size, _ in entries) for root, entries in held.items()}
-    total = sum(used.values())
-    removed = []
-    while total > max_bytes and held:
-        share = max_bytes / len(held)
-        root = max(held, key=lambda r: used[r] - share)
-        _, size, folder = held[root].pop(0)
-        shutil.rmtree(folder, ignore_errors=True)
-        removed.append(folder.name)
-        used[root] -= size
-        total -= size
-        if not held[root]:
-            del held[root]
-    return removed

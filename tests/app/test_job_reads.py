@@ -151,7 +151,7 @@ def test_a_delete_by_another_process_is_seen_after_the_recheck_time(tmp_path):
         assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1
         with session_scope(api.settings.db_url) as session:  # as the other process does
             tenant_id = session.get(Job, job_id).tenant_id
-            delete_job(session, api.settings, tenant_id, job_id)
+            delete_job(session, api.settings, tenant_id=tenant_id, job_id=job_id)
         assert api.get(f"/v1/jobs/{job_id}").status_code == 404
         assert api.client.app.state.job_reads.cache.get(job_id) is None
     finally:

@@ -19,6 +19,7 @@ from app.db.session import session_scope
 from app.services.jobs import create_job
 from app.services.keys import create_key
 from app.settings import Settings
+from kdcore.spec import JobSpec
 from tests.app.conftest import create_pg_database, drop_pg_database, tiny_job
 from tests.support.procs import Proc
 
@@ -28,7 +29,13 @@ REDIS_DB = 6
 
 def submit(settings: Settings, tenant_id: str, spec: dict) -> str:
     with session_scope(settings.db_url) as session:
-        job = create_job(session, settings, tenant_id, spec, None).job
+        job = create_job(
+            session,
+            settings,
+            tenant_id=tenant_id,
+            spec=JobSpec.model_validate(spec),
+            idempotency_key=None,
+        ).job
         assert job is not None
         route = (job.id, job.queue, job.priority)
     publish(settings.broker_url, *route)

@@ -14,7 +14,7 @@ from app import storage
 from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.schemas import ArtifactOut, TenantArtifactOut, problem_responses
 from app.errors import ProblemError
-from app.services.jobs import get_artifact, list_tenant_artifacts
+from app.services.job_reads import get_artifact, list_tenant_artifacts
 
 router = APIRouter(
     prefix="/v1/artifacts", tags=["artifacts"], responses=problem_responses(401, 404, 416, 422)

@@ -1,4 +1,4 @@
-"""/v1/jobs: thin routes over app.services.jobs."""
+"""/v1/jobs: thin routes over app.services (admission, jobs, job_reads)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from app.api.sse import event_stream
 from app.broker import publish
 from app.db.models import STATUSES
 from app.errors import ProblemError
+from app.services import admission, job_reads
 from app.services import jobs as service
 from kdcore.spec import JobSpec
 
@@ -48,11 +49,11 @@ def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JSONResponse:
     submission = service.create_job(
-        session, settings, tenant.id, spec.model_dump(mode="json"), idempotency_key
+        session, settings, tenant_id=tenant.id, spec=spec, idempotency_key=idempotency_key
     )
     body, created = submission.replay, False
     if submission.job is not None:
-        body, created = render_job(service.job_view(session, submission.job)), True
+        body, created = render_job(job_reads.job_view(session, submission.job)), True
         if idempotency_key:
             winner = service.remember_response(
                 session, tenant.id, idempotency_key, submission, body
@@ -73,9 +74,15 @@ def validate_job(
     tenant: TenantDep,
     spec: Annotated[dict[str, Any], Body(description="a job spec")],
 ) -> ValidateOut:
-    parsed, errors, warnings = service.validate_spec(session, settings, tenant.id, spec)
-    if not errors:  # the teacher's score, where it is cheap to compute now
-        warnings += service.teacher_score_warnings(session, settings, tenant.id, parsed)
+    parsed, errors = admission.parse(spec)
+    warnings: list[str] = []
+    if parsed is not None:
+        found = admission.check(
+            session, settings, tenant_id=tenant.id, spec=admission.served(settings, parsed)
+        )
+        errors, warnings = found.problems, found.warnings
+        if not errors:  # the teacher's score, where it is cheap to compute now
+            warnings += admission.teacher_score_warnings(found)
     return ValidateOut(
         valid=not errors,
         warnings=warnings,
@@ -99,7 +106,7 @@ async def list_jobs(
             f"status must be one of {STATUSES}",
             errors=[{"loc": "/query/status", "msg": f"one of {list(STATUSES)}"}],
         )
-    query = service.JobQuery(limit, after, status, name)
+    query = job_reads.JobQuery(limit, after, status, name)
     return await reads.page(tenant.id, query)
 
 
@@ -123,11 +130,11 @@ async def get_job(
 def cancel_job(
     job_id: str, session: SessionDep, settings: SettingsDep, tenant: TenantDep
 ) -> dict[str, Any]:
-    job, after = service.cancel_job(session, tenant.id, job_id)
+    job, after = service.cancel_job(session, tenant_id=tenant.id, job_id=job_id)
     session.commit()  # a queued job ends here: its webhook is in the outbox now
     if after is not None:
         after.run(settings)
-    return render_job(service.job_view(session, job))
+    return render_job(job_reads.job_view(session, job))
 
 
 @router.post("/{job_id}/retry", status_code=201, response_model=JobOut)
@@ -138,8 +145,10 @@ def retry_job(
     tenant: TenantDep,
     from_checkpoint: bool = False,
 ) -> JSONResponse:
-    job = service.retry_job(session, settings, tenant.id, job_id, from_checkpoint)
-    body = render_job(service.job_view(session, job))
+    job = service.retry_job(
+        session, settings, tenant_id=tenant.id, job_id=job_id, from_checkpoint=from_checkpoint
+    )
+    body = render_job(job_reads.job_view(session, job))
     session.commit()
     publish(settings.broker_url, body["id"], body["queue"], body["priority"])
     return JSONResponse(body, status_code=201, headers={"Location": f"/v1/jobs/{body['id']}"})
@@ -153,7 +162,7 @@ def delete_job(
     reads: JobReadsDep,
     tenant: TenantDep,
 ) -> Response:
-    service.delete_job(session, settings, tenant.id, job_id)
+    service.delete_job(session, settings, tenant_id=tenant.id, job_id=job_id)
     session.commit()
     reads.forget(job_id)  # this process at once; the others within KD_JOB_CACHE_S
     return Response(status_code=204)
@@ -166,7 +175,7 @@ def list_events(
     limit: Limit = 100,
     after: Annotated[int, Query(ge=0)] = 0,
 ) -> EventList:
-    rows = service.events_after(session, job.id, after, limit + 1)
+    rows = job_reads.events_after(session, job.id, after, limit + 1)
     has_more = len(rows) > limit
     rows = rows[:limit]
     return EventList(
@@ -203,14 +212,14 @@ def stream_events(
 
 @router.get("/{job_id}/metrics", response_model=MetricsOut)
 def job_metrics(job: OwnedJob, session: SessionDep) -> MetricsOut:
-    return MetricsOut(job_id=job.id, points=service.metric_series(session, job.id))
+    return MetricsOut(job_id=job.id, points=job_reads.metric_series(session, job.id))
 
 
 @router.get("/{job_id}/checkpoints", response_model=list[CheckpointOut])
 def job_checkpoints(job: OwnedJob, session: SessionDep) -> list[CheckpointOut]:
-    return [CheckpointOut.model_validate(c) for c in service.list_checkpoints(session, job.id)]
+    return [CheckpointOut.model_validate(c) for c in job_reads.list_checkpoints(session, job.id)]
 
 
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactOut])
 def job_artifacts(job: OwnedJob, session: SessionDep) -> list[ArtifactOut]:
-    return [ArtifactOut.model_validate(a) for a in service.list_artifacts(session, job.id)]
+    return [ArtifactOut.model_validate(a) for a in job_reads.list_artifacts(session, job.id)]

@@ -46,8 +46,7 @@ def readyz(session: SessionDep, settings: SettingsDep) -> JSONResponse:
 
 @router.get("/v1/capabilities", tags=["meta"], responses=problem_responses(401))
 def capabilities(settings: SettingsDep, tenant: TenantDep) -> dict[str, Any]:
-    from kdcore.image.data import DATASETS
-    from kdcore.losses import LOSSES
+    from kdcore.checks import catalogue
     from kdcore.models import architecture_names
     from kdcore.spec import (
         EXPORT_FORMATS,
@@ -59,26 +58,22 @@ def capabilities(settings: SettingsDep, tenant: TenantDep) -> dict[str, Any]:
         TASKS,
         TrainingSpec,
     )
-    from kdcore.text.losses import SEQUENCE_METHOD, TOKEN_METHODS
-    from kdcore.text.validate import CLASSIFIER_METHODS
 
-    text_methods = {  # docs/language-models.md
-        "causal_lm": [*TOKEN_METHODS, SEQUENCE_METHOD],
-        "text_classification": list(CLASSIFIER_METHODS),
-    }
+    text_methods = catalogue.text_methods()
     return {
         "kinds": list(KINDS),
         "tasks": list(TASKS),
-        "methods": LOSSES.names(),
+        "methods": catalogue.image_methods(),
         "text_methods": text_methods,
         # what a spec that names only the method gets (docs/kdcore.md, "Methods")
         "method_defaults": {
-            m: METHOD_DEFAULTS.get(m, {}) for m in [*LOSSES.names(), *text_methods["causal_lm"]]
+            m: METHOD_DEFAULTS.get(m, {})
+            for m in [*catalogue.image_methods(), *text_methods["causal_lm"]]
         },
         # the registry, then timm:<name> and hf:<Class>; GET /v1/architectures filters and
         # sizes them, POST /v1/architectures/layers lists one's layers
         "architectures": architecture_names(),
-        "datasets": [*DATASETS.names(), "text"],
+        "datasets": catalogue.datasets(),
         "export_formats": list(EXPORT_FORMATS),
         "schedules": list(get_args(TrainingSpec.model_fields["schedule"].annotation)),
         "executor": "celery" if settings.broker_url else "local",
