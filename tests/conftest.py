@@ -1,9 +1,31 @@
+import os
+
 import pytest
 import torch
 
 
+def _pin_xdist_worker() -> None:
+    """Under `pytest -n N`, each worker (and every process it starts, which inherits the
+    mask) runs on its own share of the cores: N workers each training with every core
+    would oversubscribe the machine, and torch's threads then wait on one another."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < count:
+        return
+    share = cpus[int(worker[2:]) % count :: count]
+    os.sched_setaffinity(0, share)
+
+
+_pin_xdist_worker()
+THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
-    # the exact-resume and golden tests compare bits; keep the thread count fixed
-    torch.set_num_threads(2)
+    # the exact-resume and golden tests compare bits; keep the thread count fixed, and
+    # the same as a process started from here takes by default (its cores)
+    torch.set_num_threads(THREADS)
     yield

@@ -24,7 +24,8 @@ PAIRS = [
 ]
 QUICKSTART = ("quickstart_teacher.json", "quickstart_distill.json")  # run as written
 SHIP = "quickstart_ship.json"  # a sweep under constraints, a gate, smaller exports
-# the language-model first run: through the service in tests/test_doc_snippets.py
+# the language-model first run: through the service in
+# tests/doc_snippets/test_language_model_quick_start.py
 LANGUAGE_MODEL = ("lm_teacher.json", "lm_distill.json")
 ROOT = EXAMPLES.parent
 

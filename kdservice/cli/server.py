@@ -89,7 +89,10 @@ def serve(
     host: Annotated[
         str | None, typer.Option(metavar="HOST", help="listen address (KD_HOST)")
     ] = None,
-    port: Annotated[int | None, typer.Option(metavar="PORT", help="listen port (KD_PORT)")] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(metavar="PORT", help="listen port (KD_PORT); 0: any free one, printed"),
+    ] = None,
     workers: Annotated[
         int,
         typer.Option(
@@ -101,7 +104,7 @@ def serve(
     settings = get_settings()
     if host:
         settings.host = host
-    if port:
+    if port is not None:
         settings.port = port
     if workers > 1 and not settings.broker_url:
         raise typer.BadParameter(
@@ -110,6 +113,7 @@ def serve(
     # the port first: a second `kd serve` stops here, before it migrates or starts a
     # job runner; the bound socket is what uvicorn then serves on
     listener = bind_listener(settings.host, settings.port)
+    settings.port = listener.getsockname()[1]  # port 0: the one the system chose
 
     import uvicorn
 

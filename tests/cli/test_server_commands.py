@@ -20,7 +20,6 @@ import pytest
 from app.logs import dict_config, log_format
 from app.settings import Settings
 from tests.app.conftest import create_pg_database, drop_pg_database
-from tests.support.procs import free_port
 
 
 def kd(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -113,7 +112,7 @@ def test_kd_serve_on_a_terminal_writes_readable_lines(tmp_path: Path):
     base = {k: v for k, v in os.environ.items() if not k.startswith("KD_")}
     env = {**base, "KD_DATA_DIR": str(tmp_path / "data"), "KD_DATABASE_URL": ""}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kdservice.cli", "serve", "--port", str(free_port())],
+        [sys.executable, "-m", "kdservice.cli", "serve", "--port", "0"],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=slave,
@@ -146,9 +145,9 @@ def _serve(data: Path, port: int) -> subprocess.Popen:
     )
 
 
-def _lines_until_the_start_block(proc: subprocess.Popen, port: int) -> tuple[list[str], int]:
-    """stderr's lines up to the block's last line, and /healthz's status the moment the
-    block was printed."""
+def _lines_until_the_start_block(proc: subprocess.Popen) -> tuple[list[str], int, int]:
+    """stderr's lines up to the block's last line, the port the block names, and
+    /healthz's status there the moment the block was printed."""
     assert proc.stderr is not None
     seen = b""
     deadline = time.monotonic() + 120
@@ -163,8 +162,10 @@ def _lines_until_the_start_block(proc: subprocess.Popen, port: int) -> tuple[lis
         if seen.endswith(b"\n") and any(ln.lstrip().startswith("next ") for ln in lines):
             import httpx
 
+            served = next(ln for ln in lines if ln.startswith("kd: serving on http://127.0.0.1:"))
+            port = int(served.split()[3].rsplit(":", 1)[1])
             answered = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5, trust_env=False)
-            return lines, answered.status_code
+            return lines, port, answered.status_code
     raise AssertionError(f"no start block within 120 s: {seen!r}")
 
 
@@ -179,13 +180,17 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.mark.integration
 def test_kd_serve_prints_one_start_block_once_it_answers_and_migrates_once(tmp_path: Path):
-    data, port = tmp_path / "data", free_port()
+    """The first start on port 0 (a free one, which the block names), the second on the
+    port the first was given, as a restart would."""
+    data, asked = tmp_path / "data", 0
     for start in ("first", "second"):
-        proc = _serve(data, port)
+        proc = _serve(data, asked)
         try:
-            lines, health = _lines_until_the_start_block(proc, port)
+            lines, port, health = _lines_until_the_start_block(proc)
         finally:
             _stop(proc)
+        assert port != 0 and asked in (0, port)
+        asked = port
         assert health == 200  # printed when the port answers, not before
         block = [ln for ln in lines if not ln.startswith("{")]
         assert block[0] == f"kd: serving on http://127.0.0.1:{port} " + (

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kdservice.client import Client
-from tests.support.procs import Proc, free_port, wait_ready
+from tests.support.procs import serve
 
 pytestmark = pytest.mark.integration  # a real server process
 
@@ -25,17 +25,14 @@ pytestmark = pytest.mark.integration  # a real server process
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     workdir = tmp_path_factory.mktemp("uploads")
-    port = free_port()
     env = {
         "KD_DATA_DIR": str(workdir / "data"),
         "KD_DATABASE_URL": "",
         "KD_BROKER_URL": "",
         "KD_UPLOAD_PART_BYTES": str(64 * 1024),
     }
-    proc = Proc(["serve", "--port", str(port)], env, workdir / "serve.log")
+    proc, url = serve(env, workdir / "serve.log")
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url, proc)
         yield url, (workdir / "data" / "api_key").read_text().strip()
     finally:
         proc.stop()

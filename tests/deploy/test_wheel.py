@@ -29,7 +29,7 @@ import pytest
 import redis
 
 from tests.app.conftest import create_pg_database, drop_pg_database
-from tests.support.procs import Proc, free_port, wait_ready
+from tests.support.procs import Proc, serve
 from tests.support.specs import tiny_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -226,11 +226,8 @@ def _run_one_job(base: str, key: str) -> dict:
 
 @contextlib.contextmanager
 def served(installed: Installed, env: dict[str, str], log: Path) -> Iterator[tuple[str, Proc]]:
-    port = free_port()
-    proc = Proc(["serve", "--port", str(port)], env, log, command=[str(installed.bin / "kd")])
+    proc, base = serve(env, log, command=[str(installed.bin / "kd")])
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(base, proc)
         yield base, proc
     finally:
         proc.stop()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kdservice.client import ApiError, AsyncClient, Client
-from tests.support.procs import CuttingProxy, Proc, free_port, wait_ready
+from tests.support.procs import CuttingProxy, free_port, serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,12 +60,9 @@ class Served:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     workdir = tmp_path_factory.mktemp("served")
     shutil.copytree(ROOT / "examples", workdir / "examples")
-    port = free_port()
     env = {"KD_DATA_DIR": str(workdir / "data"), "KD_DATABASE_URL": "", "KD_BROKER_URL": ""}
-    server = Proc(["serve", "--port", str(port)], env, workdir / "serve.log")
+    server, url = serve(env, workdir / "serve.log")
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url, server)
         key = (workdir / "data" / "api_key").read_text().strip()
         yield Served(workdir, url, key)
     finally:

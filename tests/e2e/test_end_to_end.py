@@ -20,7 +20,7 @@ from safetensors.torch import load
 
 from kdcore.models import build_model
 from tests.app.conftest import create_pg_database, drop_pg_database
-from tests.support.procs import Proc, free_port, wait_ready
+from tests.support.procs import Proc, serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REDIS_DB = 5
@@ -121,16 +121,12 @@ def first_job(base: str, key: str, tmp_path: Path) -> None:
 
 
 def test_embedded_default(tmp_path):
-    port = free_port()
     data = tmp_path / "data"
-    server = Proc(
-        ["serve", "--port", str(port)],
+    server, base = serve(
         {"KD_DATA_DIR": str(data), "KD_DATABASE_URL": "", "KD_BROKER_URL": ""},
         tmp_path / "serve.log",
     )
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(base, server)
         key_file = data / "api_key"
         assert oct(key_file.stat().st_mode & 0o777) == "0o600"
         # the start block, printed once the service answers, shows the new key once
@@ -148,7 +144,6 @@ def test_production_shape_postgres_redis_celery(tmp_path):
     db = create_pg_database()
     r = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
     r.flushdb()
-    port = free_port()
     env = {
         "KD_ENVIRONMENT": "production",
         "KD_DATA_DIR": str(tmp_path / "data"),
@@ -173,9 +168,8 @@ def test_production_shape_postgres_redis_celery(tmp_path):
         assert keys.returncode == 0, keys.stderr
         key = keys.stdout.split()[1]
         procs.append(Proc(["worker"], env, tmp_path / "worker.log"))
-        procs.append(Proc(["serve", "--port", str(port)], env, tmp_path / "serve.log"))
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(base, procs[-1])
+        api, base = serve(env, tmp_path / "serve.log")
+        procs.append(api)
         ready = httpx.get(f"{base}/readyz").json()
         assert ready["checks"] == {"database": "ok", "broker": "ok"}
         first_job(base, key, tmp_path)

@@ -1,6 +1,8 @@
-"""A production-shaped deployment in real processes for fault tests: a fresh PostgreSQL
-database, a Redis database, `kd serve` and any number of `kd worker`s, with short leases
-so that failures are detected in seconds."""
+"""A production-shaped deployment in real processes for fault tests: a fresh database
+and a Redis database on the fault tests' own servers (tests.faults.servers), `kd serve`
+and any number of `kd worker`s, with short leases so that failures are detected in
+seconds. Every process it starts carries its mark in the environment: the tests find
+and kill only theirs."""
 
 from __future__ import annotations
 
@@ -10,17 +12,19 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import redis
 from sqlalchemy import select
 
 from app.db.models import Job, JobEvent, JobTransition
 from app.db.session import get_engine, session_scope
-from tests.app.conftest import create_pg_database, drop_pg_database
-from tests.support.procs import Proc, free_port, wait_ready
+from tests.faults.servers import OwnPostgres, OwnRedis
+from tests.support.procs import Proc, serve
 
 FAST = {
     "KD_LEASE_S": "6",
@@ -33,30 +37,23 @@ FAST = {
     "KD_MAX_ACTIVE_JOBS": "100000",
     "KD_SUBMISSIONS_PER_MINUTE": "100000",
 }
-REDIS_START = [
-    "redis-server",
-    "--daemonize",
-    "yes",
-    "--bind",
-    "127.0.0.1",
-    "--port",
-    "6379",
-    "--save",
-    "",
-    "--appendonly",
-    "no",
-]
+MARK = "KD_FAULTS_CLUSTER"  # in the environment of every process a cluster starts
 
 
-def training_children() -> list[int]:
+def training_children(mark: str) -> list[int]:
+    """Training processes started by the cluster with this mark, wherever they were
+    reparented (a killed worker's child is adopted by init)."""
     pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if b"worker.training_process" in (proc / "cmdline").read_bytes():
-                    pids.append(int(proc.name))
+                if b"worker.training_process" not in (proc / "cmdline").read_bytes():
+                    continue
+                environ = (proc / "environ").read_bytes().split(b"\0")
             except OSError:
                 continue
+            if f"{MARK}={mark}".encode() in environ:
+                pids.append(int(proc.name))
     return pids
 
 
@@ -71,28 +68,29 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2) -> A
 
 
 class Cluster:
-    def __init__(self, tmp: Path, redis_db: int, **env: str):
-        self.tmp, self.redis_db = tmp, redis_db
-        self.db = create_pg_database()
-        self.db_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.db}"
-        redis.Redis(host="127.0.0.1", port=6379, db=redis_db).flushdb()
+    def __init__(self, tmp: Path, broker: OwnRedis, postgres: OwnPostgres, **env: str):
+        self.tmp, self.broker, self.postgres = tmp, broker, postgres
+        self.mark = uuid.uuid4().hex
+        self.db = f"kd_faults_{self.mark[:10]}"
+        with psycopg.connect(postgres.url().replace("+psycopg", ""), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.db}"')
+        self.db_url = postgres.url(self.db)
         self.env = {
+            MARK: self.mark,
             "KD_ENVIRONMENT": "production",
             "KD_DATA_DIR": str(tmp / "data"),
             "KD_DATABASE_URL": self.db_url,
-            "KD_BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}",
+            "KD_BROKER_URL": f"{broker.url}/0",
             **FAST,
             **env,
         }
         self._run("migrate")
         self.key = self._run("keys", "create", "--tenant", "faults").split()[1]
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.port = 0  # the system's choice at the first start; kept when the API restarts
+        self.base = ""
         self.api: Proc | None = None
         self.workers: list[Proc] = []
-        self.client = httpx.Client(
-            base_url=self.base, timeout=30, headers={"Authorization": f"Bearer {self.key}"}
-        )
+        self.client = httpx.Client(timeout=30, headers={"Authorization": f"Bearer {self.key}"})
 
     def _run(self, *args: str) -> str:
         done = subprocess.run(
@@ -106,12 +104,11 @@ class Cluster:
         return done.stdout
 
     def start_api(self) -> None:
-        self.api = Proc(
-            ["serve", "--port", str(self.port)],
-            self.env,
-            self.tmp / f"api-{time.monotonic_ns()}.log",
+        self.api, self.base = serve(
+            self.env, self.tmp / f"api-{time.monotonic_ns()}.log", port=self.port
         )
-        wait_ready(self.base, self.api)
+        self.port = int(self.base.rsplit(":", 1)[1])
+        self.client.base_url = httpx.URL(self.base)
 
     def start_worker(self) -> Proc:
         n = len(self.workers)
@@ -195,11 +192,16 @@ class Cluster:
     def close(self) -> None:
         for p in [*self.workers, *([self.api] if self.api else [])]:
             p.stop()
-        for pid in training_children():  # nothing may outlive the test
+        for pid in self.training_children():  # nothing of ours may outlive the test
             os.kill(pid, signal.SIGKILL)
         self.client.close()
         get_engine(self.db_url).dispose()
-        drop_pg_database(self.db)
+        with psycopg.connect(self.postgres.url().replace("+psycopg", ""), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
+        redis.Redis.from_url(self.broker.url).flushall()
+
+    def training_children(self) -> list[int]:
+        return training_children(self.mark)
 
 
 def write_result(name: str, row: dict[str, Any]) -> None:

@@ -14,18 +14,19 @@ import time
 import httpx
 import pytest
 
-from tests.faults.cluster import REDIS_START, Cluster, training_children, wait_until, write_result
+from tests.faults.cluster import Cluster, wait_until, write_result
 from tests.support.specs import training_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path, redis_db=6)
+def cluster(tmp_path, own_redis, own_postgres):
+    c = Cluster(tmp_path, own_redis, own_postgres)
     yield c
+    leftover = c.training_children()
     c.close()
-    assert training_children() == [], "a training process outlived its worker"
+    assert leftover == [], "a training process outlived its worker"
 
 
 def test_sigkill_worker_mid_epoch_resumes_from_checkpoint(cluster):
@@ -42,7 +43,7 @@ def test_sigkill_worker_mid_epoch_resumes_from_checkpoint(cluster):
         )
         time.sleep(0.25 * kill_after)  # at different points of the next epoch
         cluster.kill_worker(worker)
-        wait_until(lambda: training_children() == [], 10, "the training child to die")
+        wait_until(lambda: cluster.training_children() == [], 10, "the training child to die")
         cluster.start_worker()  # a fresh worker; the reaper requeues after the lease
         end = cluster.wait_status(job_id, ("succeeded", "failed", "cancelled"))
         audit = cluster.audit(job_id)
@@ -82,7 +83,7 @@ def test_sigkill_training_child_is_retried(cluster):
     cluster.start_worker()
     job_id = cluster.submit(training_spec("kill-child", epochs=6))
     wait_until(lambda: cluster.checkpoint_steps(job_id), 180, "a checkpoint")
-    (child,) = wait_until(training_children, 10, "the child")
+    (child,) = wait_until(cluster.training_children, 10, "the child")
     os.kill(child, signal.SIGKILL)
     end = cluster.wait_status(job_id, ("succeeded", "failed"))
     audit = cluster.audit(job_id)
@@ -104,9 +105,7 @@ def test_redis_restart_loses_no_queued_job(cluster):
     cluster.start_worker()
     ids = [cluster.submit(training_spec(f"redis-{i}", epochs=3)) for i in range(4)]
     wait_until(lambda: cluster.job(ids[0])["status"] == "running", 120, "a running job")
-    subprocess.run(["redis-cli", "-h", "127.0.0.1", "shutdown", "nosave"], timeout=30)
-    time.sleep(1)
-    subprocess.run(REDIS_START, check=True, timeout=30)  # empty: queued messages are gone
+    cluster.broker.restart()  # empty: queued messages are gone
     for job_id in ids:
         assert cluster.wait_status(job_id, ("succeeded", "failed"), 300)["status"] == "succeeded"
         cluster.audit(job_id)
@@ -172,12 +171,7 @@ def test_postgres_restart_while_training(cluster):
     cluster.start_worker()
     job_id = cluster.submit(training_spec("pg-restart", epochs=8))
     wait_until(lambda: cluster.checkpoint_steps(job_id), 180, "a checkpoint")
-    version = os.listdir("/etc/postgresql")[0]
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
-        check=True,
-        timeout=120,
-    )
+    cluster.postgres.restart()
     end = cluster.wait_status(job_id, ("succeeded", "failed"), 240)
     audit = cluster.audit(job_id)
     assert end["status"] == "succeeded"
@@ -199,7 +193,7 @@ def test_cancel_queued_and_running_leaves_no_process(cluster):
         cluster.wait_status(running, ("cancelled", "succeeded", "failed"), 60)["status"]
         == "cancelled"
     )
-    wait_until(lambda: training_children() == [], 20, "no training process")
+    wait_until(lambda: cluster.training_children() == [], 20, "no training process")
     for job_id in (queued, running):
         assert cluster.audit(job_id)["status"] == "cancelled"
     time.sleep(cluster_lease := 7)  # a late reaper or message must not revive them

@@ -20,8 +20,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path, redis_db=7)
+def cluster(tmp_path, own_redis, own_postgres):
+    c = Cluster(tmp_path, own_redis, own_postgres)
     yield c
     c.close()
 

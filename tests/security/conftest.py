@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.procs import Proc, free_port, wait_ready
+from tests.support.procs import Proc, serve
 
 
 @dataclass
@@ -52,13 +52,11 @@ class Server:
 
 
 def start_server(tmp: Path, umask: int | None = None, **env: str) -> Server:
-    port = free_port()
     key = "kd_" + secrets.token_urlsafe(24)
     full = {
         "KD_DATA_DIR": str(tmp / "data"),
         "KD_DATABASE_URL": "",
         "KD_BROKER_URL": "",
-        "KD_PORT": str(port),
         "KD_BOOTSTRAP_API_KEY": key,
         "KD_AUTH_CACHE_S": "0",
         "KD_LOG_FORMAT": "text",
@@ -66,12 +64,10 @@ def start_server(tmp: Path, umask: int | None = None, **env: str) -> Server:
     }
     old = os.umask(umask) if umask is not None else None
     try:
-        proc = Proc(["serve"], full, tmp / "server.log")
+        proc, url = serve(full, tmp / "server.log")
     finally:
         if old is not None:
             os.umask(old)
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url, proc)
     return Server(url, full, tmp / "data", proc, {"default": key})
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -31,6 +32,9 @@ def training_children() -> list[int]:
 
 
 def free_port() -> int:
+    """A port nothing listens on now, for a server that cannot be told to take port 0
+    (moto, mlflow) or for an address that must refuse connections. `kd serve` takes
+    port 0 instead (`serve` below): no window in which another process takes the port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -58,6 +62,33 @@ class Proc:
             except subprocess.TimeoutExpired:
                 os.killpg(self.popen.pid, signal.SIGKILL)
                 self.popen.wait()
+
+
+SERVING = re.compile(r"kd: serving on (http://\S+)")
+
+
+def serve(
+    env: dict[str, str],
+    log: Path,
+    command: list[str] | None = None,
+    port: int = 0,
+    timeout: float = 120,
+) -> tuple[Proc, str]:
+    """`kd serve --port PORT` (0: the system picks a free one as it binds) and its base
+    URL, once it answers: its start block, printed when it does, names the address."""
+    proc = Proc(["serve", "--port", str(port)], env, log, command=command)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = SERVING.search(log.read_text(errors="replace"))
+        if found:
+            base = found.group(1)
+            wait_ready(base, proc)
+            return proc, base
+        if proc.popen.poll() is not None:
+            raise AssertionError(f"server exited:\n{log.read_text()}")
+        time.sleep(0.2)
+    proc.stop()
+    raise AssertionError(f"server did not answer:\n{log.read_text()}")
 
 
 def wait_ready(base: str, proc: Proc, timeout: float = 90) -> None:

@@ -22,7 +22,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 import kdcore
 from kdcore.models import build_model
-from tests.support.procs import Proc, free_port, wait_ready
+from tests.support.procs import serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "out" / "test-artifacts"
@@ -31,12 +31,9 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "out" / "test-artifacts"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     workdir = tmp_path_factory.mktemp("dashboard")
-    port = free_port()
     env = {"KD_DATA_DIR": str(workdir / "data"), "KD_DATABASE_URL": "", "KD_BROKER_URL": ""}
-    proc = Proc(["serve", "--port", str(port)], env, workdir / "serve.log")
+    proc, url = serve(env, workdir / "serve.log")
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url, proc)
         yield url, (workdir / "data" / "api_key").read_text().strip()
     finally:
         proc.stop()
