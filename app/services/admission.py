@@ -85,15 +85,18 @@ class TenantFiles:
         return storage.local_copy(self.settings, path)
 
     def _dataset_by_reference(self, ref: str) -> Path | None:
-        """A local:// folder is read where it is; an s3:// set is sized by the worker,
-        once fetched (None)."""
+        """A local:// folder is read where it is; an s3:// set is listed (it exists and
+        is the tenant's) and sized by the worker, once fetched (None)."""
         tenant = tenant_name(self.session, self.tenant_id)
+        if ref.startswith("local://"):
+            try:
+                return dataset_refs.local_path(self.settings, tenant, ref)
+            except dataset_refs.DatasetRefError as exc:
+                raise FileNotFoundError(str(exc)) from None
         found = dataset_refs.problem(self.settings, tenant, ref)
         if found:
             raise FileNotFoundError(found)
-        if ref.startswith("s3://"):
-            return None
-        return dataset_refs.local_path(self.settings, tenant, ref)
+        return None
 
 
 def check(session: Session, settings: Settings, *, tenant_id: str, spec: JobSpec) -> Admission:

@@ -84,8 +84,8 @@ def admit(spec: JobSpec, resolve: Resolve, limits: Limits) -> Admission:
     found.warnings += notes
     if error:
         found.problems = [("/dataset", error)]
-        return found
-    found.problems = _weights_problems(local, limits)
+    elif shape is not None:  # a built-in set: its shapes are known before decoding
+        found.problems = _weights_problems(local, shape[0], shape[1], limits)
     return found
 
 
@@ -184,13 +184,11 @@ def _warnings(spec: JobSpec) -> list[str]:
     return warnings
 
 
-def _weights_problems(spec: JobSpec, limits: Limits) -> list[Problem]:
+def _weights_problems(
+    spec: JobSpec, input_shape: tuple[int, ...], classes: int, limits: Limits
+) -> list[Problem]:
     """Each checkpoint's tensor shapes against its model, built on the meta device (no
-    memory), for built-in datasets, whose shapes are known before decoding."""
-    shape = describe(spec.dataset)
-    if shape is None:
-        return []
-    input_shape, classes, _ = shape
+    memory), for data of this input shape and class count."""
     problems = []
     for pointer, model in spec.model_roles():
         if model.checkpoint is None:

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from app.db.models import Job, JobEvent, JobTransition
 from app.db.session import get_engine, session_scope
 from tests.faults.servers import OwnPostgres, OwnRedis
-from tests.support.procs import Proc, serve
+from tests.support.procs import Proc, serve, wait_until
 
 FAST = {
     "KD_LEASE_S": "6",
@@ -55,16 +55,6 @@ def training_children(mark: str) -> list[int]:
             if f"{MARK}={mark}".encode() in environ:
                 pids.append(int(proc.name))
     return pids
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Cluster:

@@ -11,21 +11,19 @@ import tempfile
 import time
 from pathlib import Path
 
-PG_BIN = Path(sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1])
+from tests.support.procs import wait_until
+
+
+def _pg_bin() -> Path:
+    """The newest PostgreSQL's programs (Debian keeps them per major version)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+    assert found, "PostgreSQL's programs are not under /usr/lib/postgresql"
+    return found[-1]
 
 
 def _port_taken(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class OwnRedis:
@@ -68,7 +66,7 @@ class OwnRedis:
 
     def restart(self) -> None:
         self.stop()
-        _wait(lambda: not _port_taken(self.port), 10, "the old Redis to let go of its port")
+        wait_until(lambda: not _port_taken(self.port), 10, "the old Redis to let go of its port")
         assert self._start(self.port), "redis did not come back on its port"
 
 
@@ -82,7 +80,7 @@ class OwnPostgres:
         if os.geteuid() == 0:
             shutil.chown(self.folder, "postgres", "postgres")
         self._as_server(
-            [str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres"]
+            [str(_pg_bin() / "initdb"), "-D", str(self.data), "-U", "postgres"]
             + ["--auth=trust", "--no-sync"]
         )
         for port in range(first_port, first_port + 200):
@@ -105,7 +103,7 @@ class OwnPostgres:
     def _pg_ctl(self, action: str, check: bool = True) -> int:
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} -c fsync=off"
         return self._as_server(
-            [str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60", "-o", options]
+            [str(_pg_bin() / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60", "-o", options]
             + ["-l", str(self.folder / "server.log"), action],
             check=check,
         )
@@ -118,6 +116,7 @@ class OwnPostgres:
 
     def close(self) -> None:
         self._as_server(
-            [str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"], check=False
+            [str(_pg_bin() / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
+            check=False,
         )
         shutil.rmtree(self.folder, ignore_errors=True)

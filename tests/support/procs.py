@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -29,6 +30,17 @@ def training_children() -> list[int]:
         if b"worker.training_process" in cmdline and ppid == os.getpid():
             pids.append(int(proc.name))
     return pids
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2) -> Any:
+    """The predicate's first truthy value, polled until `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def free_port() -> int:
