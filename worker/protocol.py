@@ -1,6 +1,8 @@
 """The messages between the supervisor (worker.supervisor) and the training process
-(worker.training_process), one JSON object a line, built and read here only, so a new
-field is a change to this file:
+(worker.training_process), one JSON object a line. They are built here, and the job
+row's progress is read from them here (`stored_progress`, from Progress's own fields),
+so a new Progress field needs no change elsewhere; the supervisor dispatches on `type`
+(Supervisor._take):
 
     {"type": "progress" | "epoch", ...}   kdcore's Progress, as Progress.to_dict gives it
     {"type": "checkpoint", "path", "epoch", "step", "phase"}  after the atomic rename
