@@ -97,15 +97,24 @@ def claim(session: Session, job_id: str, worker: str, lease_s: float) -> Job | N
 
 def cancel(session: Session, job: Job) -> AfterCommit | None:
     """A client's cancel: a queued job ends now; a running one is asked to stop (its
-    worker ends it). None if it had already moved on (the caller re-reads it)."""
-    if job.status == S.QUEUED:
-        return transition(
-            session, job.id, (S.QUEUED,), S.CANCELLED, "cancelled by the client while queued"
-        )
-    if job.status == S.RUNNING:
-        return transition(
-            session, job.id, (S.RUNNING,), S.CANCELLING, "cancel requested by the client"
-        )
+    worker ends it). A worker may claim the job between the caller's read and this
+    write (queued -> running): the job is then read again and the cancel applied to
+    what it is now, so a cancel that races a claim is never lost. None if it has
+    ended (the caller re-reads it)."""
+    for _ in range(3):  # each retry follows a move forward: queued, running, ended
+        if job.status == S.QUEUED:
+            after = transition(
+                session, job.id, (S.QUEUED,), S.CANCELLED, "cancelled by the client while queued"
+            )
+        elif job.status == S.RUNNING:
+            after = transition(
+                session, job.id, (S.RUNNING,), S.CANCELLING, "cancel requested by the client"
+            )
+        else:
+            return None
+        if after is not None:
+            return after
+        session.refresh(job)
     return None
 
 

@@ -53,6 +53,23 @@ def test_cancel_while_queued_ends_once(api: Api) -> None:
     assert_ended_once(api.settings.db_url, job_id, "cancelled")
 
 
+def test_a_cancel_that_races_a_claim_asks_the_running_job_to_stop(api: Api) -> None:
+    """The client's cancel read the job queued; a worker claimed it before the cancel
+    wrote: the cancel must reach the running job (it used to answer "running" and
+    change nothing, so the job ran on to its end)."""
+    job_id = _submit(api)
+    with session_scope(api.settings.db_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == JobStatus.QUEUED  # the cancel's read
+        with session_scope(api.settings.db_url) as worker:  # the claim, committed
+            assert repo.claim(worker, job_id, "racing-worker", 30) is not None
+        after = lifecycle.cancel(session, job)
+        assert after is not None and after.status == JobStatus.CANCELLING
+    with session_scope(api.settings.db_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == JobStatus.CANCELLING
+
+
 def test_the_reaper_ends_a_dead_workers_job_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
     gen = build_api(make_settings(tmp_path, max_attempts=1))
     api = next(gen)
