@@ -18,6 +18,13 @@ weights: speed does not depend on what they know.
   python bench/lm_kd.py --smoke                 a minute on a laptop CPU
   python bench/lm_kd.py                          the CPU figures
   python bench/lm_kd.py --device cuda            GPT-2 small (12 x 768) into 6 layers
+
+`--loss-memory` measures the token-level loss alone (issue 33): the peak memory of one
+forward + backward of `token_kd_loss` (chunked) and `token_kd_loss_unchunked` (the
+plain form, what jobs ran before) at vocabularies of 32k and 128k, above the inputs.
+
+  python bench/lm_kd.py --loss-memory            CPU (the resident set's peak)
+  python bench/lm_kd.py --loss-memory --device cuda
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -75,12 +83,96 @@ def run(spec: dict, out: Path, device: str) -> dict:
     }
 
 
+LOSS_VOCABS = (32_000, 128_000)
+
+
+def loss_peak_bytes(form: str, vocab: int, positions: int, method: str, device: str) -> int:
+    """Peak memory of one loss forward + backward above its inputs (student logits with
+    their gradient's slot, teacher logits, ids), in this process: on CUDA the
+    allocator's peak, on the CPU the resident set's high-water mark (Linux: reset by
+    writing 5 to /proc/self/clear_refs)."""
+    from kdcore.text.losses import token_kd_loss, token_kd_loss_unchunked
+
+    loss = token_kd_loss if form == "chunked" else token_kd_loss_unchunked
+    torch.manual_seed(0)
+    batch = 2
+    shape = (batch, positions // batch, vocab)
+    student = torch.randn(shape, device=device, requires_grad=True)
+    teacher = torch.randn(shape, device=device)
+    ids = torch.randint(0, vocab, shape[:2], device=device)
+    targets = torch.ones(shape[:2], dtype=torch.bool, device=device)
+    # a warm-up on a small vocabulary: the kernels' code pages and the autograd
+    # engine's threads are resident before the measurement, not counted in it
+    small = torch.randn(shape[:2] + (64,), device=device, requires_grad=True)
+    loss(method, small, small.detach(), ids % 64, targets, 2.0, 0.5, 0.5)["loss"].backward()
+    del small
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _status_kib("VmRSS") * 1024
+    loss(method, student, teacher, ids, targets, 2.0, 0.5, 0.5)["loss"].backward()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    return _status_kib("VmHWM") * 1024 - before
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} is not in /proc/self/status")
+
+
+def loss_memory(device: str, positions: int, repeats: int, method: str) -> None:
+    """Each form at each vocabulary, each measurement in a fresh process (a process's
+    high-water mark only rises): medians, and the plain form's peak / the chunked's."""
+    print(
+        f"loss peak memory above its inputs, {method}, {positions} predicted positions, "
+        f"fp32 logits, device {device}; medians of {repeats} fresh processes"
+    )
+    print(f"{'vocab':>8}{'plain MiB':>12}{'chunked MiB':>13}{'plain / chunked':>17}")
+    results = {}
+    for vocab in LOSS_VOCABS:
+        peaks = {}
+        for form in ("plain", "chunked"):
+            runs = []
+            for _ in range(repeats):
+                args = ["--loss-case", form, str(vocab), str(positions), method, device]
+                done = subprocess.run(
+                    [sys.executable, __file__, *args], capture_output=True, text=True, check=True
+                )
+                runs.append(int(done.stdout.split()[-1]))
+            peaks[form] = statistics.median(runs)
+        ratio = peaks["plain"] / max(peaks["chunked"], 1)
+        results[vocab] = {**peaks, "ratio": ratio}
+        print(
+            f"{vocab:>8}{peaks['plain'] / 2**20:>12.0f}{peaks['chunked'] / 2**20:>13.0f}"
+            f"{ratio:>17.2f}"
+        )
+    print(json.dumps(results))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--loss-memory", action="store_true", help="the loss's peak memory")
+    ap.add_argument("--positions", type=int, default=1024, help="--loss-memory: tokens")
+    ap.add_argument("--method", default="forward_kl", help="--loss-memory: the divergence")
+    ap.add_argument("--loss-case", nargs=5, help=argparse.SUPPRESS)  # one measurement
     args = ap.parse_args()
+    if args.loss_case:
+        form, vocab, positions, method, device = args.loss_case
+        print(loss_peak_bytes(form, int(vocab), int(positions), method, device))
+        return
+    if args.loss_memory:
+        loss_memory(args.device, args.positions, args.repeats, args.method)
+        return
     size = "smoke" if args.smoke else args.device
     teacher, rows, seq_len, batch, vocab = SIZES[size]
     repeats = 1 if args.smoke else args.repeats
