@@ -85,13 +85,15 @@ test-fast: $(DEV_STAMP) services
 	$(PYTEST) tests/fuzz
 
 ## test: lint + type check + the whole test suite: two at once (a file's tests on one
-## worker: they share its fixtures), then alone the fault tests (they kill processes
-## and restart servers) and the fuzz tests (schemathesis expands its operations into
-## tests only outside xdist: under it they would run as one item that fuzzes nothing);
-## the slowest are printed
+## worker: they share its fixtures; the fault tests too, on servers of their own), and
+## beside them the fuzz tests in a process of their own (schemathesis expands its
+## operations into tests only outside xdist: under it they would run as one item that
+## fuzzes nothing; its report is printed after); the slowest are printed
 test: $(DEV_STAMP) services browser datasets lint
-	$(PYTEST) -n 2 --dist loadfile --durations=25 --ignore=tests/faults --ignore=tests/fuzz tests
-	$(PYTEST) --durations=10 tests/fuzz tests/faults
+	@$(PYTEST) --durations=10 tests/fuzz > $(VENV)/fuzz.log 2>&1 & fuzz=$$!; \
+	$(PYTEST) -n 2 --dist loadfile --durations=25 --ignore=tests/fuzz tests; rc=$$?; \
+	wait $$fuzz; fuzz_rc=$$?; echo "--- tests/fuzz (alone, beside the rest):"; \
+	cat $(VENV)/fuzz.log; test $$rc = 0 && test $$fuzz_rc = 0
 
 ## bench: throughput and quality benchmarks (prints medians and ratios; not a test)
 bench: $(DEV_STAMP) datasets
