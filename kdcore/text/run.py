@@ -177,13 +177,17 @@ def _baseline(
     device: torch.device,
     callbacks: Callbacks,
 ) -> dict[str, Any]:
-    """The same student, same start (its config's random weights, or the teacher's
-    layers with init_from_teacher), data, budget and seed, trained without the teacher."""
-    if spec.student.config is None:
-        raise SpecError([("/baseline", "a baseline needs the student built from its config")])
+    """The same student, same start (its model folder's weights, its config's random
+    weights, or the teacher's layers with init_from_teacher), data, budget and seed,
+    trained without the teacher."""
     torch.manual_seed(spec.training.seed)
     scratch = spec.model_copy(update={"kind": "train", "teacher": None})
-    student = _build(spec.student, "/student", None, spec, tok, labels)
+    folder = _folder(spec.student)  # a student given as a model folder starts from it
+    try:
+        student = _build(spec.student, "/student", folder, spec, tok, labels)
+    finally:
+        if folder is not None:
+            folder.close()
     if spec.student.init_from_teacher:
         init_from_teacher(student, teacher)
     fit = fit_text(

@@ -317,6 +317,14 @@ def test_different_tokenizers_allow_only_sequence_level_kd(corpus, tmp_path):
         and report["tokenizer"]["student"] == "student_hf.zip/tokenizer.json"
     )
     assert math.isfinite(report["student"]["perplexity"])
+    # the student alone starts where the student does, from its folder's weights (it
+    # used to fail the job after training: "a baseline needs the student built from its
+    # config"); at a negligible learning rate it keeps the folder's perplexity (one
+    # epoch's training: far from what random weights give)
+    spec.update(baseline=True, training={**spec["training"], "epochs": 1, "lr": 1e-9})
+    report = kdcore.distill(spec, tmp_path / "seq-baseline")
+    alone = json.loads((student_dir / "report.json").read_text())["student"]["perplexity"]
+    assert report["baseline"]["perplexity"] == pytest.approx(alone, rel=1e-3)
 
 
 @pytest.mark.integration  # spawned ranks (gloo on the CPU: the NCCL path's code)
