@@ -29,3 +29,12 @@ def _deterministic_threads():
     # the same as a process started from here takes by default (its cores)
     torch.set_num_threads(THREADS)
     yield
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files that hold slow tests first (a stable sort: each file's own order is
+    kept). Under `--dist loadfile` the long files then start at once and the short ones
+    fill in around them, rather than one long file running alone at the end on one core
+    while the other waits."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
