@@ -149,13 +149,13 @@ def _list(args: argparse.Namespace) -> int:
                 names = sorted({*names, "text"})
             print(f"{name}: {' '.join(names)}")
     if args.family in (None, "methods"):  # what a spec that leaves them unset gets
-        from kdcore.text.losses import SEQUENCE_METHOD, TOKEN_METHODS
+        from kdcore.text.losses import LM_METHODS
 
         for method in LOSSES.names():
             defaults = METHOD_DEFAULTS.get(method, {})
             print(f"  {method:<7} " + " ".join(f"{k}={v}" for k, v in defaults.items()))
         print("text methods (task causal_lm; text_classification takes kd, dkd, dist):")
-        for method in (*TOKEN_METHODS, SEQUENCE_METHOD):
+        for method in LM_METHODS:
             defaults = METHOD_DEFAULTS.get(method, {})
             print(f"  {method:<10} " + " ".join(f"{k}={v}" for k, v in defaults.items()))
     return 0

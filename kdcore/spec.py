@@ -242,6 +242,9 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "reverse_kl": {"temperature": 1.0, "ce_weight": 0.5, "kd_weight": 0.5},
     "gkd": {"temperature": 1.0, "ce_weight": 0.5, "kd_weight": 0.5, "jsd_beta": 0.5},
     "sequence": {"ce_weight": 1.0, "kd_weight": 0.0},
+    # ULD (Boizard et al. 2024): the data's cross-entropy in full, plus the distance
+    # between the sorted distributions
+    "uld": {"temperature": 1.0, "ce_weight": 1.0, "kd_weight": 1.0},
 }
 # Sun et al. standardise the logits that a softmax compares; feature methods have none
 LOGIT_STANDARDIZED_METHODS = ("kd", "dkd", "dist")

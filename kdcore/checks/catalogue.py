@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from kdcore.image.data import DATASETS
 from kdcore.losses import LOSSES
-from kdcore.text.losses import SEQUENCE_METHOD, TOKEN_METHODS
+from kdcore.text.losses import LM_METHODS
 from kdcore.text.validate import CLASSIFIER_METHODS
 
 
@@ -22,6 +22,6 @@ def image_methods() -> list[str]:
 def text_methods() -> dict[str, list[str]]:
     """Methods by text task (docs/language-models.md)."""
     return {
-        "causal_lm": [*TOKEN_METHODS, SEQUENCE_METHOD],
+        "causal_lm": list(LM_METHODS),
         "text_classification": list(CLASSIFIER_METHODS),
     }

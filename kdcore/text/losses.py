@@ -41,6 +41,8 @@ from torch import Tensor
 
 TOKEN_METHODS = ("forward_kl", "reverse_kl", "gkd")
 SEQUENCE_METHOD = "sequence"
+CROSS_TOKENIZER_METHOD = "uld"  # kdcore.text.cross_tokens: any two tokenizers
+LM_METHODS = (*TOKEN_METHODS, CROSS_TOKENIZER_METHOD, SEQUENCE_METHOD)
 # logits per chunk. On the CPU, small chunks: glibc keeps freed blocks of this size in
 # its heap, so each temporary's size is paid in resident memory (4 MiB in fp32, 8
 # positions at 128k; no slower than larger ones, bench/lm_kd.py). On a GPU, 16 MiB: the

@@ -23,7 +23,7 @@ from kdcore.spec import JobSpec, ModelSpec
 from kdcore.text.data import TextData, completion_rows, load_text
 from kdcore.text.evaluate import agreement, evaluate_text, model_size, tokens_per_s
 from kdcore.text.generate import GENERATIONS, generate_completions
-from kdcore.text.losses import SEQUENCE_METHOD
+from kdcore.text.losses import CROSS_TOKENIZER_METHOD, SEQUENCE_METHOD
 from kdcore.text.models import (
     ModelFolder,
     build_text_model,
@@ -82,7 +82,8 @@ def _build(
 
 
 def _check_method(spec: JobSpec, same: bool, t_tok: TextTokenizer, s_tok: TextTokenizer) -> None:
-    if spec.kind == "distill" and not same and spec.distillation.method != SEQUENCE_METHOD:
+    across = (SEQUENCE_METHOD, CROSS_TOKENIZER_METHOD)  # the methods for any two tokenizers
+    if spec.kind == "distill" and not same and spec.distillation.method not in across:
         raise SpecError(
             [
                 (
@@ -90,7 +91,8 @@ def _check_method(spec: JobSpec, same: bool, t_tok: TextTokenizer, s_tok: TextTo
                     f"the teacher's tokenizer ({t_tok.source}, {t_tok.vocab_size} tokens) and "
                     f"the student's ({s_tok.source}, {s_tok.vocab_size}) differ: token-level "
                     "methods compare distributions over the same tokens; use method "
-                    "'sequence', which trains the student on the teacher's text",
+                    "'sequence', which trains the student on the teacher's text, or 'uld', "
+                    "which compares the two distributions' shapes (sorted probabilities)",
                 )
             ]
         )
@@ -340,6 +342,7 @@ def run_text(
         resume=resume,
         topk_dir=out_dir / "teacher_topk",
         keep_checkpoints=keep_checkpoints,
+        tokenizers=(job.t_tok, job.s_tok),
     )
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         if spec.baseline and job.teacher is not None:  # collective: every rank trains it

@@ -19,10 +19,12 @@ from kdcore.engine.loop import data_parallel, ranks, train_loop
 from kdcore.engine.precision import autocast_for
 from kdcore.losses import build_loss, task_loss
 from kdcore.spec import JobSpec
+from kdcore.text.cross_tokens import retokenise, uld_loss
 from kdcore.text.evaluate import evaluate_text
-from kdcore.text.losses import lm_loss, teacher_topk, token_kd_loss
+from kdcore.text.losses import CROSS_TOKENIZER_METHOD, lm_loss, teacher_topk, token_kd_loss
 from kdcore.text.models import enable_checkpointing
 from kdcore.text.rows import TextRows, TextSplit
+from kdcore.text.tokens import TextTokenizer
 
 
 @dataclass
@@ -133,8 +135,10 @@ class TextTask:
         teacher: nn.Module | None,
         device: torch.device,
         topk_dir: Path | None,
+        tokenizers: tuple[TextTokenizer, TextTokenizer] | None = None,
     ):
         tr = spec.training
+        self.tokenizers = tokenizers  # (the teacher's, the student's): ULD re-tokenises
         self.spec, self.train, self.val, self.student = spec, train, val, student
         self.teacher, self.device = teacher, device
         student.to(device).train()
@@ -186,6 +190,8 @@ class TextTask:
                 t_logits = self.teacher(input_ids=ids, attention_mask=attention).logits
             return self.logit_loss(logits, t_logits.clone(), labels, [], [])  # type: ignore[misc]
         targets = rows.targets.to(device)
+        if d.method == CROSS_TOKENIZER_METHOD and self.teacher is not None:
+            return self._uld_terms(rows, logits, ids, targets)
         teacher: Tensor | tuple[Tensor, Tensor] | None = None
         if self.topk is not None:
             teacher = self.topk(idx, device)
@@ -205,6 +211,27 @@ class TextTask:
             d.kd_weight,
             d.jsd_beta,
         )
+
+    def _uld_terms(
+        self, rows: TextSplit, logits: Tensor, ids: Tensor, targets: Tensor
+    ) -> dict[str, Tensor]:
+        """ULD: the student's rows in the teacher's tokens, the teacher's logits there,
+        and the distance between the sorted distributions at aligned positions."""
+        assert self.tokenizers is not None and self.teacher is not None
+        t_tok, s_tok = self.tokenizers
+        config = getattr(self.teacher, "config", None)
+        limit = getattr(config, "n_positions", None) or getattr(
+            config, "max_position_embeddings", None
+        )
+        batch = retokenise(rows, s_tok, t_tok, int(limit or 4 * rows.ids.shape[1]))
+        with torch.inference_mode():
+            t_logits = self.teacher(
+                input_ids=batch.ids.to(self.device),
+                attention_mask=batch.attention.to(self.device),
+            ).logits.clone()
+        d = self.spec.distillation
+        ce = lm_loss(logits, ids, targets)["loss"]
+        return uld_loss(logits, t_logits, batch, ce, d.temperature, d.ce_weight, d.kd_weight)
 
     def end_epoch(self) -> None:
         pass
@@ -229,10 +256,11 @@ def fit_text(
     topk_dir: Path | None = None,
     log_every: int = 10,
     keep_checkpoints: int | None = None,
+    tokenizers: tuple[TextTokenizer, TextTokenizer] | None = None,
 ) -> TextFit:
     """Train `student` on `train` for spec.training.epochs (distilling `teacher` when
     given), evaluating on `val` after each epoch; from `resume` (a checkpoint) if given."""
-    task = TextTask(spec, train, val, student, teacher, device, topk_dir)
+    task = TextTask(spec, train, val, student, teacher, device, topk_dir, tokenizers)
     done = train_loop(
         spec,
         task,

@@ -4,7 +4,7 @@ causal_lm and text_classification here)."""
 from __future__ import annotations
 
 from kdcore.spec import JobSpec
-from kdcore.text.losses import SEQUENCE_METHOD, TOKEN_METHODS
+from kdcore.text.losses import LM_METHODS, TOKEN_METHODS
 
 CLASSIFIER_METHODS = ("kd", "dkd", "dist")  # logit methods, as for images
 TEXT_EXPORTS = {"safetensors", "onnx"}
@@ -54,7 +54,7 @@ def _method_problems(spec: JobSpec) -> list[tuple[str, str]]:
     d = spec.distillation
     if spec.kind != "distill":
         return []
-    methods = (*TOKEN_METHODS, SEQUENCE_METHOD) if spec.task == "causal_lm" else CLASSIFIER_METHODS
+    methods = LM_METHODS if spec.task == "causal_lm" else CLASSIFIER_METHODS
     if d.method not in methods:
         return [("/distillation/method", f"task {spec.task} distils with {', '.join(methods)}")]
     if d.teacher_topk and d.method not in TOKEN_METHODS:
