@@ -127,7 +127,8 @@ def test_capabilities_lists_the_registries(api):
     assert caps["executor"] == "local" and caps["limits"]["max_upload_bytes"] > 0
     defaults = caps["method_defaults"]
     assert set(defaults) == set(caps["methods"]) | set(caps["text_methods"]["causal_lm"])
-    assert caps["text_methods"]["causal_lm"] == ["forward_kl", "reverse_kl", "gkd", "uld", "sequence"]
+    lm_methods = ["forward_kl", "reverse_kl", "gkd", "uld", "sequence"]
+    assert caps["text_methods"]["causal_lm"] == lm_methods
     assert defaults["gkd"]["jsd_beta"] == 0.5 and "text" in caps["datasets"]
     assert {"causal_lm", "text_classification"} <= set(caps["tasks"])
     assert defaults["at"] == {"ce_weight": 1.0, "kd_weight": 0.0, "feature_weight": 1000.0}
