@@ -50,6 +50,14 @@ class ModelSpec(_Strict):
         "loading it runs code); for a teacher without arch, an ONNX graph.",
     )
 
+    outputs: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="causal_lm teachers only, instead of a model: the teacher's stored top-k "
+        "outputs over the job's training rows (an earlier job's teacher_outputs.zip "
+        "artifact, an uploaded file of that format, or a path); no teacher model is "
+        "built (docs/language-models.md, Teacher outputs)",
+    )
     config: dict[str, Any] | None = Field(
         default=None,
         description="hf:<Class> only: the transformers config (a JSON object, e.g. a small "
@@ -644,10 +652,18 @@ class JobSpec(_Strict):
     )
 
     def teacher_models(self) -> list[tuple[str, ModelSpec]]:
-        """(JSON pointer, spec) of each teacher: `teacher`, or each of `teachers`."""
+        """(JSON pointer, spec) of each teacher model: `teacher`, or each of `teachers`
+        (a teacher given by its stored outputs alone is no model: `teacher_outputs`)."""
         if self.teachers is not None:
             return [(f"/teachers/{i}", t) for i, t in enumerate(self.teachers)]
-        return [("/teacher", self.teacher)] if self.teacher is not None else []
+        if self.teacher is None or self.teacher_outputs is not None:
+            return []
+        return [("/teacher", self.teacher)]
+
+    @property
+    def teacher_outputs(self) -> str | None:
+        """The teacher's stored top-k outputs, when the job names them instead of a model."""
+        return self.teacher.outputs if self.teacher is not None else None
 
     def model_roles(self) -> list[tuple[str, ModelSpec]]:
         """(JSON pointer, spec) of every model the job builds: teachers, then the student."""
@@ -662,6 +678,8 @@ class JobSpec(_Strict):
     def _student_names_an_arch(cls, student: ModelSpec) -> ModelSpec:
         if student.arch is None:
             raise ValueError("the student needs an arch (only a teacher may be an ONNX graph)")
+        if student.outputs is not None:
+            raise ValueError("outputs are a teacher's: the student is a model")
         if student.reset_head and student.checkpoint is None:
             raise ValueError("reset_head needs a checkpoint to start from")
         return student
@@ -670,8 +688,20 @@ class JobSpec(_Strict):
     @classmethod
     def _teachers_name_something(cls, value: Any) -> Any:
         for teacher in value if isinstance(value, list) else [value]:
+            if teacher is not None and teacher.outputs is not None:
+                if isinstance(value, list):
+                    raise ValueError("teachers are models; stored outputs stand for one teacher")
+                named = [f for f in ("arch", "checkpoint", "config") if getattr(teacher, f)]
+                if named:
+                    raise ValueError(
+                        f"a teacher given by its outputs is no model: drop {', '.join(named)}"
+                    )
+                continue
             if teacher is not None and teacher.arch is None and teacher.checkpoint is None:
-                raise ValueError("a teacher needs an arch, or an ONNX graph as its checkpoint")
+                raise ValueError(
+                    "a teacher needs an arch, an ONNX graph as its checkpoint, or "
+                    "(causal_lm) its stored outputs"
+                )
             if teacher is not None and teacher.reset_head:
                 raise ValueError("reset_head is for the student: a teacher is used as trained")
         return value

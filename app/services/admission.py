@@ -78,7 +78,7 @@ class TenantFiles:
             )
         if dataset_refs.is_reference(ref):  # checked where it lives
             return self._dataset_by_reference(ref)
-        use = "checkpoint" if purpose == "checkpoint" else "dataset"
+        use = purpose if purpose in ("checkpoint", "teacher_outputs") else "dataset"
         path = resolve_reference(self.session, self.tenant_id, ref, use)
         if path is None:
             raise FileNotFoundError(describe_reference(self.session, self.tenant_id, ref, use))

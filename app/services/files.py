@@ -18,7 +18,7 @@ from app.services import quotas
 from app.settings import Settings
 from kdcore.spec import model_entries
 
-PURPOSES = ("checkpoint", "dataset")
+PURPOSES = ("checkpoint", "dataset", "teacher_outputs")
 
 
 def check_content(path: Path, filename: str, purpose: str, settings: Settings) -> None:
@@ -105,6 +105,7 @@ def delete_file(session: Session, settings: Settings, tenant_id: str, file_id: s
 
 def _references(spec: dict) -> set[str]:
     refs = {model.get("checkpoint") for _, model in model_entries(spec)}
+    refs.add((spec.get("teacher") or {}).get("outputs"))
     refs.add((spec.get("dataset") or {}).get("path"))
     return {r for r in refs if r}
 
@@ -115,6 +116,7 @@ def _references(spec: dict) -> set[str]:
 ARTIFACT_INPUTS = {
     "checkpoint": (".safetensors", ".onnx", "_hf.zip"),
     "dataset": (".jsonl", ".txt"),
+    "teacher_outputs": ("teacher_outputs.zip",),
 }
 
 

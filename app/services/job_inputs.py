@@ -32,6 +32,12 @@ def resolved_spec(session: Session, settings: Settings, job: Job) -> dict[str, A
             if path is None:
                 raise FileNotFoundError(f"{pointer} checkpoint {model['checkpoint']} was deleted")
             model["checkpoint"] = str(storage.local_copy(settings, path))
+    teacher = spec.get("teacher") or {}
+    if teacher.get("outputs"):
+        path = resolve_reference(session, job.tenant_id, teacher["outputs"], "teacher_outputs")
+        if path is None:
+            raise FileNotFoundError(f"/teacher outputs {teacher['outputs']} were deleted")
+        teacher["outputs"] = str(storage.local_copy(settings, path))
     ds = spec["dataset"]
     if ds.get("path") and not dataset_refs.is_reference(ds["path"]):  # fetched by the worker
         path = resolve_reference(session, job.tenant_id, ds["path"], "dataset")

@@ -34,7 +34,7 @@ from kdcore.text.models import read_folder_sizing
 Problem = tuple[str, str]  # (JSON pointer, message)
 
 # what a reference is for: a model's weights, an image set, a text set, a tokenizer
-Purpose = Literal["checkpoint", "dataset", "text", "tokenizer"]
+Purpose = Literal["checkpoint", "dataset", "text", "tokenizer", "teacher_outputs"]
 
 Resolve = Callable[[str, Purpose], Path | None]
 """(reference, purpose) -> the file on this host, or None when it is not here to read
@@ -107,6 +107,9 @@ def _localise(spec: JobSpec, resolve: Resolve) -> tuple[JobSpec, list[Problem]]:
         if model.checkpoint is not None:
             path = local(f"{pointer}/checkpoint", model.checkpoint, "checkpoint")
             updates[pointer] = model.model_copy(update={"checkpoint": path})
+    if spec.teacher is not None and spec.teacher.outputs is not None:
+        path = local("/teacher/outputs", spec.teacher.outputs, "teacher_outputs")
+        updates["/teacher"] = spec.teacher.model_copy(update={"outputs": path})
     ds = spec.dataset
     dataset = {}
     if ds.tokenizer is not None:

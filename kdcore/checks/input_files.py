@@ -27,8 +27,21 @@ def check_input_file(path: Path, filename: str, purpose: str, max_unpacked_bytes
         _check_checkpoint(path, max_unpacked_bytes)
     elif purpose == "dataset":
         _check_dataset(path, filename, max_unpacked_bytes)
+    elif purpose == "teacher_outputs":
+        _check_teacher_outputs(path, max_unpacked_bytes)
     else:
-        raise KDError(f"purpose must be checkpoint or dataset, not {purpose!r}")
+        raise KDError(f"purpose must be checkpoint, dataset or teacher_outputs, not {purpose!r}")
+
+
+def _check_teacher_outputs(path: Path, max_unpacked_bytes: int) -> None:
+    """A zip of a teacher's stored top-k outputs, unpacked (within the cap) and opened as
+    a job opens it: its description and every array's dtype and shape."""
+    import tempfile
+
+    from kdcore.text.teacher_store import open_store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        open_store(path, Path(tmp), max_unpacked_bytes)
 
 
 def _check_checkpoint(path: Path, max_unpacked_bytes: int) -> None:
@@ -97,8 +110,16 @@ def recognise_input_file(path: Path, filename: str, purpose: str) -> None:
             archive = False
         if not archive:
             raise _not_a_dataset(filename)
+    elif purpose == "teacher_outputs":
+        from kdcore.text.teacher_store import looks_like_store
+
+        if not looks_like_store(path):
+            raise DataError(
+                f"{filename} is not teacher outputs: a folder or zip holding "
+                "teacher_outputs.json (docs/language-models.md, Teacher outputs)"
+            )
     else:
-        raise KDError(f"purpose must be checkpoint or dataset, not {purpose!r}")
+        raise KDError(f"purpose must be checkpoint, dataset or teacher_outputs, not {purpose!r}")
 
 
 def named_files(spec: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -110,6 +131,9 @@ def named_files(spec: dict[str, Any]) -> list[tuple[str, str, str]]:
         (f"{pointer}/checkpoint", model.get("checkpoint"), "checkpoint")
         for pointer, model in model_entries(spec)
     ]
+    teacher = spec.get("teacher")
+    if isinstance(teacher, dict):
+        named.append(("/teacher/outputs", teacher.get("outputs"), "teacher_outputs"))
     dataset = spec.get("dataset")
     if isinstance(dataset, dict):
         named.append(("/dataset/path", dataset.get("path"), "dataset"))

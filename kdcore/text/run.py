@@ -16,7 +16,7 @@ from torch import nn
 
 from kdcore.engine.callbacks import Callbacks
 from kdcore.engine.precision import uses_bf16
-from kdcore.errors import SpecError
+from kdcore.errors import DataError, SpecError
 from kdcore.shipping import kd_gain
 from kdcore.shipping.readiness import evaluate_gate
 from kdcore.spec import JobSpec, ModelSpec
@@ -34,6 +34,7 @@ from kdcore.text.models import (
 )
 from kdcore.text.preflight import text_teacher_preflight
 from kdcore.text.rows import ROWS_DIR
+from kdcore.text.teacher_store import TeacherOutputs, open_store, write_artifact
 from kdcore.text.tokens import TextTokenizer, bytes_tokenizer, load_tokenizer
 from kdcore.text.trainer import TextFit, fit_text
 
@@ -175,7 +176,7 @@ def _baseline(
     data: TextData,
     tok: TextTokenizer,
     labels: int | None,
-    teacher: nn.Module,
+    teacher: nn.Module | None,
     device: torch.device,
     callbacks: Callbacks,
 ) -> dict[str, Any]:
@@ -191,6 +192,7 @@ def _baseline(
         if folder is not None:
             folder.close()
     if spec.student.init_from_teacher:
+        assert teacher is not None  # validation: a teacher given by its outputs has no layers
         init_from_teacher(student, teacher)
     fit = fit_text(
         scratch, data.train, data.val, student, None, device, None, callbacks, phase="baseline"
@@ -214,21 +216,55 @@ class _Job:
     data: TextData  # in the student's
     teacher: nn.Module | None
     student: nn.Module
+    store: TeacherOutputs | None = None  # the teacher's stored top-k outputs, if named
+
+
+def _checked_outputs(
+    spec: JobSpec, store: TeacherOutputs, tok: TextTokenizer, seq_len: int
+) -> TeacherOutputs:
+    """The stored outputs a job names instead of a teacher, checked against its tokens."""
+    meta, k = store.meta, spec.distillation.teacher_topk
+    if meta["tokenizer"]["identity"] != tok.identity():
+        raise DataError(
+            f"the teacher outputs were made with another tokenizer "
+            f"({meta['tokenizer'].get('source')}) than the student's ({tok.source}): "
+            "token ids would mean other text"
+        )
+    if meta["seq_len"] != seq_len:
+        raise DataError(
+            f"the teacher outputs hold rows of {meta['seq_len']} tokens; dataset.seq_len is "
+            f"{seq_len}: set it to {meta['seq_len']}"
+        )
+    if meta["vocab_size"] > tok.vocab_size:
+        raise DataError(
+            f"the teacher outputs' vocabulary ({meta['vocab_size']}) is larger than the "
+            f"student's tokenizer's ({tok.vocab_size})"
+        )
+    if k is not None and k != store.k:
+        raise DataError(f"distillation.teacher_topk is {k}; the stored outputs hold k = {store.k}")
+    return store
 
 
 def _prepare(spec: JobSpec, out_dir: Path) -> _Job:
     """Tokenizers, data (a streamed set's rows written under out_dir), teacher and
     student, each model folder read once."""
     t_folder, s_folder = _folder(spec.teacher), _folder(spec.student)
+    outputs = None
+    if spec.teacher_outputs is not None:
+        outputs = open_store(Path(spec.teacher_outputs), out_dir)
     try:
         t_tok, s_tok = _tokenizers(spec, t_folder, s_folder)
+        if outputs is not None and not spec.dataset.tokenizer and s_folder is None:
+            t_tok = s_tok = outputs.tokenizer  # the outputs bring the tokenizer they used
         same = t_tok.identity() == s_tok.identity()
         _check_method(spec, same, t_tok, s_tok)
         seed = spec.training.seed
         t_data = load_text(spec.dataset, spec.task, t_tok, seed, out_dir)
         data = t_data if same else load_text(spec.dataset, spec.task, s_tok, seed, out_dir)
-        teacher = None
-        if spec.kind == "distill":
+        teacher, store = None, None
+        if outputs is not None:
+            store = _checked_outputs(spec, outputs, s_tok, data.seq_len)
+        elif spec.kind == "distill":
             assert spec.teacher is not None
             teacher = _build(spec.teacher, "/teacher", t_folder, spec, t_tok, data.num_classes)
             teacher.eval()
@@ -238,7 +274,7 @@ def _prepare(spec: JobSpec, out_dir: Path) -> _Job:
         for folder in (t_folder, s_folder):
             if folder is not None:
                 folder.close()
-    return _Job(t_tok, s_tok, same, t_data, data, teacher, student)
+    return _Job(t_tok, s_tok, same, t_data, data, teacher, student, store)
 
 
 def _compare(
@@ -246,6 +282,9 @@ def _compare(
 ) -> None:
     """The teacher's measures, the agreement and the baseline, into the report."""
     teacher, data = job.teacher, job.data
+    if teacher is None and job.store is not None and spec.baseline:  # outputs, no model
+        report["baseline"] = _baseline(spec, data, job.s_tok, data.num_classes, None, device, cb)
+        report.update(kd_gain.compare(report["student"], report["baseline"]))
     if teacher is None:
         return
     if job.same:
@@ -264,13 +303,20 @@ def _compare(
 
 
 def _outputs(
-    spec: JobSpec, job: _Job, report: dict[str, Any], history: list[dict[str, Any]], out_dir: Path
+    spec: JobSpec,
+    job: _Job,
+    report: dict[str, Any],
+    fit: TextFit,
+    out_dir: Path,
 ) -> None:
     from kdcore.shipping.outputs import write_report
     from kdcore.shipping.plots import plot_curves
     from kdcore.shipping.tensorboard_events import write_events
 
+    store = fit.store
     files = _save_student(job.student, job.s_tok, out_dir)
+    if store is not None and job.store is None:  # built here: a later job's teacher
+        files["teacher_outputs"] = write_artifact(store, out_dir)
     if spec.distillation.method == SEQUENCE_METHOD and job.teacher is not None:
         files["generations"] = out_dir / GENERATIONS
     if "onnx" in spec.export and spec.task == "text_classification":
@@ -282,7 +328,7 @@ def _outputs(
     key = "accuracy" if spec.task == "text_classification" else "perplexity"
     teacher_quality = (report.get("teacher") or {}).get(key) if job.same else None
     files["curves"] = plot_curves(
-        history,
+        fit.history,
         out_dir / "curves.png",
         spec.name,
         key,
@@ -343,18 +389,22 @@ def run_text(
         topk_dir=out_dir / "teacher_topk",
         keep_checkpoints=keep_checkpoints,
         tokenizers=(job.t_tok, job.s_tok),
+        store=job.store,
     )
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        if spec.baseline and job.teacher is not None:  # collective: every rank trains it
+        if spec.baseline and (job.teacher or job.store):  # collective: every rank trains it
             _baseline(spec, job.data, job.s_tok, job.data.num_classes, job.teacher, device, cb)
         return {}
+    store = fit.store
+    if store is not None:
+        report["teacher_outputs"] = store.describe()
     report.update(_report(spec, device, job.data, fit, job.t_tok, job.s_tok, job.same))
     report["gradient_checkpointing"] = is_checkpointing(job.student)
     report["student"] = _measures(spec.student.arch, job.student, job.data, spec, device)
     _compare(spec, job, report, device, cb)
     if spec.gate is not None:
         report["gate"] = evaluate_gate(spec.gate, report)
-    _outputs(spec, job, report, fit.history, out_dir)
+    _outputs(spec, job, report, fit, out_dir)
     shutil.rmtree(out_dir / ROWS_DIR, ignore_errors=True)  # a streamed set's rows: done
     return report
 

@@ -1,7 +1,8 @@
 """Text (causal LMs and text classifiers) as a task of the one training loop
 (kdcore.engine.loop), as images are: batch order a function of (seed, epoch); a frozen
-teacher in eval mode, or its top-k logits read from a memory-mapped cache built once
-(kdcore.text.losses). The loop keeps every RNG, the best epoch and early stopping."""
+teacher in eval mode, or its top-k outputs read from a memory-mapped store built once
+or given (kdcore.text.teacher_store). The loop keeps every RNG, the best epoch and
+early stopping."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -21,9 +21,10 @@ from kdcore.losses import build_loss, task_loss
 from kdcore.spec import JobSpec
 from kdcore.text.cross_tokens import retokenise, uld_loss
 from kdcore.text.evaluate import evaluate_text
-from kdcore.text.losses import CROSS_TOKENIZER_METHOD, lm_loss, teacher_topk, token_kd_loss
+from kdcore.text.losses import CROSS_TOKENIZER_METHOD, lm_loss, token_kd_loss
 from kdcore.text.models import enable_checkpointing
 from kdcore.text.rows import TextRows, TextSplit
+from kdcore.text.teacher_store import TeacherOutputs, build_store, open_store
 from kdcore.text.tokens import TextTokenizer
 
 
@@ -34,6 +35,7 @@ class TextFit:
     tokens_seen: int = 0
     steps: int = 0
     teacher_topk_cache: bool = False
+    store: TeacherOutputs | None = None  # the teacher's top-k outputs it trained from
     selected_epoch: int | None = None  # whose weights the student holds at the end
     stopped_at_epoch: int | None = None  # early stopping ended the run after this epoch
 
@@ -42,64 +44,21 @@ class TextFit:
         return self.tokens_seen / self.train_time_s if self.train_time_s > 0 else 0.0
 
 
-class TopkCache:
-    """The teacher's top-k logits of every training row, computed once into
-    memory-mapped fp16 values and int32 ids (N x L x k) in the job folder; a resumed job
-    reuses them."""
-
-    def __init__(
-        self,
-        folder: Path,
-        teacher: nn.Module,
-        train: TextRows,
-        k: int,
-        spec: JobSpec,
-        device: torch.device,
-    ):
-        folder.mkdir(parents=True, exist_ok=True)
-        shape = (len(train), train.seq_len, k)
-        done = folder / "complete"
-        if done.exists() and done.read_text() == str(shape):
-            self.values = np.load(folder / "values.npy", mmap_mode="r", allow_pickle=False)
-            self.indices = np.load(folder / "indices.npy", mmap_mode="r", allow_pickle=False)
-            return
-        values = np.lib.format.open_memmap(folder / "values.npy", "w+", np.float16, shape)
-        indices = np.lib.format.open_memmap(folder / "indices.npy", "w+", np.int32, shape)
-        teacher.eval()
-        size = spec.training.eval_batch_size
-        with torch.inference_mode(), autocast_for(device, spec.training.precision):
-            for first in range(0, len(train), size):
-                rows = train.rows(torch.arange(first, min(first + size, len(train))))
-                logits = teacher(
-                    input_ids=rows.ids.to(device), attention_mask=rows.attention.to(device)
-                ).logits
-                v, i = teacher_topk(logits, k)
-                values[first : first + len(rows)] = v.cpu().numpy()
-                indices[first : first + len(rows)] = i.cpu().numpy()
-        values.flush()
-        indices.flush()
-        done.write_text(str(shape))
-        self.values, self.indices = values, indices
-
-    def __call__(self, idx: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
-        rows = np.sort(idx.numpy())
-        order = torch.from_numpy(np.argsort(np.argsort(idx.numpy())))
-        values = torch.from_numpy(np.ascontiguousarray(self.values[rows]))[order]
-        indices = torch.from_numpy(np.ascontiguousarray(self.indices[rows]))[order]
-        return values.to(device), indices.to(device)
-
-
 def _teacher_side(
     spec: JobSpec,
     teacher: nn.Module | None,
+    store: TeacherOutputs | None,
     train: TextRows,
     device: torch.device,
     topk_dir: Path | None,
-    world: int,
-    rank: int,
-) -> tuple[Any, TopkCache | None]:
-    """The frozen teacher, the classifier's logit loss, and the top-k cache (built by
-    rank 0, read by the others)."""
+    tokenizers: tuple[TextTokenizer, TextTokenizer] | None,
+) -> tuple[Any, TeacherOutputs | None]:
+    """The frozen teacher, the classifier's logit loss, and the teacher's top-k outputs
+    (given, or built by rank 0 into topk_dir and read by the others), matched to the
+    training rows."""
+    if store is not None:
+        store.match(train)
+        return None, store
     if teacher is None:
         return None, None
     d = spec.distillation
@@ -109,14 +68,19 @@ def _teacher_side(
         logit_loss = build_loss(d).to(device)
         assert train.labels is not None
         logit_loss.bind_train_labels(train.labels)
-    topk = None
-    if spec.task == "causal_lm" and d.teacher_topk and topk_dir is not None:
-        if rank != 0:
-            torch.distributed.barrier()  # rank 0 builds the cache; the others read it
-        topk = TopkCache(topk_dir, teacher, train, d.teacher_topk, spec, device)
-        if rank == 0 and world > 1:
+    if spec.task != "causal_lm" or not d.teacher_topk or topk_dir is None:
+        return logit_loss, None
+    world, rank = ranks()
+    if rank != 0:
+        torch.distributed.barrier()  # rank 0 builds the store; the others read it
+        store = open_store(topk_dir, topk_dir)
+    else:
+        assert tokenizers is not None, "the teacher's tokenizer names the store's tokens"
+        store = build_store(topk_dir, teacher, train, d.teacher_topk, spec, device, tokenizers[0])
+        if world > 1:
             torch.distributed.barrier()
-    return logit_loss, topk
+    store.match(train)
+    return logit_loss, store
 
 
 class TextTask:
@@ -136,6 +100,7 @@ class TextTask:
         device: torch.device,
         topk_dir: Path | None,
         tokenizers: tuple[TextTokenizer, TextTokenizer] | None = None,
+        store: TeacherOutputs | None = None,
     ):
         tr = spec.training
         self.tokenizers = tokenizers  # (the teacher's, the student's): ULD re-tokenises
@@ -146,7 +111,7 @@ class TextTask:
             enable_checkpointing(student)
         world, rank = ranks()
         self.logit_loss, self.topk = _teacher_side(
-            spec, teacher, train, device, topk_dir, world, rank
+            spec, teacher, store, train, device, topk_dir, tokenizers
         )
         self.extra: nn.Module | None = self.logit_loss
         # each rank takes its slice of every global batch; DDP averages the gradients
@@ -257,10 +222,12 @@ def fit_text(
     log_every: int = 10,
     keep_checkpoints: int | None = None,
     tokenizers: tuple[TextTokenizer, TextTokenizer] | None = None,
+    store: TeacherOutputs | None = None,
 ) -> TextFit:
     """Train `student` on `train` for spec.training.epochs (distilling `teacher` when
-    given), evaluating on `val` after each epoch; from `resume` (a checkpoint) if given."""
-    task = TextTask(spec, train, val, student, teacher, device, topk_dir, tokenizers)
+    given, or its stored top-k outputs), evaluating on `val` after each epoch; from
+    `resume` (a checkpoint) if given."""
+    task = TextTask(spec, train, val, student, teacher, device, topk_dir, tokenizers, store)
     done = train_loop(
         spec,
         task,
@@ -279,6 +246,7 @@ def fit_text(
         tokens_seen=done.seen,
         steps=done.steps,
         teacher_topk_cache=task.topk is not None,
+        store=task.topk,
         selected_epoch=done.selected_epoch,
         stopped_at_epoch=done.stopped_at_epoch,
     )

@@ -27,7 +27,7 @@ def text_problems(spec: JobSpec) -> list[tuple[str, str]]:
             problems.append(
                 (f"{pointer}/arch", f"task {spec.task} takes hf:<Class> models, e.g. {names}")
             )
-    problems += _method_problems(spec)
+    problems += _method_problems(spec) + _outputs_problems(spec)
     refused = {
         "/sweep": spec.sweep is not None and "sweeps are built for image jobs",
         "/augment": spec.augment.enabled and "augmentation is for images",
@@ -48,6 +48,20 @@ def text_problems(spec: JobSpec) -> list[tuple[str, str]]:
             )
         )
     return problems
+
+
+def _outputs_problems(spec: JobSpec) -> list[tuple[str, str]]:
+    """A teacher given by its stored top-k outputs: a token-level causal-LM distillation."""
+    if spec.teacher_outputs is None:
+        return []
+    where = "/teacher/outputs"
+    if spec.task != "causal_lm" or spec.kind != "distill":
+        return [(where, "stored teacher outputs serve causal_lm distill jobs")]
+    if spec.distillation.method not in TOKEN_METHODS:
+        return [(where, f"stored teacher outputs serve methods {', '.join(TOKEN_METHODS)}")]
+    if spec.student.init_from_teacher:
+        return [("/student/init_from_teacher", "stored outputs hold no teacher layers")]
+    return []
 
 
 def _method_problems(spec: JobSpec) -> list[tuple[str, str]]:

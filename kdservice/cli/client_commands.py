@@ -393,13 +393,14 @@ def files_upload(
         ),
     ],
     purpose: Annotated[
-        str, typer.Option(metavar="PURPOSE", help="checkpoint or dataset")
+        str, typer.Option(metavar="PURPOSE", help="checkpoint, dataset or teacher_outputs")
     ] = "checkpoint",
     parts: Annotated[
         bool, typer.Option("--parts", help="send in parts (resumable) whatever the size")
     ] = False,
 ) -> None:
-    """Upload a teacher checkpoint (safetensors / weights-only .pt) or a dataset archive.
+    """Upload a teacher checkpoint (safetensors / weights-only .pt), a dataset archive or
+    a teacher's stored outputs (teacher_outputs.zip).
     Files over 64 MiB go in parts with a progress bar; run the same command again after
     an interruption and it sends only the parts the service does not have."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -424,15 +425,17 @@ def files_list(
     purpose: Annotated[
         str | None,
         typer.Option(
-            metavar="PURPOSE", help="only checkpoint or dataset files", show_default=False
+            metavar="PURPOSE",
+            help="only checkpoint, dataset or teacher_outputs files",
+            show_default=False,
         ),
     ] = None,
     limit: Annotated[int, typer.Option(metavar="N", min=1, max=200, help="at most N files")] = 50,
     as_json: JsonFlag = False,
 ) -> None:
     """List uploaded files, newest first."""
-    if purpose not in (None, "checkpoint", "dataset"):
-        raise CLIError(f"--purpose must be checkpoint or dataset, not {purpose!r}")
+    if purpose not in (None, "checkpoint", "dataset", "teacher_outputs"):
+        raise CLIError(f"--purpose must be checkpoint, dataset or teacher_outputs, not {purpose!r}")
     with _client(ctx) as client:
         found = client.files(limit, purpose)
     _print_rows(found, render.files_table, as_json)

@@ -19,7 +19,7 @@ REMOTE = ("file_", "art_", "s3://", "local://")
 class LocalFile:
     pointer: str  # where the spec names it, e.g. /teacher/checkpoint
     path: Path
-    purpose: str  # checkpoint or dataset
+    purpose: str  # checkpoint, dataset or teacher_outputs
 
     def put(self, spec: dict[str, Any], value: str) -> None:
         """Write `value` (a file id) at this file's pointer in `spec`."""

@@ -77,7 +77,7 @@ def list_files(
     tenant: TenantDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     after: Annotated[str | None, Query(max_length=64)] = None,
-    purpose: Annotated[Literal["checkpoint", "dataset"] | None, Query()] = None,
+    purpose: Annotated[Literal["checkpoint", "dataset", "teacher_outputs"] | None, Query()] = None,
     sha256: Annotated[
         str | None,
         Query(pattern="^[0-9a-f]{64}$", description="only files with this content (hex)"),
