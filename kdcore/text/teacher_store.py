@@ -311,6 +311,35 @@ def _check_meta(meta: Any) -> dict[str, Any]:
     return meta
 
 
+def _array(path: Path, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """A plain .npy array of this dtype and shape, memory-mapped (never unpickled)."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"teacher outputs: {path.name} is not a plain .npy array ({exc})") from None
+    if not isinstance(array, np.ndarray):  # an .npz (a zip) loads as an archive
+        raise DataError(f"teacher outputs: {path.name} is not a plain .npy array")
+    if array.dtype != dtype or array.shape != shape:
+        raise DataError(
+            f"teacher outputs: {path.name} is {array.dtype} {array.shape}; "
+            f"its description says {np.dtype(dtype)} {shape}"
+        )
+    return array
+
+
+def _tokenizer(path: Path, meta: dict[str, Any]) -> TextTokenizer:
+    if not path.is_file():
+        raise DataError(f"teacher outputs lack {TOKENIZER} (format {FORMAT})")
+    tokenizer = load_tokenizer(path)  # size-capped, parsed, never run
+    if tokenizer.identity() != meta["tokenizer"]["identity"]:
+        raise DataError(
+            f"teacher outputs: {TOKENIZER} is not the tokenizer their description names"
+        )
+    if tokenizer.vocab_size < meta["vocab_size"]:
+        raise DataError("teacher outputs: vocab_size is larger than their tokenizer's")
+    return tokenizer
+
+
 def open_store(path: Path, work_dir: Path, max_bytes: int = 1 << 40) -> TeacherOutputs:
     """A store from a folder or a zip (unpacked into work_dir/teacher_outputs), every
     array's dtype and shape checked against its description; nothing unpickled."""
@@ -328,32 +357,11 @@ def open_store(path: Path, work_dir: Path, max_bytes: int = 1 << 40) -> TeacherO
         raise DataError(f"{META} is not JSON") from None
     n, length, k = meta["rows"], meta["seq_len"], meta["k"]
     width = k if meta["values"] == "fp16" else EXACT_HEAD + DEGREE + 1
-    expected = {
-        TOKENS: (np.int32, (n, length)),
-        IDS: (np.uint8, (n, length, -(-k * meta["id_bits"] // 8))),
-        VALUES: (np.float16, (n, length, width)),
-    }
-    arrays = {}
-    for name, (dtype, shape) in expected.items():
-        try:
-            array = np.load(path / name, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise DataError(f"teacher outputs: {name} is not a plain .npy array ({exc})") from None
-        if not isinstance(array, np.ndarray):  # an .npz (a zip) loads as an archive
-            raise DataError(f"teacher outputs: {name} is not a plain .npy array")
-        if array.dtype != dtype or array.shape != shape:
-            raise DataError(
-                f"teacher outputs: {name} is {array.dtype} {array.shape}; "
-                f"its description says {np.dtype(dtype)} {shape}"
-            )
-        arrays[name] = array
-    if not (path / TOKENIZER).is_file():
-        raise DataError(f"teacher outputs lack {TOKENIZER} (format {FORMAT})")
-    tokenizer = load_tokenizer(path / TOKENIZER)  # size-capped, parsed, never run
-    if tokenizer.identity() != meta["tokenizer"]["identity"]:
-        raise DataError(
-            f"teacher outputs: {TOKENIZER} is not the tokenizer their description names"
-        )
-    if tokenizer.vocab_size < meta["vocab_size"]:
-        raise DataError("teacher outputs: vocab_size is larger than their tokenizer's")
-    return TeacherOutputs(path, meta, arrays[TOKENS], arrays[IDS], arrays[VALUES], tokenizer)
+    return TeacherOutputs(
+        path,
+        meta,
+        _array(path / TOKENS, np.int32, (n, length)),
+        _array(path / IDS, np.uint8, (n, length, -(-k * meta["id_bits"] // 8))),
+        _array(path / VALUES, np.float16, (n, length, width)),
+        _tokenizer(path / TOKENIZER, meta),
+    )
