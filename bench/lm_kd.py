@@ -4,8 +4,9 @@ student with half its teacher's layers, trained through kdcore.distill
   alone           the student on the data (cross-entropy), no teacher
   forward_kl      a live teacher: its forward pass at every step
   gkd             the same with generalised JSD (beta 0.5)
-  forward_kl@k16  the teacher's top-16 logits cached once (fp16 values, int32 ids,
+  forward_kl@k16  the teacher's top-16 outputs stored once (kdcore.text.teacher_store,
                   memory-mapped), then read at every step: no teacher forward pass
+  from outputs    forward_kl from that job's teacher_outputs.zip: no teacher model at all
   checkpointed    forward_kl with gradient checkpointing (recomputed activations)
 
 After a warm-up run, each is run `--repeats` times; printed: the medians of training
@@ -201,6 +202,12 @@ def main() -> None:
         "forward_kl": {**distill, "distillation": {"method": "forward_kl"}},
         "gkd": {**distill, "distillation": {"method": "gkd"}},
         "forward_kl@k16": {**distill, "distillation": {"method": "forward_kl", "teacher_topk": 16}},
+        "from outputs": {  # the first forward_kl@k16 run's artifact
+            **base,
+            "kind": "distill",
+            "teacher": {"outputs": str(tmp / "forward_kl@k160" / "teacher_outputs.zip")},
+            "distillation": {"method": "forward_kl"},
+        },
         "checkpointed": {
             **distill,
             "distillation": {"method": "forward_kl"},

@@ -448,6 +448,7 @@ def _report(
         "training_time_s": round(fit.train_time_s, 3),
         "train_tokens_per_s": round(fit.tokens_per_s, 1),
         "teacher_topk_cache": fit.teacher_topk_cache,
+        "uld_compared_fraction": fit.uld_compared_fraction,  # uld: share of positions compared
         "selection": spec.training.select if spec.selects_best else "last",
         "selected_epoch": fit.selected_epoch,  # whose weights the student holds
         "stopped_early_at_epoch": fit.stopped_at_epoch,  # None: ran every epoch

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from kdcore.engine.callbacks import Callbacks
 from kdcore.engine.loop import data_parallel, ranks, train_loop
 from kdcore.engine.precision import autocast_for
+from kdcore.errors import DataError
 from kdcore.losses import build_loss, task_loss
 from kdcore.spec import JobSpec
 from kdcore.text.cross_tokens import retokenise, uld_loss
@@ -36,6 +37,7 @@ class TextFit:
     steps: int = 0
     teacher_topk_cache: bool = False
     store: TeacherOutputs | None = None  # the teacher's top-k outputs it trained from
+    uld_compared_fraction: float | None = None  # uld: predicted positions it compared
     selected_epoch: int | None = None  # whose weights the student holds at the end
     stopped_at_epoch: int | None = None  # early stopping ended the run after this epoch
 
@@ -83,6 +85,9 @@ def _teacher_side(
     return logit_loss, store
 
 
+ULD_CHECK_BATCHES = 4  # uld fails when its first batches compare no position at all
+
+
 class TextTask:
     """A text job as the loop's task: rows of token ids (in memory or on disk, one
     shape, kdcore.text.rows), the loss against the targets, the teacher's logits
@@ -120,6 +125,7 @@ class TextTask:
         self.steps_per_epoch = max(1, len(train) // (self.batch_size * world))
         self.has_validation = len(val) > 0
         self.forward = data_parallel(student, device)
+        self.uld_batches = self.uld_compared = self.uld_predicted = 0
 
     def begin_epoch(self, epoch: int) -> None:
         if self.logit_loss is not None:
@@ -189,6 +195,7 @@ class TextTask:
             config, "max_position_embeddings", None
         )
         batch = retokenise(rows, s_tok, t_tok, int(limit or 4 * rows.ids.shape[1]))
+        self._count_compared(len(batch.student_positions), int(targets[:, 1:].sum()))
         with torch.inference_mode():
             t_logits = self.teacher(
                 input_ids=batch.ids.to(self.device),
@@ -197,6 +204,25 @@ class TextTask:
         d = self.spec.distillation
         ce = lm_loss(logits, ids, targets)["loss"]
         return uld_loss(logits, t_logits, batch, ce, d.temperature, d.ce_weight, d.kd_weight)
+
+    def _count_compared(self, compared: int, predicted: int) -> None:
+        """A ULD loss over no aligned position is zero: the student would train alone
+        while the job reports distillation. Fail instead, and count the share."""
+        self.uld_batches += 1
+        self.uld_compared += compared
+        self.uld_predicted += predicted
+        if self.uld_batches == ULD_CHECK_BATCHES and self.uld_compared == 0:
+            raise DataError(
+                f"uld compared no position in its first {ULD_CHECK_BATCHES} batches: the "
+                "teacher's and the student's tokens never start at the same character (or "
+                "the teacher's context is too short for the rows); use method 'sequence'"
+            )
+
+    @property
+    def uld_compared_fraction(self) -> float | None:
+        if self.uld_predicted == 0:
+            return None
+        return round(self.uld_compared / self.uld_predicted, 4)
 
     def end_epoch(self) -> None:
         pass
@@ -247,6 +273,7 @@ def fit_text(
         steps=done.steps,
         teacher_topk_cache=task.topk is not None,
         store=task.topk,
+        uld_compared_fraction=task.uld_compared_fraction,
         selected_epoch=done.selected_epoch,
         stopped_at_epoch=done.stopped_at_epoch,
     )

@@ -95,6 +95,49 @@ def test_a_student_with_its_own_tokenizer_beats_the_student_alone(texts):
     spec["distillation"] = {"method": "uld"}
     report = kdcore.distill(spec, tmp / "uld")
     assert report["tokenizer"]["identical"] is False
+    assert 0.5 < report["uld_compared_fraction"] <= 1.0  # most positions align
     # the same student from the same folder, data, budget and seed, without the teacher
     assert report["student"]["perplexity"] < report["baseline"]["perplexity"]
     assert report["kd_gain"] > 1.0
+
+
+def test_uld_that_compares_no_position_fails_fast_instead_of_training_alone(
+    texts, tmp_path, monkeypatch
+):
+    """Tokenizations that never share a boundary would give a zero KD term: the job
+    would train the student alone and report distillation."""
+    import kdcore.text.trainer as trainer
+    from kdcore.errors import DataError
+
+    _, _, small, t_tok, s_tok = texts
+
+    def folder(out, config, tok):
+        spec = {
+            "kind": "train",
+            "task": "causal_lm",
+            "student": {"arch": GPT2, "config": config},
+            "dataset": {"name": "text", "path": str(small), "seq_len": 32, "tokenizer": str(tok)},
+            "training": {**TRAINING, "batch_size": 16, "epochs": 1},
+        }
+        kdcore.train(spec, tmp_path / out)
+        return str(tmp_path / out / "student_hf.zip")
+
+    def no_pairs(*args, **kwargs):
+        batch = retokenise(*args, **kwargs)
+        batch.student_positions = batch.student_positions[:0]
+        batch.teacher_positions = batch.teacher_positions[:0]
+        return batch
+
+    spec = {
+        "kind": "distill",
+        "task": "causal_lm",
+        "teacher": {"arch": GPT2, "checkpoint": folder("t", GPT2_TEACHER, t_tok)},
+        "student": {"arch": GPT2, "checkpoint": folder("s", GPT2_STUDENT, s_tok)},
+        "dataset": {"name": "text", "path": str(small), "seq_len": 32},
+        "distillation": {"method": "uld", "teacher_check": "warn"},
+        "training": {**TRAINING, "batch_size": 4, "epochs": 1},
+    }
+    monkeypatch.setattr(trainer, "retokenise", no_pairs)
+    with pytest.raises(DataError, match="uld compared no position in its first 4 batches"):
+        kdcore.distill(spec, tmp_path / "job")
+    assert not (tmp_path / "job" / "model.safetensors").exists()
