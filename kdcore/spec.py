@@ -32,6 +32,62 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+class EndpointSpec(_Strict):
+    """A causal-LM teacher behind an OpenAI-compatible server (vLLM, TGI's OpenAI API,
+    llama.cpp's server, a hosted API) that answers the job's prompts: sequence-level KD
+    (kdcore.text.endpoint)."""
+
+    url: str = Field(
+        min_length=8,
+        max_length=2048,
+        description="the API's base URL, e.g. http://127.0.0.1:8000/v1 (http or https; "
+        "no user:password in it)",
+    )
+    model: str = Field(min_length=1, max_length=200, description="the served model's name")
+    api: Literal["completions", "chat"] = Field(
+        default="completions",
+        description="completions: POST {url}/completions with the prompt's text; chat: "
+        "POST {url}/chat/completions with the prompt as the user's message",
+    )
+    api_key_file: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="a file on the machine that runs the job holding the API key (sent as "
+        "a Bearer token; a mounted secret, mode 0600); the key itself never goes in a spec, "
+        "and `kd submit` never uploads this file",
+    )
+    max_requests: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="the job's request budget, retries included; spent, the job fails "
+        "keeping every answer it has",
+    )
+    concurrency: int = Field(default=4, ge=1, le=64, description="requests in flight at once")
+    timeout_s: float = Field(default=60.0, gt=0.0, le=600.0, description="per request")
+    retries: int = Field(
+        default=3,
+        ge=0,
+        le=10,
+        description="retries of a request that timed out, could not connect, or got 429 "
+        "or 5xx, with exponential backoff (Retry-After honoured up to 30 s)",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _plain_http_url(cls, url: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("the endpoint's url is http:// or https:// with a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("no credentials in the url: give the key in api_key_file")
+        if parts.query or parts.fragment:
+            raise ValueError("the endpoint's url is a base URL: no query or fragment")
+        return url.rstrip("/")
+
+
 class ModelSpec(_Strict):
     arch: str | None = Field(
         default=None,
@@ -57,6 +113,11 @@ class ModelSpec(_Strict):
         "outputs over the job's training rows (an earlier job's teacher_outputs.zip "
         "artifact, an uploaded file of that format, or a path); no teacher model is "
         "built (docs/language-models.md, Teacher outputs)",
+    )
+    endpoint: EndpointSpec | None = Field(
+        default=None,
+        description="causal_lm teachers only, instead of a model: an OpenAI-compatible "
+        "server that answers the job's prompts (method sequence); docs/language-models.md",
     )
     config: dict[str, Any] | None = Field(
         default=None,
@@ -658,7 +719,14 @@ class JobSpec(_Strict):
             return [(f"/teachers/{i}", t) for i, t in enumerate(self.teachers)]
         if self.teacher is None or self.teacher_outputs is not None:
             return []
+        if self.teacher.endpoint is not None:  # a server's answers, no model here
+            return []
         return [("/teacher", self.teacher)]
+
+    @property
+    def teacher_endpoint(self) -> EndpointSpec | None:
+        """The server that answers the job's prompts, when the teacher is one."""
+        return self.teacher.endpoint if self.teacher is not None else None
 
     @property
     def teacher_outputs(self) -> str | None:
@@ -678,8 +746,8 @@ class JobSpec(_Strict):
     def _student_names_an_arch(cls, student: ModelSpec) -> ModelSpec:
         if student.arch is None:
             raise ValueError("the student needs an arch (only a teacher may be an ONNX graph)")
-        if student.outputs is not None:
-            raise ValueError("outputs are a teacher's: the student is a model")
+        if student.outputs is not None or student.endpoint is not None:
+            raise ValueError("outputs and endpoints are a teacher's: the student is a model")
         if student.reset_head and student.checkpoint is None:
             raise ValueError("reset_head needs a checkpoint to start from")
         return student
@@ -688,13 +756,15 @@ class JobSpec(_Strict):
     @classmethod
     def _teachers_name_something(cls, value: Any) -> Any:
         for teacher in value if isinstance(value, list) else [value]:
-            if teacher is not None and teacher.outputs is not None:
+            if teacher is not None and (teacher.outputs or teacher.endpoint):
+                given = "its outputs" if teacher.outputs else "an endpoint"
                 if isinstance(value, list):
-                    raise ValueError("teachers are models; stored outputs stand for one teacher")
-                named = [f for f in ("arch", "checkpoint", "config") if getattr(teacher, f)]
-                if named:
+                    raise ValueError(f"teachers are models; {given} stands for one teacher")
+                fields = ("arch", "checkpoint", "config", "outputs", "endpoint")
+                named = [f for f in fields if getattr(teacher, f)]
+                if len(named) > 1:
                     raise ValueError(
-                        f"a teacher given by its outputs is no model: drop {', '.join(named)}"
+                        f"a teacher given by {given} is no model: give one of {', '.join(named)}"
                     )
                 continue
             if teacher is not None and teacher.arch is None and teacher.checkpoint is None:

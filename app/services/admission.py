@@ -140,6 +140,15 @@ def _service_problems(settings: Settings, spec: JobSpec) -> list[Problem]:
                 "set streams (dataset.streaming)",
             )
         )
+    if spec.teacher_endpoint is not None:
+        problems.append(
+            (
+                "/teacher/endpoint",
+                "this service does not call teacher endpoints yet: their API keys need "
+                "per-tenant encrypted storage and their URLs the operator's egress "
+                "allow-list, neither built; run the job with kdcore (kdcore distill)",
+            )
+        )
     if spec.webhook_url is not None:
         try:
             resolve(spec.webhook_url, AllowList.parse(settings.webhook_allow))

@@ -50,6 +50,16 @@ def parse_schema(data: Any) -> JobSpec:
     return spec
 
 
+def _text_only_teacher(spec: JobSpec) -> list[tuple[str, str]]:
+    """Stored outputs and endpoints stand for causal-LM teachers only."""
+    problems = []
+    if spec.teacher_outputs is not None:
+        problems.append(("/teacher/outputs", "stored teacher outputs serve causal_lm jobs"))
+    if spec.teacher_endpoint is not None:
+        problems.append(("/teacher/endpoint", "a teacher endpoint serves causal_lm jobs"))
+    return problems
+
+
 def validate_names(spec: JobSpec) -> list[tuple[str, str]]:
     """Check registry names and method/task fit. Returns (pointer, message) pairs."""
     if modality(spec.task) == "text":  # language models and text classifiers
@@ -61,8 +71,7 @@ def validate_names(spec: JobSpec) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     if spec.student.init_from_teacher:
         problems.append(("/student/init_from_teacher", "init_from_teacher is for text models"))
-    if spec.teacher_outputs is not None:
-        problems.append(("/teacher/outputs", "stored teacher outputs serve causal_lm jobs"))
+    problems += _text_only_teacher(spec)
     for pointer, model in spec.model_roles():
         if model.arch is not None and not is_known(model.arch):
             problems.append((f"{pointer}/arch", unknown_arch(model.arch)))

@@ -21,6 +21,7 @@ from kdcore.shipping import kd_gain
 from kdcore.shipping.readiness import evaluate_gate
 from kdcore.spec import JobSpec, ModelSpec
 from kdcore.text.data import TextData, completion_rows, load_text
+from kdcore.text.endpoint import ask_endpoint
 from kdcore.text.evaluate import agreement, evaluate_text, model_size, tokens_per_s
 from kdcore.text.generate import GENERATIONS, generate_completions
 from kdcore.text.losses import CROSS_TOKENIZER_METHOD, SEQUENCE_METHOD
@@ -101,7 +102,7 @@ def _check_method(spec: JobSpec, same: bool, t_tok: TextTokenizer, s_tok: TextTo
 
 def _sequence_data(
     spec: JobSpec,
-    teacher: nn.Module,
+    teacher: nn.Module | None,
     data: TextData,
     t_tok: TextTokenizer,
     s_tok: TextTokenizer,
@@ -109,8 +110,9 @@ def _sequence_data(
     device: torch.device,
     callbacks: Callbacks,
 ) -> TextData:
-    """The teacher completes every training prompt; the student's training rows become
-    the prompts and those completions (in the student's tokens)."""
+    """The teacher (a model, or a server: teacher.endpoint) completes every training
+    prompt; the student's training rows become the prompts and those completions (in
+    the student's tokens)."""
     d = spec.distillation
     packed = data.form == "plain"  # the teacher's text takes the form of the job's data
     prompt_tokens = d.prompt_tokens or max(1, spec.dataset.seq_len // 4)
@@ -119,6 +121,27 @@ def _sequence_data(
     rank = torch.distributed.get_rank() if ranks else 0
     if rank != 0:  # rank 0 generates; the others read its finished file
         torch.distributed.barrier()
+    if teacher is None:  # a server answers: its text, in the job's tokens
+        assert spec.teacher is not None and spec.teacher.endpoint is not None
+        answers = ask_endpoint(
+            spec.teacher.endpoint,
+            # ends of text kept as text ("<|endoftext|>"): servers read them as the token
+            [str(t_tok.tok.decode(p, skip_special_tokens=False)) for p in prompts],
+            out_dir,
+            d.generation_temperature,
+            d.generation_max_tokens,
+            callbacks,
+        )
+        if ranks and rank == 0:
+            torch.distributed.barrier()
+        # a server strips the end of text from its answers; an answer shorter than
+        # max_tokens ended there, so it gets it back (packed rows keep document bounds)
+        completions = [s_tok.encode(a) for a in answers]
+        completions = [
+            c + [s_tok.eos_id] if len(c) < d.generation_max_tokens else c for c in completions
+        ]
+        train = completion_rows(prompts, completions, s_tok, spec.dataset.seq_len, packed=packed)
+        return TextData(train, data.val, data.test, "prompts", data.seq_len, data.num_classes)
     completions = generate_completions(
         teacher.to(device),
         prompts,
@@ -264,7 +287,7 @@ def _prepare(spec: JobSpec, out_dir: Path) -> _Job:
         teacher, store = None, None
         if outputs is not None:
             store = _checked_outputs(spec, outputs, s_tok, data.seq_len)
-        elif spec.kind == "distill":
+        elif spec.kind == "distill" and spec.teacher_endpoint is None:
             assert spec.teacher is not None
             teacher = _build(spec.teacher, "/teacher", t_folder, spec, t_tok, data.num_classes)
             teacher.eval()
@@ -282,7 +305,8 @@ def _compare(
 ) -> None:
     """The teacher's measures, the agreement and the baseline, into the report."""
     teacher, data = job.teacher, job.data
-    if teacher is None and job.store is not None and spec.baseline:  # outputs, no model
+    no_model = job.store is not None or spec.teacher_endpoint is not None
+    if teacher is None and no_model and spec.baseline:  # outputs or a server, no model
         report["baseline"] = _baseline(spec, data, job.s_tok, data.num_classes, None, device, cb)
         report.update(kd_gain.compare(report["student"], report["baseline"]))
     if teacher is None:
@@ -317,7 +341,8 @@ def _outputs(
     files = _save_student(job.student, job.s_tok, out_dir)
     if store is not None and job.store is None:  # built here: a later job's teacher
         files["teacher_outputs"] = write_artifact(store, out_dir)
-    if spec.distillation.method == SEQUENCE_METHOD and job.teacher is not None:
+    asked = job.teacher is not None or spec.teacher_endpoint is not None
+    if spec.kind == "distill" and spec.distillation.method == SEQUENCE_METHOD and asked:
         files["generations"] = out_dir / GENERATIONS
     if "onnx" in spec.export and spec.task == "text_classification":
         from kdcore.text.onnx_export import export_classifier
@@ -371,7 +396,8 @@ def run_text(
         report["initialised_from_teacher_layers"] = init_from_teacher(job.student, job.teacher)
     resume = load_resume(spec, resume_from)
     train_data, live_teacher = job.data, job.teacher
-    if job.teacher is not None and spec.distillation.method == SEQUENCE_METHOD:
+    asks = job.teacher is not None or spec.teacher_endpoint is not None
+    if spec.kind == "distill" and asks and spec.distillation.method == SEQUENCE_METHOD:
         train_data = _sequence_data(
             spec, job.teacher, job.t_data, job.t_tok, job.s_tok, out_dir, device, cb
         )
@@ -392,7 +418,7 @@ def run_text(
         store=job.store,
     )
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        if spec.baseline and (job.teacher or job.store):  # collective: every rank trains it
+        if spec.baseline and (job.teacher or job.store or spec.teacher_endpoint):  # collective
             _baseline(spec, job.data, job.s_tok, job.data.num_classes, job.teacher, device, cb)
         return {}
     store = fit.store

@@ -4,7 +4,7 @@ causal_lm and text_classification here)."""
 from __future__ import annotations
 
 from kdcore.spec import JobSpec
-from kdcore.text.losses import LM_METHODS, TOKEN_METHODS
+from kdcore.text.losses import LM_METHODS, SEQUENCE_METHOD, TOKEN_METHODS
 
 CLASSIFIER_METHODS = ("kd", "dkd", "dist")  # logit methods, as for images
 TEXT_EXPORTS = {"safetensors", "onnx"}
@@ -51,7 +51,22 @@ def text_problems(spec: JobSpec) -> list[tuple[str, str]]:
 
 
 def _outputs_problems(spec: JobSpec) -> list[tuple[str, str]]:
-    """A teacher given by its stored top-k outputs: a token-level causal-LM distillation."""
+    """A teacher given by its stored top-k outputs: a token-level causal-LM distillation;
+    a teacher behind an endpoint: sequence-level."""
+    if spec.teacher is not None and spec.teacher.endpoint is not None:
+        if spec.task != "causal_lm" or spec.kind != "distill":
+            return [("/teacher/endpoint", "a teacher endpoint serves causal_lm distill jobs")]
+        if spec.distillation.method != SEQUENCE_METHOD:
+            return [
+                (
+                    "/distillation/method",
+                    "a teacher endpoint answers prompts: method 'sequence' (its answers "
+                    "are the student's training text)",
+                )
+            ]
+        if spec.student.init_from_teacher:
+            return [("/student/init_from_teacher", "an endpoint's teacher has no layers here")]
+        return []
     if spec.teacher_outputs is None:
         return []
     where = "/teacher/outputs"

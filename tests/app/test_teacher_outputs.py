@@ -123,3 +123,14 @@ def test_an_uploaded_outputs_file_serves_as_the_teacher_and_other_files_do_not(s
     assert bad.status_code == 422 and bad.headers["content-type"].startswith(
         "application/problem+json"
     )
+
+
+def test_a_teacher_endpoint_is_refused_by_the_service_saying_why(service):
+    api, corpus, _, _ = service
+    spec = _spec(corpus, {"endpoint": {"url": "http://127.0.0.1:9/v1", "model": "m"}})
+    spec["distillation"] = {"method": "sequence"}
+    refused = api.post("/v1/jobs", json=spec)
+    assert refused.status_code == 422, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    errors = refused.json()["errors"]
+    assert any(e["loc"] == "/teacher/endpoint" and "kdcore distill" in e["msg"] for e in errors)
