@@ -112,7 +112,8 @@ def test_an_uploaded_outputs_file_serves_as_the_teacher_and_other_files_do_not(s
     third = _run(api, _spec(corpus, {"outputs": uploaded.json()["id"]}))
     assert third["report"]["student"]["perplexity"] == first["report"]["student"]["perplexity"]
     # a model folder is not outputs: refused at submission, where it was named
-    for wrong in (teacher, _artifacts(api, first["id"])["student_hf.zip"]["id"]):
+    store_path = str(tmp / "mine.zip")  # a path on the service's disk is no reference
+    for wrong in (teacher, _artifacts(api, first["id"])["student_hf.zip"]["id"], store_path):
         refused = api.post("/v1/jobs", json=_spec(corpus, {"outputs": wrong}))
         assert refused.status_code == 422, refused.text
         assert refused.headers["content-type"].startswith("application/problem+json")

@@ -155,6 +155,14 @@ def test_a_refused_key_fails_the_job_with_the_servers_reason_and_never_the_key(t
     assert server.requests == refused
 
 
+def test_an_oversized_reply_is_cut_off_and_fails_the_job(teacher, tmp_path):
+    with OpenAIServer(teacher[0], pad_reply=2 << 20) as server:
+        spec = _spec(teacher, server.url, concurrency=1)
+        with pytest.raises(EndpointError, match="reply is over 1048576 bytes: 0 of"):
+            kdcore.distill(spec, tmp_path / "job")
+    assert server.requests == 1  # not retried: a reply that size is no transient fault
+
+
 def test_an_unreachable_endpoint_fails_after_its_retries(teacher, tmp_path):
     import socket
 

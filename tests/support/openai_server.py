@@ -15,14 +15,16 @@ import torch
 
 
 class OpenAIServer:
-    def __init__(self, folder: Path, key: str | None = None, fail_first: int = 0):
+    def __init__(
+        self, folder: Path, key: str | None = None, fail_first: int = 0, pad_reply: int = 0
+    ):
         from transformers import GPT2LMHeadModel
 
         from kdcore.text.tokens import load_tokenizer
 
         self.model = GPT2LMHeadModel.from_pretrained(str(folder)).eval()
         self.tok = load_tokenizer(folder / "tokenizer.json")
-        self.key, self.fail_first = key, fail_first
+        self.key, self.fail_first, self.pad_reply = key, fail_first, pad_reply
         self.asked: Counter[str] = Counter()  # prompt -> requests that reached the model
         self.requests = 0  # every request, refused ones included
         self.generated = 0
@@ -85,6 +87,9 @@ class OpenAIServer:
                 choice = (
                     {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
                 )
-                self._send(200, {"object": "text_completion", "choices": [{"index": 0, **choice}]})
+                reply = {"object": "text_completion", "choices": [{"index": 0, **choice}]}
+                if server.pad_reply:  # a hostile or broken server's oversized answer
+                    reply["padding"] = "x" * server.pad_reply
+                self._send(200, reply)
 
         return Handler
