@@ -19,7 +19,16 @@ from app.api import problems
 from app.api.guards import BodyLimit, SecurityHeaders
 from app.api.job_reads import JobReads
 from app.api.observability import Metrics, RequestContext
-from app.api.routes import architectures, artifacts, files, jobs, meta, metrics, uploads
+from app.api.routes import (
+    architectures,
+    artifacts,
+    credentials,
+    files,
+    jobs,
+    meta,
+    metrics,
+    uploads,
+)
 from app.api.sse import EventHub
 from app.db.migrate import upgrade
 from app.db.session import session_scope
@@ -119,7 +128,7 @@ def create_app(
     )
     app.add_middleware(SecurityHeaders)
     problems.install(app)
-    for module in (meta, metrics, files, uploads, jobs, artifacts, architectures):
+    for module in (meta, metrics, files, uploads, credentials, jobs, artifacts, architectures):
         app.include_router(module.router)
     mount_dashboard(app)
     return app

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -150,6 +150,19 @@ class Settings(BaseSettings):
         description="comma-separated host names, addresses or networks (CIDR) that webhooks "
         "may reach although they are not public (on-premises receivers)",
     )
+    endpoint_allow: str = Field(
+        default="",
+        description="comma-separated host names, addresses or networks (CIDR) that teacher "
+        "endpoints may be although they are not public (an in-house vLLM server); every "
+        "other endpoint must resolve to public addresses only",
+    )
+    secrets_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="the key that encrypts stored credentials: 32 random bytes, base64 "
+        "(`python -c 'import os,base64; print(base64.b64encode(os.urandom(32)).decode())'`); "
+        "the same on every API process and worker. Empty: a key generated once in "
+        "data_dir/secrets.key (one host only)",
+    )
     metrics_token: str = Field(default="", description="if set, /metrics needs this bearer")
     metrics_cache_s: float = Field(default=10.0, ge=0, description="job figures reused this long")
     storage_url: str = Field(
@@ -203,6 +216,11 @@ class Settings(BaseSettings):
     def uploads_dir(self) -> Path:
         """Parts of uploads in progress (shared by every API process, as files are)."""
         return self.data_dir / "uploads"
+
+    @property
+    def run_secrets_dir(self) -> Path:
+        """Key files handed to running jobs (mode 0600, removed when the attempt ends)."""
+        return self.data_dir / "run-secrets"
 
     @property
     def jobs_dir(self) -> Path:

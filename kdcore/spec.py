@@ -56,6 +56,20 @@ class EndpointSpec(_Strict):
         "a Bearer token; a mounted secret, mode 0600); the key itself never goes in a spec, "
         "and `kd submit` never uploads this file",
     )
+    credential: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="the service only: the name of an API key this tenant stored with "
+        "PUT /v1/credentials/{name} (write-only, encrypted at rest); the worker hands it to "
+        "the job as api_key_file. kdcore alone reads api_key_file",
+    )
+    address: str | None = Field(
+        default=None,
+        max_length=45,
+        description="connect to this IP address instead of resolving the url's host (the "
+        "Host header and the TLS name stay the url's, like curl --resolve); the service "
+        "sets it to the address its egress check approved, and refuses it from a client",
+    )
     max_requests: int = Field(
         default=10_000,
         ge=1,
@@ -86,6 +100,18 @@ class EndpointSpec(_Strict):
         if parts.query or parts.fragment:
             raise ValueError("the endpoint's url is a base URL: no query or fragment")
         return url.rstrip("/")
+
+    @field_validator("address")
+    @classmethod
+    def _ip_literal(cls, address: str | None) -> str | None:
+        import ipaddress
+
+        if address is not None:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError("address is an IPv4 or IPv6 address, no name") from None
+        return address
 
 
 class ModelSpec(_Strict):

@@ -27,6 +27,7 @@ ErrorKind = Literal["invalid", "crash"]  # a job that cannot run / a failure wor
 STORED_PROGRESS = (
     *(f.name for f in fields(Progress)),
     "model",
+    "stage",
     "baseline_metrics",
 )
 

@@ -16,7 +16,7 @@ import queue
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,16 @@ from app.db import repository as repo
 from app.db.models import Artifact, Checkpoint, Job, JobStatus, new_id
 from app.db.session import session_scope
 from app.nudge import nudge
-from app.services import lifecycle
-from app.services.job_inputs import fetch_dataset, resolved_spec, tenant_name
+from app.services import credentials, lifecycle
+from app.services.job_inputs import (
+    NotRunnable,
+    endpoint_secret,
+    fetch_dataset,
+    pin_endpoint,
+    resolved_spec,
+    tenant_name,
+    with_key_file,
+)
 from app.services.jobs import prune_checkpoints
 from app.services.lifecycle import AfterCommit
 from app.settings import Settings
@@ -71,7 +79,7 @@ def claim_and_run(settings: Settings, job_id: str, wid: str | None = None) -> st
     if prepared is None:
         return None
     with session_scope(settings.db_url) as session:
-        start = _claim(session, settings, job_id, wid, *prepared)
+        start = _claim(session, settings, job_id, wid, prepared.spec, prepared.refused)
     if start is None:
         return None
     if isinstance(start, AfterCommit):  # refused before training (limits, deleted file)
@@ -90,6 +98,7 @@ def claim_and_run(settings: Settings, job_id: str, wid: str | None = None) -> st
             start.resume_from,
             start.resume_step,
             start.tenant_id,
+            prepared.secret,
         ).run(teacher_cache(settings, start.tenant_id))
         log.info("job ended", extra={"status": status, "attempt": start.attempt})
         return status
@@ -97,7 +106,14 @@ def claim_and_run(settings: Settings, job_id: str, wid: str | None = None) -> st
         logs.job_id.reset(token)
 
 
-def _prepare(settings: Settings, job_id: str) -> tuple[dict[str, Any], str | None] | None:
+@dataclass(frozen=True)
+class _Prepared:
+    spec: dict[str, Any]
+    refused: str | None  # why it cannot run, if it cannot
+    secret: str | None = field(default=None, repr=False)  # a teacher endpoint's key
+
+
+def _prepare(settings: Settings, job_id: str) -> _Prepared | None:
     """Before the claim, holding no lock and no lease (sizing a job loads torch, which
     can take longer than a lease): the spec with this host's copies of its files, and
     why it cannot run, if it cannot. None: the job is not queued."""
@@ -107,14 +123,15 @@ def _prepare(settings: Settings, job_id: str) -> tuple[dict[str, Any], str | Non
             return None
         try:
             spec = resolved_spec(session, settings, job)
-        except FileNotFoundError as exc:
-            return {}, str(exc)
+            secret = endpoint_secret(session, settings, job.tenant_id, spec)
+        except (FileNotFoundError, NotRunnable) as exc:
+            return _Prepared({}, str(exc))
         tenant = tenant_name(session, job.tenant_id)
     try:  # a dataset by reference: an S3 prefix is copied here, holding no transaction
-        spec = fetch_dataset(settings, tenant, spec)
-    except FileNotFoundError as exc:
-        return {}, str(exc)
-    return spec, _over_limits(settings, spec)
+        spec = pin_endpoint(settings, fetch_dataset(settings, tenant, spec))
+    except (FileNotFoundError, NotRunnable) as exc:
+        return _Prepared({}, str(exc))
+    return _Prepared(spec, _over_limits(settings, spec), secret)
 
 
 def _claim(
@@ -222,8 +239,10 @@ class Supervisor:
         resume_from: str | None,
         resume_step: int | None = None,
         tenant_id: str = "",
+        secret: str | None = None,
     ):
         self.settings, self.job_id, self.worker, self.attempt = settings, job_id, wid, attempt
+        self.secret = secret  # a teacher endpoint's key: in a file for this attempt only
         self.tenant_id = tenant_id  # MLflow runs go to the tenant's own experiment
         self.spec, self.resume_from = spec, resume_from
         self.resume_step = resume_step  # its checkpoint outlives the pruning
@@ -263,10 +282,13 @@ class Supervisor:
 
     def _run(self, lock_fd: int, teacher_cache: Path | None) -> str:
         log_path = self.out_dir / f"attempt{self.attempt}.log"
-        with open(log_path, "ab") as log_file:
+        with (
+            open(log_path, "ab") as log_file,
+            credentials.key_file(self.settings, self.secret) as key_file,
+        ):
             threads = threads_per_job(self.settings)
             payload = {
-                "spec": self.spec,
+                "spec": with_key_file(self.spec, key_file),
                 "out_dir": str(self.out_dir),
                 "resume_from": self.resume_from,
                 "threads": threads,
@@ -334,9 +356,10 @@ class Supervisor:
         """Keep one message of the training process; True if it should be flushed now."""
         kind, now = msg.pop("type", ""), time.monotonic()
         if kind == "progress":
+            new_phase = msg.get("phase") != (self.progress or {}).get("phase")
             self._keep_progress(msg)
-            if now - self.last_progress_event >= PROGRESS_EVERY_S:  # throttled
-                self.pending.append(("progress", msg))
+            if new_phase or now - self.last_progress_event >= PROGRESS_EVERY_S:  # throttled
+                self.pending.append(("progress", msg))  # a new phase (generating...) at once
                 self.last_progress_event = now
             return False
         if kind == "epoch":

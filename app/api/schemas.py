@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 
 from app.db.models import JobStatus
 from app.services.job_reads import JobView
@@ -67,6 +67,11 @@ class ProgressOut(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     phase: str | None = None
+    stage: str | None = Field(
+        default=None,
+        description="generating (a teacher endpoint or model answers the prompts of a "
+        "sequence-level job: step counts answers of total_steps), then training",
+    )
     model: str | None = Field(
         default=None,
         description="whose figures these are: student, or baseline (the same student "
@@ -152,8 +157,8 @@ def _numbers(figures: Any) -> dict[str, float]:
 def _fraction(stored: dict[str, Any], spec: dict[str, Any]) -> float | None:
     """How far the whole job is: a job with baseline: true trains its student, then the
     baseline for the same budget, so each phase is half of it."""
-    if not stored.get("total_steps"):
-        return None
+    if not stored.get("total_steps") or stored.get("stage") == "generating":
+        return None  # answers of the teacher, not steps of the job
     fraction = stored["step"] / stored["total_steps"]
     if not (spec.get("baseline") and spec.get("kind") == "distill"):
         return fraction
@@ -202,6 +207,30 @@ class FileOut(FromRow):
     bytes: int
     sha256: str
     created_at: Timestamp
+
+
+class CredentialIn(BaseModel):
+    """A secret for a teacher endpoint (its API key). Write-only: no response, event,
+    log or report ever contains it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: SecretStr = Field(
+        description="the secret: one line of printable ASCII, at most 4096 bytes",
+        json_schema_extra={"writeOnly": True},
+    )
+
+
+class CredentialOut(FromRow):
+    """What is known of a stored credential: its name and when it was written."""
+
+    name: str
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class CredentialList(BaseModel):
+    data: list[CredentialOut]
 
 
 class UploadCreate(BaseModel):

@@ -1,7 +1,8 @@
 """Admission: may this tenant queue this job here? The library's checks
 (kdcore.checks.admit: sizes, the teacher's inputs, weights against models) run once,
 with the tenant's files resolved once each; the service adds its own (the webhook's
-egress, a queue some executor runs, the in-memory dataset limit)."""
+and a teacher endpoint's egress, the endpoint's stored credential, a queue some
+executor runs, the in-memory dataset limit)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,16 @@ from sqlalchemy.orm import Session
 
 from app import storage
 from app.broker import route_for
-from app.services import dataset_refs
+from app.services import credentials, dataset_refs
 from app.services.egress import AllowList, EgressRefused, resolve
 from app.services.files import describe_reference, resolve_reference
-from app.services.job_inputs import tenant_name
+from app.services.job_inputs import ALLOW, tenant_name
 from app.settings import Settings
 from kdcore.checks.admit import Admission, Purpose, admit, teacher_score
 from kdcore.checks.cost import Limits
 from kdcore.checks.validate import parse_schema
 from kdcore.errors import SpecError
-from kdcore.spec import JobSpec
+from kdcore.spec import EndpointSpec, JobSpec
 
 Problem = tuple[str, str]
 
@@ -105,7 +106,11 @@ def check(session: Session, settings: Settings, *, tenant_id: str, spec: JobSpec
     KD_SWEEP_SIZING_S (the worker sizes every trial before the job starts)."""
     bounds = replace(limits(settings), sweep_sizing_s=settings.sweep_sizing_s)
     found = admit(spec, TenantFiles(session, settings, tenant_id), bounds)
-    found.problems = found.problems + _service_problems(settings, spec)
+    found.problems = (
+        found.problems
+        + _service_problems(settings, spec)
+        + _endpoint_problems(session, settings, tenant_id, spec.teacher_endpoint)
+    )
     return found
 
 
@@ -140,15 +145,6 @@ def _service_problems(settings: Settings, spec: JobSpec) -> list[Problem]:
                 "set streams (dataset.streaming)",
             )
         )
-    if spec.teacher_endpoint is not None:
-        problems.append(
-            (
-                "/teacher/endpoint",
-                "this service does not call teacher endpoints yet: their API keys need "
-                "per-tenant encrypted storage and their URLs the operator's egress "
-                "allow-list, neither built; run the job with kdcore (kdcore distill)",
-            )
-        )
     if spec.webhook_url is not None:
         try:
             resolve(spec.webhook_url, AllowList.parse(settings.webhook_allow))
@@ -162,6 +158,42 @@ def _service_problems(settings: Settings, spec: JobSpec) -> list[Problem]:
                 "/resources",
                 f"no executor of this service runs queue {queue!r} (resources.gpu_type and "
                 f"resources.gpus pick it); it runs {sorted(pools)}",
+            )
+        )
+    return problems
+
+
+def _endpoint_problems(
+    session: Session, settings: Settings, tenant_id: str, endpoint: EndpointSpec | None
+) -> list[Problem]:
+    """A teacher endpoint: its URL passes the egress policy (KD_ENDPOINT_ALLOW for an
+    in-house server); its key is a credential this tenant stored, never a path on the
+    service's disk; its address is the worker's to pin, not the client's to choose."""
+    if endpoint is None:
+        return []
+    where, problems = "/teacher/endpoint", []
+    try:
+        resolve(endpoint.url, AllowList.parse(settings.endpoint_allow), ALLOW)
+    except EgressRefused as exc:
+        problems.append((f"{where}/url", str(exc)))
+    if endpoint.api_key_file is not None:
+        problems.append(
+            (
+                f"{where}/api_key_file",
+                "a path on the service's machines is not yours to name: store the key with "
+                "PUT /v1/credentials/{name} and give its name in credential",
+            )
+        )
+    if endpoint.address is not None:
+        problems.append(
+            (f"{where}/address", "the service pins the address its egress check approved")
+        )
+    name = endpoint.credential
+    if name is not None and credentials.find(session, tenant_id, name) is None:
+        problems.append(
+            (
+                f"{where}/credential",
+                f"no credential {name!r}: store it first with PUT /v1/credentials/{name}",
             )
         )
     return problems

@@ -1,4 +1,4 @@
-"""Where the service may send requests (webhooks): the SSRF policy.
+"""Where the service may send requests (webhooks, teacher endpoints): the SSRF policy.
 
 A URL is checked twice: when a job is submitted (a clear 422) and again at every
 delivery, because DNS may answer differently later. Both times the host is resolved and
@@ -13,7 +13,8 @@ embedded in IPv6 (mapped ::ffff:a.b.c.d, 6to4 2002::/16, NAT64's well-known pref
 64:ff9b::/96: each judged by the IPv4 address inside, so 64:ff9b::a9fe:a9fe is the
 metadata address), and NAT64's local-use prefix 64:ff9b:1::/48 whole (its embedding
 depends on the operator's prefix length). An on-premises receiver is allowed by
-listing its host name, address or network in `KD_WEBHOOK_ALLOW` (comma-separated).
+listing its host name, address or network in `KD_WEBHOOK_ALLOW` (comma-separated); an
+in-house teacher endpoint (a vLLM server on the private network) in `KD_ENDPOINT_ALLOW`.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ def parse(url: str) -> tuple[str, str, int, str]:
     return parts.scheme, host, port or (443 if parts.scheme == "https" else 80), path
 
 
-def resolve(url: str, allow: AllowList) -> Target:
+def resolve(url: str, allow: AllowList, allow_setting: str = "KD_WEBHOOK_ALLOW") -> Target:
     """Check `url` and pick the address to connect to. Every address the name resolves
     to must be public (or allowed), so a name with one public and one private address
     is refused rather than raced."""
@@ -159,7 +160,7 @@ def resolve(url: str, allow: AllowList) -> Target:
         if not (_public(address) or allow.allows(host.lower(), address)):
             raise EgressRefused(
                 f"the host {host!r} resolves to {address}, a loopback, private, link-local "
-                "or otherwise non-public address; list it in KD_WEBHOOK_ALLOW to allow it"
+                f"or otherwise non-public address; list it in {allow_setting} to allow it"
             )
         addresses.append(address)
     if not addresses:

@@ -29,16 +29,22 @@ class Progress:
         same student trained without a teacher, spec `baseline: true`)."""
         return "baseline" if self.phase == "baseline" else "student"
 
+    @property
+    def stage(self) -> str:
+        """What the job is doing: `generating` (a teacher answers the prompts of a
+        sequence-level distillation: step counts answers of total_steps) or `training`."""
+        return "generating" if self.phase == "generate" else "training"
+
     def to_dict(self) -> dict[str, Any]:
-        data = {**asdict(self), "model": self.model}
+        data = {**asdict(self), "model": self.model, "stage": self.stage}
         if self.tokens_per_s is not None:  # a text job has no image rate to report
             del data["images_per_s"]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Progress:
-        """The inverse of to_dict (the derived `model` is dropped)."""
-        return cls(**{k: v for k, v in data.items() if k != "model"})
+        """The inverse of to_dict (the derived `model` and `stage` are dropped)."""
+        return cls(**{k: v for k, v in data.items() if k not in ("model", "stage")})
 
 
 class Callbacks:

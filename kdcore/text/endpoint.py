@@ -19,8 +19,10 @@ import random
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from kdcore.engine.callbacks import Callbacks, Progress
 from kdcore.errors import Cancelled, KDError
@@ -96,15 +98,48 @@ def _retry_after(headers: Any, attempt: int) -> float:
         return min(0.25 * 2**attempt, 8.0) * (1 + random.random() / 4)  # noqa: S311 (jitter)
 
 
+@dataclass(frozen=True)
+class _Target:
+    """Where requests go: the url, or (endpoint.address) that address with the url's
+    host kept for the Host header and the TLS name, so a second DNS lookup cannot send
+    the job somewhere the service's egress check did not approve."""
+
+    base: str
+    headers: dict[str, str]
+    extensions: dict[str, Any]
+
+    @classmethod
+    def of(cls, endpoint: EndpointSpec) -> _Target:
+        if endpoint.address is None:
+            return cls(endpoint.url, {}, {})
+        parts = urlsplit(endpoint.url)
+        host = parts.hostname or ""
+        default = 443 if parts.scheme == "https" else 80
+        port = parts.port or default
+        literal = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
+        named = f"[{host}]" if ":" in host else host
+        host_header = named if port == default else f"{named}:{port}"
+        base = f"{parts.scheme}://{literal}:{port}{parts.path}"
+        tls = {"sni_hostname": host} if parts.scheme == "https" else {}
+        return cls(base, {"Host": host_header}, tls)
+
+
 def _ask_one(client: Any, endpoint: EndpointSpec, body: dict, budget: _Budget) -> str:
     import httpx
 
+    target = _Target.of(endpoint)
     route = "/chat/completions" if endpoint.api == "chat" else "/completions"
     for attempt in range(endpoint.retries + 1):
         budget.take()
         last = attempt == endpoint.retries
         try:
-            with client.stream("POST", endpoint.url + route, json=body) as response:
+            with client.stream(
+                "POST",
+                target.base + route,
+                json=body,
+                headers=target.headers,
+                extensions=target.extensions,
+            ) as response:
                 data = b""
                 for chunk in response.iter_bytes():
                     data += chunk
@@ -174,6 +209,11 @@ def ask_endpoint(
     done = _answered(path)
     todo = [i for i in range(len(prompts)) if i not in done]
     headers = {}
+    if endpoint.credential is not None and not endpoint.api_key_file:
+        raise EndpointError(
+            f"credential {endpoint.credential!r} names a key stored in the service, which "
+            "hands it to its jobs; kdcore alone reads the key from api_key_file"
+        )
     if endpoint.api_key_file:
         headers["Authorization"] = f"Bearer {_read_key(Path(endpoint.api_key_file))}"
     budget = _Budget(endpoint.max_requests)

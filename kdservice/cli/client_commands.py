@@ -1,5 +1,5 @@
 """`kd login | submit | jobs | show | watch | events | cancel | retry | artifacts | download
-| files`:
+| files` (and `credentials`, kdservice.cli.credential_commands):
 the service from a terminal, through kdservice.client."""
 
 from __future__ import annotations
@@ -461,6 +461,9 @@ def register(app: typer.Typer) -> None:
     for command in commands:
         app.command()(command)
     app.add_typer(files_app, name="files")
+    from kdservice.cli.credential_commands import credentials_app
+
+    app.add_typer(credentials_app, name="credentials")
 
 
 __all__ = ["CLIError", "register"]

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from rich.table import Table
 from rich.text import Text
 
-from kdservice.client import Artifact, Event, FileInfo, Job
+from kdservice.client import Artifact, CredentialInfo, Event, FileInfo, Job
 
 STATUS_STYLE = {
     "queued": "grey62",
@@ -87,6 +87,15 @@ def files_table(files: list[FileInfo]) -> Table:
         table.add_row(
             f.id, f.purpose, f"{f.bytes:,}", f.sha256[:12], f.filename, local_time(f.created_at)
         )
+    return table
+
+
+def credentials_table(credentials: list[CredentialInfo]) -> Table:
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("NAME", "CREATED", "UPDATED"):
+        table.add_column(column, no_wrap=True)
+    for c in credentials:
+        table.add_row(c.name, local_time(c.created_at), local_time(c.updated_at))
     return table
 
 
@@ -194,7 +203,9 @@ def job_details(job: Job) -> Group:
     if job.queue_position:
         head.add_row("queue position", str(job.queue_position))
     p = job.progress
-    if p.epoch:
+    if p.stage == "generating":
+        head.add_row("progress", f"generating: {p.step}/{p.total_steps} answers of the teacher")
+    elif p.epoch:
         head.add_row("progress", f"epoch {p.epoch}/{p.epochs}, step {p.step}/{p.total_steps}")
     if job.metrics:
         head.add_row("student (val)", ", ".join(f"{k} {_num(v)}" for k, v in job.metrics.items()))

@@ -10,6 +10,7 @@ from kdservice.client.config import resolve
 from kdservice.client.errors import ApiError, DigestMismatch, KDClientError, WaitTimeout
 from kdservice.client.models import (
     Artifact,
+    CredentialInfo,
     Event,
     EventPage,
     FileInfo,
@@ -29,6 +30,7 @@ __all__ = [
     "DigestMismatch",
     "Event",
     "EventPage",
+    "CredentialInfo",
     "FileInfo",
     "Job",
     "JobPage",

@@ -36,6 +36,7 @@ from kdservice.client.config import resolve
 from kdservice.client.errors import ApiError, DigestMismatch, WaitTimeout
 from kdservice.client.models import (
     Artifact,
+    CredentialInfo,
     Event,
     EventPage,
     FileInfo,
@@ -301,6 +302,21 @@ class AsyncClient:
     async def delete_file(self, file_id: str) -> None:
         """Delete an uploaded file (409 while an active job uses it)."""
         await self.request("DELETE", f"/v1/files/{file_id}")
+
+    async def put_credential(self, name: str, value: str) -> CredentialInfo:
+        """Store (or replace) a secret for teacher endpoints under `name`; a spec names it
+        in teacher.endpoint.credential. The service never returns the value."""
+        body = await self._json("PUT", f"/v1/credentials/{name}", json={"value": value})
+        return CredentialInfo.model_validate(body)
+
+    async def credentials(self) -> list[CredentialInfo]:
+        """This tenant's stored credentials: names and dates only."""
+        body = await self._json("GET", "/v1/credentials")
+        return [CredentialInfo.model_validate(c) for c in body["data"]]
+
+    async def delete_credential(self, name: str) -> None:
+        """Delete a credential (409 while an active job names it)."""
+        await self.request("DELETE", f"/v1/credentials/{name}")
 
     async def artifacts(self, job_id: str) -> list[Artifact]:
         body = await self._json("GET", f"/v1/jobs/{job_id}/artifacts")

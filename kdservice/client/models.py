@@ -25,6 +25,7 @@ class Transition(_Model):
 
 class Progress(_Model):
     phase: str | None = None
+    stage: str | None = None  # generating (step: answers of total_steps), then training
     model: str | None = None  # whose figures: student, or baseline (trained without a teacher)
     epoch: int | None = None
     epochs: int | None = None
@@ -98,6 +99,14 @@ class FileInfo(_Model):
     bytes: int
     sha256: str
     created_at: str
+
+
+class CredentialInfo(_Model):
+    """A stored credential: its name and when it was written (never its value)."""
+
+    name: str
+    created_at: str
+    updated_at: str
 
 
 class Artifact(_Model):

@@ -48,6 +48,7 @@ from kdservice.client.config import resolve
 from kdservice.client.errors import ApiError, DigestMismatch
 from kdservice.client.models import (
     Artifact,
+    CredentialInfo,
     Event,
     EventPage,
     FileInfo,
@@ -324,6 +325,21 @@ class Client:
     def delete_file(self, file_id: str) -> None:
         """Delete an uploaded file (409 while an active job uses it)."""
         self.request("DELETE", f"/v1/files/{file_id}")
+
+    def put_credential(self, name: str, value: str) -> CredentialInfo:
+        """Store (or replace) a secret for teacher endpoints under `name`; a spec names it
+        in teacher.endpoint.credential. The service never returns the value."""
+        body = self._json("PUT", f"/v1/credentials/{name}", json={"value": value})
+        return CredentialInfo.model_validate(body)
+
+    def credentials(self) -> list[CredentialInfo]:
+        """This tenant's stored credentials: names and dates only."""
+        body = self._json("GET", "/v1/credentials")
+        return [CredentialInfo.model_validate(c) for c in body["data"]]
+
+    def delete_credential(self, name: str) -> None:
+        """Delete a credential (409 while an active job names it)."""
+        self.request("DELETE", f"/v1/credentials/{name}")
 
     def artifacts(self, job_id: str) -> list[Artifact]:
         body = self._json("GET", f"/v1/jobs/{job_id}/artifacts")

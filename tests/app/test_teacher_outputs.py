@@ -126,7 +126,7 @@ def test_an_uploaded_outputs_file_serves_as_the_teacher_and_other_files_do_not(s
     )
 
 
-def test_a_teacher_endpoint_is_refused_by_the_service_saying_why(service):
+def test_a_loopback_teacher_endpoint_is_refused_unless_the_operator_allows_it(service):
     api, corpus, _, _ = service
     spec = _spec(corpus, {"endpoint": {"url": "http://127.0.0.1:9/v1", "model": "m"}})
     spec["distillation"] = {"method": "sequence"}
@@ -134,4 +134,6 @@ def test_a_teacher_endpoint_is_refused_by_the_service_saying_why(service):
     assert refused.status_code == 422, refused.text
     assert refused.headers["content-type"].startswith("application/problem+json")
     errors = refused.json()["errors"]
-    assert any(e["loc"] == "/teacher/endpoint" and "kdcore distill" in e["msg"] for e in errors)
+    assert any(
+        e["loc"] == "/teacher/endpoint/url" and "KD_ENDPOINT_ALLOW" in e["msg"] for e in errors
+    )

@@ -226,3 +226,19 @@ def test_a_language_models_report_shows_tokens_per_second_not_image_latency():
     assert "latency" not in text
     row = next(ln for ln in text.splitlines() if ln.strip().startswith("tokens/s"))
     assert "51,234" in row and "103,581" in row
+
+
+def test_show_says_a_job_is_generating_while_its_teacher_answers():
+    from kdservice.cli.render import job_details
+
+    console, out = _console()
+    generating = {"phase": "generate", "stage": "generating", "epoch": 1, "epochs": 1}
+    job = _finished_job({}).model_copy(update={"status": "running", "report": None})
+    job = job.model_copy(
+        update={
+            "progress": job.progress.model_copy(update={**generating, "step": 7, "total_steps": 24})
+        }
+    )
+    console.print(job_details(job))
+    row = next(ln for ln in out.getvalue().splitlines() if ln.startswith("progress"))
+    assert "generating: 7/24 answers of the teacher" in row and "epoch" not in row

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration  # a real server process
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
     workdir = tmp_path_factory.mktemp("uploads")
     env = {
         "KD_DATA_DIR": str(workdir / "data"),
@@ -33,7 +33,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
     }
     proc, url = serve(env, workdir / "serve.log")
     try:
-        yield url, (workdir / "data" / "api_key").read_text().strip()
+        yield url, (workdir / "data" / "api_key").read_text().strip(), workdir
     finally:
         proc.stop()
 
@@ -72,7 +72,7 @@ def _held_parts(client: Client, state: Path) -> int:
 
 
 def test_the_client_resumes_and_sends_only_the_missing_parts(server, tmp_path):
-    url, key = server
+    url, key, _ = server
     local = _archive(tmp_path / "pets.zip", 0)
     state = tmp_path / "state"
     with Client(url, key) as client:
@@ -89,7 +89,7 @@ def test_the_client_resumes_and_sends_only_the_missing_parts(server, tmp_path):
 
 
 def test_kd_files_upload_resumes_an_interrupted_upload(server, tmp_path):
-    url, key = server
+    url, key, _ = server
     local = _archive(tmp_path / "more-pets.zip", 1)
     cache = tmp_path / "cache"
     with Client(url, key) as client, pytest.raises(KeyboardInterrupt):
@@ -128,7 +128,7 @@ def test_the_async_client_resumes_too(server, tmp_path):
 
     from kdservice.client import AsyncClient
 
-    url, key = server
+    url, key, _ = server
     local = _archive(tmp_path / "async-pets.zip", 2)
     state = tmp_path / "state"
 
@@ -143,3 +143,43 @@ def test_the_async_client_resumes_too(server, tmp_path):
     held, info = asyncio.run(go())
     assert held == 1
     assert info.sha256 == hashlib.sha256(local.read_bytes()).hexdigest()  # type: ignore[attr-defined]
+
+
+def _kd(url: str, key: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "kdservice.cli", "--url", url, "--key", key, *args]
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def test_kd_credentials_store_a_secret_that_no_command_prints_again(server, tmp_path):
+    """`kd credentials put NAME < secret`, list, delete; the clients' methods; the
+    secret is in no output and not in the server's log."""
+    import asyncio
+
+    from kdservice.client import AsyncClient
+
+    url, key, workdir = server
+    secret = "sk-cli-3e5d9a0b7c1f"
+    put = _kd(url, key, "credentials", "put", "vllm", stdin=secret + "\n")
+    assert put.returncode == 0, put.stderr
+    listed = _kd(url, key, "credentials", "list", "--json")
+    assert [c["name"] for c in json.loads(listed.stdout)] == ["vllm"]
+    with Client(url, key) as client:
+        assert client.put_credential("other", secret + "2").name == "other"
+        assert [c.name for c in client.credentials()] == ["other", "vllm"]
+
+    async def names() -> list[str]:
+        async with AsyncClient(url, key) as client:
+            await client.delete_credential("other")
+            return [c.name for c in await client.credentials()]
+
+    assert asyncio.run(names()) == ["vllm"]
+    refused = _kd(url, key, "credentials", "put", "bad name", stdin=secret)
+    assert refused.returncode != 0 and secret not in refused.stdout + refused.stderr
+    deleted = _kd(url, key, "credentials", "delete", "vllm")
+    assert deleted.returncode == 0, deleted.stderr
+    assert json.loads(_kd(url, key, "credentials", "list", "--json").stdout) == []
+    for done in (put, listed, deleted):
+        assert secret not in done.stdout + done.stderr
+    for path in workdir.rglob("*"):  # the server's log, its database, its files
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path

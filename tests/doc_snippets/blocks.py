@@ -50,6 +50,7 @@ SPECS = {
     'docs/kdcore.md: "sweep": {"parameters"',
     "docs/language-models.md: {",
     'docs/language-models.md: {"kind": "distill", "task": "causal_lm",',
+    'docs/language-models.md: {"kind": "distill", "task": "causal_lm", "name": "from-an-en',
 }
 
 NOT_RUN = {

@@ -174,6 +174,28 @@ def test_an_unreachable_endpoint_fails_after_its_retries(teacher, tmp_path):
         kdcore.distill(spec, tmp_path / "job")
 
 
+def test_an_address_pins_where_requests_go_and_keeps_the_urls_host_name(teacher, tmp_path):
+    """endpoint.address (what the service sets after its egress check): the host name
+    is never looked up (.invalid does not resolve), the request goes to the address,
+    and the server sees the url's name in its Host header."""
+    with OpenAIServer(teacher[0]) as server:
+        port = server.url.split(":")[2].split("/")[0]
+        url = f"http://teacher.invalid:{port}/v1"
+        spec = _spec(teacher, url, address="127.0.0.1", concurrency=1)
+        spec["training"]["epochs"], spec["baseline"] = 1, False
+        kdcore.distill(spec, tmp_path / "job")
+    assert server.requests == len(_answers(tmp_path / "job")) > 0
+    assert {h["Host"] for h in server.headers_seen} == {f"teacher.invalid:{port}"}
+
+
+def test_a_credential_name_without_a_key_file_fails_before_any_request(teacher, tmp_path):
+    with OpenAIServer(teacher[0]) as server:
+        spec = _spec(teacher, server.url, credential="vllm-prod")
+        with pytest.raises(EndpointError, match="names a key stored in the service"):
+            kdcore.distill(spec, tmp_path / "job")
+    assert server.requests == 0
+
+
 @pytest.mark.parametrize(
     ("endpoint", "change", "pointer"),
     [
@@ -181,6 +203,8 @@ def test_an_unreachable_endpoint_fails_after_its_retries(teacher, tmp_path):
         ({"url": "http://user:pw@127.0.0.1:1/v1"}, {}, "/teacher/endpoint/url"),
         ({"api_key": "sk-live-abc"}, {}, "/teacher/endpoint"),  # a key in a spec: unknown
         ({"max_requests": 0}, {}, "/teacher/endpoint/max_requests"),
+        ({"address": "metadata.internal"}, {}, "/teacher/endpoint/address"),
+        ({"credential": "../../etc/key"}, {}, "/teacher/endpoint/credential"),
         ({}, {"distillation": {"method": "forward_kl"}}, "/distillation/method"),
         ({}, {"task": "classification", "dataset": {"name": "digits"}}, "/teacher/endpoint"),
     ],

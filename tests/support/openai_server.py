@@ -1,12 +1,14 @@
 """A small OpenAI-compatible server on loopback, serving a model trained in the test
 (not a mock of the client): POST /v1/completions and /v1/chat/completions answer with
 the model's own completion. It counts the requests each prompt got, checks a Bearer
-key when given one, and can answer the first requests with 503 (retry tests)."""
+key when given one, can answer the first requests with 503 (retry tests), and can
+be slow (`delay_s`, for a kill while it answers)."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,7 +18,12 @@ import torch
 
 class OpenAIServer:
     def __init__(
-        self, folder: Path, key: str | None = None, fail_first: int = 0, pad_reply: int = 0
+        self,
+        folder: Path,
+        key: str | None = None,
+        fail_first: int = 0,
+        pad_reply: int = 0,
+        delay_s: float = 0.0,
     ):
         from transformers import GPT2LMHeadModel
 
@@ -25,6 +32,7 @@ class OpenAIServer:
         self.model = GPT2LMHeadModel.from_pretrained(str(folder)).eval()
         self.tok = load_tokenizer(folder / "tokenizer.json")
         self.key, self.fail_first, self.pad_reply = key, fail_first, pad_reply
+        self.delay_s = delay_s  # a slow server: each answer takes at least this long
         self.asked: Counter[str] = Counter()  # prompt -> requests that reached the model
         self.requests = 0  # every request, refused ones included
         self.generated = 0
@@ -84,6 +92,7 @@ class OpenAIServer:
                 with server.lock:
                     server.asked[prompt] += 1
                 text = server.complete(prompt, body["max_tokens"], body["temperature"])
+                time.sleep(server.delay_s)
                 choice = (
                     {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
                 )

@@ -330,6 +330,7 @@ function renderJob(view, jobId) {
         (r.baseline ? ` · baseline (no teacher) trained for the same budget` : "");
     }
     if (!p.epoch) return "waiting for a worker";
+    if (p.stage === "generating") return `generating: ${p.step}/${p.total_steps} answers of the teacher`;
     const who = p.model === "baseline" ? "baseline (no teacher)" : p.trial ? `trial ${p.trial.index} of ${p.trial.of}` : "student";
     return `${who}: epoch ${p.epoch}/${p.epochs} · step ${p.step}/${p.total_steps}` +
       (p.images_per_s ? ` · ${fmt(p.images_per_s, 0)} img/s` : "") +
