@@ -56,6 +56,15 @@ class EndpointSpec(_Strict):
         "a Bearer token; a mounted secret, mode 0600); the key itself never goes in a spec, "
         "and `kd submit` never uploads this file",
     )
+    logprobs: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="token-level KD (methods forward_kl, reverse_kl, gkd) from the server's "
+        "top-k log-probabilities at every position of each training row (completions API "
+        "with echo and vLLM's return_tokens_as_token_ids; the student's tokenizer must be "
+        "the server model's, checked). None: sequence-level KD from its answers",
+    )
     credential: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",

@@ -18,6 +18,7 @@ import json
 import random
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ class EndpointError(KDError):
     """The endpoint could not answer (budget spent, a refusal, a broken reply)."""
 
 
-class _Budget:
+class Budget:
     def __init__(self, limit: int):
         self.limit, self.spent, self.lock = limit, 0, threading.Lock()
 
@@ -124,11 +125,11 @@ class _Target:
         return cls(base, {"Host": host_header}, tls)
 
 
-def _ask_one(client: Any, endpoint: EndpointSpec, body: dict, budget: _Budget) -> str:
+def post_json(client: Any, endpoint: EndpointSpec, route: str, body: dict, budget: Budget) -> Any:
+    """One request's JSON reply, retried on timeouts, lost connections, 429 and 5xx."""
     import httpx
 
     target = _Target.of(endpoint)
-    route = "/chat/completions" if endpoint.api == "chat" else "/completions"
     for attempt in range(endpoint.retries + 1):
         budget.take()
         last = attempt == endpoint.retries
@@ -164,7 +165,7 @@ def _ask_one(client: Any, endpoint: EndpointSpec, body: dict, budget: _Budget) -
         if status != 200:
             raise EndpointError(f"the endpoint refused the request: HTTP {status}{_why(data)}")
         try:
-            return _text(endpoint, json.loads(data))
+            return json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise EndpointError("the endpoint's reply is not JSON") from None
     raise AssertionError("unreachable")
@@ -194,6 +195,75 @@ def _read_key(path: Path) -> str:
     return key
 
 
+def open_client(endpoint: EndpointSpec) -> Any:
+    """An HTTP client holding the key (read from api_key_file) in its headers."""
+    import httpx
+
+    if endpoint.credential is not None and not endpoint.api_key_file:
+        raise EndpointError(
+            f"credential {endpoint.credential!r} names a key stored in the service, which "
+            "hands it to its jobs; kdcore alone reads the key from api_key_file"
+        )
+    headers = {}
+    if endpoint.api_key_file:
+        headers["Authorization"] = f"Bearer {_read_key(Path(endpoint.api_key_file))}"
+    limits = httpx.Limits(max_connections=endpoint.concurrency)
+    return httpx.Client(
+        timeout=endpoint.timeout_s, headers=headers, limits=limits, follow_redirects=False
+    )
+
+
+def ask_all(
+    endpoint: EndpointSpec,
+    client: Any,
+    route: str,
+    todo: list[int],
+    body_of: Callable[[int], dict],
+    keep: Callable[[int, Any], None],
+    progress: tuple[int, int, str, str],
+    callbacks: Callbacks,
+) -> None:
+    """Ask for every index of `todo`, `concurrency` requests at a time, each reply handed
+    to `keep` (in this thread) as it arrives. `progress`: (already done, total, what is
+    asked for, where answers are kept). A failure ends it saying how many were answered."""
+    done, total, unit, kept_in = progress
+    budget = Budget(endpoint.max_requests)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(endpoint.concurrency) as pool:
+        pending: dict[Future[Any], int] = {}
+        queue = iter(todo)
+
+        def submit() -> None:
+            i = next(queue, None)
+            if i is not None:
+                pending[pool.submit(post_json, client, endpoint, route, body_of(i), budget)] = i
+
+        for _ in range(endpoint.concurrency):
+            submit()
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    i = pending.pop(future)
+                    keep(i, future.result())  # an EndpointError ends the job here
+                    done += 1
+                    elapsed = time.perf_counter() - start
+                    callbacks.on_step(
+                        Progress("generate", 1, 1, done, total, 0.0, elapsed_s=elapsed)
+                    )
+                    if callbacks.should_stop():
+                        raise Cancelled(f"stopped while generating, {done} answered")
+                    submit()
+        except EndpointError as exc:
+            raise EndpointError(
+                f"{exc}: {done} of {total} {unit} answered, kept in {kept_in} (a resumed or "
+                "retried job asks only the rest)"
+            ) from None
+        finally:
+            for future in pending:
+                future.cancel()
+
+
 def ask_endpoint(
     endpoint: EndpointSpec,
     prompts: list[str],
@@ -203,63 +273,26 @@ def ask_endpoint(
     callbacks: Callbacks,
 ) -> list[str]:
     """The endpoint's answer to every prompt, resumed from generations.jsonl."""
-    import httpx
-
     path = out_dir / GENERATIONS
     done = _answered(path)
     todo = [i for i in range(len(prompts)) if i not in done]
-    headers = {}
-    if endpoint.credential is not None and not endpoint.api_key_file:
-        raise EndpointError(
-            f"credential {endpoint.credential!r} names a key stored in the service, which "
-            "hands it to its jobs; kdcore alone reads the key from api_key_file"
+    route = "/chat/completions" if endpoint.api == "chat" else "/completions"
+    with open_client(endpoint) as client, open(path, "a", encoding="utf-8") as fh:
+
+        def keep(i: int, reply: Any) -> None:
+            answer = _text(endpoint, reply)
+            fh.write(json.dumps({"index": i, "prompt": prompts[i], "completion": answer}) + "\n")
+            fh.flush()
+            done[i] = answer
+
+        ask_all(
+            endpoint,
+            client,
+            route,
+            todo,
+            lambda i: _body(endpoint, prompts[i], temperature, max_tokens),
+            keep,
+            (len(done), len(prompts), "prompts", GENERATIONS),
+            callbacks,
         )
-    if endpoint.api_key_file:
-        headers["Authorization"] = f"Bearer {_read_key(Path(endpoint.api_key_file))}"
-    budget = _Budget(endpoint.max_requests)
-    start = time.perf_counter()
-    limits = httpx.Limits(max_connections=endpoint.concurrency)
-    with (
-        httpx.Client(
-            timeout=endpoint.timeout_s, headers=headers, limits=limits, follow_redirects=False
-        ) as client,
-        ThreadPoolExecutor(endpoint.concurrency) as pool,
-        open(path, "a", encoding="utf-8") as fh,
-    ):
-        pending: dict[Future[str], int] = {}
-        queue = iter(todo)
-
-        def submit() -> None:
-            i = next(queue, None)
-            if i is not None:
-                body = _body(endpoint, prompts[i], temperature, max_tokens)
-                pending[pool.submit(_ask_one, client, endpoint, body, budget)] = i
-
-        for _ in range(endpoint.concurrency):
-            submit()
-        try:
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    i = pending.pop(future)
-                    answer = future.result()  # an EndpointError ends the job here
-                    fh.write(json.dumps({"index": i, "prompt": prompts[i], "completion": answer}))
-                    fh.write("\n")
-                    fh.flush()
-                    done[i] = answer
-                    elapsed = time.perf_counter() - start
-                    callbacks.on_step(
-                        Progress("generate", 1, 1, len(done), len(prompts), 0.0, elapsed_s=elapsed)
-                    )
-                    if callbacks.should_stop():
-                        raise Cancelled(f"stopped while generating, {len(done)} answered")
-                    submit()
-        except EndpointError as exc:
-            raise EndpointError(
-                f"{exc}: {len(done)} of {len(prompts)} prompts answered, kept in "
-                f"{GENERATIONS} (a resumed or retried job asks only the rest)"
-            ) from None
-        finally:
-            for future in pending:
-                future.cancel()
     return [done[i] for i in range(len(prompts))]

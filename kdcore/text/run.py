@@ -19,9 +19,10 @@ from kdcore.engine.precision import uses_bf16
 from kdcore.errors import DataError, SpecError
 from kdcore.shipping import kd_gain
 from kdcore.shipping.readiness import evaluate_gate
-from kdcore.spec import JobSpec, ModelSpec
+from kdcore.spec import EndpointSpec, JobSpec, ModelSpec
 from kdcore.text.data import TextData, completion_rows, load_text
 from kdcore.text.endpoint import ask_endpoint
+from kdcore.text.endpoint_logprobs import endpoint_store
 from kdcore.text.evaluate import agreement, evaluate_text, model_size, tokens_per_s
 from kdcore.text.generate import GENERATIONS, generate_completions
 from kdcore.text.losses import CROSS_TOKENIZER_METHOD, SEQUENCE_METHOD
@@ -162,6 +163,21 @@ def _sequence_data(
         completions = [s_tok.encode(t_tok.decode(c)) for c in completions]
     train = completion_rows(prompts, completions, s_tok, spec.dataset.seq_len, packed=packed)
     return TextData(train, data.val, data.test, "prompts", data.seq_len, data.num_classes)
+
+
+def _scored_by_endpoint(
+    endpoint: EndpointSpec, job: _Job, out_dir: Path, callbacks: Callbacks
+) -> TeacherOutputs:
+    """The server's top-k over the training rows (kdcore.text.endpoint_logprobs): rank 0
+    asks; the other ranks open the store it finished."""
+    ranks = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if ranks else 0
+    if rank != 0:
+        torch.distributed.barrier()
+    store = endpoint_store(out_dir / "teacher_topk", endpoint, job.data.train, job.s_tok, callbacks)
+    if ranks and rank == 0:
+        torch.distributed.barrier()
+    return store
 
 
 def _measures(
@@ -339,7 +355,8 @@ def _outputs(
 
     store = fit.store
     files = _save_student(job.student, job.s_tok, out_dir)
-    if store is not None and job.store is None:  # built here: a later job's teacher
+    built_here = job.store is None or spec.teacher_endpoint is not None  # not a named one
+    if store is not None and built_here:  # a later job's teacher
         files["teacher_outputs"] = write_artifact(store, out_dir)
     asked = job.teacher is not None or spec.teacher_endpoint is not None
     if spec.kind == "distill" and spec.distillation.method == SEQUENCE_METHOD and asked:
@@ -395,9 +412,12 @@ def run_text(
     if job.teacher is not None and spec.student.init_from_teacher:
         report["initialised_from_teacher_layers"] = init_from_teacher(job.student, job.teacher)
     resume = load_resume(spec, resume_from)
+    endpoint = spec.teacher_endpoint if spec.kind == "distill" else None
+    if endpoint is not None and endpoint.logprobs is not None:  # the server's top-k, stored
+        job.store = _scored_by_endpoint(endpoint, job, out_dir, cb)
     train_data, live_teacher = job.data, job.teacher
     asks = job.teacher is not None or spec.teacher_endpoint is not None
-    if spec.kind == "distill" and asks and spec.distillation.method == SEQUENCE_METHOD:
+    if spec.kind == "distill" and asks and spec.distillation.method == SEQUENCE_METHOD:  # answers
         train_data = _sequence_data(
             spec, job.teacher, job.t_data, job.t_tok, job.s_tok, out_dir, device, cb
         )

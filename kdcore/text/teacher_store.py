@@ -110,7 +110,7 @@ def _row_key(tokens: np.ndarray) -> bytes:
     ).digest()
 
 
-def _row_tokens(rows: TextRows, first: int, last: int) -> np.ndarray:
+def row_tokens(rows: TextRows, first: int, last: int) -> np.ndarray:
     split = rows.rows(torch.arange(first, last))
     ids = split.ids.to(torch.int64).numpy().astype(np.int32)
     return np.where(split.attention.numpy() > 0, ids, PAD)
@@ -151,7 +151,7 @@ class TeacherOutputs:
                 where.setdefault(_row_key(row), first + i)
         row_of = np.full(len(train), -1, dtype=np.int64)
         for first in range(0, len(train), batch):
-            block = _row_tokens(train, first, min(first + batch, len(train)))
+            block = row_tokens(train, first, min(first + batch, len(train)))
             for i, row in enumerate(block):
                 row_of[first + i] = where.get(_row_key(row), -1)
         missing = int((row_of < 0).sum())
@@ -180,7 +180,9 @@ class TeacherOutputs:
         return torch.from_numpy(values).to(device), torch.from_numpy(ids).to(device)
 
 
-def _meta(rows: int, seq_len: int, k: int, vocab: int, tokenizer: TextTokenizer) -> dict[str, Any]:
+def store_meta(
+    rows: int, seq_len: int, k: int, vocab: int, tokenizer: TextTokenizer
+) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -207,7 +209,7 @@ def build_store(
     resumed job that finds it complete reuses it)."""
     config: Any = teacher.config  # a transformers model: its logits' width
     vocab = int(config.vocab_size)
-    meta = _meta(len(train), train.seq_len, k, vocab, tokenizer)
+    meta = store_meta(len(train), train.seq_len, k, vocab, tokenizer)
     if (folder / META).exists():
         try:
             found = open_store(folder, folder)
@@ -234,7 +236,7 @@ def build_store(
                 input_ids=rows.ids.to(device), attention_mask=rows.attention.to(device)
             ).logits
             logp, top = logits.float().log_softmax(-1).topk(k, dim=-1)
-            tokens[first:last] = _row_tokens(train, first, last)
+            tokens[first:last] = row_tokens(train, first, last)
             ids[first:last] = pack_ids(top.cpu().numpy(), meta["id_bits"])
             values[first:last] = encode_values(logp.cpu().numpy())
     for array in (tokens, ids, values):

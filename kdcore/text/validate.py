@@ -50,23 +50,40 @@ def text_problems(spec: JobSpec) -> list[tuple[str, str]]:
     return problems
 
 
+def _endpoint_problems(spec: JobSpec, logprobs: int | None) -> list[tuple[str, str]]:
+    """A teacher endpoint: its answers (method sequence) or, with logprobs, its top-k
+    log-probabilities (a token-level method; teacher_topk, if given, is that k)."""
+    if spec.task != "causal_lm" or spec.kind != "distill":
+        return [("/teacher/endpoint", "a teacher endpoint serves causal_lm distill jobs")]
+    method, topk = spec.distillation.method, spec.distillation.teacher_topk
+    if logprobs is None and method != SEQUENCE_METHOD:
+        return [
+            (
+                "/distillation/method",
+                "a teacher endpoint answers prompts: method 'sequence' (its answers are the "
+                "student's training text), or a token-level method with endpoint.logprobs",
+            )
+        ]
+    if logprobs is not None and method not in TOKEN_METHODS:
+        return [
+            (
+                "/distillation/method",
+                f"endpoint.logprobs trains on the server's top-k: method one of "
+                f"{sorted(TOKEN_METHODS)} (its answers alone: method sequence, no logprobs)",
+            )
+        ]
+    if logprobs is not None and topk is not None and topk != logprobs:
+        return [("/distillation/teacher_topk", f"the server gives {logprobs} logprobs, not {topk}")]
+    if spec.student.init_from_teacher:
+        return [("/student/init_from_teacher", "an endpoint's teacher has no layers here")]
+    return []
+
+
 def _outputs_problems(spec: JobSpec) -> list[tuple[str, str]]:
     """A teacher given by its stored top-k outputs: a token-level causal-LM distillation;
     a teacher behind an endpoint: sequence-level."""
     if spec.teacher is not None and spec.teacher.endpoint is not None:
-        if spec.task != "causal_lm" or spec.kind != "distill":
-            return [("/teacher/endpoint", "a teacher endpoint serves causal_lm distill jobs")]
-        if spec.distillation.method != SEQUENCE_METHOD:
-            return [
-                (
-                    "/distillation/method",
-                    "a teacher endpoint answers prompts: method 'sequence' (its answers "
-                    "are the student's training text)",
-                )
-            ]
-        if spec.student.init_from_teacher:
-            return [("/student/init_from_teacher", "an endpoint's teacher has no layers here")]
-        return []
+        return _endpoint_problems(spec, spec.teacher.endpoint.logprobs)
     if spec.teacher_outputs is None:
         return []
     where = "/teacher/outputs"

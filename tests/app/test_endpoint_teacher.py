@@ -233,6 +233,24 @@ def test_a_job_learns_from_the_endpoint_with_its_stored_key_which_goes_nowhere(w
 
 
 @pytest.mark.integration
+def test_a_job_distils_token_by_token_from_the_servers_logprobs_and_publishes_them(world):
+    api, server, _, _ = world
+    _put(api, "scoring-key", KEY)
+    spec = _spec(world, credential="scoring-key", logprobs=8)
+    spec["distillation"] = {"method": "forward_kl"}
+    created = api.post("/v1/jobs", json=spec)
+    assert created.status_code == 201, created.text
+    before = server.scored_rows
+    assert claim_and_run(api.settings, created.json()["id"]) == "succeeded"
+    job = api.get(f"/v1/jobs/{created.json()['id']}").json()
+    assert job["report"]["teacher_outputs"]["k"] == 8
+    assert server.scored_rows - before == job["report"]["teacher_outputs"]["rows"] + 1
+    names = {a["name"] for a in api.get(f"/v1/jobs/{job['id']}/artifacts").json()}
+    assert "teacher_outputs.zip" in names  # a later job's teacher: {"outputs": its id}
+    assert KEY not in json.dumps(job)
+
+
+@pytest.mark.integration
 def test_the_worker_checks_the_url_again_and_refuses_what_is_no_longer_allowed(world):
     api, server, _, _ = world
     created = api.post("/v1/jobs", json=_spec(world))

@@ -101,6 +101,7 @@ def test_the_servers_answers_teach_a_student_that_beats_the_student_alone(teache
             assert KEY.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_a_stopped_job_resumes_without_asking_an_answered_prompt_again(teacher, tmp_path):
     with OpenAIServer(teacher[0]) as server:
         spec = _spec(teacher, server.url, concurrency=1)
@@ -117,6 +118,7 @@ def test_a_stopped_job_resumes_without_asking_an_answered_prompt_again(teacher, 
     assert report["dataset"]["train"] > 0
 
 
+@pytest.mark.slow
 def test_failures_are_retried_and_a_spent_budget_keeps_what_was_answered(teacher, tmp_path):
     with OpenAIServer(teacher[0], fail_first=2) as server:
         spec = _spec(teacher, server.url, concurrency=1, retries=2, max_requests=6)
@@ -129,6 +131,7 @@ def test_failures_are_retried_and_a_spent_budget_keeps_what_was_answered(teacher
     assert server.requests == 2 + len(_answers(tmp_path / "job"))  # no answer asked twice
 
 
+@pytest.mark.slow
 def test_a_refused_key_fails_the_job_with_the_servers_reason_and_never_the_key(teacher, tmp_path):
     key_file = tmp_path / "key"
     key_file.write_text("sk-wrong-0000")
@@ -155,6 +158,7 @@ def test_a_refused_key_fails_the_job_with_the_servers_reason_and_never_the_key(t
     assert server.requests == refused
 
 
+@pytest.mark.slow
 def test_an_oversized_reply_is_cut_off_and_fails_the_job(teacher, tmp_path):
     with OpenAIServer(teacher[0], pad_reply=2 << 20) as server:
         spec = _spec(teacher, server.url, concurrency=1)
@@ -163,6 +167,7 @@ def test_an_oversized_reply_is_cut_off_and_fails_the_job(teacher, tmp_path):
     assert server.requests == 1  # not retried: a reply that size is no transient fault
 
 
+@pytest.mark.slow
 def test_an_unreachable_endpoint_fails_after_its_retries(teacher, tmp_path):
     import socket
 
@@ -174,6 +179,7 @@ def test_an_unreachable_endpoint_fails_after_its_retries(teacher, tmp_path):
         kdcore.distill(spec, tmp_path / "job")
 
 
+@pytest.mark.slow
 def test_an_address_pins_where_requests_go_and_keeps_the_urls_host_name(teacher, tmp_path):
     """endpoint.address (what the service sets after its egress check): the host name
     is never looked up (.invalid does not resolve), the request goes to the address,
@@ -188,12 +194,63 @@ def test_an_address_pins_where_requests_go_and_keeps_the_urls_host_name(teacher,
     assert {h["Host"] for h in server.headers_seen} == {f"teacher.invalid:{port}"}
 
 
+@pytest.mark.slow
 def test_a_credential_name_without_a_key_file_fails_before_any_request(teacher, tmp_path):
     with OpenAIServer(teacher[0]) as server:
         spec = _spec(teacher, server.url, credential="vllm-prod")
         with pytest.raises(EndpointError, match="names a key stored in the service"):
             kdcore.distill(spec, tmp_path / "job")
     assert server.requests == 0
+
+
+def _logprob_spec(teacher, url: str, **endpoint) -> dict:
+    spec = _spec(teacher, url, logprobs=16, **endpoint)
+    spec["distillation"] = {"method": "forward_kl", "temperature": 1.0}
+    spec["training"]["epochs"] = 12
+    return spec
+
+
+@pytest.mark.slow
+def test_the_servers_logprobs_teach_a_student_token_by_token(teacher, tmp_path):
+    """endpoint.logprobs: the server's top-16 over every training row, stored as the
+    teacher store, trains the student with forward KL; the store is published."""
+    with OpenAIServer(teacher[0]) as server:
+        report = kdcore.distill(_logprob_spec(teacher, server.url), tmp_path / "job")
+    rows = report["teacher_outputs"]["rows"]
+    assert server.scored_rows == rows + 1 == report["dataset"]["train"] + 1  # + the check
+    assert report["teacher_outputs"]["k"] == 16
+    assert report["files"]["teacher_outputs"]["name"] == "teacher_outputs.zip"
+    assert report["student"]["perplexity"] < report["baseline"]["perplexity"], report
+
+
+@pytest.mark.slow
+def test_a_stopped_logprob_job_resumes_asking_only_the_rows_not_stored(teacher, tmp_path):
+    with OpenAIServer(teacher[0]) as server:
+        spec = _logprob_spec(teacher, server.url, concurrency=1)
+        spec["training"]["epochs"], spec["baseline"] = 1, False
+        with pytest.raises(Cancelled, match="while generating, 5 answered"):
+            kdcore.distill(spec, tmp_path / "job", callbacks=StopBeforeStep(4))
+        assert server.scored_rows == 1 + 5  # the tokenizer check, 5 rows
+        report = kdcore.distill(spec, tmp_path / "job")
+    rows = report["teacher_outputs"]["rows"]
+    assert server.scored_rows == 2 + rows  # two checks; no row scored twice
+
+
+@pytest.mark.slow
+def test_a_server_with_another_tokenizer_or_token_text_is_refused_before_any_row(teacher, tmp_path):
+    from kdcore.errors import DataError
+
+    other = train_tokenizer(
+        write_corpus(tmp_path / "other.txt", documents=200), tmp_path / "o.json", vocab_size=280
+    )
+    with OpenAIServer(teacher[0], tokenizer=other) as server:
+        with pytest.raises(DataError, match="tokenizes the job's text differently"):
+            kdcore.distill(_logprob_spec(teacher, server.url), tmp_path / "job")
+        assert server.scored_rows == 1
+    with OpenAIServer(teacher[0], token_text=True) as server:
+        with pytest.raises(EndpointError, match="return_tokens_as_token_ids"):
+            kdcore.distill(_logprob_spec(teacher, server.url), tmp_path / "job2")
+        assert server.scored_rows == 1
 
 
 @pytest.mark.parametrize(
@@ -205,6 +262,13 @@ def test_a_credential_name_without_a_key_file_fails_before_any_request(teacher, 
         ({"max_requests": 0}, {}, "/teacher/endpoint/max_requests"),
         ({"address": "metadata.internal"}, {}, "/teacher/endpoint/address"),
         ({"credential": "../../etc/key"}, {}, "/teacher/endpoint/credential"),
+        ({"logprobs": 0}, {}, "/teacher/endpoint/logprobs"),
+        ({"logprobs": 8}, {}, "/distillation/method"),  # logprobs: a token-level method
+        (
+            {"logprobs": 8},
+            {"distillation": {"method": "forward_kl", "teacher_topk": 16}},
+            "/distillation/teacher_topk",
+        ),
         ({}, {"distillation": {"method": "forward_kl"}}, "/distillation/method"),
         ({}, {"task": "classification", "dataset": {"name": "digits"}}, "/teacher/endpoint"),
     ],

@@ -24,6 +24,8 @@ class OpenAIServer:
         fail_first: int = 0,
         pad_reply: int = 0,
         delay_s: float = 0.0,
+        tokenizer: Path | None = None,
+        token_text: bool = False,
     ):
         from transformers import GPT2LMHeadModel
 
@@ -31,6 +33,11 @@ class OpenAIServer:
 
         self.model = GPT2LMHeadModel.from_pretrained(str(folder)).eval()
         self.tok = load_tokenizer(folder / "tokenizer.json")
+        # a server whose model came with another tokenizer (it encodes text prompts with
+        # it), or one that names tokens as text whatever it is asked (no token_id:N)
+        self.text_tok = load_tokenizer(tokenizer) if tokenizer else self.tok
+        self.token_text = token_text
+        self.scored_rows = 0  # echo + logprobs requests answered
         self.key, self.fail_first, self.pad_reply = key, fail_first, pad_reply
         self.delay_s = delay_s  # a slow server: each answer takes at least this long
         self.asked: Counter[str] = Counter()  # prompt -> requests that reached the model
@@ -62,6 +69,27 @@ class OpenAIServer:
             )
         return self.tok.decode(out[0])
 
+    def logprobs(self, prompt: list[int] | str, k: int) -> dict:
+        """vLLM's answer to echo + logprobs + max_tokens 1: the prompt's tokens and the
+        generated one, each position's top-k (and the token itself, as vLLM adds it)."""
+        ids = list(prompt) if isinstance(prompt, list) else self.text_tok.encode(prompt)
+        with self.model_lock, torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([ids])).logits[0]
+        logp = logits.float().log_softmax(-1)
+        nxt = int(logp[-1].argmax())
+        tokens = [*ids, nxt]
+
+        def name(i: int) -> str:
+            return self.tok.decode([i]) if self.token_text else f"token_id:{i}"
+
+        tops: list[dict | None] = [None]
+        for t in range(1, len(tokens)):
+            values, top = logp[t - 1].topk(k)
+            entry = {name(int(i)): float(v) for v, i in zip(values, top, strict=True)}
+            entry.setdefault(name(tokens[t]), float(logp[t - 1, tokens[t]]))
+            tops.append(entry)
+        return {"tokens": [name(i) for i in tokens], "top_logprobs": tops}
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
@@ -87,6 +115,12 @@ class OpenAIServer:
                     return self._send(401, {"error": {"message": "Incorrect API key provided"}})
                 if n <= server.fail_first:
                     return self._send(503, {"error": {"message": "overloaded"}})
+                if body.get("echo") and body.get("logprobs"):
+                    scored = server.logprobs(body["prompt"], int(body["logprobs"]))
+                    with server.lock:
+                        server.scored_rows += 1
+                    reply = {"choices": [{"index": 0, "text": "", "logprobs": scored}]}
+                    return self._send(200, reply)
                 chat = self.path.endswith("/chat/completions")
                 prompt = body["messages"][-1]["content"] if chat else body["prompt"]
                 with server.lock:

@@ -14,7 +14,7 @@ from app.services import credentials as service
 router = APIRouter(
     prefix="/v1/credentials",
     tags=["credentials"],
-    responses=problem_responses(401, 404, 409, 422, 429),
+    responses=problem_responses(400, 401, 404, 409, 413, 415, 422, 429),
 )
 
 Name = Annotated[
@@ -26,7 +26,12 @@ Name = Annotated[
 ]
 
 
-@router.put("/{name}", response_model=CredentialOut, status_code=200)
+@router.put(
+    "/{name}",
+    response_model=CredentialOut,
+    status_code=200,
+    responses={201: {"model": CredentialOut, "description": "stored under a new name"}},
+)
 def put_credential(
     name: Name,
     body: CredentialIn,
