@@ -79,10 +79,11 @@ migrate: $(RUN_STAMP)
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
 
 ## test-fast: the developer's loop: unit and API tests (no real processes, nothing
-## slow; the few PostgreSQL tests use the server `services` starts), two at once
+## slow; the few PostgreSQL tests use the server `services` starts), two at once, then
+## the fuzz tests with 25 examples per operation (`make test`: 120)
 test-fast: $(DEV_STAMP) services
-	$(PYTEST) -n 2 -m "not slow and not integration" --ignore=tests/fuzz tests
-	$(PYTEST) tests/fuzz
+	$(PYTEST) -n 2 -m "not slow and not integration" --ignore=tests/fuzz --durations=5 tests
+	KD_FUZZ_EXAMPLES=25 $(PYTEST) tests/fuzz
 
 ## test: lint + type check + the whole test suite: two at once (a file's tests on one
 ## worker: they share its fixtures; the fault tests too, on servers of their own), and

@@ -21,6 +21,10 @@ def _pin_xdist_worker() -> None:
 
 _pin_xdist_worker()
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
+# now, for the whole process: torch sized its pool when it was imported, before the pin,
+# and a module- or session-scoped fixture runs before the per-test fixture below; two
+# OpenMP threads spinning on one core made such a fixture's training 30x slower
+torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(autouse=True)

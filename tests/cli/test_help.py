@@ -37,6 +37,7 @@ def test_every_kd_command_and_parameter_has_help(path, command) -> None:
             assert param.metavar, f"kd {' '.join(path)} {param.opts[0]} shows a type, not a name"
 
 
+@pytest.mark.slow
 def test_kd_help_shows_no_python_types() -> None:
     for path, _ in KD:
         shown = subprocess.run(

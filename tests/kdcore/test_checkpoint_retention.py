@@ -4,6 +4,8 @@ from; older ones are deleted only after the new one was renamed into place."""
 import subprocess
 import sys
 
+import pytest
+
 import kdcore
 from kdcore.io.checkpoints import checkpoint_epoch, prune_checkpoints
 from tests.support.specs import tiny_spec
@@ -47,6 +49,7 @@ def test_a_resumed_run_keeps_the_checkpoint_it_resumed_from(tmp_path):
     assert _epochs(out / "checkpoints") == [2, 5]
 
 
+@pytest.mark.slow
 def test_the_cli_keeps_two_by_default_and_refuses_a_negative_count(tmp_path):
     import json
 

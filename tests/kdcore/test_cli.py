@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.support.specs import tiny_spec
 
 
@@ -31,6 +33,7 @@ def test_list_methods_shows_each_methods_defaults():
     assert "jsd_beta=0.5" in rows["gkd"] and "temperature=1.0" in rows["forward_kl"]
 
 
+@pytest.mark.slow
 def test_train_distill_export_round_trip(tmp_path):
     (tmp_path / "t.json").write_text(json.dumps(tiny_spec(kind="train", teacher=None)))
     run = kdcore_cli("train", tmp_path / "t.json", "--out", tmp_path / "t")
@@ -50,6 +53,7 @@ def test_train_distill_export_round_trip(tmp_path):
     assert (tmp_path / "e" / "student.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_bad_spec_is_one_readable_line_and_exit_2(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(tiny_spec(training={"batch_size": 0})))
     run = kdcore_cli("distill", tmp_path / "bad.json", "--out", tmp_path / "o")
@@ -69,6 +73,7 @@ def test_missing_teacher_checkpoint_is_a_clear_error(tmp_path):
     assert run.returncode == 2 and "nope.pt was not found" in run.stderr
 
 
+@pytest.mark.slow
 def test_validate_checks_the_files_a_spec_names_as_the_service_does(tmp_path):
     """`kdcore validate` said `ok:` of a spec whose dataset was a CSV; it checks each
     local file now, with the words the service's upload uses, and says where a

@@ -167,6 +167,7 @@ def test_torch_export_archives_are_refused_without_loading(tmp_path, monkeypatch
         kdcore.distill(spec, tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_a_graph_of_many_nodes_is_refused_in_bounded_memory(tmp_path):
     """Security round 2: 300,000 Identity nodes (8.4 MiB) grew the API by 223 MiB when
     parsed. The nodes are counted on the wire first: under 32 MiB (the file's pages)."""

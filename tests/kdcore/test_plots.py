@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 WRITER = """
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ for _ in range(int(sys.argv[2])):
 """
 
 
+@pytest.mark.slow
 def test_two_writers_of_one_curves_png_both_finish_and_leave_a_whole_picture(tmp_path):
     """Two training processes once shared a job folder (a second attempt started while
     the first still ran): each renamed its fixed `curves.tmp.png` over curves.png and

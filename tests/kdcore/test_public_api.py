@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import kdcore
 from tests.support.specs import tiny_job
 
@@ -51,6 +53,7 @@ def test_the_documented_names_are_exported():
     assert set(DOCUMENTED_CALLS) | set(DOCUMENTED_CLASSES) <= set(kdcore.__all__)
 
 
+@pytest.mark.slow
 def test_every_export_is_callable_after_every_module_is_imported_in_any_order():
     """Three orders (sorted, reversed, shuffled), each in a fresh interpreter, and
     the entry module first, as `kdcore.distill` used to import it."""

@@ -221,6 +221,7 @@ def test_a_sweep_stopped_mid_trial_resumes_at_that_trial_exactly(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_trials_run_several_at_once_with_several_devices(tmp_path, monkeypatch):
     """resources.gpus 2 on the CPU: two trials side by side (each a spawned process
     with half the threads); the records match a one-at-a-time sweep's plan."""
@@ -252,6 +253,7 @@ def test_trials_run_several_at_once_with_several_devices(tmp_path, monkeypatch):
     assert sorted(t["trial"] for t in calls.trials) == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_trials_at_once_stop_together_and_resume(tmp_path):
     spec = _job(parameters={"training.lr": [0.1, 0.05, 0.02]})
     spec["resources"] = {"gpus": 2}
