@@ -38,6 +38,7 @@ from kdcore.text.teacher_store import (
     VALUES,
     TeacherOutputs,
     bytes_per_token,
+    complete_store,
     encode_values,
     open_store,
     pack_ids,
@@ -48,6 +49,7 @@ from kdcore.text.tokens import TextTokenizer
 
 ANSWERED = "answered.npy"  # one byte per row: 1 once its outputs are in the arrays
 ROUTE = "/completions"
+ROW_BLOCK = 4096
 
 
 def _token_id(token: Any, vocab: int) -> int:
@@ -161,15 +163,13 @@ def endpoint_store(
     k = int(endpoint.logprobs or 0)
     vocab = tokenizer.vocab_size
     meta = store_meta(len(train), train.seq_len, k, vocab, tokenizer)
-    if (folder / META).exists():
-        try:
-            found = open_store(folder, folder)
-            if found.meta == meta:
-                return found
-        except DataError:
-            pass
+    found = complete_store(folder, meta)
+    if found is not None:
+        return found
     tokens, ids, values, answered = _arrays(folder, meta)
-    tokens[:] = row_tokens(train, 0, len(train))
+    for first in range(0, len(train), ROW_BLOCK):  # in blocks: a large set never whole
+        last = min(first + ROW_BLOCK, len(train))
+        tokens[first:last] = row_tokens(train, first, last)
     todo = [int(i) for i in np.flatnonzero(answered == 0)]
     with open_client(endpoint) as client:
         if todo:

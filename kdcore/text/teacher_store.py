@@ -196,6 +196,18 @@ def store_meta(
     }
 
 
+def complete_store(folder: Path, meta: dict[str, Any]) -> TeacherOutputs | None:
+    """The store an earlier attempt finished in `folder` for this same description, or
+    None (absent, unfinished, broken or made for other rows)."""
+    if not (folder / META).exists():
+        return None
+    try:
+        found = open_store(folder, folder)
+    except DataError:
+        return None
+    return found if found.meta == meta else None
+
+
 def build_store(
     folder: Path,
     teacher: nn.Module,
@@ -210,13 +222,9 @@ def build_store(
     config: Any = teacher.config  # a transformers model: its logits' width
     vocab = int(config.vocab_size)
     meta = store_meta(len(train), train.seq_len, k, vocab, tokenizer)
-    if (folder / META).exists():
-        try:
-            found = open_store(folder, folder)
-            if found.meta == meta:
-                return found
-        except DataError:
-            pass
+    found = complete_store(folder, meta)
+    if found is not None:
+        return found
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     tokenizer.tok.save(str(folder / TOKENIZER))

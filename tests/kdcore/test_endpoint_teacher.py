@@ -286,3 +286,27 @@ def test_endpoint_specs_that_cannot_run_are_refused_where_they_go_wrong(endpoint
     with pytest.raises(SpecError) as err:
         parse_spec(spec)
     assert any(p.startswith(pointer) for p, _ in err.value.errors), err.value.errors
+
+
+def _scored(tops: list) -> dict:
+    return {"choices": [{"logprobs": {"tokens": [], "top_logprobs": [None, *tops]}}]}
+
+
+@pytest.mark.parametrize(
+    ("reply", "why"),
+    [
+        ({"choices": []}, "no choices\\[0\\].logprobs"),
+        (_scored([]), "logprobs for 1 positions of a 2-token prompt"),
+        (_scored([{"token_id:1": -0.1}, {"token_id:2": -0.2}]), "gave 1 logprobs at a position"),
+        (_scored([{"token_id:1": -0.1, "token_id:9999": -1}] * 2), "beyond the vocabulary"),
+        (_scored([{"token_id:1": -0.1, "hello": -1.0}] * 2), "return_tokens_as_token_ids"),
+        (_scored([{"token_id:1": 5.0, "token_id:2": -1.0}] * 2), "not log-probabilities"),
+        (_scored([{"token_id:1": float("nan"), "token_id:2": -1.0}] * 2), "not log-prob"),
+    ],
+)
+def test_a_hostile_or_broken_logprob_reply_is_refused_saying_why(reply, why):
+    """What a server sends back for a row is checked before it enters the store."""
+    from kdcore.text.endpoint_logprobs import _row_outputs
+
+    with pytest.raises(EndpointError, match=why):
+        _row_outputs(reply, length=2, k=2, vocab=300)
