@@ -449,6 +449,14 @@ class DistillationSpec(_Strict):
         "auto: int8 on a CPU if its soft targets pass the fidelity check, else fp32; "
         "fp32: fp32 with BatchNorm folded into the convolutions; int8: int8 regardless",
     )
+    sharding: Literal["none", "fsdp"] = Field(
+        default="none",
+        description="causal_lm: fsdp splits the student, and a teacher that runs each "
+        "step, across resources.gpus ranks (FSDP2's fully_shard per layer): each rank "
+        "holds 1/N of the weights, gradients and optimizer state. training.batch_size is "
+        "then the global batch, split across the ranks, and a checkpoint resumes on "
+        "another number of ranks",
+    )
     teacher_check: Literal["fail", "warn"] = Field(
         default="fail",
         description="Before training, the teacher is scored on up to 512 validation "
@@ -692,7 +700,8 @@ class ResourcesSpec(_Strict):
         le=16,
         description="Data-parallel processes for one job (DistributedDataParallel on one "
         "host: one per GPU, or gloo processes on the CPU); training.batch_size is per "
-        "process. The service routes N > 1 to queue <pool>.x<N>.",
+        "process (with distillation.sharding fsdp: the global batch). The service routes "
+        "N > 1 to queue <pool>.x<N>.",
     )
 
 

@@ -72,6 +72,8 @@ def validate_names(spec: JobSpec) -> list[tuple[str, str]]:
     if spec.student.init_from_teacher:
         problems.append(("/student/init_from_teacher", "init_from_teacher is for text models"))
     problems += _text_only_teacher(spec)
+    if spec.distillation.sharding != "none":
+        problems.append(("/distillation/sharding", "fsdp sharding is built for causal_lm jobs"))
     for pointer, model in spec.model_roles():
         if model.arch is not None and not is_known(model.arch):
             problems.append((f"{pointer}/arch", unknown_arch(model.arch)))

@@ -5,7 +5,9 @@ says what a batch is, its loss, its evaluation and its own state; the loop owns 
 rest, once for all tasks: epochs, the learning-rate schedule, the optimizer step, the
 cooperative stop check, the checkpoint dict with every RNG, exact resume, progress
 (a rate with its unit), the best epoch and early stopping, pruning old checkpoints
-(never the one resumed from), and gradient averaging across data-parallel ranks.
+(never the one resumed from), and gradient averaging across data-parallel ranks. A
+model sharded across the ranks (kdcore.engine.sharding) is read and written through
+`Weights`, so checkpoints and the best epoch are the same whole states either way.
 
 Everything random is a function of (seed, epoch, step): the task seeds its batch order
 per epoch, the global torch RNG (dropout) and CUDA's are saved in each checkpoint.
@@ -27,6 +29,7 @@ from torch import nn
 from kdcore.engine.callbacks import Callbacks, Progress
 from kdcore.engine.optim import build_optimizer, lr_at, set_lr
 from kdcore.engine.selection import BestEpoch
+from kdcore.engine.sharding import Weights, weights_of
 from kdcore.engine.task import Task
 from kdcore.errors import Cancelled
 from kdcore.io.checkpoints import prune_checkpoints, save_checkpoint
@@ -128,6 +131,7 @@ class _Loop:
     total_steps: int
     result: LoopResult
     clock: _Clock
+    weights: Weights  # the student's and optimizer's states, whole or sharded
     best: BestEpoch | None = None  # the best validation epoch so far, and early stopping
     resumed_epoch: int | None = None  # its checkpoint outlives the pruning
 
@@ -159,15 +163,18 @@ def _progress(
 
 
 def _checkpoint_state(loop: _Loop, epoch: int, step: int) -> dict[str, Any]:
-    """Everything exact resume needs, written out field by field."""
+    """Everything exact resume needs, written out field by field. A sharded model's
+    and its optimizer's states are whole, keyed by parameter name, so that any number
+    of ranks can resume from them."""
     extra = loop.task.extra
+    model, optimizer = loop.weights.checkpoint()
     return {
         "version": CHECKPOINT_VERSION,
         "phase": loop.phase,
         "epoch": epoch,
         "step": step,
-        "model": loop.task.student.state_dict(),
-        "optimizer": loop.optimizer.state_dict(),
+        "model": model,
+        "optimizer": optimizer,
         "loss": extra.state_dict() if extra is not None else {},
         "scheduler": {"step": step, "total_steps": loop.total_steps},
         "scaler": {},  # bf16 autocast needs no loss scaler
@@ -183,8 +190,7 @@ def _checkpoint_state(loop: _Loop, epoch: int, step: int) -> dict[str, Any]:
 
 def _restore(loop: _Loop, resume: dict[str, Any]) -> int:
     """Put a checkpoint's state back; returns its step."""
-    loop.task.student.load_state_dict(resume["model"])
-    loop.optimizer.load_state_dict(resume["optimizer"])
+    loop.weights.restore(resume["model"], resume["optimizer"])
     if loop.task.extra is not None and resume.get("loss"):
         loop.task.extra.load_state_dict(resume["loss"])
     torch.set_rng_state(resume["rng"]["torch"])
@@ -198,10 +204,15 @@ def _restore(loop: _Loop, resume: dict[str, Any]) -> int:
 
 
 def _save(loop: _Loop, name: str, epoch: int, step: int) -> None:
-    if loop.checkpoint_dir is None or loop.rank != 0:  # the ranks' weights are the same
+    if loop.checkpoint_dir is None:
+        return
+    if loop.rank != 0 and not loop.weights.sharded:  # the ranks' weights are the same
+        return
+    state = _checkpoint_state(loop, epoch, step)  # sharded: every rank gathers, rank 0 keeps
+    if loop.rank != 0:
         return
     path = loop.checkpoint_dir / name
-    save_checkpoint(path, _checkpoint_state(loop, epoch, step))
+    save_checkpoint(path, state)
     loop.cb.on_checkpoint(path, _progress(loop, epoch, step))
     if loop.keep_checkpoints is not None:
         protect = frozenset({loop.resumed_epoch} if loop.resumed_epoch is not None else ())
@@ -219,6 +230,16 @@ def _train_step(loop: _Loop, batch: Any, step: int) -> tuple[dict[str, Any], int
         _average_grads(task.extra)  # e.g. FitNets adapters: outside the DDP module
     loop.optimizer.step()
     return terms, taken
+
+
+def _global_losses(loop: _Loop, terms: dict[str, Any]) -> dict[str, float]:
+    """The loss terms of the global batch: each rank's, averaged over the ranks (every
+    rank reads them at the same steps), so N ranks report what one process would."""
+    values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
+    if loop.world > 1:
+        torch.distributed.all_reduce(values)
+        values /= loop.world
+    return dict(zip(terms, values.tolist(), strict=True))
 
 
 def _train_epoch(loop: _Loop, epoch: int, step: int) -> tuple[int, int, dict[str, float]]:
@@ -241,7 +262,7 @@ def _train_epoch(loop: _Loop, epoch: int, step: int) -> tuple[int, int, dict[str
             seen += taken * loop.world  # the global batch: every rank took one
             clock.window_seen += taken * loop.world
             if step % loop.log_every == 0 or i == last:
-                losses = {k: float(v.item()) for k, v in terms.items()}  # syncs the device
+                losses = _global_losses(loop, terms)  # syncs the device
                 if not math.isfinite(losses["loss"]):
                     raise FloatingPointError(
                         f"the loss became {losses['loss']} at step {step}; lower the learning rate"
@@ -269,12 +290,23 @@ def _end_epoch(
         {"epoch": epoch + 1, "step": step, **metrics, "train_losses": train_losses}
     )
     loop.cb.on_epoch_end(_progress(loop, epoch + 1, step, train_losses, metrics))
-    if loop.best is not None:
-        loop.best.update(epoch + 1, metrics, loop.task.student)  # before the checkpoint
+    if loop.best is not None:  # before the checkpoint
+        loop.best.update(epoch + 1, _agreed(loop, metrics), loop.weights.model_state)
     stopping = loop.best is not None and loop.best.stopped_at is not None
     last = epoch + 1 == spec.training.epochs
     if (epoch + 1) % spec.checkpoint_every_epochs == 0 or last or stopping:
         _save(loop, f"epoch{epoch + 1}.pt", epoch + 1, step)
+
+
+def _agreed(loop: _Loop, metrics: dict[str, float]) -> dict[str, float]:
+    """Rank 0's metrics on every rank of a sharded model: the ranks then take the same
+    best epoch and stop together (gathering its weights is a collective)."""
+    if not loop.weights.sharded or loop.world == 1:
+        return metrics
+    names = sorted(metrics)
+    values = torch.tensor([metrics[k] for k in names], dtype=torch.float64, device=loop.device)
+    torch.distributed.broadcast(values, src=0)
+    return dict(zip(names, values.tolist(), strict=True))
 
 
 def _select(loop: _Loop) -> None:
@@ -286,7 +318,7 @@ def _select(loop: _Loop) -> None:
         return
     result.stopped_at_epoch = loop.best.stopped_at
     if loop.spec.selects_best and loop.best.state is not None:
-        loop.task.student.load_state_dict(loop.best.state)
+        loop.weights.load_model(loop.best.state)
         result.selected_epoch = loop.best.epoch
 
 
@@ -312,10 +344,11 @@ def train_loop(
     if task.extra is not None:
         trainable += list(task.extra.parameters())
     world, rank = ranks()
+    optimizer = build_optimizer(trainable, tr, fused=device.type == "cuda")
     loop = _Loop(
         spec=spec,
         task=task,
-        optimizer=build_optimizer(trainable, tr, fused=device.type == "cuda"),
+        optimizer=optimizer,
         device=device,
         phase=phase,
         checkpoint_dir=checkpoint_dir,
@@ -327,6 +360,7 @@ def train_loop(
         total_steps=tr.epochs * task.steps_per_epoch,
         result=LoopResult(task.unit),
         clock=_Clock(resumed_step=0),
+        weights=weights_of(task.student, optimizer),
         best=BestEpoch.for_spec(spec) if task.has_validation else None,
     )
     step = _restore(loop, resume) if resume is not None else 0

@@ -15,10 +15,14 @@ from kdcore.spec import JobSpec, model_entries
 
 def training_identity(spec: Any) -> Any:
     """The spec minus where its files are: a resumed run may find the same teacher and
-    data at other paths (another host's cache, a moved folder), never other settings."""
+    data at other paths (another host's cache, a moved folder), never other settings.
+    A sharded run's steps do not depend on its number of ranks: it may resume on
+    another (the checkpoint holds whole states, kdcore.engine.sharding)."""
     if not isinstance(spec, dict):
         return spec
     spec = json.loads(json.dumps(spec))
+    if (spec.get("distillation") or {}).get("sharding") == "fsdp":
+        (spec.get("resources") or {}).pop("gpus", None)
     for _, model in model_entries(spec):
         model.pop("checkpoint", None)
     if isinstance(spec.get("dataset"), dict):

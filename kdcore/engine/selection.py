@@ -11,10 +11,11 @@ in every checkpoint so a resumed run remembers it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from kdcore.spec import JobSpec
 
@@ -50,11 +51,15 @@ class BestEpoch:
             return value < self.value - self.min_delta
         return value > self.value + self.min_delta
 
-    def update(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> None:
+    def update(
+        self, epoch: int, metrics: dict[str, float], state: Callable[[], dict[str, Tensor]]
+    ) -> None:
+        """Note epoch `epoch`'s metrics; `state` gives a copy of its weights, asked for
+        only when the epoch is the best so far."""
         value = metrics[self.metric]
         if self._better(value):
             self.epoch, self.value, self.since = epoch, value, 0
-            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.state = state()
         else:
             self.since += 1
         if self.patience is not None and self.since >= self.patience:

@@ -13,20 +13,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdcore.engine.precision import autocast_for
+from kdcore.engine.sharding import no_grad_for
 from kdcore.spec import JobSpec
 from kdcore.text.rows import TextRows
 
 
-@torch.inference_mode()
 def _logits(model: nn.Module, split: TextRows, size: int, device: torch.device, precision: str):
     was = model.training
     model.eval()
     try:
         for first in range(0, len(split), size):
             rows = split.rows(torch.arange(first, min(first + size, len(split))))
-            with autocast_for(device, precision):
-                out = model(input_ids=rows.ids.to(device), attention_mask=rows.attention.to(device))
-            yield rows, out.logits.float()
+            with no_grad_for(model), autocast_for(device, precision):
+                ids, attention = rows.ids.to(device), rows.attention.to(device)
+                logits = model(input_ids=ids, attention_mask=attention).logits.float()
+            yield rows, logits
     finally:
         model.train(was)
 

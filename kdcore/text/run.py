@@ -30,7 +30,6 @@ from kdcore.text.models import (
     ModelFolder,
     build_text_model,
     init_from_teacher,
-    is_checkpointing,
     load_weights,
     read_model_folder,
 )
@@ -236,9 +235,10 @@ def _baseline(
     fit = fit_text(
         scratch, data.train, data.val, student, None, device, None, callbacks, phase="baseline"
     )
+    assert fit.student is not None
     kept = ("epoch", "accuracy", "perplexity", "loss")
     return {
-        **evaluate_text(student, data.test, spec, device),
+        **evaluate_text(fit.student, data.test, spec, device),
         "training_time_s": round(fit.train_time_s, 3),
         "history": [{k: h[k] for k in kept if k in h} for h in fit.history],
     }
@@ -437,6 +437,10 @@ def run_text(
         tokenizers=(job.t_tok, job.s_tok),
         store=job.store,
     )
+    assert fit.student is not None
+    job.student = fit.student  # whole again where it was sharded
+    if fit.teacher is not None:
+        job.teacher = fit.teacher
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         if spec.baseline and (job.teacher or job.store or spec.teacher_endpoint):  # collective
             _baseline(spec, job.data, job.s_tok, job.data.num_classes, job.teacher, device, cb)
@@ -445,7 +449,8 @@ def run_text(
     if store is not None:
         report["teacher_outputs"] = store.describe()
     report.update(_report(spec, device, job.data, fit, job.t_tok, job.s_tok, job.same))
-    report["gradient_checkpointing"] = is_checkpointing(job.student)
+    report["gradient_checkpointing"] = fit.gradient_checkpointing
+    report["sharding"] = fit.sharding  # fsdp: the ranks and the parameters each held
     report["student"] = _measures(spec.student.arch, job.student, job.data, spec, device)
     _compare(spec, job, report, device, cb)
     if spec.gate is not None:

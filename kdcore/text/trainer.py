@@ -17,13 +17,14 @@ from torch import Tensor, nn
 from kdcore.engine.callbacks import Callbacks
 from kdcore.engine.loop import data_parallel, ranks, train_loop
 from kdcore.engine.precision import autocast_for
+from kdcore.engine.sharding import local_parameters, no_grad_for, per_rank, shard, unsharded
 from kdcore.errors import DataError
 from kdcore.losses import build_loss, task_loss
 from kdcore.spec import JobSpec
 from kdcore.text.cross_tokens import retokenise, uld_loss
 from kdcore.text.evaluate import evaluate_text
 from kdcore.text.losses import CROSS_TOKENIZER_METHOD, lm_loss, token_kd_loss
-from kdcore.text.models import enable_checkpointing
+from kdcore.text.models import enable_checkpointing, is_checkpointing, layer_list
 from kdcore.text.rows import TextRows, TextSplit
 from kdcore.text.teacher_store import TeacherOutputs, build_store, open_store
 from kdcore.text.tokens import TextTokenizer
@@ -40,6 +41,10 @@ class TextFit:
     uld_compared_fraction: float | None = None  # uld: predicted positions it compared
     selected_epoch: int | None = None  # whose weights the student holds at the end
     stopped_at_epoch: int | None = None  # early stopping ended the run after this epoch
+    student: nn.Module | None = None  # the trained student, whole (a sharded one gathered)
+    teacher: nn.Module | None = None  # a sharded live teacher, whole again
+    gradient_checkpointing: bool = False
+    sharding: dict[str, Any] | None = None  # fsdp: the ranks and what each one held
 
     @property
     def tokens_per_s(self) -> float:
@@ -64,7 +69,12 @@ def _teacher_side(
     if teacher is None:
         return None, None
     d = spec.distillation
-    teacher.to(device).eval().requires_grad_(False)  # never trains, BatchNorm/dropout off
+    teacher.eval().requires_grad_(False)  # never trains, BatchNorm/dropout off
+    builds_store = spec.task == "causal_lm" and bool(d.teacher_topk) and topk_dir is not None
+    if d.sharding == "fsdp" and not builds_store:  # a live teacher: each rank keeps a shard
+        shard(teacher, layer_list(teacher), device)
+    else:
+        teacher.to(device)
     logit_loss = None
     if spec.task == "text_classification":
         logit_loss = build_loss(d).to(device)
@@ -111,7 +121,12 @@ class TextTask:
         self.tokenizers = tokenizers  # (the teacher's, the student's): ULD re-tokenises
         self.spec, self.train, self.val, self.student = spec, train, val, student
         self.teacher, self.device = teacher, device
-        student.to(device).train()
+        self.sharded = spec.distillation.sharding == "fsdp"
+        # what builds a whole copy after training (fully_shard changes a module's class)
+        self.student_class, self.teacher_class = type(student), type(teacher)
+        if not self.sharded:
+            student.to(device)  # a sharded one moves to the device a block at a time
+        student.train()
         if tr.gradient_checkpointing:
             enable_checkpointing(student)
         world, rank = ranks()
@@ -119,12 +134,18 @@ class TextTask:
             spec, teacher, store, train, device, topk_dir, tokenizers
         )
         self.extra: nn.Module | None = self.logit_loss
-        # each rank takes its slice of every global batch; DDP averages the gradients
+        # each rank takes its slice of every global batch; DDP or FSDP averages the
+        # gradients. Sharded, batch_size is the global batch (the same steps on any
+        # number of ranks: a checkpoint resumes on another count); in DDP, each rank's.
         self.world, self.rank = world, rank
-        self.batch_size = max(1, min(tr.batch_size, len(train) // world))
+        if self.sharded:
+            self.batch_size = max(1, min(tr.batch_size, len(train)) // world)
+            self.forward = shard(student, layer_list(student), device)
+        else:
+            self.batch_size = max(1, min(tr.batch_size, len(train) // world))
+            self.forward = data_parallel(student, device)
         self.steps_per_epoch = max(1, len(train) // (self.batch_size * world))
         self.has_validation = len(val) > 0
-        self.forward = data_parallel(student, device)
         self.uld_batches = self.uld_compared = self.uld_predicted = 0
 
     def begin_epoch(self, epoch: int) -> None:
@@ -167,7 +188,7 @@ class TextTask:
         if self.topk is not None:
             teacher = self.topk(idx, device)
         elif self.teacher is not None:
-            with torch.inference_mode():
+            with no_grad_for(self.teacher):
                 teacher = self.teacher(input_ids=ids, attention_mask=attention).logits.clone()
         if teacher is None:  # the teacher's own training, the baseline, sequence-level KD
             return lm_loss(logits, ids, targets)
@@ -196,7 +217,7 @@ class TextTask:
         )
         batch = retokenise(rows, s_tok, t_tok, int(limit or 4 * rows.ids.shape[1]))
         self._count_compared(len(batch.student_positions), int(targets[:, 1:].sum()))
-        with torch.inference_mode():
+        with no_grad_for(self.teacher):
             t_logits = self.teacher(
                 input_ids=batch.ids.to(self.device),
                 attention_mask=batch.attention.to(self.device),
@@ -227,10 +248,29 @@ class TextTask:
     def end_epoch(self) -> None:
         pass
 
+    def whole(self) -> tuple[nn.Module, nn.Module | None, dict[str, Any] | None]:
+        """The student and a live teacher as ordinary modules on the device, and what
+        each rank held; a sharded pair is gathered (every rank calls this)."""
+        if not self.sharded:
+            return self.student, self.teacher, None
+        held = {"student": per_rank(local_parameters(self.student))}
+        student = _whole(self.student, self.student_class, self.device)
+        teacher = self.teacher
+        if teacher is not None and self.topk is None:  # it was sharded for the steps
+            held["teacher"] = per_rank(local_parameters(teacher))
+            teacher = _whole(teacher, self.teacher_class, self.device)
+        return student, teacher, {"strategy": "fsdp", "ranks": self.world, "parameters": held}
+
     def evaluate(self) -> dict[str, float]:
         """On the validation rows, else the training rows (a set too small to split)."""
         held_out = self.val if len(self.val) else self.train
         return evaluate_text(self.student, held_out, self.spec, self.device)
+
+
+def _whole(model: nn.Module, cls: Any, device: torch.device) -> nn.Module:
+    """A Hugging Face model's whole copy: its class built from its config."""
+    config = model.config  # type: ignore[union-attr]
+    return unsharded(model, lambda: cls(config)).to(device)
 
 
 def fit_text(
@@ -265,6 +305,8 @@ def fit_text(
         log_every=log_every,
         keep_checkpoints=keep_checkpoints,
     )
+    checkpointing = is_checkpointing(student)
+    student, teacher, sharding = task.whole()
     student.eval()
     return TextFit(
         history=done.history,
@@ -276,4 +318,8 @@ def fit_text(
         uld_compared_fraction=task.uld_compared_fraction,
         selected_epoch=done.selected_epoch,
         stopped_at_epoch=done.stopped_at_epoch,
+        student=student,
+        teacher=teacher,
+        gradient_checkpointing=checkpointing,
+        sharding=sharding,
     )

@@ -39,6 +39,7 @@ def text_problems(spec: JobSpec) -> list[tuple[str, str]]:
         and "init_from_teacher needs a teacher",
     }
     problems += [(p, str(msg)) for p, msg in refused.items() if msg]
+    problems += _sharding_problems(spec)
     bad = sorted(set(spec.export) - TEXT_EXPORTS)
     if bad or ("onnx" in spec.export and spec.task == "causal_lm"):
         problems.append(
@@ -48,6 +49,24 @@ def text_problems(spec: JobSpec) -> list[tuple[str, str]]:
             )
         )
     return problems
+
+
+def _sharding_problems(spec: JobSpec) -> list[tuple[str, str]]:
+    """fsdp: a causal LM whose global batch splits evenly across the ranks."""
+    if spec.distillation.sharding == "none":
+        return []
+    if spec.task != "causal_lm":
+        return [("/distillation/sharding", "fsdp sharding is built for causal_lm jobs")]
+    ranks = spec.resources.gpus
+    if spec.training.batch_size % ranks:
+        return [
+            (
+                "/training/batch_size",
+                f"with sharding fsdp, batch_size is the global batch: {spec.training.batch_size}"
+                f" does not split evenly across {ranks} ranks (resources.gpus)",
+            )
+        ]
+    return []
 
 
 def _endpoint_problems(spec: JobSpec, logprobs: int | None) -> list[tuple[str, str]]:

@@ -33,7 +33,7 @@ def block(where: str) -> str:
 # blocks run by this package's tests (by where they start)
 RUN = {
     "README.md: .venv/bin/kd submit examples/quickstart_teacher",
-    "README.md: mkdir -p out && cat docs/*.md > out/corpus.txt && truncate -",
+    "README.md: .venv/bin/kd submit examples/lm_teacher.json --watch",
     "README.md: from kdservice.client import Client",
     "README.md: .venv/bin/kdcore train examples/quickstart_teacher",
     "docs/api.md: KEY=$(cat data/api_key)",

@@ -20,10 +20,9 @@ def test_the_language_model_quick_start_uses_a_train_jobs_folder_as_teacher(
 ) -> None:
     """The README's small first run: a teacher made by a train job, given to the
     distillation by its artifact id, and the student's folder downloaded."""
-    corpus, submit_teacher, find_folder, submit_distill, download = block(
-        "README.md: mkdir -p out && cat docs/*.md > out/corpus.txt && truncate -"
+    submit_teacher, find_folder, submit_distill, download = block(
+        "README.md: .venv/bin/kd submit examples/lm_teacher.json --watch"
     ).splitlines()
-    sandbox.sh(corpus)
     teacher = job_id(sandbox.sh(submit_teacher))
     artifact = sandbox.sh(find_folder.replace("TEACHER_JOB_ID", teacher)).strip()
     assert re.fullmatch(r"art_\w+", artifact), artifact
