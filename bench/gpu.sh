@@ -5,7 +5,9 @@
 # On a CUDA machine it then runs bench/peer_compare.py --device cuda: kdcore beside
 # torchdistill on the GPU, and bench/data_throughput.py --device cuda: the streaming
 # loader beside the set in GPU memory, and bench/lm_kd.py --device cuda: language-model
-# KD (live teacher, top-k cache, gradient checkpointing). The peer's virtualenv
+# KD (live teacher, top-k cache, gradient checkpointing), and bench/lm_sharding.py --device
+# cuda: distillation.sharding fsdp over NCCL (one GPU per rank: it says so and measures
+# nothing where fewer than 2 GPUs are present; the CPU runs it over gloo). The peer's virtualenv
 # (.bench/torchdistill) is made from PyPI on first use; a machine without an index needs
 # it carried over (it is small: it uses this environment's torch).
 set -euo pipefail
@@ -15,8 +17,10 @@ if [ -x .venv/bin/python ]; then PY=.venv/bin/python; fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)"
 "$PY" bench/gpu_throughput.py "$@"
 case " $* " in
-  *" --smoke "*) "$PY" bench/lm_kd.py --smoke ;;
+  *" --smoke "*) "$PY" bench/lm_kd.py --smoke
+                 "$PY" bench/lm_sharding.py --smoke ;;
   *) "$PY" bench/peer_compare.py --device cuda --no-levers
      "$PY" bench/data_throughput.py --device cuda
-     "$PY" bench/lm_kd.py --device cuda ;;
+     "$PY" bench/lm_kd.py --device cuda
+     "$PY" bench/lm_sharding.py --device cuda ;;
 esac

@@ -3,7 +3,9 @@ torchrun. The calling process is rank 0 (it keeps the callbacks, so progress is
 reported once and cancel works as for one process); ranks 1..N-1 are spawned
 interpreters. Each rank builds the same data and models, DistributedDataParallel
 averages the gradients (kdcore.image.trainer.fit), rank 0 alone writes checkpoints and
-outputs. Backend: NCCL with one GPU per rank, gloo on the CPU.
+outputs. With `distillation.sharding: "fsdp"` the ranks shard the models instead
+(kdcore.engine.sharding), even a group of one. Backend: NCCL with one GPU per rank, gloo
+on the CPU.
 """
 
 from __future__ import annotations

@@ -43,3 +43,10 @@ def test_gpu_bench_smoke_prints_every_figure() -> None:
         "forward_kl@k16",
         "checkpointed",
     }, r.stdout
+    # and the sharding bench's (bench/lm_sharding.py --smoke): one process, then 2 ranks
+    rows = re.findall(
+        r"^(1 process, whole|2 ranks, fsdp)\s+([\d.]+)\s+([\d.]+)\s+-\s+([\d.]+)", r.stdout, re.M
+    )
+    assert [row[0] for row in rows] == ["1 process, whole", "2 ranks, fsdp"], r.stdout
+    held = re.search(r"each rank holds ([\d.]+)x of what one process holds", r.stdout)
+    assert held is not None and 0.4 <= float(held.group(1)) <= 0.6, r.stdout

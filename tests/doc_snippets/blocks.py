@@ -51,6 +51,7 @@ SPECS = {
     "docs/language-models.md: {",
     'docs/language-models.md: {"kind": "distill", "task": "causal_lm",',
     'docs/language-models.md: {"kind": "distill", "task": "causal_lm", "name": "from-an-en',
+    'docs/language-models.md: {"kind": "distill", "task": "causal_lm", "name": "sharded",',
 }
 
 NOT_RUN = {
