@@ -80,8 +80,9 @@ def _teacher_side(
         logit_loss = build_loss(d).to(device)
         assert train.labels is not None
         logit_loss.bind_train_labels(train.labels)
-    if spec.task != "causal_lm" or not d.teacher_topk or topk_dir is None:
+    if not builds_store:
         return logit_loss, None
+    assert topk_dir is not None and d.teacher_topk is not None  # builds_store says so
     world, rank = ranks()
     if rank != 0:
         torch.distributed.barrier()  # rank 0 builds the store; the others read it
