@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -10,8 +12,23 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def secrets_key_bytes(text: str) -> bytes:
+    """KD_SECRETS_KEY's 32 bytes, from base64; ValueError says what is wrong, never
+    what the key is."""
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("KD_SECRETS_KEY is not base64 (32 random bytes)") from None
+    if len(key) != 32:
+        raise ValueError(f"KD_SECRETS_KEY holds {len(key)} bytes; it needs 32")
+    return key
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KD_", env_file=".env", extra="ignore")
+    # an error names the setting, never quotes its value (keys, passwords in URLs)
+    model_config = SettingsConfigDict(
+        env_prefix="KD_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     environment: Literal["development", "production"] = "development"
     data_dir: Path = Path("data")
@@ -181,6 +198,15 @@ class Settings(BaseSettings):
     def _absolute(cls, data_dir: Path) -> Path:
         # once, here: every request asks for db_url, which must not cost a system call
         return data_dir.expanduser().absolute()
+
+    @field_validator("secrets_key")
+    @classmethod
+    def _a_key_or_none(cls, key: SecretStr) -> SecretStr:
+        # checked at start-up, not at the first credential a client stores (a 409 then
+        # told a client about the operator's mistake)
+        if key.get_secret_value().strip():
+            secrets_key_bytes(key.get_secret_value())
+        return key
 
     @model_validator(mode="after")
     def _production_is_explicit(self) -> Settings:

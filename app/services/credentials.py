@@ -12,7 +12,6 @@ attempt ends: it is never in the job's spec, its events, logs, report or folder.
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import os
 import secrets
@@ -26,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import ACTIVE, Credential, Job, new_id, utcnow
 from app.errors import Conflict, Invalid, NotFound
-from app.settings import Settings
+from app.settings import Settings, secrets_key_bytes
 
 MAX_SECRET_BYTES = 4096  # an API key or token; kdcore reads at most this from a key file
 MAX_CREDENTIALS = 100  # per tenant
@@ -46,12 +45,9 @@ def _key(settings: Settings) -> bytes:
             raise SecretsKeyError("production needs KD_SECRETS_KEY to store credentials")
         given = _generated_key(settings.data_dir / KEY_FILE)
     try:
-        key = base64.b64decode(given, validate=True)
-    except (binascii.Error, ValueError):
-        raise SecretsKeyError("KD_SECRETS_KEY is not base64") from None
-    if len(key) != 32:
-        raise SecretsKeyError(f"KD_SECRETS_KEY holds {len(key)} bytes; it needs 32")
-    return key
+        return secrets_key_bytes(given)
+    except ValueError as exc:  # a generated key file someone edited
+        raise SecretsKeyError(str(exc)) from None
 
 
 def _generated_key(path: Path) -> str:

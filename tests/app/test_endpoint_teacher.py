@@ -7,14 +7,18 @@ job folder or database column. The server is a real one on loopback (tests/suppo
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import zipfile
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 import kdcore
 from app.services.credentials import MAX_SECRET_BYTES
@@ -143,6 +147,33 @@ def test_credentials_are_write_only_per_tenant_and_encrypted_at_rest(api):
     assert key_file.stat().st_mode & 0o777 == 0o600
     assert api.delete("/v1/credentials/vllm-prod").status_code == 204
     assert api.get("/v1/credentials/vllm-prod").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        ("%%not-base64%%", "is not base64"),
+        (base64.b64encode(b"sixteen bytes..!").decode(), "holds 16 bytes; it needs 32"),
+        (base64.b64encode(bytes(33)).decode(), "holds 33 bytes; it needs 32"),
+    ],
+)
+def test_a_malformed_secrets_key_stops_the_service_at_start_up(tmp_path, key, why):
+    """An operator's mistake is the operator's: the service does not start (it used to
+    start, then answer a client's first PUT /v1/credentials with a 409 about it), and
+    the message says what is wrong without quoting the key."""
+    with pytest.raises(ValidationError) as refused:
+        make_settings(tmp_path, secrets_key=key)
+    assert why in str(refused.value) and key not in str(refused.value)
+    env = {**os.environ, "KD_SECRETS_KEY": key, "KD_DATA_DIR": str(tmp_path / "data")}
+    kd = Path(sys.executable).with_name("kd")
+    serve = subprocess.run(
+        [str(kd), "serve", "--port", "9"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert serve.returncode != 0 and why in serve.stderr, serve.stderr
+    assert key not in serve.stdout + serve.stderr
+    assert not (tmp_path / "data" / "secrets.key").exists()
+    good = base64.b64encode(bytes(range(32))).decode()
+    assert make_settings(tmp_path, secrets_key=good).secrets_key.get_secret_value() == good
 
 
 @pytest.mark.parametrize(
