@@ -44,6 +44,8 @@ class ProgressPrinter(Callbacks):
         text = (
             f"{p.phase} epoch {p.epoch}/{p.epochs} step {p.step}/{p.total_steps} "
             f"loss {loss:.4f} lr {p.lr:.4g} {rate} ETA {eta}"
+            if p.stage == "training"
+            else f"generating: the teacher answered {p.step}/{p.total_steps}"
         )
         if self.tty:
             bar = "#" * int(frac * 20)
@@ -158,6 +160,7 @@ def _list(args: argparse.Namespace) -> int:
         for method in LM_METHODS:
             defaults = METHOD_DEFAULTS.get(method, {})
             print(f"  {method:<10} " + " ".join(f"{k}={v}" for k, v in defaults.items()))
+        print("embedding methods (task embedding): mse cosine")
     return 0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-Task = Literal["classification", "regression", "causal_lm", "text_classification"]
+Task = Literal["classification", "regression", "causal_lm", "text_classification", "embedding"]
 Modality = Literal["image", "text"]
 
 MODALITY: dict[Task, Modality] = {
@@ -14,6 +14,7 @@ MODALITY: dict[Task, Modality] = {
     "regression": "image",
     "causal_lm": "text",
     "text_classification": "text",
+    "embedding": "text",  # a sentence encoder (kdcore.text.embedding)
 }
 TEXT_TASKS = frozenset(task for task, modality in MODALITY.items() if modality == "text")
 

@@ -158,6 +158,10 @@ def _model_folders(local: JobSpec, spec: JobSpec) -> tuple[dict[str, FolderSizin
             continue
         try:
             config, vocab = read_folder_sizing(path)
+            if local.task == "embedding" and pointer == "/teacher":  # its pooling, as files
+                from kdcore.text.embedding.folder import read_archive_pooling
+
+                read_archive_pooling(path)
         except KDError as exc:
             problems.append((f"{pointer}/checkpoint", str(exc)))
             continue

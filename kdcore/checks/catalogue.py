@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from kdcore.image.data import DATASETS
 from kdcore.losses import LOSSES
+from kdcore.text.embedding.task import EMBEDDING_METHODS
 from kdcore.text.losses import LM_METHODS
 from kdcore.text.validate import CLASSIFIER_METHODS
 
@@ -24,4 +25,5 @@ def text_methods() -> dict[str, list[str]]:
     return {
         "causal_lm": list(LM_METHODS),
         "text_classification": list(CLASSIFIER_METHODS),
+        "embedding": list(EMBEDDING_METHODS),
     }

@@ -20,7 +20,7 @@ from torch import Tensor
 from kdcore.spec import JobSpec
 
 # a task's quality on held-out data, where it is not accuracy
-QUALITY_METRIC = {"regression": "mse", "causal_lm": "perplexity"}
+QUALITY_METRIC = {"regression": "mse", "causal_lm": "perplexity", "embedding": "mse"}
 LOWER_IS_BETTER = frozenset({"mse", "perplexity"})
 
 

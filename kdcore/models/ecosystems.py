@@ -46,6 +46,12 @@ MAX_TOKENIZER_BYTES = 64 * 1024**2
 WEIGHTS = "model.safetensors"
 # the small files of a model folder, each read whole once extracted, and their caps
 FOLDER_CAPS = {"config.json": MAX_CONFIG_BYTES, "tokenizer.json": MAX_TOKENIZER_BYTES}
+# a sentence-transformers folder's own small files (kdcore.text.embedding.folder): at the
+# folder's root, and each module's config in a folder named like `1_Pooling`; they are
+# read as JSON, never as code
+ST_FILE_BYTES = 64 * 1024
+ST_ROOT_FILES = ("modules.json", "sentence_bert_config.json")
+ST_MODULE_DIR = re.compile(r"^[0-9]{1,2}_[A-Za-z]{1,32}$")
 # building a model costs time per layer even on the meta device: cap what a config asks
 MAX_CONFIG_INT = 1_000_000
 MAX_CONFIG_LAYERS = 256
@@ -205,6 +211,25 @@ def check_hf_folder(archive: Path, max_bytes: int) -> dict[str, Any]:
     return config
 
 
+def st_module_file(rel: PurePosixPath) -> PurePosixPath | None:
+    """`1_Pooling/config.json` (at the root or under one top folder) as that relative
+    path: a sentence-transformers module's config; None for any other member."""
+    parts = rel.parts
+    if rel.name == "config.json" and 2 <= len(parts) <= 3 and ST_MODULE_DIR.match(parts[-2]):
+        return PurePosixPath(parts[-2], "config.json")
+    return None
+
+
+def _st_member(folder: Path, module: PurePosixPath, kept: dict[str, PurePosixPath]) -> Path:
+    from kdcore.errors import CheckpointError
+
+    if str(module) in kept:
+        raise CheckpointError(f"the folder holds {module} twice: a model folder has one of each")
+    kept[str(module)] = module
+    (folder / module.parent).mkdir(exist_ok=True)
+    return folder / module
+
+
 def folder_members(archive: Path, names: tuple[str, ...], summarise: Any) -> dict[str, Any]:
     """summarise(name, stream, archive name) of each member of a model folder archive
     named in `names` (at its root or in one top folder), streamed, nothing inflated to
@@ -217,6 +242,8 @@ def folder_members(archive: Path, names: tuple[str, ...], summarise: Any) -> dic
 
     def wanted(name: str) -> str | None:
         parts = PurePosixPath(name).parts
+        if len(parts) >= 2 and ST_MODULE_DIR.match(parts[-2]):  # 1_Pooling/config.json
+            return None
         return parts[-1] if parts and len(parts) <= 2 and parts[-1] in names else None
 
     found: dict[str, Any] = {}
@@ -280,7 +307,10 @@ def extract_model_folder(archive: Path, folder: Path, max_bytes: int) -> None:
     kept: dict[str, PurePosixPath] = {}
 
     def sink(rel: PurePosixPath) -> Path | None:
-        keep = rel.name in (*FOLDER_CAPS, WEIGHTS) and len(rel.parts) <= 2
+        module = st_module_file(rel)
+        if module is not None:
+            return _st_member(folder, module, kept)
+        keep = rel.name in (*FOLDER_CAPS, WEIGHTS, *ST_ROOT_FILES) and len(rel.parts) <= 2
         if not keep:
             return None
         if rel.name in kept:  # sized by one, built by the other: refused
@@ -300,6 +330,9 @@ def extract_model_folder(archive: Path, folder: Path, max_bytes: int) -> None:
         raise CheckpointError(str(exc)) from None
     for name in FOLDER_CAPS:  # refused at upload, not first when a job reads them
         folder_file(folder, name, archive.name)
+    for name in (*ST_ROOT_FILES, *kept):
+        if name not in FOLDER_CAPS and name != WEIGHTS:
+            folder_file(folder, name, archive.name)
 
 
 def folder_file(folder: Path, name: str, label: str) -> Path | None:
@@ -310,7 +343,7 @@ def folder_file(folder: Path, name: str, label: str) -> Path | None:
     f = folder / name
     if not f.is_file() or f.is_symlink():
         return None
-    cap = FOLDER_CAPS.get(name)
+    cap = FOLDER_CAPS.get(name, ST_FILE_BYTES if name != WEIGHTS else None)
     if cap is not None and f.stat().st_size > cap:
         raise CheckpointError(f"{label}: {name} is over {cap:,} bytes")
     return f

@@ -35,6 +35,10 @@ def run_one(
 ) -> dict[str, Any]:
     """This process's part of a run, an image job's (kdcore.image.run) or a text
     job's (kdcore.text.run)."""
+    if spec.task == "embedding":
+        from kdcore.text.embedding.run import run_embedding
+
+        return run_embedding(spec, out_dir, callbacks, resume_from, keep_checkpoints, teacher_cache)
     if modality(spec.task) == "text":
         return run_text(spec, out_dir, callbacks, resume_from, keep_checkpoints)
     return run_local(spec, out_dir, callbacks, resume_from, keep_checkpoints, teacher_cache)

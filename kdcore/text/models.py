@@ -33,6 +33,7 @@ from kdcore.text.tokens import TextTokenizer, read_tokenizer
 
 LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 CLASSIFIER_SUFFIX = "ForSequenceClassification"
+ENCODER_SUFFIX = "Model"  # task embedding: the bare encoder (its hidden states)
 SKIP = ("Auto", "TF", "Flax")
 MAX_FOLDER_BYTES = 16 * 1024**3
 
@@ -41,6 +42,15 @@ MAX_FOLDER_BYTES = 16 * 1024**3
 def text_names(task: str) -> tuple[str, ...]:
     import transformers
 
+    if task == "embedding":  # an encoder's bare model: hf:BertModel, hf:RobertaModel...
+        return tuple(
+            HF + n
+            for n in dir(transformers)
+            if n.endswith(ENCODER_SUFFIX)
+            and not n.endswith(("PreTrainedModel", *LM_SUFFIXES))
+            and not n.startswith(SKIP)
+            and n != ENCODER_SUFFIX
+        )
     ends = LM_SUFFIXES if task == "causal_lm" else (CLASSIFIER_SUFFIX,)
     return tuple(HF + n for n in dir(transformers) if n.endswith(ends) and not n.startswith(SKIP))
 
@@ -118,8 +128,11 @@ def text_model_class(arch: str, task: str) -> Any:
     import transformers
 
     if arch not in text_names(task):
-        kind = "causal LM" if task == "causal_lm" else "sequence classification"
-        ends = " or ".join(LM_SUFFIXES) if task == "causal_lm" else CLASSIFIER_SUFFIX
+        kinds = {"causal_lm": "causal LM", "embedding": "encoder"}
+        kind = kinds.get(task, "sequence classification")
+        ends = {"causal_lm": " or ".join(LM_SUFFIXES), "embedding": ENCODER_SUFFIX}.get(
+            task, CLASSIFIER_SUFFIX
+        )
         raise ValueError(f"{arch} is not a transformers {kind} class (hf:<Name{ends}>)")
     return getattr(transformers, arch.removeprefix(HF))
 

@@ -13,6 +13,10 @@ TEXT_EXPORTS = {"safetensors", "onnx"}
 def text_problems(spec: JobSpec) -> list[tuple[str, str]]:
     from kdcore.text.models import text_names
 
+    if spec.task == "embedding":
+        from kdcore.text.embedding.validate import embedding_problems
+
+        return embedding_problems(spec)
     problems: list[tuple[str, str]] = []
     ds = spec.dataset
     if ds.name != "text":

@@ -39,6 +39,8 @@ def _whole(v: Any) -> str:
 
 def quality(job: Job) -> str:
     student = (job.report or {}).get("student") or {}
+    if "spearman" in student:  # an embedding job: fidelity to the teacher
+        return f"spearman {_num(student['spearman'])}"
     if "accuracy" in student:
         return _pct(student["accuracy"])
     if "mse" in student:
@@ -113,6 +115,43 @@ def _noisy(report: dict[str, Any], batch: str) -> str:
     return " NOISY" if ((report.get("latency") or {}).get(batch) or {}).get("noisy") else ""
 
 
+def fidelity_table(report: dict[str, Any]) -> Table:
+    """An embedding job (kdcore.text.embedding): the student's fidelity to the teacher
+    on held-out text, and before training (baseline: true), beside both models' speed."""
+    student, teacher = report.get("student") or {}, report.get("teacher") or {}
+    before = report.get("baseline") or {}
+    table = Table(title="report", show_edge=False, title_justify="left")
+    for column in ("", "teacher", "student", "student before training"):
+        table.add_column(column, justify="right" if column else "left")
+    top = next((k for k in student if k.startswith("top") and k.endswith("_overlap")), "")
+    rows = [
+        (
+            "spearman (pairwise cosines)",
+            "1",
+            _num(student.get("spearman")),
+            _num(before.get("spearman")),
+        ),
+        (
+            f"{top.removesuffix('_overlap')} neighbour overlap",
+            "1",
+            _num(student.get(top)),
+            _num(before.get(top)),
+        ),
+        ("cosine to the teacher", "1", _num(student.get("cosine")), _num(before.get("cosine"))),
+        ("tokens/s", _whole(teacher.get("tokens_per_s")), _whole(student.get("tokens_per_s")), "-"),
+        (
+            "latency b1 (ms)",
+            _num(teacher.get("latency_ms_batch1")),
+            _num(student.get("latency_ms_batch1")),
+            "-",
+        ),
+        ("parameters", _whole(teacher.get("parameters")), _whole(student.get("parameters")), "-"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def report_table(report: dict[str, Any]) -> Table:
     """Teacher, student and (with baseline: true) the student trained without a teacher,
     side by side; the baseline has its quality and training time only."""
@@ -172,6 +211,8 @@ def kd_gain_text(report: dict[str, Any]) -> str:
 
 def report_summary(report: dict[str, Any]) -> str:
     parts = []
+    if isinstance(report.get("speedup"), int | float):  # an embedding job: tokens/s ratio
+        parts.append(f"speed-up {report['speedup']}x (tokens/s)")
     if "compression_ratio" in report:
         parts.append(f"compression {report['compression_ratio']}x")
         parts.append(f"speed-up {report.get('speedup_batch1')}x (batch 1)")
@@ -228,7 +269,8 @@ def job_details(job: Job) -> Group:
 def report_parts(report: dict[str, Any]) -> list[Any]:
     """A finished job's report: the models side by side, the KD verdict (red when the
     teacher made the student worse), the gate, the exports and a sweep's trials."""
-    parts: list[Any] = [Text(""), report_table(report), Text(report_summary(report))]
+    table = fidelity_table(report) if report.get("task") == "embedding" else report_table(report)
+    parts: list[Any] = [Text(""), table, Text(report_summary(report))]
     if report.get("kd_verdict"):
         style = "green" if report.get("kd_helped") else "bold red"
         parts.append(Text(report["kd_verdict"], style=style))

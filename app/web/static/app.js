@@ -213,7 +213,8 @@ function jobRow(job) {
   return h("tr", { class: "job-row", "data-job-id": job.id, onclick: () => { location.hash = `#/jobs/${job.id}`; } },
     cell("name", job.name), cell("kind", job.kind), cell("status", statusBadge(job.status)),
     cell("progress", h("div", { class: "bar" }, h("div", { style: `width:${Math.round(100 * frac)}%` }))),
-    cell("quality", acc == null && typeof ppl === "number" ? `perplexity ${fmt(ppl, 3)}` : pct(acc)),
+    cell("quality", typeof job.report?.student?.spearman === "number" ? `spearman ${fmt(job.report.student.spearman, 3)}`  // embeddings
+      : acc == null && typeof ppl === "number" ? `perplexity ${fmt(ppl, 3)}` : pct(acc)),
     cell("models", models(job.spec)),
     cell("size", typeof size === "number" ? bytes(size) : "–"),
     cell("duration", duration(job)),

@@ -19,8 +19,29 @@ function kdGainText(r) {
 // a latency measured on a busy machine, or with a wide spread (kdcore/latency.py)
 const noisy = (r, batch) => (r.latency?.[batch]?.noisy ? ` — noisy: ${r.latency[batch].why}` : "");
 
+// an embedding job (kdcore/text/embedding): the student's fidelity to the teacher on
+// held-out text, and the teacher-initialised student's before training
+function fidelityView(r) {
+  const s = r.student || {}, t = r.teacher || {}, b = r.baseline || {};
+  const top = Object.keys(s).find((k) => /^top\d+_overlap$/.test(k)) || "top10_overlap";
+  const row = (label, tv, sv, bv) => h("tr", { "data-row": label }, h("td", {}, label), h("td", {}, tv), h("td", {}, sv), h("td", {}, bv ?? "–"));
+  const rows = [
+    row("spearman (pairwise cosines)", "1", fmt(s.spearman, 4), b.spearman == null ? "–" : fmt(b.spearman, 4)),
+    row(`${top.replace("_overlap", "")} neighbour overlap`, "1", fmt(s[top], 4), b[top] == null ? "–" : fmt(b[top], 4)),
+    row("cosine to the teacher", "1", fmt(s.cosine, 4), b.cosine == null ? "–" : fmt(b.cosine, 4)),
+    row("tokens/s", fmt(t.tokens_per_s, 0), fmt(s.tokens_per_s, 0)),
+    row("latency, batch 1 (ms)", fmt(t.latency_ms_batch1, 2), fmt(s.latency_ms_batch1, 2)),
+    row("parameters", t.parameters?.toLocaleString() ?? "–", s.parameters?.toLocaleString()),
+  ];
+  const columns = ["", "teacher", "student", "student before training"];
+  return [h("h2", {}, "Report: fidelity to the teacher"),
+    h("table", { class: "kv", id: "report-table" }, h("thead", {}, h("tr", {}, ...columns.map((c) => h("th", {}, c)))), h("tbody", {}, rows)),
+    h("p", { id: "report-summary" }, `speed-up ${fmt(r.speedup, 2)}x (tokens/s) · ${fmt(r.training_time_s, 1)} s of training on ${r.device}`)];
+}
+
 function reportView(job) {
   const r = job.report;
+  if (r.task === "embedding") return fidelityView(r);
   const s = r.student || {}, t = r.teacher || {}, b = r.baseline;
   const quality = qualityOf(s);
   const columns = ["", "teacher", "student"].concat(b ? ["baseline (no teacher)"] : []);
