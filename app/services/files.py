@@ -114,7 +114,7 @@ def _references(spec: dict) -> set[str]:
 # graphs and model folders as checkpoints (a teacher, a student's start), the teacher's
 # generations as a text set
 ARTIFACT_INPUTS = {
-    "checkpoint": (".safetensors", ".onnx", "_hf.zip"),
+    "checkpoint": (".safetensors", ".onnx", "_hf.zip", "_sentence_transformer.zip"),
     "dataset": (".jsonl", ".txt"),
     "teacher_outputs": ("teacher_outputs.zip",),
 }
