@@ -48,10 +48,13 @@ browser:
 	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
 		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
 
-## datasets: the full Fashion-MNIST (IDX files) from Debian, for examples and benchmarks
+## datasets: the full Fashion-MNIST (IDX files) from Debian, for examples and benchmarks,
+## and Debian's fortunes (English passages: bench/embedding_kd.py)
 datasets:
 	@test -d /usr/share/datasets/fashion-mnist || \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null)
+	@test -d /usr/share/games/fortunes || \
+		(apt-get update -qq && apt-get install -y -qq fortunes >/dev/null)
 
 LINTED := kdcore kdservice app worker tests bench examples
 

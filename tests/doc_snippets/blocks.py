@@ -47,6 +47,7 @@ RUN = {
 SPECS = {
     'README.md: "sweep": {"parameters"',
     "docs/kdcore.md: {",
+    "docs/embeddings.md: {",
     'docs/kdcore.md: "sweep": {"parameters"',
     "docs/language-models.md: {",
     'docs/language-models.md: {"kind": "distill", "task": "causal_lm",',
@@ -55,6 +56,10 @@ SPECS = {
 }
 
 NOT_RUN = {
+    "docs/embeddings.md: from sentence_transformers import SentenceTransformer": (
+        "needs a finished embedding job's folder: tests/app/test_embedding_jobs.py downloads "
+        "one from the service and loads it with SentenceTransformer, as the block does"
+    ),
     "README.md: make run": (
         "the README's two commands: CI runs `make test` itself; tests/test_install.py "
         "checks what `make run` installs and starts (make -n) without a second install"

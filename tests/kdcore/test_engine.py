@@ -21,6 +21,8 @@ from kdcore.errors import Cancelled
 from kdcore.io.checkpoints import load_checkpoint
 from tests.support.specs import tiny_spec
 from tests.support.stops import StopBeforeStep
+from tests.support.encoders import embedding_spec, write_teacher
+from tests.support.encoders import write_corpus as encoder_corpus
 from tests.support.text import GPT2_STUDENT, train_tokenizer, write_corpus
 
 
@@ -50,8 +52,26 @@ def corpus(tmp_path_factory):
     return path, train_tokenizer(path, tmp / "tokenizer.json")
 
 
-@pytest.fixture(params=["image", "text"])
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    """A sentence-transformers teacher and passages (task embedding)."""
+    tmp = tmp_path_factory.mktemp("engine_embedding")
+    return write_teacher(tmp / "teacher"), encoder_corpus(tmp / "passages.txt", n=120)
+
+
+@pytest.fixture(params=["image", "text", "embedding"])
 def case(request) -> Case:
+    if request.param == "embedding":
+        teacher, passages = request.getfixturevalue("encoder")
+        base = embedding_spec(
+            str(teacher),
+            str(passages),
+            training={"epochs": 4, "batch_size": 32, "lr": 3e-3, "schedule": "constant"},
+            baseline=False,
+            export=["safetensors"],
+        )
+        base["training"]["device"] = "cpu"
+        return Case("embedding", base, "student.safetensors", "mse", False, "tokens")
     if request.param == "image":
         # a high learning rate makes validation accuracy go up and down between epochs
         base = tiny_spec(training={"epochs": 4, "lr": 0.5})
@@ -150,7 +170,8 @@ class Record(kdcore.Callbacks):
         self.epochs: list[kdcore.Progress] = []
 
     def on_step(self, progress):
-        self.steps.append(progress)
+        if progress.stage == "training":  # not a teacher's pass before the loop
+            self.steps.append(progress)
 
     def on_epoch_end(self, progress):
         self.epochs.append(progress)

@@ -4,12 +4,20 @@ from kdcore.engine.callbacks import Callbacks
 
 
 class StopBeforeStep(Callbacks):
-    """should_stop is asked once before every step: answer True before step `n` runs."""
+    """should_stop is asked once before every step: answer True before step `n` runs.
+    A teacher's pass before the loop (stage `generating`: an embedding job's teacher
+    store) asks once after each progress message; those asks are not steps."""
 
     def __init__(self, n):
-        self.n, self.asked = n, 0
+        self.n, self.asked, self.generating = n, 0, False
+
+    def on_step(self, progress):
+        self.generating = progress.stage == "generating"
 
     def should_stop(self):
+        if self.generating:
+            self.generating = False
+            return False
         self.asked += 1
         return self.asked > self.n
 
