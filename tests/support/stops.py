@@ -4,12 +4,24 @@ from kdcore.engine.callbacks import Callbacks
 
 
 class StopBeforeStep(Callbacks):
-    """should_stop is asked once before every step: answer True before step `n` runs.
-    A teacher's pass before the loop (stage `generating`: an embedding job's teacher
-    store) asks once after each progress message; those asks are not steps."""
+    """should_stop is asked once before every step: answer True before step `n` runs."""
 
     def __init__(self, n):
-        self.n, self.asked, self.generating = n, 0, False
+        self.n, self.asked = n, 0
+
+    def should_stop(self):
+        self.asked += 1
+        return self.asked > self.n
+
+
+class StopBeforeTrainingStep(StopBeforeStep):
+    """StopBeforeStep counting training steps only: a teacher's pass before the loop
+    (stage `generating`, e.g. an embedding job's teacher store) asks once after each of
+    its progress messages, and those asks are not steps."""
+
+    def __init__(self, n):
+        super().__init__(n)
+        self.generating = False
 
     def on_step(self, progress):
         self.generating = progress.stage == "generating"
@@ -18,8 +30,7 @@ class StopBeforeStep(Callbacks):
         if self.generating:
             self.generating = False
             return False
-        self.asked += 1
-        return self.asked > self.n
+        return super().should_stop()
 
 
 class CountSteps(Callbacks):
