@@ -139,8 +139,7 @@ def test_a_folder_whose_modules_name_code_is_refused_at_submission(job) -> None:
     problem = r.json()
     assert r.headers["content-type"].startswith("application/problem+json")
     assert any(
-        e["loc"] == "/teacher/checkpoint" and "never code" in e["msg"]
-        for e in problem["errors"]
+        e["loc"] == "/teacher/checkpoint" and "never code" in e["msg"] for e in problem["errors"]
     ), problem
     assert (
         api.get("/v1/jobs", params={"limit": 50}).json()["data"][0]["name"] == "minilm-l3"

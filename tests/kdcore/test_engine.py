@@ -19,10 +19,10 @@ from safetensors.torch import load_file
 import kdcore
 from kdcore.errors import Cancelled
 from kdcore.io.checkpoints import load_checkpoint
-from tests.support.specs import tiny_spec
-from tests.support.stops import StopBeforeTrainingStep as StopBeforeStep
 from tests.support.encoders import embedding_spec, write_teacher
 from tests.support.encoders import write_corpus as encoder_corpus
+from tests.support.specs import tiny_spec
+from tests.support.stops import StopBeforeTrainingStep as StopBeforeStep
 from tests.support.text import GPT2_STUDENT, train_tokenizer, write_corpus
 
 
