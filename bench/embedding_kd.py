@@ -57,7 +57,9 @@ def fortune_corpus(path: Path) -> int:
             text = " ".join(chunk.split())
             if 20 <= len(text) <= 600:
                 out.append(text)
-    path.write_text("\n".join(out) + "\n")
+    # a blank line between passages: the service checks an uploaded .txt as paragraphs
+    # (at most 1,000,000 characters each); an embedding job skips blank lines
+    path.write_text("\n\n".join(out) + "\n")
     return len(out)
 
 
@@ -147,7 +149,7 @@ def main() -> None:
         server.stop()
     r = job.report or {}
     s, before = r["student"], r["baseline"]
-    texts = (work / "fortunes.txt").read_text().splitlines()
+    texts = [t for t in (work / "fortunes.txt").read_text().splitlines() if t]
     held = [texts[i] for i in np.random.default_rng(0).permutation(len(texts))[:512]]
     t_rate, t_lat = measure(minilm_folder(), held, args.repeats)
     s_rate, s_lat = measure(work / "student", held, args.repeats)
