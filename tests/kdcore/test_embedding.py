@@ -292,3 +292,28 @@ def test_fidelity_figures_on_known_embeddings() -> None:
     noise = fidelity(torch.randn(40, 16, generator=g), teacher)
     assert abs(noise["spearman"]) < 0.2 and noise["top10_overlap"] < 0.5
     assert spearman(torch.tensor([1.0, 2, 3]), torch.tensor([30.0, 20, 10])) == pytest.approx(-1.0)
+
+
+def test_hostile_passage_files_are_refused_with_a_readable_error(tmp_path: Path) -> None:
+    """The passages file is a client's: too few passages, a line over the cap, bytes that
+    are not UTF-8 and a link are each refused before a teacher runs."""
+    from kdcore.text.embedding.passages import MAX_PASSAGE_BYTES, index_passages, load_passages
+
+    few = tmp_path / "few.txt"
+    few.write_text("one passage\n\n" * 29)
+    with pytest.raises(DataError, match="holds 29 passages"):
+        index_passages(few, None)
+    long = tmp_path / "long.txt"
+    long.write_bytes(b"a\n" * 40 + b"x" * (MAX_PASSAGE_BYTES + 1) + b"\n")
+    with pytest.raises(DataError, match="line 41 is over"):
+        index_passages(long, None)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"".join(b"passage %d\n" % i for i in range(40)) + b"caf\xe9\n")
+    data = load_passages(latin, 0.0, 0.9, 0, None)  # everything but one passage held out
+    with pytest.raises(DataError, match="not UTF-8"):
+        for split in (data.train, data.test):
+            split.texts(np.arange(len(split)))
+    link = tmp_path / "link.txt"
+    link.symlink_to(few)
+    with pytest.raises(DataError):
+        index_passages(link, None)
