@@ -308,7 +308,7 @@ def test_hostile_passage_files_are_refused_with_a_readable_error(tmp_path: Path)
     with pytest.raises(DataError, match="line 41 is over"):
         index_passages(long, None)
     latin = tmp_path / "latin.txt"
-    latin.write_bytes(b"".join(b"passage %d\n" % i for i in range(40)) + b"caf\xe9\n")
+    latin.write_bytes(b"".join(b"passage %d\n" % i for i in range(40)) + b"bad byte \xff\n")
     data = load_passages(latin, 0.0, 0.9, 0, None)  # everything but one passage held out
     with pytest.raises(DataError, match="not UTF-8"):
         for split in (data.train, data.test):
