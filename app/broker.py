@@ -74,18 +74,24 @@ def route_for(spec: dict) -> tuple[str, int]:
     return queue, int(spec.get("priority") or 0)
 
 
-def publish(broker_url: str, job_id: str, queue: str = QUEUE, priority: int = 0) -> bool:
-    """Best effort: the row is already committed; the sweep retries if this fails."""
+def publish(
+    broker_url: str, job_id: str, queue: str = QUEUE, priority: int = 0, copies: int = 1
+) -> bool:
+    """Best effort: the row is already committed; the sweep retries if this fails. A
+    multi-host job gets one message per host it needs (`copies`): each wakes a worker
+    that offers its host (worker.gang)."""
     if not broker_url:
         return False
     try:
-        celery_app(broker_url).send_task(
-            TASK_NAME,
-            args=[job_id],
-            queue=queue,
-            priority=MAX_PRIORITY - priority,
-            retry=False,
-        )
+        app = celery_app(broker_url)
+        for _ in range(copies):
+            app.send_task(
+                TASK_NAME,
+                args=[job_id],
+                queue=queue,
+                priority=MAX_PRIORITY - priority,
+                retry=False,
+            )
         return True
     except Exception:  # broker down: the sweep republishes later  # noqa: BLE001
         return False

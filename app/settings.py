@@ -138,6 +138,31 @@ class Settings(BaseSettings):
 
     lease_s: float = Field(default=60.0, gt=0, description="a worker's claim lasts this long")
     heartbeat_s: float = Field(default=2.0, gt=0, description="lease renewal + event flush")
+    # one job on several hosts (resources.nodes, docs/multi-host.md)
+    node_addr: str = Field(
+        default="",
+        max_length=200,
+        description="this worker's address on the network between hosts, where the other "
+        "hosts' ranks reach its ranks; empty: this worker takes no multi-host job",
+    )
+    node_ifname: str = Field(
+        default="",
+        max_length=15,
+        description="the network interface of node_addr: gloo and NCCL bind there "
+        "(GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME); empty: their own choice",
+    )
+    rendezvous_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="the port node 0's agent hosts the rendezvous on; 0: any free port",
+    )
+    gang_wait_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="how long a worker holds its offer for a multi-host job before it "
+        "withdraws and takes other work",
+    )
     max_attempts: int = Field(default=3, ge=1)
     cancel_grace_s: float = Field(default=20.0, ge=0)
     keep_checkpoints: int = Field(

@@ -687,6 +687,9 @@ KINDS: tuple[str, ...] = get_args(Kind)
 TASKS: tuple[str, ...] = get_args(Task)
 
 
+MAX_NODES = 64  # hosts of one job
+
+
 class ResourcesSpec(_Strict):
     """What the job needs: `gpus` is honoured by kdcore itself; `gpu_type` by the
     service's routing only."""
@@ -706,6 +709,19 @@ class ResourcesSpec(_Strict):
         "process (with distillation.sharding fsdp: the global batch). The service routes "
         "N > 1 to queue <pool>.x<N>.",
     )
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_NODES,
+        description="Hosts for one job: M > 1 runs M x gpus ranks on M workers of the "
+        "job's pool at once (torch.distributed.elastic agents, c10d rendezvous), claimed "
+        "all or nothing; training.batch_size is per rank (docs/multi-host.md)",
+    )
+
+    @property
+    def ranks(self) -> int:
+        """Data-parallel processes in all: gpus on each of nodes hosts."""
+        return self.gpus * self.nodes
 
 
 class JobSpec(_Strict):

@@ -25,12 +25,12 @@ LOCK_FILE = ".attempt.lock"
 
 @contextlib.contextmanager
 def folder_lock(
-    folder: Path, keep_waiting: Callable[[], bool], poll_s: float = 0.2
+    folder: Path, keep_waiting: Callable[[], bool], poll_s: float = 0.2, name: str = LOCK_FILE
 ) -> Iterator[int | None]:
     """Hold `folder`'s lock: yields the lock's file descriptor (pass it to the child
     that writes the folder), or None if `keep_waiting()` said to give up first."""
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         while True:
             try:

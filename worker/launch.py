@@ -38,20 +38,29 @@ class Child(Protocol):
 
 
 class _Process:
-    def __init__(self, payload: dict[str, Any], log_file: IO[bytes], lock_fd: int):
+    def __init__(
+        self,
+        payload: dict[str, Any] | None,
+        log_file: IO[bytes],
+        lock_fd: int,
+        argv: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.training_process"],
+            argv or [sys.executable, "-m", "worker.training_process"],
             # OpenMP sizes its pool from this at start: no oversubscribed first op
-            env={**os.environ, "OMP_NUM_THREADS": str(payload["threads"])},
-            stdin=subprocess.PIPE,
+            env=env or {**os.environ, "OMP_NUM_THREADS": str((payload or {})["threads"])},
+            stdin=subprocess.PIPE if payload is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log_file,
             start_new_session=True,
             pass_fds=(lock_fd,),  # the folder stays locked until the child is gone
         )
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(payload).encode())
-        self.proc.stdin.close()
+        assert self.proc.stdout is not None
+        if payload is not None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps(payload).encode())
+            self.proc.stdin.close()
         self.pid, self.stdout = self.proc.pid, self.proc.stdout
 
     def poll(self) -> int | None:
@@ -114,3 +123,9 @@ def launch(how: str, payload: dict[str, Any], log_file: IO[bytes], lock_fd: int)
     if how == "thread":
         return _Thread(payload)
     return _Process(payload, log_file, lock_fd)
+
+
+def launch_agent(argv: list[str], env: dict[str, str], log_file: IO[bytes], lock_fd: int) -> Child:
+    """Start one host's torchrun agent of a multi-host job (worker.gang): always a
+    process group of its own (agent and ranks), which kill ends whole."""
+    return _Process(None, log_file, lock_fd, argv=argv, env=env)

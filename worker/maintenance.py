@@ -42,7 +42,9 @@ def sweep_once(settings: Settings) -> list[str]:
     with session_scope(settings.db_url) as session:
         stale = repo.stale_queued(session, settings.republish_after_s)
     published = [
-        job_id for job_id, queue, prio in stale if publish(settings.broker_url, job_id, queue, prio)
+        job_id
+        for job_id, queue, prio, copies in stale
+        if publish(settings.broker_url, job_id, queue, prio, copies)
     ]
     with session_scope(settings.db_url) as session:
         repo.mark_published(session, published)

@@ -7,6 +7,8 @@ so a new Progress field needs no change elsewhere; the supervisor dispatches on 
     {"type": "progress" | "epoch", ...}   kdcore's Progress, as Progress.to_dict gives it
     {"type": "checkpoint", "path", "epoch", "step", "phase"}  after the atomic rename
     {"type": "trial", ...}                a sweep's trial, recorded (kdcore.runs.sweep)
+    {"type": "host", "node_rank", "host", "epoch", "step", "rate", "unit"}
+                                          a host's throughput (multi-host jobs: worker.gang)
     {"type": "done", "report"} | {"type": "cancelled"} | {"type": "error", "kind", "message"}
 """
 
@@ -43,6 +45,23 @@ def checkpoint(path: Path, p: Progress) -> Message:
         "epoch": p.epoch,
         "step": p.step,
         "phase": p.phase,
+    }
+
+
+def host_rate(host: dict[str, Any], p: Progress) -> Message:
+    """One host's throughput at an epoch's end, by its own clock: the global rate it
+    measured, times its share of the ranks."""
+    unit = "tokens" if p.tokens_per_s is not None else "images"
+    rate = p.tokens_per_s if p.tokens_per_s is not None else p.images_per_s
+    return {
+        "type": "host",
+        "node_rank": host["node_rank"],
+        "host": host["host"],
+        "epoch": p.epoch,
+        "step": p.step,
+        "phase": p.phase,
+        "rate": round(rate * host["share"], 2),
+        "unit": f"{unit}/s",
     }
 
 

@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session
 
 from app import logs, storage
 from app.db import repository as repo
-from app.db.models import Artifact, Checkpoint, Job, JobStatus, new_id
+from app.db import slots
+from app.db.models import Artifact, Checkpoint, Job, JobStatus, hosts_needed, new_id, utcnow
 from app.db.session import session_scope
 from app.nudge import nudge
 from app.services import credentials, lifecycle
@@ -41,15 +42,16 @@ from app.services.job_inputs import (
 from app.services.jobs import prune_checkpoints
 from app.services.lifecycle import AfterCommit
 from app.settings import Settings
-from worker import protocol, tracking
+from worker import gang, protocol, tracking
 from worker.folder_lock import folder_lock
-from worker.launch import Child, launch
+from worker.launch import Child, launch, launch_agent
 
 log = logging.getLogger("kd.worker")
 S = JobStatus
 # what Supervisor.run returns besides a job status: this worker lost its lease (another
 # may hold the job now), or it could not record the end (the reaper will)
 LOST, UNRECORDED = "lost", "unrecorded"
+MEMBER_DONE = "member done"  # a multi-host job's host whose part ended; rank 0's host ends it
 PROGRESS_EVERY_S = 1.0
 CONTENT_TYPES = {
     ".json": "application/json",
@@ -78,6 +80,8 @@ def claim_and_run(settings: Settings, job_id: str, wid: str | None = None) -> st
     prepared = _prepare(settings, job_id)
     if prepared is None:
         return None
+    if prepared.refused is None and hosts_needed(prepared.spec) > 1:
+        return _run_member(settings, job_id, wid, prepared)
     with session_scope(settings.db_url) as session:
         start = _claim(session, settings, job_id, wid, prepared.spec, prepared.refused)
     if start is None:
@@ -104,6 +108,53 @@ def claim_and_run(settings: Settings, job_id: str, wid: str | None = None) -> st
         return status
     finally:
         logs.job_id.reset(token)
+
+
+def _run_member(settings: Settings, job_id: str, wid: str, prepared: _Prepared) -> str | None:
+    """This host's part of a multi-host job (worker.gang): placed with the others, or
+    nothing held; then the one Supervisor, holding its slot's lease."""
+    seat = gang.gather(settings, job_id, wid, prepared.spec)
+    if seat is None:
+        return None
+    with session_scope(settings.db_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        resume = _resume_point(session, settings, job)
+        if seat.node_rank == 0:  # one attempt event, and where its nodes run
+            repo.append_event(
+                session,
+                job_id,
+                "attempt",
+                {
+                    "attempt": seat.member.attempt,
+                    "worker": wid,
+                    "resume_from_step": resume[1] if resume else None,
+                },
+            )
+            repo.append_event(session, job_id, "hosts", gang.seat_event(seat))
+        tenant_id = job.tenant_id
+    nudge(settings.broker_url, job_id)
+    token = logs.job_id.set(job_id)
+    try:
+        log.info("job started", extra={"attempt": seat.member.attempt, "worker": wid})
+        resume_from, resume_step = resume or (None, None)
+        supervisor = Supervisor(
+            settings,
+            job_id,
+            wid,
+            seat.member.attempt,
+            prepared.spec,
+            resume_from,
+            resume_step,
+            tenant_id,
+            prepared.secret,
+            seat=seat,
+        )
+        return supervisor.run(teacher_cache(settings, tenant_id))
+    finally:
+        logs.job_id.reset(token)
+        with session_scope(settings.db_url) as session:
+            slots.release(session, seat.member.slot_id)
 
 
 @dataclass(frozen=True)
@@ -240,8 +291,10 @@ class Supervisor:
         resume_step: int | None = None,
         tenant_id: str = "",
         secret: str | None = None,
+        seat: gang.Seat | None = None,
     ):
         self.settings, self.job_id, self.worker, self.attempt = settings, job_id, wid, attempt
+        self.seat = seat  # a multi-host job: this host's place (worker.gang)
         self.secret = secret  # a teacher endpoint's key: in a file for this attempt only
         self.tenant_id = tenant_id  # MLflow runs go to the tenant's own experiment
         self.spec, self.resume_from = spec, resume_from
@@ -266,7 +319,8 @@ class Supervisor:
     def run(self, teacher_cache: Path | None = None) -> str:
         """The attempt, holding its job folder alone (worker.folder_lock): an earlier
         attempt whose lease expired may still have a process there; wait for it."""
-        with folder_lock(self.out_dir, self._still_claimed) as lock_fd:
+        lock = f".node{self.seat.node_rank}.lock" if self.seat else ".attempt.lock"
+        with folder_lock(self.out_dir, self._still_claimed, name=lock) as lock_fd:
             if lock_fd is None:
                 return LOST
             return self._run(lock_fd, teacher_cache)
@@ -281,7 +335,8 @@ class Supervisor:
         return self._flush() != LOST
 
     def _run(self, lock_fd: int, teacher_cache: Path | None) -> str:
-        log_path = self.out_dir / f"attempt{self.attempt}.log"
+        node = f"-node{self.seat.node_rank}" if self.seat else ""
+        log_path = self.out_dir / f"attempt{self.attempt}{node}.log"
         with (
             open(log_path, "ab") as log_file,
             credentials.key_file(self.settings, self.secret) as key_file,
@@ -294,13 +349,21 @@ class Supervisor:
                 "threads": threads,
                 "teacher_cache": str(teacher_cache) if teacher_cache else None,
             }
-            child = launch(self.settings.training_launch, payload, log_file, lock_fd)
+            child = self._launch(payload, log_file, lock_fd)
             reader = threading.Thread(target=self._read, args=(child.stdout,), daemon=True)
             reader.start()
             lease_ok = self._supervise(child, reader)
         if not lease_ok:
             return LOST
         return self._finish(child.exit_code())
+
+    def _launch(self, payload: dict[str, Any], log_file: Any, lock_fd: int) -> Child:
+        if self.seat is None:
+            return launch(self.settings.training_launch, payload, log_file, lock_fd)
+        threads = max(1, payload["threads"] // self.seat.gpus)  # the host's cores, split
+        payload_file = gang.write_payload(self.out_dir, self.seat, {**payload, "threads": threads})
+        argv = gang.agent_command(self.settings, self.seat, self.job_id, payload_file)
+        return launch_agent(argv, gang.agent_env(self.settings, threads), log_file, lock_fd)
 
     def _read(self, stream: Any) -> None:
         for line in stream:
@@ -372,6 +435,9 @@ class Supervisor:
         if kind == "trial":  # a sweep's trial recorded: an event of its own
             self.pending.append(("trial", msg))
             return True
+        if kind == "host":  # a multi-host job: one host's throughput at an epoch's end
+            self.pending.append(("host", msg))
+            return True
         self.final = {"type": kind, **msg}  # done, cancelled or error: the last word
         return False
 
@@ -408,15 +474,7 @@ class Supervisor:
         stored = self._store_checkpoints()
         try:
             with session_scope(self.settings.db_url) as session:
-                status = repo.heartbeat(
-                    session,
-                    self.job_id,
-                    self.worker,
-                    self.attempt,
-                    self.settings.lease_s,
-                    progress,
-                    self.pending,
-                )
+                status = self._heartbeat(session, progress)
                 if status is None:
                     return LOST
                 for ck, location, size in stored:
@@ -440,6 +498,17 @@ class Supervisor:
             nudge(self.settings.broker_url, self.job_id)
         self.pending, self.checkpoints = [], []
         return status
+
+    def _heartbeat(self, session: Session, progress: dict[str, Any] | None) -> str | None:
+        """Renew this worker's hold (the job's lease; a multi-host member's slot and the
+        job's), with progress and events; None when it is lost."""
+        lease = self.settings.lease_s
+        if self.seat is not None:
+            member = self.seat.member
+            return slots.heartbeat(session, member, self.job_id, lease, progress, self.pending)
+        return repo.heartbeat(
+            session, self.job_id, self.worker, self.attempt, lease, progress, self.pending
+        )
 
     def _prune(self, session: Session) -> list[str]:
         """Retention (KD_KEEP_CHECKPOINTS): the rows of all but the newest checkpoints go
@@ -490,11 +559,16 @@ class Supervisor:
                 return
 
     def _finish(self, returncode: int) -> str:
+        if self.seat is not None and self.final is None and returncode == 0:
+            self._flush_until_done()
+            return MEMBER_DONE  # the job's end is global rank 0's, on its host
+        if self.seat is not None and (self.final or {}).get("type") != "done":
+            self._name_lost_nodes()
         self._flush_until_done()
         final = self.final or {
             "type": "error",
             "kind": "crash",
-            "message": _exit_reason(returncode),
+            "message": _exit_reason(returncode, self.seat),
         }
         if final["type"] == "done":
             try:  # outside any transaction: an upload to S3 may take a while
@@ -516,6 +590,29 @@ class Supervisor:
         if after is not None:
             after.run(self.settings)
         return str(status)
+
+    def _name_lost_nodes(self) -> None:
+        """A multi-host attempt that failed here: wait (a lease at most, renewing ours)
+        until every other host's slot is released or expired, and name each host whose
+        slot expired (its worker died, or it was cut off) in a `node_lost` event."""
+        assert self.seat is not None
+        deadline = time.monotonic() + self.settings.lease_s + self.settings.heartbeat_s
+        while True:
+            with session_scope(self.settings.db_url) as session:
+                others = [
+                    (m.host, m.node_rank, m.lease_expires_at)
+                    for m in slots.members(session, self.job_id, self.attempt)
+                    if m.id != self.seat.member.slot_id
+                ]
+            now = utcnow()
+            if all(expires < now for _, _, expires in others) or time.monotonic() > deadline:
+                break
+            self._flush()
+            time.sleep(self.settings.heartbeat_s / 2)
+        for host, node_rank, expires in others:
+            if expires < now:
+                lost = {"attempt": self.attempt, "host": host, "node_rank": node_rank}
+                self.pending.append(("node_lost", lost))
 
     def _track(self, report: dict[str, Any]) -> None:
         """Log the job to MLflow (worker.tracking) while the lease is kept alive; the
@@ -570,15 +667,10 @@ class Supervisor:
         expect, to, reason, values = self._decide_end(job, final)
         if to == S.SUCCEEDED:
             self._record_artifacts(session, job, final["outputs"])
+        # a multi-host job is held by its members' slots: the attempt is the condition
+        held = {} if self.seat is not None else {"worker_id": self.worker}
         after = lifecycle.transition(
-            session,
-            self.job_id,
-            expect,
-            to,
-            reason,
-            worker_id=self.worker,
-            attempt=self.attempt,
-            **values,
+            session, self.job_id, expect, to, reason, attempt=self.attempt, **held, **values
         )
         return to, after
 
@@ -612,7 +704,10 @@ class Supervisor:
             )
 
 
-def _exit_reason(returncode: int) -> str:
+def _exit_reason(returncode: int, seat: gang.Seat | None = None) -> str:
+    where = ""
+    if seat is not None:
+        where = f" on node {seat.node_rank} ({seat.member.host})"
     if returncode < 0:
-        return f"the training process was killed by signal {-returncode}"
-    return f"the training process exited with code {returncode} without a result"
+        return f"the training process{where} was killed by signal {-returncode}"
+    return f"the training process{where} exited with code {returncode} without a result"

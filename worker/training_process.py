@@ -25,7 +25,7 @@ from typing import Any
 EXIT_OK, EXIT_CRASH, EXIT_INVALID = 0, 1, 3
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """The child has its own process group (so cancel can kill it whole); make sure it
     does not outlive its supervisor either: Linux's parent-death signal, plus a check."""
     parent = os.getppid()
@@ -50,7 +50,7 @@ def _die_with_parent() -> None:
 def main() -> int:
     """The process around `train`: dies with its parent, reads the job from stdin, keeps
     stdout for the protocol (anything else printed goes to the log), stops on SIGTERM."""
-    _die_with_parent()
+    die_with_parent()
     payload = json.loads(sys.stdin.read())
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything else printed goes to the log, not into the protocol
@@ -66,23 +66,26 @@ def main() -> int:
     return train(payload, send, stop.is_set)
 
 
-def train(
-    payload: dict[str, Any],
+def _reporter(
     send: Callable[[dict[str, Any]], None],
     should_stop: Callable[[], bool],
-) -> int:
-    """Run the job with kdcore, telling the supervisor through `send`; returns the exit
-    code. The same in a process (main) and in a thread (worker.launch)."""
-    import kdcore
+    host: dict[str, Any] | None,
+    reports_job: bool,
+) -> Any:
+    """kdcore's callbacks that tell the supervisor (see `train`)."""
     from kdcore.engine.callbacks import Callbacks, Progress
     from worker import protocol
 
     class Reporter(Callbacks):
         def on_step(self, p: Progress) -> None:
-            send(protocol.progress(p, epoch_end=False))
+            if reports_job:
+                send(protocol.progress(p, epoch_end=False))
 
         def on_epoch_end(self, p: Progress) -> None:
-            send(protocol.progress(p, epoch_end=True))
+            if reports_job:
+                send(protocol.progress(p, epoch_end=True))
+            if host is not None:
+                send(protocol.host_rate(host, p))
 
         def on_checkpoint(self, path: Path, p: Progress) -> None:
             send(protocol.checkpoint(path, p))
@@ -93,16 +96,36 @@ def train(
         def should_stop(self) -> bool:
             return should_stop()
 
+    return Reporter()
+
+
+def train(
+    payload: dict[str, Any],
+    send: Callable[[dict[str, Any]], None],
+    should_stop: Callable[[], bool],
+    host: dict[str, Any] | None = None,
+    reports_job: bool = True,
+) -> int:
+    """Run the job with kdcore, telling the supervisor through `send`; returns the exit
+    code. The same in a process (main) and in a thread (worker.launch). A rank of a
+    multi-host job (worker.node_process) gives `host` (its node rank, address and share
+    of the ranks): its epochs also report the host's throughput; only global rank 0
+    `reports_job` (progress, checkpoints, the report)."""
+    import kdcore
+    from worker import protocol
+
+    reporter = _reporter(send, should_stop, host, reports_job)
     try:
         report = kdcore.run(
             payload["spec"],
             payload["out_dir"],
-            Reporter(),
+            reporter,
             resume_from=payload.get("resume_from"),
             teacher_cache=payload.get("teacher_cache"),
         )
     except kdcore.Cancelled:
-        send(protocol.cancelled())
+        if reports_job:
+            send(protocol.cancelled())
         return EXIT_OK
     except (kdcore.KDError, FileNotFoundError) as exc:
         send(protocol.error("invalid", str(exc)))
@@ -113,7 +136,8 @@ def train(
         with contextlib.suppress(OSError):
             traceback.print_exc()
         return EXIT_CRASH
-    send(protocol.done(report))
+    if reports_job:
+        send(protocol.done(report))
     return EXIT_OK
 
 

@@ -46,6 +46,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def hosts_needed(spec: dict[str, Any]) -> int:
+    """How many hosts a job runs on at once (spec resources.nodes): a multi-host job
+    needs that many worker messages, and that many slots (JobSlot)."""
+    return int((spec.get("resources") or {}).get("nodes") or 1)
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
@@ -191,6 +197,25 @@ class JobEvent(Base):
     type: Mapped[str] = mapped_column(String(30))
     data: Mapped[dict[str, Any]] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobSlot(Base):
+    """One host's place in a job that runs on several (resources.nodes M): a worker
+    offers a slot, and the offer that makes M claims the job and gives the M oldest
+    live offers their node ranks, in one transaction (app.db.slots). An offer lives by
+    its lease: a worker that waits too long, or dies, leaves nothing held."""
+
+    __tablename__ = "job_slots"
+    __table_args__ = (UniqueConstraint("job_id", "host", name="uq_job_slots_job_host"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    host: Mapped[str] = mapped_column(String(200))  # the address the job's ranks reach it at
+    worker_id: Mapped[str] = mapped_column(String(200))
+    attempt: Mapped[int | None] = mapped_column(Integer, default=None)  # set when placed
+    node_rank: Mapped[int | None] = mapped_column(Integer, default=None)  # set when placed
+    rendezvous: Mapped[str | None] = mapped_column(String(260), default=None)  # node 0's
+    offered_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_expires_at: Mapped[datetime] = mapped_column()
 
 
 class Checkpoint(Base):

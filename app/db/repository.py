@@ -14,7 +14,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
-from app.db.models import TERMINAL, Job, JobEvent, JobStatus, JobTransition, utcnow
+from app.db.models import TERMINAL, Job, JobEvent, JobStatus, JobTransition, hosts_needed, utcnow
 
 
 def append_event(session: Session, job_id: str, type_: str, data: dict[str, Any]) -> int:
@@ -191,14 +191,15 @@ def expired_job_ids(session: Session, now: datetime | None = None) -> list[str]:
     return list(session.scalars(stmt))
 
 
-def stale_queued(session: Session, older_than_s: float) -> list[tuple[str, str, int]]:
-    """(id, queue, priority) of queued jobs not published for a while."""
+def stale_queued(session: Session, older_than_s: float) -> list[tuple[str, str, int, int]]:
+    """(id, queue, priority, messages) of queued jobs not published for a while; a
+    multi-host job needs one message per host (resources.nodes)."""
     cutoff = utcnow() - timedelta(seconds=older_than_s)
-    stmt = select(Job.id, Job.queue, Job.priority).where(
+    stmt = select(Job.id, Job.queue, Job.priority, Job.spec).where(
         Job.status == JobStatus.QUEUED,
         (Job.published_at.is_(None)) | (Job.published_at < cutoff),
     )
-    return [(i, q, p) for i, q, p in session.execute(stmt)]
+    return [(i, q, p, hosts_needed(spec)) for i, q, p, spec in session.execute(stmt)]
 
 
 def mark_published(session: Session, job_ids: list[str]) -> None:

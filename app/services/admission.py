@@ -150,6 +150,15 @@ def _service_problems(settings: Settings, spec: JobSpec) -> list[Problem]:
             resolve(spec.webhook_url, AllowList.parse(settings.webhook_allow))
         except EgressRefused as exc:
             problems.append(("/webhook_url", str(exc)))
+    if spec.resources.nodes > 1 and not settings.broker_url:
+        problems.append(
+            (
+                "/resources/nodes",
+                f"a job on {spec.resources.nodes} hosts needs Celery workers on that many "
+                "hosts (KD_BROKER_URL, and KD_NODE_ADDR on each: docs/multi-host.md); this "
+                "service runs its jobs on one host",
+            )
+        )
     pools = settings.served_pools()
     queue, _ = route_for(spec.model_dump(mode="json"))
     if pools is not None and queue not in pools:

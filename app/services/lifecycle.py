@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from app import nudge
 from app.broker import publish
 from app.db import repository as repo
-from app.db.models import TERMINAL, Job, JobStatus, utcnow
+from app.db.models import TERMINAL, Job, JobStatus, hosts_needed, utcnow
 from app.services import webhooks
 from app.settings import Settings
 
@@ -48,7 +48,8 @@ class AfterCommit:
 
     job_id: str
     status: JobStatus
-    publish_to: tuple[str, int] | None = None  # (queue, priority) of a requeued job
+    # (queue, priority, messages) of a requeued job: one message per host it needs
+    publish_to: tuple[str, int, int] | None = None
     webhook: bool = False
 
     def run(self, settings: Settings) -> None:
@@ -79,7 +80,7 @@ def transition(
     job = session.get(Job, job_id)
     assert job is not None  # the conditional UPDATE just matched it
     delivery = webhooks.enqueue(session, job) if to in TERMINAL else None
-    requeued = (job.queue, job.priority) if to == S.QUEUED else None
+    requeued = (job.queue, job.priority, hosts_needed(job.spec)) if to == S.QUEUED else None
     return AfterCommit(job_id, to, requeued, delivery is not None)
 
 

@@ -101,7 +101,19 @@ def validate_names(spec: JobSpec) -> list[tuple[str, str]]:
         and not spec.dataset.regression
     ):
         problems.append(("/dataset/regression", "task regression needs dataset.regression: true"))
-    return problems + _sweep_problems(spec)
+    return problems + _sweep_problems(spec) + _nodes_problems(spec)
+
+
+def _nodes_problems(spec: JobSpec) -> list[tuple[str, str]]:
+    """What one job on several hosts cannot do (docs/multi-host.md)."""
+    if spec.resources.nodes == 1:
+        return []
+    found = []
+    if spec.sweep is not None:
+        found.append(("/resources/nodes", "a sweep's trials run on one host each: nodes 1"))
+    if spec.training.quantization == "int8":
+        found.append(("/resources/nodes", "training.quantization int8 runs in one process"))
+    return found
 
 
 def _sweep_problems(spec: JobSpec) -> list[tuple[str, str]]:
@@ -170,12 +182,12 @@ def _method_problems(spec: JobSpec) -> list[tuple[str, str]]:
                 "logit method (kd, dkd, dist) with several teachers",
             )
         )
-    if getattr(loss_cls, "needs_indices", False) and spec.resources.gpus > 1:
+    if getattr(loss_cls, "needs_indices", False) and spec.resources.gpus * spec.resources.nodes > 1:
         problems.append(
             (
                 "/resources/gpus",
                 f"method {method} keeps a memory bank per sample that one process updates; "
-                "run it with gpus: 1",
+                "run it with gpus: 1 and nodes: 1",
             )
         )
     return problems

@@ -102,7 +102,8 @@ def build_report(
         "kind": spec.kind,
         "task": spec.task,
         "device": device.type,
-        "processes": spec.resources.gpus,  # data-parallel ranks
+        "processes": spec.resources.ranks,  # data-parallel ranks, on all hosts
+        "nodes": spec.resources.nodes,
         "threads": torch.get_num_threads(),  # per process (the job's CPU budget)
         "precision": "bf16" if uses_bf16(device, spec.training.precision) else "fp32",
         "dataset": {

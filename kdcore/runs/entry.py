@@ -38,6 +38,17 @@ def run(
     cache = Path(teacher_cache) if teacher_cache is not None else None
     if spec.sweep is not None:  # several trainings, the best kept (gpus is 1: validated)
         return run_sweep(spec, Path(out_dir), callbacks, resume_from, keep_checkpoints, cache)
+    if spec.resources.nodes > 1 and not torch.distributed.is_initialized():
+        raise SpecError(
+            [
+                (
+                    "/resources/nodes",
+                    f"{spec.resources.nodes} hosts: the ranks are started by torchrun's agents "
+                    "(the service's workers do it, docs/multi-host.md), which start the "
+                    "process group this call runs in",
+                )
+            ]
+        )
     ranked = spec.resources.gpus > 1 or spec.distillation.sharding == "fsdp"  # a group of 1
     if ranked and not torch.distributed.is_initialized():
         return run_parallel(spec, Path(out_dir), callbacks, resume_from, keep_checkpoints, cache)

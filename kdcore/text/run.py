@@ -476,7 +476,8 @@ def _report(
         "task": spec.task,
         "method": d.method if spec.kind == "distill" else None,
         "device": device.type,
-        "processes": spec.resources.gpus,  # data-parallel ranks
+        "processes": spec.resources.ranks,  # data-parallel ranks, on all hosts
+        "nodes": spec.resources.nodes,
         "precision": "bf16" if uses_bf16(device, spec.training.precision) else "fp32",
         "dataset": {
             "name": spec.dataset.name,

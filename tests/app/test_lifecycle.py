@@ -95,7 +95,7 @@ def test_a_requeued_job_is_published_again_not_ended(api: Api) -> None:
     with session_scope(api.settings.db_url) as session:
         after = lifecycle.reap(session, job_id)
     assert after is not None and after.status == JobStatus.QUEUED
-    assert after.publish_to == ("kd", 0) and not after.webhook
+    assert after.publish_to == ("kd", 0, 1) and not after.webhook
 
 
 @pytest.mark.parametrize(

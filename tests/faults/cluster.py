@@ -100,10 +100,20 @@ class Cluster:
         self.port = int(self.base.rsplit(":", 1)[1])
         self.client.base_url = httpx.URL(self.base)
 
-    def start_worker(self) -> Proc:
+    def start_worker(
+        self,
+        env: dict[str, str] | None = None,
+        command: list[str] | None = None,
+        queues: str = "kd",
+    ) -> Proc:
+        """`kd worker`; `env` on top of the cluster's, `command` in place of this
+        interpreter's `kd` (another host's: tests.support.netns)."""
         n = len(self.workers)
         worker = Proc(
-            ["worker", "--hostname", f"w{n}@faults"], self.env, self.tmp / f"worker{n}.log"
+            ["worker", "--hostname", f"w{n}@faults", "--queues", queues],
+            {**self.env, **(env or {})},
+            self.tmp / f"worker{n}.log",
+            command=command,
         )
         self.workers.append(worker)
         return worker

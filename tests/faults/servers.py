@@ -30,8 +30,9 @@ class OwnRedis:
     """redis-server in the foreground, as a child of this test; restart keeps its port.
     A port another process holds makes redis exit at once: the next one is tried."""
 
-    def __init__(self, first_port: int = 16379) -> None:
+    def __init__(self, first_port: int = 16379, listen: tuple[str, ...] = ("127.0.0.1",)) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
+        self.listen = listen  # more than loopback: the test's own hosts (tests.support.netns)
         for port in range(first_port, first_port + 200):
             if not _port_taken(port) and self._start(port):
                 self.port = port
@@ -40,8 +41,8 @@ class OwnRedis:
 
     def _start(self, port: int) -> bool:
         self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(port)]
-            + ["--save", "", "--appendonly", "no"],
+            ["redis-server", "--bind", *self.listen, "--port", str(port)]
+            + ["--save", "", "--appendonly", "no", "--protected-mode", "no"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -74,8 +75,16 @@ class OwnPostgres:
     """A PostgreSQL cluster in a temporary folder (initdb, trust auth), on a port of its
     own. As root, the server runs as the `postgres` user, which PostgreSQL requires."""
 
-    def __init__(self, first_port: int = 15432) -> None:
+    def __init__(
+        self,
+        first_port: int = 15432,
+        listen: tuple[str, ...] = ("127.0.0.1",),
+        trust: str | None = None,
+    ) -> None:
+        """`listen`: its addresses; `trust`: a subnet (the test's own hosts, from
+        tests.support.netns) that may connect besides loopback."""
         self.folder = Path(tempfile.mkdtemp(prefix="kd-faults-pg-"))
+        self.listen = listen
         self.data = self.folder / "data"
         if os.geteuid() == 0:
             shutil.chown(self.folder, "postgres", "postgres")
@@ -83,6 +92,9 @@ class OwnPostgres:
             [str(_pg_bin() / "initdb"), "-D", str(self.data), "-U", "postgres"]
             + ["--auth=trust", "--no-sync"]
         )
+        if trust is not None:
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {trust} trust\n")
         for port in range(first_port, first_port + 200):
             if _port_taken(port):
                 continue
@@ -101,7 +113,8 @@ class OwnPostgres:
         return done.returncode
 
     def _pg_ctl(self, action: str, check: bool = True) -> int:
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} -c fsync=off"
+        listen = ",".join(self.listen)
+        options = f"-p {self.port} -c listen_addresses={listen} -k {self.folder} -c fsync=off"
         return self._as_server(
             [str(_pg_bin() / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60", "-o", options]
             + ["-l", str(self.folder / "server.log"), action],

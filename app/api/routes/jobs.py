@@ -23,7 +23,7 @@ from app.api.schemas import (
 )
 from app.api.sse import event_stream
 from app.broker import publish
-from app.db.models import STATUSES
+from app.db.models import STATUSES, hosts_needed
 from app.errors import ProblemError
 from app.services import admission, job_reads
 from app.services import jobs as service
@@ -63,7 +63,13 @@ def create_job(
     assert body is not None
     session.commit()
     if created:
-        publish(settings.broker_url, body["id"], body["queue"], body["priority"])
+        publish(
+            settings.broker_url,
+            body["id"],
+            body["queue"],
+            body["priority"],
+            hosts_needed(body["spec"]),
+        )
     return JSONResponse(body, status_code=201, headers={"Location": f"/v1/jobs/{body['id']}"})
 
 
@@ -150,7 +156,13 @@ def retry_job(
     )
     body = render_job(job_reads.job_view(session, job))
     session.commit()
-    publish(settings.broker_url, body["id"], body["queue"], body["priority"])
+    publish(
+        settings.broker_url,
+        body["id"],
+        body["queue"],
+        body["priority"],
+        hosts_needed(body["spec"]),
+    )
     return JSONResponse(body, status_code=201, headers={"Location": f"/v1/jobs/{body['id']}"})
 
 

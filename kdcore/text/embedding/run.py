@@ -253,7 +253,8 @@ def _report(
         "task": spec.task,
         "method": spec.distillation.method,
         "device": device.type,
-        "processes": spec.resources.gpus,
+        "processes": spec.resources.ranks,  # data-parallel ranks, on all hosts
+        "nodes": spec.resources.nodes,
         "precision": "bf16" if uses_bf16(device, spec.training.precision) else "fp32",
         "dataset": {
             "name": spec.dataset.name,
