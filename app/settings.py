@@ -157,6 +157,12 @@ class Settings(BaseSettings):
         le=65535,
         description="the port node 0's agent hosts the rendezvous on; 0: any free port",
     )
+    collective_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="a multi-host job's ranks give up on a collective (all-reduce) after "
+        "this long: a host cut off from the network fails the attempt, which is requeued",
+    )
     gang_wait_s: float = Field(
         default=30.0,
         gt=0,

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,9 @@ def rank(payload_file: str) -> int:
     use_cuda = payload["spec"]["training"].get("device") != "cpu" and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if use_cuda else "gloo")  # torchrun's env://
+    # torchrun's env://; a peer cut off fails the collective after this, not in 30 min
+    timeout = timedelta(seconds=payload["collective_timeout_s"])
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
     host = {
         "node_rank": payload["node_rank"],
         "host": payload["host"],

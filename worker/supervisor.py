@@ -361,7 +361,12 @@ class Supervisor:
         if self.seat is None:
             return launch(self.settings.training_launch, payload, log_file, lock_fd)
         threads = max(1, payload["threads"] // self.seat.gpus)  # the host's cores, split
-        payload_file = gang.write_payload(self.out_dir, self.seat, {**payload, "threads": threads})
+        payload = {
+            **payload,
+            "threads": threads,
+            "collective_timeout_s": self.settings.collective_timeout_s,
+        }
+        payload_file = gang.write_payload(self.out_dir, self.seat, payload)
         argv = gang.agent_command(self.settings, self.seat, self.job_id, payload_file)
         return launch_agent(argv, gang.agent_env(self.settings, threads), log_file, lock_fd)
 

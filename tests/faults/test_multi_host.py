@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-def job_spec(name: str, **resources: int) -> dict[str, Any]:
+def job_spec(name: str, epochs: int = 4, **resources: int) -> dict[str, Any]:
     """An MLP on 512 synthetic images: 16 steps an epoch with 2 ranks of 16."""
     return {
         "name": name,
@@ -36,7 +36,7 @@ def job_spec(name: str, **resources: int) -> dict[str, Any]:
         "student": {"arch": "mlp_small"},
         "dataset": {"builtin": "synthetic", "num_samples": 640, "num_classes": 4},
         "training": {
-            "epochs": 4,
+            "epochs": epochs,
             "batch_size": 16,
             "precision": "fp32",
             "device": "cpu",
@@ -51,7 +51,14 @@ class MultiHost:
 
     def __init__(self, tmp: Path, hosts: netns.Hosts, redis: OwnRedis, pg: OwnPostgres):
         self.hosts = hosts
-        self.cluster = Cluster(tmp, redis, pg, KD_GANG_WAIT_S="4", KD_KEEP_CHECKPOINTS="10")
+        self.cluster = Cluster(
+            tmp,
+            redis,
+            pg,
+            KD_GANG_WAIT_S="4",
+            KD_KEEP_CHECKPOINTS="10",
+            KD_COLLECTIVE_TIMEOUT_S="10",  # a peer cut off fails the step in seconds
+        )
         self.cluster.start_api()
         self.workers: dict[int, Proc] = {}
 
@@ -189,6 +196,27 @@ def test_a_host_killed_mid_epoch_resumes_on_a_new_gang(multi: MultiHost) -> None
     a, b = weights(c, reference), weights(c, job)
     for name in a:
         assert abs(a[name] - b[name]).max() < 1e-5, name
+
+
+def test_a_host_cut_off_mid_epoch_is_named_and_the_job_resumes(multi: MultiHost) -> None:
+    c, cut = multi.cluster, multi.hosts.hosts[1]
+    multi.start(0)
+    multi.start(1)
+    job = c.submit(job_spec("cut-off", epochs=8, nodes=2))
+    wait_until(lambda: max(c.checkpoint_epochs(job), default=0) >= 1, 300, "epoch 1's checkpoint")
+    multi.hosts.cut(cut)
+    try:
+        lost = wait_until(
+            lambda: [e[2] for e in c.events(job) if e[1] == "node_lost"], 120, "a node_lost event"
+        )
+    finally:
+        multi.hosts.restore(cut)  # the link comes back: the host rejoins the pool
+    assert [n["host"] for n in lost] == [cut.address]
+    end = c.wait_status(job, TERMINAL, 300)
+    audit = c.audit(job)
+    assert end["status"] == "succeeded" and audit["attempts"] == 2, (end, audit)
+    epochs = [e[2]["epoch"] for e in c.events(job) if e[1] == "epoch"]
+    assert epochs.count(8) == 1
 
 
 def test_one_free_host_claims_nothing_while_a_one_host_job_runs(multi: MultiHost) -> None:

@@ -72,6 +72,9 @@ class Hosts:
         """Cut the host off the network (its veth goes down): what a pulled cable does."""
         _ip("-n", host.namespace, "link", "set", host.interface, "down")
 
+    def restore(self, host: Host) -> None:
+        _ip("-n", host.namespace, "link", "set", host.interface, "up")
+
     def close(self) -> None:
         for host in self.hosts:
             subprocess.run(["ip", "netns", "del", host.namespace], capture_output=True)
