@@ -362,6 +362,20 @@ TRIAL_HEADER = (
 )
 
 
+def host_line(kind: str, data: dict[str, Any]) -> str:
+    """A multi-host job's events: where its nodes run, a host's throughput, a lost host."""
+    if kind == "hosts":
+        nodes = ", ".join(
+            f"node {n['node_rank']} {n['host']} (ranks {','.join(map(str, n['ranks']))})"
+            for n in data.get("hosts", [])
+        )
+        return f"attempt {data.get('attempt')} on {nodes}"
+    host, attempt = data.get("host"), data.get("attempt")
+    if kind == "node_lost":
+        return f"lost node {data.get('node_rank')} ({host}) in attempt {attempt}"
+    return f"host {host}: epoch {data.get('epoch')} {data.get('rate', 0):.0f} {data.get('unit')}"
+
+
 def trial_line(trial: dict[str, Any]) -> str:
     """One row of a sweep's trial table, as each trial is recorded."""
     params = " ".join(f"{k.split('.')[-1]}={v}" for k, v in (trial.get("params") or {}).items())
@@ -429,6 +443,8 @@ class Watcher:
             )
         elif event.type == "attempt":
             self.console.print(f"attempt {data.get('attempt')} on {data.get('worker')}")
+        elif event.type in ("hosts", "host", "node_lost"):  # a job on several hosts
+            self.console.print(host_line(event.type, data), highlight=False)
         elif event.type == "trial":  # a sweep: the trial table fills in, row by row
             if not self.trials_shown:
                 self.console.print(Text(TRIAL_HEADER, style="bold"), highlight=False)

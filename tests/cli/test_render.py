@@ -242,3 +242,27 @@ def test_show_says_a_job_is_generating_while_its_teacher_answers():
     console.print(job_details(job))
     row = next(ln for ln in out.getvalue().splitlines() if ln.startswith("progress"))
     assert "generating: 7/24 answers of the teacher" in row and "epoch" not in row
+
+
+def test_a_multi_host_job_shows_its_hosts_their_throughput_and_a_lost_host() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=120, force_terminal=False)
+    placed = {
+        "attempt": 1,
+        "rendezvous": "10.0.0.1:29400",
+        "hosts": [
+            {"node_rank": 0, "host": "10.0.0.1", "ranks": [0, 1]},
+            {"node_rank": 1, "host": "10.0.0.2", "ranks": [2, 3]},
+        ],
+    }
+    rate = {"node_rank": 1, "host": "10.0.0.2", "epoch": 2, "rate": 812.4, "unit": "images/s"}
+    lost = {"attempt": 1, "host": "10.0.0.2", "node_rank": 1}
+    with Watcher(console) as watch:
+        for seq, (kind, data) in enumerate([("hosts", placed), ("host", rate), ("node_lost", lost)]):
+            watch(Event(seq=seq + 1, type=kind, data=data))
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "attempt 1 on node 0 10.0.0.1 (ranks 0,1), node 1 10.0.0.2 (ranks 2,3)",
+        "host 10.0.0.2: epoch 2 812 images/s",
+        "lost node 1 (10.0.0.2) in attempt 1",
+    ]

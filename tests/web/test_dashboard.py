@@ -26,6 +26,7 @@ from tests.support.procs import serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "out" / "test-artifacts"
+DATA_DIRS: dict[str, Path] = {}  # each server's data folder, by its URL
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
     workdir = tmp_path_factory.mktemp("dashboard")
     env = {"KD_DATA_DIR": str(workdir / "data"), "KD_DATABASE_URL": "", "KD_BROKER_URL": ""}
     proc, url = serve(env, workdir / "serve.log")
+    DATA_DIRS[url] = workdir / "data"
     try:
         yield url, (workdir / "data" / "api_key").read_text().strip()
     finally:
@@ -590,3 +592,48 @@ def test_the_api_explorer_renders_from_local_files_under_the_policy(
         if "Content Security Policy" in entry["message"] or "Refused" in entry["message"]
     ]
     assert refused == []
+
+
+def test_a_multi_host_job_page_shows_its_hosts_throughput_and_a_lost_host(
+    server: tuple[str, str], browser: WebDriver
+) -> None:
+    """The events a multi-host job's workers record (tests/faults/test_multi_host.py
+    makes them for real), written here as a worker writes them: the page draws them."""
+    from app.db import repository
+    from app.db.session import session_scope
+
+    url, key = server
+    auth = {"Authorization": f"Bearer {key}"}
+    spec = {
+        "name": "tiny",
+        "kind": "train",
+        "student": {"arch": "mlp_small"},
+        "dataset": {"builtin": "synthetic", "num_samples": 64, "num_classes": 2},
+    }
+    job = httpx.post(f"{url}/v1/jobs", json=spec, headers=auth).json()
+    placed = {
+        "attempt": 2,
+        "rendezvous": "10.0.0.1:29400",
+        "hosts": [
+            {"node_rank": 0, "host": "10.0.0.1", "ranks": [0]},
+            {"node_rank": 1, "host": "10.0.0.3", "ranks": [1]},
+        ],
+    }
+    with session_scope(f"sqlite:///{DATA_DIRS[url] / 'kdservice.db'}") as session:
+        repository.append_event(
+            session, job["id"], "node_lost", {"attempt": 1, "host": "10.0.0.2", "node_rank": 1}
+        )
+        repository.append_event(session, job["id"], "hosts", placed)
+        for host in ("10.0.0.1", "10.0.0.3"):
+            rate = {"node_rank": 0, "host": host, "epoch": 3, "rate": 640.0, "unit": "images/s"}
+            repository.append_event(session, job["id"], "host", rate)
+    log_in(browser, url, key)
+    browser.get(f"{url}/#/jobs/{job['id']}")
+    wait_for(browser, "#host-table")
+    WebDriverWait(browser, 30).until(
+        lambda d: "10.0.0.3" in attribute(d, "#host-table", "innerText")
+    )
+    table = attribute(browser, "#host-table", "innerText")
+    assert "640 images/s (epoch 3)" in table and "10.0.0.1" in table
+    assert "rendezvous 10.0.0.1:29400" in attribute(browser, "#hosts", "innerText")
+    assert "node 1 (10.0.0.2) lost" in attribute(browser, "#lost-hosts", "innerText")

@@ -288,7 +288,8 @@ function lineChart(title, series, xLabel, hline) {
 function renderJob(view, jobId) {
   loadTenant();
   // validation curves by model: "student", "baseline (no teacher)", or a sweep's "trial N"
-  const state = { job: null, losses: {}, curves: {}, valLoss: [], lastSeq: 0, quality: "accuracy" };
+  const state = { job: null, losses: {}, curves: {}, valLoss: [], lastSeq: 0, quality: "accuracy",
+    hosts: { placement: null, rates: {}, lost: [] } };  // a job on several hosts (resources.nodes)
   const head = h("div", { class: "card", id: "job-head" });
   const lossChart = h("div", { class: "card chart", id: "loss-chart" });
   const accChart = h("div", { class: "card chart", id: "accuracy-chart" });
@@ -296,7 +297,8 @@ function renderJob(view, jobId) {
   const report = h("div", { class: "card", id: "report" });
   const downloads = h("div", { class: "card downloads", id: "downloads" });
   const spec = h("div", { class: "card", id: "spec" });
-  view.append(head, h("div", { class: "grid" }, lossChart, accChart), h("div", { class: "grid" }, timeline, downloads), report, spec);
+  const hosts = h("div", { class: "card", id: "hosts", hidden: true });
+  view.append(head, h("div", { class: "grid" }, lossChart, accChart), h("div", { class: "grid" }, timeline, downloads), hosts, report, spec);
 
   function drawCharts() {
     const lossSeries = Object.entries(state.losses).map(([name, points]) => ({ name, points }));
@@ -414,6 +416,13 @@ function renderJob(view, jobId) {
         curve.push([d.epoch, m.mse]);
       }
       if (typeof m.loss === "number" && d.phase !== "baseline") state.valLoss.push([d.step, m.loss]);
+    }
+    if (ev.type === "hosts") state.hosts.placement = d;  // the newest attempt's placement
+    if (ev.type === "host") state.hosts.rates[d.host] = d;
+    if (ev.type === "node_lost") state.hosts.lost.push(d);
+    if (["hosts", "host", "node_lost"].includes(ev.type)) {
+      hosts.hidden = false;
+      fill(hosts, ...hostsView(state.hosts));
     }
     if (ev.type === "status" || ev.type === "epoch") refresh(); else drawCharts();
   }

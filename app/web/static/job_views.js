@@ -102,6 +102,22 @@ function exportsView(exports) {
     h("thead", {}, h("tr", {}, ...head.map((c) => h("th", {}, c)))), h("tbody", {}, rows))];
 }
 
+// a job on several hosts: each node's host and ranks, its throughput at the last epoch
+// end (its own clock), and the hosts an attempt lost (worker killed, network cut)
+function hostsView(hosts) {
+  const placement = hosts.placement;
+  const rows = (placement?.hosts || []).map((n) => {
+    const rate = hosts.rates[n.host];
+    return h("tr", { "data-host": n.host }, h("td", {}, n.node_rank), h("td", {}, n.host), h("td", {}, n.ranks.join(", ")),
+      h("td", {}, rate ? `${fmt(rate.rate, 0)} ${rate.unit} (epoch ${rate.epoch})` : "–"));
+  });
+  const lost = hosts.lost.map((l) => h("li", { class: "error" }, `attempt ${l.attempt}: node ${l.node_rank} (${l.host}) lost`));
+  return [h("h2", {}, placement ? `Hosts (attempt ${placement.attempt}, rendezvous ${placement.rendezvous})` : "Hosts"),
+    h("table", { class: "kv", id: "host-table" }, h("thead", {}, h("tr", {}, ...["node", "host", "ranks", "throughput"].map((c) => h("th", {}, c)))),
+      h("tbody", {}, rows)),
+    lost.length ? h("ul", { id: "lost-hosts" }, lost) : null];
+}
+
 // a sweep: every trial (selected, Pareto front and excluded ones marked) and the front
 function sweepView(sweep) {
   if (!sweep) return [];
