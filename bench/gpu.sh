@@ -7,7 +7,9 @@
 # loader beside the set in GPU memory, and bench/lm_kd.py --device cuda: language-model
 # KD (live teacher, top-k cache, gradient checkpointing), and bench/lm_sharding.py --device
 # cuda: distillation.sharding fsdp over NCCL (one GPU per rank: it says so and measures
-# nothing where fewer than 2 GPUs are present; the CPU runs it over gloo). The peer's virtualenv
+# nothing where fewer than 2 GPUs are present; the CPU runs it over gloo), and
+# bench/multi_node.py --device cuda: one job as 2 nodes (two torchrun agents, NCCL) beside
+# one host with 2 ranks (needs >= 2 GPUs, like the sharding bench). The peer's virtualenv
 # (.bench/torchdistill) is made from PyPI on first use; a machine without an index needs
 # it carried over (it is small: it uses this environment's torch).
 set -euo pipefail
@@ -18,9 +20,11 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)"
 "$PY" bench/gpu_throughput.py "$@"
 case " $* " in
   *" --smoke "*) "$PY" bench/lm_kd.py --smoke
-                 "$PY" bench/lm_sharding.py --smoke ;;
+                 "$PY" bench/lm_sharding.py --smoke
+                 "$PY" bench/multi_node.py --smoke ;;
   *) "$PY" bench/peer_compare.py --device cuda --no-levers
      "$PY" bench/data_throughput.py --device cuda
      "$PY" bench/lm_kd.py --device cuda
-     "$PY" bench/lm_sharding.py --device cuda ;;
+     "$PY" bench/lm_sharding.py --device cuda
+     "$PY" bench/multi_node.py --device cuda ;;
 esac

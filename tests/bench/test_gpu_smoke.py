@@ -50,3 +50,12 @@ def test_gpu_bench_smoke_prints_every_figure() -> None:
     assert [row[0] for row in rows] == ["1 process, whole", "2 ranks, fsdp"], r.stdout
     held = re.search(r"each rank holds ([\d.]+)x of what one process holds", r.stdout)
     assert held is not None and 0.4 <= float(held.group(1)) <= 0.6, r.stdout
+    # and the multi-node bench's (bench/multi_node.py --smoke): one rank, one host with
+    # two, two agents with one each; both 2-rank setups see the same global batches
+    setups = re.findall(
+        r"^(1 rank|1 host x 2 ranks|2 nodes x 1 rank)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$",
+        r.stdout,
+        re.M,
+    )
+    assert [s[0] for s in setups] == ["1 rank", "1 host x 2 ranks", "2 nodes x 1 rank"], r.stdout
+    assert setups[1][3] == setups[2][3], r.stdout  # the same last loss, to 4 decimals
