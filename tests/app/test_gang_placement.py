@@ -3,10 +3,11 @@ real PostgreSQL (the netns tests in tests/faults/test_multi_host.py run it for r
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from app.db import slots
 from app.db.models import Job, JobSlot, JobStatus, JobTransition, utcnow
@@ -18,8 +19,24 @@ from worker import gang
 LEASE = 30.0
 
 
+@pytest.fixture(autouse=True)
+def _no_job_left_queued(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The PostgreSQL database is shared by the module's tests and others, which count
+    the queue: the jobs made here go when each test ends."""
+    yield
+    for api, job_id in MADE:
+        with session_scope(api.settings.db_url) as s:
+            s.execute(delete(Job).where(Job.id == job_id))
+    MADE.clear()
+
+
+MADE: list[tuple[Api, str]] = []
+
+
 def _job(api: Api) -> str:
-    return str(api.post("/v1/jobs", json=tiny_job()).json()["id"])
+    job_id = str(api.post("/v1/jobs", json=tiny_job()).json()["id"])
+    MADE.append((api, job_id))
+    return job_id
 
 
 def _offer(api: Api, job_id: str, host: str) -> str | None:

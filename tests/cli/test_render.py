@@ -258,8 +258,9 @@ def test_a_multi_host_job_shows_its_hosts_their_throughput_and_a_lost_host() -> 
     rate = {"node_rank": 1, "host": "10.0.0.2", "epoch": 2, "rate": 812.4, "unit": "images/s"}
     lost = {"attempt": 1, "host": "10.0.0.2", "node_rank": 1}
     with Watcher(console) as watch:
-        for seq, (kind, data) in enumerate([("hosts", placed), ("host", rate), ("node_lost", lost)]):
-            watch(Event(seq=seq + 1, type=kind, data=data))
+        events = [("hosts", placed), ("host", rate), ("node_lost", lost)]
+        for seq, (kind, data) in enumerate(events, 1):
+            watch(Event(seq=seq, type=kind, data=data))
     lines = out.getvalue().splitlines()
     assert lines == [
         "attempt 1 on node 0 10.0.0.1 (ranks 0,1), node 1 10.0.0.2 (ranks 2,3)",

@@ -48,6 +48,7 @@ SPECS = {
     'README.md: "sweep": {"parameters"',
     "docs/kdcore.md: {",
     "docs/embeddings.md: {",
+    "docs/multi-host.md: {",
     'docs/kdcore.md: "sweep": {"parameters"',
     "docs/language-models.md: {",
     'docs/language-models.md: {"kind": "distill", "task": "causal_lm",',
