@@ -23,7 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from worker.training_process import EXIT_CRASH, die_with_parent, train
+from worker.training_process import EXIT_CRASH, EXIT_OK, die_with_parent, train
 
 
 def agent(args: list[str]) -> int:
@@ -62,10 +62,14 @@ def rank(payload_file: str) -> int:
         "host": payload["host"],
         "share": int(os.environ["LOCAL_WORLD_SIZE"]) / world,
     }
-    try:
-        return train(payload, send, stop.is_set, host=host, reports_job=global_rank == 0)
-    finally:
-        dist.destroy_process_group()
+    code = train(payload, send, stop.is_set, host=host, reports_job=global_rank == 0)
+    if code != EXIT_OK:
+        # a failed group: leave at once. Its goodbyes go through the rendezvous store,
+        # which may sit on the very host that was lost, and would wait on it
+        channel.flush()
+        os._exit(code)
+    dist.destroy_process_group()
+    return code
 
 
 def main() -> int:

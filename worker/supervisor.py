@@ -307,6 +307,7 @@ class Supervisor:
         self.student_metrics: dict[str, float] = {}
         self.baseline_metrics: dict[str, float] = {}
         self.final: dict[str, Any] | None = None
+        self.final_at = 0.0  # when the last word came
         self.cancel_sent_at: float | None = None
         self.killed = False
         self.timed_out = False
@@ -411,8 +412,18 @@ class Supervisor:
                 and now - self.cancel_sent_at > self.grace_s
             ):
                 self._kill(proc)
+            if running and self._agent_outlives_its_error(now):
+                self._kill(proc)
             if reader_done and not running:
                 return True
+
+    def _agent_outlives_its_error(self, now: float) -> bool:
+        """A multi-host member whose rank reported an error, with its agent still there
+        after the grace period: the agent may be waiting on a rendezvous store that sat
+        on the lost host. The error is what counts; the agent goes."""
+        if self.seat is None or self.final is None or self.final["type"] != "error":
+            return False
+        return now - self.final_at > self.grace_s
 
     def _over_time(self, proc: Child, elapsed: float) -> bool:
         """max_runtime_s has just been passed by a run nobody asked to stop yet."""
@@ -444,6 +455,7 @@ class Supervisor:
             self.pending.append(("host", msg))
             return True
         self.final = {"type": kind, **msg}  # done, cancelled or error: the last word
+        self.final_at = now
         return False
 
     def _keep_progress(self, msg: dict[str, Any]) -> None:

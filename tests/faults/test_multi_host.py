@@ -141,6 +141,14 @@ def weights(cluster: Cluster, job_id: str) -> dict[str, Any]:
     return load_file(cluster.tmp / "data" / "jobs" / job_id / "student.safetensors")
 
 
+def node0(multi: MultiHost, job_id: str) -> int:
+    """The index of the host that is node 0 of the job's attempt: the one whose agent
+    hosts the rendezvous store, the hardest host to lose."""
+    placed = [e[2] for e in multi.cluster.events(job_id) if e[1] == "hosts"][-1]
+    address = next(h["host"] for h in placed["hosts"] if h["node_rank"] == 0)
+    return next(i for i, h in enumerate(multi.hosts.hosts) if h.address == address)
+
+
 def slots_held(cluster: Cluster, job_id: str) -> list[str]:
     with session_scope(cluster.db_url) as s:
         return list(s.scalars(select(JobSlot.host).where(JobSlot.job_id == job_id)))
@@ -176,34 +184,36 @@ def test_a_host_killed_mid_epoch_resumes_on_a_new_gang(multi: MultiHost) -> None
     c = multi.cluster
     multi.start(0)
     multi.start(1)
-    reference = c.submit(job_spec("uninterrupted", nodes=2))
+    reference = c.submit(job_spec("uninterrupted", epochs=12, nodes=2))
     assert c.wait_status(reference, TERMINAL, 300)["status"] == "succeeded"
-    job = c.submit(job_spec("killed", nodes=2))
+    job = c.submit(job_spec("killed", epochs=12, nodes=2))  # long enough to kill mid-run
     wait_until(lambda: max(c.checkpoint_epochs(job), default=0) >= 1, 300, "epoch 1's checkpoint")
     time.sleep(0.5)  # into epoch 2
-    multi.kill_host(1)
+    victim = node0(multi, job)  # the host of the rendezvous store
+    multi.kill_host(victim)
     lost = wait_until(
         lambda: [e[2] for e in c.events(job) if e[1] == "node_lost"], 120, "a node_lost event"
     )
-    assert [n["host"] for n in lost] == [multi.hosts.hosts[1].address]
-    multi.start(1)  # the host comes back: the job gathers two hosts again
+    assert [n["host"] for n in lost] == [multi.hosts.hosts[victim].address]
+    multi.start(victim)  # the host comes back: the job gathers two hosts again
     end = c.wait_status(job, TERMINAL, 300)
     audit = c.audit(job)  # one terminal transition, no two runs at once, no event gap
     assert end["status"] == "succeeded" and audit["attempts"] == 2, (end, audit)
     assert audit["resume_steps"][1] is not None and audit["resume_steps"][1] >= 16
     epochs = [e[2]["epoch"] for e in c.events(job) if e[1] == "epoch"]
-    assert epochs.count(4) == 1  # the last epoch counted once
+    assert epochs.count(12) == 1  # the last epoch counted once
     a, b = weights(c, reference), weights(c, job)
     for name in a:
         assert abs(a[name] - b[name]).max() < 1e-5, name
 
 
 def test_a_host_cut_off_mid_epoch_is_named_and_the_job_resumes(multi: MultiHost) -> None:
-    c, cut = multi.cluster, multi.hosts.hosts[1]
+    c = multi.cluster
     multi.start(0)
     multi.start(1)
-    job = c.submit(job_spec("cut-off", epochs=8, nodes=2))
+    job = c.submit(job_spec("cut-off", epochs=12, nodes=2))
     wait_until(lambda: max(c.checkpoint_epochs(job), default=0) >= 1, 300, "epoch 1's checkpoint")
+    cut = multi.hosts.hosts[node0(multi, job)]  # the host of the rendezvous store
     multi.hosts.cut(cut)
     try:
         lost = wait_until(
@@ -216,13 +226,13 @@ def test_a_host_cut_off_mid_epoch_is_named_and_the_job_resumes(multi: MultiHost)
     audit = c.audit(job)
     assert end["status"] == "succeeded" and audit["attempts"] == 2, (end, audit)
     epochs = [e[2]["epoch"] for e in c.events(job) if e[1] == "epoch"]
-    assert epochs.count(8) == 1
+    assert epochs.count(12) == 1
 
 
-def test_one_free_host_claims_nothing_while_a_one_host_job_runs(multi: MultiHost) -> None:
+def test_one_free_host_claims_nothing_and_a_placed_gang_cancels_whole(multi: MultiHost) -> None:
     c = multi.cluster
     multi.start(0)
-    gang = c.submit(job_spec("needs-two", nodes=2))
+    gang = c.submit(job_spec("needs-two", epochs=40, nodes=2))
     time.sleep(6)  # past KD_GANG_WAIT_S: the lone offer was made and withdrawn
     single = c.submit(job_spec("one-host"))
     assert c.wait_status(single, TERMINAL, 300)["status"] == "succeeded"
@@ -232,5 +242,11 @@ def test_one_free_host_claims_nothing_while_a_one_host_job_runs(multi: MultiHost
     with session_scope(c.db_url) as s:  # at most the lone host's offer, never placed
         offers = list(s.scalars(select(JobSlot).where(JobSlot.job_id == gang)))
         assert len(offers) <= 1 and all(o.node_rank is None for o in offers)
-    multi.start(1)
-    assert c.wait_status(gang, TERMINAL, 300)["status"] == "succeeded"
+    multi.start(1)  # a second host: the gang forms; cancelling it stops both hosts
+    wait_until(lambda: c.job(gang)["status"] == "running", 120, "the 2-node job to start")
+    wait_until(lambda: any(e[1] == "epoch" for e in c.events(gang)), 120, "its first epoch")
+    assert c.client.post(f"/v1/jobs/{gang}/cancel").status_code in (200, 202)
+    assert c.wait_status(gang, TERMINAL, 120)["status"] == "cancelled"
+    assert c.audit(gang)["status"] == "cancelled"  # ended once
+    wait_until(lambda: _marked(c.mark, "") == [], 60, "every agent and rank to end")
+    wait_until(lambda: slots_held(c, gang) == [], 60, "both hosts to release their places")
