@@ -177,7 +177,8 @@ def test_two_hosts_train_as_one_host_with_two_ranks(multi: MultiHost) -> None:
     rates = [e[2] for e in events if e[1] == "host"]
     assert sorted({r["host"] for r in rates}) == addresses  # each host's throughput
     assert all(r["rate"] > 0 and r["unit"] == "images/s" for r in rates)
-    assert slots_held(c, two) == []  # every host released its place
+    # every host releases its place (the other member may end a moment after the job)
+    wait_until(lambda: slots_held(c, two) == [], 30, "both hosts to release their places")
 
 
 def test_a_host_killed_mid_epoch_resumes_on_a_new_gang(multi: MultiHost) -> None:
