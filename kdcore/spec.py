@@ -10,7 +10,7 @@ the registries, so the API and the CLI can load it cheaply. Registry names
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AliasChoices,
@@ -170,6 +170,21 @@ class ModelSpec(_Strict):
         "final norm and head and an evenly spaced subset of its layers (DistilBERT's "
         "initialisation); the widths must match",
     )
+    teacher_layers: list[Annotated[int, Field(ge=0, le=1023)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="with init_from_teacher: the teacher layer (0-based) each student layer "
+        "starts from, in order, e.g. [0, 3, 5]; none: evenly spaced (every other layer "
+        "for half the depth), or for task embedding the first and last kept and the rest "
+        "spread between them",
+    )
+
+    @model_validator(mode="after")
+    def _layers_need_init(self) -> ModelSpec:
+        if self.teacher_layers is not None and not self.init_from_teacher:
+            raise ValueError("teacher_layers says where init_from_teacher takes layers from")
+        return self
 
     @property
     def label(self) -> str:

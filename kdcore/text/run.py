@@ -231,7 +231,7 @@ def _baseline(
             folder.close()
     if spec.student.init_from_teacher:
         assert teacher is not None  # validation: a teacher given by its outputs has no layers
-        init_from_teacher(student, teacher)
+        init_from_teacher(student, teacher, spec.student.teacher_layers)
     fit = fit_text(
         scratch, data.train, data.val, student, None, device, None, callbacks, phase="baseline"
     )
@@ -410,7 +410,9 @@ def run_text(
     if preflight is not None:
         report["teacher_preflight"] = preflight
     if job.teacher is not None and spec.student.init_from_teacher:
-        report["initialised_from_teacher_layers"] = init_from_teacher(job.student, job.teacher)
+        report["initialised_from_teacher_layers"] = init_from_teacher(
+            job.student, job.teacher, spec.student.teacher_layers
+        )
     resume = load_resume(spec, resume_from)
     endpoint = spec.teacher_endpoint if spec.kind == "distill" else None
     if endpoint is not None and endpoint.logprobs is not None:  # the server's top-k, stored

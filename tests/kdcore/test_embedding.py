@@ -45,7 +45,7 @@ def test_the_student_moves_to_the_teachers_embeddings(distilled) -> None:
     checked in tests/app/test_embedding_jobs.py."""
     report, _, _, _ = distilled
     s, before = report["student"], report["baseline"]
-    assert report["task"] == "embedding" and report["initialised_from_teacher_layers"] == [0, 2]
+    assert report["task"] == "embedding" and report["initialised_from_teacher_layers"] == [0, 3]
     assert s["mse"] < before["mse"] / 2
     assert s["cosine"] > before["cosine"] + 0.2
     history = [h["mse"] for h in report["history"]]

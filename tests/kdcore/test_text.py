@@ -19,7 +19,7 @@ from kdcore.errors import Cancelled, DataError, SpecError
 from kdcore.spec import DatasetSpec
 from kdcore.text.data import check_text_file, encode, load_text, read_records
 from kdcore.text.losses import divergence, teacher_topk, token_kd_loss
-from kdcore.text.models import build_text_model, init_from_teacher, read_model_folder
+from kdcore.text.models import build_text_model, ends_kept, init_from_teacher, read_model_folder
 from kdcore.text.tokens import bytes_tokenizer, load_tokenizer
 from tests.support.stops import StopBeforeStep
 from tests.support.text import (
@@ -173,6 +173,35 @@ def test_the_student_starts_from_every_other_teacher_layer():
     assert s["transformer.h.1.attn.c_attn.weight"].equal(t["transformer.h.2.attn.c_attn.weight"])
     assert s["transformer.wte.weight"].equal(t["transformer.wte.weight"])
     assert s["transformer.ln_f.weight"].equal(t["transformer.ln_f.weight"])
+
+
+def test_the_student_starts_from_the_teacher_layers_named_or_keeps_the_ends() -> None:
+    tok = bytes_tokenizer()
+    torch.manual_seed(0)
+    teacher = build_text_model(GPT2, GPT2_TEACHER, "causal_lm", tok)  # 4 layers
+    student = build_text_model(GPT2, GPT2_STUDENT, "causal_lm", tok)  # 2 layers
+    assert init_from_teacher(student, teacher, [3, 1]) == [3, 1]
+    s, t = student.state_dict(), teacher.state_dict()
+    assert s["transformer.h.0.attn.c_attn.weight"].equal(t["transformer.h.3.attn.c_attn.weight"])
+    assert init_from_teacher(student, teacher, keep_ends=True) == [0, 3]
+    assert [ends_kept(3, 6), ends_kept(6, 12), ends_kept(1, 6)] == [
+        [0, 3, 5],
+        [0, 2, 4, 7, 9, 11],
+        [5],
+    ]
+    for wrong in ([0], [0, 4], [0, 1, 2]):  # too few, out of range, too many
+        with pytest.raises(SpecError) as caught:
+            init_from_teacher(student, teacher, wrong)
+        assert caught.value.errors[0][0] == "/student/teacher_layers"
+    with pytest.raises(SpecError, match="teacher_layers"):  # only with init_from_teacher
+        parse_spec(
+            {
+                "kind": "train",
+                "task": "causal_lm",
+                "student": {"arch": "hf:GPT2LMHeadModel", "teacher_layers": [0]},
+                "dataset": {"name": "text", "path": "x.txt"},
+            }
+        )
 
 
 @pytest.mark.parametrize(

@@ -77,7 +77,9 @@ def _student(
     finally:
         if s.checkpoint:
             own.close()
-    taken = init_from_teacher(backbone, teacher.backbone) if s.init_from_teacher else None
+    taken = None
+    if s.init_from_teacher:
+        taken = init_from_teacher(backbone, teacher.backbone, s.teacher_layers, keep_ends=True)
     return SentenceEncoder(backbone, teacher.pooling, teacher.dimension), taken
 
 
