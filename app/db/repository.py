@@ -121,14 +121,16 @@ def claim(session: Session, job_id: str, worker_id: str, lease_s: float) -> Job 
 def heartbeat(
     session: Session,
     job_id: str,
-    worker_id: str,
+    worker_id: str | None,
     attempt: int,
     lease_s: float,
     progress: dict[str, Any] | None,
     events: list[tuple[str, dict[str, Any]]],
 ) -> str | None:
     """Renew the lease, store progress and append events in one transaction. Returns the
-    job's status, or None if this worker no longer holds the job (lease lost)."""
+    job's status, or None if this worker no longer holds the job (lease lost).
+    `worker_id` None: a multi-host job, held by its members' slots (app.db.slots), which
+    the caller has renewed; the attempt alone is the condition."""
     now = utcnow()
     values: dict[str, Any] = {
         "heartbeat_at": now,
@@ -141,9 +143,9 @@ def heartbeat(
         update(Job)
         .where(
             Job.id == job_id,
-            Job.worker_id == worker_id,
             Job.attempt == attempt,
             Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)),
+            *([Job.worker_id == worker_id] if worker_id is not None else []),
         )
         .values(**values)
         .returning(Job.status)

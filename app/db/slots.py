@@ -158,31 +158,11 @@ def heartbeat(
 ) -> str | None:
     """A member's heartbeat: renew its slot and the job's lease, store progress and
     events. None when the slot or the job's attempt is gone (the job moved on)."""
-    now = utcnow()
-    lease = now + timedelta(seconds=lease_s)
     renewed = session.execute(
         update(JobSlot)
         .where(JobSlot.id == member.slot_id, JobSlot.attempt == member.attempt)
-        .values(lease_expires_at=lease)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
     )
     if renewed.rowcount != 1:  # type: ignore[attr-defined]
         return None
-    values: dict[str, Any] = {"heartbeat_at": now, "lease_expires_at": lease}
-    if progress is not None:
-        values["progress"] = progress
-        values["version"] = Job.version + 1
-    row = session.execute(
-        update(Job)
-        .where(
-            Job.id == job_id,
-            Job.attempt == member.attempt,
-            Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)),
-        )
-        .values(**values)
-        .returning(Job.status)
-    ).first()
-    if row is None:
-        return None
-    for type_, data in events:
-        repo.append_event(session, job_id, type_, data)
-    return str(row[0])
+    return repo.heartbeat(session, job_id, None, member.attempt, lease_s, progress, events)

@@ -27,6 +27,7 @@ from app.db.models import STATUSES, hosts_needed
 from app.errors import ProblemError
 from app.services import admission, job_reads
 from app.services import jobs as service
+from app.settings import Settings
 from kdcore.spec import JobSpec
 
 router = APIRouter(
@@ -63,13 +64,7 @@ def create_job(
     assert body is not None
     session.commit()
     if created:
-        publish(
-            settings.broker_url,
-            body["id"],
-            body["queue"],
-            body["priority"],
-            hosts_needed(body["spec"]),
-        )
+        _publish(settings, body)
     return JSONResponse(body, status_code=201, headers={"Location": f"/v1/jobs/{body['id']}"})
 
 
@@ -156,13 +151,7 @@ def retry_job(
     )
     body = render_job(job_reads.job_view(session, job))
     session.commit()
-    publish(
-        settings.broker_url,
-        body["id"],
-        body["queue"],
-        body["priority"],
-        hosts_needed(body["spec"]),
-    )
+    _publish(settings, body)
     return JSONResponse(body, status_code=201, headers={"Location": f"/v1/jobs/{body['id']}"})
 
 
@@ -235,3 +224,9 @@ def job_checkpoints(job: OwnedJob, session: SessionDep) -> list[CheckpointOut]:
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactOut])
 def job_artifacts(job: OwnedJob, session: SessionDep) -> list[ArtifactOut]:
     return [ArtifactOut.model_validate(a) for a in job_reads.list_artifacts(session, job.id)]
+
+
+def _publish(settings: Settings, body: dict[str, Any]) -> None:
+    """Wake a worker of the new job's pool: one message per host it needs."""
+    copies = hosts_needed(body["spec"])
+    publish(settings.broker_url, body["id"], body["queue"], body["priority"], copies)
