@@ -13,19 +13,17 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from kdcore.text.embedding.encoder import SentenceEncoder
 from kdcore.text.embedding.folder import NORMALIZE, POOLING, TRANSFORMER
 from kdcore.text.embedding.passages import Batcher
+from kdcore.text.onnx_export import export_checked
 from kdcore.text.tokens import TextTokenizer
 
 ST_FOLDER = "student_sentence_transformer"
 ST_ZIP = f"{ST_FOLDER}.zip"
-ONNX_FILE = "student.onnx"
 IDENTITY = "torch.nn.modules.linear.Identity"
 
 
@@ -91,35 +89,9 @@ def export_encoder(
     encoder: nn.Module, batcher: Batcher, texts: list[str], out_dir: Path
 ) -> tuple[Path, float]:
     """student.onnx and its largest difference from PyTorch on `texts`."""
-    import onnxruntime as ort
-
     encoder = encoder.cpu().eval()
     backbone: Any = getattr(encoder, "backbone", None)
     if hasattr(backbone, "set_attn_implementation"):  # plain ops trace to a faithful graph
         backbone.set_attn_implementation("eager")
     ids, mask = batcher(texts[:4])
-    path, tmp = out_dir / ONNX_FILE, out_dir / f".{ONNX_FILE}.tmp"
-    axes = {0: "batch", 1: "length"}
-    with torch.no_grad():
-        torch.onnx.export(
-            encoder,
-            (ids, mask),
-            str(tmp),
-            input_names=["input_ids", "attention_mask"],
-            output_names=["sentence_embedding"],
-            dynamic_axes={
-                "input_ids": axes,
-                "attention_mask": axes,
-                "sentence_embedding": {0: "batch"},
-            },
-            dynamo=False,
-        )
-        ref = encoder(ids, mask).numpy()
-    session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
-    err = float(np.abs(out - ref).max())
-    if not err < 1e-3:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"ONNX export disagrees with PyTorch (max abs error {err})")
-    tmp.replace(path)
-    return path, err
+    return export_checked(encoder, ids, mask, out_dir, "sentence_embedding")
