@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kdservice.client import Client  # noqa: E402
-from tests.support.encoders import minilm_folder, zip_folder  # noqa: E402
+from tests.support.encoders import embedding_spec, minilm_folder, zip_folder  # noqa: E402
 from tests.support.procs import serve  # noqa: E402
 
 FORTUNES = Path("/usr/share/games/fortunes")
@@ -64,36 +64,25 @@ def fortune_corpus(path: Path) -> int:
 
 
 def spec(teacher: str, data: str, smoke: bool) -> dict:
-    return {
-        "name": "minilm-l3",
-        "kind": "distill",
-        "task": "embedding",
-        "teacher": {"arch": "hf:BertModel", "checkpoint": teacher},
-        "student": {
-            "arch": "hf:BertModel",
-            "config": {"num_hidden_layers": 3},
-            "init_from_teacher": True,
-        },
-        "dataset": {
-            "name": "text",
-            "path": data,
+    return embedding_spec(
+        teacher,
+        data,
+        name="minilm-l3",
+        student={"config": {"num_hidden_layers": 3}},
+        dataset={
             "seq_len": 64,
             "val_fraction": 0.05,
             "test_fraction": 0.1,
             **({"max_samples": 2000} if smoke else {}),
         },
-        "distillation": {"method": "mse"},
-        "training": {
+        training={
             "epochs": 1 if smoke else 3,
             "batch_size": 64,
-            "optimizer": "adamw",
             "lr": 5e-4,
             "weight_decay": 0.01,
             "warmup_epochs": 0.2,
         },
-        "export": ["safetensors", "onnx"],
-        "baseline": True,
-    }
+    )
 
 
 def measure(folder: Path, texts: list[str], repeats: int) -> tuple[float, float]:

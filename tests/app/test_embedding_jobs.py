@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.app.conftest import build_api, make_settings
-from tests.support.encoders import minilm_folder, write_teacher, zip_folder
+from tests.support.encoders import embedding_spec, minilm_folder, write_teacher, zip_folder
 from worker.supervisor import claim_and_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a real 22M-parameter teacher
@@ -33,28 +33,14 @@ def _upload(api, path: Path, purpose: str) -> str:
 
 
 def _spec(teacher: str, data: str) -> dict:
-    return {
-        "name": "minilm-l3",
-        "kind": "distill",
-        "task": "embedding",
-        "teacher": {"arch": "hf:BertModel", "checkpoint": teacher},
-        "student": {
-            "arch": "hf:BertModel",
-            "config": {"num_hidden_layers": 3},
-            "init_from_teacher": True,
-        },
-        "dataset": {"name": "text", "path": data, "seq_len": 64, "test_fraction": 0.25},
-        "distillation": {"method": "mse"},
-        "training": {
-            "epochs": 2,
-            "batch_size": 16,
-            "optimizer": "adamw",
-            "lr": 2e-4,
-            "weight_decay": 0.01,
-        },
-        "export": ["safetensors", "onnx"],
-        "baseline": True,
-    }
+    return embedding_spec(
+        teacher,
+        data,
+        name="minilm-l3",
+        student={"config": {"num_hidden_layers": 3}},
+        dataset={"seq_len": 64, "test_fraction": 0.25},
+        training={"lr": 2e-4, "weight_decay": 0.01},
+    )
 
 
 @pytest.fixture(scope="module")
