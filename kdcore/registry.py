@@ -28,6 +28,18 @@ class Registry(Generic[T]):
     def __init__(self, family: str, listed_by: str = ""):
         self.family, self.listed_by = family, listed_by
         self._items: dict[str, T] = {}
+        self._sources: list[Callable[[Registry[T]], None]] = []
+
+    def defer(self, source: Callable[[Registry[T]], None]) -> None:
+        """A family whose names cost an import to learn (torchvision's models: about
+        1.8 s, as it imports torch._dynamo): `source(registry)` registers them the first
+        time a name is missed or the names are listed, so a process that never asks
+        never pays."""
+        self._sources.append(source)
+
+    def _load_deferred(self) -> None:
+        while self._sources:
+            self._sources.pop(0)(self)
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(item: T) -> T:
@@ -42,18 +54,20 @@ class Registry(Generic[T]):
         self.register(name)(item)
 
     def get(self, name: str) -> T:
-        try:
-            return self._items[name]
-        except KeyError:
-            raise self.unknown(name) from None
+        if name not in self:
+            raise self.unknown(name)
+        return self._items[name]
 
     def unknown(self, name: str) -> UnknownNameError:
         return UnknownNameError(self.family, name, self.names(), self.listed_by)
 
     def names(self) -> list[str]:
+        self._load_deferred()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        if name not in self._items:
+            self._load_deferred()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import torchvision
 from torch import nn
 
 from kdcore.models import ecosystems
@@ -71,6 +70,8 @@ def _replace_first_conv(model: nn.Module, in_ch: int) -> None:
 
 
 def _torchvision(name: str, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    import torchvision
+
     in_ch = _image_channels(input_shape, name)
     kwargs: dict = {"weights": None, "num_classes": num_classes}
     if name.startswith("vit_"):
@@ -83,8 +84,14 @@ def _torchvision(name: str, num_classes: int, input_shape: tuple[int, ...]) -> n
     return model
 
 
-for _name in torchvision.models.list_models(module=torchvision.models):
-    MODELS.add(_name, partial(_torchvision, _name))
+def _register_torchvision(registry: Registry[ModelBuilder]) -> None:
+    import torchvision  # deferred: a job on our own models never imports it
+
+    for name in torchvision.models.list_models(module=torchvision.models):
+        registry.add(name, partial(_torchvision, name))
+
+
+MODELS.defer(_register_torchvision)
 
 
 def build_model(

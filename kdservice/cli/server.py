@@ -31,7 +31,7 @@ def database_url(settings: Settings) -> str:
     embedded SQLite is created and upgraded here; PostgreSQL is migrated on purpose
     (`kd migrate`), and a command that finds no tables says so in one line."""
     if settings.is_sqlite:
-        from app.main import prepare
+        from app.prepare import prepare
 
         prepare(settings)
     return settings.db_url
@@ -118,7 +118,8 @@ def serve(
     import uvicorn
 
     from app.logs import configure_logging, dict_config
-    from app.main import create_app, prepare
+    from app.main import create_app
+    from app.prepare import prepare
 
     configure_logging(settings)
     prepare(settings)
@@ -168,7 +169,7 @@ def worker(
         raise typer.BadParameter("`kd worker` needs KD_BROKER_URL (a Redis URL)")
     configure_logging(settings)
     import kdcore.checks.validate  # noqa: F401  (torch, for sizing jobs: once here, not per claim)
-    from app.main import private_files
+    from app.prepare import private_files
     from app.services.egress import quiet_libraries
     from app.services.webhooks import Dispatcher
     from worker.tasks import app

@@ -46,6 +46,22 @@ def test_keys_create_on_a_fresh_data_folder_upgrades_the_embedded_database(tmp_p
     assert limits.returncode == 0 and "max_active_jobs\t3\t(tenant)" in limits.stdout
 
 
+def test_keys_on_the_embedded_database_never_import_torch(tmp_path):
+    """`kd keys` creates and upgrades the embedded SQLite without the app (whose job
+    validation imports torch, seconds of a small command): -X importtime lists every
+    module the command imported."""
+    env = {
+        "KD_DATA_DIR": str(tmp_path / "data"),
+        "KD_DATABASE_URL": "",
+        "PYTHONPROFILEIMPORTTIME": "1",
+    }
+    created = kd("keys", "create", "--tenant", "x", env=env)
+    assert created.returncode == 0, created.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in created.stderr.splitlines()}
+    assert "app.db.migrate" in imported  # it did upgrade the database here
+    assert not {"torch", "fastapi", "app.main"} & imported
+
+
 @pytest.mark.integration
 def test_keys_on_an_unmigrated_postgresql_say_what_to_run(tmp_path):
     name = create_pg_database()

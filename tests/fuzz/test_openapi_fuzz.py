@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 
 from app.db.session import session_scope
-from app.main import create_app, prepare
+from app.main import create_app
+from app.prepare import prepare
 from app.services.keys import create_key
 from app.settings import Settings
 

@@ -88,3 +88,40 @@ def test_unknown_layer_and_arch_list_the_choices():
         FeatureTap(model, ["stage9"])
     with pytest.raises(UnknownNameError, match="cifar_resnet20"):
         MODELS.get("cifar_resnet21")
+
+
+def test_a_deferred_family_loads_only_when_a_name_needs_it():
+    from kdcore.registry import Registry
+
+    loads: list[int] = []
+    registry: Registry[int] = Registry("thing")
+    registry.add("own", 1)
+
+    def source(r: Registry[int]) -> None:
+        loads.append(1)
+        r.add("far", 2)
+
+    registry.defer(source)
+    assert registry.get("own") == 1 and "own" in registry and loads == []
+    assert registry.get("far") == 2 and loads == [1]
+    assert registry.names() == ["far", "own"] and loads == [1]  # loaded once
+    with pytest.raises(UnknownNameError, match="far"):
+        registry.get("fa")
+
+
+def test_a_job_on_our_own_models_never_imports_torchvision():
+    """torchvision costs a process about 1.8 s to import (it imports torch._dynamo):
+    the service and a small_cnn training leave it alone until a name needs it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, app.main, kdcore\n"
+        "from kdcore.models import build_model\n"
+        "build_model('small_cnn', 3, (1, 8, 8))\n"
+        "assert 'torchvision' not in sys.modules, 'imported'\n"
+        "build_model('resnet18', 3, (1, 32, 32))\n"
+        "assert 'torchvision' in sys.modules\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
