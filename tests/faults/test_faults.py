@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.faults.cluster import Cluster, wait_until, write_result
+from tests.faults.cluster import TRAINING_IN_A_THREAD, Cluster, wait_until, write_result
 from tests.support.specs import training_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -102,7 +102,7 @@ def test_sigkill_training_child_is_retried(cluster):
 
 def test_redis_restart_loses_no_queued_job(cluster):
     cluster.start_api()
-    cluster.start_worker()
+    cluster.start_worker(TRAINING_IN_A_THREAD)
     ids = [cluster.submit(training_spec(f"redis-{i}", epochs=3)) for i in range(4)]
     wait_until(lambda: cluster.job(ids[0])["status"] == "running", 120, "a running job")
     cluster.broker.restart()  # empty: queued messages are gone
@@ -139,7 +139,7 @@ def _watch(base: str, key: str, job_id: str, out: list[int], stop: threading.Eve
 
 def test_api_restart_sse_clients_get_every_event_once(cluster):
     cluster.start_api()
-    cluster.start_worker()
+    cluster.start_worker(TRAINING_IN_A_THREAD)
     job_id = cluster.submit(training_spec("sse-restart", epochs=6))
     seen: list[list[int]] = [[] for _ in range(5)]
     stop = threading.Event()
@@ -168,7 +168,7 @@ def test_api_restart_sse_clients_get_every_event_once(cluster):
 
 def test_postgres_restart_while_training(cluster):
     cluster.start_api()
-    cluster.start_worker()
+    cluster.start_worker(TRAINING_IN_A_THREAD)
     job_id = cluster.submit(training_spec("pg-restart", epochs=8))
     wait_until(lambda: cluster.checkpoint_steps(job_id), 180, "a checkpoint")
     cluster.postgres.restart()

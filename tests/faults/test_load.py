@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from app.db.models import Job
 from app.db.session import session_scope
-from tests.faults.cluster import Cluster, write_result
+from tests.faults.cluster import TRAINING_IN_A_THREAD, Cluster, write_result
 from tests.support.specs import training_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture
 def cluster(tmp_path, own_redis, own_postgres):
-    c = Cluster(tmp_path, own_redis, own_postgres)
+    c = Cluster(tmp_path, own_redis, own_postgres, **TRAINING_IN_A_THREAD)
     yield c
     c.close()
 
