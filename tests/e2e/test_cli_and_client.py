@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kdservice.client import ApiError, AsyncClient, Client
-from tests.support.procs import CuttingProxy, free_port, serve
+from tests.support.procs import TRAINING_IN_A_THREAD, CuttingProxy, free_port, serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,7 +61,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     workdir = tmp_path_factory.mktemp("served")
     shutil.copytree(ROOT / "examples", workdir / "examples")
     env = {"KD_DATA_DIR": str(workdir / "data"), "KD_DATABASE_URL": "", "KD_BROKER_URL": ""}
-    server, url = serve(env, workdir / "serve.log")
+    server, url = serve({**env, **TRAINING_IN_A_THREAD}, workdir / "serve.log")
     try:
         key = (workdir / "data" / "api_key").read_text().strip()
         yield Served(workdir, url, key)

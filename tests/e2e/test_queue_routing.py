@@ -22,7 +22,7 @@ from app.services.keys import create_key
 from app.settings import Settings
 from kdcore.spec import JobSpec
 from tests.app.conftest import create_pg_database, drop_pg_database, tiny_job
-from tests.support.procs import Proc
+from tests.support.procs import TRAINING_IN_A_THREAD, Proc
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REDIS_DB = 6
@@ -99,7 +99,11 @@ def test_pools_and_priority_with_a_real_worker(tmp_path: Path) -> None:
         low = submit(settings, tenant_id, tiny_job(name="low", **spec))
         mid = submit(settings, tenant_id, tiny_job(name="mid", priority=3, **spec))
         high = submit(settings, tenant_id, tiny_job(name="high", priority=9, **spec))
-        worker = Proc(["worker", "--queues", "kd.h200"], env, tmp_path / "worker.log")
+        worker = Proc(
+            ["worker", "--queues", "kd.h200"],
+            {**env, **TRAINING_IN_A_THREAD},
+            tmp_path / "worker.log",
+        )
         wait_done(settings, [low, mid, high])
         names = {low: "low", mid: "mid", high: "high"}
         assert started_in_order(settings, list(names)) == [high, mid, low], names

@@ -37,11 +37,6 @@ FAST = {
     "KD_MAX_ACTIVE_JOBS": "100000",
     "KD_SUBMISSIONS_PER_MINUTE": "100000",
 }
-# for the tests of what the service records (claims, queues, events, restarts of the
-# broker, the API or the database), not of the training process (kill, cancel, parent
-# death): each job trains in a thread of its worker (worker/launch.py), the same kdcore
-# run and messages without a fresh interpreter's seconds of imports per job
-TRAINING_IN_A_THREAD = {"KD_TRAINING_LAUNCH": "thread"}
 MARK = "KD_FAULTS_CLUSTER"  # in the environment of every process a cluster starts
 
 

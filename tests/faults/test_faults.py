@@ -14,7 +14,8 @@ import time
 import httpx
 import pytest
 
-from tests.faults.cluster import TRAINING_IN_A_THREAD, Cluster, wait_until, write_result
+from tests.faults.cluster import Cluster, wait_until, write_result
+from tests.support.procs import TRAINING_IN_A_THREAD
 from tests.support.specs import training_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 
 from app.db.models import Job
 from app.db.session import session_scope
-from tests.faults.cluster import TRAINING_IN_A_THREAD, Cluster, write_result
+from tests.faults.cluster import Cluster, write_result
+from tests.support.procs import TRAINING_IN_A_THREAD
 from tests.support.specs import training_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

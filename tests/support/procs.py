@@ -15,6 +15,13 @@ from typing import Any
 
 import httpx
 
+# for the tests of what the service records (the CLI, the client, the dashboard, claims,
+# queues, events, restarts of the broker, the API or the database), not of the training
+# process (kill, cancel by signal, parent death): each job trains in a thread of the
+# `kd serve` or `kd worker` that claimed it (worker/launch.py), the same kdcore run and
+# messages without a fresh interpreter's seconds of imports per job
+TRAINING_IN_A_THREAD = {"KD_TRAINING_LAUNCH": "thread"}
+
 
 def training_children() -> list[int]:
     """PIDs of `python -m worker.training_process` processes started by this process."""

@@ -22,7 +22,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 import kdcore
 from kdcore.models import build_model
-from tests.support.procs import serve
+from tests.support.procs import TRAINING_IN_A_THREAD, serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "out" / "test-artifacts"
@@ -33,7 +33,7 @@ DATA_DIRS: dict[str, Path] = {}  # each server's data folder, by its URL
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     workdir = tmp_path_factory.mktemp("dashboard")
     env = {"KD_DATA_DIR": str(workdir / "data"), "KD_DATABASE_URL": "", "KD_BROKER_URL": ""}
-    proc, url = serve(env, workdir / "serve.log")
+    proc, url = serve({**env, **TRAINING_IN_A_THREAD}, workdir / "serve.log")
     DATA_DIRS[url] = workdir / "data"
     try:
         yield url, (workdir / "data" / "api_key").read_text().strip()
