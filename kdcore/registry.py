@@ -7,6 +7,7 @@ the user what would have worked.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -29,6 +30,7 @@ class Registry(Generic[T]):
         self.family, self.listed_by = family, listed_by
         self._items: dict[str, T] = {}
         self._sources: list[Callable[[Registry[T]], None]] = []
+        self._loading = threading.RLock()
 
     def defer(self, source: Callable[[Registry[T]], None]) -> None:
         """A family whose names cost an import to learn (torchvision's models: about
@@ -38,8 +40,12 @@ class Registry(Generic[T]):
         self._sources.append(source)
 
     def _load_deferred(self) -> None:
-        while self._sources:
-            self._sources.pop(0)(self)
+        # under the lock, and a source leaves the list only once it has registered its
+        # names: a request thread never sees the family half loaded (an unknown name)
+        with self._loading:
+            while self._sources:
+                self._sources[0](self)
+                self._sources.pop(0)
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(item: T) -> T:

@@ -125,3 +125,27 @@ def test_a_job_on_our_own_models_never_imports_torchvision():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_threads_that_miss_at_once_all_find_the_deferred_names():
+    """The service looks names up from several request threads: none may see the family
+    half loaded and call a real name unknown."""
+    import threading
+    import time
+
+    from kdcore.registry import Registry
+
+    registry: Registry[int] = Registry("thing")
+
+    def slow_source(r: Registry[int]) -> None:
+        time.sleep(0.2)  # an import that takes a while
+        r.add("far", 2)
+
+    registry.defer(slow_source)
+    found: list[int] = []
+    threads = [threading.Thread(target=lambda: found.append(registry.get("far"))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert found == [2, 2, 2, 2]
