@@ -41,7 +41,10 @@ def settle_heap() -> None:
     """Import what requests will (job validation loads torch) and move everything alive
     into the collector's permanent generation. A full collection of the 340,000 objects
     torch and the app make took 70-160 ms here, a stall every request in flight waited
-    for (bench/api_load.py: /healthz p99/p50); frozen, they are never scanned again."""
+    for (bench/api_load.py: /healthz p99/p50); frozen, they are never scanned again.
+    torchvision is not among them: it loads (about 1.8 s, once) with the first request
+    that names one of its models or lists the architectures (kdcore.registry.defer),
+    which a service whose jobs use our own models never pays."""
     import kdcore.checks.validate  # noqa: F401
 
     gc.collect()
