@@ -92,10 +92,13 @@ test-fast: $(DEV_STAMP) services
 ## worker: they share its fixtures; the fault tests too, on servers of their own), and
 ## beside them the fuzz tests in a process of their own (schemathesis expands its
 ## operations into tests only outside xdist: under it they would run as one item that
-## fuzzes nothing; its report is printed after); the slowest are printed
+## fuzzes nothing; its report is printed after); the slowest are printed.
+## --no-loadscope-reorder: xdist would otherwise hand out files by their number of
+## tests, undoing tests/conftest.py's slow-files-first order
 test: $(DEV_STAMP) services browser datasets lint
 	@$(PYTEST) --durations=10 tests/fuzz > $(VENV)/fuzz.log 2>&1 & fuzz=$$!; \
-	$(PYTEST) -n 2 --dist loadfile --durations=25 --ignore=tests/fuzz tests; rc=$$?; \
+	$(PYTEST) -n 2 --dist loadfile --no-loadscope-reorder --durations=25 --ignore=tests/fuzz tests; \
+	rc=$$?; \
 	wait $$fuzz; fuzz_rc=$$?; echo "--- tests/fuzz (alone, beside the rest):"; \
 	cat $(VENV)/fuzz.log; test $$rc = 0 && test $$fuzz_rc = 0
 

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,9 +37,21 @@ def _deterministic_threads():
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The files that hold slow tests first (a stable sort: each file's own order is
-    kept). Under `--dist loadfile` the long files then start at once and the short ones
-    fill in around them, rather than one long file running alone at the end on one core
-    while the other waits."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+    """The files that hold slow tests first, the heaviest first (a file's cost is the
+    largest `slow(seconds=N)` among its tests: the seconds it took in a measured run;
+    a plain `slow` counts 1), and a stable sort: each file's own order is kept. Under
+    `--dist loadfile --no-loadscope-reorder` (`make test`) the long files then start at
+    once and the short ones fill in around them, rather than one long file running
+    alone at the end on one core while the other waits."""
+    cost = file_costs(items)
+    items.sort(key=lambda item: -cost[item.path])
+
+
+def file_costs(items: list[pytest.Item]) -> dict[Path, float]:
+    """{path: cost} for every collected file (0 for a file without slow tests)."""
+    cost = {item.path: 0.0 for item in items}
+    for item in items:
+        marker = item.get_closest_marker("slow")
+        if marker is not None:
+            cost[item.path] = max(cost[item.path], float(marker.kwargs.get("seconds", 1)))
+    return cost

@@ -24,7 +24,7 @@ from tests.support.text import (
 )
 from worker.supervisor import claim_and_run
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # real training processes
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=140)]  # real training processes
 
 TRAINING = {"batch_size": 4, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.0}
 GPT2 = "hf:GPT2LMHeadModel"

@@ -32,7 +32,7 @@ from tests.app.conftest import create_pg_database, drop_pg_database
 from tests.support.procs import Proc, serve
 from tests.support.specs import tiny_job
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=85)]
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER_DIST = "/dist"  # where the Dockerfile's build stage writes the wheel

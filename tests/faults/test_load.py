@@ -17,7 +17,7 @@ from tests.faults.cluster import Cluster, write_result
 from tests.support.procs import TRAINING_IN_A_THREAD
 from tests.support.specs import training_spec
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=152)]
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from tests.faults.servers import OwnPostgres, OwnRedis
 from tests.support import netns
 from tests.support.procs import Proc, wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=333)]
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 

@@ -83,7 +83,7 @@ def _answers(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=155)
 def test_the_servers_answers_teach_a_student_that_beats_the_student_alone(teacher, tmp_path):
     key_file = tmp_path / "secrets" / "teacher_key"
     key_file.parent.mkdir()

@@ -19,7 +19,7 @@ import pytest
 from kdcore.image.streaming import decoded_bytes, encoded_bytes, in_memory_peak
 from tests.support.images import write_jpeg_folder
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=327)
 
 CHILD = """
 import json, resource, sys
