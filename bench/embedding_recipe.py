@@ -22,6 +22,7 @@ training text, never to the held-out set.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -96,7 +97,10 @@ def embed(model: nn.Module, texts: list[str], batcher: Batcher) -> Tensor:
 
 
 def kept(path: Path, teacher: nn.Module, texts: list[str], batcher: Batcher) -> Tensor:
-    """The teacher's embeddings of `texts`, computed once into `path`."""
+    """The teacher's embeddings of `texts`, computed once into `path` (named by a hash of
+    the texts: a changed corpus or split is computed afresh, never read stale)."""
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+    path = path.with_name(f"{path.stem}_{digest}.npy")
     if not path.is_file():
         np.save(path, embed(teacher, texts, batcher).numpy(), allow_pickle=False)
     return torch.from_numpy(np.load(path, allow_pickle=False))
