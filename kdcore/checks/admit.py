@@ -29,6 +29,7 @@ from kdcore.image.data import describe, needs_path
 from kdcore.image.preflight import teacher_input_notes
 from kdcore.models.ecosystems import HF, is_model_folder
 from kdcore.spec import JobSpec, ModelSpec
+from kdcore.text.data import dataset_form, task_form_problem
 from kdcore.text.models import read_folder_sizing
 
 Problem = tuple[str, str]  # (JSON pointer, message)
@@ -65,6 +66,9 @@ def admit(spec: JobSpec, resolve: Resolve, limits: Limits) -> Admission:
     if found.problems:
         return found
     found.local = local
+    found.problems = _text_set_problems(local)
+    if found.problems:
+        return found
     folders, problems = _model_folders(local, spec)
     if problems:
         found.problems = problems
@@ -123,6 +127,20 @@ def _localise(spec: JobSpec, resolve: Resolve) -> tuple[JobSpec, list[Problem]]:
     return _with_models(spec, updates).model_copy(
         update={"dataset": ds.model_copy(update=dataset)}
     ), problems
+
+
+def _text_set_problems(local: JobSpec) -> list[Problem]:
+    """A text set's form against its task, from its first line: a classifier given
+    unlabelled text, or an embedding job given JSONL, is refused here rather than after
+    the job was queued (a set the worker fetches is checked there)."""
+    ds = local.dataset
+    if ds.name != "text" or ds.path is None:
+        return []
+    try:
+        problem = task_form_problem(local.task, dataset_form(local.task, Path(ds.path)))
+    except KDError as exc:
+        return [("/dataset/path", str(exc))]
+    return [] if problem is None else [("/dataset/path", problem)]
 
 
 def _with_models(spec: JobSpec, updates: dict[str, ModelSpec]) -> JobSpec:

@@ -145,6 +145,32 @@ def text_form(path: Path) -> str:
     return record_form(first)
 
 
+def task_form_problem(task: str, form: str) -> str | None:
+    """Why a text set of this form ("jsonl" for an embedding job's file, else the first
+    record's form) cannot be the task's data, or None. Admission asks before the job is
+    queued (kdcore.checks.admit); the loaders ask again, for the library and the CLI."""
+    if task == "embedding":
+        if form == "jsonl":
+            return (
+                "task embedding reads plain text, one passage a line; this file is JSONL "
+                "records: write each record's text on a line of a .txt file"
+            )
+        return None
+    if task == "text_classification" and form != "labelled":
+        return 'text_classification needs JSONL records {"text", "label"}'
+    if task == "causal_lm" and form == "labelled":
+        return 'causal_lm reads {"text"} or {"prompt", "completion"} records'
+    return None
+
+
+def dataset_form(task: str, path: Path) -> str:
+    """The form task_form_problem judges: whether an embedding job's file is JSONL (its
+    passages are lines, never records), else the first record's form."""
+    if task == "embedding":
+        return "jsonl" if is_jsonl(path) else "plain"
+    return text_form(path)
+
+
 def read_records(path: Path) -> tuple[str, list[dict[str, Any]]]:
     """(form, records) of a .txt or .jsonl file, held in memory."""
     records: list[dict[str, Any]] = []
@@ -322,10 +348,9 @@ def load_text(
     if not spec.path:
         raise DataError("dataset text needs a path: a .txt or .jsonl file")
     form = text_form(Path(spec.path))
-    if task == "text_classification" and form != "labelled":
-        raise DataError('text_classification needs JSONL records {"text", "label"}')
-    if task == "causal_lm" and form == "labelled":
-        raise DataError('causal_lm reads {"text"} or {"prompt", "completion"} records')
+    problem = task_form_problem(task, form)
+    if problem:
+        raise DataError(problem)
     rows, loading = _rows(spec, form, tokenizer, job_dir)
     train, val, test = split_rows(len(rows), spec, seed)
     if len(train) < 2:

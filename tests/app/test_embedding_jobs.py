@@ -142,3 +142,21 @@ def test_a_pooling_config_out_of_range_is_refused_at_submission(job) -> None:
     r = api.post("/v1/jobs", json=_spec(teacher, data))
     assert r.status_code == 422, r.text
     assert "out of range" in json.dumps(r.json())
+
+
+def test_jsonl_records_given_as_passages_are_refused_at_submission(job) -> None:
+    # the upload check cannot know the job: a JSONL set is a fine upload, and an
+    # embedding job would have embedded each line's braces and quotes as a passage
+    api, _, tmp, (teacher, _) = job
+    records = tmp / "records.jsonl"
+    lines = CORPUS.read_text().splitlines()[:40]
+    records.write_text("".join(json.dumps({"text": line}) + "\n" for line in lines))
+    data = _upload(api, records, "dataset")
+    before = api.get("/v1/jobs", params={"limit": 50}).json()["data"]
+    r = api.post("/v1/jobs", json=_spec(teacher, data))
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    errors = r.json()["errors"]
+    assert [e["loc"] for e in errors] == ["/dataset/path"], errors
+    assert "task embedding reads plain text, one passage a line" in errors[0]["msg"]
+    assert api.get("/v1/jobs", params={"limit": 50}).json()["data"] == before  # nothing queued

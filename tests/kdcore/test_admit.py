@@ -12,7 +12,10 @@ from kdcore.checks.admit import Purpose, admit
 from kdcore.checks.cost import Limits
 from kdcore.checks.validate import parse_spec
 from kdcore.models import build_model
+from tests.support.encoders import embedding_spec
+from tests.support.encoders import write_corpus as encoders_corpus
 from tests.support.specs import tiny_spec
+from tests.support.text import BERT_TINY, write_corpus, write_labelled, write_prompts
 
 LIMITS = Limits(
     max_model_params=10_000_000,
@@ -131,3 +134,71 @@ def test_an_unknown_name_is_the_only_problem_and_no_file_is_resolved() -> None:
     assert [p for p, _ in found.problems] == ["/teacher/arch"]
     assert "Did you mean" in found.problems[0][1]
     assert files.calls == []
+
+
+def _text_spec(task: str) -> dict:
+    """A text job of `task` whose dataset is the reference file_d."""
+    gpt2 = {"n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 64}
+    if task == "embedding":
+        return embedding_spec("file_t", "file_d")
+    spec = {
+        "kind": "train",
+        "task": task,
+        "student": {"arch": "hf:GPT2LMHeadModel", "config": gpt2},
+        "dataset": {"name": "text", "path": "file_d", "seq_len": 32},
+        "training": {"batch_size": 4},
+    }
+    if task == "text_classification":
+        spec["student"] = {"arch": "hf:BertForSequenceClassification", "config": BERT_TINY}
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("task", "write", "words"),
+    [
+        ("embedding", write_labelled, "task embedding reads plain text"),
+        ("embedding", write_prompts, "task embedding reads plain text"),
+        ("text_classification", write_corpus, 'needs JSONL records {"text", "label"}'),
+        ("text_classification", write_prompts, 'needs JSONL records {"text", "label"}'),
+        ("causal_lm", write_labelled, 'causal_lm reads {"text"}'),
+    ],
+)
+def test_a_text_set_of_the_wrong_form_for_its_task_is_refused_at_the_dataset(
+    tmp_path: Path, task: str, write, words: str
+) -> None:
+    # before: the job was queued and failed on the worker, or (embedding) trained on
+    # each JSONL line's braces and quotes as if they were the passage
+    data = write(tmp_path / "data")
+    found = admit(parse_spec(_text_spec(task)), Files({"file_d": data, "file_t": data}), LIMITS)
+    assert [p for p, _ in found.problems] == ["/dataset/path"], found.problems
+    assert words in found.problems[0][1]
+
+
+@pytest.mark.parametrize(
+    ("task", "write"),
+    [
+        ("text_classification", write_labelled),
+        ("causal_lm", write_corpus),
+        ("causal_lm", write_prompts),
+    ],
+)
+def test_a_text_set_of_its_tasks_form_passes_the_form_check(
+    tmp_path: Path, task: str, write
+) -> None:
+    data = write(tmp_path / "data")
+    found = admit(parse_spec(_text_spec(task)), Files({"file_d": data}), LIMITS)
+    assert found.problems == [], found.problems
+
+
+def test_an_embedding_job_reads_plain_lines_and_its_loader_refuses_jsonl(tmp_path: Path) -> None:
+    from kdcore.errors import DataError
+    from kdcore.text.embedding.passages import load_passages
+
+    plain = encoders_corpus(tmp_path / "passages.txt")  # its form passes; the teacher is next
+    files = Files({"file_d": plain, "file_t": plain})
+    found = admit(parse_spec(_text_spec("embedding")), files, LIMITS)
+    assert all(p != "/dataset/path" for p, _ in found.problems), found.problems
+    assert load_passages(plain, 0.1, 0.1, 0, None).total == 240
+    # the library and the CLI, which may skip admission, are refused by the loader itself
+    with pytest.raises(DataError, match="task embedding reads plain text"):
+        load_passages(write_labelled(tmp_path / "labelled.jsonl"), 0.1, 0.1, 0, None)

@@ -17,7 +17,13 @@ from torch import Tensor
 
 from kdcore.errors import DataError
 from kdcore.io.local_files import regular_file
-from kdcore.text.data import MAX_LINE_CHARS, MAX_STREAMED_RECORDS, MAX_TEXT_BYTES
+from kdcore.text.data import (
+    MAX_LINE_CHARS,
+    MAX_STREAMED_RECORDS,
+    MAX_TEXT_BYTES,
+    dataset_form,
+    task_form_problem,
+)
 from kdcore.text.tokens import TextTokenizer
 
 MAX_PASSAGE_BYTES = MAX_LINE_CHARS
@@ -87,6 +93,9 @@ def index_passages(path: Path, max_samples: int | None) -> tuple[np.ndarray, str
 def load_passages(
     path: Path, val_fraction: float, test_fraction: float, seed: int, max_samples: int | None
 ) -> PassageSet:
+    problem = task_form_problem("embedding", dataset_form("embedding", path))
+    if problem:
+        raise DataError(problem)
     offsets, sha = index_passages(path, max_samples)
     n = len(offsets)
     order = np.random.default_rng(seed).permutation(n)
