@@ -12,6 +12,8 @@ in-batch similarities, on the last layer's token states with the teacher run liv
   python bench/embedding_recipe.py --dropout 0 --wordnet 40000   + WordNet glosses
   python bench/embedding_recipe.py --loss mse+similarity    (or mse+tokens)
   python bench/embedding_recipe.py --dropout 0 --freeze-embeddings
+  python bench/embedding_recipe.py --dropout 0 --lr 1e-3 --steps 600 --train-passages 3000
+  python bench/embedding_recipe.py --dropout 0 --lr 1e-3 --steps 600 --crops 0.5
 
 The teacher's embeddings are kept under --work between runs (the first run computes
 them: about 2 minutes for the fortunes on 2 cores, 5 for 40,000 glosses). `--wordnet N`
@@ -106,6 +108,17 @@ def kept(path: Path, teacher: nn.Module, texts: list[str], batcher: Batcher) -> 
     return torch.from_numpy(np.load(path, allow_pickle=False))
 
 
+def crop(text: str, chance: float, rng: np.random.Generator) -> str:
+    """With this chance, a random span of at least half the passage's words (at least
+    4): text of the corpus's kind the student has not seen, for the teacher to embed."""
+    words = text.split()
+    if len(words) < 8 or rng.random() >= chance:
+        return text
+    length = int(rng.integers(max(4, len(words) // 2), len(words)))
+    first = int(rng.integers(0, len(words) - length + 1))
+    return " ".join(words[first : first + length])
+
+
 def step_loss(
     args: argparse.Namespace,
     teacher: SentenceEncoder,
@@ -146,6 +159,7 @@ def train(
     # the steps for a run of at most 300
     warmup = max(1, args.steps // 10 if args.steps <= 300 else int(0.2 * len(texts) // 64))
     rng = torch.Generator().manual_seed(0)
+    crop_rng = np.random.default_rng(0)
     order, at = torch.randperm(len(texts), generator=rng), 0
     student.train()
     start = time.perf_counter()
@@ -159,8 +173,13 @@ def train(
         if at + 64 > len(order):
             order, at = torch.randperm(len(texts), generator=rng), 0
         batch, at = order[at : at + 64], at + 64
-        ids, mask = batcher([texts[i] for i in batch])
-        loss = step_loss(args, teacher, student, ids, mask, targets[batch])
+        chosen, target = [texts[i] for i in batch], targets[batch]
+        if args.crops:  # new text every step: spans of the passages, the teacher run live
+            chosen = [crop(text, args.crops, crop_rng) for text in chosen]
+            with torch.no_grad():
+                target = teacher(*batcher(chosen))
+        ids, mask = batcher(chosen)
+        loss = step_loss(args, teacher, student, ids, mask, target)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -176,6 +195,12 @@ def main() -> None:
     ap.add_argument("--weight", type=float, default=1.0, help="the added term's weight")
     ap.add_argument("--freeze-embeddings", action="store_true", help="train the layers only")
     ap.add_argument("--wordnet", type=int, default=0, help="glosses added to the training text")
+    ap.add_argument(
+        "--crops", type=float, default=0.0, help="chance a passage is cut to a span (live teacher)"
+    )
+    ap.add_argument(
+        "--train-passages", type=int, default=0, help="train on the first N fortunes only"
+    )
     ap.add_argument("--work", type=Path, default=Path("/tmp/kd_embedding_recipe"))
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -192,6 +217,8 @@ def main() -> None:
         student.backbone.embeddings.requires_grad_(False)
     held_t = kept(args.work / "teacher_held.npy", teacher, held, batcher)
     targets = kept(args.work / "teacher_train.npy", teacher, train_texts, batcher)
+    if args.train_passages:  # a learning curve: the same held-out set, less training text
+        train_texts, targets = train_texts[: args.train_passages], targets[: args.train_passages]
     if args.wordnet:
         glosses = wordnet_glosses(args.wordnet)
         extra = kept(args.work / f"teacher_wordnet_{args.wordnet}.npy", teacher, glosses, batcher)

@@ -160,6 +160,16 @@ def spec_file_problems(spec: JobSpec, cwd: Path | None = None) -> list[tuple[str
         elif path.is_file():
             try:
                 recognise_input_file(path, path.name, purpose)
+                if pointer == "/dataset/path" and spec.dataset.name == "text":
+                    _check_task_form(spec, path)  # as admission does for the service
             except KDError as exc:
                 problems.append((pointer, str(exc)))
     return problems
+
+
+def _check_task_form(spec: JobSpec, path: Path) -> None:
+    from kdcore.text.data import dataset_form, task_form_problem
+
+    problem = task_form_problem(spec.task, dataset_form(spec.task, path))
+    if problem:
+        raise DataError(f"{path.name}: {problem}")

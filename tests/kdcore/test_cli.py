@@ -96,6 +96,25 @@ def test_validate_checks_the_files_a_spec_names_as_the_service_does(tmp_path):
     )
 
 
+def test_validate_refuses_a_text_set_its_task_cannot_read(tmp_path):
+    from tests.support.text import write_corpus
+
+    write_corpus(tmp_path / "plain.txt")
+    spec = {
+        "kind": "train",
+        "task": "text_classification",
+        "student": {"arch": "hf:BertForSequenceClassification", "config": {"num_hidden_layers": 1}},
+        "dataset": {"name": "text", "path": "plain.txt"},
+    }
+    (tmp_path / "s.json").write_text(json.dumps(spec))
+    run = kdcore_cli("validate", "s.json", cwd=tmp_path)
+    assert run.returncode == 2 and "ok:" not in run.stdout
+    assert (
+        '/dataset/path: plain.txt: text_classification needs JSONL records {"text", "label"}'
+        in run.stderr
+    )
+
+
 def test_list_datasets_names_text():
     run = kdcore_cli("list", "datasets")
     assert run.returncode == 0 and " text" in run.stdout and "digits" in run.stdout
