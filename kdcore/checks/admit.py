@@ -29,7 +29,7 @@ from kdcore.image.data import describe, needs_path
 from kdcore.image.preflight import teacher_input_notes
 from kdcore.models.ecosystems import HF, is_model_folder
 from kdcore.spec import JobSpec, ModelSpec
-from kdcore.text.data import dataset_form, task_form_problem
+from kdcore.text.data import text_set_problem
 from kdcore.text.models import read_folder_sizing
 
 Problem = tuple[str, str]  # (JSON pointer, message)
@@ -137,7 +137,7 @@ def _text_set_problems(local: JobSpec) -> list[Problem]:
     if ds.name != "text" or ds.path is None:
         return []
     try:
-        problem = task_form_problem(local.task, dataset_form(local.task, Path(ds.path)))
+        problem = text_set_problem(local.task, Path(ds.path))
     except KDError as exc:
         return [("/dataset/path", str(exc))]
     return [] if problem is None else [("/dataset/path", problem)]

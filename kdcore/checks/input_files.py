@@ -168,8 +168,8 @@ def spec_file_problems(spec: JobSpec, cwd: Path | None = None) -> list[tuple[str
 
 
 def _check_task_form(spec: JobSpec, path: Path) -> None:
-    from kdcore.text.data import dataset_form, task_form_problem
+    from kdcore.text.data import text_set_problem
 
-    problem = task_form_problem(spec.task, dataset_form(spec.task, path))
+    problem = text_set_problem(spec.task, path)
     if problem:
         raise DataError(f"{path.name}: {problem}")

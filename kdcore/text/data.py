@@ -163,12 +163,13 @@ def task_form_problem(task: str, form: str) -> str | None:
     return None
 
 
-def dataset_form(task: str, path: Path) -> str:
-    """The form task_form_problem judges: whether an embedding job's file is JSONL (its
-    passages are lines, never records), else the first record's form."""
+def text_set_problem(task: str, path: Path) -> str | None:
+    """task_form_problem for the file at `path`, read only as far as its form: whether an
+    embedding job's file is JSONL (its passages are lines, never records), else the
+    first record's form. Admission, `kdcore validate` and the passage loader ask this."""
     if task == "embedding":
-        return "jsonl" if is_jsonl(path) else "plain"
-    return text_form(path)
+        return task_form_problem(task, "jsonl" if is_jsonl(path) else "plain")
+    return task_form_problem(task, text_form(path))
 
 
 def read_records(path: Path) -> tuple[str, list[dict[str, Any]]]:

@@ -21,8 +21,7 @@ from kdcore.text.data import (
     MAX_LINE_CHARS,
     MAX_STREAMED_RECORDS,
     MAX_TEXT_BYTES,
-    dataset_form,
-    task_form_problem,
+    text_set_problem,
 )
 from kdcore.text.tokens import TextTokenizer
 
@@ -93,7 +92,7 @@ def index_passages(path: Path, max_samples: int | None) -> tuple[np.ndarray, str
 def load_passages(
     path: Path, val_fraction: float, test_fraction: float, seed: int, max_samples: int | None
 ) -> PassageSet:
-    problem = task_form_problem("embedding", dataset_form("embedding", path))
+    problem = text_set_problem("embedding", path)
     if problem:
         raise DataError(problem)
     offsets, sha = index_passages(path, max_samples)
