@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 _ENGINES: dict[str, Engine] = {}
@@ -71,7 +71,45 @@ def _create_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=_dead_peer_args(url)
+    )
+
+
+# A peer that stops answering (a host cut off the network, a pulled cable) is given up
+# after about this long, from both ends of each PostgreSQL connection. Without it the
+# server keeps a vanished client's open transaction, and its row locks, until the
+# system's TCP keepalive (two hours): a gang member cut off inside its heartbeat held
+# the job's row, and the surviving hosts' heartbeats waited on it without end.
+DEAD_PEER_S = 4
+
+
+def _dead_peer_args(url: str) -> dict[str, object]:
+    """libpq's keepalives for our end; the same as session settings for the server's
+    end (user-settable, so no server configuration is needed). Only the kernel answers
+    keepalives: a busy but living process is never taken for dead."""
+    idle, interval, count = DEAD_PEER_S // 2, 1, DEAD_PEER_S // 2
+    server = {
+        "tcp_keepalives_idle": idle,
+        "tcp_keepalives_interval": interval,
+        "tcp_keepalives_count": count,
+        "tcp_user_timeout": DEAD_PEER_S * 1000,  # sent data unacknowledged this long
+    }
+    given = make_url(url).query.get("options")  # the URL's own options are kept
+    options = " ".join(
+        [
+            *([given] if isinstance(given, str) else given or []),
+            *(f"-c {k}={v}" for k, v in server.items()),
+        ]
+    )
+    return {
+        "keepalives": 1,
+        "keepalives_idle": idle,
+        "keepalives_interval": interval,
+        "keepalives_count": count,
+        "tcp_user_timeout": DEAD_PEER_S * 1000,
+        "options": options,
+    }
 
 
 @lru_cache(maxsize=8)

@@ -209,7 +209,9 @@ def test_the_environment_holds_the_project_only_as_the_wheel(installed: Installe
         assert out.stdout.strip() == f"{command} {version('kdservice')}", out.stderr
 
 
-def _run_one_job(base: str, key: str) -> dict:
+def _run_one_job(base: str, key: str, *logs: Path) -> dict:
+    """POST the tiny job and wait for it to end; past the deadline, the job as it stands
+    and the tails of the given logs say where it stopped."""
     with httpx.Client(
         base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30, trust_env=False
     ) as client:
@@ -221,7 +223,9 @@ def _run_one_job(base: str, key: str) -> dict:
             if job["status"] in ("succeeded", "failed", "cancelled"):
                 return job
             time.sleep(1)
-    raise AssertionError("the job did not end within 300 s")
+        events = client.get(f"/v1/jobs/{created.json()['id']}/events").text[-3000:]
+    tails = "\n".join(f"--- {p.name}:\n{p.read_text()[-4000:]}" for p in logs if p.exists())
+    raise AssertionError(f"the job did not end within 300 s: {job}\n{events}\n{tails}")
 
 
 @contextlib.contextmanager
@@ -244,7 +248,7 @@ def test_the_installed_kd_on_sqlite_creates_a_key_migrates_serves_and_runs_a_job
     assert migrate.returncode == 0, migrate.stderr
     assert "database at head" in migrate.stderr
     with served(installed, env, tmp_path / "serve.log") as (base, proc):
-        job = _run_one_job(base, key)
+        job = _run_one_job(base, key, tmp_path / "serve.log")
         assert job["status"] == "succeeded", (job, proc.log.read_text()[-3000:])
         assert httpx.get(f"{base}/", trust_env=False).status_code == 200  # the dashboard
 
@@ -267,7 +271,7 @@ def test_the_installed_kd_on_postgresql_migrates_and_a_worker_runs_a_job(
         keys = installed.run("kd", "keys", "create", "--tenant", "wheel", env=env)
         assert keys.returncode == 0, keys.stderr
         worker = Proc(
-            ["worker", "--hostname", "wheel@test"],
+            ["worker", "--hostname", "wheel@test", "--loglevel", "info"],
             env,
             tmp_path / "worker.log",
             command=[str(installed.bin / "kd")],
@@ -275,7 +279,8 @@ def test_the_installed_kd_on_postgresql_migrates_and_a_worker_runs_a_job(
         with served(installed, env, tmp_path / "serve.log") as (base, _):
             ready = httpx.get(f"{base}/readyz", trust_env=False).json()
             assert ready["checks"] == {"database": "ok", "broker": "ok"}
-            job = _run_one_job(base, keys.stdout.split()[1])
+            key = keys.stdout.split()[1]
+            job = _run_one_job(base, key, worker.log, tmp_path / "serve.log")
             assert job["status"] == "succeeded", (job, worker.log.read_text()[-3000:])
     finally:
         if worker is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -15,10 +16,10 @@ from typing import Any
 
 import pytest
 from safetensors.numpy import load_file
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from app.db.models import JobSlot
-from app.db.session import session_scope
+from app.db.session import get_engine, session_scope
 from tests.faults.cluster import MARK, Cluster
 from tests.faults.servers import OwnPostgres, OwnRedis
 from tests.support import netns
@@ -251,3 +252,52 @@ def test_one_free_host_claims_nothing_and_a_placed_gang_cancels_whole(multi: Mul
     assert c.audit(gang)["status"] == "cancelled"  # ended once
     wait_until(lambda: _marked(c.mark, "") == [], 60, "every agent and rank to end")
     wait_until(lambda: slots_held(c, gang) == [], 60, "both hosts to release their places")
+
+
+HOLD_A_ROW = """
+import sys, time
+from sqlalchemy import text
+from app.db.session import get_engine
+with get_engine(sys.argv[1]).connect() as c:
+    c.execute(text("UPDATE cut_rows SET n = n + 1 WHERE id = 1"))  # the row is locked
+    print("held", flush=True)
+    time.sleep(600)  # the transaction stays open: cut off before it commits
+"""
+
+
+def test_a_host_cut_off_inside_a_transaction_does_not_hold_its_rows(
+    hosts: netns.Hosts, servers: tuple[OwnRedis, OwnPostgres], tmp_path: Path
+) -> None:
+    """What froze a gang's surviving host: a member cut off between its heartbeat's
+    UPDATE of the job's row and the COMMIT kept the row locked on the server (which
+    hears nothing back, so waits for the system's two-hour keepalive), and the other
+    members' heartbeats waited on that lock. The server must give the vanished client
+    up (app.db.session.DEAD_PEER_S) and roll its transaction back."""
+    _, pg = servers
+    with get_engine(pg.url()).begin() as c:
+        c.execute(text("CREATE TABLE IF NOT EXISTS cut_rows (id int PRIMARY KEY, n int)"))
+        c.execute(text("INSERT INTO cut_rows VALUES (1, 0) ON CONFLICT (id) DO NOTHING"))
+    host = hosts.hosts[0]
+    url = pg.url().replace("127.0.0.1", hosts.gateway)
+    with (tmp_path / "holder.log").open("wb") as log:
+        holder = subprocess.Popen(
+            host.command([sys.executable, "-c", HOLD_A_ROW, url]),
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == b"held", (tmp_path / "holder.log").read_text()
+        hosts.cut(host)
+        try:
+            # another host's heartbeat, waiting at most a minute for the row
+            with get_engine(pg.url()).begin() as c:
+                c.execute(text("SET LOCAL lock_timeout = '60s'"))
+                c.execute(text("UPDATE cut_rows SET n = n + 10 WHERE id = 1"))
+        finally:
+            hosts.restore(host)
+        with get_engine(pg.url()).connect() as c:  # the cut-off increment was rolled back
+            assert c.execute(text("SELECT n FROM cut_rows WHERE id = 1")).scalar() % 10 == 0
+    finally:
+        holder.kill()
+        holder.wait(30)
