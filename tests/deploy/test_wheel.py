@@ -209,9 +209,14 @@ def test_the_environment_holds_the_project_only_as_the_wheel(installed: Installe
         assert out.stdout.strip() == f"{command} {version('kdservice')}", out.stderr
 
 
-def _run_one_job(base: str, key: str, *logs: Path) -> dict:
-    """POST the tiny job and wait for it to end; past the deadline, the job as it stands
-    and the tails of the given logs say where it stopped."""
+def _run_one_job(base: str, key: str, *procs: Proc) -> dict:
+    """POST the tiny job and wait for it to end. A process of the service that exits
+    meanwhile fails at once; past the deadline, the job as it stands. Either way the
+    tails of the processes' logs say where it stopped."""
+
+    def tails() -> str:
+        return "\n".join(f"--- {p.log.name}:\n{p.log.read_text()[-4000:]}" for p in procs)
+
     with httpx.Client(
         base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30, trust_env=False
     ) as client:
@@ -222,10 +227,11 @@ def _run_one_job(base: str, key: str, *logs: Path) -> dict:
             job = client.get(f"/v1/jobs/{created.json()['id']}").json()
             if job["status"] in ("succeeded", "failed", "cancelled"):
                 return job
+            exited = [p.log.name for p in procs if p.popen.poll() is not None]
+            assert not exited, f"{exited} exited while the job was {job['status']}\n{tails()}"
             time.sleep(1)
         events = client.get(f"/v1/jobs/{created.json()['id']}/events").text[-3000:]
-    tails = "\n".join(f"--- {p.name}:\n{p.read_text()[-4000:]}" for p in logs if p.exists())
-    raise AssertionError(f"the job did not end within 300 s: {job}\n{events}\n{tails}")
+    raise AssertionError(f"the job did not end within 300 s: {job}\n{events}\n{tails()}")
 
 
 @contextlib.contextmanager
@@ -248,7 +254,7 @@ def test_the_installed_kd_on_sqlite_creates_a_key_migrates_serves_and_runs_a_job
     assert migrate.returncode == 0, migrate.stderr
     assert "database at head" in migrate.stderr
     with served(installed, env, tmp_path / "serve.log") as (base, proc):
-        job = _run_one_job(base, key, tmp_path / "serve.log")
+        job = _run_one_job(base, key, proc)
         assert job["status"] == "succeeded", (job, proc.log.read_text()[-3000:])
         assert httpx.get(f"{base}/", trust_env=False).status_code == 200  # the dashboard
 
@@ -276,11 +282,11 @@ def test_the_installed_kd_on_postgresql_migrates_and_a_worker_runs_a_job(
             tmp_path / "worker.log",
             command=[str(installed.bin / "kd")],
         )
-        with served(installed, env, tmp_path / "serve.log") as (base, _):
+        with served(installed, env, tmp_path / "serve.log") as (base, api):
             ready = httpx.get(f"{base}/readyz", trust_env=False).json()
             assert ready["checks"] == {"database": "ok", "broker": "ok"}
             key = keys.stdout.split()[1]
-            job = _run_one_job(base, key, worker.log, tmp_path / "serve.log")
+            job = _run_one_job(base, key, worker, api)
             assert job["status"] == "succeeded", (job, worker.log.read_text()[-3000:])
     finally:
         if worker is not None:
