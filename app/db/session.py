@@ -85,31 +85,20 @@ DEAD_PEER_S = 4
 
 
 def _dead_peer_args(url: str) -> dict[str, object]:
-    """libpq's keepalives for our end; the same as session settings for the server's
-    end (user-settable, so no server configuration is needed). Only the kernel answers
-    keepalives: a busy but living process is never taken for dead."""
-    idle, interval, count = DEAD_PEER_S // 2, 1, DEAD_PEER_S // 2
-    server = {
-        "tcp_keepalives_idle": idle,
-        "tcp_keepalives_interval": interval,
-        "tcp_keepalives_count": count,
-        "tcp_user_timeout": DEAD_PEER_S * 1000,  # sent data unacknowledged this long
+    """libpq's keepalives for our end, and the same as session settings (named tcp_...,
+    user-settable: no server configuration needed) for the server's end, after any
+    `options` the URL gives. Only the kernel answers keepalives: a busy but living
+    process is never taken for dead."""
+    timing = {
+        "keepalives_idle": DEAD_PEER_S // 2,
+        "keepalives_interval": 1,
+        "keepalives_count": DEAD_PEER_S // 2,
+        "tcp_user_timeout": DEAD_PEER_S * 1000,  # ms that sent data may stay unacknowledged
     }
-    given = make_url(url).query.get("options")  # the URL's own options are kept
-    options = " ".join(
-        [
-            *([given] if isinstance(given, str) else given or []),
-            *(f"-c {k}={v}" for k, v in server.items()),
-        ]
-    )
-    return {
-        "keepalives": 1,
-        "keepalives_idle": idle,
-        "keepalives_interval": interval,
-        "keepalives_count": count,
-        "tcp_user_timeout": DEAD_PEER_S * 1000,
-        "options": options,
-    }
+    given = make_url(url).query.get("options")
+    server = [f"-c {k if k.startswith('tcp_') else 'tcp_' + k}={v}" for k, v in timing.items()]
+    options = [*([given] if isinstance(given, str) else given or []), *server]
+    return {"keepalives": 1, **timing, "options": " ".join(options)}
 
 
 @lru_cache(maxsize=8)
