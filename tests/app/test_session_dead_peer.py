@@ -28,3 +28,14 @@ def test_the_server_end_of_a_connection_keeps_the_urls_options_and_adds_the_time
     assert shown["search_path"] == "kd_x"  # the URL's own option, not replaced
     assert shown["tcp_keepalives_idle"] == str(DEAD_PEER_S // 2)  # not the system's 7200
     assert shown["tcp_user_timeout"] == str(DEAD_PEER_S * 1000)
+
+
+def test_a_unix_socket_url_still_connects_where_tcp_timeouts_mean_nothing():
+    """A socket URL (a database on the same host): the server ignores the tcp_... settings
+    there, and must not refuse them."""
+    engine = get_engine("postgresql+psycopg://postgres@/test?host=/var/run/postgresql")
+    try:
+        with engine.connect() as c:
+            assert c.execute(text("SHOW tcp_keepalives_idle")).scalar() == "0"
+    finally:
+        engine.dispose()
