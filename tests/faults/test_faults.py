@@ -5,6 +5,7 @@ rather than from scratch. Figures for the README's table go to out/fault-results
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -202,6 +203,30 @@ def test_cancel_queued_and_running_leaves_no_process(cluster):
     write_result("cancel", {"runs": 2, "jobs_lost": 0, "duplicate_runs": 0, "orphan_processes": 0})
 
 
+def fill_leaving(path, free_bytes: int) -> None:
+    """Fill the file system under `path` until about `free_bytes` are left. The job keeps
+    writing beside us (its next checkpoint may land while we fill), so the free space is
+    read again before each chunk, and a chunk that meets a full disk gives `free_bytes`
+    back instead of failing the test."""
+
+    def room() -> int:
+        stat = os.statvfs(path.parent)
+        return stat.f_bavail * stat.f_frsize
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        while room() > free_bytes:
+            try:
+                os.write(fd, b"\0" * min(room() - free_bytes, 1 << 20))
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                os.ftruncate(fd, max(0, os.fstat(fd).st_size - free_bytes))
+                break
+    finally:
+        os.close(fd)
+
+
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, pg_url):
     """The jobs folder is a small tmpfs; once the first checkpoint is recorded it is filled
     up, so the next checkpoint write fails with ENOSPC."""
@@ -223,8 +248,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, pg_url):
         )
         runner.start()
         wait_until(lambda: api.get(f"/v1/jobs/{job_id}/checkpoints").json(), 180, "a checkpoint")
-        stat = os.statvfs(jobs_dir)
-        (jobs_dir / "filler").write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize - 4096))
+        fill_leaving(jobs_dir / "filler", 4096)
         runner.join(120)
         assert result["first"] == "queued"  # a crash: retried
         assert claim_and_run(settings, job_id) == "failed"
