@@ -1,5 +1,12 @@
 """A sandbox per test module: a folder as a user's checkout looks after `make run`,
-with `kd serve` on the embedded default in it."""
+with `kd serve` on the embedded default in it.
+
+Its jobs train in a thread of that `kd serve` (worker.launch, `KD_TRAINING_LAUNCH=thread`):
+the same kdcore run, messages, records and files, without a new interpreter's imports per
+job (about a third of these tests' time). What the snippets show is what the service
+records and writes; the training process itself, under the same default `kd serve`, is
+run by tests/deploy/test_wheel.py (the installed `kd serve` on SQLite and `kd worker` on
+PostgreSQL) and tests/faults/."""
 
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.doc_snippets.blocks import ROOT
-from tests.support.procs import serve
+from tests.support.procs import TRAINING_IN_A_THREAD, serve
 
 
 class Sandbox:
@@ -50,7 +57,12 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         subprocess.run(["cp", "-r", str(ROOT / folder), str(root / folder)], check=True)
     (root / ".venv").symlink_to(Path(sys.executable).parents[1])
     proc, url = serve(
-        {"KD_DATA_DIR": str(root / "data"), "KD_DATABASE_URL": "", "KD_BROKER_URL": ""},
+        {
+            "KD_DATA_DIR": str(root / "data"),
+            "KD_DATABASE_URL": "",
+            "KD_BROKER_URL": "",
+            **TRAINING_IN_A_THREAD,
+        },
         root / "serve.log",
     )
     try:
