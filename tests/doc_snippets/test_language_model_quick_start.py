@@ -14,7 +14,7 @@ from tests.doc_snippets.conftest import Sandbox, job_id
 
 
 @pytest.mark.integration
-@pytest.mark.slow(seconds=203)
+@pytest.mark.slow(seconds=194)
 def test_the_language_model_quick_start_uses_a_train_jobs_folder_as_teacher(
     sandbox: Sandbox,
 ) -> None:

@@ -12,7 +12,7 @@ from tests.doc_snippets.conftest import Sandbox, job_id
 
 
 @pytest.mark.integration
-@pytest.mark.slow(seconds=207)
+@pytest.mark.slow(seconds=164)
 def test_the_readmes_quick_start_twice_through_the_cli_and_the_client(sandbox: Sandbox) -> None:
     """As a user does: the tour, then the tour again in the same folder. The second
     run overwrites its downloads and uploads no second copy of a file."""
