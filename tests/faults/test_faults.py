@@ -209,15 +209,15 @@ def fill_leaving(path, free_bytes: int) -> None:
     read again before each chunk, and a chunk that meets a full disk gives `free_bytes`
     back instead of failing the test."""
 
-    def room() -> int:
+    def over() -> int:  # the free bytes past `free_bytes`
         stat = os.statvfs(path.parent)
-        return stat.f_bavail * stat.f_frsize
+        return stat.f_bavail * stat.f_frsize - free_bytes
 
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
-        while room() > free_bytes:
+        while (left := over()) > 0:
             try:
-                os.write(fd, b"\0" * min(room() - free_bytes, 1 << 20))
+                os.write(fd, b"\0" * min(left, 1 << 20))
             except OSError as exc:
                 if exc.errno != errno.ENOSPC:
                     raise
