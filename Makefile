@@ -92,15 +92,20 @@ test-fast: $(DEV_STAMP) services
 ## worker: they share its fixtures; the fault tests too, on servers of their own), and
 ## beside them the fuzz tests in a process of their own (schemathesis expands its
 ## operations into tests only outside xdist: under it they would run as one item that
-## fuzzes nothing; its report is printed after); the slowest are printed.
+## fuzzes nothing; its report is printed after) and `make lint` (a minute of one core,
+## which would otherwise leave the other idle; its report is printed after the suite's);
+## the slowest are printed.
 ## --no-loadscope-reorder: xdist would otherwise hand out files by their number of
 ## tests, undoing tests/conftest.py's slow-files-first order
-test: $(DEV_STAMP) services browser datasets lint
-	@$(PYTEST) --durations=10 tests/fuzz > $(VENV)/fuzz.log 2>&1 & fuzz=$$!; \
+test: $(DEV_STAMP) services browser datasets
+	@$(MAKE) --no-print-directory lint > $(VENV)/lint.log 2>&1 & lint=$$!; \
+	$(PYTEST) --durations=10 tests/fuzz > $(VENV)/fuzz.log 2>&1 & fuzz=$$!; \
 	$(PYTEST) -n 2 --dist loadfile --no-loadscope-reorder --durations=25 --ignore=tests/fuzz tests; \
 	rc=$$?; \
+	wait $$lint; lint_rc=$$?; echo "--- make lint (beside the suite): exit $$lint_rc"; \
+	cat $(VENV)/lint.log; \
 	wait $$fuzz; fuzz_rc=$$?; echo "--- tests/fuzz (alone, beside the rest):"; \
-	cat $(VENV)/fuzz.log; test $$rc = 0 && test $$fuzz_rc = 0
+	cat $(VENV)/fuzz.log; test $$rc = 0 && test $$lint_rc = 0 && test $$fuzz_rc = 0
 
 ## bench: throughput and quality benchmarks (prints medians and ratios; not a test)
 bench: $(DEV_STAMP) datasets

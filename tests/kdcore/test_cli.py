@@ -1,13 +1,19 @@
+import contextlib
+import io
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
+from kdcore.cli import main
 from tests.support.specs import tiny_spec
 
 
 def kdcore_cli(*args, cwd=None):
+    """`python -m kdcore.cli ARGS` as its own process: for the commands that run a job
+    (its progress lines, its exit through the interpreter)."""
     return subprocess.run(
         [sys.executable, "-m", "kdcore.cli", *map(str, args)],
         capture_output=True,
@@ -17,14 +23,29 @@ def kdcore_cli(*args, cwd=None):
     )
 
 
+def kdcore_here(*args, cwd=None):
+    """The same command line through `kdcore.cli.main` in this process (what the console
+    script calls), for the commands that only read: the same output and exit code,
+    without an interpreter and torch's import per call (2-4 s each on 2 cores)."""
+    out, err = io.StringIO(), io.StringIO()
+    before = os.getcwd()
+    try:
+        os.chdir(cwd or before)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+    finally:
+        os.chdir(before)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 def test_list_shows_every_registry():
-    out = kdcore_cli("list").stdout
+    out = kdcore_here("list").stdout
     assert "cifar_resnet56" in out and "resnet18" in out
     assert "fashion_mnist" in out and "dkd" in out
 
 
 def test_list_methods_shows_each_methods_defaults():
-    lines = kdcore_cli("list", "methods").stdout.splitlines()
+    lines = kdcore_here("list", "methods").stdout.splitlines()
     rows = {line.split()[0]: line for line in lines[1:]}
     assert {"kd", "dkd", "dist", "at", "fitnet", "crd", "mse"} <= rows.keys()
     assert "feature_weight=1000.0" in rows["at"] and "ce_weight=1.0" in rows["at"]
@@ -53,27 +74,25 @@ def test_train_distill_export_round_trip(tmp_path):
     assert (tmp_path / "e" / "student.onnx").is_file()
 
 
-@pytest.mark.slow
 def test_bad_spec_is_one_readable_line_and_exit_2(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(tiny_spec(training={"batch_size": 0})))
-    run = kdcore_cli("distill", tmp_path / "bad.json", "--out", tmp_path / "o")
+    run = kdcore_here("distill", tmp_path / "bad.json", "--out", tmp_path / "o")
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "/training/batch_size" in lines[0]
     assert "Traceback" not in run.stderr
     (tmp_path / "broken.json").write_text("{nope")
-    run = kdcore_cli("train", tmp_path / "broken.json", "--out", tmp_path / "o")
+    run = kdcore_here("train", tmp_path / "broken.json", "--out", tmp_path / "o")
     assert run.returncode == 2 and "not valid JSON" in run.stderr
 
 
 def test_missing_teacher_checkpoint_is_a_clear_error(tmp_path):
     spec = tiny_spec(teacher={"arch": "small_cnn", "checkpoint": str(tmp_path / "nope.pt")})
     (tmp_path / "s.json").write_text(json.dumps(spec))
-    run = kdcore_cli("distill", tmp_path / "s.json", "--out", tmp_path / "o")
+    run = kdcore_here("distill", tmp_path / "s.json", "--out", tmp_path / "o")
     assert run.returncode == 2 and "nope.pt was not found" in run.stderr
 
 
-@pytest.mark.slow
 def test_validate_checks_the_files_a_spec_names_as_the_service_does(tmp_path):
     """`kdcore validate` said `ok:` of a spec whose dataset was a CSV; it checks each
     local file now, with the words the service's upload uses, and says where a
@@ -82,7 +101,7 @@ def test_validate_checks_the_files_a_spec_names_as_the_service_does(tmp_path):
     spec = tiny_spec(teacher={"arch": "small_cnn", "checkpoint": "table.csv"})
     spec["dataset"] = {"name": "npz", "path": "table.csv"}
     (tmp_path / "s.json").write_text(json.dumps(spec))
-    run = kdcore_cli("validate", "s.json", cwd=tmp_path)
+    run = kdcore_here("validate", "s.json", cwd=tmp_path)
     assert run.returncode == 2 and "ok:" not in run.stdout
     assert "/dataset/path: table.csv is not a dataset kdcore reads; accepted:" in run.stderr
     assert ".npz" in run.stderr and ".jsonl" in run.stderr
@@ -90,7 +109,7 @@ def test_validate_checks_the_files_a_spec_names_as_the_service_does(tmp_path):
     from kdcore.io.accepted_formats import DATASET_FORMATS
 
     assert DATASET_FORMATS in run.stderr  # the same list the service's 422 gives
-    missing = kdcore_cli("validate", str(tmp_path / "s.json"), cwd="/")
+    missing = kdcore_here("validate", str(tmp_path / "s.json"), cwd="/")
     assert "table.csv was not found (looked up relative to the current folder, /)" in (
         missing.stderr
     )
@@ -107,7 +126,7 @@ def test_validate_refuses_a_text_set_its_task_cannot_read(tmp_path):
         "dataset": {"name": "text", "path": "plain.txt"},
     }
     (tmp_path / "s.json").write_text(json.dumps(spec))
-    run = kdcore_cli("validate", "s.json", cwd=tmp_path)
+    run = kdcore_here("validate", "s.json", cwd=tmp_path)
     assert run.returncode == 2 and "ok:" not in run.stdout
     assert (
         '/dataset/path: plain.txt: text_classification needs JSONL records {"text", "label"}'
@@ -116,5 +135,5 @@ def test_validate_refuses_a_text_set_its_task_cannot_read(tmp_path):
 
 
 def test_list_datasets_names_text():
-    run = kdcore_cli("list", "datasets")
+    run = kdcore_here("list", "datasets")
     assert run.returncode == 0 and " text" in run.stdout and "digits" in run.stdout
