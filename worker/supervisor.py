@@ -30,6 +30,7 @@ from app.db.models import Artifact, Checkpoint, Job, JobStatus, hosts_needed, ne
 from app.db.session import session_scope
 from app.nudge import nudge
 from app.services import credentials, lifecycle
+from app.services.checkpoints import prune_checkpoints
 from app.services.job_inputs import (
     NotRunnable,
     endpoint_secret,
@@ -39,7 +40,6 @@ from app.services.job_inputs import (
     tenant_name,
     with_key_file,
 )
-from app.services.jobs import prune_checkpoints
 from app.services.lifecycle import AfterCommit
 from app.settings import Settings
 from worker import gang, protocol, tracking

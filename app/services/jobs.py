@@ -9,7 +9,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -18,7 +17,7 @@ from app.broker import route_for
 from app.db.models import TERMINAL, IdempotencyKey, Job, JobStatus, new_id
 from app.errors import Conflict, Invalid
 from app.services import admission, lifecycle, quotas
-from app.services.job_reads import get_job, latest_checkpoint, list_checkpoints
+from app.services.job_reads import get_job, latest_checkpoint
 from app.services.lifecycle import AfterCommit
 from app.settings import Settings
 from kdcore.spec import JobSpec
@@ -171,30 +170,3 @@ def delete_job(session: Session, settings: Settings, *, tenant_id: str, job_id: 
         raise Conflict(f"job {job_id} is {job.status}; cancel it first")
     session.delete(job)
     storage.delete_prefix(settings, f"jobs/{job_id}")
-
-
-def prune_checkpoints(
-    session: Session, job_id: str, keep: int, protect_steps: set[int]
-) -> list[str]:
-    """Delete the rows of the job's checkpoints but the newest `keep`, those at
-    `protect_steps` (the one this attempt resumed from) and those a retry resumes from;
-    returns the locations no kept row shares, to delete once this commits."""
-    rows = list_checkpoints(session, job_id)
-    if len(rows) <= keep:
-        return []
-    referenced = set(
-        session.scalars(
-            select(Job.resume_checkpoint_id).where(
-                Job.resume_checkpoint_id.in_([row.id for row in rows])
-            )
-        )
-    )
-    doomed = [
-        row
-        for row in rows[: len(rows) - keep]
-        if row.step not in protect_steps and row.id not in referenced
-    ]
-    kept = {row.path for row in rows if row not in doomed}
-    for row in doomed:
-        session.delete(row)
-    return sorted({row.path for row in doomed} - kept)

@@ -5,8 +5,8 @@ import pytest
 
 from app.db.models import Checkpoint, Job
 from app.db.session import session_scope
+from app.services.checkpoints import prune_checkpoints
 from app.services.job_reads import list_checkpoints
-from app.services.jobs import prune_checkpoints
 from tests.app.conftest import build_api, make_settings, tiny_job
 from worker.supervisor import claim_and_run
 
