@@ -60,12 +60,14 @@ LINTED := kdcore kdservice app worker tests bench examples
 
 ## lint: ruff (rules + complexity), format check, the import-linter contracts
 ## (docs/architecture.md), typos, mypy
-lint: $(DEV_STAMP)
-	$(BIN)/ruff check $(LINTED)
-	$(BIN)/ruff format --check $(LINTED)
-	$(BIN)/lint-imports --no-cache
-	$(BIN)/typos kdcore kdservice app worker tests bench docs README.md
+LINT_STEPS := $(BIN)/ruff check $(LINTED) && \
+	$(BIN)/ruff format --check $(LINTED) && \
+	$(BIN)/lint-imports --no-cache && \
+	$(BIN)/typos kdcore kdservice app worker tests bench docs README.md && \
 	$(BIN)/mypy kdcore kdservice app worker
+
+lint: $(DEV_STAMP)
+	$(LINT_STEPS)
 
 ## fmt: apply ruff's fixes and formatting
 fmt: $(DEV_STAMP)
@@ -98,7 +100,7 @@ test-fast: $(DEV_STAMP) services
 ## --no-loadscope-reorder: xdist would otherwise hand out files by their number of
 ## tests, undoing tests/conftest.py's slow-files-first order
 test: $(DEV_STAMP) services browser datasets
-	@$(MAKE) --no-print-directory lint > $(VENV)/lint.log 2>&1 & lint=$$!; \
+	@($(LINT_STEPS)) > $(VENV)/lint.log 2>&1 & lint=$$!; \
 	$(PYTEST) --durations=10 tests/fuzz > $(VENV)/fuzz.log 2>&1 & fuzz=$$!; \
 	$(PYTEST) -n 2 --dist loadfile --no-loadscope-reorder --durations=25 --ignore=tests/fuzz tests; \
 	rc=$$?; \
