@@ -1,6 +1,6 @@
 """A job's checkpoint rows: which the retention policy (`KD_KEEP_CHECKPOINTS`) deletes.
-Kept apart from the job commands (app.services.jobs), so that the worker's supervisor,
-which prunes after each checkpoint, does not import admission and, through it, torch."""
+Kept apart from the job commands (app.services.jobs): the worker's supervisor, which
+prunes after each checkpoint, needs none of their admission."""
 
 from __future__ import annotations
 

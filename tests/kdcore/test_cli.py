@@ -1,41 +1,9 @@
-import contextlib
-import io
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from kdcore.cli import main
+from tests.support.kdcore_cli import kdcore_cli, kdcore_here
 from tests.support.specs import tiny_spec
-
-
-def kdcore_cli(*args, cwd=None):
-    """`python -m kdcore.cli ARGS` as its own process: for the commands that run a job
-    (its progress lines, its exit through the interpreter)."""
-    return subprocess.run(
-        [sys.executable, "-m", "kdcore.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-    )
-
-
-def kdcore_here(*args, cwd=None):
-    """The same command line through `kdcore.cli.main` in this process (what the console
-    script calls), for the commands that only read: the same output and exit code,
-    without an interpreter and torch's import per call (2-4 s each on 2 cores)."""
-    out, err = io.StringIO(), io.StringIO()
-    before = os.getcwd()
-    try:
-        os.chdir(cwd or before)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main([str(a) for a in args])
-    finally:
-        os.chdir(before)
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def test_list_shows_every_registry():

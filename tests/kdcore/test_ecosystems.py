@@ -164,57 +164,26 @@ def test_a_model_that_does_not_trace_still_gets_its_other_formats(tmp_path):
 
 
 def test_kdcore_layers_and_list_params(tmp_path):
-    import contextlib
-    import io
+    from tests.support.kdcore_cli import kdcore_here
 
-    from kdcore.cli import main
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(["layers", "timm:resnet10t", "--input-shape", "1", "28", "28"]) == 0
+    run = kdcore_here("layers", "timm:resnet10t", "--input-shape", "1", "28", "28")
+    assert run.returncode == 0, run.stderr
     assert any(
         line.split()[0] == "layer2" and "(N, 128, 4, 4)" in line
-        for line in out.getvalue().splitlines()[1:]
+        for line in run.stdout.splitlines()[1:]
     )
     config = tmp_path / "vit.json"
     config.write_text(json.dumps(graphs.TINY_VIT))
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert (
-            main(
-                [
-                    "layers",
-                    "hf:ViTForImageClassification",
-                    "--input-shape",
-                    "1",
-                    "8",
-                    "8",
-                    "--config",
-                    str(config),
-                ]
-            )
-            == 0
-        )
-    assert "vit.embeddings" in out.getvalue()
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert (
-            main(
-                [
-                    "list",
-                    "models",
-                    "--match",
-                    "timm:resnet18",
-                    "--params",
-                    "--input-shape",
-                    "1",
-                    "28",
-                    "28",
-                ]
-            )
-            == 0
-        )
-    name, count = out.getvalue().split()
+    run = kdcore_here(
+        "layers", "hf:ViTForImageClassification", "--input-shape", "1", "8", "8", "--config", config
+    )
+    assert run.returncode == 0, run.stderr
+    assert "vit.embeddings" in run.stdout
+    run = kdcore_here(
+        "list", "models", "--match", "timm:resnet18", "--params", "--input-shape", "1", "28", "28"
+    )
+    assert run.returncode == 0, run.stderr
+    name, count = run.stdout.split()
     assert name == "timm:resnet18" and int(count) == sum(
         p.numel() for p in build_model("timm:resnet18", 10, (1, 28, 28)).parameters()
     )
